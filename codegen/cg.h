@@ -1,0 +1,94 @@
+/* Codegen internals: lowering a (specialised, fully static) graph to an LLVM
+ * module through the C API. Grouped by defining file. */
+#ifndef KILN_CG_H
+#define KILN_CG_H
+
+#include <llvm-c/Core.h>
+#include <llvm-c/TargetMachine.h>
+#include "ir/ir.h"
+
+typedef struct cg {
+  LLVMContextRef ctx;
+  LLVMModuleRef mod;
+  LLVMBuilderRef b;
+  LLVMTypeRef i1, i8, i32, i64, f32, f64, ptr, void_t;
+  int vec_bytes;           /* widest vector register: 64 (AVX-512), 32 (AVX2) or 16 */
+  const kiln_graph *g;
+  LLVMValueRef fn;         /* function being emitted */
+  LLVMValueRef gemm[KILN_DTYPE_COUNT]; /* lazily emitted GEMM helpers */
+  char err[512];
+} cg;
+
+/* How the compiled entry point sees a node's storage. */
+typedef enum { BUF_INPUT, BUF_OUTPUT, BUF_CONST, BUF_WORK } buf_kind;
+typedef struct {
+  buf_kind kind;
+  uint32_t index;   /* input/output slot */
+  uint64_t offset;  /* workspace offset */
+  LLVMValueRef global;
+} buf_loc;
+
+/* The lowering's result: what kiln_exec needs to call the entry point. */
+typedef struct cg_plan {
+  uint32_t nin, nout;
+  uint64_t workspace;      /* bytes */
+  buf_loc *locs;           /* per node */
+  int32_t *out_node;       /* per output: node index */
+  bool *out_direct;        /* per output: written by generated code */
+} cg_plan;
+
+/* ---- llvm_util.c ---- */
+KILN_INTERNAL void cg_init_types(cg *c);
+KILN_INTERNAL LLVMTypeRef cg_type(cg *c, kiln_dtype t); /* bool is i8 in memory */
+KILN_INTERNAL LLVMValueRef cg_i64(cg *c, int64_t v);
+KILN_INTERNAL LLVMValueRef cg_const(cg *c, kiln_dtype t, double v);
+KILN_INTERNAL LLVMValueRef cg_gep(cg *c, LLVMTypeRef elem, LLVMValueRef base, LLVMValueRef index);
+KILN_INTERNAL LLVMValueRef cg_load(cg *c, kiln_dtype t, LLVMValueRef base, LLVMValueRef index);
+KILN_INTERNAL void cg_store(cg *c, kiln_dtype t, LLVMValueRef v, LLVMValueRef base, LLVMValueRef index);
+/* Calls llvm.<name> overloaded on `overload` (and on `overload2` when not NULL). */
+KILN_INTERNAL LLVMValueRef cg_call_intrinsic(cg *c, const char *name, LLVMTypeRef overload, LLVMValueRef *args,
+                                             unsigned nargs);
+KILN_INTERNAL LLVMValueRef cg_call_intrinsic2(cg *c, const char *name, LLVMTypeRef overload, LLVMTypeRef overload2,
+                                              LLVMValueRef *args, unsigned nargs);
+KILN_INTERNAL LLVMValueRef cg_call_libm(cg *c, const char *name, LLVMTypeRef t, LLVMValueRef *args, unsigned nargs);
+/* Counted loop: for (iv = start; iv < end; iv += step). Trip counts may be dynamic. */
+typedef struct {
+  LLVMValueRef iv, end, step;
+  LLVMBasicBlockRef head, exit;
+  LLVMValueRef phi;
+  LLVMBasicBlockRef pre;
+} cg_loop;
+KILN_INTERNAL LLVMValueRef cg_loop_begin(cg *c, cg_loop *l, LLVMValueRef start, LLVMValueRef end, LLVMValueRef step);
+KILN_INTERNAL void cg_loop_end(cg *c, cg_loop *l);
+/* Nested loops over dims (row-major, last innermost); ivs receives the induction values. */
+typedef void (*cg_nest_body)(cg *c, const LLVMValueRef *ivs, void *ctx);
+KILN_INTERNAL void cg_nest(cg *c, int rank, const int64_t *dims, cg_nest_body body, void *ctx);
+/* Row-major linear index of ivs in dims. */
+KILN_INTERNAL LLVMValueRef cg_linear(cg *c, int rank, const int64_t *dims, const LLVMValueRef *ivs);
+KILN_INTERNAL LLVMValueRef cg_splat(cg *c, LLVMValueRef scalar, unsigned n);
+/* Marks fp ops as contractable (FMA) and, with reassoc, reorderable (vectorizable reductions). */
+KILN_INTERNAL LLVMValueRef cg_fast(LLVMValueRef inst, bool reassoc);
+
+/* ---- math.c: scalar semantics shared by every kernel ---- */
+KILN_INTERNAL LLVMValueRef cg_unary(cg *c, kiln_op op, kiln_dtype t, LLVMValueRef x);
+KILN_INTERNAL LLVMValueRef cg_binary(cg *c, kiln_op op, kiln_dtype t, LLVMValueRef a, LLVMValueRef b);
+KILN_INTERNAL LLVMValueRef cg_cast(cg *c, kiln_dtype from, kiln_dtype to, LLVMValueRef x);
+KILN_INTERNAL LLVMValueRef cg_exp_f32(cg *c, LLVMValueRef x);
+KILN_INTERNAL LLVMValueRef cg_log_f32(cg *c, LLVMValueRef x);
+/* Converts a double constant fill value to dtype t like the evaluator does. */
+KILN_INTERNAL LLVMValueRef cg_fill_value(cg *c, kiln_dtype t, double v);
+
+/* ---- kernels.c: contractions and windows ---- */
+KILN_INTERNAL void cg_matmul(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch);
+KILN_INTERNAL void cg_conv2d(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch);
+KILN_INTERNAL void cg_pool2d(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in);
+/* Scratch bytes a node needs beyond its output (packing, im2col). */
+KILN_INTERNAL uint64_t cg_scratch_bytes(const kiln_graph *g, const kiln_node *n);
+
+/* ---- lower.c ---- */
+/* Emits `int32_t kiln_entry(void **args)` (args: inputs, outputs, workspace) into c->mod.
+ * Returns 0 (ok) or a status with c->err set. */
+KILN_INTERNAL kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan);
+KILN_INTERNAL void cg_plan_free(cg_plan *p);
+
+#endif

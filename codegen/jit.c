@@ -1,0 +1,320 @@
+/* JIT compilation and kiln_exec.
+ *
+ * kiln_compile keeps a copy of the (possibly batch-symbolic) graph. The first
+ * run with a given batch size specialises it, lowers it (lower.c), verifies the
+ * module, optimises it with the new pass manager (default<O3>, host CPU and
+ * features unless asked for a generic target) and hands it to an ORC LLJIT; the
+ * result is cached per batch size, like tf.function's per-signature traces. */
+#include <llvm-c/Analysis.h>
+#include <llvm-c/Error.h>
+#include <llvm-c/LLJIT.h>
+#include <llvm-c/Orc.h>
+#include <llvm-c/Target.h>
+#include <llvm-c/Transforms/PassBuilder.h>
+#include <pthread.h>
+#include <string.h>
+#include "codegen/cg.h"
+#include "runtime/tensor_impl.h"
+
+typedef int32_t (*entry_fn)(void **args);
+
+typedef struct spec {
+  int64_t batch;
+  kiln_graph *g;
+  LLVMOrcLLJITRef jit;
+  entry_fn entry;
+  cg_plan plan;
+  void *workspace;
+} spec;
+
+struct kiln_exec {
+  kiln_graph *g;
+  bool generic_cpu, keep_ir;
+  spec *specs;
+  size_t nspecs;
+  char *ir;
+  const char **in_names;
+};
+
+static pthread_once_t llvm_once = PTHREAD_ONCE_INIT;
+static void llvm_init(void) {
+  LLVMInitializeNativeTarget();
+  LLVMInitializeNativeAsmPrinter();
+}
+
+static kiln_status llvm_error(LLVMErrorRef e, const char *what) {
+  char *m = LLVMGetErrorMessage(e);
+  kiln_status st = kiln_set_error(KILN_ERR_BACKEND, "%s: %s", what, m);
+  LLVMDisposeErrorMessage(m);
+  return st;
+}
+
+static LLVMTargetMachineRef make_tm(bool generic, int *vec_bytes) {
+  char *triple = LLVMGetDefaultTargetTriple();
+  char *cpu = generic ? NULL : LLVMGetHostCPUName();
+  char *feat = generic ? NULL : LLVMGetHostCPUFeatures();
+  LLVMTargetRef t;
+  char *err = NULL;
+  LLVMTargetMachineRef tm = NULL;
+  if (LLVMGetTargetFromTriple(triple, &t, &err)) {
+    kiln_set_error(KILN_ERR_BACKEND, "LLVM target %s: %s", triple, err);
+    LLVMDisposeMessage(err);
+  } else {
+    tm = LLVMCreateTargetMachine(t, triple, generic ? "generic" : cpu, generic ? "" : feat, LLVMCodeGenLevelAggressive,
+                                 LLVMRelocPIC, LLVMCodeModelDefault);
+    if (vec_bytes) {
+      *vec_bytes = 16;
+      if (feat && strstr(feat, "+avx512f")) *vec_bytes = 64;
+      else if (feat && strstr(feat, "+avx2")) *vec_bytes = 32;
+    }
+  }
+  LLVMDisposeMessage(triple);
+  if (cpu) LLVMDisposeMessage(cpu);
+  if (feat) LLVMDisposeMessage(feat);
+  return tm;
+}
+
+static void spec_free(spec *s) {
+  if (s->jit) LLVMOrcDisposeLLJIT(s->jit);
+  cg_plan_free(&s->plan);
+  kiln_graph_free(s->g);
+  free(s->workspace);
+}
+
+static kiln_status build_spec(kiln_exec *e, int64_t batch, spec *s) {
+  memset(s, 0, sizeof *s);
+  s->batch = batch;
+  s->g = kiln_graph_specialize(e->g, batch);
+  if (!s->g) return KILN_ERR_INVALID;
+  for (uint32_t i = 0; i < s->g->nnodes; i++)
+    if (kiln_shape_numel(s->g->nodes[i].rank, s->g->nodes[i].dims) < 0)
+      return kiln_set_error(KILN_ERR_INVALID, "compile: %%%u has a symbolic dim that no input binds", i);
+
+  pthread_once(&llvm_once, llvm_init);
+  cg c = {.g = s->g};
+  LLVMTargetMachineRef tm = make_tm(e->generic_cpu, &c.vec_bytes);
+  if (!tm) return KILN_ERR_BACKEND;
+  LLVMOrcThreadSafeContextRef tsc = LLVMOrcCreateNewThreadSafeContext();
+  c.ctx = LLVMOrcThreadSafeContextGetContext(tsc);
+  c.mod = LLVMModuleCreateWithNameInContext("kiln", c.ctx);
+  c.b = LLVMCreateBuilderInContext(c.ctx);
+  cg_init_types(&c);
+  kiln_status st = cg_lower(&c, "kiln_entry", &s->plan);
+  LLVMDisposeBuilder(c.b);
+  char *msg = NULL;
+  if (st == KILN_OK && LLVMVerifyModule(c.mod, LLVMReturnStatusAction, &msg)) {
+    st = kiln_set_error(KILN_ERR_BACKEND, "codegen produced invalid LLVM IR: %.400s", msg);
+  }
+  if (msg) LLVMDisposeMessage(msg);
+  if (st == KILN_OK) {
+    char *triple = LLVMGetTargetMachineTriple(tm);
+    LLVMSetTarget(c.mod, triple);
+    LLVMDisposeMessage(triple);
+    LLVMTargetDataRef dl = LLVMCreateTargetDataLayout(tm);
+    LLVMSetModuleDataLayout(c.mod, dl);
+    LLVMDisposeTargetData(dl);
+    LLVMPassBuilderOptionsRef po = LLVMCreatePassBuilderOptions();
+    LLVMErrorRef err = LLVMRunPasses(c.mod, "default<O3>", tm, po);
+    LLVMDisposePassBuilderOptions(po);
+    if (err) st = llvm_error(err, "LLVM optimisation");
+  }
+  if (st == KILN_OK && e->keep_ir) {
+    char *ir = LLVMPrintModuleToString(c.mod);
+    free(e->ir);
+    e->ir = strdup(ir);
+    LLVMDisposeMessage(ir);
+  }
+  if (st != KILN_OK) {
+    LLVMDisposeModule(c.mod);
+    LLVMOrcDisposeThreadSafeContext(tsc);
+    LLVMDisposeTargetMachine(tm);
+    return st;
+  }
+  /* The JIT gets its own target machine configured like the one used for optimisation. */
+  LLVMOrcLLJITBuilderRef jb = LLVMOrcCreateLLJITBuilder();
+  LLVMOrcLLJITBuilderSetJITTargetMachineBuilder(jb, LLVMOrcJITTargetMachineBuilderCreateFromTargetMachine(tm));
+  LLVMErrorRef err = LLVMOrcCreateLLJIT(&s->jit, jb);
+  if (err) {
+    LLVMDisposeModule(c.mod);
+    LLVMOrcDisposeThreadSafeContext(tsc);
+    return llvm_error(err, "LLJIT");
+  }
+  LLVMOrcJITDylibRef dylib = LLVMOrcLLJITGetMainJITDylib(s->jit);
+  LLVMOrcDefinitionGeneratorRef gen;
+  err = LLVMOrcCreateDynamicLibrarySearchGeneratorForProcess(&gen, LLVMOrcLLJITGetGlobalPrefix(s->jit), NULL, NULL);
+  if (err) {
+    LLVMDisposeModule(c.mod);
+    LLVMOrcDisposeThreadSafeContext(tsc);
+    return llvm_error(err, "LLJIT process symbols");
+  }
+  LLVMOrcJITDylibAddGenerator(dylib, gen);
+  LLVMOrcThreadSafeModuleRef tsm = LLVMOrcCreateNewThreadSafeModule(c.mod, tsc);
+  LLVMOrcDisposeThreadSafeContext(tsc); /* the module holds a reference */
+  err = LLVMOrcLLJITAddLLVMIRModule(s->jit, dylib, tsm);
+  if (err) {
+    LLVMOrcDisposeThreadSafeModule(tsm);
+    return llvm_error(err, "LLJIT add module");
+  }
+  LLVMOrcExecutorAddress addr;
+  err = LLVMOrcLLJITLookup(s->jit, &addr, "kiln_entry");
+  if (err) return llvm_error(err, "LLJIT lookup");
+  s->entry = (entry_fn)(uintptr_t)addr;
+  s->workspace = aligned_alloc(64, (s->plan.workspace + 63) & ~(uint64_t)63);
+  if (!s->workspace) return kiln_set_error(KILN_ERR_NOMEM, "workspace of %llu bytes", (unsigned long long)s->plan.workspace);
+  return KILN_OK;
+}
+
+kiln_status kiln_compile(const kiln_graph *g, const kiln_compile_options *opts, kiln_exec **out) {
+  if (!out) return kiln_set_error(KILN_ERR_INVALID, "compile: out is NULL");
+  *out = NULL;
+  if (!g) return kiln_set_error(KILN_ERR_INVALID, "compile: null graph");
+  if (g->status != KILN_OK) return kiln_set_error(g->status, "%s", g->errmsg);
+  if (g->noutputs == 0) return kiln_set_error(KILN_ERR_INVALID, "compile: the graph has no outputs (use kiln_output)");
+  kiln_status st = kiln_graph_verify(g);
+  if (st != KILN_OK) return st;
+  kiln_exec *e = calloc(1, sizeof *e);
+  if (!e) return kiln_set_error(KILN_ERR_NOMEM, "compile: out of memory");
+  e->g = kiln_graph_specialize(g, -1);
+  if (!e->g) {
+    free(e);
+    return KILN_ERR_INVALID;
+  }
+  if (opts) {
+    e->keep_ir = opts->keep_ir;
+    if (opts->cpu && strcmp(opts->cpu, "native")) {
+      if (strcmp(opts->cpu, "generic")) {
+        kiln_exec_free(e);
+        return kiln_set_error(KILN_ERR_INVALID, "compile: cpu must be \"native\" or \"generic\", got \"%s\"", opts->cpu);
+      }
+      e->generic_cpu = true;
+    }
+  }
+  uint32_t np = kiln_graph_num_params(e->g), k = 0;
+  e->in_names = calloc(np + 1, sizeof *e->in_names);
+  if (!e->in_names) {
+    kiln_exec_free(e);
+    return kiln_set_error(KILN_ERR_NOMEM, "compile: out of memory");
+  }
+  bool symbolic = false;
+  for (uint32_t i = 0; i < e->g->nnodes; i++) {
+    const kiln_node *n = &e->g->nodes[i];
+    if (n->op == KILN_OP_PARAM) {
+      e->in_names[k++] = n->name;
+      for (int d = 0; d < n->rank; d++) symbolic |= n->dims[d] < 0;
+    }
+  }
+  /* A static graph is compiled now, so compile errors surface from kiln_compile. */
+  if (!symbolic) {
+    spec s;
+    st = build_spec(e, -1, &s);
+    if (st != KILN_OK) {
+      spec_free(&s);
+      kiln_exec_free(e);
+      return st;
+    }
+    e->specs = malloc(sizeof s);
+    if (!e->specs) {
+      spec_free(&s);
+      kiln_exec_free(e);
+      return kiln_set_error(KILN_ERR_NOMEM, "compile: out of memory");
+    }
+    e->specs[0] = s;
+    e->nspecs = 1;
+  }
+  *out = e;
+  return KILN_OK;
+}
+
+void kiln_exec_free(kiln_exec *e) {
+  if (!e) return;
+  for (size_t i = 0; i < e->nspecs; i++) spec_free(&e->specs[i]);
+  free(e->specs);
+  free(e->ir);
+  free(e->in_names);
+  kiln_graph_free(e->g);
+  free(e);
+}
+
+size_t kiln_exec_num_inputs(const kiln_exec *e) { return kiln_graph_num_params(e->g); }
+size_t kiln_exec_num_outputs(const kiln_exec *e) { return e->g->noutputs; }
+const char *kiln_exec_input_name(const kiln_exec *e, size_t i) {
+  return i < kiln_exec_num_inputs(e) ? e->in_names[i] : NULL;
+}
+const char *kiln_exec_output_name(const kiln_exec *e, size_t i) {
+  return i < e->g->noutputs ? e->g->outputs[i].name : NULL;
+}
+const char *kiln_exec_llvm_ir(const kiln_exec *e) { return e->ir; }
+
+static kiln_status find_spec(kiln_exec *e, int64_t batch, spec **out) {
+  for (size_t i = 0; i < e->nspecs; i++)
+    if (e->specs[i].batch == batch) {
+      *out = &e->specs[i];
+      return KILN_OK;
+    }
+  spec s;
+  kiln_status st = build_spec(e, batch, &s);
+  if (st != KILN_OK) {
+    spec_free(&s);
+    return st;
+  }
+  spec *ns = realloc(e->specs, sizeof *ns * (e->nspecs + 1));
+  if (!ns) {
+    spec_free(&s);
+    return kiln_set_error(KILN_ERR_NOMEM, "run: out of memory");
+  }
+  e->specs = ns;
+  e->specs[e->nspecs] = s;
+  *out = &e->specs[e->nspecs++];
+  return KILN_OK;
+}
+
+kiln_status kiln_exec_run(kiln_exec *e, const kiln_tensor *const *inputs, size_t nin, kiln_tensor **outputs, size_t nout) {
+  if (!e) return kiln_set_error(KILN_ERR_INVALID, "run: null exec");
+  if (nout != e->g->noutputs)
+    return kiln_set_error(KILN_ERR_INVALID, "run: the graph has %u outputs, %zu requested", e->g->noutputs, nout);
+  for (size_t j = 0; j < nout; j++) outputs[j] = NULL;
+  int64_t batch;
+  kiln_status st = kiln_check_inputs(e->g, inputs, nin, &batch);
+  if (st != KILN_OK) return st;
+  spec *s = NULL;
+  st = find_spec(e, batch, &s);
+  if (st != KILN_OK) return st;
+  const kiln_graph *g = s->g;
+  void **args = calloc(nin + nout + 1, sizeof *args);
+  if (!args) return kiln_set_error(KILN_ERR_NOMEM, "run: out of memory");
+  for (size_t i = 0; i < nin; i++) args[i] = inputs[i]->data;
+  for (size_t j = 0; j < nout && st == KILN_OK; j++) {
+    const kiln_node *n = &g->nodes[g->outputs[j].node];
+    outputs[j] = kiln_tensor_new((kiln_dtype)n->dtype, n->rank, n->dims);
+    if (!outputs[j]) st = KILN_ERR_NOMEM;
+    else args[nin + j] = outputs[j]->data;
+  }
+  args[nin + nout] = s->workspace;
+  if (st == KILN_OK) {
+    int32_t rc = s->entry(args);
+    if (rc) {
+      const kiln_node *n = &g->nodes[rc - 1];
+      const kiln_node *x = &g->nodes[n->inputs[0]];
+      int64_t axis = kiln_attr_int(n, KILN_ATTR_AXIS, 0);
+      st = kiln_set_error(KILN_ERR_RUNTIME, "gather (node %%%d): an index is out of range for axis %lld of size %lld",
+                          rc - 1, (long long)axis, (long long)x->dims[axis]);
+    }
+  }
+  /* Outputs the generated code does not write: params, constants, repeated values. */
+  for (size_t j = 0; j < nout && st == KILN_OK; j++) {
+    if (s->plan.out_direct[j]) continue;
+    uint32_t node = g->outputs[j].node;
+    const kiln_node *n = &g->nodes[node];
+    const buf_loc *l = &s->plan.locs[node];
+    const void *src = NULL;
+    if (l->kind == BUF_INPUT) src = inputs[l->index]->data;
+    else if (l->kind == BUF_CONST) src = n->data;
+    else if (l->kind == BUF_OUTPUT) src = outputs[l->index]->data;
+    KILN_ASSERT(src);
+    memcpy(outputs[j]->data, src, outputs[j]->nbytes);
+  }
+  free(args);
+  if (st != KILN_OK)
+    for (size_t j = 0; j < nout; j++) kiln_tensor_free(outputs[j]), outputs[j] = NULL;
+  return st;
+}

@@ -1,0 +1,129 @@
+/* Thin helpers over the LLVM C API: types, constants, element access, loops.
+ * All trip counts of graph kernels are compile-time constants, so LLVM sees
+ * simple counted loops it can unroll and vectorize. */
+#include <string.h>
+#include "codegen/cg.h"
+
+void cg_init_types(cg *c) {
+  c->i1 = LLVMInt1TypeInContext(c->ctx);
+  c->i8 = LLVMInt8TypeInContext(c->ctx);
+  c->i32 = LLVMInt32TypeInContext(c->ctx);
+  c->i64 = LLVMInt64TypeInContext(c->ctx);
+  c->f32 = LLVMFloatTypeInContext(c->ctx);
+  c->f64 = LLVMDoubleTypeInContext(c->ctx);
+  c->ptr = LLVMPointerTypeInContext(c->ctx, 0);
+  c->void_t = LLVMVoidTypeInContext(c->ctx);
+}
+
+LLVMTypeRef cg_type(cg *c, kiln_dtype t) {
+  switch (t) {
+  case KILN_F32: return c->f32;
+  case KILN_F64: return c->f64;
+  case KILN_I32: return c->i32;
+  case KILN_I64: return c->i64;
+  default: return c->i8;
+  }
+}
+
+LLVMValueRef cg_i64(cg *c, int64_t v) { return LLVMConstInt(c->i64, (unsigned long long)v, 1); }
+
+LLVMValueRef cg_const(cg *c, kiln_dtype t, double v) {
+  if (kiln_dtype_is_float(t)) return LLVMConstReal(cg_type(c, t), v);
+  return LLVMConstInt(cg_type(c, t), (unsigned long long)(int64_t)v, 1);
+}
+
+LLVMValueRef cg_gep(cg *c, LLVMTypeRef elem, LLVMValueRef base, LLVMValueRef index) {
+  return LLVMBuildGEP2(c->b, elem, base, &index, 1, "");
+}
+
+LLVMValueRef cg_load(cg *c, kiln_dtype t, LLVMValueRef base, LLVMValueRef index) {
+  LLVMTypeRef ty = cg_type(c, t);
+  return LLVMBuildLoad2(c->b, ty, cg_gep(c, ty, base, index), "");
+}
+
+void cg_store(cg *c, kiln_dtype t, LLVMValueRef v, LLVMValueRef base, LLVMValueRef index) {
+  LLVMBuildStore(c->b, v, cg_gep(c, cg_type(c, t), base, index));
+}
+
+LLVMValueRef cg_call_intrinsic2(cg *c, const char *name, LLVMTypeRef overload, LLVMTypeRef overload2,
+                                LLVMValueRef *args, unsigned nargs) {
+  unsigned id = LLVMLookupIntrinsicID(name, strlen(name));
+  KILN_ASSERT(id != 0);
+  LLVMTypeRef ov[2] = {overload, overload2};
+  size_t nov = overload2 ? 2 : overload ? 1 : 0;
+  LLVMValueRef fn = LLVMGetIntrinsicDeclaration(c->mod, id, ov, nov);
+  LLVMTypeRef fty = LLVMIntrinsicGetType(c->ctx, id, ov, nov);
+  return LLVMBuildCall2(c->b, fty, fn, args, nargs, "");
+}
+
+LLVMValueRef cg_call_intrinsic(cg *c, const char *name, LLVMTypeRef overload, LLVMValueRef *args, unsigned nargs) {
+  return cg_call_intrinsic2(c, name, overload, NULL, args, nargs);
+}
+
+/* A direct call to a C math library function (f64 paths), resolved by the JIT from
+ * the process and by the linker (-lm) for AOT objects. */
+LLVMValueRef cg_call_libm(cg *c, const char *name, LLVMTypeRef t, LLVMValueRef *args, unsigned nargs) {
+  LLVMTypeRef params[3] = {t, t, t};
+  LLVMTypeRef fty = LLVMFunctionType(t, params, nargs, 0);
+  LLVMValueRef fn = LLVMGetNamedFunction(c->mod, name);
+  if (!fn) fn = LLVMAddFunction(c->mod, name, fty);
+  return LLVMBuildCall2(c->b, fty, fn, args, nargs, "");
+}
+
+LLVMValueRef cg_loop_begin(cg *c, cg_loop *l, LLVMValueRef start, LLVMValueRef end, LLVMValueRef step) {
+  l->end = end;
+  l->step = step;
+  l->pre = LLVMGetInsertBlock(c->b);
+  l->head = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "loop");
+  l->exit = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "loop.exit");
+  LLVMBuildCondBr(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, start, end, ""), l->head, l->exit);
+  LLVMPositionBuilderAtEnd(c->b, l->head);
+  l->phi = LLVMBuildPhi(c->b, c->i64, "i");
+  LLVMAddIncoming(l->phi, &start, &l->pre, 1);
+  l->iv = l->phi;
+  return l->iv;
+}
+
+void cg_loop_end(cg *c, cg_loop *l) {
+  LLVMValueRef next = LLVMBuildAdd(c->b, l->phi, l->step, "");
+  LLVMBasicBlockRef latch = LLVMGetInsertBlock(c->b);
+  LLVMAddIncoming(l->phi, &next, &latch, 1);
+  LLVMBuildCondBr(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, next, l->end, ""), l->head, l->exit);
+  LLVMPositionBuilderAtEnd(c->b, l->exit);
+}
+
+static void nest_rec(cg *c, int d, int rank, const int64_t *dims, LLVMValueRef *ivs, cg_nest_body body, void *ctx) {
+  if (d == rank) {
+    body(c, ivs, ctx);
+    return;
+  }
+  cg_loop l;
+  ivs[d] = cg_loop_begin(c, &l, cg_i64(c, 0), cg_i64(c, dims[d]), cg_i64(c, 1));
+  nest_rec(c, d + 1, rank, dims, ivs, body, ctx);
+  cg_loop_end(c, &l);
+}
+
+void cg_nest(cg *c, int rank, const int64_t *dims, cg_nest_body body, void *ctx) {
+  LLVMValueRef ivs[KILN_MAX_RANK * 2 + 4];
+  if (kiln_shape_numel(rank, dims) == 0) return;
+  nest_rec(c, 0, rank, dims, ivs, body, ctx);
+}
+
+LLVMValueRef cg_linear(cg *c, int rank, const int64_t *dims, const LLVMValueRef *ivs) {
+  LLVMValueRef idx = cg_i64(c, 0);
+  for (int d = 0; d < rank; d++) idx = LLVMBuildAdd(c->b, LLVMBuildMul(c->b, idx, cg_i64(c, dims[d]), ""), ivs[d], "");
+  return idx;
+}
+
+LLVMValueRef cg_splat(cg *c, LLVMValueRef scalar, unsigned n) {
+  LLVMTypeRef vt = LLVMVectorType(LLVMTypeOf(scalar), n);
+  LLVMValueRef v = LLVMBuildInsertElement(c->b, LLVMGetUndef(vt), scalar, LLVMConstInt(c->i32, 0, 0), "");
+  LLVMValueRef mask = LLVMConstNull(LLVMVectorType(c->i32, n));
+  return LLVMBuildShuffleVector(c->b, v, LLVMGetUndef(vt), mask, "");
+}
+
+LLVMValueRef cg_fast(LLVMValueRef inst, bool reassoc) {
+  if (LLVMCanValueUseFastMathFlags(inst))
+    LLVMSetFastMathFlags(inst, LLVMFastMathAllowContract | (reassoc ? LLVMFastMathAllowReassoc : 0));
+  return inst;
+}

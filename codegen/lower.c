@@ -1,0 +1,508 @@
+/* Lowering a specialised graph (all shapes static) to one LLVM module.
+ *
+ * Every live computed node becomes an internal function
+ *     i32 node_<id>(ptr noalias out, ptr in0, ..., ptr scratch)
+ * returning 0, or id+1 when it detects bad data at run time (a gather index out
+ * of range). The exported entry point
+ *     i32 <entry>(ptr args)    ; args = [inputs..., outputs..., workspace]
+ * calls them in topological order. Storage: params read the caller's input
+ * buffers, constants with data are read-only globals, a node that is a graph
+ * output writes the caller's output buffer directly, and everything else gets
+ * its own 64-byte aligned slice of the workspace (liveness-based reuse is the
+ * memory-planning pass's job). Nodes no output depends on are not emitted. */
+#include <string.h>
+#include "codegen/cg.h"
+
+typedef struct {
+  const kiln_node *n;
+  uint32_t id;
+  LLVMValueRef out, scratch;
+  LLVMValueRef in[64];
+} node_ctx;
+
+static LLVMValueRef add(cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildAdd(c->b, a, b, ""); }
+static LLVMValueRef mul(cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildMul(c->b, a, b, ""); }
+
+static void strides_of(int rank, const int64_t *dims, int64_t *st) {
+  int64_t s = 1;
+  for (int i = rank - 1; i >= 0; i--) {
+    st[i] = s;
+    s *= dims[i];
+  }
+}
+
+/* A flat loop over n elements; body gets the index. */
+typedef void (*flat_body)(cg *c, node_ctx *k, LLVMValueRef i);
+static void flat(cg *c, node_ctx *k, int64_t n, flat_body body) {
+  if (n <= 0) return;
+  cg_loop l;
+  LLVMValueRef i = cg_loop_begin(c, &l, cg_i64(c, 0), cg_i64(c, n), cg_i64(c, 1));
+  body(c, k, i);
+  cg_loop_end(c, &l);
+}
+
+static kiln_dtype dt(const kiln_node *n) { return (kiln_dtype)n->dtype; }
+static const kiln_node *input(cg *c, node_ctx *k, int i) { return &c->g->nodes[k->n->inputs[i]]; }
+
+/* ---- elementwise ---- */
+
+static void ew_body(cg *c, node_ctx *k, LLVMValueRef i) {
+  const kiln_node *n = k->n;
+  kiln_op op = (kiln_op)n->op;
+  LLVMValueRef v[3];
+  for (uint32_t j = 0; j < n->ninputs; j++) v[j] = cg_load(c, dt(input(c, k, (int)j)), k->in[j], i);
+  LLVMValueRef r;
+  if (op == KILN_OP_SELECT)
+    r = LLVMBuildSelect(c->b, LLVMBuildICmp(c->b, LLVMIntNE, v[0], LLVMConstInt(c->i8, 0, 0), ""), v[1], v[2], "");
+  else if (op == KILN_OP_CAST)
+    r = cg_cast(c, dt(input(c, k, 0)), dt(n), v[0]);
+  else if (n->ninputs == 1)
+    r = cg_unary(c, op, dt(n), v[0]);
+  else
+    r = cg_binary(c, op, dt(input(c, k, 0)), v[0], v[1]);
+  KILN_ASSERT(r);
+  cg_store(c, dt(n), r, k->out, i);
+}
+
+/* ---- sources ---- */
+
+static void fill_body(cg *c, node_ctx *k, LLVMValueRef i) {
+  cg_store(c, dt(k->n), cg_fill_value(c, dt(k->n), kiln_attr_float(k->n, KILN_ATTR_VALUE, 0)), k->out, i);
+}
+
+static void iota_body(cg *c, node_ctx *k, LLVMValueRef i) {
+  const kiln_node *n = k->n;
+  int64_t axis = kiln_attr_int(n, KILN_ATTR_AXIS, 0), st[KILN_MAX_RANK];
+  strides_of(n->rank, n->dims, st);
+  LLVMValueRef v = LLVMBuildSRem(c->b, LLVMBuildSDiv(c->b, i, cg_i64(c, st[axis]), ""), cg_i64(c, n->dims[axis]), "");
+  cg_store(c, dt(n), cg_cast(c, KILN_I64, dt(n), v), k->out, i);
+}
+
+/* The same SplitMix64 finaliser as ir/rng.c, on i64 values. */
+static LLVMValueRef rng_uniform01(cg *c, uint64_t seed, LLVMValueRef counter) {
+  LLVMValueRef z = add(c, mul(c, counter, LLVMConstInt(c->i64, 0xD1B54A32D192ED03ull, 0)),
+                       LLVMConstInt(c->i64, seed * 0x9E3779B97F4A7C15ull + 0x8CB92BA72F3D8DD7ull, 0));
+  z = mul(c, LLVMBuildXor(c->b, z, LLVMBuildLShr(c->b, z, cg_i64(c, 30), ""), ""), LLVMConstInt(c->i64, 0xBF58476D1CE4E5B9ull, 0));
+  z = mul(c, LLVMBuildXor(c->b, z, LLVMBuildLShr(c->b, z, cg_i64(c, 27), ""), ""), LLVMConstInt(c->i64, 0x94D049BB133111EBull, 0));
+  z = LLVMBuildXor(c->b, z, LLVMBuildLShr(c->b, z, cg_i64(c, 31), ""), "");
+  LLVMValueRef u = LLVMBuildUIToFP(c->b, LLVMBuildLShr(c->b, z, cg_i64(c, 11), ""), c->f64, "");
+  return LLVMBuildFMul(c->b, u, LLVMConstReal(c->f64, 0x1.0p-53), "");
+}
+
+static void rng_body(cg *c, node_ctx *k, LLVMValueRef i) {
+  const kiln_node *n = k->n;
+  uint64_t seed = (uint64_t)kiln_attr_int(n, KILN_ATTR_SEED, 0);
+  double lo = kiln_attr_float(n, KILN_ATTR_LOW, 0), hi = kiln_attr_float(n, KILN_ATTR_HIGH, 1);
+  LLVMValueRef v;
+  if (n->op == KILN_OP_RNG_UNIFORM) {
+    v = LLVMBuildFMul(c->b, LLVMConstReal(c->f64, hi - lo), rng_uniform01(c, seed, i), "");
+    v = LLVMBuildFAdd(c->b, LLVMConstReal(c->f64, lo), v, "");
+  } else {
+    LLVMValueRef i2 = mul(c, i, cg_i64(c, 2));
+    LLVMValueRef u1 = rng_uniform01(c, seed, i2), u2 = rng_uniform01(c, seed, add(c, i2, cg_i64(c, 1)));
+    LLVMValueRef l = LLVMBuildFSub(c->b, LLVMConstReal(c->f64, 1.0), u1, "");
+    l = cg_call_libm(c, "log", c->f64, &l, 1);
+    LLVMValueRef r = LLVMBuildFMul(c->b, LLVMConstReal(c->f64, -2.0), l, "");
+    r = cg_call_intrinsic(c, "llvm.sqrt", c->f64, &r, 1);
+    LLVMValueRef a = LLVMBuildFMul(c->b, LLVMConstReal(c->f64, 6.283185307179586), u2, "");
+    v = LLVMBuildFMul(c->b, r, cg_call_libm(c, "cos", c->f64, &a, 1), "");
+    v = LLVMBuildFAdd(c->b, LLVMConstReal(c->f64, lo), LLVMBuildFMul(c->b, LLVMConstReal(c->f64, hi), v, ""), "");
+  }
+  cg_store(c, dt(n), cg_cast(c, KILN_F64, dt(n), v), k->out, i);
+}
+
+/* ---- reductions ---- */
+
+typedef struct {
+  node_ctx *k;
+  bool red[KILN_MAX_RANK];
+  int64_t kept_st[KILN_MAX_RANK];
+  kiln_dtype xt;
+} red_ctx;
+
+static void red_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
+  red_ctx *r = vctx;
+  const kiln_node *n = r->k->n, *x = &c->g->nodes[n->inputs[0]];
+  LLVMValueRef j = cg_i64(c, 0);
+  for (int d = 0; d < x->rank; d++)
+    if (!r->red[d]) j = add(c, j, mul(c, ivs[d], cg_i64(c, r->kept_st[d])));
+  LLVMValueRef v = cg_load(c, r->xt, r->k->in[0], cg_linear(c, x->rank, x->dims, ivs));
+  if (n->op == KILN_OP_ARGMAX) {
+    LLVMValueRef pos = ivs[kiln_attr_int(n, KILN_ATTR_AXIS, 0)];
+    LLVMValueRef best = cg_load(c, r->xt, r->k->scratch, j);
+    LLVMValueRef gt = kiln_dtype_is_float(r->xt) ? LLVMBuildFCmp(c->b, LLVMRealOGT, v, best, "")
+                                                 : LLVMBuildICmp(c->b, LLVMIntSGT, v, best, "");
+    LLVMValueRef take = LLVMBuildOr(c->b, LLVMBuildICmp(c->b, LLVMIntEQ, pos, cg_i64(c, 0), ""), gt, "");
+    cg_store(c, r->xt, LLVMBuildSelect(c->b, take, v, best, ""), r->k->scratch, j);
+    cg_store(c, KILN_I64, LLVMBuildSelect(c->b, take, pos, cg_load(c, KILN_I64, r->k->out, j), ""), r->k->out, j);
+    return;
+  }
+  LLVMValueRef acc = cg_load(c, r->xt, r->k->out, j), res;
+  if (n->op == KILN_OP_REDUCE_MAX) res = cg_binary(c, KILN_OP_MAX, r->xt, acc, v);
+  else if (n->op == KILN_OP_REDUCE_MIN) res = cg_binary(c, KILN_OP_MIN, r->xt, acc, v);
+  else if (kiln_dtype_is_float(r->xt)) res = cg_fast(LLVMBuildFAdd(c->b, acc, v, ""), true);
+  else res = add(c, acc, v);
+  cg_store(c, r->xt, res, r->k->out, j);
+}
+
+static double identity_of(kiln_op op, kiln_dtype t) {
+  bool fl = kiln_dtype_is_float(t);
+  if (op == KILN_OP_REDUCE_MAX) return fl ? -__builtin_inf() : t == KILN_I32 ? (double)INT32_MIN : (double)INT64_MIN;
+  if (op == KILN_OP_REDUCE_MIN) return fl ? __builtin_inf() : t == KILN_I32 ? (double)INT32_MAX : (double)INT64_MAX;
+  return 0;
+}
+
+static void red_init_body(cg *c, node_ctx *k, LLVMValueRef i) {
+  kiln_dtype xt = dt(&c->g->nodes[k->n->inputs[0]]);
+  LLVMValueRef v = k->n->op == KILN_OP_ARGMAX ? cg_i64(c, 0) : cg_fill_value(c, xt, identity_of((kiln_op)k->n->op, xt));
+  cg_store(c, dt(k->n), v, k->out, i);
+}
+
+static void mean_body(cg *c, node_ctx *k, LLVMValueRef i) {
+  const kiln_node *n = k->n, *x = input(c, k, 0);
+  /* Only called when the output is non-empty; an empty reduced axis gives 0/0 like the evaluator. */
+  int64_t count = kiln_shape_numel(x->rank, x->dims) / kiln_shape_numel(n->rank, n->dims);
+  LLVMValueRef v = cg_load(c, dt(n), k->out, i);
+  v = kiln_dtype_is_float(dt(n)) ? LLVMBuildFDiv(c->b, v, LLVMConstReal(cg_type(c, dt(n)), (double)count), "")
+                                 : cg_binary(c, KILN_OP_DIV, dt(n), v, LLVMConstInt(cg_type(c, dt(n)), (unsigned long long)count, 1));
+  cg_store(c, dt(n), v, k->out, i);
+}
+
+static void lower_reduce(cg *c, node_ctx *k) {
+  const kiln_node *n = k->n, *x = input(c, k, 0);
+  red_ctx r = {.k = k, .xt = dt(x)};
+  int64_t axes[KILN_MAX_RANK], kept[KILN_MAX_RANK];
+  if (n->op == KILN_OP_ARGMAX) {
+    r.red[kiln_attr_int(n, KILN_ATTR_AXIS, 0)] = true;
+  } else {
+    int na = kiln_attr_ints(n, KILN_ATTR_AXES, axes);
+    for (int i = 0; i < na; i++) r.red[axes[i]] = true;
+  }
+  for (int d = 0; d < x->rank; d++) kept[d] = r.red[d] ? 1 : x->dims[d];
+  strides_of(x->rank, kept, r.kept_st);
+  int64_t on = kiln_shape_numel(n->rank, n->dims);
+  flat(c, k, on, red_init_body);
+  cg_nest(c, x->rank, x->dims, red_body, &r);
+  if (n->op == KILN_OP_REDUCE_MEAN) flat(c, k, on, mean_body);
+}
+
+/* ---- movement ---- */
+
+typedef struct {
+  node_ctx *k;
+  int64_t st[KILN_MAX_RANK]; /* input strides */
+  int64_t a[KILN_MAX_RANK], b[KILN_MAX_RANK], s[KILN_MAX_RANK];
+  int64_t offset;            /* concat */
+  uint32_t which;            /* concat input */
+  LLVMBasicBlockRef fail;    /* gather */
+} mov_ctx;
+
+static void copy_body(cg *c, node_ctx *k, LLVMValueRef i) { cg_store(c, dt(k->n), cg_load(c, dt(k->n), k->in[0], i), k->out, i); }
+
+static void transpose_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
+  mov_ctx *m = vctx;
+  const kiln_node *n = m->k->n;
+  LLVMValueRef xi = cg_i64(c, 0);
+  for (int d = 0; d < n->rank; d++) xi = add(c, xi, mul(c, ivs[d], cg_i64(c, m->st[m->a[d]])));
+  cg_store(c, dt(n), cg_load(c, dt(n), m->k->in[0], xi), m->k->out, cg_linear(c, n->rank, n->dims, ivs));
+}
+
+static void broadcast_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
+  mov_ctx *m = vctx;
+  const kiln_node *n = m->k->n, *x = input(c, m->k, 0);
+  LLVMValueRef xi = cg_i64(c, 0);
+  for (int d = 0; d < x->rank; d++)
+    if (x->dims[d] != 1) xi = add(c, xi, mul(c, ivs[n->rank - x->rank + d], cg_i64(c, m->st[d])));
+  cg_store(c, dt(n), cg_load(c, dt(n), m->k->in[0], xi), m->k->out, cg_linear(c, n->rank, n->dims, ivs));
+}
+
+static void concat_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
+  mov_ctx *m = vctx;
+  const kiln_node *n = m->k->n, *x = input(c, m->k, (int)m->which);
+  int64_t axis = kiln_attr_int(n, KILN_ATTR_AXIS, 0);
+  LLVMValueRef oivs[KILN_MAX_RANK];
+  for (int d = 0; d < n->rank; d++) oivs[d] = d == axis ? add(c, ivs[d], cg_i64(c, m->offset)) : ivs[d];
+  LLVMValueRef v = cg_load(c, dt(n), m->k->in[m->which], cg_linear(c, x->rank, x->dims, ivs));
+  cg_store(c, dt(n), v, m->k->out, cg_linear(c, n->rank, n->dims, oivs));
+}
+
+static void slice_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
+  mov_ctx *m = vctx;
+  const kiln_node *n = m->k->n;
+  LLVMValueRef xi = cg_i64(c, 0);
+  for (int d = 0; d < n->rank; d++)
+    xi = add(c, xi, mul(c, add(c, cg_i64(c, m->a[d]), mul(c, ivs[d], cg_i64(c, m->s[d]))), cg_i64(c, m->st[d])));
+  cg_store(c, dt(n), cg_load(c, dt(n), m->k->in[0], xi), m->k->out, cg_linear(c, n->rank, n->dims, ivs));
+}
+
+/* Loads from a clamped index and selects the pad value, so the loop stays branch-free. */
+static void pad_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
+  mov_ctx *m = vctx;
+  const kiln_node *n = m->k->n, *x = input(c, m->k, 0);
+  LLVMValueRef xi = cg_i64(c, 0), inside = LLVMConstInt(c->i1, 1, 0);
+  for (int d = 0; d < n->rank; d++) {
+    LLVMValueRef q = LLVMBuildSub(c->b, ivs[d], cg_i64(c, m->a[d]), "");
+    LLVMValueRef ok = LLVMBuildICmp(c->b, LLVMIntULT, q, cg_i64(c, x->dims[d]), "");
+    inside = LLVMBuildAnd(c->b, inside, ok, "");
+    xi = add(c, xi, mul(c, LLVMBuildSelect(c->b, ok, q, cg_i64(c, 0), ""), cg_i64(c, m->st[d])));
+  }
+  LLVMValueRef pv = cg_fill_value(c, dt(n), kiln_attr_float(n, KILN_ATTR_VALUE, 0));
+  LLVMValueRef v = kiln_shape_numel(x->rank, x->dims) ? LLVMBuildSelect(c->b, inside, cg_load(c, dt(n), m->k->in[0], xi), pv, "") : pv;
+  cg_store(c, dt(n), v, m->k->out, cg_linear(c, n->rank, n->dims, ivs));
+}
+
+static void gather_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
+  mov_ctx *m = vctx;
+  const kiln_node *n = m->k->n, *x = input(c, m->k, 0), *ix = input(c, m->k, 1);
+  int64_t axis = kiln_attr_int(n, KILN_ATTR_AXIS, 0);
+  LLVMValueRef v = cg_load(c, dt(ix), m->k->in[1], cg_linear(c, ix->rank, ix->dims, ivs + axis));
+  v = cg_cast(c, dt(ix), KILN_I64, v);
+  LLVMValueRef neg = LLVMBuildICmp(c->b, LLVMIntSLT, v, cg_i64(c, 0), "");
+  v = LLVMBuildSelect(c->b, neg, add(c, v, cg_i64(c, x->dims[axis])), v, "");
+  LLVMBasicBlockRef ok = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "idx.ok");
+  LLVMBuildCondBr(c->b, LLVMBuildICmp(c->b, LLVMIntULT, v, cg_i64(c, x->dims[axis]), ""), ok, m->fail);
+  LLVMPositionBuilderAtEnd(c->b, ok);
+  LLVMValueRef xi = cg_i64(c, 0);
+  for (int d = 0; d < x->rank; d++) {
+    LLVMValueRef iv = d < axis ? ivs[d] : d == axis ? v : ivs[d + ix->rank - 1];
+    xi = add(c, xi, mul(c, iv, cg_i64(c, m->st[d])));
+  }
+  cg_store(c, dt(n), cg_load(c, dt(n), m->k->in[0], xi), m->k->out, cg_linear(c, n->rank, n->dims, ivs));
+}
+
+static void one_hot_body(cg *c, node_ctx *k, LLVMValueRef i) {
+  const kiln_node *n = k->n, *ix = input(c, k, 0);
+  LLVMValueRef depth = cg_i64(c, n->dims[n->rank - 1]);
+  LLVMValueRef v = cg_cast(c, dt(ix), KILN_I64, cg_load(c, dt(ix), k->in[0], LLVMBuildSDiv(c->b, i, depth, "")));
+  LLVMValueRef hot = LLVMBuildICmp(c->b, LLVMIntEQ, v, LLVMBuildSRem(c->b, i, depth, ""), "");
+  cg_store(c, dt(n), cg_cast(c, KILN_BOOL, dt(n), LLVMBuildZExt(c->b, hot, c->i8, "")), k->out, i);
+}
+
+static void lower_movement(cg *c, node_ctx *k) {
+  const kiln_node *n = k->n, *x = input(c, k, 0);
+  mov_ctx m = {.k = k};
+  strides_of(x->rank, x->dims, m.st);
+  int64_t numel = kiln_shape_numel(n->rank, n->dims);
+  switch ((kiln_op)n->op) {
+  case KILN_OP_RESHAPE: flat(c, k, numel, copy_body); return;
+  case KILN_OP_TRANSPOSE:
+    kiln_attr_ints(n, KILN_ATTR_PERM, m.a);
+    cg_nest(c, n->rank, n->dims, transpose_body, &m);
+    return;
+  case KILN_OP_BROADCAST_TO: cg_nest(c, n->rank, n->dims, broadcast_body, &m); return;
+  case KILN_OP_CONCAT: {
+    int64_t axis = kiln_attr_int(n, KILN_ATTR_AXIS, 0);
+    for (m.which = 0; m.which < n->ninputs; m.which++) {
+      const kiln_node *y = input(c, k, (int)m.which);
+      cg_nest(c, y->rank, y->dims, concat_body, &m);
+      m.offset += y->dims[axis];
+    }
+    return;
+  }
+  case KILN_OP_SLICE: {
+    int64_t st[KILN_MAX_RANK], en[KILN_MAX_RANK];
+    kiln_attr_ints(n, KILN_ATTR_STARTS, st);
+    kiln_attr_ints(n, KILN_ATTR_ENDS, en);
+    kiln_attr_ints(n, KILN_ATTR_STEPS, m.s);
+    for (int d = 0; d < x->rank; d++) kiln_slice_dim(x->dims[d], st[d], en[d], m.s[d], &m.a[d]);
+    cg_nest(c, n->rank, n->dims, slice_body, &m);
+    return;
+  }
+  case KILN_OP_PAD:
+    kiln_attr_ints(n, KILN_ATTR_PADS_LO, m.a);
+    cg_nest(c, n->rank, n->dims, pad_body, &m);
+    return;
+  case KILN_OP_GATHER: {
+    m.fail = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "bad.index");
+    LLVMBasicBlockRef here = LLVMGetInsertBlock(c->b);
+    LLVMPositionBuilderAtEnd(c->b, m.fail);
+    LLVMBuildRet(c->b, LLVMConstInt(c->i32, k->id + 1, 0));
+    LLVMPositionBuilderAtEnd(c->b, here);
+    cg_nest(c, n->rank, n->dims, gather_body, &m);
+    return;
+  }
+  default: KILN_ASSERT(!"not a movement op");
+  }
+}
+
+/* Emits node k's body; false if the op has no lowering (reported, never silent). */
+static bool lower_node(cg *c, node_ctx *k) {
+  const kiln_node *n = k->n;
+  unsigned f = kiln_ops[n->op].flags;
+  int64_t numel = kiln_shape_numel(n->rank, n->dims);
+  switch ((kiln_op)n->op) {
+  case KILN_OP_CONST: flat(c, k, numel, fill_body); return true;
+  case KILN_OP_IOTA: flat(c, k, numel, iota_body); return true;
+  case KILN_OP_RNG_UNIFORM:
+  case KILN_OP_RNG_NORMAL: flat(c, k, numel, rng_body); return true;
+  case KILN_OP_MATMUL: cg_matmul(c, n, k->out, k->in, k->scratch); return true;
+  case KILN_OP_CONV2D: cg_conv2d(c, n, k->out, k->in, k->scratch); return true;
+  case KILN_OP_MAX_POOL2D:
+  case KILN_OP_AVG_POOL2D: cg_pool2d(c, n, k->out, k->in); return true;
+  case KILN_OP_ONE_HOT: flat(c, k, numel, one_hot_body); return true;
+  default: break;
+  }
+  if (f & EW) {
+    flat(c, k, numel, ew_body);
+    return true;
+  }
+  if (f & RED) {
+    lower_reduce(c, k);
+    return true;
+  }
+  if (f & MOV) {
+    lower_movement(c, k);
+    return true;
+  }
+  snprintf(c->err, sizeof c->err, "codegen: no lowering for op '%s'", kiln_ops[n->op].name);
+  return false;
+}
+
+static uint64_t scratch_bytes(const kiln_graph *g, const kiln_node *n) {
+  if (n->op == KILN_OP_ARGMAX)
+    return (uint64_t)kiln_shape_numel(n->rank, n->dims) * kiln_dtype_size((kiln_dtype)g->nodes[n->inputs[0]].dtype);
+  return cg_scratch_bytes(g, n);
+}
+
+static uint64_t align64(uint64_t x) { return (x + 63) & ~(uint64_t)63; }
+
+void cg_plan_free(cg_plan *p) {
+  free(p->locs);
+  free(p->out_node);
+  free(p->out_direct);
+  memset(p, 0, sizeof *p);
+}
+
+kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
+  const kiln_graph *g = c->g;
+  memset(plan, 0, sizeof *plan);
+  plan->nin = kiln_graph_num_params(g);
+  plan->nout = g->noutputs;
+  plan->locs = calloc(g->nnodes + 1, sizeof *plan->locs);
+  plan->out_node = calloc(g->noutputs + 1, sizeof *plan->out_node);
+  plan->out_direct = calloc(g->noutputs + 1, sizeof *plan->out_direct);
+  bool *live = calloc(g->nnodes + 1, 1);
+  if (!plan->locs || !plan->out_node || !plan->out_direct || !live) {
+    free(live);
+    return kiln_set_error(KILN_ERR_NOMEM, "codegen: out of memory");
+  }
+  /* Liveness from the outputs backwards (inputs have smaller indices). */
+  for (uint32_t j = 0; j < g->noutputs; j++) live[g->outputs[j].node] = true;
+  for (uint32_t i = g->nnodes; i-- > 0;)
+    if (live[i])
+      for (uint32_t j = 0; j < g->nodes[i].ninputs; j++) live[g->nodes[i].inputs[j]] = true;
+
+  uint32_t pi = 0;
+  uint64_t ws = 0, scratch = 0;
+  for (uint32_t i = 0; i < g->nnodes; i++) {
+    const kiln_node *n = &g->nodes[i];
+    buf_loc *l = &plan->locs[i];
+    if (n->op == KILN_OP_PARAM) {
+      l->kind = BUF_INPUT;
+      l->index = pi++;
+    } else if (n->op == KILN_OP_CONST && n->data) {
+      l->kind = BUF_CONST;
+      l->global = LLVMAddGlobal(c->mod, LLVMArrayType(c->i8, (unsigned)n->nbytes), "");
+      LLVMSetInitializer(l->global, LLVMConstStringInContext(c->ctx, n->data, (unsigned)n->nbytes, 1));
+      LLVMSetGlobalConstant(l->global, 1);
+      LLVMSetLinkage(l->global, LLVMPrivateLinkage);
+      LLVMSetUnnamedAddress(l->global, LLVMGlobalUnnamedAddr);
+      LLVMSetAlignment(l->global, 64);
+    } else {
+      l->kind = BUF_WORK;
+    }
+  }
+  for (uint32_t j = 0; j < g->noutputs; j++) {
+    uint32_t node = g->outputs[j].node;
+    plan->out_node[j] = (int32_t)node;
+    buf_loc *l = &plan->locs[node];
+    if (l->kind == BUF_WORK) {
+      l->kind = BUF_OUTPUT;
+      l->index = j;
+      plan->out_direct[j] = true;
+    }
+  }
+  for (uint32_t i = 0; i < g->nnodes; i++) {
+    const kiln_node *n = &g->nodes[i];
+    if (!live[i] || plan->locs[i].kind != BUF_WORK) continue;
+    plan->locs[i].offset = ws;
+    ws = align64(ws + (uint64_t)kiln_shape_numel(n->rank, n->dims) * kiln_dtype_size((kiln_dtype)n->dtype));
+  }
+  for (uint32_t i = 0; i < g->nnodes; i++)
+    if (live[i]) {
+      uint64_t s = scratch_bytes(g, &g->nodes[i]);
+      if (s > scratch) scratch = s;
+    }
+  uint64_t scratch_off = ws;
+  plan->workspace = align64(ws + scratch) + 64;
+
+  /* The entry function. */
+  LLVMTypeRef entry_ty = LLVMFunctionType(c->i32, &c->ptr, 1, 0);
+  LLVMValueRef entry = LLVMAddFunction(c->mod, entry_name, entry_ty);
+  LLVMBasicBlockRef entry_bb = LLVMAppendBasicBlockInContext(c->ctx, entry, "entry");
+  LLVMBuilderRef eb = LLVMCreateBuilderInContext(c->ctx);
+  LLVMPositionBuilderAtEnd(eb, entry_bb);
+  LLVMValueRef args = LLVMGetParam(entry, 0);
+  LLVMValueRef *ptrs = calloc(g->nnodes + 1, sizeof *ptrs);
+  KILN_ASSERT(ptrs);
+#define ARG(k) LLVMBuildLoad2(eb, c->ptr, LLVMBuildGEP2(eb, c->ptr, args, (LLVMValueRef[]){cg_i64(c, (int64_t)(k))}, 1, ""), "")
+  LLVMValueRef wsp = ARG(plan->nin + plan->nout);
+  LLVMValueRef scratch_p = LLVMBuildGEP2(eb, c->i8, wsp, (LLVMValueRef[]){cg_i64(c, (int64_t)scratch_off)}, 1, "");
+  kiln_status st = KILN_OK;
+  for (uint32_t i = 0; i < g->nnodes && st == KILN_OK; i++) {
+    const kiln_node *n = &g->nodes[i];
+    buf_loc *l = &plan->locs[i];
+    if (!live[i]) continue;
+    switch (l->kind) {
+    case BUF_INPUT: ptrs[i] = ARG(l->index); break;
+    case BUF_OUTPUT: ptrs[i] = ARG(plan->nin + l->index); break;
+    case BUF_CONST: ptrs[i] = l->global; break;
+    case BUF_WORK: ptrs[i] = LLVMBuildGEP2(eb, c->i8, wsp, (LLVMValueRef[]){cg_i64(c, (int64_t)l->offset)}, 1, ""); break;
+    }
+    if (l->kind == BUF_INPUT || l->kind == BUF_CONST) continue;
+    if (n->ninputs > 62) {
+      st = kiln_set_error(KILN_ERR_UNSUPPORTED, "codegen: %s with %u inputs (max 62)", kiln_ops[n->op].name, n->ninputs);
+      break;
+    }
+    /* The node function. */
+    LLVMTypeRef params[64];
+    unsigned np = n->ninputs + 2;
+    for (unsigned j = 0; j < np; j++) params[j] = c->ptr;
+    LLVMTypeRef fty = LLVMFunctionType(c->i32, params, np, 0);
+    char name[64];
+    snprintf(name, sizeof name, "node%u_%s", i, kiln_ops[n->op].name);
+    LLVMValueRef fn = LLVMAddFunction(c->mod, name, fty);
+    LLVMSetLinkage(fn, LLVMInternalLinkage);
+    unsigned noalias = LLVMGetEnumAttributeKindForName("noalias", 7);
+    LLVMAddAttributeAtIndex(fn, 1, LLVMCreateEnumAttribute(c->ctx, noalias, 0));
+    LLVMAddAttributeAtIndex(fn, np, LLVMCreateEnumAttribute(c->ctx, noalias, 0));
+    c->fn = fn;
+    LLVMPositionBuilderAtEnd(c->b, LLVMAppendBasicBlockInContext(c->ctx, fn, "entry"));
+    node_ctx k = {.n = n, .id = i, .out = LLVMGetParam(fn, 0), .scratch = LLVMGetParam(fn, np - 1)};
+    for (uint32_t j = 0; j < n->ninputs; j++) k.in[j] = LLVMGetParam(fn, j + 1);
+    if (!lower_node(c, &k)) {
+      st = kiln_set_error(KILN_ERR_UNSUPPORTED, "%s", c->err);
+      break;
+    }
+    LLVMBuildRet(c->b, LLVMConstInt(c->i32, 0, 0));
+    LLVMValueRef cargs[64];
+    cargs[0] = ptrs[i];
+    for (uint32_t j = 0; j < n->ninputs; j++) cargs[j + 1] = ptrs[n->inputs[j]];
+    cargs[np - 1] = scratch_p;
+    LLVMValueRef rc = LLVMBuildCall2(eb, fty, fn, cargs, np, "");
+    if (n->op == KILN_OP_GATHER) {
+      LLVMBasicBlockRef bad = LLVMAppendBasicBlockInContext(c->ctx, entry, "fail"),
+                        good = LLVMAppendBasicBlockInContext(c->ctx, entry, "ok");
+      LLVMBuildCondBr(eb, LLVMBuildICmp(eb, LLVMIntNE, rc, LLVMConstInt(c->i32, 0, 0), ""), bad, good);
+      LLVMPositionBuilderAtEnd(eb, bad);
+      LLVMBuildRet(eb, rc);
+      LLVMPositionBuilderAtEnd(eb, good);
+    }
+  }
+#undef ARG
+  LLVMBuildRet(eb, LLVMConstInt(c->i32, 0, 0));
+  LLVMDisposeBuilder(eb);
+  free(ptrs);
+  free(live);
+  return st;
+}

@@ -1,0 +1,117 @@
+/* Builder calls for neural-network ops: convolution and pooling (normalising
+ * layouts and "same" padding to the NHWC/HWIO primitives) and the softmax
+ * composites. */
+#include <string.h>
+#include "ir/ir.h"
+
+static const int64_t TO_NHWC[4] = {0, 2, 3, 1}, TO_NCHW[4] = {0, 3, 1, 2}, OIHW_TO_HWIO[4] = {2, 3, 1, 0};
+
+static int64_t or_one(int64_t v) { return v ? v : 1; }
+
+/* TensorFlow's "same": output = ceil(in / stride), padding split with the extra at the end. */
+static void same_pads(const int64_t *in_hw, const int64_t *k, const int64_t *s, const int64_t *d, int64_t *pads) {
+  for (int i = 0; i < 2; i++) {
+    int64_t out = (in_hw[i] + s[i] - 1) / s[i];
+    int64_t total = (out - 1) * s[i] + (k[i] - 1) * d[i] + 1 - in_hw[i];
+    if (total < 0) total = 0;
+    pads[i] = total / 2;
+    pads[i + 2] = total - total / 2;
+  }
+}
+
+static bool resolve_pads(kiln_graph *g, const char *op, kiln_padding p, const int64_t *explicit_pads,
+                         const int64_t *in_hw, const int64_t *k, const int64_t *s, const int64_t *d, int64_t *pads) {
+  switch (p) {
+  case KILN_PAD_VALID: memset(pads, 0, 4 * sizeof(int64_t)); return true;
+  case KILN_PAD_SAME: same_pads(in_hw, k, s, d, pads); return true;
+  case KILN_PAD_EXPLICIT: memcpy(pads, explicit_pads, 4 * sizeof(int64_t)); return true;
+  }
+  kiln_graph_fail(g, KILN_ERR_INVALID, "%s: unknown padding mode %d", op, (int)p);
+  return false;
+}
+
+static bool rank4(kiln_graph *g, kiln_value v, const char *op, const char *what) {
+  if (g->status != KILN_OK) return false;
+  if (v.id >= g->nnodes) {
+    kiln_graph_fail(g, KILN_ERR_INVALID, "%s: %s is not a value of this graph", op, what);
+    return false;
+  }
+  if (g->nodes[v.id].rank != 4) {
+    char s[128];
+    const kiln_node *n = &g->nodes[v.id];
+    kiln_graph_fail(g, KILN_ERR_INVALID, "%s: %s must be rank 4, got %s%s", op, what, kiln_dtype_name(n->dtype),
+                    kiln_shape_str(s, sizeof s, n->rank, n->dims));
+    return false;
+  }
+  return true;
+}
+
+kiln_value kiln_conv2d(kiln_graph *g, kiln_value x, kiln_value w, const kiln_conv2d_opts *o) {
+  kiln_conv2d_opts def = {0};
+  if (!o) o = &def;
+  if (!g || !rank4(g, x, "conv2d", "input") || !rank4(g, w, "conv2d", "filter")) return (kiln_value){KILN_NONE};
+  bool nchw = o->layout == KILN_NCHW;
+  if (nchw) {
+    x = kiln_transpose(g, x, TO_NHWC, 4);
+    w = kiln_transpose(g, w, OIHW_TO_HWIO, 4);
+  }
+  if (g->status != KILN_OK) return (kiln_value){KILN_NONE};
+  const kiln_node *xn = &g->nodes[x.id], *wn = &g->nodes[w.id];
+  int64_t s[2] = {or_one(o->strides[0]), or_one(o->strides[1])};
+  int64_t d[2] = {or_one(o->dilations[0]), or_one(o->dilations[1])};
+  int64_t k[2] = {wn->dims[0], wn->dims[1]}, pads[4];
+  if (!resolve_pads(g, "conv2d", o->padding, o->pads, xn->dims + 1, k, s, d, pads)) return (kiln_value){KILN_NONE};
+  kiln_attrs a = {0};
+  kiln_attrs_ints(&a, KILN_ATTR_STRIDES, s, 2);
+  kiln_attrs_ints(&a, KILN_ATTR_DILATIONS, d, 2);
+  kiln_attrs_ints(&a, KILN_ATTR_PADS, pads, 4);
+  kiln_attrs_int(&a, KILN_ATTR_GROUPS, or_one(o->groups));
+  uint32_t ids[2] = {x.id, w.id};
+  kiln_value y = kiln_node_make(g, KILN_OP_CONV2D, ids, 2, &a, NULL, NULL, 0);
+  return nchw ? kiln_transpose(g, y, TO_NCHW, 4) : y;
+}
+
+static kiln_value pool(kiln_graph *g, kiln_op op, kiln_value x, const kiln_pool2d_opts *o) {
+  const char *name = kiln_ops[op].name;
+  if (!g || !rank4(g, x, name, "input")) return (kiln_value){KILN_NONE};
+  if (!o) return kiln_graph_fail(g, KILN_ERR_INVALID, "%s: options are required (window size)", name);
+  bool nchw = o->layout == KILN_NCHW;
+  if (nchw) x = kiln_transpose(g, x, TO_NHWC, 4);
+  if (g->status != KILN_OK) return (kiln_value){KILN_NONE};
+  int64_t k[2] = {o->window[0], o->window[1]};
+  int64_t s[2] = {o->strides[0] ? o->strides[0] : k[0], o->strides[1] ? o->strides[1] : k[1]};
+  int64_t d[2] = {1, 1}, pads[4];
+  if (!resolve_pads(g, name, o->padding, o->pads, g->nodes[x.id].dims + 1, k, s, d, pads))
+    return (kiln_value){KILN_NONE};
+  kiln_attrs a = {0};
+  kiln_attrs_ints(&a, KILN_ATTR_WINDOW, k, 2);
+  kiln_attrs_ints(&a, KILN_ATTR_STRIDES, s, 2);
+  kiln_attrs_ints(&a, KILN_ATTR_PADS, pads, 4);
+  kiln_value y = kiln_node_make(g, op, &x.id, 1, &a, NULL, NULL, 0);
+  return nchw ? kiln_transpose(g, y, TO_NCHW, 4) : y;
+}
+
+kiln_value kiln_max_pool2d(kiln_graph *g, kiln_value x, const kiln_pool2d_opts *o) {
+  return pool(g, KILN_OP_MAX_POOL2D, x, o);
+}
+kiln_value kiln_avg_pool2d(kiln_graph *g, kiln_value x, const kiln_pool2d_opts *o) {
+  return pool(g, KILN_OP_AVG_POOL2D, x, o);
+}
+
+/* x - max(x) keeps exp() in range; the max is along the same axis. */
+static kiln_value shifted(kiln_graph *g, kiln_value x, int axis) {
+  int64_t ax = axis;
+  return kiln_sub(g, x, kiln_reduce_max(g, x, &ax, 1, true));
+}
+
+kiln_value kiln_softmax(kiln_graph *g, kiln_value x, int axis) {
+  int64_t ax = axis;
+  kiln_value e = kiln_exp(g, shifted(g, x, axis));
+  return kiln_div(g, e, kiln_reduce_sum(g, e, &ax, 1, true));
+}
+
+kiln_value kiln_log_softmax(kiln_graph *g, kiln_value x, int axis) {
+  int64_t ax = axis;
+  kiln_value z = shifted(g, x, axis);
+  return kiln_sub(g, z, kiln_log(g, kiln_reduce_sum(g, kiln_exp(g, z), &ax, 1, true)));
+}

@@ -1,0 +1,48 @@
+/* kiln compilation and execution.
+ *
+ *   kiln_exec *e;
+ *   if (kiln_compile(g, NULL, &e) != KILN_OK) fprintf(stderr, "%s\n", kiln_errmsg());
+ *   kiln_tensor *y;
+ *   kiln_exec_run(e, (const kiln_tensor *[]){x}, 1, &y, 1);   // y is the caller's
+ *   kiln_exec_free(e);
+ *
+ * Inputs are given in placeholder creation order, outputs in kiln_output order.
+ * A graph with a KILN_DYN batch dim is specialised (and JIT-compiled) once per
+ * batch size seen. A kiln_exec is not safe for concurrent kiln_exec_run calls. */
+#ifndef KILN_EXEC_H
+#define KILN_EXEC_H
+
+#include "kiln/graph.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct kiln_exec kiln_exec;
+
+typedef struct kiln_compile_options {
+  const char *cpu;      /* NULL or "native": host CPU and features; "generic": portable */
+  bool keep_ir;         /* keep the optimized LLVM IR text (kiln_exec_llvm_ir) */
+} kiln_compile_options;
+
+/* Compiles a copy of g: the caller may free g afterwards. */
+KILN_API kiln_status kiln_compile(const kiln_graph *g, const kiln_compile_options *opts, kiln_exec **out);
+KILN_API void kiln_exec_free(kiln_exec *e);
+/* outputs[i] receive new tensors owned by the caller. */
+KILN_API kiln_status kiln_exec_run(kiln_exec *e, const kiln_tensor *const *inputs, size_t nin,
+                                   kiln_tensor **outputs, size_t nout);
+KILN_API size_t kiln_exec_num_inputs(const kiln_exec *e);
+KILN_API size_t kiln_exec_num_outputs(const kiln_exec *e);
+KILN_API const char *kiln_exec_input_name(const kiln_exec *e, size_t i);
+KILN_API const char *kiln_exec_output_name(const kiln_exec *e, size_t i);
+/* Optimized LLVM IR of the most recent specialization (needs keep_ir), or NULL. */
+KILN_API const char *kiln_exec_llvm_ir(const kiln_exec *e);
+
+/* The reference evaluator: plain C, same calling convention as kiln_exec_run. */
+KILN_API kiln_status kiln_evaluate(const kiln_graph *g, const kiln_tensor *const *inputs, size_t nin,
+                                   kiln_tensor **outputs, size_t nout);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,7 @@
+/* Everything public in kiln. See graph.h for a worked example. */
+#ifndef KILN_KILN_H
+#define KILN_KILN_H
+#include "kiln/core.h"
+#include "kiln/graph.h"
+#include "kiln/exec.h"
+#endif

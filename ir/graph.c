@@ -1,0 +1,304 @@
+/* Graph construction. kiln_node_make is the only way a node comes to exist: it
+ * checks arity, copies inputs/attributes/data into the arena, runs shape inference,
+ * and looks the node up in the dedup table first, so building the same expression
+ * twice yields the same index (CSE for free). Sources with names (params) are keyed
+ * by name, so a second placeholder with the same name is an error, not a merge. */
+#include <stdarg.h>
+#include <string.h>
+#include "ir/ir.h"
+
+const kiln_op_info kiln_ops[KILN_OP_COUNT] = {
+#define KILN_OP(e, name, arity, flags, doc) [KILN_OP_##e] = {#name, arity, flags, doc},
+#include "ir/ops.def"
+#undef KILN_OP
+};
+
+const kiln_attr_info kiln_attrs_info[KILN_ATTR_COUNT] = {
+#define KILN_ATTR(e, name, kind) [KILN_ATTR_##e] = {#name, KILN_AK_##kind},
+#include "ir/attrs.def"
+#undef KILN_ATTR
+};
+
+kiln_graph *kiln_graph_new(void) {
+  kiln_graph *g = calloc(1, sizeof *g);
+  if (!g) {
+    kiln_set_error(KILN_ERR_NOMEM, "kiln_graph_new: out of memory");
+    return NULL;
+  }
+  g->batch = -1;
+  return g;
+}
+
+void kiln_graph_free(kiln_graph *g) {
+  if (!g) return;
+  kiln_arena_free(&g->arena);
+  free(g->nodes);
+  free(g->table);
+  free(g->outputs);
+  free(g);
+}
+
+kiln_status kiln_graph_status(const kiln_graph *g) { return g ? g->status : KILN_ERR_INVALID; }
+const char *kiln_graph_errmsg(const kiln_graph *g) { return g ? g->errmsg : "null graph"; }
+
+kiln_value kiln_graph_fail(kiln_graph *g, kiln_status s, const char *fmt, ...) {
+  if (g->status == KILN_OK) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g->errmsg, sizeof g->errmsg, fmt, ap);
+    va_end(ap);
+    g->status = s;
+  }
+  kiln_set_error(g->status, "%s", g->errmsg);
+  return (kiln_value){KILN_NONE};
+}
+
+const kiln_node *kiln_node_get(const kiln_graph *g, kiln_value v) {
+  return g && v.id < g->nnodes ? &g->nodes[v.id] : NULL;
+}
+
+kiln_dtype kiln_value_dtype(const kiln_graph *g, kiln_value v) {
+  const kiln_node *n = kiln_node_get(g, v);
+  return n ? (kiln_dtype)n->dtype : KILN_DTYPE_COUNT;
+}
+
+kiln_shape kiln_value_shape(const kiln_graph *g, kiln_value v) {
+  kiln_shape s = {0};
+  const kiln_node *n = kiln_node_get(g, v);
+  if (n) {
+    s.rank = n->rank;
+    memcpy(s.dims, n->dims, sizeof s.dims);
+  }
+  return s;
+}
+
+/* ---- attributes ---- */
+
+const kiln_attr *kiln_attr_find(const kiln_node *n, kiln_attr_key k) {
+  for (uint32_t i = 0; i < n->nattrs; i++)
+    if (n->attrs[i].key == (int32_t)k) return &n->attrs[i];
+  return NULL;
+}
+
+int64_t kiln_attr_int(const kiln_node *n, kiln_attr_key k, int64_t dflt) {
+  const kiln_attr *a = kiln_attr_find(n, k);
+  return a ? a->v.i[0] : dflt;
+}
+
+double kiln_attr_float(const kiln_node *n, kiln_attr_key k, double dflt) {
+  const kiln_attr *a = kiln_attr_find(n, k);
+  return a ? a->v.f : dflt;
+}
+
+int kiln_attr_ints(const kiln_node *n, kiln_attr_key k, int64_t *out) {
+  const kiln_attr *a = kiln_attr_find(n, k);
+  if (!a) return 0;
+  memcpy(out, a->v.i, sizeof(int64_t) * (size_t)a->n);
+  return a->n;
+}
+
+static kiln_attr *attrs_slot(kiln_attrs *a, kiln_attr_key k) {
+  KILN_ASSERT(a->n < (int)(sizeof a->a / sizeof a->a[0]));
+  kiln_attr *s = &a->a[a->n++];
+  memset(s, 0, sizeof *s);
+  s->key = (int32_t)k;
+  s->n = 1;
+  return s;
+}
+
+void kiln_attrs_int(kiln_attrs *a, kiln_attr_key k, int64_t v) { attrs_slot(a, k)->v.i[0] = v; }
+void kiln_attrs_float(kiln_attrs *a, kiln_attr_key k, double v) { attrs_slot(a, k)->v.f = v; }
+void kiln_attrs_ints(kiln_attrs *a, kiln_attr_key k, const int64_t *v, int n) {
+  KILN_ASSERT(n >= 0 && n <= KILN_MAX_RANK);
+  kiln_attr *s = attrs_slot(a, k);
+  s->n = n;
+  if (n) memcpy(s->v.i, v, sizeof(int64_t) * (size_t)n);
+}
+
+/* ---- node creation and dedup ---- */
+
+static uint32_t node_hash(const kiln_node *n) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  h = kiln_hash_bytes(h, &n->op, sizeof n->op);
+  h = kiln_hash_bytes(h, n->inputs, sizeof(uint32_t) * n->ninputs);
+  h = kiln_hash_bytes(h, n->attrs, sizeof(kiln_attr) * n->nattrs);
+  if (n->name) h = kiln_hash_bytes(h, n->name, strlen(n->name));
+  if (n->data) h = kiln_hash_bytes(h, n->data, n->nbytes);
+  return (uint32_t)(h ^ (h >> 32));
+}
+
+/* Params are equal when their names are; everything else by full content. */
+static bool node_equal(const kiln_node *a, const kiln_node *b) {
+  if (a->op != b->op || a->hash != b->hash) return false;
+  if (a->op == KILN_OP_PARAM) return !strcmp(a->name, b->name);
+  if (a->ninputs != b->ninputs || a->nattrs != b->nattrs || a->nbytes != b->nbytes) return false;
+  if (memcmp(a->inputs, b->inputs, sizeof(uint32_t) * a->ninputs)) return false;
+  if (memcmp(a->attrs, b->attrs, sizeof(kiln_attr) * a->nattrs)) return false;
+  if ((a->data == NULL) != (b->data == NULL)) return false;
+  return !a->data || !memcmp(a->data, b->data, a->nbytes);
+}
+
+static bool table_grow(kiln_graph *g) {
+  uint32_t cap = g->table_cap ? g->table_cap * 2 : 256;
+  uint32_t *t = calloc(cap, sizeof *t);
+  if (!t) return false;
+  for (uint32_t i = 0; i < g->nnodes; i++) {
+    uint32_t h = g->nodes[i].hash & (cap - 1);
+    while (t[h]) h = (h + 1) & (cap - 1);
+    t[h] = i + 1;
+  }
+  free(g->table);
+  g->table = t;
+  g->table_cap = cap;
+  return true;
+}
+
+static int attr_cmp(const void *a, const void *b) {
+  return ((const kiln_attr *)a)->key - ((const kiln_attr *)b)->key;
+}
+
+kiln_value kiln_node_make(kiln_graph *g, kiln_op op, const uint32_t *inputs, uint32_t nin,
+                          const kiln_attrs *attrs, const char *name, const void *data, size_t nbytes) {
+  if (!g) return (kiln_value){KILN_NONE};
+  if (g->status != KILN_OK) return (kiln_value){KILN_NONE};
+  const kiln_op_info *info = &kiln_ops[op];
+  if (info->arity >= 0 ? nin != (uint32_t)info->arity : nin == 0)
+    return kiln_graph_fail(g, KILN_ERR_INVALID, "%s: takes %d inputs, got %u", info->name, info->arity, nin);
+  for (uint32_t i = 0; i < nin; i++)
+    if (inputs[i] >= g->nnodes)
+      return kiln_graph_fail(g, KILN_ERR_INVALID, "%s: input %u is not a value of this graph", info->name, i);
+
+  kiln_attrs sorted = {0};
+  if (attrs) sorted = *attrs;
+  qsort(sorted.a, (size_t)sorted.n, sizeof(kiln_attr), attr_cmp);
+  for (int i = 1; i < sorted.n; i++)
+    if (sorted.a[i].key == sorted.a[i - 1].key)
+      return kiln_graph_fail(g, KILN_ERR_INVALID, "%s: attribute '%s' given twice", info->name,
+                             kiln_attrs_info[sorted.a[i].key].name);
+
+  kiln_node n = {.op = (uint16_t)op, .ninputs = nin, .nattrs = (uint32_t)sorted.n, .nbytes = data ? nbytes : 0};
+  n.inputs = inputs;
+  n.attrs = sorted.a;
+  n.name = name;
+  n.data = data;
+  n.hash = node_hash(&n);
+
+  if (g->nnodes + 1 > g->table_cap / 2 && !table_grow(g))
+    return kiln_graph_fail(g, KILN_ERR_NOMEM, "%s: out of memory", info->name);
+  uint32_t h = n.hash & (g->table_cap - 1);
+  for (; g->table[h]; h = (h + 1) & (g->table_cap - 1)) {
+    const kiln_node *m = &g->nodes[g->table[h] - 1];
+    if (node_equal(&n, m)) {
+      if (op == KILN_OP_PARAM)
+        return kiln_graph_fail(g, KILN_ERR_INVALID, "param: a placeholder named '%s' already exists", name);
+      return (kiln_value){g->table[h] - 1};
+    }
+  }
+
+  if (!kiln_infer(g, &n)) return (kiln_value){KILN_NONE};
+
+  /* Persist the variable-size parts in the arena only once the node is new and valid. */
+  uint32_t *in = nin ? kiln_arena_alloc(&g->arena, sizeof(uint32_t) * nin) : NULL;
+  kiln_attr *at = sorted.n ? kiln_arena_alloc(&g->arena, sizeof(kiln_attr) * (size_t)sorted.n) : NULL;
+  char *nm = name ? kiln_arena_strdup(&g->arena, name) : NULL;
+  void *dt = data ? kiln_arena_alloc(&g->arena, nbytes ? nbytes : 1) : NULL;
+  if ((nin && !in) || (sorted.n && !at) || (name && !nm) || (data && !dt))
+    return kiln_graph_fail(g, KILN_ERR_NOMEM, "%s: out of memory", info->name);
+  if (nin) memcpy(in, inputs, sizeof(uint32_t) * nin);
+  if (sorted.n) memcpy(at, sorted.a, sizeof(kiln_attr) * (size_t)sorted.n);
+  if (data && nbytes) memcpy(dt, data, nbytes);
+  n.inputs = in;
+  n.attrs = at;
+  n.name = nm;
+  n.data = dt;
+
+  if (g->nnodes == g->cap) {
+    uint32_t cap = g->cap ? g->cap * 2 : 64;
+    kiln_node *nodes = realloc(g->nodes, sizeof *nodes * cap);
+    if (!nodes) return kiln_graph_fail(g, KILN_ERR_NOMEM, "%s: out of memory", info->name);
+    g->nodes = nodes;
+    g->cap = cap;
+  }
+  g->nodes[g->nnodes] = n;
+  g->table[h] = g->nnodes + 1;
+  return (kiln_value){g->nnodes++};
+}
+
+kiln_status kiln_output(kiln_graph *g, const char *name, kiln_value v) {
+  if (!g) return kiln_set_error(KILN_ERR_INVALID, "kiln_output: null graph");
+  if (g->status != KILN_OK) return kiln_set_error(g->status, "%s", g->errmsg);
+  if (!name || !*name) {
+    kiln_graph_fail(g, KILN_ERR_INVALID, "output: a name is required");
+    return g->status;
+  }
+  if (v.id >= g->nnodes) {
+    kiln_graph_fail(g, KILN_ERR_INVALID, "output '%s': not a value of this graph", name);
+    return g->status;
+  }
+  for (uint32_t i = 0; i < g->noutputs; i++)
+    if (!strcmp(g->outputs[i].name, name)) {
+      kiln_graph_fail(g, KILN_ERR_INVALID, "output '%s': defined twice", name);
+      return g->status;
+    }
+  if (g->noutputs == g->outputs_cap) {
+    uint32_t cap = g->outputs_cap ? g->outputs_cap * 2 : 8;
+    kiln_output_def *o = realloc(g->outputs, sizeof *o * cap);
+    if (!o) {
+      kiln_graph_fail(g, KILN_ERR_NOMEM, "output: out of memory");
+      return g->status;
+    }
+    g->outputs = o;
+    g->outputs_cap = cap;
+  }
+  char *nm = kiln_arena_strdup(&g->arena, name);
+  if (!nm) {
+    kiln_graph_fail(g, KILN_ERR_NOMEM, "output: out of memory");
+    return g->status;
+  }
+  g->outputs[g->noutputs++] = (kiln_output_def){nm, v.id};
+  return KILN_OK;
+}
+
+uint32_t kiln_graph_num_params(const kiln_graph *g) {
+  uint32_t n = 0;
+  for (uint32_t i = 0; i < g->nnodes; i++) n += g->nodes[i].op == KILN_OP_PARAM;
+  return n;
+}
+
+/* Rebuilding node by node re-runs inference with the new batch binding; indices are
+ * preserved because the source graph is already deduplicated and topologically sorted. */
+kiln_graph *kiln_graph_specialize(const kiln_graph *src, int64_t batch) {
+  kiln_graph *g = kiln_graph_new();
+  if (!g) return NULL;
+  g->batch = batch;
+  for (uint32_t i = 0; i < src->nnodes; i++) {
+    const kiln_node *n = &src->nodes[i];
+    kiln_attrs a = {.n = (int)n->nattrs};
+    memcpy(a.a, n->attrs, sizeof(kiln_attr) * n->nattrs);
+    kiln_value v = kiln_node_make(g, (kiln_op)n->op, n->inputs, n->ninputs, &a, n->name, n->data, n->nbytes);
+    if (v.id != i) {
+      if (g->status == KILN_OK) kiln_graph_fail(g, KILN_ERR_INVALID, "specialize: node %u changed index", i);
+      kiln_set_error(g->status, "%s", g->errmsg);
+      kiln_graph_free(g);
+      return NULL;
+    }
+  }
+  for (uint32_t i = 0; i < src->noutputs; i++)
+    if (kiln_output(g, src->outputs[i].name, (kiln_value){src->outputs[i].node}) != KILN_OK) {
+      kiln_graph_free(g);
+      return NULL;
+    }
+  return g;
+}
+
+const char *kiln_node_describe(const kiln_graph *g, const kiln_node *n, char *buf, size_t cap) {
+  size_t o = (size_t)snprintf(buf, cap, "%s(", kiln_ops[n->op].name);
+  for (uint32_t i = 0; i < n->ninputs && o < cap; i++) {
+    const kiln_node *in = &g->nodes[n->inputs[i]];
+    char s[128];
+    o += (size_t)snprintf(buf + o, cap - o, "%s%%%u: %s%s", i ? ", " : "", n->inputs[i],
+                          kiln_dtype_name((kiln_dtype)in->dtype), kiln_shape_str(s, sizeof s, in->rank, in->dims));
+  }
+  if (o < cap) snprintf(buf + o, cap - o, ")");
+  return buf;
+}

@@ -1,0 +1,178 @@
+/* kiln's internal IR. One header for everything inside the library, grouped by
+ * the file that defines it (QBE style).
+ *
+ * A graph is an array of nodes addressed by uint32_t index, in topological
+ * order (inputs always have smaller indices). Nodes are immutable once made and
+ * deduplicated on creation by (op, inputs, attributes, data), so CSE is a hash
+ * lookup. Everything a graph owns lives in its arena except the node array and
+ * the dedup table, which grow. */
+#ifndef KILN_IR_H
+#define KILN_IR_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include "kiln/kiln.h"
+
+#define KILN_INTERNAL __attribute__((visibility("hidden")))
+
+#define KILN_ASSERT(c)                                                                    \
+  do {                                                                                    \
+    if (!(c)) kiln_assert_fail(__FILE__, __LINE__, #c);                                   \
+  } while (0)
+
+enum {
+  SRC = 1 << 0,
+  EW = 1 << 1,
+  RED = 1 << 2,
+  MOV = 1 << 3,
+  COMM = 1 << 4,
+  DIFF = 1 << 5,
+  FLT = 1 << 6,
+  BOOLIN = 1 << 7,
+  CMP = 1 << 8,
+};
+
+typedef enum kiln_op {
+#define KILN_OP(e, name, arity, flags, doc) KILN_OP_##e,
+#include "ir/ops.def"
+#undef KILN_OP
+  KILN_OP_COUNT
+} kiln_op;
+
+typedef struct kiln_op_info {
+  const char *name;
+  int arity;
+  unsigned flags;
+  const char *doc;
+} kiln_op_info;
+extern const kiln_op_info kiln_ops[KILN_OP_COUNT] KILN_INTERNAL;
+
+typedef enum kiln_attr_key {
+#define KILN_ATTR(e, name, kind) KILN_ATTR_##e,
+#include "ir/attrs.def"
+#undef KILN_ATTR
+  KILN_ATTR_COUNT
+} kiln_attr_key;
+
+typedef enum { KILN_AK_INT, KILN_AK_INTS, KILN_AK_FLOAT, KILN_AK_DTYPE } kiln_attr_kind;
+typedef struct kiln_attr_info {
+  const char *name;
+  kiln_attr_kind kind;
+} kiln_attr_info;
+extern const kiln_attr_info kiln_attrs_info[KILN_ATTR_COUNT] KILN_INTERNAL;
+
+/* One attribute; fixed size and fully zeroed so attribute lists compare with memcmp. */
+typedef struct kiln_attr {
+  int32_t key;
+  int32_t n; /* number of ints used (INTS); 1 for INT/DTYPE/FLOAT */
+  union {
+    int64_t i[KILN_MAX_RANK];
+    double f;
+  } v;
+} kiln_attr;
+
+/* A small attribute list built on the stack and copied into a node. */
+typedef struct kiln_attrs {
+  int n;
+  kiln_attr a[12];
+} kiln_attrs;
+
+typedef struct kiln_node {
+  uint16_t op;
+  uint8_t dtype;
+  uint8_t rank;
+  uint32_t ninputs;
+  int64_t dims[KILN_MAX_RANK];
+  const uint32_t *inputs;
+  const kiln_attr *attrs;
+  uint32_t nattrs;
+  uint32_t hash;
+  const char *name;  /* PARAM */
+  const void *data;  /* CONST with data; NULL for a filled constant */
+  size_t nbytes;
+} kiln_node;
+
+typedef struct kiln_arena_chunk kiln_arena_chunk;
+typedef struct kiln_arena {
+  kiln_arena_chunk *head;
+} kiln_arena;
+
+typedef struct kiln_output_def {
+  const char *name;
+  uint32_t node;
+} kiln_output_def;
+
+struct kiln_graph {
+  kiln_arena arena;
+  kiln_node *nodes;
+  uint32_t nnodes, cap;
+  uint32_t *table; /* open-addressing dedup table of node index + 1 */
+  uint32_t table_cap;
+  kiln_output_def *outputs;
+  uint32_t noutputs, outputs_cap;
+  int64_t batch; /* binding of KILN_DYN during shape inference; -1 = symbolic */
+  kiln_status status;
+  char errmsg[512];
+};
+
+/* ---- util.c ---- */
+KILN_INTERNAL _Noreturn void kiln_assert_fail(const char *file, int line, const char *what);
+/* Sets the thread's kiln_errmsg() and returns s. */
+KILN_INTERNAL kiln_status kiln_set_error(kiln_status s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+KILN_INTERNAL void *kiln_arena_alloc(kiln_arena *a, size_t n); /* zeroed, 16-aligned; NULL on OOM */
+KILN_INTERNAL char *kiln_arena_strdup(kiln_arena *a, const char *s);
+KILN_INTERNAL void kiln_arena_free(kiln_arena *a);
+KILN_INTERNAL int64_t kiln_shape_numel(int rank, const int64_t *dims); /* -1 if any dim is symbolic */
+/* Writes "[2,?,3]" into buf. */
+KILN_INTERNAL const char *kiln_shape_str(char *buf, size_t cap, int rank, const int64_t *dims);
+KILN_INTERNAL bool kiln_dtype_is_float(kiln_dtype t);
+KILN_INTERNAL bool kiln_dtype_is_int(kiln_dtype t);
+KILN_INTERNAL int kiln_dtype_from_name(const char *s); /* -1 if unknown */
+KILN_INTERNAL uint64_t kiln_hash_bytes(uint64_t h, const void *p, size_t n);
+
+/* ---- graph.c ---- */
+/* Records the graph's first error (later ones are ignored); returns KILN_NONE. */
+KILN_INTERNAL kiln_value kiln_graph_fail(kiln_graph *g, kiln_status s, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Makes (or finds) a node; runs shape inference; KILN_NONE on error. */
+KILN_INTERNAL kiln_value kiln_node_make(kiln_graph *g, kiln_op op, const uint32_t *inputs, uint32_t nin,
+                                        const kiln_attrs *attrs, const char *name, const void *data,
+                                        size_t nbytes);
+KILN_INTERNAL const kiln_node *kiln_node_get(const kiln_graph *g, kiln_value v); /* NULL if invalid */
+KILN_INTERNAL const kiln_attr *kiln_attr_find(const kiln_node *n, kiln_attr_key k);
+KILN_INTERNAL int64_t kiln_attr_int(const kiln_node *n, kiln_attr_key k, int64_t dflt);
+KILN_INTERNAL double kiln_attr_float(const kiln_node *n, kiln_attr_key k, double dflt);
+/* Copies n values of attribute k into out (returns count, 0 if absent). */
+KILN_INTERNAL int kiln_attr_ints(const kiln_node *n, kiln_attr_key k, int64_t *out);
+KILN_INTERNAL void kiln_attrs_int(kiln_attrs *a, kiln_attr_key k, int64_t v);
+KILN_INTERNAL void kiln_attrs_ints(kiln_attrs *a, kiln_attr_key k, const int64_t *v, int n);
+KILN_INTERNAL void kiln_attrs_float(kiln_attrs *a, kiln_attr_key k, double v);
+/* A copy of g with KILN_DYN bound to batch (-1 keeps it symbolic); NULL on error. */
+KILN_INTERNAL kiln_graph *kiln_graph_specialize(const kiln_graph *g, int64_t batch);
+/* Describes node v for error messages: "add(%3: f32[2,3], %4: f32[3])". */
+KILN_INTERNAL const char *kiln_node_describe(const kiln_graph *g, const kiln_node *n, char *buf, size_t cap);
+
+/* ---- infer.c ---- */
+/* Fills n->dtype, rank, dims from inputs and attributes; on error records it on g. */
+KILN_INTERNAL bool kiln_infer(kiln_graph *g, kiln_node *n);
+/* NumPy slice normalisation of one dim; returns the output length. */
+KILN_INTERNAL int64_t kiln_slice_dim(int64_t dim, int64_t start, int64_t end, int64_t step, int64_t *first);
+/* Output size of a conv/pool window along one dim. */
+KILN_INTERNAL int64_t kiln_window_out(int64_t in, int64_t k, int64_t stride, int64_t dil, int64_t lo, int64_t hi);
+
+/* ---- rng.c: counter-based random numbers shared by evaluator and codegen ---- */
+KILN_INTERNAL uint64_t kiln_rng_bits(uint64_t seed, uint64_t counter);
+KILN_INTERNAL double kiln_rng_uniform01(uint64_t seed, uint64_t counter); /* [0,1) with 53 bits */
+
+/* ---- eval.c ---- */
+KILN_INTERNAL kiln_status kiln_eval_graph(const kiln_graph *g, const kiln_tensor *const *inputs, size_t nin,
+                                          kiln_tensor **outputs, size_t nout);
+/* Checks inputs against the graph's params; sets *batch to the bound batch size (or -1). */
+KILN_INTERNAL kiln_status kiln_check_inputs(const kiln_graph *g, const kiln_tensor *const *inputs, size_t nin,
+                                            int64_t *batch);
+KILN_INTERNAL uint32_t kiln_graph_num_params(const kiln_graph *g);
+
+#endif

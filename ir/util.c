@@ -1,0 +1,110 @@
+/* Small shared helpers: the thread's error message, the graph arena, shape and
+ * dtype utilities. The arena is a list of chunks: allocation bumps a pointer,
+ * freeing the graph frees every chunk at once. */
+#include <stdarg.h>
+#include <string.h>
+#include "ir/ir.h"
+
+static _Thread_local char last_error[1024];
+
+const char *kiln_errmsg(void) { return last_error; }
+
+kiln_status kiln_set_error(kiln_status s, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(last_error, sizeof last_error, fmt, ap);
+  va_end(ap);
+  return s;
+}
+
+void kiln_assert_fail(const char *file, int line, const char *what) {
+  fprintf(stderr, "kiln: internal error at %s:%d: %s\n", file, line, what);
+  abort();
+}
+
+const char *kiln_status_name(kiln_status s) {
+  static const char *names[] = {"ok", "invalid argument", "out of memory", "i/o error", "parse error",
+                                "unsupported", "runtime error", "backend error"};
+  return (unsigned)s < sizeof names / sizeof names[0] ? names[s] : "unknown status";
+}
+
+static const char *dtype_names[KILN_DTYPE_COUNT] = {"f32", "f64", "i32", "i64", "bool"};
+static const size_t dtype_sizes[KILN_DTYPE_COUNT] = {4, 8, 4, 8, 1};
+
+const char *kiln_dtype_name(kiln_dtype t) { return (unsigned)t < KILN_DTYPE_COUNT ? dtype_names[t] : "?"; }
+size_t kiln_dtype_size(kiln_dtype t) { return (unsigned)t < KILN_DTYPE_COUNT ? dtype_sizes[t] : 0; }
+bool kiln_dtype_is_float(kiln_dtype t) { return t == KILN_F32 || t == KILN_F64; }
+bool kiln_dtype_is_int(kiln_dtype t) { return t == KILN_I32 || t == KILN_I64; }
+
+int kiln_dtype_from_name(const char *s) {
+  for (int i = 0; i < KILN_DTYPE_COUNT; i++)
+    if (!strcmp(s, dtype_names[i])) return i;
+  return -1;
+}
+
+struct kiln_arena_chunk {
+  kiln_arena_chunk *next;
+  size_t used, cap;
+  _Alignas(16) unsigned char mem[];
+};
+
+void *kiln_arena_alloc(kiln_arena *a, size_t n) {
+  n = (n + 15) & ~(size_t)15;
+  kiln_arena_chunk *c = a->head;
+  if (!c || c->cap - c->used < n) {
+    size_t cap = n > 65536 ? n : 65536;
+    c = malloc(sizeof *c + cap);
+    if (!c) return NULL;
+    c->used = 0;
+    c->cap = cap;
+    c->next = a->head;
+    a->head = c;
+  }
+  void *p = c->mem + c->used;
+  c->used += n;
+  memset(p, 0, n);
+  return p;
+}
+
+char *kiln_arena_strdup(kiln_arena *a, const char *s) {
+  size_t n = strlen(s) + 1;
+  char *p = kiln_arena_alloc(a, n);
+  if (p) memcpy(p, s, n);
+  return p;
+}
+
+void kiln_arena_free(kiln_arena *a) {
+  while (a->head) {
+    kiln_arena_chunk *n = a->head->next;
+    free(a->head);
+    a->head = n;
+  }
+}
+
+int64_t kiln_shape_numel(int rank, const int64_t *dims) {
+  int64_t n = 1;
+  for (int i = 0; i < rank; i++) {
+    if (dims[i] < 0) return -1;
+    n *= dims[i];
+  }
+  return n;
+}
+
+const char *kiln_shape_str(char *buf, size_t cap, int rank, const int64_t *dims) {
+  size_t o = 0;
+  o += (size_t)snprintf(buf + o, cap - o, "[");
+  for (int i = 0; i < rank && o < cap; i++) {
+    if (dims[i] < 0)
+      o += (size_t)snprintf(buf + o, cap - o, "%s?", i ? "," : "");
+    else
+      o += (size_t)snprintf(buf + o, cap - o, "%s%lld", i ? "," : "", (long long)dims[i]);
+  }
+  if (o < cap) snprintf(buf + o, cap - o, "]");
+  return buf;
+}
+
+uint64_t kiln_hash_bytes(uint64_t h, const void *p, size_t n) {
+  const unsigned char *b = p;
+  for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull; /* FNV-1a */
+  return h;
+}
