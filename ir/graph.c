@@ -274,7 +274,7 @@ kiln_graph *kiln_graph_specialize(const kiln_graph *src, int64_t batch) {
   for (uint32_t i = 0; i < src->nnodes; i++) {
     const kiln_node *n = &src->nodes[i];
     kiln_attrs a = {.n = (int)n->nattrs};
-    memcpy(a.a, n->attrs, sizeof(kiln_attr) * n->nattrs);
+    if (n->nattrs) memcpy(a.a, n->attrs, sizeof(kiln_attr) * n->nattrs);
     kiln_value v = kiln_node_make(g, (kiln_op)n->op, n->inputs, n->ninputs, &a, n->name, n->data, n->nbytes);
     if (v.id != i) {
       if (g->status == KILN_OK) kiln_graph_fail(g, KILN_ERR_INVALID, "specialize: node %u changed index", i);

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# kiln's two entry points on a fresh Debian 12 machine (see README.md):
+#   tools/dev.sh main   install what is missing, build, run the main job
+#   tools/dev.sh test   install what is missing, build, run the whole test suite,
+#                       then again built with AddressSanitizer + UndefinedBehaviorSanitizer
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(gcc make cmake pkg-config llvm-19-dev libprotobuf-c-dev protobuf-c-compiler libcmocka-dev zlib1g-dev
+          dataset-fashion-mnist libonnx-testdata)
+
+install_missing() {
+  local missing=()
+  for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo=sudo
+  echo "kiln: installing ${missing[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+build() { # build DIR [cmake options...]
+  local dir=$1
+  shift
+  cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" >/dev/null
+  cmake --build "$dir" -j"$(nproc)"
+}
+
+case "${1:-}" in
+main)
+  install_missing
+  build build
+  build/bin/hello_jit
+  ;;
+test)
+  install_missing
+  build build
+  ctest --test-dir build --output-on-failure
+  build build-asan -DKILN_SANITIZE=ON
+  ctest --test-dir build-asan --output-on-failure
+  ;;
+*)
+  echo "usage: tools/dev.sh main|test" >&2
+  exit 2
+  ;;
+esac
