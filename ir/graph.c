@@ -120,6 +120,8 @@ void kiln_attrs_ints(kiln_attrs *a, kiln_attr_key k, const int64_t *v, int n) {
 static uint32_t node_hash(const kiln_node *n) {
   uint64_t h = 0xcbf29ce484222325ull;
   h = kiln_hash_bytes(h, &n->op, sizeof n->op);
+  /* A param is identified by its name alone, so a second one with that name is found (and refused). */
+  if (n->op == KILN_OP_PARAM) return (uint32_t)kiln_hash_bytes(h, n->name, strlen(n->name));
   h = kiln_hash_bytes(h, n->inputs, sizeof(uint32_t) * n->ninputs);
   h = kiln_hash_bytes(h, n->attrs, sizeof(kiln_attr) * n->nattrs);
   if (n->name) h = kiln_hash_bytes(h, n->name, strlen(n->name));
