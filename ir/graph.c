@@ -134,8 +134,8 @@ static bool node_equal(const kiln_node *a, const kiln_node *b) {
   if (a->op != b->op || a->hash != b->hash) return false;
   if (a->op == KILN_OP_PARAM) return !strcmp(a->name, b->name);
   if (a->ninputs != b->ninputs || a->nattrs != b->nattrs || a->nbytes != b->nbytes) return false;
-  if (memcmp(a->inputs, b->inputs, sizeof(uint32_t) * a->ninputs)) return false;
-  if (memcmp(a->attrs, b->attrs, sizeof(kiln_attr) * a->nattrs)) return false;
+  if (a->ninputs && memcmp(a->inputs, b->inputs, sizeof(uint32_t) * a->ninputs)) return false;
+  if (a->nattrs && memcmp(a->attrs, b->attrs, sizeof(kiln_attr) * a->nattrs)) return false;
   if ((a->data == NULL) != (b->data == NULL)) return false;
   return !a->data || !memcmp(a->data, b->data, a->nbytes);
 }

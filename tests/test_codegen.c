@@ -117,6 +117,7 @@ static void test_generic_cpu(void **s) {
   assert_int_equal(kiln_exec_run(e, (const kiln_tensor *[]){in}, 1, &out, 1), KILN_OK);
   assert_int_equal(kiln_evaluate(g, (const kiln_tensor *[]){in}, 1, &ref, 1), KILN_OK);
   assert_int_equal(compare_tensors("generic cpu", out, ref, 1e-5, 1e-5), 0);
+  kiln_exec_free(e);
   o.cpu = "pentium9";
   assert_int_equal(kiln_compile(g, &o, &e), KILN_ERR_INVALID);
   kiln_tensor_free(in), kiln_tensor_free(ref), kiln_tensor_free(out);
