@@ -272,6 +272,7 @@ kiln_status kiln_exec_run(kiln_exec *e, const kiln_tensor *const *inputs, size_t
   if (!e) return kiln_set_error(KILN_ERR_INVALID, "run: null exec");
   if (nout != e->g->noutputs)
     return kiln_set_error(KILN_ERR_INVALID, "run: the graph has %u outputs, %zu requested", e->g->noutputs, nout);
+  if (!outputs) return kiln_set_error(KILN_ERR_INVALID, "run: the outputs array is NULL");
   for (size_t j = 0; j < nout; j++) outputs[j] = NULL;
   int64_t batch;
   kiln_status st = kiln_check_inputs(e->g, inputs, nin, &batch);

@@ -510,6 +510,7 @@ kiln_status kiln_check_inputs(const kiln_graph *g, const kiln_tensor *const *inp
   uint32_t np = kiln_graph_num_params(g);
   *batch = -1;
   if (nin != np) return kiln_set_error(KILN_ERR_INVALID, "the graph has %u inputs, %zu given", np, nin);
+  if (nin && !inputs) return kiln_set_error(KILN_ERR_INVALID, "the inputs array is NULL");
   size_t k = 0;
   for (uint32_t i = 0; i < g->nnodes; i++) {
     const kiln_node *n = &g->nodes[i];
@@ -588,6 +589,7 @@ kiln_status kiln_evaluate(const kiln_graph *g, const kiln_tensor *const *inputs,
   if (g->status != KILN_OK) return kiln_set_error(g->status, "%s", g->errmsg);
   if (nout != g->noutputs)
     return kiln_set_error(KILN_ERR_INVALID, "evaluate: the graph has %u outputs, %zu requested", g->noutputs, nout);
+  if (!outputs) return kiln_set_error(KILN_ERR_INVALID, "evaluate: the outputs array is NULL");
   int64_t batch;
   kiln_status st = kiln_check_inputs(g, inputs, nin, &batch);
   if (st != KILN_OK) return st;
