@@ -23,14 +23,6 @@ typedef struct {
 static LLVMValueRef add(cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildAdd(c->b, a, b, ""); }
 static LLVMValueRef mul(cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildMul(c->b, a, b, ""); }
 
-static void strides_of(int rank, const int64_t *dims, int64_t *st) {
-  int64_t s = 1;
-  for (int i = rank - 1; i >= 0; i--) {
-    st[i] = s;
-    s *= dims[i];
-  }
-}
-
 /* A flat loop over n elements; body gets the index. */
 typedef void (*flat_body)(cg *c, node_ctx *k, LLVMValueRef i);
 static void flat(cg *c, node_ctx *k, int64_t n, flat_body body) {
@@ -73,7 +65,7 @@ static void fill_body(cg *c, node_ctx *k, LLVMValueRef i) {
 static void iota_body(cg *c, node_ctx *k, LLVMValueRef i) {
   const kiln_node *n = k->n;
   int64_t axis = kiln_attr_int(n, KILN_ATTR_AXIS, 0), st[KILN_MAX_RANK];
-  strides_of(n->rank, n->dims, st);
+  kiln_strides(n->rank, n->dims, st);
   LLVMValueRef v = LLVMBuildSRem(c->b, LLVMBuildSDiv(c->b, i, cg_i64(c, st[axis]), ""), cg_i64(c, n->dims[axis]), "");
   cg_store(c, dt(n), cg_cast(c, KILN_I64, dt(n), v), k->out, i);
 }
@@ -179,7 +171,7 @@ static void lower_reduce(cg *c, node_ctx *k) {
     for (int i = 0; i < na; i++) r.red[axes[i]] = true;
   }
   for (int d = 0; d < x->rank; d++) kept[d] = r.red[d] ? 1 : x->dims[d];
-  strides_of(x->rank, kept, r.kept_st);
+  kiln_strides(x->rank, kept, r.kept_st);
   int64_t on = kiln_shape_numel(n->rank, n->dims);
   flat(c, k, on, red_init_body);
   cg_nest(c, x->rank, x->dims, red_body, &r);
@@ -281,7 +273,7 @@ static void one_hot_body(cg *c, node_ctx *k, LLVMValueRef i) {
 static void lower_movement(cg *c, node_ctx *k) {
   const kiln_node *n = k->n, *x = input(c, k, 0);
   mov_ctx m = {.k = k};
-  strides_of(x->rank, x->dims, m.st);
+  kiln_strides(x->rank, x->dims, m.st);
   int64_t numel = kiln_shape_numel(n->rank, n->dims);
   switch ((kiln_op)n->op) {
   case KILN_OP_RESHAPE: flat(c, k, numel, copy_body); return;

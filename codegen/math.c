@@ -225,9 +225,5 @@ LLVMValueRef cg_cast(cg *c, kiln_dtype from, kiln_dtype to, LLVMValueRef x) {
 LLVMValueRef cg_fill_value(cg *c, kiln_dtype t, double v) {
   if (kiln_dtype_is_float(t)) return LLVMConstReal(cg_type(c, t), v);
   if (t == KILN_BOOL) return LLVMConstInt(c->i8, v != 0, 0);
-  double lo = t == KILN_I32 ? -2147483648.0 : -9223372036854775808.0;
-  double hi = t == KILN_I32 ? 2147483647.0 : 9223372036854775807.0;
-  int64_t i = v != v ? 0 : v <= lo ? (t == KILN_I32 ? INT32_MIN : INT64_MIN)
-            : v >= hi ? (t == KILN_I32 ? INT32_MAX : INT64_MAX) : (int64_t)v;
-  return LLVMConstInt(cg_type(c, t), (unsigned long long)i, 1);
+  return LLVMConstInt(cg_type(c, t), (unsigned long long)kiln_float_to_int(v, t), 1);
 }

@@ -43,6 +43,12 @@ static void seti(kiln_tensor *t, int64_t i, int64_t v) {
   }
 }
 
+/* Stores a double (a fill or pad value) into any dtype, converting like a cast. */
+static void set_value(kiln_tensor *t, int64_t i, double v) {
+  if (kiln_dtype_is_float(t->dtype)) setf(t, i, v);
+  else seti(t, i, kiln_dtype_is_int(t->dtype) ? kiln_float_to_int(v, t->dtype) : v != 0);
+}
+
 static int64_t wrap_add(int64_t a, int64_t b) { return (int64_t)((uint64_t)a + (uint64_t)b); }
 static int64_t wrap_sub(int64_t a, int64_t b) { return (int64_t)((uint64_t)a - (uint64_t)b); }
 static int64_t wrap_mul(int64_t a, int64_t b) { return (int64_t)((uint64_t)a * (uint64_t)b); }
@@ -51,16 +57,6 @@ static int64_t int_div(int64_t a, int64_t b, kiln_dtype t) {
   if (b == -1) return wrap_sub(0, a); /* INT_MIN / -1 wraps instead of trapping */
   (void)t;
   return a / b;
-}
-
-/* Saturating float->int conversion (NaN -> 0), as llvm.fptosi.sat. */
-static int64_t float_to_int(double v, kiln_dtype t) {
-  double lo = t == KILN_I32 ? -2147483648.0 : -9223372036854775808.0;
-  double hi = t == KILN_I32 ? 2147483647.0 : 9223372036854775807.0;
-  if (isnan(v)) return 0;
-  if (v <= lo) return t == KILN_I32 ? INT32_MIN : INT64_MIN;
-  if (v >= hi) return t == KILN_I32 ? INT32_MAX : INT64_MAX;
-  return (int64_t)v;
 }
 
 static double unary_f(kiln_op op, double x) {
@@ -127,14 +123,6 @@ static int64_t binary_i(kiln_op op, int64_t a, int64_t b, kiln_dtype t) {
   }
 }
 
-static void strides_of(int rank, const int64_t *dims, int64_t *st) {
-  int64_t s = 1;
-  for (int i = rank - 1; i >= 0; i--) {
-    st[i] = s;
-    s *= dims[i];
-  }
-}
-
 static void unravel(int64_t i, int rank, const int64_t *dims, int64_t *idx) {
   for (int d = rank - 1; d >= 0; d--) {
     idx[d] = dims[d] ? i % dims[d] : 0;
@@ -163,9 +151,7 @@ static void eval_source(ev *e) {
       memcpy(o->data, n->data, n->nbytes);
     } else {
       double v = kiln_attr_float(n, KILN_ATTR_VALUE, 0);
-      for (int64_t i = 0; i < o->numel; i++)
-        if (kiln_dtype_is_float(o->dtype)) setf(o, i, v);
-        else seti(o, i, kiln_dtype_is_int(o->dtype) ? float_to_int(v, o->dtype) : v != 0);
+      for (int64_t i = 0; i < o->numel; i++) set_value(o, i, v);
     }
     return;
   case KILN_OP_IOTA: {
@@ -209,7 +195,7 @@ static void eval_elementwise(ev *e) {
     for (int64_t i = 0; i < o->numel; i++) {
       if (o->dtype == KILN_BOOL) seti(o, i, kiln_dtype_is_float(a->dtype) ? getf(a, i) != 0 : geti(a, i) != 0);
       else if (kiln_dtype_is_float(o->dtype)) setf(o, i, getf(a, i));
-      else if (kiln_dtype_is_float(a->dtype)) seti(o, i, float_to_int(getf(a, i), o->dtype));
+      else if (kiln_dtype_is_float(a->dtype)) seti(o, i, kiln_float_to_int(getf(a, i), o->dtype));
       else seti(o, i, geti(a, i));
     }
     return;
@@ -245,7 +231,7 @@ static void eval_reduce(ev *e) {
   int64_t kept_dims[KILN_MAX_RANK], kst[KILN_MAX_RANK];
   int kr = 0;
   for (int d = 0; d < x->rank; d++) kept_dims[kr++] = red[d] ? 1 : x->dims[d];
-  strides_of(kr, kept_dims, kst);
+  kiln_strides(kr, kept_dims, kst);
   int64_t count = 1;
   for (int d = 0; d < x->rank; d++)
     if (red[d]) count *= x->dims[d];
@@ -392,7 +378,7 @@ static void eval_movement(ev *e) {
   kiln_tensor *o = e->out;
   const kiln_tensor *x = e->in[0];
   int64_t idx[KILN_MAX_RANK], xst[KILN_MAX_RANK], a[KILN_MAX_RANK], b[KILN_MAX_RANK], c[KILN_MAX_RANK];
-  strides_of(x->rank, x->dims, xst);
+  kiln_strides(x->rank, x->dims, xst);
   switch ((kiln_op)n->op) {
   case KILN_OP_RESHAPE:
     memcpy(o->data, x->data, o->nbytes);
@@ -422,7 +408,7 @@ static void eval_movement(ev *e) {
     for (uint32_t k = 0; k < n->ninputs; k++) {
       const kiln_tensor *y = e->in[k];
       int64_t ost[KILN_MAX_RANK];
-      strides_of(o->rank, o->dims, ost);
+      kiln_strides(o->rank, o->dims, ost);
       for (int64_t i = 0; i < y->numel; i++) {
         unravel(i, y->rank, y->dims, idx);
         idx[axis] += off;
@@ -461,8 +447,7 @@ static void eval_movement(ev *e) {
         xi += q * xst[d];
       }
       if (inside) copy_elem(o, i, x, xi);
-      else if (kiln_dtype_is_float(o->dtype)) setf(o, i, v);
-      else seti(o, i, kiln_dtype_is_int(o->dtype) ? float_to_int(v, o->dtype) : v != 0);
+      else set_value(o, i, v);
     }
     return;
   }
@@ -475,11 +460,11 @@ static kiln_status eval_gather(ev *e) {
   const kiln_tensor *x = e->in[0], *ix = e->in[1];
   kiln_tensor *o = e->out;
   int64_t axis = kiln_attr_int(e->n, KILN_ATTR_AXIS, 0), idx[KILN_MAX_RANK], xst[KILN_MAX_RANK];
-  strides_of(x->rank, x->dims, xst);
+  kiln_strides(x->rank, x->dims, xst);
   for (int64_t i = 0; i < o->numel; i++) {
     unravel(i, o->rank, o->dims, idx);
     int64_t q = 0, ii = 0, ist[KILN_MAX_RANK];
-    strides_of(ix->rank, ix->dims, ist);
+    kiln_strides(ix->rank, ix->dims, ist);
     for (int d = 0; d < ix->rank; d++) ii += idx[axis + d] * ist[d];
     int64_t v = geti(ix, ii);
     if (v < 0) v += x->dims[axis];

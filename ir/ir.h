@@ -132,6 +132,10 @@ KILN_INTERNAL bool kiln_dtype_is_float(kiln_dtype t);
 KILN_INTERNAL bool kiln_dtype_is_int(kiln_dtype t);
 KILN_INTERNAL int kiln_dtype_from_name(const char *s); /* -1 if unknown */
 KILN_INTERNAL uint64_t kiln_hash_bytes(uint64_t h, const void *p, size_t n);
+/* Row-major strides (in elements) of a shape. */
+KILN_INTERNAL void kiln_strides(int rank, const int64_t *dims, int64_t *strides);
+/* Float to integer dtype t: truncate toward zero, saturate, NaN -> 0 (as llvm.fptosi.sat). */
+KILN_INTERNAL int64_t kiln_float_to_int(double v, kiln_dtype t);
 
 /* ---- graph.c ---- */
 /* Records the graph's first error (later ones are ignored); returns KILN_NONE. */

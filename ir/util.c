@@ -108,3 +108,20 @@ uint64_t kiln_hash_bytes(uint64_t h, const void *p, size_t n) {
   for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull; /* FNV-1a */
   return h;
 }
+
+void kiln_strides(int rank, const int64_t *dims, int64_t *strides) {
+  int64_t s = 1;
+  for (int i = rank - 1; i >= 0; i--) {
+    strides[i] = s;
+    s *= dims[i];
+  }
+}
+
+int64_t kiln_float_to_int(double v, kiln_dtype t) {
+  double lo = t == KILN_I32 ? -2147483648.0 : -9223372036854775808.0;
+  double hi = t == KILN_I32 ? 2147483647.0 : 9223372036854775807.0;
+  if (v != v) return 0;
+  if (v <= lo) return t == KILN_I32 ? INT32_MIN : INT64_MIN;
+  if (v >= hi) return t == KILN_I32 ? INT32_MAX : INT64_MAX;
+  return (int64_t)v;
+}
