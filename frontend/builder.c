@@ -373,8 +373,9 @@ kiln_value kiln_matmul(kiln_graph *g, kiln_value a, kiln_value b, bool ta, bool 
   kiln_attrs_int(&at, KILN_ATTR_TRANSPOSE_A, ta);
   kiln_attrs_int(&at, KILN_ATTR_TRANSPOSE_B, tb);
   kiln_value out;
-  if (sb.rank == 2 && sa.rank > 2 && !ta && kiln_shape_numel(sa.rank, sa.dims) >= 0) {
-    /* [..., M, K] x [K, N]: fold the batch dims into M rather than broadcast the weights. */
+  if (sb.rank == 2 && sa.rank > 2 && !ta && kiln_shape_numel(sa.rank, sa.dims) > 0) {
+    /* [..., M, K] x [K, N]: fold the batch dims into M rather than broadcast the weights
+     * (not for empty a, where reshape(-1, K) would be ambiguous). */
     uint32_t ids[2] = {kiln_reshape(g, a, KILN_SHAPE(-1, sa.dims[sa.rank - 1])).id, b.id};
     if (g->status != KILN_OK) return (kiln_value){KILN_NONE};
     out = make(g, KILN_OP_MATMUL, ids, 2, &at);
