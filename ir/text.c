@@ -431,12 +431,10 @@ kiln_status kiln_graph_parse(const char *text, kiln_graph **out) {
     char word[16];
     if (!header) {
       int64_t ver;
-      if (strncmp(ps.p, "kiln", 4)) {
-        ok = perr(&ps, "missing 'kiln 1' header");
-        break;
-      }
-      ok = ident(&ps, word, sizeof word) && (strcmp(word, "kiln") ? perr(&ps, "missing 'kiln 1' header") : true) &&
-           integer(&ps, &ver) && (ver == 1 ? true : perr(&ps, "unsupported format version %lld", (long long)ver));
+      bool is_header = !strncmp(ps.p, "kiln", 4) && !isalnum((unsigned char)ps.p[4]) && ps.p[4] != '_';
+      if (is_header) ps.p += 4;
+      ok = (is_header ? true : perr(&ps, "missing 'kiln 1' header")) && integer(&ps, &ver) &&
+           (ver == 1 ? true : perr(&ps, "unsupported format version %lld", (long long)ver));
       header = true;
     } else if (*ps.p == '%') {
       ps.p++;

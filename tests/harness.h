@@ -24,6 +24,9 @@ kiln_tensor *random_tensor(trng *r, kiln_dtype t, int rank, const int64_t *dims,
  * prints the first mismatch and returns 1. */
 int compare_tensors(const char *what, const kiln_tensor *got, const kiln_tensor *want, double rtol, double atol);
 
+/* The whole file as a NUL-terminated string (caller frees); fails the test if unreadable. */
+char *read_text_file(const char *path);
+
 /* Evaluates g with the reference and the JIT on inputs and compares every output. */
 int check_graph(const char *what, const kiln_graph *g, kiln_tensor **inputs, size_t nin, double rtol, double atol);
 #endif

@@ -3,26 +3,13 @@
 #include <string.h>
 #include "harness.h"
 
-static char *slurp(const char *path) {
-  FILE *f = fopen(path, "rb");
-  assert_non_null(f);
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  char *s = malloc((size_t)n + 1);
-  assert_int_equal(fread(s, 1, (size_t)n, f), (size_t)n);
-  s[n] = 0;
-  fclose(f);
-  return s;
-}
-
 static void test_golden_round_trip(void **s) {
   const char *files[] = {"golden/mlp.kir"};
   for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
     kiln_graph *g;
     if (kiln_graph_load(files[i], &g) != KILN_OK) fail_msg("%s", kiln_errmsg());
     assert_int_equal(kiln_graph_verify(g), KILN_OK);
-    char *text, *want = slurp(files[i]);
+    char *text, *want = read_text_file(files[i]);
     assert_int_equal(kiln_graph_to_text(g, &text), KILN_OK);
     assert_string_equal(text, want);
     free(text);
