@@ -297,8 +297,9 @@ kiln_status kiln_exec_run(kiln_exec *e, const kiln_tensor *const *inputs, size_t
       const kiln_node *n = &g->nodes[rc - 1];
       const kiln_node *x = &g->nodes[n->inputs[0]];
       int64_t axis = kiln_attr_int(n, KILN_ATTR_AXIS, 0);
-      st = kiln_set_error(KILN_ERR_RUNTIME, "gather (node %%%d): an index is out of range for axis %lld of size %lld",
-                          rc - 1, (long long)axis, (long long)x->dims[axis]);
+      int64_t size = n->op == KILN_OP_GATHER ? x->dims[axis] : n->dims[axis];
+      st = kiln_set_error(KILN_ERR_RUNTIME, "%s (node %%%d): an index is out of range for axis %lld of size %lld",
+                          kiln_ops[n->op].name, rc - 1, (long long)axis, (long long)size);
     }
   }
   /* Outputs the generated code does not write: params, constants, repeated values. */

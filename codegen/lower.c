@@ -262,6 +262,48 @@ static void gather_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
   cg_store(c, dt(n), cg_load(c, dt(n), m->k->in[0], xi), m->k->out, cg_linear(c, n->rank, n->dims, ivs));
 }
 
+static void zero_body(cg *c, node_ctx *k, LLVMValueRef i) { cg_store(c, dt(k->n), cg_fill_value(c, dt(k->n), 0), k->out, i); }
+
+/* Slice's index map with load and store swapped; m->st holds the output's strides. */
+static void unslice_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
+  mov_ctx *m = vctx;
+  const kiln_node *n = m->k->n, *x = input(c, m->k, 0);
+  LLVMValueRef oi = cg_i64(c, 0);
+  for (int d = 0; d < n->rank; d++)
+    oi = add(c, oi, mul(c, add(c, cg_i64(c, m->a[d]), mul(c, ivs[d], cg_i64(c, m->s[d]))), cg_i64(c, m->st[d])));
+  cg_store(c, dt(n), cg_load(c, dt(n), m->k->in[0], cg_linear(c, x->rank, x->dims, ivs)), m->k->out, oi);
+}
+
+static void scatter_add_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
+  mov_ctx *m = vctx;
+  const kiln_node *n = m->k->n, *ix = input(c, m->k, 0), *u = input(c, m->k, 1);
+  int64_t axis = kiln_attr_int(n, KILN_ATTR_AXIS, 0);
+  LLVMValueRef v = cg_cast(c, dt(ix), KILN_I64, cg_load(c, dt(ix), m->k->in[0], cg_linear(c, ix->rank, ix->dims, ivs + axis)));
+  LLVMValueRef neg = LLVMBuildICmp(c->b, LLVMIntSLT, v, cg_i64(c, 0), "");
+  v = LLVMBuildSelect(c->b, neg, add(c, v, cg_i64(c, n->dims[axis])), v, "");
+  LLVMBasicBlockRef ok = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "idx.ok");
+  LLVMBuildCondBr(c->b, LLVMBuildICmp(c->b, LLVMIntULT, v, cg_i64(c, n->dims[axis]), ""), ok, m->fail);
+  LLVMPositionBuilderAtEnd(c->b, ok);
+  LLVMValueRef oi = cg_i64(c, 0);
+  for (int d = 0; d < n->rank; d++) {
+    LLVMValueRef iv = d < axis ? ivs[d] : d == axis ? v : ivs[d + ix->rank - 1];
+    oi = add(c, oi, mul(c, iv, cg_i64(c, m->st[d])));
+  }
+  LLVMValueRef x = cg_load(c, dt(n), m->k->in[1], cg_linear(c, u->rank, u->dims, ivs));
+  LLVMValueRef acc = cg_load(c, dt(n), m->k->out, oi);
+  cg_store(c, dt(n), cg_binary(c, KILN_OP_ADD, dt(n), acc, x), m->k->out, oi);
+}
+
+/* Index checks branch to a block returning node id + 1, which the entry passes on. */
+static LLVMBasicBlockRef fail_block(cg *c, node_ctx *k) {
+  LLVMBasicBlockRef fail = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "bad.index");
+  LLVMBasicBlockRef here = LLVMGetInsertBlock(c->b);
+  LLVMPositionBuilderAtEnd(c->b, fail);
+  LLVMBuildRet(c->b, LLVMConstInt(c->i32, k->id + 1, 0));
+  LLVMPositionBuilderAtEnd(c->b, here);
+  return fail;
+}
+
 static void one_hot_body(cg *c, node_ctx *k, LLVMValueRef i) {
   const kiln_node *n = k->n, *ix = input(c, k, 0);
   LLVMValueRef depth = cg_i64(c, n->dims[n->rank - 1]);
@@ -304,13 +346,27 @@ static void lower_movement(cg *c, node_ctx *k) {
     kiln_attr_ints(n, KILN_ATTR_PADS_LO, m.a);
     cg_nest(c, n->rank, n->dims, pad_body, &m);
     return;
-  case KILN_OP_GATHER: {
-    m.fail = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "bad.index");
-    LLVMBasicBlockRef here = LLVMGetInsertBlock(c->b);
-    LLVMPositionBuilderAtEnd(c->b, m.fail);
-    LLVMBuildRet(c->b, LLVMConstInt(c->i32, k->id + 1, 0));
-    LLVMPositionBuilderAtEnd(c->b, here);
+  case KILN_OP_GATHER:
+    m.fail = fail_block(c, k);
     cg_nest(c, n->rank, n->dims, gather_body, &m);
+    return;
+  case KILN_OP_UNSLICE: {
+    int64_t st[KILN_MAX_RANK], en[KILN_MAX_RANK];
+    kiln_attr_ints(n, KILN_ATTR_STARTS, st);
+    kiln_attr_ints(n, KILN_ATTR_ENDS, en);
+    kiln_attr_ints(n, KILN_ATTR_STEPS, m.s);
+    for (int d = 0; d < n->rank; d++) kiln_slice_dim(n->dims[d], st[d], en[d], m.s[d], &m.a[d]);
+    kiln_strides(n->rank, n->dims, m.st);
+    flat(c, k, numel, zero_body);
+    cg_nest(c, x->rank, x->dims, unslice_body, &m);
+    return;
+  }
+  case KILN_OP_SCATTER_ADD: {
+    const kiln_node *u = input(c, k, 1);
+    kiln_strides(n->rank, n->dims, m.st);
+    m.fail = fail_block(c, k);
+    flat(c, k, numel, zero_body);
+    cg_nest(c, u->rank, u->dims, scatter_add_body, &m);
     return;
   }
   default: KILN_ASSERT(!"not a movement op");
@@ -482,7 +538,7 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
     for (uint32_t j = 0; j < n->ninputs; j++) cargs[j + 1] = ptrs[n->inputs[j]];
     cargs[np - 1] = scratch_p;
     LLVMValueRef rc = LLVMBuildCall2(eb, fty, fn, cargs, np, "");
-    if (n->op == KILN_OP_GATHER) {
+    if (n->op == KILN_OP_GATHER || n->op == KILN_OP_SCATTER_ADD) {
       LLVMBasicBlockRef bad = LLVMAppendBasicBlockInContext(c->ctx, entry, "fail"),
                         good = LLVMAppendBasicBlockInContext(c->ctx, entry, "ok");
       LLVMBuildCondBr(eb, LLVMBuildICmp(eb, LLVMIntNE, rc, LLVMConstInt(c->i32, 0, 0), ""), bad, good);

@@ -295,29 +295,50 @@ kiln_value kiln_concat(kiln_graph *g, const kiln_value *xs, int n, int axis) {
   return make(g, KILN_OP_CONCAT, ids, (uint32_t)n, &at);
 }
 
-kiln_value kiln_slice(kiln_graph *g, kiln_value x, const int64_t *starts, const int64_t *ends, const int64_t *steps,
-                      int n) {
-  if (!valid(g, x, "slice")) return (kiln_value){KILN_NONE};
-  int rank = node(g, x)->rank;
-  if (n < 0 || n > rank) return kiln_graph_fail(g, KILN_ERR_INVALID, "slice: %d dims given for rank %d", n, rank);
+/* starts/ends/steps of a slice of a tensor of shape full; false on a 0 step. */
+static bool slice_attrs(kiln_graph *g, const char *op, kiln_shape full, const int64_t *starts, const int64_t *ends,
+                        const int64_t *steps, int n, kiln_attrs *a) {
+  if (n < 0 || n > full.rank) {
+    kiln_graph_fail(g, KILN_ERR_INVALID, "%s: %d dims given for rank %d", op, n, full.rank);
+    return false;
+  }
   int64_t st[KILN_MAX_RANK], en[KILN_MAX_RANK], sp[KILN_MAX_RANK];
-  for (int i = 0; i < rank; i++) {
+  for (int i = 0; i < full.rank; i++) {
     st[i] = i < n && starts ? starts[i] : 0;
     en[i] = i < n && ends ? ends[i] : INT64_MAX;
     sp[i] = i < n && steps ? steps[i] : 1;
-    if (sp[i] == 0) return kiln_graph_fail(g, KILN_ERR_INVALID, "slice: step of dim %d is 0", i);
+    if (sp[i] == 0) {
+      kiln_graph_fail(g, KILN_ERR_INVALID, "%s: step of dim %d is 0", op, i);
+      return false;
+    }
     /* Canonical form for whole dims, so x[:] slices dedup and the batch dim can be kept. */
-    int64_t d = node(g, x)->dims[i], first;
+    int64_t d = full.dims[i], first;
     if (d >= 0 && sp[i] == 1 && kiln_slice_dim(d, st[i], en[i], 1, &first) == d) {
       st[i] = 0;
       en[i] = INT64_MAX;
     }
   }
+  kiln_attrs_ints(a, KILN_ATTR_STARTS, st, full.rank);
+  kiln_attrs_ints(a, KILN_ATTR_ENDS, en, full.rank);
+  kiln_attrs_ints(a, KILN_ATTR_STEPS, sp, full.rank);
+  return true;
+}
+
+kiln_value kiln_slice(kiln_graph *g, kiln_value x, const int64_t *starts, const int64_t *ends, const int64_t *steps,
+                      int n) {
+  if (!valid(g, x, "slice")) return (kiln_value){KILN_NONE};
   kiln_attrs a = {0};
-  kiln_attrs_ints(&a, KILN_ATTR_STARTS, st, rank);
-  kiln_attrs_ints(&a, KILN_ATTR_ENDS, en, rank);
-  kiln_attrs_ints(&a, KILN_ATTR_STEPS, sp, rank);
+  if (!slice_attrs(g, "slice", kiln_value_shape(g, x), starts, ends, steps, n, &a)) return (kiln_value){KILN_NONE};
   return make(g, KILN_OP_SLICE, &x.id, 1, &a);
+}
+
+kiln_value kiln_unslice(kiln_graph *g, kiln_value x, kiln_shape s, const int64_t *starts, const int64_t *ends,
+                        const int64_t *steps, int n) {
+  if (!valid(g, x, "unslice") || !shape_ok(g, s, "unslice")) return (kiln_value){KILN_NONE};
+  kiln_attrs a = {0};
+  if (!slice_attrs(g, "unslice", s, starts, ends, steps, n, &a)) return (kiln_value){KILN_NONE};
+  kiln_attrs_ints(&a, KILN_ATTR_SHAPE, s.dims, s.rank);
+  return make(g, KILN_OP_UNSLICE, &x.id, 1, &a);
 }
 
 kiln_value kiln_pad(kiln_graph *g, kiln_value x, const int64_t *lo, const int64_t *hi, double value) {
@@ -339,6 +360,18 @@ kiln_value kiln_gather(kiln_graph *g, kiln_value x, kiln_value idx, int axis) {
   kiln_attrs_int(&at, KILN_ATTR_AXIS, a);
   uint32_t ids[2] = {x.id, idx.id};
   return make(g, KILN_OP_GATHER, ids, 2, &at);
+}
+
+kiln_value kiln_scatter_add(kiln_graph *g, kiln_value idx, kiln_value updates, kiln_shape s, int axis) {
+  if (!valid(g, idx, "scatter_add") || !valid(g, updates, "scatter_add") || !shape_ok(g, s, "scatter_add"))
+    return (kiln_value){KILN_NONE};
+  int64_t a;
+  if (!norm_axis(g, "scatter_add", axis, s.rank, &a)) return (kiln_value){KILN_NONE};
+  kiln_attrs at = {0};
+  kiln_attrs_int(&at, KILN_ATTR_AXIS, a);
+  kiln_attrs_ints(&at, KILN_ATTR_SHAPE, s.dims, s.rank);
+  uint32_t ids[2] = {idx.id, updates.id};
+  return make(g, KILN_OP_SCATTER_ADD, ids, 2, &at);
 }
 
 kiln_value kiln_one_hot(kiln_graph *g, kiln_value idx, int64_t depth, kiln_dtype t) {

@@ -480,6 +480,51 @@ static kiln_status eval_gather(ev *e) {
   return KILN_OK;
 }
 
+/* Output starts as zeros (kiln_tensor_new); slice's index map, storing instead of loading. */
+static void eval_unslice(ev *e) {
+  const kiln_tensor *x = e->in[0];
+  kiln_tensor *o = e->out;
+  int64_t idx[KILN_MAX_RANK], ost[KILN_MAX_RANK], a[KILN_MAX_RANK], b[KILN_MAX_RANK], c[KILN_MAX_RANK],
+      first[KILN_MAX_RANK];
+  kiln_strides(o->rank, o->dims, ost);
+  kiln_attr_ints(e->n, KILN_ATTR_STARTS, a);
+  kiln_attr_ints(e->n, KILN_ATTR_ENDS, b);
+  kiln_attr_ints(e->n, KILN_ATTR_STEPS, c);
+  for (int d = 0; d < o->rank; d++) kiln_slice_dim(o->dims[d], a[d], b[d], c[d], &first[d]);
+  for (int64_t i = 0; i < x->numel; i++) {
+    unravel(i, x->rank, x->dims, idx);
+    int64_t oi = 0;
+    for (int d = 0; d < o->rank; d++) oi += (first[d] + idx[d] * c[d]) * ost[d];
+    copy_elem(o, oi, x, i);
+  }
+}
+
+static kiln_status eval_scatter_add(ev *e) {
+  const kiln_tensor *ix = e->in[0], *u = e->in[1];
+  kiln_tensor *o = e->out;
+  int64_t axis = kiln_attr_int(e->n, KILN_ATTR_AXIS, 0), idx[KILN_MAX_RANK], ost[KILN_MAX_RANK], ist[KILN_MAX_RANK];
+  kiln_strides(o->rank, o->dims, ost);
+  kiln_strides(ix->rank, ix->dims, ist);
+  for (int64_t i = 0; i < u->numel; i++) {
+    unravel(i, u->rank, u->dims, idx);
+    int64_t ii = 0, q = 0;
+    for (int d = 0; d < ix->rank; d++) ii += idx[axis + d] * ist[d];
+    int64_t v = geti(ix, ii);
+    if (v < 0) v += o->dims[axis];
+    if (v < 0 || v >= o->dims[axis])
+      return kiln_set_error(KILN_ERR_RUNTIME,
+                            "scatter_add (node %%%u): index %lld is out of range for axis %lld of size %lld",
+                            (unsigned)(e->n - e->g->nodes), (long long)geti(ix, ii), (long long)axis,
+                            (long long)o->dims[axis]);
+    for (int d = 0; d < axis; d++) q += idx[d] * ost[d];
+    q += v * ost[axis];
+    for (int d = (int)axis + 1; d < o->rank; d++) q += idx[d + ix->rank - 1] * ost[d];
+    if (kiln_dtype_is_float(o->dtype)) setf(o, q, getf(o, q) + getf(u, i));
+    else seti(o, q, wrap_add(geti(o, q), geti(u, i)));
+  }
+  return KILN_OK;
+}
+
 static void eval_one_hot(ev *e) {
   const kiln_tensor *ix = e->in[0];
   kiln_tensor *o = e->out;
@@ -549,6 +594,8 @@ kiln_status kiln_eval_graph(const kiln_graph *g, const kiln_tensor *const *input
     else if (n->op == KILN_OP_CONV2D || n->op == KILN_OP_MAX_POOL2D || n->op == KILN_OP_AVG_POOL2D) eval_window(&e);
     else if (n->op == KILN_OP_GATHER) st = eval_gather(&e);
     else if (n->op == KILN_OP_ONE_HOT) eval_one_hot(&e);
+    else if (n->op == KILN_OP_UNSLICE) eval_unslice(&e);
+    else if (n->op == KILN_OP_SCATTER_ADD) st = eval_scatter_add(&e);
     else if (f & MOV) eval_movement(&e);
     else st = kiln_set_error(KILN_ERR_UNSUPPORTED, "evaluate: no reference for op %s", kiln_ops[n->op].name);
     if (inp != ins) free(inp);

@@ -411,6 +411,56 @@ static bool infer_one_hot(kiln_graph *g, kiln_node *n) {
   return true;
 }
 
+static bool infer_unslice(kiln_graph *g, kiln_node *n) {
+  const kiln_node *x = in(g, n, 0);
+  int r;
+  int64_t dims[KILN_MAX_RANK], st[KILN_MAX_RANK], en[KILN_MAX_RANK], sp[KILN_MAX_RANK];
+  if (!shape_attr(g, n, &r, dims)) return false;
+  if (kiln_attr_ints(n, KILN_ATTR_STARTS, st) != r || kiln_attr_ints(n, KILN_ATTR_ENDS, en) != r ||
+      kiln_attr_ints(n, KILN_ATTR_STEPS, sp) != r)
+    return fail(g, n, "starts, ends and steps need %d entries each", r);
+  if (x->rank != r) return fail(g, n, "input rank %d differs from the rank %d of 'shape'", x->rank, r);
+  for (int i = 0; i < r; i++) {
+    if (sp[i] == 0) return fail(g, n, "step of dim %d is 0", i);
+    int64_t first, want = -1;
+    if (dims[i] < 0) {
+      if (st[i] != 0 || en[i] < INT64_MAX / 2 || sp[i] != 1) return fail(g, n, "the batch dim can only be kept whole");
+    } else {
+      want = kiln_slice_dim(dims[i], st[i], en[i], sp[i], &first);
+    }
+    if (x->dims[i] != want)
+      return fail(g, n, "input dim %d is %lld but the slice of the output holds %lld", i, (long long)x->dims[i],
+                  (long long)want);
+  }
+  set_type(n, x->dtype, r, dims);
+  return true;
+}
+
+/* The updates have exactly the shape gather would produce from the output. */
+static bool infer_scatter_add(kiln_graph *g, kiln_node *n) {
+  const kiln_node *idx = in(g, n, 0), *u = in(g, n, 1);
+  if (!kiln_dtype_is_int((kiln_dtype)idx->dtype)) return fail(g, n, "indices must be i32 or i64");
+  if (u->dtype == KILN_BOOL) return fail(g, n, "is not defined for bool (cast first)");
+  int r;
+  int64_t dims[KILN_MAX_RANK], want[KILN_MAX_RANK];
+  if (!shape_attr(g, n, &r, dims)) return false;
+  int64_t axis = kiln_attr_int(n, KILN_ATTR_AXIS, -1);
+  if (axis < 0 || axis >= r) return fail(g, n, "axis %lld out of range for rank %d", (long long)axis, r);
+  if (dims[axis] < 0) return fail(g, n, "cannot scatter along the batch dim");
+  if (r - 1 + idx->rank > KILN_MAX_RANK) return fail(g, n, "updates rank exceeds %d", KILN_MAX_RANK);
+  int wr = 0;
+  for (int i = 0; i < axis; i++) want[wr++] = dims[i];
+  for (int i = 0; i < idx->rank; i++) want[wr++] = idx->dims[i];
+  for (int i = (int)axis + 1; i < r; i++) want[wr++] = dims[i];
+  if (u->rank != wr || memcmp(u->dims, want, sizeof(int64_t) * (size_t)wr)) {
+    char s[128];
+    return fail(g, n, "updates must have shape %s (shape[:axis] + indices.shape + shape[axis+1:])",
+                kiln_shape_str(s, sizeof s, wr, want));
+  }
+  set_type(n, u->dtype, r, dims);
+  return true;
+}
+
 bool kiln_infer(kiln_graph *g, kiln_node *n) {
   unsigned f = kiln_ops[n->op].flags;
   if (f & SRC) return infer_source(g, n);
@@ -429,6 +479,8 @@ bool kiln_infer(kiln_graph *g, kiln_node *n) {
   case KILN_OP_PAD: return infer_pad(g, n);
   case KILN_OP_GATHER: return infer_gather(g, n);
   case KILN_OP_ONE_HOT: return infer_one_hot(g, n);
+  case KILN_OP_UNSLICE: return infer_unslice(g, n);
+  case KILN_OP_SCATTER_ADD: return infer_scatter_add(g, n);
   default: return fail(g, n, "no shape inference rule");
   }
 }

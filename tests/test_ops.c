@@ -290,6 +290,40 @@ static kiln_value b_movement(tc *c, kiln_op op) {
     kiln_value ix = ph(c, trng_int(c->r, 0, 1) ? KILN_I32 : KILN_I64, ri, e, (double)-d[axis], (double)(d[axis] - 1));
     return kiln_gather(c->g, x, ix, axis);
   }
+  case KILN_OP_UNSLICE: {
+    int64_t st[8], en[8], sp[8], xd[8];
+    static const int64_t STEPS[] = {1, 1, 2, 3, -1, -2};
+    for (int i = 0; i < r; i++) {
+      st[i] = trng_int(c->r, -d[i] - 2, d[i] + 2);
+      en[i] = trng_int(c->r, -d[i] - 2, d[i] + 2);
+      sp[i] = trng_pick(c->r, STEPS, 6);
+      int64_t first;
+      xd[i] = kiln_slice_dim(d[i], st[i], en[i], sp[i], &first);
+    }
+    kiln_shape s = {.rank = r};
+    memcpy(s.dims, d, sizeof(int64_t) * (size_t)r);
+    return kiln_unslice(c->g, ph(c, c->t, r, xd, lo, hi), s, st, en, sp, r);
+  }
+  case KILN_OP_SCATTER_ADD: {
+    /* Few rows and many indices, so repeated indices accumulate. */
+    int axis = (int)trng_int(c->r, 0, r - 1);
+    if (!d[axis]) d[axis] = 3;
+    d[axis] = d[axis] > 4 ? 4 : d[axis];
+    int ri = rshape(c, 0, 2, true, e), ur = 0;
+    int64_t ud[8];
+    for (int i = 0; i < axis; i++) ud[ur++] = d[i];
+    for (int i = 0; i < ri; i++) ud[ur++] = e[i];
+    for (int i = axis + 1; i < r; i++) ud[ur++] = d[i];
+    while (kiln_shape_numel(ur, ud) > 4000)
+      for (int i = 0; i < ur; i++) ud[i] = (ud[i] + 1) / 2;
+    for (int i = 0; i < ri; i++) e[i] = ud[axis + i];
+    for (int i = 0; i < axis; i++) d[i] = ud[i];
+    for (int i = axis + 1; i < r; i++) d[i] = ud[i + ri - 1];
+    kiln_value ix = ph(c, trng_int(c->r, 0, 1) ? KILN_I32 : KILN_I64, ri, e, (double)-d[axis], (double)(d[axis] - 1));
+    kiln_shape s = {.rank = r};
+    memcpy(s.dims, d, sizeof(int64_t) * (size_t)r);
+    return kiln_scatter_add(c->g, ix, ph(c, c->t, ur, ud, lo, hi), s, axis - (trng_int(c->r, 0, 1) ? r : 0));
+  }
   default: { /* ONE_HOT */
     int64_t depth = trng_int(c->r, 0, 6);
     kiln_value ix = ph(c, c->t, r, d, -1, (double)depth);
@@ -359,6 +393,9 @@ static const op_case CASES[KILN_OP_COUNT] = {
     [KILN_OP_PAD] = {b_movement, ALL, 0, 0},
     [KILN_OP_GATHER] = {b_movement, ALL, 0, 0},
     [KILN_OP_ONE_HOT] = {b_movement, INTS, 0, 0},
+    [KILN_OP_UNSLICE] = {b_movement, ALL, 0, 0},
+    /* f32 sums of repeated indices: the evaluator adds in the same order, so exact. */
+    [KILN_OP_SCATTER_ADD] = {b_movement, NUMS, 0, 0},
 };
 
 static void test_every_op_has_a_case(void **state) {

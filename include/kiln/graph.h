@@ -160,6 +160,14 @@ KILN_API kiln_value kiln_pad(kiln_graph *g, kiln_value x, const int64_t *lo, con
 /* out = x.shape[:axis] + idx.shape + x.shape[axis+1:]; negative indices count from the
  * end; an index out of range makes kiln_exec_run fail with a message. */
 KILN_API kiln_value kiln_gather(kiln_graph *g, kiln_value x, kiln_value indices, int axis);
+/* The transpose of kiln_slice: zeros of shape s with x written where
+ * kiln_slice(zeros(s), starts, ends, steps, n) would read (x has that slice's shape). */
+KILN_API kiln_value kiln_unslice(kiln_graph *g, kiln_value x, kiln_shape s, const int64_t *starts,
+                                 const int64_t *ends, const int64_t *steps, int n);
+/* The transpose of kiln_gather: zeros of shape s, then out[.., indices[j], ..] += updates[.., j, ..]
+ * along axis; updates has the shape gather(zeros(s), indices, axis) would have. Repeated
+ * indices accumulate; an index out of range makes kiln_exec_run fail. */
+KILN_API kiln_value kiln_scatter_add(kiln_graph *g, kiln_value indices, kiln_value updates, kiln_shape s, int axis);
 /* Appends a last axis of size depth: 1 where the index matches, else 0. */
 KILN_API kiln_value kiln_one_hot(kiln_graph *g, kiln_value indices, int64_t depth, kiln_dtype t);
 
