@@ -164,7 +164,8 @@ static bool infer_matmul(kiln_graph *g, kiln_node *n) {
   bool ta = kiln_attr_int(n, KILN_ATTR_TRANSPOSE_A, 0), tb = kiln_attr_int(n, KILN_ATTR_TRANSPOSE_B, 0);
   int64_t m = a->dims[r - 2 + ta], ka = a->dims[r - 1 - ta];
   int64_t kb = b->dims[r - 2 + tb], nn = b->dims[r - 1 - tb];
-  if (ka != kb || ka < 0)
+  /* K may be the batch symbol (weight gradients contract over the batch); both sides then bind it. */
+  if (ka != kb)
     return fail(g, n, "contraction dims differ: a has K=%lld, b has K=%lld%s", (long long)ka, (long long)kb,
                 ta || tb ? " (after transposes)" : "");
   if (nn < 0) return fail(g, n, "b's column dim cannot be the batch dim");

@@ -175,6 +175,16 @@ KILN_API kiln_value kiln_one_hot(kiln_graph *g, kiln_value indices, int64_t dept
 KILN_API kiln_value kiln_softmax(kiln_graph *g, kiln_value x, int axis);
 KILN_API kiln_value kiln_log_softmax(kiln_graph *g, kiln_value x, int axis);
 
+/* ---- autodiff ---- */
+/* Appends to g the gradient of sum(loss) with respect to each wrt[i] (like
+ * tf.gradients) and stores it in grads[i], shaped like wrt[i]. Gradients flow
+ * through float values only; an x the loss does not depend on gets zeros, and an
+ * x connected to the loss only through non-differentiable ops (argmax,
+ * comparisons, floor, integer casts) is an error naming that op. The appended
+ * nodes are ordinary ops, so gradients can be differentiated again. */
+KILN_API kiln_status kiln_gradients(kiln_graph *g, kiln_value loss, const kiln_value *wrt, size_t n,
+                                    kiln_value *grads);
+
 /* ---- outputs ---- */
 KILN_API kiln_status kiln_output(kiln_graph *g, const char *name, kiln_value v);
 

@@ -1,0 +1,220 @@
+/* Gradients of conv2d and pooling, composed from primitives so they need no
+ * kernels of their own (dedicated backward kernels are a codegen concern):
+ *  - conv input gradient: the incoming gradient, spread out by the strides
+ *    (unslice), convolved with the spatially flipped filter whose in/out channels
+ *    are swapped per group;
+ *  - conv filter gradient: im2col of the padded input (one strided slice per tap,
+ *    concatenated) contracted with the gradient over the output positions, per
+ *    image, then summed over the batch (which may be symbolic);
+ *  - pooling: one strided slice per window tap; each tap's share of dy is
+ *    unsliced back into the padded input. Max pooling gives each window's
+ *    gradient to its first maximum (row-major), like TensorFlow and PyTorch. */
+#include <math.h>
+#include <string.h>
+#include "frontend/grad.h"
+
+#define END INT64_MAX
+
+typedef struct window {
+  int64_t k[2], s[2], d[2], pads[4]; /* pads: top, left, bottom, right */
+  int64_t in[2], out[2];             /* spatial sizes of x and y */
+} window;
+
+static window window_of(grad_ctx *c, const kiln_node *x) {
+  window w = {.d = {1, 1}};
+  kiln_attr_ints(&c->n, KILN_ATTR_STRIDES, w.s);
+  kiln_attr_ints(&c->n, KILN_ATTR_PADS, w.pads);
+  if (c->n.op == KILN_OP_CONV2D) {
+    const kiln_node *f = &c->g->nodes[c->n.inputs[1]];
+    kiln_attr_ints(&c->n, KILN_ATTR_DILATIONS, w.d);
+    w.k[0] = f->dims[0], w.k[1] = f->dims[1];
+  } else {
+    kiln_attr_ints(&c->n, KILN_ATTR_WINDOW, w.k);
+  }
+  w.in[0] = x->dims[1], w.in[1] = x->dims[2];
+  w.out[0] = c->n.dims[1], w.out[1] = c->n.dims[2];
+  return w;
+}
+
+/* The strided slice of the padded input that window tap (a, b) reads for every output. */
+static void tap_slice(const window *w, int64_t a, int64_t b, int64_t *st, int64_t *en, int64_t *sp) {
+  int64_t off[2] = {a * w->d[0], b * w->d[1]};
+  st[0] = 0, en[0] = END, sp[0] = 1;
+  st[3] = 0, en[3] = END, sp[3] = 1;
+  for (int i = 0; i < 2; i++) {
+    st[i + 1] = off[i];
+    en[i + 1] = off[i] + (w->out[i] - 1) * w->s[i] + 1;
+    sp[i + 1] = w->s[i];
+  }
+}
+
+static kiln_value pad_spatial(kiln_graph *g, kiln_value x, const window *w, double value) {
+  int64_t lo[4] = {0, w->pads[0], w->pads[1], 0}, hi[4] = {0, w->pads[2], w->pads[3], 0};
+  if (!w->pads[0] && !w->pads[1] && !w->pads[2] && !w->pads[3]) return x;
+  return kiln_pad(g, x, lo, hi, value);
+}
+
+static kiln_value unpad_spatial(kiln_graph *g, kiln_value xp, const window *w) {
+  int64_t st[4] = {0, w->pads[0], w->pads[1], 0}, en[4] = {END, w->pads[0] + w->in[0], w->pads[1] + w->in[1], END};
+  return kiln_slice(g, xp, st, en, NULL, 4);
+}
+
+static kiln_shape padded_shape(const kiln_node *x, const window *w) {
+  kiln_shape s = grad_node_shape(x);
+  s.dims[1] += w->pads[0] + w->pads[2];
+  s.dims[2] += w->pads[1] + w->pads[3];
+  return s;
+}
+
+/* ---- conv2d ---- */
+
+static kiln_value conv_input_grad(grad_ctx *c, const window *w, const kiln_node *f, int64_t groups) {
+  kiln_graph *g = c->g;
+  const kiln_node *y = &c->n;
+  int64_t cout = f->dims[3], cin_g = f->dims[2], cout_g = cout / groups;
+  /* z: dy with (stride - 1) zeros between rows and columns. */
+  int64_t len[2], plo[2], phi[2];
+  kiln_value z = c->dy;
+  for (int i = 0; i < 2; i++) {
+    len[i] = (w->out[i] - 1) * w->s[i] + 1;
+    plo[i] = (w->k[i] - 1) * w->d[i] - w->pads[i];
+    phi[i] = w->in[i] + w->pads[i] - len[i];
+  }
+  if (w->s[0] > 1 || w->s[1] > 1) {
+    int64_t st[4] = {0}, en[4] = {END, END, END, END}, sp[4] = {1, w->s[0], w->s[1], 1};
+    z = kiln_unslice(g, z, (kiln_shape){4, {y->dims[0], len[0], len[1], cout}}, st, en, sp, 4);
+  }
+  /* Padding wider than the filter span leaves rows of z that touch no input: crop them. */
+  if (plo[0] < 0 || plo[1] < 0 || phi[0] < 0 || phi[1] < 0) {
+    int64_t st[4] = {0}, en[4] = {END, END, END, END};
+    for (int i = 0; i < 2; i++) {
+      st[i + 1] = plo[i] < 0 ? -plo[i] : 0;
+      en[i + 1] = phi[i] < 0 ? len[i] + phi[i] : END;
+      plo[i] = plo[i] < 0 ? 0 : plo[i];
+      phi[i] = phi[i] < 0 ? 0 : phi[i];
+    }
+    z = kiln_slice(g, z, st, en, NULL, 4);
+  }
+  int64_t fst[4] = {-1, -1, 0, 0}, fen[4] = {INT64_MIN, INT64_MIN, END, END}, fsp[4] = {-1, -1, 1, 1};
+  kiln_value wf = kiln_slice(g, grad_input(c, 1), fst, fen, fsp, 4);
+  int64_t kh = w->k[0], kw = w->k[1];
+  wf = kiln_reshape(g, wf, (kiln_shape){5, {kh, kw, cin_g, groups, cout_g}});
+  wf = kiln_transpose(g, wf, (int64_t[]){0, 1, 4, 3, 2}, 5);
+  wf = kiln_reshape(g, wf, (kiln_shape){4, {kh, kw, cout_g, cin_g * groups}});
+  kiln_conv2d_opts o = {.layout = KILN_NHWC, .padding = KILN_PAD_EXPLICIT, .groups = groups};
+  o.strides[0] = o.strides[1] = 1;
+  o.dilations[0] = w->d[0], o.dilations[1] = w->d[1];
+  o.pads[0] = plo[0], o.pads[1] = plo[1], o.pads[2] = phi[0], o.pads[3] = phi[1];
+  return kiln_conv2d(g, z, wf, &o);
+}
+
+static kiln_value conv_filter_grad(grad_ctx *c, const window *w, const kiln_node *f, int64_t groups) {
+  kiln_graph *g = c->g;
+  int64_t cin_g = f->dims[2], cout_g = f->dims[3] / groups, taps = w->k[0] * w->k[1];
+  int64_t positions = w->out[0] * w->out[1];
+  kiln_value xp = pad_spatial(g, grad_input(c, 0), w, 0);
+  kiln_value *cols = calloc((size_t)taps, sizeof *cols), *per_group = calloc((size_t)groups, sizeof *per_group);
+  if (!cols || !per_group) {
+    free(cols);
+    free(per_group);
+    return kiln_graph_fail(g, KILN_ERR_NOMEM, "conv2d gradient: out of memory");
+  }
+  for (int64_t gi = 0; gi < groups; gi++) {
+    int64_t cst[4] = {0, 0, 0, gi * cin_g}, cen[4] = {END, END, END, (gi + 1) * cin_g};
+    int64_t dst[4] = {0, 0, 0, gi * cout_g}, den[4] = {END, END, END, (gi + 1) * cout_g};
+    kiln_value xg = groups > 1 ? kiln_slice(g, xp, cst, cen, NULL, 4) : xp;
+    kiln_value dyg = groups > 1 ? kiln_slice(g, c->dy, dst, den, NULL, 4) : c->dy;
+    for (int64_t a = 0; a < w->k[0]; a++)
+      for (int64_t b = 0; b < w->k[1]; b++) {
+        int64_t st[4], en[4], sp[4];
+        tap_slice(w, a, b, st, en, sp);
+        cols[a * w->k[1] + b] = kiln_slice(g, xg, st, en, sp, 4);
+      }
+    kiln_value col = kiln_concat(g, cols, (int)taps, 3);
+    col = kiln_reshape(g, col, (kiln_shape){3, {-1, positions, taps * cin_g}});
+    kiln_value d = kiln_reshape(g, dyg, (kiln_shape){3, {-1, positions, cout_g}});
+    kiln_value m = kiln_reduce_sum(g, kiln_matmul(g, col, d, true, false), (int64_t[]){0}, 1, false);
+    per_group[gi] = kiln_reshape(g, m, (kiln_shape){4, {w->k[0], w->k[1], cin_g, cout_g}});
+  }
+  kiln_value r = kiln_concat(g, per_group, (int)groups, 3);
+  free(cols);
+  free(per_group);
+  return r;
+}
+
+void kiln_grad_conv2d(grad_ctx *c, kiln_value *dx) {
+  const kiln_node *x = &c->g->nodes[c->n.inputs[0]];
+  window w = window_of(c, x);
+  kiln_node f = c->g->nodes[c->n.inputs[1]];
+  int64_t groups = kiln_attr_int(&c->n, KILN_ATTR_GROUPS, 1);
+  dx[0] = conv_input_grad(c, &w, &f, groups);
+  dx[1] = conv_filter_grad(c, &w, &f, groups);
+}
+
+/* ---- pooling ---- */
+
+void kiln_grad_max_pool2d(grad_ctx *c, kiln_value *dx) {
+  kiln_graph *g = c->g;
+  kiln_node x = g->nodes[c->n.inputs[0]];
+  window w = window_of(c, &x);
+  kiln_shape ps = padded_shape(&x, &w);
+  kiln_value xp = pad_spatial(g, grad_input(c, 0), &w, -INFINITY);
+  kiln_value zero = kiln_scalar(g, (kiln_dtype)x.dtype, 0);
+  kiln_value taken = {KILN_NONE}, acc = {KILN_NONE};
+  for (int64_t a = 0; a < w.k[0]; a++)
+    for (int64_t b = 0; b < w.k[1]; b++) {
+      int64_t st[4], en[4], sp[4];
+      tap_slice(&w, a, b, st, en, sp);
+      kiln_value hit = kiln_equal(g, kiln_slice(g, xp, st, en, sp, 4), c->y);
+      if (taken.id != KILN_NONE) {
+        hit = kiln_logical_and(g, hit, kiln_logical_not(g, taken));
+        taken = kiln_logical_or(g, taken, hit);
+      } else {
+        taken = hit;
+      }
+      kiln_value share = kiln_unslice(g, kiln_select(g, hit, c->dy, zero), ps, st, en, sp, 4);
+      acc = acc.id == KILN_NONE ? share : kiln_add(g, acc, share);
+    }
+  dx[0] = unpad_spatial(g, acc, &w);
+}
+
+void kiln_grad_avg_pool2d(grad_ctx *c, kiln_value *dx) {
+  kiln_graph *g = c->g;
+  kiln_node x = g->nodes[c->n.inputs[0]];
+  window w = window_of(c, &x);
+  kiln_shape ps = padded_shape(&x, &w);
+  /* Each output divides by its window's count of non-padding inputs. */
+  int64_t oh = w.out[0], ow = w.out[1];
+  size_t cells = (size_t)(oh * ow) + 1;
+  double *count = malloc(sizeof(double) * cells);
+  float *count32 = malloc(sizeof(float) * cells);
+  if (!count || !count32) {
+    free(count);
+    free(count32);
+    dx[0] = kiln_graph_fail(g, KILN_ERR_NOMEM, "avg_pool2d gradient: out of memory");
+    return;
+  }
+  for (int64_t i = 0; i < oh; i++)
+    for (int64_t j = 0; j < ow; j++) {
+      int64_t n[2], pos[2] = {i, j};
+      for (int k = 0; k < 2; k++) {
+        int64_t lo = pos[k] * w.s[k] - w.pads[k], hi = lo + w.k[k];
+        n[k] = (hi < w.in[k] ? hi : w.in[k]) - (lo > 0 ? lo : 0);
+      }
+      count[i * ow + j] = (double)(n[0] * n[1]);
+      count32[i * ow + j] = (float)count[i * ow + j];
+    }
+  kiln_dtype t = (kiln_dtype)x.dtype;
+  kiln_value cnt = kiln_constant(g, t, (kiln_shape){4, {1, oh, ow, 1}}, t == KILN_F32 ? (void *)count32 : (void *)count);
+  free(count);
+  free(count32);
+  kiln_value share = kiln_div(g, c->dy, cnt), acc = {KILN_NONE};
+  for (int64_t a = 0; a < w.k[0]; a++)
+    for (int64_t b = 0; b < w.k[1]; b++) {
+      int64_t st[4], en[4], sp[4];
+      tap_slice(&w, a, b, st, en, sp);
+      kiln_value part = kiln_unslice(g, share, ps, st, en, sp, 4);
+      acc = acc.id == KILN_NONE ? part : kiln_add(g, acc, part);
+    }
+  dx[0] = unpad_spatial(g, acc, &w);
+}
