@@ -34,6 +34,7 @@ struct kiln_exec {
   size_t nspecs;
   char *ir;
   const char **in_names;
+  uint32_t nuser_out; /* e->g's outputs are the user's, then one per variable assignment */
 };
 
 static pthread_once_t llvm_once = PTHREAD_ONCE_INIT;
@@ -174,7 +175,8 @@ kiln_status kiln_compile(const kiln_graph *g, const kiln_compile_options *opts, 
   if (st != KILN_OK) return st;
   kiln_exec *e = calloc(1, sizeof *e);
   if (!e) return kiln_set_error(KILN_ERR_NOMEM, "compile: out of memory");
-  e->g = kiln_graph_specialize(g, -1);
+  e->g = kiln_graph_for_run(g, -1);
+  e->nuser_out = g->noutputs;
   if (!e->g) {
     free(e);
     return KILN_ERR_INVALID;
@@ -189,7 +191,7 @@ kiln_status kiln_compile(const kiln_graph *g, const kiln_compile_options *opts, 
       e->generic_cpu = true;
     }
   }
-  uint32_t np = kiln_graph_num_params(e->g), k = 0;
+  uint32_t np = kiln_graph_num_inputs(e->g), k = 0;
   e->in_names = calloc(np + 1, sizeof *e->in_names);
   if (!e->in_names) {
     kiln_exec_free(e);
@@ -198,7 +200,7 @@ kiln_status kiln_compile(const kiln_graph *g, const kiln_compile_options *opts, 
   bool symbolic = false;
   for (uint32_t i = 0; i < e->g->nnodes; i++) {
     const kiln_node *n = &e->g->nodes[i];
-    if (n->op == KILN_OP_PARAM) {
+    if (n->op == KILN_OP_PARAM && !kiln_node_is_variable(n)) {
       e->in_names[k++] = n->name;
       for (int d = 0; d < n->rank; d++) symbolic |= n->dims[d] < 0;
     }
@@ -235,13 +237,13 @@ void kiln_exec_free(kiln_exec *e) {
   free(e);
 }
 
-size_t kiln_exec_num_inputs(const kiln_exec *e) { return kiln_graph_num_params(e->g); }
-size_t kiln_exec_num_outputs(const kiln_exec *e) { return e->g->noutputs; }
+size_t kiln_exec_num_inputs(const kiln_exec *e) { return kiln_graph_num_inputs(e->g); }
+size_t kiln_exec_num_outputs(const kiln_exec *e) { return e->nuser_out; }
 const char *kiln_exec_input_name(const kiln_exec *e, size_t i) {
   return i < kiln_exec_num_inputs(e) ? e->in_names[i] : NULL;
 }
 const char *kiln_exec_output_name(const kiln_exec *e, size_t i) {
-  return i < e->g->noutputs ? e->g->outputs[i].name : NULL;
+  return i < e->nuser_out ? e->g->outputs[i].name : NULL;
 }
 const char *kiln_exec_llvm_ir(const kiln_exec *e) { return e->ir; }
 
@@ -268,12 +270,9 @@ static kiln_status find_spec(kiln_exec *e, int64_t batch, spec **out) {
   return KILN_OK;
 }
 
-kiln_status kiln_exec_run(kiln_exec *e, const kiln_tensor *const *inputs, size_t nin, kiln_tensor **outputs, size_t nout) {
-  if (!e) return kiln_set_error(KILN_ERR_INVALID, "run: null exec");
-  if (nout != e->g->noutputs)
-    return kiln_set_error(KILN_ERR_INVALID, "run: the graph has %u outputs, %zu requested", e->g->noutputs, nout);
-  if (!outputs) return kiln_set_error(KILN_ERR_INVALID, "run: the outputs array is NULL");
-  for (size_t j = 0; j < nout; j++) outputs[j] = NULL;
+/* Runs with every param bound (inputs) and every output, assignments included, requested. */
+static kiln_status run_bound(kiln_exec *e, const kiln_tensor *const *inputs, size_t nin, kiln_tensor **outputs,
+                             size_t nout) {
   int64_t batch;
   kiln_status st = kiln_check_inputs(e->g, inputs, nin, &batch);
   if (st != KILN_OK) return st;
@@ -318,5 +317,28 @@ kiln_status kiln_exec_run(kiln_exec *e, const kiln_tensor *const *inputs, size_t
   free(args);
   if (st != KILN_OK)
     for (size_t j = 0; j < nout; j++) kiln_tensor_free(outputs[j]), outputs[j] = NULL;
+  return st;
+}
+
+kiln_status kiln_exec_run(kiln_exec *e, const kiln_tensor *const *inputs, size_t nin, kiln_tensor **outputs, size_t nout) {
+  if (!e) return kiln_set_error(KILN_ERR_INVALID, "run: null exec");
+  if (nout != e->nuser_out)
+    return kiln_set_error(KILN_ERR_INVALID, "run: the graph has %u outputs, %zu requested", e->nuser_out, nout);
+  if (!outputs) return kiln_set_error(KILN_ERR_INVALID, "run: the outputs array is NULL");
+  for (size_t j = 0; j < nout; j++) outputs[j] = NULL;
+  uint32_t np = kiln_graph_num_params(e->g), nall = e->g->noutputs;
+  const kiln_tensor **full = calloc(np + 1, sizeof *full);
+  kiln_tensor **all = calloc(nall + 1, sizeof *all);
+  kiln_status st = full && all ? KILN_OK : kiln_set_error(KILN_ERR_NOMEM, "run: out of memory");
+  if (st == KILN_OK) st = kiln_bind_inputs(e->g, inputs, nin, full);
+  if (st == KILN_OK) st = run_bound(e, full, np, all, nall);
+  /* Variables change only after the whole step succeeded. */
+  if (st == KILN_OK) st = kiln_apply_assigns(e->g, all + nout);
+  for (size_t j = 0; all && j < nall; j++) {
+    if (j < nout && st == KILN_OK) outputs[j] = all[j];
+    else kiln_tensor_free(all[j]);
+  }
+  free(full);
+  free(all);
   return st;
 }

@@ -104,6 +104,8 @@ static kiln_value shifted(kiln_graph *g, kiln_value x, int axis) {
   return kiln_sub(g, x, kiln_reduce_max(g, x, &ax, 1, true));
 }
 
+kiln_value kiln_square(kiln_graph *g, kiln_value x) { return kiln_mul(g, x, x); }
+
 kiln_value kiln_softmax(kiln_graph *g, kiln_value x, int axis) {
   int64_t ax = axis;
   kiln_value e = kiln_exp(g, shifted(g, x, axis));

@@ -622,12 +622,26 @@ kiln_status kiln_evaluate(const kiln_graph *g, const kiln_tensor *const *inputs,
   if (nout != g->noutputs)
     return kiln_set_error(KILN_ERR_INVALID, "evaluate: the graph has %u outputs, %zu requested", g->noutputs, nout);
   if (!outputs) return kiln_set_error(KILN_ERR_INVALID, "evaluate: the outputs array is NULL");
+  for (size_t j = 0; j < nout; j++) outputs[j] = NULL;
+  uint32_t np = kiln_graph_num_params(g);
+  const kiln_tensor **full = calloc(np + 1, sizeof *full);
+  kiln_tensor **all = calloc(g->noutputs + g->nassigns + 1, sizeof *all);
+  if (!full || !all) {
+    free(full);
+    free(all);
+    return kiln_set_error(KILN_ERR_NOMEM, "evaluate: out of memory");
+  }
   int64_t batch;
-  kiln_status st = kiln_check_inputs(g, inputs, nin, &batch);
-  if (st != KILN_OK) return st;
-  kiln_graph *s = kiln_graph_specialize(g, batch < 0 ? 1 : batch);
-  if (!s) return KILN_ERR_INVALID;
-  st = kiln_eval_graph(s, inputs, nin, outputs, nout);
+  kiln_graph *s = NULL;
+  kiln_status st = kiln_bind_inputs(g, inputs, nin, full);
+  if (st == KILN_OK) st = kiln_check_inputs(g, full, np, &batch);
+  if (st == KILN_OK && !(s = kiln_graph_for_run(g, batch < 0 ? 1 : batch))) st = KILN_ERR_INVALID;
+  if (st == KILN_OK) st = kiln_eval_graph(s, full, np, all, s->noutputs);
+  if (st == KILN_OK) st = kiln_apply_assigns(g, all + nout);
+  for (size_t j = 0; j < nout; j++) outputs[j] = st == KILN_OK ? all[j] : (kiln_tensor_free(all[j]), NULL);
+  for (uint32_t j = 0; j < g->nassigns; j++) kiln_tensor_free(all[nout + j]);
   kiln_graph_free(s);
+  free(full);
+  free(all);
   return st;
 }

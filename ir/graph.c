@@ -35,6 +35,7 @@ void kiln_graph_free(kiln_graph *g) {
   free(g->nodes);
   free(g->table);
   free(g->outputs);
+  free(g->assigns);
   free(g);
 }
 
@@ -225,7 +226,16 @@ kiln_value kiln_node_make(kiln_graph *g, kiln_op op, const uint32_t *inputs, uin
   return (kiln_value){g->nnodes++};
 }
 
+/* Internal outputs (variable updates) are named "=var", which users cannot choose. */
 kiln_status kiln_output(kiln_graph *g, const char *name, kiln_value v) {
+  if (g && g->status == KILN_OK && name && name[0] == '=') {
+    kiln_graph_fail(g, KILN_ERR_INVALID, "output '%s': names cannot start with '='", name);
+    return g->status;
+  }
+  return kiln_graph_add_output(g, name, v);
+}
+
+kiln_status kiln_graph_add_output(kiln_graph *g, const char *name, kiln_value v) {
   if (!g) return kiln_set_error(KILN_ERR_INVALID, "kiln_output: null graph");
   if (g->status != KILN_OK) return kiln_set_error(g->status, "%s", g->errmsg);
   if (!name || !*name) {
@@ -266,6 +276,61 @@ uint32_t kiln_graph_num_params(const kiln_graph *g) {
   return n;
 }
 
+bool kiln_node_is_variable(const kiln_node *n) {
+  return n->op == KILN_OP_PARAM && kiln_attr_int(n, KILN_ATTR_VARIABLE, 0) != 0;
+}
+
+uint32_t kiln_graph_num_inputs(const kiln_graph *g) {
+  uint32_t n = 0;
+  for (uint32_t i = 0; i < g->nnodes; i++) n += g->nodes[i].op == KILN_OP_PARAM && !kiln_node_is_variable(&g->nodes[i]);
+  return n;
+}
+
+kiln_status kiln_graph_add_assign(kiln_graph *g, const char *name, uint32_t node) {
+  if (g->status != KILN_OK) return kiln_set_error(g->status, "%s", g->errmsg);
+  if (node >= g->nnodes) {
+    kiln_graph_fail(g, KILN_ERR_INVALID, "assign '%s': not a value of this graph", name);
+    return g->status;
+  }
+  for (uint32_t i = 0; i < g->nassigns; i++)
+    if (!strcmp(g->assigns[i].name, name)) {
+      kiln_graph_fail(g, KILN_ERR_INVALID, "assign: variable '%s' is assigned twice in one graph", name);
+      return g->status;
+    }
+  if (g->nassigns == g->assigns_cap) {
+    uint32_t cap = g->assigns_cap ? g->assigns_cap * 2 : 16;
+    kiln_output_def *a = realloc(g->assigns, sizeof *a * cap);
+    if (!a) {
+      kiln_graph_fail(g, KILN_ERR_NOMEM, "assign: out of memory");
+      return g->status;
+    }
+    g->assigns = a;
+    g->assigns_cap = cap;
+  }
+  char *nm = kiln_arena_strdup(&g->arena, name);
+  if (!nm) {
+    kiln_graph_fail(g, KILN_ERR_NOMEM, "assign: out of memory");
+    return g->status;
+  }
+  g->assigns[g->nassigns++] = (kiln_output_def){nm, node};
+  return KILN_OK;
+}
+
+kiln_graph *kiln_graph_for_run(const kiln_graph *g, int64_t batch) {
+  kiln_graph *s = kiln_graph_specialize(g, batch);
+  if (!s) return NULL;
+  /* '=' cannot start a name kiln_output accepts from users, so these never collide. */
+  for (uint32_t i = 0; i < g->nassigns; i++) {
+    char name[300];
+    snprintf(name, sizeof name, "=%s", g->assigns[i].name);
+    if (kiln_graph_add_output(s, name, (kiln_value){g->assigns[i].node}) != KILN_OK) {
+      kiln_graph_free(s);
+      return NULL;
+    }
+  }
+  return s;
+}
+
 /* Rebuilding node by node re-runs inference with the new batch binding; indices are
  * preserved because the source graph is already deduplicated and topologically sorted. */
 kiln_graph *kiln_graph_specialize(const kiln_graph *src, int64_t batch) {
@@ -285,10 +350,16 @@ kiln_graph *kiln_graph_specialize(const kiln_graph *src, int64_t batch) {
     }
   }
   for (uint32_t i = 0; i < src->noutputs; i++)
-    if (kiln_output(g, src->outputs[i].name, (kiln_value){src->outputs[i].node}) != KILN_OK) {
+    if (kiln_graph_add_output(g, src->outputs[i].name, (kiln_value){src->outputs[i].node}) != KILN_OK) {
       kiln_graph_free(g);
       return NULL;
     }
+  for (uint32_t i = 0; i < src->nassigns; i++)
+    if (kiln_graph_add_assign(g, src->assigns[i].name, src->assigns[i].node) != KILN_OK) {
+      kiln_graph_free(g);
+      return NULL;
+    }
+  g->vars = src->vars;
   return g;
 }
 

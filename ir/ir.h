@@ -112,6 +112,10 @@ struct kiln_graph {
   uint32_t table_cap;
   kiln_output_def *outputs;
   uint32_t noutputs, outputs_cap;
+  /* Variable updates, applied after a run (all reads see the old values); node = new value. */
+  kiln_output_def *assigns;
+  uint32_t nassigns, assigns_cap;
+  kiln_variables *vars; /* borrowed: the store variable params are read from, or NULL */
   int64_t batch; /* binding of KILN_DYN during shape inference; -1 = symbolic */
   kiln_status status;
   char errmsg[512];
@@ -178,5 +182,24 @@ KILN_INTERNAL kiln_status kiln_eval_graph(const kiln_graph *g, const kiln_tensor
 KILN_INTERNAL kiln_status kiln_check_inputs(const kiln_graph *g, const kiln_tensor *const *inputs, size_t nin,
                                             int64_t *batch);
 KILN_INTERNAL uint32_t kiln_graph_num_params(const kiln_graph *g);
+
+/* ---- graph.c: variables in graphs ---- */
+/* A param with attribute variable=1 reads the variable of that name. */
+KILN_INTERNAL bool kiln_node_is_variable(const kiln_node *n);
+/* Params the caller passes (those that are not variables). */
+KILN_INTERNAL uint32_t kiln_graph_num_inputs(const kiln_graph *g);
+/* kiln_output without the reserved-name check. */
+KILN_INTERNAL kiln_status kiln_graph_add_output(kiln_graph *g, const char *name, kiln_value v);
+KILN_INTERNAL kiln_status kiln_graph_add_assign(kiln_graph *g, const char *name, uint32_t node);
+/* Specialises g to batch and appends its assignments as outputs after the user's. */
+KILN_INTERNAL kiln_graph *kiln_graph_for_run(const kiln_graph *g, int64_t batch);
+
+/* ---- runtime/variables.c: running graphs that read and assign variables ---- */
+/* All params' tensors in order: the caller's inputs, and variables looked up in g->vars.
+ * full has kiln_graph_num_params(g) entries. */
+KILN_INTERNAL kiln_status kiln_bind_inputs(const kiln_graph *g, const kiln_tensor *const *user, size_t nuser,
+                                           const kiln_tensor **full);
+/* Copies vals[i] (the value of assignment i) into its variable. */
+KILN_INTERNAL kiln_status kiln_apply_assigns(const kiln_graph *g, kiln_tensor *const *vals);
 
 #endif

@@ -5,6 +5,7 @@
  *   %1 = const {dtype=f32, shape=[2], data=[1, 2.5]} : f32[2]
  *   %2 = matmul %0, %1 {transpose_a=0, transpose_b=0} : f32[?,2]
  *   out "y" = %2
+ *   assign "w" = %5      (variable update, applied after the run)
  *
  * Attributes are printed in key order, floats with enough digits to round-trip
  * (%.9g for f32 data, %.17g otherwise), so print(parse(print(g))) == print(g).
@@ -122,6 +123,11 @@ kiln_status kiln_graph_to_text(const kiln_graph *g, char **text) {
     sb_printf(&s, "out ");
     print_string(&s, g->outputs[i].name);
     sb_printf(&s, " = %%%u\n", g->outputs[i].node);
+  }
+  for (uint32_t i = 0; i < g->nassigns; i++) {
+    sb_printf(&s, "assign ");
+    print_string(&s, g->assigns[i].name);
+    sb_printf(&s, " = %%%u\n", g->assigns[i].node);
   }
   if (s.oom) {
     free(s.buf);
@@ -442,9 +448,12 @@ kiln_status kiln_graph_parse(const char *text, kiln_graph **out) {
     } else {
       char name[256];
       uint32_t node;
-      ok = ident(&ps, word, sizeof word) && (strcmp(word, "out") ? perr(&ps, "unexpected '%s'", word) : true) &&
+      bool assign = false;
+      ok = ident(&ps, word, sizeof word) &&
+           ((assign = !strcmp(word, "assign")) || !strcmp(word, "out") ? true : perr(&ps, "unexpected '%s'", word)) &&
            string(&ps, name, sizeof name) && expect(&ps, '=') && value_ref(&ps, &node);
-      if (ok && kiln_output(ps.g, name, (kiln_value){node}) != KILN_OK) ok = perr(&ps, "%s", ps.g->errmsg);
+      if (ok && (assign ? kiln_graph_add_assign(ps.g, name, node) : kiln_output(ps.g, name, (kiln_value){node})) != KILN_OK)
+        ok = perr(&ps, "%s", ps.g->errmsg);
     }
     skip(&ps);
     if (ok && *ps.p && *ps.p != '\n') ok = perr(&ps, "unexpected text '%.20s'", ps.p);

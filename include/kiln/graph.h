@@ -172,6 +172,7 @@ KILN_API kiln_value kiln_scatter_add(kiln_graph *g, kiln_value indices, kiln_val
 KILN_API kiln_value kiln_one_hot(kiln_graph *g, kiln_value indices, int64_t depth, kiln_dtype t);
 
 /* ---- composites (built from the primitives above) ---- */
+KILN_API kiln_value kiln_square(kiln_graph *g, kiln_value x); /* x * x */
 KILN_API kiln_value kiln_softmax(kiln_graph *g, kiln_value x, int axis);
 KILN_API kiln_value kiln_log_softmax(kiln_graph *g, kiln_value x, int axis);
 

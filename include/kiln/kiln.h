@@ -4,4 +4,5 @@
 #include "kiln/core.h"
 #include "kiln/graph.h"
 #include "kiln/exec.h"
+#include "kiln/train.h"
 #endif
