@@ -195,6 +195,7 @@ KILN_INTERNAL kiln_status kiln_graph_add_assign(kiln_graph *g, const char *name,
 KILN_INTERNAL kiln_graph *kiln_graph_for_run(const kiln_graph *g, int64_t batch);
 
 /* ---- runtime/variables.c: running graphs that read and assign variables ---- */
+KILN_INTERNAL kiln_variables *kiln_variable_store(const kiln_variable *v);
 /* All params' tensors in order: the caller's inputs, and variables looked up in g->vars.
  * full has kiln_graph_num_params(g) entries. */
 KILN_INTERNAL kiln_status kiln_bind_inputs(const kiln_graph *g, const kiln_tensor *const *user, size_t nuser,

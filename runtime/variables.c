@@ -143,6 +143,7 @@ kiln_variable *kiln_variables_find(const kiln_variables *vs, const char *name) {
   return NULL;
 }
 
+kiln_variables *kiln_variable_store(const kiln_variable *v) { return v ? v->store : NULL; }
 size_t kiln_variables_count(const kiln_variables *vs) { return vs ? vs->n : 0; }
 kiln_variable *kiln_variables_at(const kiln_variables *vs, size_t i) { return vs && i < vs->n ? vs->items[i] : NULL; }
 const char *kiln_variable_name(const kiln_variable *v) { return v ? v->name : NULL; }
