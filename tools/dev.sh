@@ -33,7 +33,7 @@ case "${1:-}" in
 main)
   install_missing
   build build
-  build/bin/hello_jit
+  build/bin/fashion_mnist
   ;;
 test)
   install_missing

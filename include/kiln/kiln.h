@@ -5,4 +5,6 @@
 #include "kiln/graph.h"
 #include "kiln/exec.h"
 #include "kiln/train.h"
+#include "kiln/data.h"
+#include "kiln/model.h"
 #endif

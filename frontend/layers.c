@@ -1,0 +1,233 @@
+/* Layers: the generic layer object (weights, freezing, custom classes),
+ * activations, and the built-in layer classes. */
+#include <math.h>
+#include <string.h>
+#include <strings.h>
+#include "frontend/model_impl.h"
+
+/* ---- activations ---- */
+
+static const char *const ACT_NAMES[KILN_ACT_COUNT] = {"linear", "relu", "sigmoid", "tanh", "softmax",
+                                                      "elu", "selu", "leaky_relu", "gelu", "swish"};
+
+kiln_status kiln_activation_from_name(const char *name, kiln_activation *out) {
+  for (int i = 0; name && i < KILN_ACT_COUNT; i++)
+    if (!strcasecmp(name, ACT_NAMES[i])) {
+      *out = (kiln_activation)i;
+      return KILN_OK;
+    }
+  return kiln_set_error(KILN_ERR_INVALID, "unknown activation '%s'", name ? name : "(null)");
+}
+
+kiln_value kiln_activate(kiln_graph *g, kiln_value x, kiln_activation a) {
+  kiln_dtype t = kiln_value_dtype(g, x);
+#define C(v) kiln_scalar(g, t, (v))
+  switch (a) {
+  case KILN_ACT_LINEAR: return x;
+  case KILN_ACT_RELU: return kiln_relu(g, x);
+  case KILN_ACT_SIGMOID: return kiln_sigmoid(g, x);
+  case KILN_ACT_TANH: return kiln_tanh(g, x);
+  case KILN_ACT_SOFTMAX: return kiln_softmax(g, x, -1);
+  case KILN_ACT_ELU:
+  case KILN_ACT_SELU: {
+    bool selu = a == KILN_ACT_SELU;
+    kiln_value neg = kiln_mul(g, C(selu ? 1.6732632423543772 : 1.0), kiln_sub(g, kiln_exp(g, x), C(1)));
+    kiln_value y = kiln_select(g, kiln_greater(g, x, C(0)), x, neg);
+    return selu ? kiln_mul(g, C(1.0507009873554805), y) : y;
+  }
+  case KILN_ACT_LEAKY_RELU: return kiln_select(g, kiln_greater(g, x, C(0)), x, kiln_mul(g, C(0.2), x));
+  case KILN_ACT_GELU: {
+    kiln_value inner = kiln_mul(g, C(0.7978845608028654), kiln_add(g, x, kiln_mul(g, C(0.044715), kiln_mul(g, x, kiln_square(g, x)))));
+    return kiln_mul(g, kiln_mul(g, C(0.5), x), kiln_add(g, C(1), kiln_tanh(g, inner)));
+  }
+  case KILN_ACT_SWISH: return kiln_mul(g, x, kiln_sigmoid(g, x));
+  default: return kiln_graph_fail(g, KILN_ERR_INVALID, "activation: unknown activation %d", (int)a);
+  }
+#undef C
+}
+
+/* ---- the layer object ---- */
+
+kiln_layer *kiln_layer_new(const kiln_layer_class *cls, const char *name, void *state) {
+  if (!cls || !cls->call || !cls->type) {
+    kiln_set_error(KILN_ERR_INVALID, "layer_new: a layer class needs a type and a call function");
+    return NULL;
+  }
+  kiln_layer *l = calloc(1, sizeof *l);
+  if (!l || (name && !(l->name = strdup(name)))) {
+    free(l);
+    if (cls->destroy) cls->destroy(state);
+    kiln_set_error(KILN_ERR_NOMEM, "layer_new: out of memory");
+    return NULL;
+  }
+  l->cls = cls;
+  l->state = state;
+  return l;
+}
+
+void kiln_layer_free(kiln_layer *l) {
+  if (!l) return;
+  if (l->cls->destroy) l->cls->destroy(l->state);
+  free(l->weights);
+  free(l->name);
+  free(l);
+}
+
+void *kiln_layer_state(kiln_layer *l) { return l ? l->state : NULL; }
+const char *kiln_layer_name(const kiln_layer *l) { return l ? l->name : NULL; }
+
+void kiln_layer_set_trainable(kiln_layer *l, bool trainable) {
+  if (!l) return;
+  l->frozen = !trainable;
+  for (size_t i = 0; i < l->nweights; i++) kiln_variable_set_trainable(l->weights[i], trainable);
+}
+
+kiln_status kiln_layer_add_weight(kiln_layer *l, const char *name, kiln_dtype t, kiln_shape s, kiln_initializer init,
+                                  bool trainable, kiln_variable **out) {
+  if (!l || !name || !out) return kiln_set_error(KILN_ERR_INVALID, "layer_add_weight: NULL argument");
+  if (!l->vars) return kiln_set_error(KILN_ERR_INVALID, "layer '%s': add it to a model before building", l->name);
+  char full[512];
+  snprintf(full, sizeof full, "%s/%s", l->name, name);
+  if (l->nweights == l->cap) {
+    size_t cap = l->cap ? l->cap * 2 : 4;
+    kiln_variable **w = realloc(l->weights, sizeof *w * cap);
+    if (!w) return kiln_set_error(KILN_ERR_NOMEM, "layer '%s': out of memory", l->name);
+    l->weights = w;
+    l->cap = cap;
+  }
+  kiln_status st = kiln_variable_new(l->vars, full, t, s, init, trainable && !l->frozen, out);
+  if (st == KILN_OK) l->weights[l->nweights++] = *out;
+  return st;
+}
+
+/* ---- built-in layers ---- */
+
+typedef struct dense {
+  int64_t units;
+  kiln_activation act;
+  kiln_variable *kernel, *bias;
+} dense;
+
+static kiln_status dense_build(kiln_layer *l, kiln_shape in) {
+  dense *d = l->state;
+  if (in.rank < 2 || in.dims[in.rank - 1] < 0)
+    return kiln_set_error(KILN_ERR_INVALID, "Dense '%s': needs inputs [batch, ..., features], got rank %d", l->name, in.rank);
+  kiln_status st = kiln_layer_add_weight(l, "kernel", KILN_F32, KILN_SHAPE(in.dims[in.rank - 1], d->units),
+                                         KILN_GLOROT_UNIFORM, true, &d->kernel);
+  return st == KILN_OK ? kiln_layer_add_weight(l, "bias", KILN_F32, KILN_SHAPE(d->units), KILN_ZEROS, true, &d->bias) : st;
+}
+
+static kiln_value dense_call(kiln_layer *l, kiln_graph *g, kiln_value x, bool training) {
+  dense *d = l->state;
+  kiln_value y = kiln_matmul(g, x, kiln_variable_read(g, d->kernel), false, false);
+  return kiln_activate(g, kiln_add(g, y, kiln_variable_read(g, d->bias)), d->act);
+}
+
+static const kiln_layer_class DENSE = {"Dense", dense_build, dense_call, free};
+
+static kiln_layer *with_state(const kiln_layer_class *cls, void *state, size_t size, const char *what) {
+  void *s = malloc(size);
+  if (!s) {
+    kiln_set_error(KILN_ERR_NOMEM, "%s: out of memory", what);
+    return NULL;
+  }
+  memcpy(s, state, size);
+  return kiln_layer_new(cls, NULL, s);
+}
+
+kiln_layer *kiln_layer_dense(int64_t units, kiln_activation act) {
+  if (units < 1 || (unsigned)act >= KILN_ACT_COUNT) {
+    kiln_set_error(KILN_ERR_INVALID, "Dense: units must be >= 1 and the activation valid");
+    return NULL;
+  }
+  dense d = {units, act, NULL, NULL};
+  return with_state(&DENSE, &d, sizeof d, "Dense");
+}
+
+static kiln_value flatten_call(kiln_layer *l, kiln_graph *g, kiln_value x, bool training) {
+  kiln_shape s = kiln_value_shape(g, x);
+  int64_t n = 1;
+  for (int i = 1; i < s.rank; i++) n *= s.dims[i];
+  return kiln_reshape(g, x, KILN_SHAPE(s.rank ? s.dims[0] : 1, n));
+}
+static const kiln_layer_class FLATTEN = {"Flatten", NULL, flatten_call, NULL};
+kiln_layer *kiln_layer_flatten(void) { return kiln_layer_new(&FLATTEN, NULL, NULL); }
+
+static kiln_value activation_call(kiln_layer *l, kiln_graph *g, kiln_value x, bool training) {
+  return kiln_activate(g, x, *(kiln_activation *)l->state);
+}
+static const kiln_layer_class ACTIVATION = {"Activation", NULL, activation_call, free};
+kiln_layer *kiln_layer_activation(kiln_activation act) {
+  if ((unsigned)act >= KILN_ACT_COUNT) {
+    kiln_set_error(KILN_ERR_INVALID, "Activation: unknown activation %d", (int)act);
+    return NULL;
+  }
+  return with_state(&ACTIVATION, &act, sizeof act, "Activation");
+}
+
+typedef struct conv {
+  int64_t filters, kh, kw;
+  kiln_padding padding;
+  kiln_activation act;
+  kiln_variable *kernel, *bias;
+} conv;
+
+static kiln_status conv_build(kiln_layer *l, kiln_shape in) {
+  conv *c = l->state;
+  if (in.rank != 4 || in.dims[3] < 0)
+    return kiln_set_error(KILN_ERR_INVALID, "Conv2D '%s': needs NHWC inputs [batch, h, w, channels], got rank %d",
+                          l->name, in.rank);
+  kiln_status st = kiln_layer_add_weight(l, "kernel", KILN_F32, KILN_SHAPE(c->kh, c->kw, in.dims[3], c->filters),
+                                         KILN_GLOROT_UNIFORM, true, &c->kernel);
+  return st == KILN_OK ? kiln_layer_add_weight(l, "bias", KILN_F32, KILN_SHAPE(c->filters), KILN_ZEROS, true, &c->bias)
+                       : st;
+}
+
+static kiln_value conv_call(kiln_layer *l, kiln_graph *g, kiln_value x, bool training) {
+  conv *c = l->state;
+  kiln_conv2d_opts o = {.layout = KILN_NHWC, .padding = c->padding};
+  kiln_value y = kiln_conv2d(g, x, kiln_variable_read(g, c->kernel), &o);
+  return kiln_activate(g, kiln_add(g, y, kiln_variable_read(g, c->bias)), c->act);
+}
+
+static const kiln_layer_class CONV2D = {"Conv2D", conv_build, conv_call, free};
+kiln_layer *kiln_layer_conv2d(int64_t filters, int64_t kh, int64_t kw, kiln_padding padding, kiln_activation act) {
+  if (filters < 1 || kh < 1 || kw < 1 || (padding != KILN_PAD_VALID && padding != KILN_PAD_SAME) ||
+      (unsigned)act >= KILN_ACT_COUNT) {
+    kiln_set_error(KILN_ERR_INVALID, "Conv2D: filters and kernel sizes must be >= 1, padding valid or same");
+    return NULL;
+  }
+  conv c = {filters, kh, kw, padding, act, NULL, NULL};
+  return with_state(&CONV2D, &c, sizeof c, "Conv2D");
+}
+
+static kiln_value pool_call(kiln_layer *l, kiln_graph *g, kiln_value x, bool training) {
+  const int64_t *w = l->state;
+  kiln_pool2d_opts o = {.layout = KILN_NHWC, .window = {w[0], w[1]}};
+  return kiln_max_pool2d(g, x, &o);
+}
+static const kiln_layer_class MAXPOOL = {"MaxPooling2D", NULL, pool_call, free};
+kiln_layer *kiln_layer_max_pooling2d(int64_t ph, int64_t pw) {
+  if (ph < 1 || pw < 1) {
+    kiln_set_error(KILN_ERR_INVALID, "MaxPooling2D: pool sizes must be >= 1");
+    return NULL;
+  }
+  int64_t w[2] = {ph, pw};
+  return with_state(&MAXPOOL, w, sizeof w, "MaxPooling2D");
+}
+
+static kiln_value reshape_call(kiln_layer *l, kiln_graph *g, kiln_value x, bool training) {
+  const kiln_shape *target = l->state;
+  kiln_shape s = {.rank = target->rank + 1};
+  s.dims[0] = kiln_value_shape(g, x).dims[0];
+  memcpy(s.dims + 1, target->dims, sizeof(int64_t) * (size_t)target->rank);
+  return kiln_reshape(g, x, s);
+}
+static const kiln_layer_class RESHAPE = {"Reshape", NULL, reshape_call, free};
+kiln_layer *kiln_layer_reshape(kiln_shape target) {
+  if (target.rank < 0 || target.rank >= KILN_MAX_RANK) {
+    kiln_set_error(KILN_ERR_INVALID, "Reshape: target rank %d is outside 0..%d", target.rank, KILN_MAX_RANK - 1);
+    return NULL;
+  }
+  return with_state(&RESHAPE, &target, sizeof target, "Reshape");
+}

@@ -1,0 +1,34 @@
+/* kiln data loading: IDX files (MNIST, Fashion-MNIST) and standardization.
+ *
+ *   kiln_tensor *x, *y;
+ *   kiln_idx_load("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz", KILN_F32, &x);
+ *   kiln_idx_load("/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz", KILN_I32, &y);
+ *   kiln_standardizer s;
+ *   kiln_standardizer_fit(x, &s);        // on the training set only
+ *   kiln_standardizer_apply(&s, x);      // and the same s on validation and test sets */
+#ifndef KILN_DATA_H
+#define KILN_DATA_H
+
+#include "kiln/core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Reads an IDX file, gzip-compressed or raw, converting its elements to dtype t.
+ * Malformed headers, unknown element types, truncated or oversized data are errors
+ * that name the file and the problem. */
+KILN_API kiln_status kiln_idx_load(const char *path, kiln_dtype t, kiln_tensor **out);
+
+/* One mean and standard deviation over all elements (like StandardScaler on x.reshape(-1, 1)). */
+typedef struct kiln_standardizer {
+  double mean, std;
+} kiln_standardizer;
+KILN_API kiln_status kiln_standardizer_fit(const kiln_tensor *x, kiln_standardizer *s);
+/* x = (x - mean) / std in place (x is f32 or f64; std 0 leaves x - mean). */
+KILN_API kiln_status kiln_standardizer_apply(const kiln_standardizer *s, kiln_tensor *x);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

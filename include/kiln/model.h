@@ -1,0 +1,157 @@
+/* kiln Keras-style models: layers, Sequential models, compile / fit / evaluate / predict.
+ *
+ *   kiln_model *m = kiln_sequential_new("mlp", 42);
+ *   kiln_model_add(m, kiln_layer_flatten());
+ *   kiln_model_add(m, kiln_layer_dense(300, KILN_ACT_RELU));
+ *   kiln_model_add(m, kiln_layer_dense(10, KILN_ACT_SOFTMAX));
+ *   kiln_model_compile(m, &(kiln_model_compile_options){.optimizer = "sgd",
+ *                          .loss = "sparse_categorical_crossentropy", .metrics = (const char *[]){"accuracy"},
+ *                          .nmetrics = 1});
+ *   kiln_fit_options fo = kiln_fit_defaults();
+ *   fo.epochs = 10;
+ *   kiln_history *h;
+ *   kiln_model_fit(m, x_train, y_train, &fo, &h);
+ *
+ * Layers create their weights lazily from the first input shape they see (Keras'
+ * build), as variables of the model's store named "<layer>/<weight>". The model
+ * owns its layers, variables and optimizer. Each of fit's train step, evaluate and
+ * predict is one compiled function, traced once with a symbolic batch dim. */
+#ifndef KILN_MODEL_H
+#define KILN_MODEL_H
+
+#include <stdio.h>
+#include "kiln/train.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- activations ---- */
+
+typedef enum kiln_activation {
+  KILN_ACT_LINEAR = 0,
+  KILN_ACT_RELU,
+  KILN_ACT_SIGMOID,
+  KILN_ACT_TANH,
+  KILN_ACT_SOFTMAX,    /* over the last axis */
+  KILN_ACT_ELU,        /* alpha 1 */
+  KILN_ACT_SELU,
+  KILN_ACT_LEAKY_RELU, /* negative slope 0.2, as keras.activations.leaky_relu */
+  KILN_ACT_GELU,       /* tanh approximation */
+  KILN_ACT_SWISH,      /* x * sigmoid(x) */
+  KILN_ACT_COUNT
+} kiln_activation;
+
+KILN_API kiln_value kiln_activate(kiln_graph *g, kiln_value x, kiln_activation a);
+/* Keras names: "relu", "softmax", "linear", ... */
+KILN_API kiln_status kiln_activation_from_name(const char *name, kiln_activation *out);
+
+/* ---- layers ---- */
+
+typedef struct kiln_layer kiln_layer;
+
+/* A custom layer is a class of three functions plus private state:
+ *   build: create weights with kiln_layer_add_weight from the input shape (dim 0 is
+ *          the batch, KILN_DYN); called once, before the first call;
+ *   call:  the forward computation in graph g; `training` selects training behaviour;
+ *   destroy: free the state (may be NULL). */
+typedef struct kiln_layer_class {
+  const char *type; /* shown by summary and used for automatic names ("Dense" -> "dense_1") */
+  kiln_status (*build)(kiln_layer *l, kiln_shape input);
+  kiln_value (*call)(kiln_layer *l, kiln_graph *g, kiln_value x, bool training);
+  void (*destroy)(void *state);
+} kiln_layer_class;
+
+/* name NULL: named automatically when added to a model. The layer owns state. */
+KILN_API kiln_layer *kiln_layer_new(const kiln_layer_class *cls, const char *name, void *state);
+KILN_API void *kiln_layer_state(kiln_layer *l);
+KILN_API const char *kiln_layer_name(const kiln_layer *l);
+/* Inside build: a weight "<layer>/<name>" in the model's store. */
+KILN_API kiln_status kiln_layer_add_weight(kiln_layer *l, const char *name, kiln_dtype t, kiln_shape s,
+                                           kiln_initializer init, bool trainable, kiln_variable **out);
+/* Freezes (false) or unfreezes every weight of the layer, now and when built later. */
+KILN_API void kiln_layer_set_trainable(kiln_layer *l, bool trainable);
+/* Only for a layer that was never added to a model. */
+KILN_API void kiln_layer_free(kiln_layer *l);
+
+/* Built-in layers (Keras defaults: glorot_uniform kernels, zero biases). NULL on bad arguments. */
+KILN_API kiln_layer *kiln_layer_dense(int64_t units, kiln_activation act);
+KILN_API kiln_layer *kiln_layer_flatten(void);
+KILN_API kiln_layer *kiln_layer_activation(kiln_activation act);
+/* NHWC input, stride 1, "valid" or "same" padding. */
+KILN_API kiln_layer *kiln_layer_conv2d(int64_t filters, int64_t kh, int64_t kw, kiln_padding padding,
+                                       kiln_activation act);
+/* Per-example target shape (the batch dim is kept), e.g. KILN_SHAPE(28, 28, 1). */
+KILN_API kiln_layer *kiln_layer_reshape(kiln_shape target);
+/* Window = strides = (ph, pw), valid padding. */
+KILN_API kiln_layer *kiln_layer_max_pooling2d(int64_t ph, int64_t pw);
+
+/* ---- models ---- */
+
+typedef struct kiln_model kiln_model;
+
+/* seed drives weight initialisation and shuffling. */
+KILN_API kiln_model *kiln_sequential_new(const char *name, uint64_t seed);
+KILN_API void kiln_model_free(kiln_model *m);
+/* The model takes ownership of l, also when this fails. */
+KILN_API kiln_status kiln_model_add(kiln_model *m, kiln_layer *l);
+/* Builds every layer for inputs of dtype t and per-example shape `input` (no batch dim).
+ * fit/evaluate/predict build from their data when this was not called. */
+KILN_API kiln_status kiln_model_build(kiln_model *m, kiln_dtype t, kiln_shape input);
+/* Keras' table: layer (type), output shape, params; totals, trainable and not. */
+KILN_API kiln_status kiln_model_summary(kiln_model *m, FILE *out);
+KILN_API kiln_variables *kiln_model_variables(kiln_model *m);
+KILN_API size_t kiln_model_num_layers(const kiln_model *m);
+KILN_API kiln_layer *kiln_model_layer(const kiln_model *m, size_t i);
+/* The model's forward pass inside a graph (e.g. a custom train step). */
+KILN_API kiln_value kiln_model_call(kiln_model *m, kiln_graph *g, kiln_value x, bool training);
+
+typedef struct kiln_model_compile_options {
+  /* By Keras name with its defaults ("sgd", "adam", ...), or a full config (wins if set). */
+  const char *optimizer;
+  const kiln_optimizer_config *optimizer_config;
+  /* "sparse_categorical_crossentropy", "categorical_crossentropy", "binary_crossentropy",
+   * "mean_squared_error" ("mse"), "mean_absolute_error" ("mae"). */
+  const char *loss;
+  bool from_logits; /* predictions are logits, not probabilities */
+  /* "accuracy" (chosen from the loss like Keras), "sparse_categorical_accuracy",
+   * "categorical_accuracy", "binary_accuracy", "mse", "mae". */
+  const char *const *metrics;
+  size_t nmetrics;
+} kiln_model_compile_options;
+KILN_API kiln_status kiln_model_compile(kiln_model *m, const kiln_model_compile_options *o);
+
+typedef struct kiln_fit_options {
+  int epochs;
+  int initial_epoch;
+  int64_t batch_size;
+  bool shuffle;
+  double validation_split;        /* the last fraction of x/y, taken before shuffling */
+  const kiln_tensor *validation_x; /* or explicit validation data (wins) */
+  const kiln_tensor *validation_y;
+  int verbose; /* 0 silent, 1 progress bar (one line per epoch when stderr is not a terminal), 2 one line per epoch */
+} kiln_fit_options;
+/* Keras' defaults: 1 epoch, batch 32, shuffle, verbose 1. */
+KILN_API kiln_fit_options kiln_fit_defaults(void);
+
+/* Per-epoch results: "loss", each metric, and "val_..." with validation data. */
+typedef struct kiln_history kiln_history;
+KILN_API size_t kiln_history_epochs(const kiln_history *h);
+KILN_API size_t kiln_history_num_keys(const kiln_history *h);
+KILN_API const char *kiln_history_key(const kiln_history *h, size_t i);
+/* kiln_history_epochs(h) values, or NULL for an unknown key. */
+KILN_API const double *kiln_history_get(const kiln_history *h, const char *key);
+KILN_API void kiln_history_free(kiln_history *h);
+
+/* y: labels (i32/i64) for sparse losses, otherwise targets shaped like the output. */
+KILN_API kiln_status kiln_model_fit(kiln_model *m, const kiln_tensor *x, const kiln_tensor *y,
+                                    const kiln_fit_options *o, kiln_history **history);
+/* results[0] = loss, then the compiled metrics in order; nresults may be smaller. */
+KILN_API kiln_status kiln_model_evaluate(kiln_model *m, const kiln_tensor *x, const kiln_tensor *y,
+                                         int64_t batch_size, double *results, size_t nresults);
+KILN_API kiln_status kiln_model_predict(kiln_model *m, const kiln_tensor *x, int64_t batch_size, kiln_tensor **out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

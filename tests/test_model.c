@@ -1,0 +1,291 @@
+/* Keras-style API: IDX loading, standardization, layers, activations, losses and
+ * metrics against hand-computed values, summary, fit/evaluate/predict and their
+ * errors. */
+#include <math.h>
+#include <string.h>
+#include <unistd.h>
+#include <zlib.h>
+#include "frontend/model_impl.h"
+#include "harness.h"
+
+/* ---- IDX ---- */
+
+static void write_file(const char *path, const void *data, size_t n, bool gz) {
+  if (gz) {
+    gzFile f = gzopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(gzwrite(f, data, (unsigned)n), (int)n);
+    gzclose(f);
+  } else {
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(data, 1, n, f), n);
+    fclose(f);
+  }
+}
+
+static void test_idx(void **state) {
+  /* 2 x 3 u8 */
+  unsigned char ok[] = {0, 0, 8, 2, 0, 0, 0, 2, 0, 0, 0, 3, 1, 2, 3, 250, 0, 7};
+  char path[] = "/tmp/kiln_idx_XXXXXX";
+  int fd = mkstemp(path);
+  assert_true(fd >= 0);
+  close(fd);
+  for (int gz = 0; gz < 2; gz++) {
+    write_file(path, ok, sizeof ok, gz);
+    kiln_tensor *t;
+    assert_int_equal(kiln_idx_load(path, KILN_F32, &t), KILN_OK);
+    assert_int_equal(kiln_tensor_rank(t), 2);
+    assert_int_equal(kiln_tensor_dims(t)[1], 3);
+    assert_true(((float *)kiln_tensor_data(t))[3] == 250.0f);
+    kiln_tensor_free(t);
+    /* Truncated data, trailing data, a bad magic: errors naming the file. */
+    write_file(path, ok, sizeof ok - 1, gz);
+    assert_int_equal(kiln_idx_load(path, KILN_F32, &t), KILN_ERR_PARSE);
+    assert_non_null(strstr(kiln_errmsg(), "truncated"));
+    assert_non_null(strstr(kiln_errmsg(), path));
+    assert_null(t);
+    unsigned char longer[sizeof ok + 1];
+    memcpy(longer, ok, sizeof ok);
+    longer[sizeof ok] = 9;
+    write_file(path, longer, sizeof longer, gz);
+    assert_int_equal(kiln_idx_load(path, KILN_F32, &t), KILN_ERR_PARSE);
+    assert_non_null(strstr(kiln_errmsg(), "past"));
+    unsigned char bad[sizeof ok];
+    memcpy(bad, ok, sizeof ok);
+    bad[2] = 0x42;
+    write_file(path, bad, sizeof bad, gz);
+    assert_int_equal(kiln_idx_load(path, KILN_F32, &t), KILN_ERR_PARSE);
+    assert_non_null(strstr(kiln_errmsg(), "not an IDX file"));
+  }
+  unlink(path);
+  kiln_tensor *t;
+  assert_int_equal(kiln_idx_load("/nonexistent/x.idx", KILN_F32, &t), KILN_ERR_IO);
+  /* The real dataset, when installed: its first training label is 9 (ankle boot). */
+  const char *labels = "/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz";
+  if (access(labels, R_OK) == 0) {
+    assert_int_equal(kiln_idx_load(labels, KILN_I32, &t), KILN_OK);
+    assert_int_equal(kiln_tensor_dims(t)[0], 60000);
+    assert_int_equal(((int32_t *)kiln_tensor_data(t))[0], 9);
+    kiln_tensor_free(t);
+  }
+}
+
+static void test_standardizer(void **state) {
+  float v[4] = {1, 2, 3, 6};
+  kiln_tensor *t = kiln_tensor_from_data(KILN_F32, 1, (int64_t[]){4}, v, sizeof v);
+  kiln_standardizer s;
+  assert_int_equal(kiln_standardizer_fit(t, &s), KILN_OK);
+  assert_true(fabs(s.mean - 3) < 1e-12 && fabs(s.std - sqrt(3.5)) < 1e-12); /* population sd, like StandardScaler */
+  assert_int_equal(kiln_standardizer_apply(&s, t), KILN_OK);
+  assert_true(fabs(((float *)kiln_tensor_data(t))[3] - 3 / sqrt(3.5)) < 1e-6);
+  kiln_tensor_free(t);
+}
+
+/* ---- activations ---- */
+
+static void test_activations(void **state) {
+  double xs[3] = {-1.5, 0.0, 2.0};
+  struct {
+    kiln_activation a;
+    double want[3];
+  } cases[] = {
+      {KILN_ACT_RELU, {0, 0, 2}},
+      {KILN_ACT_ELU, {exp(-1.5) - 1, 0, 2}},
+      {KILN_ACT_SELU, {1.0507009873554805 * 1.6732632423543772 * (exp(-1.5) - 1), 0, 1.0507009873554805 * 2}},
+      {KILN_ACT_LEAKY_RELU, {-0.3, 0, 2}},
+      {KILN_ACT_SWISH, {-1.5 / (1 + exp(1.5)), 0, 2 / (1 + exp(-2.0))}},
+      {KILN_ACT_GELU,
+       {0.5 * -1.5 * (1 + tanh(0.7978845608028654 * (-1.5 + 0.044715 * -3.375))), 0,
+        0.5 * 2 * (1 + tanh(0.7978845608028654 * (2 + 0.044715 * 8)))}},
+      {KILN_ACT_SIGMOID, {1 / (1 + exp(1.5)), 0.5, 1 / (1 + exp(-2.0))}},
+      {KILN_ACT_LINEAR, {-1.5, 0, 2}},
+  };
+  kiln_tensor *x = kiln_tensor_from_data(KILN_F64, 1, (int64_t[]){3}, xs, sizeof xs);
+  for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+    kiln_graph *g = kiln_graph_new();
+    kiln_output(g, "y", kiln_activate(g, kiln_placeholder(g, "x", KILN_F64, KILN_SHAPE(3)), cases[c].a));
+    kiln_tensor *y;
+    assert_int_equal(kiln_evaluate(g, (const kiln_tensor *const *)&x, 1, &y, 1), KILN_OK);
+    for (int i = 0; i < 3; i++)
+      if (fabs(((double *)kiln_tensor_data(y))[i] - cases[c].want[i]) > 1e-12)
+        fail_msg("activation %d at %g: %.15g, want %.15g", (int)cases[c].a, xs[i], ((double *)kiln_tensor_data(y))[i],
+                 cases[c].want[i]);
+    assert_int_equal(check_graph("activation", g, &x, 1, 1e-12, 1e-12), 0);
+    kiln_tensor_free(y);
+    kiln_graph_free(g);
+  }
+  kiln_activation a;
+  assert_int_equal(kiln_activation_from_name("softmax", &a), KILN_OK);
+  assert_int_equal(a, KILN_ACT_SOFTMAX);
+  assert_int_equal(kiln_activation_from_name("softplus2", &a), KILN_ERR_INVALID);
+  kiln_tensor_free(x);
+}
+
+/* ---- losses and metrics: a model that passes its input through evaluates y_pred itself ---- */
+
+static void eval_identity(const char *loss, bool logits, const char *metric, const float *pred, int64_t n, int64_t c,
+                          const kiln_tensor *y, double *res) {
+  kiln_model *m = kiln_sequential_new("id", 0);
+  assert_int_equal(kiln_model_add(m, kiln_layer_activation(KILN_ACT_LINEAR)), KILN_OK);
+  kiln_model_compile_options o = {.optimizer = "sgd", .loss = loss, .from_logits = logits,
+                                  .metrics = (const char *[]){metric}, .nmetrics = metric ? 1 : 0};
+  assert_int_equal(kiln_model_compile(m, &o), KILN_OK);
+  kiln_tensor *x = kiln_tensor_from_data(KILN_F32, 2, (int64_t[]){n, c}, pred, sizeof(float) * (size_t)(n * c));
+  if (kiln_model_evaluate(m, x, y, 2, res, 2) != KILN_OK) fail_msg("%s", kiln_errmsg());
+  kiln_tensor_free(x);
+  kiln_model_free(m);
+}
+
+static void test_losses_and_metrics(void **state) {
+  float probs[6] = {0.7f, 0.2f, 0.1f, 0.1f, 0.3f, 0.6f};
+  int32_t labels[2] = {0, 1};
+  kiln_tensor *y = kiln_tensor_from_data(KILN_I32, 1, (int64_t[]){2}, labels, sizeof labels);
+  double r[2];
+  eval_identity("sparse_categorical_crossentropy", false, "accuracy", probs, 2, 3, y, r);
+  assert_true(fabs(r[0] - (-log(0.7) - log(0.3)) / 2) < 1e-6);
+  assert_true(r[1] == 0.5); /* first right, second predicts class 2 */
+  float logits[6] = {2, 1, 0, 0, 1, 3};
+  eval_identity("sparse_categorical_crossentropy", true, "accuracy", logits, 2, 3, y, r);
+  double l0 = -(2 - log(exp(2) + exp(1) + 1)), l1 = -(1 - log(1 + exp(1) + exp(3)));
+  assert_true(fabs(r[0] - (l0 + l1) / 2) < 1e-6);
+  kiln_tensor_free(y);
+
+  float onehot[6] = {1, 0, 0, 0, 1, 0};
+  y = kiln_tensor_from_data(KILN_F32, 2, (int64_t[]){2, 3}, onehot, sizeof onehot);
+  eval_identity("categorical_crossentropy", false, "accuracy", probs, 2, 3, y, r);
+  assert_true(fabs(r[0] - (-log(0.7) - log(0.3)) / 2) < 1e-6);
+  assert_true(r[1] == 0.5);
+  eval_identity("mse", false, "mae", probs, 2, 3, y, r);
+  double se = 0.09 + 0.04 + 0.01 + 0.01 + 0.49 + 0.36, ae = 0.3 + 0.2 + 0.1 + 0.1 + 0.7 + 0.6;
+  assert_true(fabs(r[0] - se / 6) < 1e-6 && fabs(r[1] - ae / 6) < 1e-6);
+  eval_identity("binary_crossentropy", false, "binary_accuracy", probs, 2, 3, y, r);
+  double bce = 0;
+  for (int i = 0; i < 6; i++) bce -= onehot[i] * log(probs[i]) + (1 - onehot[i]) * log(1 - probs[i]);
+  assert_true(fabs(r[0] - bce / 6) < 1e-6);
+  assert_true(fabs(r[1] - 4.0 / 6) < 1e-6); /* 0.7>.5 right, .2 .1 right, .1 right, .3 wrong, .6 wrong */
+  eval_identity("binary_crossentropy", true, NULL, logits, 2, 3, y, r);
+  double bl = 0;
+  for (int i = 0; i < 6; i++) {
+    double p = 1 / (1 + exp(-logits[i]));
+    bl -= onehot[i] * log(p) + (1 - onehot[i]) * log(1 - p);
+  }
+  assert_true(fabs(r[0] - bl / 6) < 1e-6);
+  kiln_tensor_free(y);
+}
+
+/* ---- layers, summary, fit ---- */
+
+static void test_dense_forward_and_summary(void **state) {
+  kiln_model *m = kiln_sequential_new("tiny", 1);
+  assert_int_equal(kiln_model_add(m, kiln_layer_dense(2, KILN_ACT_RELU)), KILN_OK);
+  assert_int_equal(kiln_model_build(m, KILN_F32, KILN_SHAPE(3)), KILN_OK);
+  kiln_variable *k = kiln_variables_find(kiln_model_variables(m), "dense/kernel");
+  kiln_variable *b = kiln_variables_find(kiln_model_variables(m), "dense/bias");
+  assert_non_null(k);
+  assert_non_null(b);
+  float kv[6] = {1, -1, 2, 0, 0.5f, 1}, bv[2] = {0.25f, -10};
+  memcpy(kiln_tensor_data(kiln_variable_value(k)), kv, sizeof kv);
+  memcpy(kiln_tensor_data(kiln_variable_value(b)), bv, sizeof bv);
+  float xv[3] = {1, 2, 4};
+  kiln_tensor *x = kiln_tensor_from_data(KILN_F32, 2, (int64_t[]){1, 3}, xv, sizeof xv), *y;
+  assert_int_equal(kiln_model_predict(m, x, 32, &y), KILN_OK);
+  /* [1 2 4] . [[1 -1] [2 0] [.5 1]] = [7, 3]; + bias = [7.25, -7]; relu = [7.25, 0] */
+  assert_true(((float *)kiln_tensor_data(y))[0] == 7.25f && ((float *)kiln_tensor_data(y))[1] == 0);
+  kiln_tensor_free(y);
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  assert_int_equal(kiln_model_summary(m, f), KILN_OK);
+  fclose(f);
+  assert_non_null(strstr(buf, " dense (Dense)               (None, 2)                 8"));
+  assert_non_null(strstr(buf, "Total params: 8"));
+  free(buf);
+  /* Frozen layers count as non-trainable. */
+  kiln_layer_set_trainable(kiln_model_layer(m, 0), false);
+  f = open_memstream(&buf, &len);
+  kiln_model_summary(m, f);
+  fclose(f);
+  assert_non_null(strstr(buf, "Non-trainable params: 8"));
+  free(buf);
+  /* Errors: a different input shape, fit before compile, mismatched x and y. */
+  assert_int_equal(kiln_model_build(m, KILN_F32, KILN_SHAPE(4)), KILN_ERR_INVALID);
+  assert_non_null(strstr(kiln_errmsg(), "built for inputs f32[3]"));
+  kiln_tensor *y2 = kiln_tensor_new(KILN_I32, 1, (int64_t[]){2});
+  assert_int_equal(kiln_model_fit(m, x, y2, NULL, NULL), KILN_ERR_INVALID);
+  assert_non_null(strstr(kiln_errmsg(), "1 examples but y has 2"));
+  kiln_tensor_free(y2);
+  y2 = kiln_tensor_new(KILN_I32, 1, (int64_t[]){1});
+  assert_int_equal(kiln_model_fit(m, x, y2, NULL, NULL), KILN_ERR_INVALID);
+  assert_non_null(strstr(kiln_errmsg(), "compile"));
+  kiln_model_compile_options bad = {.optimizer = "sgd", .loss = "hinge_squared"};
+  assert_int_equal(kiln_model_compile(m, &bad), KILN_ERR_INVALID);
+  assert_non_null(strstr(kiln_errmsg(), "hinge_squared"));
+  kiln_tensor_free(y2);
+  kiln_tensor_free(x);
+  kiln_model_free(m);
+  assert_null(kiln_layer_dense(0, KILN_ACT_RELU));
+  assert_non_null(strstr(kiln_errmsg(), "units"));
+}
+
+/* Three Gaussian blobs; a small MLP must separate them, and fit's bookkeeping must add up. */
+static void test_fit_blobs(void **state) {
+  trng r = {5};
+  int64_t n = 600;
+  kiln_tensor *x = kiln_tensor_new(KILN_F32, 2, (int64_t[]){n, 2}), *y = kiln_tensor_new(KILN_I32, 1, (int64_t[]){n});
+  float *xd = kiln_tensor_data(x);
+  int32_t *yd = kiln_tensor_data(y);
+  double cx[3] = {-2, 2, 0}, cy[3] = {0, 0, 2.5};
+  for (int64_t i = 0; i < n; i++) {
+    int c = (int)(i % 3);
+    yd[i] = c;
+    xd[2 * i] = (float)(cx[c] + trng_real(&r, -0.7, 0.7));
+    xd[2 * i + 1] = (float)(cy[c] + trng_real(&r, -0.7, 0.7));
+  }
+  kiln_model *m = kiln_sequential_new("blobs", 3);
+  kiln_model_add(m, kiln_layer_dense(16, KILN_ACT_TANH));
+  kiln_model_add(m, kiln_layer_dense(3, KILN_ACT_LINEAR));
+  kiln_model_compile_options o = {.optimizer = "adam", .loss = "sparse_categorical_crossentropy", .from_logits = true,
+                                  .metrics = (const char *[]){"accuracy"}, .nmetrics = 1};
+  assert_int_equal(kiln_model_compile(m, &o), KILN_OK);
+  kiln_fit_options fo = kiln_fit_defaults();
+  fo.epochs = 15;
+  fo.batch_size = 50;
+  fo.validation_split = 0.2;
+  fo.verbose = 0;
+  kiln_history *h;
+  if (kiln_model_fit(m, x, y, &fo, &h) != KILN_OK) fail_msg("%s", kiln_errmsg());
+  assert_int_equal(kiln_history_epochs(h), 15);
+  assert_int_equal(kiln_history_num_keys(h), 4);
+  const double *loss = kiln_history_get(h, "loss"), *acc = kiln_history_get(h, "val_accuracy");
+  assert_non_null(acc);
+  assert_true(loss[14] < loss[0]);
+  assert_true(acc[14] >= 0.98);
+  /* 480 training examples at batch 50: 10 steps per epoch. */
+  kiln_variable *it = kiln_variables_find(kiln_model_variables(m), "optimizer/iterations");
+  assert_int_equal(*(int64_t *)kiln_tensor_data(kiln_variable_value(it)), 15 * 10);
+  double res[2];
+  assert_int_equal(kiln_model_evaluate(m, x, y, 64, res, 2), KILN_OK);
+  assert_true(res[1] >= 0.98);
+  kiln_tensor *p;
+  assert_int_equal(kiln_model_predict(m, x, 64, &p), KILN_OK);
+  assert_int_equal(kiln_tensor_dims(p)[0], n);
+  assert_int_equal(kiln_tensor_dims(p)[1], 3);
+  kiln_tensor_free(p);
+  kiln_history_free(h);
+  kiln_model_free(m);
+  kiln_tensor_free(x);
+  kiln_tensor_free(y);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_idx),
+      cmocka_unit_test(test_standardizer),
+      cmocka_unit_test(test_activations),
+      cmocka_unit_test(test_losses_and_metrics),
+      cmocka_unit_test(test_dense_forward_and_summary),
+      cmocka_unit_test(test_fit_blobs),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
