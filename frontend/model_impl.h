@@ -38,6 +38,7 @@ struct kiln_model {
   char *metric_names[8];
   size_t nmetrics;
   kiln_function *train_fn, *eval_fn, *predict_fn;
+  bool stop_training;
 };
 
 /* losses.c: per-example loss [batch] and per-metric sums over the batch. */

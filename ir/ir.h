@@ -194,6 +194,14 @@ KILN_INTERNAL kiln_status kiln_graph_add_assign(kiln_graph *g, const char *name,
 /* Specialises g to batch and appends its assignments as outputs after the user's. */
 KILN_INTERNAL kiln_graph *kiln_graph_for_run(const kiln_graph *g, int64_t batch);
 
+/* ---- runtime/optimizer.c ---- */
+/* Creates (or finds) the optimizer's counter and learning-rate variables in vs. */
+KILN_INTERNAL kiln_status kiln_optimizer_prepare(kiln_optimizer *o, kiln_variables *vs);
+
+/* ---- runtime/crc32c.c ---- */
+KILN_INTERNAL uint32_t kiln_crc32c(const void *data, size_t n);
+KILN_INTERNAL uint32_t kiln_crc32c_masked(const void *data, size_t n); /* TFRecord's masked form */
+
 /* ---- runtime/variables.c: running graphs that read and assign variables ---- */
 KILN_INTERNAL kiln_variables *kiln_variable_store(const kiln_variable *v);
 /* All params' tensors in order: the caller's inputs, and variables looked up in g->vars.

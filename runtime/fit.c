@@ -122,6 +122,16 @@ static void append_figure(char *buf, size_t cap, const char *prefix, const char 
   snprintf(buf + k, cap - k, " - %s%s: %.4f", prefix, name, v);
 }
 
+static kiln_status notify(const kiln_fit_options *o, kiln_model *m, kiln_callback_event ev, int epoch, int64_t batch,
+                          const char *const *keys, const double *values, size_t n) {
+  kiln_callback_info info = {ev, m, epoch, batch, keys, values, n};
+  for (size_t i = 0; i < o->ncallbacks; i++) {
+    kiln_status st = o->callbacks[i].fn(&info, o->callbacks[i].state);
+    if (st != KILN_OK) return st;
+  }
+  return KILN_OK;
+}
+
 kiln_fit_options kiln_fit_defaults(void) {
   return (kiln_fit_options){.epochs = 1, .batch_size = 32, .shuffle = true, .verbose = 1};
 }
@@ -148,6 +158,11 @@ kiln_status kiln_model_fit(kiln_model *m, const kiln_tensor *x, const kiln_tenso
     vx = x, vy = y;
   }
   if (ntrain < 1) return kiln_set_error(KILN_ERR_INVALID, "fit: no training examples");
+  if (o.ncallbacks && !o.callbacks) return kiln_set_error(KILN_ERR_INVALID, "fit: callbacks is NULL");
+  for (size_t i = 0; i < o.ncallbacks; i++)
+    if (!o.callbacks[i].fn)
+      return kiln_set_error(KILN_ERR_INVALID, "fit: callback %zu has no function (did its constructor fail?)", i);
+  if ((st = kiln_optimizer_prepare(m->opt, m->vars)) != KILN_OK) return st;
 
   size_t nm = m->nmetrics, nkeys = 0;
   const char *keys[20];
@@ -167,6 +182,8 @@ kiln_status kiln_model_fit(kiln_model *m, const kiln_tensor *x, const kiln_tenso
   if (!perm || !vidx) st = kiln_set_error(KILN_ERR_NOMEM, "fit: out of memory");
   for (int64_t i = 0; st == KILN_OK && i < nval; i++) vidx[i] = (vx == x ? ntrain : 0) + i;
   bool tty = isatty(fileno(stderr)) && o.verbose == 1;
+  m->stop_training = false;
+  if (st == KILN_OK) st = notify(&o, m, KILN_ON_TRAIN_BEGIN, o.initial_epoch, 0, keys, NULL, 0);
   int64_t steps = (ntrain + o.batch_size - 1) / o.batch_size;
   for (int epoch = o.initial_epoch; st == KILN_OK && epoch < o.epochs; epoch++) {
     for (int64_t i = 0; i < ntrain; i++) perm[i] = i;
@@ -177,11 +194,13 @@ kiln_status kiln_model_fit(kiln_model *m, const kiln_tensor *x, const kiln_tenso
         perm[i] = perm[j], perm[j] = t;
       }
     if (tty) fprintf(stderr, "Epoch %d/%d\n", epoch + 1, o.epochs);
+    if ((st = notify(&o, m, KILN_ON_EPOCH_BEGIN, epoch, 0, keys, NULL, 0)) != KILN_OK) break;
     double t0 = now(), sums[9] = {0};
     int64_t seen = 0;
     char fig[512];
     for (int64_t s = 0; st == KILN_OK && s < steps; s++) {
       int64_t start = s * o.batch_size, cnt = ntrain - start < o.batch_size ? ntrain - start : o.batch_size;
+      if (o.ncallbacks && (st = notify(&o, m, KILN_ON_BATCH_BEGIN, epoch, s, keys, NULL, 0)) != KILN_OK) break;
       kiln_tensor *bx = gather_rows(x, perm + start, cnt), *by = gather_rows(y, perm + start, cnt), *out[9] = {0};
       st = bx && by ? kiln_function_call(m->train_fn, (const kiln_tensor *[]){bx, by}, 2, out, 1 + nm) : KILN_ERR_NOMEM;
       kiln_tensor_free(bx);
@@ -191,6 +210,12 @@ kiln_status kiln_model_fit(kiln_model *m, const kiln_tensor *x, const kiln_tenso
       for (size_t j = 0; j < nm; j++) sums[1 + j] += scalar_of(out[1 + j]);
       for (size_t j = 0; j <= nm; j++) kiln_tensor_free(out[j]);
       seen += cnt;
+      if (o.ncallbacks) {
+        double running[9];
+        for (size_t j = 0; j <= nm; j++) running[j] = sums[j] / (double)seen;
+        if ((st = notify(&o, m, KILN_ON_BATCH_END, epoch, s, keys, running, 1 + nm)) != KILN_OK) break;
+        if (m->stop_training) break;
+      }
       if (tty && (s % 20 == 0 || s + 1 == steps)) {
         fig[0] = 0;
         append_figure(fig, sizeof fig, "", "loss", sums[0] / (double)seen);
@@ -200,7 +225,7 @@ kiln_status kiln_model_fit(kiln_model *m, const kiln_tensor *x, const kiln_tenso
     }
     if (st != KILN_OK) break;
     size_t e = (size_t)(epoch - o.initial_epoch);
-    for (size_t j = 0; j <= nm; j++) h->vals[j][e] = sums[j] / (double)ntrain;
+    for (size_t j = 0; j <= nm; j++) h->vals[j][e] = sums[j] / (double)(seen ? seen : 1); /* seen < ntrain if stopped */
     if (nval) {
       double vs[9];
       if ((st = eval_rows(m, vx, vy, vidx, nval, o.batch_size, vs)) != KILN_OK) break;
@@ -212,7 +237,12 @@ kiln_status kiln_model_fit(kiln_model *m, const kiln_tensor *x, const kiln_tenso
       for (size_t k = 0; k < nkeys; k++) append_figure(fig, sizeof fig, "", keys[k], h->vals[k][e]);
       progress(stderr, tty, epoch + 1, o.epochs, steps, steps, now() - t0, fig, true);
     }
+    double logs[20];
+    for (size_t k = 0; k < nkeys; k++) logs[k] = h->vals[k][e];
+    if ((st = notify(&o, m, KILN_ON_EPOCH_END, epoch, steps, keys, logs, nkeys)) != KILN_OK) break;
+    if (m->stop_training) break;
   }
+  if (st == KILN_OK) st = notify(&o, m, KILN_ON_TRAIN_END, o.epochs, 0, keys, NULL, 0);
   free(perm);
   free(vidx);
   if (st == KILN_OK && history) *history = h;

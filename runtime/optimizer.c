@@ -88,6 +88,14 @@ static kiln_status state_var(kiln_optimizer *o, kiln_variables *vs, const char *
   return kiln_variable_new(vs, name, t, s, init, false, out);
 }
 
+kiln_status kiln_optimizer_prepare(kiln_optimizer *o, kiln_variables *vs) {
+  kiln_status st = state_var(o, vs, NULL, "iterations", NULL, KILN_I64, KILN_ZEROS, &o->iterations);
+  if (st == KILN_OK) st = state_var(o, vs, NULL, "learning_rate", NULL, KILN_F64, KILN_CONSTANT(o->cfg.learning_rate), &o->lr);
+  if (st == KILN_OK && o->cfg.kind == KILN_OPT_NADAM)
+    st = state_var(o, vs, NULL, "u_product", NULL, KILN_F64, KILN_ONES, &o->u_product);
+  return st;
+}
+
 /* Per-update context: the graph, the variable's dtype and the step's scalars.
  * Scalar factors (schedules, bias corrections) are computed in f64 and rounded
  * once, so f32 training does not lose digits in 1 - beta^t. */
@@ -240,11 +248,7 @@ kiln_status kiln_optimizer_apply(kiln_optimizer *o, kiln_graph *g, kiln_variable
     }
   }
   const kiln_optimizer_config *c = &o->cfg;
-  kiln_variables *vs = kiln_variable_store(vars[0]);
-  kiln_status st = state_var(o, vs, NULL, "iterations", NULL, KILN_I64, KILN_ZEROS, &o->iterations);
-  if (st == KILN_OK) st = state_var(o, vs, NULL, "learning_rate", NULL, KILN_F64, KILN_CONSTANT(c->learning_rate), &o->lr);
-  if (st == KILN_OK && c->kind == KILN_OPT_NADAM)
-    st = state_var(o, vs, NULL, "u_product", NULL, KILN_F64, KILN_ONES, &o->u_product);
+  kiln_status st = kiln_optimizer_prepare(o, kiln_variable_store(vars[0]));
   if (st != KILN_OK) return st;
 
   kiln_value it = kiln_variable_read(g, o->iterations);

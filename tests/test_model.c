@@ -278,6 +278,221 @@ static void test_fit_blobs(void **state) {
   kiln_tensor_free(y);
 }
 
+
+/* ---- callbacks and checkpoints ---- */
+
+static void blobs(int64_t n, kiln_tensor **x, kiln_tensor **y) {
+  trng r = {9};
+  *x = kiln_tensor_new(KILN_F32, 2, (int64_t[]){n, 2});
+  *y = kiln_tensor_new(KILN_I32, 1, (int64_t[]){n});
+  float *xd = kiln_tensor_data(*x);
+  int32_t *yd = kiln_tensor_data(*y);
+  for (int64_t i = 0; i < n; i++) {
+    yd[i] = (int32_t)(i % 2);
+    xd[2 * i] = (float)((i % 2 ? 1.5 : -1.5) + trng_real(&r, -1, 1));
+    xd[2 * i + 1] = (float)trng_real(&r, -1, 1);
+  }
+}
+
+static kiln_model *small_model(const char *opt, double lr) {
+  kiln_model *m = kiln_sequential_new("small", 77);
+  kiln_model_add(m, kiln_layer_dense(8, KILN_ACT_RELU));
+  kiln_model_add(m, kiln_layer_dense(2, KILN_ACT_SOFTMAX));
+  kiln_optimizer_kind k;
+  kiln_optimizer_kind_from_name(opt, &k);
+  kiln_optimizer_config oc = kiln_optimizer_defaults(k);
+  if (lr >= 0) oc.learning_rate = lr;
+  kiln_model_compile_options o = {.optimizer_config = &oc, .loss = "sparse_categorical_crossentropy",
+                                  .metrics = (const char *[]){"accuracy"}, .nmetrics = 1};
+  assert_int_equal(kiln_model_compile(m, &o), KILN_OK);
+  assert_int_equal(kiln_model_build(m, KILN_F32, KILN_SHAPE(2)), KILN_OK);
+  return m;
+}
+
+typedef struct counts {
+  int train_begin, epoch_end, batch_end, train_end;
+} counts;
+static kiln_status count_events(const kiln_callback_info *info, void *state) {
+  counts *c = state;
+  c->train_begin += info->event == KILN_ON_TRAIN_BEGIN;
+  c->epoch_end += info->event == KILN_ON_EPOCH_END;
+  c->batch_end += info->event == KILN_ON_BATCH_END;
+  c->train_end += info->event == KILN_ON_TRAIN_END;
+  if (info->event == KILN_ON_EPOCH_END) assert_false(isnan(kiln_callback_log(info, "val_accuracy")));
+  return KILN_OK;
+}
+
+/* With a zero learning rate nothing improves: EarlyStopping(patience 2) must stop after epoch 3. */
+static void test_early_stopping(void **state) {
+  kiln_tensor *x, *y;
+  blobs(200, &x, &y);
+  kiln_model *m = small_model("sgd", 0);
+  counts c = {0};
+  kiln_callback cbs[2] = {kiln_early_stopping("loss", 1e-3, 2, false), {count_events, &c, NULL}};
+  kiln_fit_options fo = kiln_fit_defaults();
+  fo.epochs = 20;
+  fo.verbose = 0;
+  fo.validation_split = 0.25;
+  fo.callbacks = cbs;
+  fo.ncallbacks = 2;
+  kiln_history *h;
+  assert_int_equal(kiln_model_fit(m, x, y, &fo, &h), KILN_OK);
+  assert_int_equal(kiln_history_epochs(h), 3);
+  assert_int_equal(c.train_begin, 1);
+  assert_int_equal(c.epoch_end, 3);
+  assert_int_equal(c.batch_end, 3 * 5); /* 150 examples in batches of 32 */
+  assert_int_equal(c.train_end, 1);
+  kiln_history_free(h);
+  kiln_model_free(m);
+  /* A learning model is not stopped early: val_loss keeps improving for 8 epochs. */
+  m = small_model("adam", 0.01);
+  fo.epochs = 8;
+  cbs[0].fn(&(kiln_callback_info){.event = KILN_ON_TRAIN_BEGIN}, cbs[0].state);
+  kiln_callback_free(&cbs[0]);
+  cbs[0] = kiln_early_stopping(NULL, 0, 3, true);
+  assert_int_equal(kiln_model_fit(m, x, y, &fo, &h), KILN_OK);
+  assert_int_equal(kiln_history_epochs(h), 8);
+  kiln_history_free(h);
+  /* A monitor that is not logged is an error naming it. */
+  kiln_callback_free(&cbs[0]);
+  cbs[0] = kiln_early_stopping("val_auc", 0, 3, false);
+  assert_int_equal(kiln_model_fit(m, x, y, &fo, NULL), KILN_ERR_INVALID);
+  assert_non_null(strstr(kiln_errmsg(), "val_auc"));
+  kiln_callback_free(&cbs[0]);
+  kiln_model_free(m);
+  kiln_tensor_free(x);
+  kiln_tensor_free(y);
+}
+
+static bool same_variables(kiln_variables *a, kiln_variables *b) {
+  if (kiln_variables_count(a) != kiln_variables_count(b)) return false;
+  for (size_t i = 0; i < kiln_variables_count(a); i++) {
+    kiln_variable *va = kiln_variables_at(a, i), *vb = kiln_variables_find(b, kiln_variable_name(va));
+    if (!vb) return false;
+    const kiln_tensor *ta = kiln_variable_value(va), *tb = kiln_variable_value(vb);
+    if (kiln_tensor_nbytes(ta) != kiln_tensor_nbytes(tb) || memcmp(kiln_tensor_cdata(ta), kiln_tensor_cdata(tb), kiln_tensor_nbytes(ta))) {
+      printf("variable %s differs\n", kiln_variable_name(va));
+      return false;
+    }
+  }
+  return true;
+}
+
+/* Training 2 epochs equals training 1, checkpointing, restoring into a fresh model and
+ * training the second: bit for bit, optimizer state included. */
+static void test_checkpoint_resume_is_bit_identical(void **state) {
+  kiln_tensor *x, *y;
+  blobs(300, &x, &y);
+  char dir[] = "/tmp/kiln_ckpt_XXXXXX", path[128], pattern[128], first[128];
+  assert_non_null(mkdtemp(dir));
+  snprintf(path, sizeof path, "%s/weights.ckpt", dir);
+  snprintf(pattern, sizeof pattern, "%s/epoch-{epoch:02d}.ckpt", dir);
+  snprintf(first, sizeof first, "%s/epoch-01.ckpt", dir);
+  kiln_fit_options fo = kiln_fit_defaults();
+  fo.verbose = 0;
+  fo.epochs = 2;
+  kiln_model *a = small_model("adam", -1);
+  assert_int_equal(kiln_model_fit(a, x, y, &fo, NULL), KILN_OK);
+
+  kiln_model *b = small_model("adam", -1);
+  kiln_callback ck = kiln_model_checkpoint(pattern, NULL, false);
+  fo.epochs = 1;
+  fo.callbacks = &ck;
+  fo.ncallbacks = 1;
+  assert_int_equal(kiln_model_fit(b, x, y, &fo, NULL), KILN_OK);
+  kiln_callback_free(&ck);
+  assert_int_equal(access(first, R_OK), 0);
+
+  kiln_model *c = small_model("adam", -1);
+  assert_int_equal(kiln_model_load_weights(c, first), KILN_OK);
+  assert_true(same_variables(kiln_model_variables(b), kiln_model_variables(c)));
+  fo.callbacks = NULL;
+  fo.ncallbacks = 0;
+  fo.initial_epoch = 1;
+  fo.epochs = 2;
+  assert_int_equal(kiln_model_fit(c, x, y, &fo, NULL), KILN_OK);
+  assert_true(same_variables(kiln_model_variables(a), kiln_model_variables(c)));
+
+  /* Corrupt files are rejected by name and change nothing. */
+  assert_int_equal(kiln_model_save_weights(a, path), KILN_OK);
+  FILE *f = fopen(path, "rb");
+  unsigned char buf[1 << 16];
+  size_t n = fread(buf, 1, sizeof buf, f);
+  fclose(f);
+  assert_true(n > 100 && n < sizeof buf);
+  char bad[160];
+  snprintf(bad, sizeof bad, "%s/bad.ckpt", dir);
+  write_file(bad, buf, n - 10, false);
+  assert_int_equal(kiln_model_load_weights(c, bad), KILN_ERR_PARSE);
+  assert_non_null(strstr(kiln_errmsg(), "truncated"));
+  buf[n / 2] ^= 0x10;
+  write_file(bad, buf, n, false);
+  assert_int_equal(kiln_model_load_weights(c, bad), KILN_ERR_PARSE);
+  assert_non_null(strstr(kiln_errmsg(), "checksum"));
+  assert_true(same_variables(kiln_model_variables(a), kiln_model_variables(c)));
+  /* A checkpoint of another architecture names what does not fit. */
+  kiln_model *other = kiln_sequential_new("other", 1);
+  kiln_model_add(other, kiln_layer_dense(3, KILN_ACT_RELU));
+  kiln_model_build(other, KILN_F32, KILN_SHAPE(2));
+  assert_int_equal(kiln_model_load_weights(other, path), KILN_ERR_INVALID);
+  assert_non_null(strstr(kiln_errmsg(), "'dense/kernel'"));
+  kiln_model_free(other);
+  /* A save that fails (the target is a directory) leaves no temporary file behind. */
+  assert_int_equal(kiln_model_save_weights(a, dir), KILN_ERR_IO);
+  char cmd[256];
+  snprintf(cmd, sizeof cmd, "ls %s | grep -c tmp", dir);
+  FILE *p = popen(cmd, "r");
+  int tmps = -1;
+  assert_int_equal(fscanf(p, "%d", &tmps), 1);
+  pclose(p);
+  assert_int_equal(tmps, 0);
+  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+  assert_int_equal(system(cmd), 0);
+  kiln_model_free(a);
+  kiln_model_free(b);
+  kiln_model_free(c);
+  kiln_tensor_free(x);
+  kiln_tensor_free(y);
+}
+
+static double halve(int epoch, double lr, void *ud) { return epoch ? lr / 2 : lr; }
+
+static void test_lr_callbacks_and_csv(void **state) {
+  kiln_tensor *x, *y;
+  blobs(100, &x, &y);
+  kiln_model *m = small_model("sgd", 0.1);
+  char csvp[] = "/tmp/kiln_csv_XXXXXX";
+  int fd = mkstemp(csvp);
+  close(fd);
+  kiln_callback cbs[3] = {kiln_lr_scheduler(halve, NULL), kiln_csv_logger(csvp), kiln_terminate_on_nan()};
+  kiln_fit_options fo = kiln_fit_defaults();
+  fo.verbose = 0;
+  fo.epochs = 3;
+  fo.callbacks = cbs;
+  fo.ncallbacks = 3;
+  assert_int_equal(kiln_model_fit(m, x, y, &fo, NULL), KILN_OK);
+  assert_true(*(double *)kiln_tensor_data(kiln_variable_value(kiln_model_learning_rate(m))) == 0.025);
+  char *text = read_text_file(csvp);
+  assert_true(!strncmp(text, "epoch,loss,accuracy\n0,", 22));
+  assert_non_null(strstr(text, "\n2,"));
+  free(text);
+  unlink(csvp);
+  for (int i = 0; i < 3; i++) kiln_callback_free(&cbs[i]);
+  /* ReduceLROnPlateau: with a tiny lr the loss never improves by min_delta, so patience 1
+   * cuts lr 10x after epochs 2 and 3. */
+  kiln_model_free(m);
+  m = small_model("sgd", 1e-9);
+  cbs[0] = kiln_reduce_lr_on_plateau("loss", 0.1, 1, 0);
+  fo.callbacks = cbs;
+  fo.ncallbacks = 1;
+  assert_int_equal(kiln_model_fit(m, x, y, &fo, NULL), KILN_OK);
+  assert_true(fabs(*(double *)kiln_tensor_data(kiln_variable_value(kiln_model_learning_rate(m))) - 1e-11) < 1e-20);
+  kiln_callback_free(&cbs[0]);
+  kiln_model_free(m);
+  kiln_tensor_free(x);
+  kiln_tensor_free(y);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_idx),
@@ -286,6 +501,9 @@ int main(void) {
       cmocka_unit_test(test_losses_and_metrics),
       cmocka_unit_test(test_dense_forward_and_summary),
       cmocka_unit_test(test_fit_blobs),
+      cmocka_unit_test(test_early_stopping),
+      cmocka_unit_test(test_checkpoint_resume_is_bit_identical),
+      cmocka_unit_test(test_lr_callbacks_and_csv),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -121,7 +121,55 @@ typedef struct kiln_model_compile_options {
 } kiln_model_compile_options;
 KILN_API kiln_status kiln_model_compile(kiln_model *m, const kiln_model_compile_options *o);
 
+/* ---- callbacks ---- */
+
+typedef enum kiln_callback_event {
+  KILN_ON_TRAIN_BEGIN = 0,
+  KILN_ON_TRAIN_END,
+  KILN_ON_EPOCH_BEGIN,
+  KILN_ON_EPOCH_END, /* logs: "loss", metrics, "val_..." for the epoch */
+  KILN_ON_BATCH_BEGIN,
+  KILN_ON_BATCH_END  /* logs: running "loss" and metrics of the epoch so far */
+} kiln_callback_event;
+
+typedef struct kiln_callback_info {
+  kiln_callback_event event;
+  kiln_model *model;
+  int epoch;     /* 0-based */
+  int64_t batch; /* 0-based within the epoch */
+  const char *const *keys;
+  const double *values;
+  size_t nvalues;
+} kiln_callback_info;
+
+/* A callback is a function plus its state; returning an error aborts fit with it. */
+typedef struct kiln_callback {
+  kiln_status (*fn)(const kiln_callback_info *info, void *state);
+  void *state;
+  void (*destroy)(void *state); /* called by kiln_callback_free */
+} kiln_callback;
+KILN_API void kiln_callback_free(kiln_callback *cb);
+/* The value of key in info's logs, or NaN. */
+KILN_API double kiln_callback_log(const kiln_callback_info *info, const char *key);
+/* Asks fit to stop after the current batch/epoch (Keras' model.stop_training = True). */
+KILN_API void kiln_model_stop_training(kiln_model *m);
+/* The learning-rate variable of the compiled optimizer (NULL before the first fit step). */
+KILN_API kiln_variable *kiln_model_learning_rate(kiln_model *m);
+
+/* Keras' built-in callbacks. monitor NULL means "val_loss"; a monitored name containing
+ * "acc" or "auc" is maximised, anything else minimised (Keras' mode "auto"). */
+KILN_API kiln_callback kiln_early_stopping(const char *monitor, double min_delta, int patience,
+                                           bool restore_best_weights);
+/* path may contain {epoch} or {epoch:02d} (1-based). */
+KILN_API kiln_callback kiln_model_checkpoint(const char *path, const char *monitor, bool save_best_only);
+KILN_API kiln_callback kiln_reduce_lr_on_plateau(const char *monitor, double factor, int patience, double min_lr);
+KILN_API kiln_callback kiln_lr_scheduler(double (*schedule)(int epoch, double lr, void *ud), void *ud);
+KILN_API kiln_callback kiln_csv_logger(const char *path);
+KILN_API kiln_callback kiln_terminate_on_nan(void);
+
 typedef struct kiln_fit_options {
+  const kiln_callback *callbacks;
+  size_t ncallbacks;
   int epochs;
   int initial_epoch;
   int64_t batch_size;
@@ -150,6 +198,11 @@ KILN_API kiln_status kiln_model_fit(kiln_model *m, const kiln_tensor *x, const k
 KILN_API kiln_status kiln_model_evaluate(kiln_model *m, const kiln_tensor *x, const kiln_tensor *y,
                                          int64_t batch_size, double *results, size_t nresults);
 KILN_API kiln_status kiln_model_predict(kiln_model *m, const kiln_tensor *x, int64_t batch_size, kiln_tensor **out);
+
+/* All the model's variables, optimizer state included (see kiln_checkpoint_save). */
+KILN_API kiln_status kiln_model_save_weights(kiln_model *m, const char *path);
+/* Needs a built model; restores optimizer state too, so training continues exactly. */
+KILN_API kiln_status kiln_model_load_weights(kiln_model *m, const char *path);
 
 #ifdef __cplusplus
 }

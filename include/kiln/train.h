@@ -89,6 +89,24 @@ KILN_API kiln_status kiln_variable_assign(kiln_graph *g, kiln_variable *v, kiln_
 /* Binds a graph that reads variables by name (e.g. one parsed from text) to a store. */
 KILN_API kiln_status kiln_graph_bind_variables(kiln_graph *g, kiln_variables *vs);
 
+/* ---- checkpoints ---- */
+
+typedef struct kiln_checkpoint_info {
+  int64_t step;  /* optimizer iterations */
+  int64_t epoch; /* epochs completed */
+  uint64_t seed;
+} kiln_checkpoint_info;
+
+/* Writes every variable of vs (with CRC32C checksums) atomically: a crash leaves
+ * the previous file or the new one. info may be NULL. */
+KILN_API kiln_status kiln_checkpoint_save(const kiln_variables *vs, const char *path, const kiln_checkpoint_info *info);
+/* Restores vs from path. Nothing changes unless the whole file checks out: bad magic,
+ * truncation, checksum failures, and variables of vs missing from the file or
+ * differing in dtype/shape are errors naming them. Variables in the file that vs
+ * lacks are created (optimizer slots not made yet), or are errors when strict. */
+KILN_API kiln_status kiln_checkpoint_restore(kiln_variables *vs, const char *path, bool strict,
+                                             kiln_checkpoint_info *info);
+
 /* ---- tf.function: trace once per input signature, compile, cache ---- */
 
 typedef struct kiln_function kiln_function;
