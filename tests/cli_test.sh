@@ -24,4 +24,12 @@ grep -q "no input named 'nope'" "$tmp/err" || fail "unclear message: $(cat "$tmp
 printf 'kiln 1\n%%0 = frob\n' > "$tmp/bad.kir"
 if "$kiln" dump "$tmp/bad.kir" 2> "$tmp/err"; then fail "bad graph accepted"; fi
 grep -q "line 2: unknown op 'frob'" "$tmp/err" || fail "unclear message: $(cat "$tmp/err")"
+
+# inspect lists a checkpoint (tests/golden/small.ckpt) and rejects a truncated copy.
+out=$("$kiln" inspect "$golden/small.ckpt")
+echo "$out" | grep -q "kiln checkpoint, step 7, epoch 2, seed 42, 2 variables" || fail "inspect header: $out"
+echo "$out" | grep -q "dense/kernel *f32\[3,2\] *trainable" || fail "inspect listing: $out"
+head -c 50 "$golden/small.ckpt" > "$tmp/trunc.ckpt"
+if err=$("$kiln" inspect "$tmp/trunc.ckpt" 2>&1); then fail "inspect accepted a truncated checkpoint"; fi
+echo "$err" | grep -q "truncated" || fail "inspect error: $err"
 echo "1 passed, 0 failed"

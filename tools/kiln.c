@@ -1,7 +1,8 @@
 /* The kiln command-line tool.
  *   kiln dump FILE.kir                      verify a text-IR graph and print it
  *   kiln run FILE.kir --input NAME=FILE.npy ... [--output-dir DIR] [--reference]
- *                                           run it through the JIT (or the evaluator) */
+ *                                           run it through the JIT (or the evaluator)
+ *   kiln inspect FILE.ckpt                  list a checkpoint's variables and progress */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,7 @@ static int usage(void) {
   fprintf(stderr,
           "usage: kiln dump FILE.kir\n"
           "       kiln run FILE.kir --input NAME=FILE.npy ... [--output-dir DIR] [--reference]\n"
+          "       kiln inspect FILE.ckpt\n"
           "Inputs are .npy files (f32, f64, i32, i64, bool); outputs are written as DIR/NAME.npy,\n"
           "or summarised on stdout without --output-dir.\n");
   return 2;
@@ -21,6 +23,35 @@ static int usage(void) {
 static int fail(const char *what) {
   fprintf(stderr, "kiln: %s: %s\n", what, kiln_errmsg());
   return 1;
+}
+
+/* Restoring into an empty store creates every variable the file holds, after all checks. */
+static int cmd_inspect(int argc, char **argv) {
+  if (argc != 1) return usage();
+  kiln_variables *vs = kiln_variables_new(0);
+  kiln_checkpoint_info info;
+  if (!vs || kiln_checkpoint_restore(vs, argv[0], false, &info) != KILN_OK) {
+    kiln_variables_free(vs);
+    return fail("inspect");
+  }
+  int64_t total = 0;
+  printf("%s: kiln checkpoint, step %lld, epoch %lld, seed %llu, %zu variables\n", argv[0], (long long)info.step,
+         (long long)info.epoch, (unsigned long long)info.seed, kiln_variables_count(vs));
+  for (size_t i = 0; i < kiln_variables_count(vs); i++) {
+    kiln_variable *v = kiln_variables_at(vs, i);
+    const kiln_tensor *t = kiln_variable_value(v);
+    char shape[160] = "[";
+    size_t k = 1;
+    for (int d = 0; d < kiln_tensor_rank(t); d++)
+      k += (size_t)snprintf(shape + k, sizeof shape - k, "%s%lld", d ? "," : "", (long long)kiln_tensor_dims(t)[d]);
+    snprintf(shape + k, sizeof shape - k, "]");
+    printf("  %-40s %s%-16s %s\n", kiln_variable_name(v), kiln_dtype_name(kiln_tensor_dtype(t)), shape,
+           kiln_variable_trainable(v) ? "trainable" : "non-trainable");
+    total += kiln_tensor_numel(t);
+  }
+  printf("total %lld values\n", (long long)total);
+  kiln_variables_free(vs);
+  return 0;
 }
 
 static int cmd_dump(int argc, char **argv) {
@@ -134,5 +165,6 @@ int main(int argc, char **argv) {
   if (argc < 2) return usage();
   if (!strcmp(argv[1], "dump")) return cmd_dump(argc - 2, argv + 2);
   if (!strcmp(argv[1], "run")) return cmd_run(argc - 2, argv + 2);
+  if (!strcmp(argv[1], "inspect")) return cmd_inspect(argc - 2, argv + 2);
   return usage();
 }
