@@ -216,7 +216,7 @@ kiln_status kiln_model_compile(kiln_model *m, const kiln_model_compile_options *
 
 static void metric_outputs(kiln_model *m, kiln_graph *g, kiln_value y, kiln_value pred) {
   for (size_t i = 0; i < m->nmetrics; i++) {
-    char name[16];
+    char name[32];
     snprintf(name, sizeof name, "metric%zu", i);
     kiln_output(g, name, kiln_metric_sum(g, m->metrics[i], y, pred));
   }

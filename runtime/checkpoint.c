@@ -86,7 +86,7 @@ kiln_status kiln_checkpoint_save(const kiln_variables *vs, const char *path, con
     ts[i].dtype = (int32_t)t->dtype;
     ts[i].n_dims = (size_t)t->rank;
     ts[i].dims = dims + i * KILN_MAX_RANK;
-    memcpy(ts[i].dims, t->dims, sizeof(int64_t) * (size_t)t->rank);
+    if (t->rank) memcpy(ts[i].dims, t->dims, sizeof(int64_t) * (size_t)t->rank);
     ts[i].data.data = t->data;
     ts[i].data.len = t->nbytes;
     ts[i].crc32c = kiln_crc32c(t->data, t->nbytes);
@@ -227,10 +227,10 @@ kiln_status kiln_checkpoint_restore(kiln_variables *vs, const char *path, bool s
     kiln_variable *v = kiln_variables_find(vs, t->name);
     if (!v) {
       kiln_shape s = {.rank = (int)t->n_dims};
-      memcpy(s.dims, t->dims, sizeof(int64_t) * t->n_dims);
+      if (t->n_dims) memcpy(s.dims, t->dims, sizeof(int64_t) * t->n_dims);
       st = kiln_variable_new(vs, t->name, (kiln_dtype)t->dtype, s, KILN_ZEROS, !t->has_trainable || t->trainable, &v);
     }
-    if (st == KILN_OK) memcpy(kiln_variable_value(v)->data, t->data.data, t->data.len);
+    if (st == KILN_OK && t->data.len) memcpy(kiln_variable_value(v)->data, t->data.data, t->data.len);
   }
   if (st == KILN_OK && info) {
     info->step = ck->has_step ? ck->step : 0;
