@@ -347,7 +347,6 @@ static void test_early_stopping(void **state) {
   /* A learning model is not stopped early: val_loss keeps improving for 8 epochs. */
   m = small_model("adam", 0.01);
   fo.epochs = 8;
-  cbs[0].fn(&(kiln_callback_info){.event = KILN_ON_TRAIN_BEGIN}, cbs[0].state);
   kiln_callback_free(&cbs[0]);
   cbs[0] = kiln_early_stopping(NULL, 0, 3, true);
   assert_int_equal(kiln_model_fit(m, x, y, &fo, &h), KILN_OK);
