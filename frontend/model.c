@@ -150,7 +150,7 @@ kiln_status kiln_model_summary(kiln_model *m, FILE *out) {
   if (!m->built) return kiln_set_error(KILN_ERR_INVALID, "summary: model '%s' is not built yet (call kiln_model_build or fit)", m->name);
   const char *rule = "_________________________________________________________________\n";
   fprintf(out, "Model: \"%s\"\n%s", m->name, rule);
-  fprintf(out, "%-29s%-26s%s\n", " Layer (type)", "Output Shape", "Param #");
+  fprintf(out, "%-28s %-25s %s\n", " Layer (type)", "Output Shape", "Param #");
   fprintf(out, "=================================================================\n");
   int64_t total = 0, trainable = 0;
   for (size_t i = 0; i < m->nlayers; i++) {
@@ -163,7 +163,7 @@ kiln_status kiln_model_summary(kiln_model *m, FILE *out) {
     bool all = true;
     int64_t n = weight_count(l, &all, &trainable);
     total += n;
-    fprintf(out, "%-29s%-26s%lld\n", col, shape, (long long)n);
+    fprintf(out, "%-28s %-25s %lld\n", col, shape, (long long)n); /* long names push, never touch */
     fprintf(out, "%s", i + 1 < m->nlayers ? "\n" : "");
   }
   fprintf(out, "=================================================================\n");

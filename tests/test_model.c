@@ -228,6 +228,44 @@ static void test_dense_forward_and_summary(void **state) {
   assert_non_null(strstr(kiln_errmsg(), "units"));
 }
 
+/* Every built-in layer in one model: predict (JIT, batched) equals the reference
+ * evaluator on the same forward graph. */
+static void test_layers_jit_vs_reference(void **state) {
+  kiln_model *m = kiln_sequential_new("all", 4);
+  kiln_model_add(m, kiln_layer_reshape(KILN_SHAPE(6, 6, 1)));
+  kiln_model_add(m, kiln_layer_conv2d(4, 3, 3, KILN_PAD_SAME, KILN_ACT_RELU));
+  kiln_model_add(m, kiln_layer_max_pooling2d(2, 2));
+  kiln_model_add(m, kiln_layer_conv2d(3, 2, 2, KILN_PAD_VALID, KILN_ACT_TANH));
+  kiln_model_add(m, kiln_layer_flatten());
+  kiln_model_add(m, kiln_layer_dense(5, KILN_ACT_SELU));
+  kiln_model_add(m, kiln_layer_activation(KILN_ACT_SOFTMAX));
+  assert_int_equal(kiln_model_build(m, KILN_F32, KILN_SHAPE(36)), KILN_OK);
+  trng r = {2};
+  kiln_tensor *x = random_tensor(&r, KILN_F32, 2, (int64_t[]){7, 36}, -2, 2), *jit, *ref;
+  assert_int_equal(kiln_model_predict(m, x, 3, &jit), KILN_OK); /* batches 3, 3, 1 */
+  kiln_graph *g = kiln_graph_new();
+  kiln_output(g, "y", kiln_model_call(m, g, kiln_placeholder(g, "x", KILN_F32, KILN_SHAPE(KILN_DYN, 36)), false));
+  assert_int_equal(kiln_evaluate(g, (const kiln_tensor *[]){x}, 1, &ref, 1), KILN_OK);
+  assert_int_equal(kiln_tensor_dims(jit)[1], 5);
+  assert_int_equal(compare_tensors("layers", jit, ref, 1e-5, 1e-6), 0);
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  kiln_model_summary(m, f);
+  fclose(f);
+  /* conv 3x3x1x4 + 4 = 40; conv 2x2x4x3 + 3 = 51; dense 12x5 + 5 = 65 */
+  assert_non_null(strstr(buf, " conv2d (Conv2D)             (None, 6, 6, 4)           40"));
+  assert_non_null(strstr(buf, " conv2d_1 (Conv2D)           (None, 2, 2, 3)           51"));
+  assert_non_null(strstr(buf, " max_pooling2d (MaxPooling2D) (None, 3, 3, 4)           0"));
+  assert_non_null(strstr(buf, "Total params: 156"));
+  free(buf);
+  kiln_graph_free(g);
+  kiln_tensor_free(x);
+  kiln_tensor_free(jit);
+  kiln_tensor_free(ref);
+  kiln_model_free(m);
+}
+
 /* Three Gaussian blobs; a small MLP must separate them, and fit's bookkeeping must add up. */
 static void test_fit_blobs(void **state) {
   trng r = {5};
@@ -499,6 +537,7 @@ int main(void) {
       cmocka_unit_test(test_activations),
       cmocka_unit_test(test_losses_and_metrics),
       cmocka_unit_test(test_dense_forward_and_summary),
+      cmocka_unit_test(test_layers_jit_vs_reference),
       cmocka_unit_test(test_fit_blobs),
       cmocka_unit_test(test_early_stopping),
       cmocka_unit_test(test_checkpoint_resume_is_bit_identical),
