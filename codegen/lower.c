@@ -218,12 +218,18 @@ static void concat_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
   cg_store(c, dt(n), v, m->k->out, cg_linear(c, n->rank, n->dims, oivs));
 }
 
+/* Offset (strides m->st) of position ivs of a slice starting at m->a with steps m->s. */
+static LLVMValueRef strided_offset(cg *c, const mov_ctx *m, int rank, const LLVMValueRef *ivs) {
+  LLVMValueRef off = cg_i64(c, 0);
+  for (int d = 0; d < rank; d++)
+    off = add(c, off, mul(c, add(c, cg_i64(c, m->a[d]), mul(c, ivs[d], cg_i64(c, m->s[d]))), cg_i64(c, m->st[d])));
+  return off;
+}
+
 static void slice_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
   mov_ctx *m = vctx;
   const kiln_node *n = m->k->n;
-  LLVMValueRef xi = cg_i64(c, 0);
-  for (int d = 0; d < n->rank; d++)
-    xi = add(c, xi, mul(c, add(c, cg_i64(c, m->a[d]), mul(c, ivs[d], cg_i64(c, m->s[d]))), cg_i64(c, m->st[d])));
+  LLVMValueRef xi = strided_offset(c, m, n->rank, ivs);
   cg_store(c, dt(n), cg_load(c, dt(n), m->k->in[0], xi), m->k->out, cg_linear(c, n->rank, n->dims, ivs));
 }
 
@@ -243,22 +249,30 @@ static void pad_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
   cg_store(c, dt(n), v, m->k->out, cg_linear(c, n->rank, n->dims, ivs));
 }
 
+/* Gather and scatter_add address a tensor of `rank` dims (strides m->st) whose dim `axis` has
+ * `size` entries: the index is loaded from indices at ivs[axis..], negatives wrap, anything
+ * outside [0, size) branches to m->fail; the other dims come from ivs. Returns the offset. */
+static LLVMValueRef indexed_offset(cg *c, mov_ctx *m, const kiln_node *ix, LLVMValueRef ix_ptr, const LLVMValueRef *ivs,
+                                   int64_t axis, int rank, int64_t size) {
+  LLVMValueRef v = cg_cast(c, dt(ix), KILN_I64, cg_load(c, dt(ix), ix_ptr, cg_linear(c, ix->rank, ix->dims, ivs + axis)));
+  LLVMValueRef neg = LLVMBuildICmp(c->b, LLVMIntSLT, v, cg_i64(c, 0), "");
+  v = LLVMBuildSelect(c->b, neg, add(c, v, cg_i64(c, size)), v, "");
+  LLVMBasicBlockRef ok = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "idx.ok");
+  LLVMBuildCondBr(c->b, LLVMBuildICmp(c->b, LLVMIntULT, v, cg_i64(c, size), ""), ok, m->fail);
+  LLVMPositionBuilderAtEnd(c->b, ok);
+  LLVMValueRef off = cg_i64(c, 0);
+  for (int d = 0; d < rank; d++) {
+    LLVMValueRef iv = d < axis ? ivs[d] : d == axis ? v : ivs[d + ix->rank - 1];
+    off = add(c, off, mul(c, iv, cg_i64(c, m->st[d])));
+  }
+  return off;
+}
+
 static void gather_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
   mov_ctx *m = vctx;
   const kiln_node *n = m->k->n, *x = input(c, m->k, 0), *ix = input(c, m->k, 1);
   int64_t axis = kiln_attr_int(n, KILN_ATTR_AXIS, 0);
-  LLVMValueRef v = cg_load(c, dt(ix), m->k->in[1], cg_linear(c, ix->rank, ix->dims, ivs + axis));
-  v = cg_cast(c, dt(ix), KILN_I64, v);
-  LLVMValueRef neg = LLVMBuildICmp(c->b, LLVMIntSLT, v, cg_i64(c, 0), "");
-  v = LLVMBuildSelect(c->b, neg, add(c, v, cg_i64(c, x->dims[axis])), v, "");
-  LLVMBasicBlockRef ok = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "idx.ok");
-  LLVMBuildCondBr(c->b, LLVMBuildICmp(c->b, LLVMIntULT, v, cg_i64(c, x->dims[axis]), ""), ok, m->fail);
-  LLVMPositionBuilderAtEnd(c->b, ok);
-  LLVMValueRef xi = cg_i64(c, 0);
-  for (int d = 0; d < x->rank; d++) {
-    LLVMValueRef iv = d < axis ? ivs[d] : d == axis ? v : ivs[d + ix->rank - 1];
-    xi = add(c, xi, mul(c, iv, cg_i64(c, m->st[d])));
-  }
+  LLVMValueRef xi = indexed_offset(c, m, ix, m->k->in[1], ivs, axis, x->rank, x->dims[axis]);
   cg_store(c, dt(n), cg_load(c, dt(n), m->k->in[0], xi), m->k->out, cg_linear(c, n->rank, n->dims, ivs));
 }
 
@@ -268,9 +282,7 @@ static void zero_body(cg *c, node_ctx *k, LLVMValueRef i) { cg_store(c, dt(k->n)
 static void unslice_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
   mov_ctx *m = vctx;
   const kiln_node *n = m->k->n, *x = input(c, m->k, 0);
-  LLVMValueRef oi = cg_i64(c, 0);
-  for (int d = 0; d < n->rank; d++)
-    oi = add(c, oi, mul(c, add(c, cg_i64(c, m->a[d]), mul(c, ivs[d], cg_i64(c, m->s[d]))), cg_i64(c, m->st[d])));
+  LLVMValueRef oi = strided_offset(c, m, n->rank, ivs);
   cg_store(c, dt(n), cg_load(c, dt(n), m->k->in[0], cg_linear(c, x->rank, x->dims, ivs)), m->k->out, oi);
 }
 
@@ -278,17 +290,7 @@ static void scatter_add_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
   mov_ctx *m = vctx;
   const kiln_node *n = m->k->n, *ix = input(c, m->k, 0), *u = input(c, m->k, 1);
   int64_t axis = kiln_attr_int(n, KILN_ATTR_AXIS, 0);
-  LLVMValueRef v = cg_cast(c, dt(ix), KILN_I64, cg_load(c, dt(ix), m->k->in[0], cg_linear(c, ix->rank, ix->dims, ivs + axis)));
-  LLVMValueRef neg = LLVMBuildICmp(c->b, LLVMIntSLT, v, cg_i64(c, 0), "");
-  v = LLVMBuildSelect(c->b, neg, add(c, v, cg_i64(c, n->dims[axis])), v, "");
-  LLVMBasicBlockRef ok = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "idx.ok");
-  LLVMBuildCondBr(c->b, LLVMBuildICmp(c->b, LLVMIntULT, v, cg_i64(c, n->dims[axis]), ""), ok, m->fail);
-  LLVMPositionBuilderAtEnd(c->b, ok);
-  LLVMValueRef oi = cg_i64(c, 0);
-  for (int d = 0; d < n->rank; d++) {
-    LLVMValueRef iv = d < axis ? ivs[d] : d == axis ? v : ivs[d + ix->rank - 1];
-    oi = add(c, oi, mul(c, iv, cg_i64(c, m->st[d])));
-  }
+  LLVMValueRef oi = indexed_offset(c, m, ix, m->k->in[0], ivs, axis, n->rank, n->dims[axis]);
   LLVMValueRef x = cg_load(c, dt(n), m->k->in[1], cg_linear(c, u->rank, u->dims, ivs));
   LLVMValueRef acc = cg_load(c, dt(n), m->k->out, oi);
   cg_store(c, dt(n), cg_binary(c, KILN_OP_ADD, dt(n), acc, x), m->k->out, oi);
@@ -333,15 +335,10 @@ static void lower_movement(cg *c, node_ctx *k) {
     }
     return;
   }
-  case KILN_OP_SLICE: {
-    int64_t st[KILN_MAX_RANK], en[KILN_MAX_RANK];
-    kiln_attr_ints(n, KILN_ATTR_STARTS, st);
-    kiln_attr_ints(n, KILN_ATTR_ENDS, en);
-    kiln_attr_ints(n, KILN_ATTR_STEPS, m.s);
-    for (int d = 0; d < x->rank; d++) kiln_slice_dim(x->dims[d], st[d], en[d], m.s[d], &m.a[d]);
+  case KILN_OP_SLICE:
+    kiln_slice_map(n, x->rank, x->dims, m.a, m.s);
     cg_nest(c, n->rank, n->dims, slice_body, &m);
     return;
-  }
   case KILN_OP_PAD:
     kiln_attr_ints(n, KILN_ATTR_PADS_LO, m.a);
     cg_nest(c, n->rank, n->dims, pad_body, &m);
@@ -350,17 +347,12 @@ static void lower_movement(cg *c, node_ctx *k) {
     m.fail = fail_block(c, k);
     cg_nest(c, n->rank, n->dims, gather_body, &m);
     return;
-  case KILN_OP_UNSLICE: {
-    int64_t st[KILN_MAX_RANK], en[KILN_MAX_RANK];
-    kiln_attr_ints(n, KILN_ATTR_STARTS, st);
-    kiln_attr_ints(n, KILN_ATTR_ENDS, en);
-    kiln_attr_ints(n, KILN_ATTR_STEPS, m.s);
-    for (int d = 0; d < n->rank; d++) kiln_slice_dim(n->dims[d], st[d], en[d], m.s[d], &m.a[d]);
+  case KILN_OP_UNSLICE:
+    kiln_slice_map(n, n->rank, n->dims, m.a, m.s);
     kiln_strides(n->rank, n->dims, m.st);
     flat(c, k, numel, zero_body);
     cg_nest(c, x->rank, x->dims, unslice_body, &m);
     return;
-  }
   case KILN_OP_SCATTER_ADD: {
     const kiln_node *u = input(c, k, 1);
     kiln_strides(n->rank, n->dims, m.st);

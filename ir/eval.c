@@ -373,11 +373,18 @@ static void eval_window(ev *e) {
         }
 }
 
+/* Offset (strides st) of position idx of a slice starting at first with the given steps. */
+static int64_t strided_offset(int rank, const int64_t *idx, const int64_t *first, const int64_t *step, const int64_t *st) {
+  int64_t off = 0;
+  for (int d = 0; d < rank; d++) off += (first[d] + idx[d] * step[d]) * st[d];
+  return off;
+}
+
 static void eval_movement(ev *e) {
   const kiln_node *n = e->n;
   kiln_tensor *o = e->out;
   const kiln_tensor *x = e->in[0];
-  int64_t idx[KILN_MAX_RANK], xst[KILN_MAX_RANK], a[KILN_MAX_RANK], b[KILN_MAX_RANK], c[KILN_MAX_RANK];
+  int64_t idx[KILN_MAX_RANK], xst[KILN_MAX_RANK], a[KILN_MAX_RANK], c[KILN_MAX_RANK];
   kiln_strides(x->rank, x->dims, xst);
   switch ((kiln_op)n->op) {
   case KILN_OP_RESHAPE:
@@ -420,20 +427,13 @@ static void eval_movement(ev *e) {
     }
     return;
   }
-  case KILN_OP_SLICE: {
-    int64_t first[KILN_MAX_RANK];
-    kiln_attr_ints(n, KILN_ATTR_STARTS, a);
-    kiln_attr_ints(n, KILN_ATTR_ENDS, b);
-    kiln_attr_ints(n, KILN_ATTR_STEPS, c);
-    for (int d = 0; d < x->rank; d++) kiln_slice_dim(x->dims[d], a[d], b[d], c[d], &first[d]);
+  case KILN_OP_SLICE:
+    kiln_slice_map(n, x->rank, x->dims, a, c);
     for (int64_t i = 0; i < o->numel; i++) {
       unravel(i, o->rank, o->dims, idx);
-      int64_t xi = 0;
-      for (int d = 0; d < o->rank; d++) xi += (first[d] + idx[d] * c[d]) * xst[d];
-      copy_elem(o, i, x, xi);
+      copy_elem(o, i, x, strided_offset(o->rank, idx, a, c, xst));
     }
     return;
-  }
   case KILN_OP_PAD: {
     kiln_attr_ints(n, KILN_ATTR_PADS_LO, a);
     double v = kiln_attr_float(n, KILN_ATTR_VALUE, 0);
@@ -455,26 +455,35 @@ static void eval_movement(ev *e) {
   }
 }
 
-/* Gather reports a bad index instead of reading out of bounds. */
+/* Gather and scatter_add address a tensor of shape dims (strides st) at position idx of their
+ * output / updates: dim `axis` comes from the indices tensor at idx[axis..], the others from
+ * idx. A bad index is reported instead of read or written out of bounds. */
+static kiln_status indexed_offset(ev *e, const kiln_tensor *ix, const int64_t *idx, int64_t axis, int rank,
+                                  const int64_t *dims, const int64_t *st, int64_t *q) {
+  int64_t ii = 0, ist[KILN_MAX_RANK];
+  kiln_strides(ix->rank, ix->dims, ist);
+  for (int d = 0; d < ix->rank; d++) ii += idx[axis + d] * ist[d];
+  int64_t v = geti(ix, ii);
+  if (v < 0) v += dims[axis];
+  if (v < 0 || v >= dims[axis])
+    return kiln_set_error(KILN_ERR_RUNTIME, "%s (node %%%u): index %lld is out of range for axis %lld of size %lld",
+                          kiln_ops[e->n->op].name, (unsigned)(e->n - e->g->nodes), (long long)geti(ix, ii),
+                          (long long)axis, (long long)dims[axis]);
+  *q = v * st[axis];
+  for (int d = 0; d < axis; d++) *q += idx[d] * st[d];
+  for (int d = (int)axis + 1; d < rank; d++) *q += idx[d + ix->rank - 1] * st[d];
+  return KILN_OK;
+}
+
 static kiln_status eval_gather(ev *e) {
   const kiln_tensor *x = e->in[0], *ix = e->in[1];
   kiln_tensor *o = e->out;
-  int64_t axis = kiln_attr_int(e->n, KILN_ATTR_AXIS, 0), idx[KILN_MAX_RANK], xst[KILN_MAX_RANK];
+  int64_t axis = kiln_attr_int(e->n, KILN_ATTR_AXIS, 0), idx[KILN_MAX_RANK], xst[KILN_MAX_RANK], q;
   kiln_strides(x->rank, x->dims, xst);
   for (int64_t i = 0; i < o->numel; i++) {
     unravel(i, o->rank, o->dims, idx);
-    int64_t q = 0, ii = 0, ist[KILN_MAX_RANK];
-    kiln_strides(ix->rank, ix->dims, ist);
-    for (int d = 0; d < ix->rank; d++) ii += idx[axis + d] * ist[d];
-    int64_t v = geti(ix, ii);
-    if (v < 0) v += x->dims[axis];
-    if (v < 0 || v >= x->dims[axis])
-      return kiln_set_error(KILN_ERR_RUNTIME, "gather (node %%%u): index %lld is out of range for axis %lld of size %lld",
-                            (unsigned)(e->n - e->g->nodes), (long long)geti(ix, ii), (long long)axis,
-                            (long long)x->dims[axis]);
-    for (int d = 0; d < axis; d++) q += idx[d] * xst[d];
-    q += v * xst[axis];
-    for (int d = (int)axis + 1; d < x->rank; d++) q += idx[d + ix->rank - 1] * xst[d];
+    kiln_status st = indexed_offset(e, ix, idx, axis, x->rank, x->dims, xst, &q);
+    if (st != KILN_OK) return st;
     copy_elem(o, i, x, q);
   }
   return KILN_OK;
@@ -484,41 +493,24 @@ static kiln_status eval_gather(ev *e) {
 static void eval_unslice(ev *e) {
   const kiln_tensor *x = e->in[0];
   kiln_tensor *o = e->out;
-  int64_t idx[KILN_MAX_RANK], ost[KILN_MAX_RANK], a[KILN_MAX_RANK], b[KILN_MAX_RANK], c[KILN_MAX_RANK],
-      first[KILN_MAX_RANK];
+  int64_t idx[KILN_MAX_RANK], ost[KILN_MAX_RANK], first[KILN_MAX_RANK], step[KILN_MAX_RANK];
   kiln_strides(o->rank, o->dims, ost);
-  kiln_attr_ints(e->n, KILN_ATTR_STARTS, a);
-  kiln_attr_ints(e->n, KILN_ATTR_ENDS, b);
-  kiln_attr_ints(e->n, KILN_ATTR_STEPS, c);
-  for (int d = 0; d < o->rank; d++) kiln_slice_dim(o->dims[d], a[d], b[d], c[d], &first[d]);
+  kiln_slice_map(e->n, o->rank, o->dims, first, step);
   for (int64_t i = 0; i < x->numel; i++) {
     unravel(i, x->rank, x->dims, idx);
-    int64_t oi = 0;
-    for (int d = 0; d < o->rank; d++) oi += (first[d] + idx[d] * c[d]) * ost[d];
-    copy_elem(o, oi, x, i);
+    copy_elem(o, strided_offset(o->rank, idx, first, step, ost), x, i);
   }
 }
 
 static kiln_status eval_scatter_add(ev *e) {
   const kiln_tensor *ix = e->in[0], *u = e->in[1];
   kiln_tensor *o = e->out;
-  int64_t axis = kiln_attr_int(e->n, KILN_ATTR_AXIS, 0), idx[KILN_MAX_RANK], ost[KILN_MAX_RANK], ist[KILN_MAX_RANK];
+  int64_t axis = kiln_attr_int(e->n, KILN_ATTR_AXIS, 0), idx[KILN_MAX_RANK], ost[KILN_MAX_RANK], q;
   kiln_strides(o->rank, o->dims, ost);
-  kiln_strides(ix->rank, ix->dims, ist);
   for (int64_t i = 0; i < u->numel; i++) {
     unravel(i, u->rank, u->dims, idx);
-    int64_t ii = 0, q = 0;
-    for (int d = 0; d < ix->rank; d++) ii += idx[axis + d] * ist[d];
-    int64_t v = geti(ix, ii);
-    if (v < 0) v += o->dims[axis];
-    if (v < 0 || v >= o->dims[axis])
-      return kiln_set_error(KILN_ERR_RUNTIME,
-                            "scatter_add (node %%%u): index %lld is out of range for axis %lld of size %lld",
-                            (unsigned)(e->n - e->g->nodes), (long long)geti(ix, ii), (long long)axis,
-                            (long long)o->dims[axis]);
-    for (int d = 0; d < axis; d++) q += idx[d] * ost[d];
-    q += v * ost[axis];
-    for (int d = (int)axis + 1; d < o->rank; d++) q += idx[d + ix->rank - 1] * ost[d];
+    kiln_status st = indexed_offset(e, ix, idx, axis, o->rank, o->dims, ost, &q);
+    if (st != KILN_OK) return st;
     if (kiln_dtype_is_float(o->dtype)) setf(o, q, getf(o, q) + getf(u, i));
     else seti(o, q, wrap_add(geti(o, q), geti(u, i)));
   }

@@ -347,6 +347,14 @@ int64_t kiln_slice_dim(int64_t dim, int64_t start, int64_t end, int64_t step, in
   return start > end ? (start - end - step - 1) / -step : 0;
 }
 
+void kiln_slice_map(const kiln_node *n, int rank, const int64_t *full, int64_t *first, int64_t *step) {
+  int64_t st[KILN_MAX_RANK], en[KILN_MAX_RANK];
+  kiln_attr_ints(n, KILN_ATTR_STARTS, st);
+  kiln_attr_ints(n, KILN_ATTR_ENDS, en);
+  kiln_attr_ints(n, KILN_ATTR_STEPS, step);
+  for (int d = 0; d < rank; d++) kiln_slice_dim(full[d], st[d], en[d], step[d], &first[d]);
+}
+
 static bool infer_slice(kiln_graph *g, kiln_node *n) {
   const kiln_node *x = in(g, n, 0);
   int64_t st[KILN_MAX_RANK], en[KILN_MAX_RANK], sp[KILN_MAX_RANK], dims[KILN_MAX_RANK];
