@@ -235,39 +235,45 @@ kiln_status kiln_output(kiln_graph *g, const char *name, kiln_value v) {
   return kiln_graph_add_output(g, name, v);
 }
 
-kiln_status kiln_graph_add_output(kiln_graph *g, const char *name, kiln_value v) {
-  if (!g) return kiln_set_error(KILN_ERR_INVALID, "kiln_output: null graph");
+/* Outputs and assignments are both lists of (unique name, node), with names in the arena. */
+static kiln_status add_def(kiln_graph *g, kiln_output_def **list, uint32_t *n, uint32_t *cap, const char *what,
+                           const char *name, uint32_t node) {
   if (g->status != KILN_OK) return kiln_set_error(g->status, "%s", g->errmsg);
   if (!name || !*name) {
-    kiln_graph_fail(g, KILN_ERR_INVALID, "output: a name is required");
+    kiln_graph_fail(g, KILN_ERR_INVALID, "%s: a name is required", what);
     return g->status;
   }
-  if (v.id >= g->nnodes) {
-    kiln_graph_fail(g, KILN_ERR_INVALID, "output '%s': not a value of this graph", name);
+  if (node >= g->nnodes) {
+    kiln_graph_fail(g, KILN_ERR_INVALID, "%s '%s': not a value of this graph", what, name);
     return g->status;
   }
-  for (uint32_t i = 0; i < g->noutputs; i++)
-    if (!strcmp(g->outputs[i].name, name)) {
-      kiln_graph_fail(g, KILN_ERR_INVALID, "output '%s': defined twice", name);
+  for (uint32_t i = 0; i < *n; i++)
+    if (!strcmp((*list)[i].name, name)) {
+      kiln_graph_fail(g, KILN_ERR_INVALID, "%s '%s': given twice in one graph", what, name);
       return g->status;
     }
-  if (g->noutputs == g->outputs_cap) {
-    uint32_t cap = g->outputs_cap ? g->outputs_cap * 2 : 8;
-    kiln_output_def *o = realloc(g->outputs, sizeof *o * cap);
-    if (!o) {
-      kiln_graph_fail(g, KILN_ERR_NOMEM, "output: out of memory");
+  if (*n == *cap) {
+    uint32_t c = *cap ? *cap * 2 : 8;
+    kiln_output_def *l = realloc(*list, sizeof *l * c);
+    if (!l) {
+      kiln_graph_fail(g, KILN_ERR_NOMEM, "%s: out of memory", what);
       return g->status;
     }
-    g->outputs = o;
-    g->outputs_cap = cap;
+    *list = l;
+    *cap = c;
   }
   char *nm = kiln_arena_strdup(&g->arena, name);
   if (!nm) {
-    kiln_graph_fail(g, KILN_ERR_NOMEM, "output: out of memory");
+    kiln_graph_fail(g, KILN_ERR_NOMEM, "%s: out of memory", what);
     return g->status;
   }
-  g->outputs[g->noutputs++] = (kiln_output_def){nm, v.id};
+  (*list)[(*n)++] = (kiln_output_def){nm, node};
   return KILN_OK;
+}
+
+kiln_status kiln_graph_add_output(kiln_graph *g, const char *name, kiln_value v) {
+  if (!g) return kiln_set_error(KILN_ERR_INVALID, "kiln_output: null graph");
+  return add_def(g, &g->outputs, &g->noutputs, &g->outputs_cap, "output", name, v.id);
 }
 
 uint32_t kiln_graph_num_params(const kiln_graph *g) {
@@ -287,33 +293,7 @@ uint32_t kiln_graph_num_inputs(const kiln_graph *g) {
 }
 
 kiln_status kiln_graph_add_assign(kiln_graph *g, const char *name, uint32_t node) {
-  if (g->status != KILN_OK) return kiln_set_error(g->status, "%s", g->errmsg);
-  if (node >= g->nnodes) {
-    kiln_graph_fail(g, KILN_ERR_INVALID, "assign '%s': not a value of this graph", name);
-    return g->status;
-  }
-  for (uint32_t i = 0; i < g->nassigns; i++)
-    if (!strcmp(g->assigns[i].name, name)) {
-      kiln_graph_fail(g, KILN_ERR_INVALID, "assign: variable '%s' is assigned twice in one graph", name);
-      return g->status;
-    }
-  if (g->nassigns == g->assigns_cap) {
-    uint32_t cap = g->assigns_cap ? g->assigns_cap * 2 : 16;
-    kiln_output_def *a = realloc(g->assigns, sizeof *a * cap);
-    if (!a) {
-      kiln_graph_fail(g, KILN_ERR_NOMEM, "assign: out of memory");
-      return g->status;
-    }
-    g->assigns = a;
-    g->assigns_cap = cap;
-  }
-  char *nm = kiln_arena_strdup(&g->arena, name);
-  if (!nm) {
-    kiln_graph_fail(g, KILN_ERR_NOMEM, "assign: out of memory");
-    return g->status;
-  }
-  g->assigns[g->nassigns++] = (kiln_output_def){nm, node};
-  return KILN_OK;
+  return add_def(g, &g->assigns, &g->nassigns, &g->assigns_cap, "assign", name, node);
 }
 
 kiln_graph *kiln_graph_for_run(const kiln_graph *g, int64_t batch) {
