@@ -102,6 +102,17 @@ kiln_status kiln_layer_add_weight(kiln_layer *l, const char *name, kiln_dtype t,
 
 /* ---- built-in layers ---- */
 
+/* Dense and Conv2D: a glorot_uniform kernel, a zero bias, then bias + activation after the op. */
+static kiln_status add_kernel_and_bias(kiln_layer *l, kiln_shape kernel, int64_t units, kiln_variable **k,
+                                       kiln_variable **b) {
+  kiln_status st = kiln_layer_add_weight(l, "kernel", KILN_F32, kernel, KILN_GLOROT_UNIFORM, true, k);
+  return st == KILN_OK ? kiln_layer_add_weight(l, "bias", KILN_F32, KILN_SHAPE(units), KILN_ZEROS, true, b) : st;
+}
+
+static kiln_value bias_and_activation(kiln_graph *g, kiln_value y, kiln_variable *bias, kiln_activation act) {
+  return kiln_activate(g, kiln_add(g, y, kiln_variable_read(g, bias)), act);
+}
+
 typedef struct dense {
   int64_t units;
   kiln_activation act;
@@ -112,15 +123,12 @@ static kiln_status dense_build(kiln_layer *l, kiln_shape in) {
   dense *d = l->state;
   if (in.rank < 2 || in.dims[in.rank - 1] < 0)
     return kiln_set_error(KILN_ERR_INVALID, "Dense '%s': needs inputs [batch, ..., features], got rank %d", l->name, in.rank);
-  kiln_status st = kiln_layer_add_weight(l, "kernel", KILN_F32, KILN_SHAPE(in.dims[in.rank - 1], d->units),
-                                         KILN_GLOROT_UNIFORM, true, &d->kernel);
-  return st == KILN_OK ? kiln_layer_add_weight(l, "bias", KILN_F32, KILN_SHAPE(d->units), KILN_ZEROS, true, &d->bias) : st;
+  return add_kernel_and_bias(l, KILN_SHAPE(in.dims[in.rank - 1], d->units), d->units, &d->kernel, &d->bias);
 }
 
 static kiln_value dense_call(kiln_layer *l, kiln_graph *g, kiln_value x, bool training) {
   dense *d = l->state;
-  kiln_value y = kiln_matmul(g, x, kiln_variable_read(g, d->kernel), false, false);
-  return kiln_activate(g, kiln_add(g, y, kiln_variable_read(g, d->bias)), d->act);
+  return bias_and_activation(g, kiln_matmul(g, x, kiln_variable_read(g, d->kernel), false, false), d->bias, d->act);
 }
 
 static const kiln_layer_class DENSE = {"Dense", dense_build, dense_call, free};
@@ -177,17 +185,13 @@ static kiln_status conv_build(kiln_layer *l, kiln_shape in) {
   if (in.rank != 4 || in.dims[3] < 0)
     return kiln_set_error(KILN_ERR_INVALID, "Conv2D '%s': needs NHWC inputs [batch, h, w, channels], got rank %d",
                           l->name, in.rank);
-  kiln_status st = kiln_layer_add_weight(l, "kernel", KILN_F32, KILN_SHAPE(c->kh, c->kw, in.dims[3], c->filters),
-                                         KILN_GLOROT_UNIFORM, true, &c->kernel);
-  return st == KILN_OK ? kiln_layer_add_weight(l, "bias", KILN_F32, KILN_SHAPE(c->filters), KILN_ZEROS, true, &c->bias)
-                       : st;
+  return add_kernel_and_bias(l, KILN_SHAPE(c->kh, c->kw, in.dims[3], c->filters), c->filters, &c->kernel, &c->bias);
 }
 
 static kiln_value conv_call(kiln_layer *l, kiln_graph *g, kiln_value x, bool training) {
   conv *c = l->state;
   kiln_conv2d_opts o = {.layout = KILN_NHWC, .padding = c->padding};
-  kiln_value y = kiln_conv2d(g, x, kiln_variable_read(g, c->kernel), &o);
-  return kiln_activate(g, kiln_add(g, y, kiln_variable_read(g, c->bias)), c->act);
+  return bias_and_activation(g, kiln_conv2d(g, x, kiln_variable_read(g, c->kernel), &o), c->bias, c->act);
 }
 
 static const kiln_layer_class CONV2D = {"Conv2D", conv_build, conv_call, free};
