@@ -70,8 +70,7 @@ static trace *find_trace(kiln_function *f, const kiln_tensor *const *in, size_t 
     bool match = t->nin == nin;
     for (size_t k = 0; match && k < nin; k++) {
       kiln_shape s = signature_shape(f, in[k]);
-      match = t->dtypes[k] == in[k]->dtype && t->shapes[k].rank == s.rank &&
-              !memcmp(t->shapes[k].dims, s.dims, sizeof(int64_t) * (size_t)s.rank);
+      match = t->dtypes[k] == in[k]->dtype && kiln_same_shape(t->shapes[k].rank, t->shapes[k].dims, s.rank, s.dims);
     }
     if (match) return t;
   }

@@ -101,13 +101,11 @@ kiln_value kiln_model_call(kiln_model *m, kiln_graph *g, kiln_value x, bool trai
 kiln_status kiln_model_build(kiln_model *m, kiln_dtype t, kiln_shape input) {
   if (!m) return kiln_set_error(KILN_ERR_INVALID, "model_build: null model");
   if (m->built) {
-    bool same = m->in_dtype == t && m->in_shape.rank == input.rank &&
-                !memcmp(m->in_shape.dims, input.dims, sizeof(int64_t) * (size_t)input.rank);
-    if (same) return KILN_OK;
-    char a[128], b[128];
-    return kiln_set_error(KILN_ERR_INVALID, "model '%s' was built for inputs %s%s, got %s%s", m->name,
-                          kiln_dtype_name(m->in_dtype), kiln_shape_str(a, sizeof a, m->in_shape.rank, m->in_shape.dims),
-                          kiln_dtype_name(t), kiln_shape_str(b, sizeof b, input.rank, input.dims));
+    if (m->in_dtype == t && kiln_same_shape(m->in_shape.rank, m->in_shape.dims, input.rank, input.dims)) return KILN_OK;
+    char a[160], b[160];
+    return kiln_set_error(KILN_ERR_INVALID, "model '%s' was built for inputs %s, got %s", m->name,
+                          kiln_type_str(a, sizeof a, m->in_dtype, m->in_shape.rank, m->in_shape.dims),
+                          kiln_type_str(b, sizeof b, t, input.rank, input.dims));
   }
   if (!m->nlayers) return kiln_set_error(KILN_ERR_INVALID, "model '%s' has no layers", m->name);
   if (input.rank + 1 > KILN_MAX_RANK) return kiln_set_error(KILN_ERR_INVALID, "model_build: input rank too large");

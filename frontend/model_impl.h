@@ -48,6 +48,9 @@ KILN_INTERNAL kiln_value kiln_loss_per_example(kiln_graph *g, loss_kind k, bool 
                                                kiln_value y_pred);
 KILN_INTERNAL kiln_value kiln_metric_sum(kiln_graph *g, metric_kind k, kiln_value y_true, kiln_value y_pred);
 
+/* runtime/checkpoint.c: all variables with the optimizer's step, the seed and `epoch` epochs done. */
+KILN_INTERNAL kiln_status kiln_model_save(kiln_model *m, const char *path, int64_t epoch);
+
 /* model.c */
 KILN_INTERNAL kiln_status kiln_model_ensure_built(kiln_model *m, const kiln_tensor *x);
 KILN_INTERNAL kiln_status kiln_model_ensure_functions(kiln_model *m);

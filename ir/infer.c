@@ -81,9 +81,7 @@ static bool infer_source(kiln_graph *g, kiln_node *n) {
   }
 }
 
-static bool same_dims(const kiln_node *a, const kiln_node *b) {
-  return a->rank == b->rank && !memcmp(a->dims, b->dims, sizeof(int64_t) * a->rank);
-}
+static bool same_dims(const kiln_node *a, const kiln_node *b) { return kiln_same_shape(a->rank, a->dims, b->rank, b->dims); }
 
 static bool check_operand_dtype(kiln_graph *g, kiln_node *n, kiln_dtype t) {
   unsigned f = kiln_ops[n->op].flags;

@@ -132,6 +132,11 @@ KILN_INTERNAL void kiln_arena_free(kiln_arena *a);
 KILN_INTERNAL int64_t kiln_shape_numel(int rank, const int64_t *dims); /* -1 if any dim is symbolic */
 /* Writes "[2,?,3]" into buf. */
 KILN_INTERNAL const char *kiln_shape_str(char *buf, size_t cap, int rank, const int64_t *dims);
+/* "f32[2,?,3]" */
+KILN_INTERNAL const char *kiln_type_str(char *buf, size_t cap, kiln_dtype t, int rank, const int64_t *dims);
+KILN_INTERNAL bool kiln_same_shape(int ra, const int64_t *da, int rb, const int64_t *db);
+/* The whole file, NUL-terminated (not counted in *len); caller frees *out. */
+KILN_INTERNAL kiln_status kiln_read_file(const char *path, unsigned char **out, size_t *len);
 KILN_INTERNAL bool kiln_dtype_is_float(kiln_dtype t);
 KILN_INTERNAL bool kiln_dtype_is_int(kiln_dtype t);
 KILN_INTERNAL int kiln_dtype_from_name(const char *s); /* -1 if unknown */

@@ -470,27 +470,16 @@ kiln_status kiln_graph_parse(const char *text, kiln_graph **out) {
 
 kiln_status kiln_graph_load(const char *path, kiln_graph **out) {
   *out = NULL;
-  FILE *f = fopen(path, "rb");
-  if (!f) return kiln_set_error(KILN_ERR_IO, "%s: %s", path, strerror(errno));
-  sbuf s = {0};
-  char chunk[65536];
-  size_t n;
-  while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) {
-    sb_printf(&s, "%.*s", (int)n, chunk);
-    if (memchr(chunk, 0, n)) {
-      fclose(f);
-      free(s.buf);
-      return kiln_set_error(KILN_ERR_PARSE, "%s: not a text file (NUL byte)", path);
-    }
+  unsigned char *buf;
+  size_t len;
+  kiln_status st = kiln_read_file(path, &buf, &len);
+  if (st != KILN_OK) return st;
+  if (memchr(buf, 0, len)) {
+    free(buf);
+    return kiln_set_error(KILN_ERR_PARSE, "%s: not a text file (NUL byte)", path);
   }
-  bool err = ferror(f);
-  fclose(f);
-  if (err || s.oom) {
-    free(s.buf);
-    return kiln_set_error(KILN_ERR_IO, "%s: read failed", path);
-  }
-  kiln_status st = kiln_graph_parse(s.buf ? s.buf : "", out);
-  free(s.buf);
+  st = kiln_graph_parse((const char *)buf, out);
+  free(buf);
   if (st != KILN_OK) {
     char msg[1024];
     snprintf(msg, sizeof msg, "%s", kiln_errmsg());

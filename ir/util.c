@@ -2,6 +2,7 @@
  * dtype utilities. The arena is a list of chunks: allocation bumps a pointer,
  * freeing the graph frees every chunk at once. */
 #include <stdarg.h>
+#include <errno.h>
 #include <string.h>
 #include "ir/ir.h"
 
@@ -90,6 +91,16 @@ int64_t kiln_shape_numel(int rank, const int64_t *dims) {
   return n;
 }
 
+bool kiln_same_shape(int ra, const int64_t *da, int rb, const int64_t *db) {
+  return ra == rb && (ra == 0 || !memcmp(da, db, sizeof(int64_t) * (size_t)ra));
+}
+
+const char *kiln_type_str(char *buf, size_t cap, kiln_dtype t, int rank, const int64_t *dims) {
+  char shape[128];
+  snprintf(buf, cap, "%s%s", kiln_dtype_name(t), kiln_shape_str(shape, sizeof shape, rank, dims));
+  return buf;
+}
+
 const char *kiln_shape_str(char *buf, size_t cap, int rank, const int64_t *dims) {
   size_t o = 0;
   o += (size_t)snprintf(buf + o, cap - o, "[");
@@ -124,4 +135,36 @@ int64_t kiln_float_to_int(double v, kiln_dtype t) {
   if (v <= lo) return t == KILN_I32 ? INT32_MIN : INT64_MIN;
   if (v >= hi) return t == KILN_I32 ? INT32_MAX : INT64_MAX;
   return (int64_t)v;
+}
+
+kiln_status kiln_read_file(const char *path, unsigned char **out, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return kiln_set_error(KILN_ERR_IO, "%s: %s", path, strerror(errno));
+  unsigned char *buf = NULL;
+  size_t n = 0, cap = 0;
+  for (;;) {
+    if (n + 1 >= cap) { /* room for the terminating NUL */
+      cap = cap ? cap * 2 : 1 << 16;
+      unsigned char *b = realloc(buf, cap);
+      if (!b) {
+        free(buf);
+        fclose(f);
+        return kiln_set_error(KILN_ERR_NOMEM, "%s: out of memory", path);
+      }
+      buf = b;
+    }
+    size_t r = fread(buf + n, 1, cap - n, f);
+    n += r;
+    if (r == 0) break;
+  }
+  bool err = ferror(f);
+  fclose(f);
+  if (err) {
+    free(buf);
+    return kiln_set_error(KILN_ERR_IO, "%s: read error", path);
+  }
+  buf[n] = 0;
+  *out = buf;
+  *len = n;
+  return KILN_OK;
 }

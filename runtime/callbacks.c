@@ -158,11 +158,7 @@ static kiln_status ckpt_fn(const kiln_callback_info *info, void *state) {
   }
   char path[1100];
   format_path(c->path, info->epoch + 1, path, sizeof path);
-  kiln_model *m = info->model;
-  kiln_variable *it = kiln_variables_find(m->vars, "optimizer/iterations");
-  kiln_checkpoint_info ci = {.step = it ? *(int64_t *)kiln_variable_value(it)->data : 0, .epoch = info->epoch + 1,
-                             .seed = m->seed};
-  return kiln_checkpoint_save(m->vars, path, &ci);
+  return kiln_model_save(info->model, path, info->epoch + 1);
 }
 
 kiln_callback kiln_model_checkpoint(const char *path, const char *monitor_name, bool save_best_only) {

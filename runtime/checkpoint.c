@@ -122,42 +122,8 @@ kiln_status kiln_checkpoint_save(const kiln_variables *vs, const char *path, con
   return st;
 }
 
-static kiln_status read_file(const char *path, unsigned char **out, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return kiln_set_error(KILN_ERR_IO, "%s: %s", path, strerror(errno));
-  unsigned char *buf = NULL;
-  size_t n = 0, cap = 0;
-  for (;;) {
-    if (n == cap) {
-      cap = cap ? cap * 2 : 1 << 16;
-      unsigned char *b = realloc(buf, cap);
-      if (!b) {
-        free(buf);
-        fclose(f);
-        return kiln_set_error(KILN_ERR_NOMEM, "%s: out of memory", path);
-      }
-      buf = b;
-    }
-    size_t r = fread(buf + n, 1, cap - n, f);
-    n += r;
-    if (r == 0) break;
-  }
-  bool err = ferror(f);
-  fclose(f);
-  if (err) {
-    free(buf);
-    return kiln_set_error(KILN_ERR_IO, "%s: read error", path);
-  }
-  *out = buf;
-  *len = n;
-  return KILN_OK;
-}
-
 static bool tensor_matches(const Kiln__Tensor *t, const kiln_tensor *v) {
-  if (t->dtype != (int32_t)v->dtype || t->n_dims != (size_t)v->rank) return false;
-  for (int d = 0; d < v->rank; d++)
-    if (t->dims[d] != v->dims[d]) return false;
-  return true;
+  return t->dtype == (int32_t)v->dtype && kiln_same_shape((int)t->n_dims, t->dims, v->rank, v->dims);
 }
 
 /* Appends "name" to a comma-separated list, eliding after a few hundred characters. */
@@ -174,7 +140,7 @@ kiln_status kiln_checkpoint_restore(kiln_variables *vs, const char *path, bool s
   if (!vs || !path) return kiln_set_error(KILN_ERR_INVALID, "checkpoint_restore: NULL argument");
   unsigned char *buf = NULL;
   size_t len = 0;
-  kiln_status st = read_file(path, &buf, &len);
+  kiln_status st = kiln_read_file(path, &buf, &len);
   if (st != KILN_OK) return st;
   Kiln__Checkpoint *ck = NULL;
   uint64_t plen = len >= HEADER_BYTES ? get_le(buf + 12, 8) : 0;
@@ -242,11 +208,15 @@ kiln_status kiln_checkpoint_restore(kiln_variables *vs, const char *path, bool s
   return st;
 }
 
+kiln_status kiln_model_save(kiln_model *m, const char *path, int64_t epoch) {
+  kiln_variable *it = kiln_variables_find(m->vars, "optimizer/iterations");
+  kiln_checkpoint_info info = {.step = it ? *(int64_t *)kiln_variable_value(it)->data : 0, .epoch = epoch, .seed = m->seed};
+  return kiln_checkpoint_save(m->vars, path, &info);
+}
+
 kiln_status kiln_model_save_weights(kiln_model *m, const char *path) {
   if (!m) return kiln_set_error(KILN_ERR_INVALID, "save_weights: null model");
-  kiln_variable *it = kiln_variables_find(m->vars, "optimizer/iterations");
-  kiln_checkpoint_info info = {.step = it ? *(int64_t *)kiln_variable_value(it)->data : 0, .seed = m->seed};
-  return kiln_checkpoint_save(m->vars, path, &info);
+  return kiln_model_save(m, path, 0);
 }
 
 kiln_status kiln_model_load_weights(kiln_model *m, const char *path) {

@@ -237,14 +237,13 @@ kiln_status kiln_optimizer_apply(kiln_optimizer *o, kiln_graph *g, kiln_variable
     if (!gn) return kiln_set_error(KILN_ERR_INVALID, "optimizer_apply: the gradient of '%s' is not a value of this graph",
                                    kiln_variable_name(vars[i]));
     bool ok = kiln_dtype_is_float(kiln_tensor_dtype(val)) && gn->dtype == kiln_tensor_dtype(val) &&
-              gn->rank == kiln_tensor_rank(val) &&
-              !memcmp(gn->dims, kiln_tensor_dims(val), sizeof(int64_t) * (size_t)gn->rank);
+              kiln_same_shape(gn->rank, gn->dims, kiln_tensor_rank(val), kiln_tensor_dims(val));
     if (!ok) {
-      char a[128], b[128];
-      return kiln_set_error(KILN_ERR_INVALID, "optimizer_apply: variable '%s' is %s%s but its gradient is %s%s",
-                            kiln_variable_name(vars[i]), kiln_dtype_name(kiln_tensor_dtype(val)),
-                            kiln_shape_str(a, sizeof a, kiln_tensor_rank(val), kiln_tensor_dims(val)),
-                            kiln_dtype_name((kiln_dtype)gn->dtype), kiln_shape_str(b, sizeof b, gn->rank, gn->dims));
+      char a[160], b[160];
+      return kiln_set_error(KILN_ERR_INVALID, "optimizer_apply: variable '%s' is %s but its gradient is %s",
+                            kiln_variable_name(vars[i]),
+                            kiln_type_str(a, sizeof a, kiln_tensor_dtype(val), kiln_tensor_rank(val), kiln_tensor_dims(val)),
+                            kiln_type_str(b, sizeof b, (kiln_dtype)gn->dtype, gn->rank, gn->dims));
     }
   }
   const kiln_optimizer_config *c = &o->cfg;

@@ -154,16 +154,16 @@ void kiln_variable_set_trainable(kiln_variable *v, bool trainable) {
 }
 
 static bool same_type(const kiln_tensor *a, const kiln_tensor *b) {
-  return a->dtype == b->dtype && a->rank == b->rank && !memcmp(a->dims, b->dims, sizeof(int64_t) * (size_t)a->rank);
+  return a->dtype == b->dtype && kiln_same_shape(a->rank, a->dims, b->rank, b->dims);
 }
 
 kiln_status kiln_variable_set(kiln_variable *v, const kiln_tensor *t) {
   if (!v || !t) return kiln_set_error(KILN_ERR_INVALID, "variable_set: NULL argument");
   if (!same_type(v->value, t)) {
-    char a[128], b[128];
-    return kiln_set_error(KILN_ERR_INVALID, "variable '%s' is %s%s, the value is %s%s", v->name,
-                          kiln_dtype_name(v->value->dtype), kiln_shape_str(a, sizeof a, v->value->rank, v->value->dims),
-                          kiln_dtype_name(t->dtype), kiln_shape_str(b, sizeof b, t->rank, t->dims));
+    char a[160], b[160];
+    return kiln_set_error(KILN_ERR_INVALID, "variable '%s' is %s, the value is %s", v->name,
+                          kiln_type_str(a, sizeof a, v->value->dtype, v->value->rank, v->value->dims),
+                          kiln_type_str(b, sizeof b, t->dtype, t->rank, t->dims));
   }
   memcpy(v->value->data, t->data, t->nbytes);
   return KILN_OK;
@@ -212,13 +212,11 @@ kiln_status kiln_variable_assign(kiln_graph *g, kiln_variable *v, kiln_value x) 
     kiln_graph_fail(g, KILN_ERR_INVALID, "variable_assign '%s': not a value of this graph", v->name);
     return g->status;
   }
-  bool ok = n->dtype == v->value->dtype && n->rank == v->value->rank;
-  for (int d = 0; ok && d < n->rank; d++) ok = n->dims[d] == v->value->dims[d];
-  if (!ok) {
-    char a[128], b[128];
-    kiln_graph_fail(g, KILN_ERR_INVALID, "variable_assign: variable '%s' is %s%s, the value is %s%s", v->name,
-                    kiln_dtype_name(v->value->dtype), kiln_shape_str(a, sizeof a, v->value->rank, v->value->dims),
-                    kiln_dtype_name((kiln_dtype)n->dtype), kiln_shape_str(b, sizeof b, n->rank, n->dims));
+  if (n->dtype != v->value->dtype || !kiln_same_shape(n->rank, n->dims, v->value->rank, v->value->dims)) {
+    char a[160], b[160];
+    kiln_graph_fail(g, KILN_ERR_INVALID, "variable_assign: variable '%s' is %s, the value is %s", v->name,
+                    kiln_type_str(a, sizeof a, v->value->dtype, v->value->rank, v->value->dims),
+                    kiln_type_str(b, sizeof b, (kiln_dtype)n->dtype, n->rank, n->dims));
     return g->status;
   }
   if (!use_store(g, v->store, "variable_assign")) return g->status;
@@ -239,15 +237,11 @@ static kiln_status lookup(const kiln_graph *g, const char *name, const kiln_node
     if (!g->vars) return kiln_set_error(KILN_ERR_INVALID, "the graph uses variable '%s' but no variable store is bound", name);
     return kiln_set_error(KILN_ERR_INVALID, "variable '%s' is not in the bound store", name);
   }
-  if (want) {
-    bool ok = v->value->dtype == want->dtype && v->value->rank == want->rank;
-    for (int d = 0; ok && d < want->rank; d++) ok = v->value->dims[d] == want->dims[d];
-    if (!ok) {
-      char a[128], b[128];
-      return kiln_set_error(KILN_ERR_INVALID, "variable '%s' is %s%s but the graph expects %s%s", name,
-                            kiln_dtype_name(v->value->dtype), kiln_shape_str(a, sizeof a, v->value->rank, v->value->dims),
-                            kiln_dtype_name((kiln_dtype)want->dtype), kiln_shape_str(b, sizeof b, want->rank, want->dims));
-    }
+  if (want && (v->value->dtype != want->dtype || !kiln_same_shape(v->value->rank, v->value->dims, want->rank, want->dims))) {
+    char a[160], b[160];
+    return kiln_set_error(KILN_ERR_INVALID, "variable '%s' is %s but the graph expects %s", name,
+                          kiln_type_str(a, sizeof a, v->value->dtype, v->value->rank, v->value->dims),
+                          kiln_type_str(b, sizeof b, (kiln_dtype)want->dtype, want->rank, want->dims));
   }
   *out = v;
   return KILN_OK;
