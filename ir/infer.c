@@ -293,7 +293,7 @@ static bool infer_transpose(kiln_graph *g, kiln_node *n) {
 
 static bool infer_broadcast(kiln_graph *g, kiln_node *n) {
   const kiln_node *x = in(g, n, 0);
-  int r;
+  int r = 0;
   int64_t dims[KILN_MAX_RANK];
   if (!shape_attr(g, n, &r, dims)) return false;
   if (x->rank > r) return fail(g, n, "cannot broadcast rank %d to rank %d", x->rank, r);
@@ -420,7 +420,7 @@ static bool infer_one_hot(kiln_graph *g, kiln_node *n) {
 
 static bool infer_unslice(kiln_graph *g, kiln_node *n) {
   const kiln_node *x = in(g, n, 0);
-  int r;
+  int r = 0;
   int64_t dims[KILN_MAX_RANK], st[KILN_MAX_RANK], en[KILN_MAX_RANK], sp[KILN_MAX_RANK];
   if (!shape_attr(g, n, &r, dims)) return false;
   if (kiln_attr_ints(n, KILN_ATTR_STARTS, st) != r || kiln_attr_ints(n, KILN_ATTR_ENDS, en) != r ||
@@ -448,7 +448,7 @@ static bool infer_scatter_add(kiln_graph *g, kiln_node *n) {
   const kiln_node *idx = in(g, n, 0), *u = in(g, n, 1);
   if (!kiln_dtype_is_int((kiln_dtype)idx->dtype)) return fail(g, n, "indices must be i32 or i64");
   if (u->dtype == KILN_BOOL) return fail(g, n, "is not defined for bool (cast first)");
-  int r;
+  int r = 0;
   int64_t dims[KILN_MAX_RANK], want[KILN_MAX_RANK];
   if (!shape_attr(g, n, &r, dims)) return false;
   int64_t axis = kiln_attr_int(n, KILN_ATTR_AXIS, -1);

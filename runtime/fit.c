@@ -257,7 +257,7 @@ kiln_status kiln_model_evaluate(kiln_model *m, const kiln_tensor *x, const kiln_
   kiln_status st = check_xy(m, x, y, "evaluate");
   if (st != KILN_OK) return st;
   int64_t n = x->dims[0];
-  int64_t *idx = malloc(sizeof *idx * (size_t)(n + 1));
+  int64_t *idx = calloc((size_t)n + 1, sizeof *idx);
   if (!idx) return kiln_set_error(KILN_ERR_NOMEM, "evaluate: out of memory");
   for (int64_t i = 0; i < n; i++) idx[i] = i;
   double sums[9];
