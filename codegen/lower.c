@@ -71,9 +71,8 @@ static void iota_body(cg *c, node_ctx *k, LLVMValueRef i) {
 }
 
 /* The same SplitMix64 finaliser as ir/rng.c, on i64 values. */
-static LLVMValueRef rng_uniform01(cg *c, uint64_t seed, LLVMValueRef counter) {
-  LLVMValueRef z = add(c, mul(c, counter, LLVMConstInt(c->i64, 0xD1B54A32D192ED03ull, 0)),
-                       LLVMConstInt(c->i64, seed * 0x9E3779B97F4A7C15ull + 0x8CB92BA72F3D8DD7ull, 0));
+static LLVMValueRef rng_uniform01(cg *c, LLVMValueRef seed_term, LLVMValueRef counter) {
+  LLVMValueRef z = add(c, mul(c, counter, LLVMConstInt(c->i64, 0xD1B54A32D192ED03ull, 0)), seed_term);
   z = mul(c, LLVMBuildXor(c->b, z, LLVMBuildLShr(c->b, z, cg_i64(c, 30), ""), ""), LLVMConstInt(c->i64, 0xBF58476D1CE4E5B9ull, 0));
   z = mul(c, LLVMBuildXor(c->b, z, LLVMBuildLShr(c->b, z, cg_i64(c, 27), ""), ""), LLVMConstInt(c->i64, 0x94D049BB133111EBull, 0));
   z = LLVMBuildXor(c->b, z, LLVMBuildLShr(c->b, z, cg_i64(c, 31), ""), "");
@@ -83,15 +82,20 @@ static LLVMValueRef rng_uniform01(cg *c, uint64_t seed, LLVMValueRef counter) {
 
 static void rng_body(cg *c, node_ctx *k, LLVMValueRef i) {
   const kiln_node *n = k->n;
+  /* seed' * phi + c with seed' = kiln_rng_stream(seed, key), as in ir/rng.c */
   uint64_t seed = (uint64_t)kiln_attr_int(n, KILN_ATTR_SEED, 0);
+  LLVMValueRef key = cg_cast(c, dt(input(c, k, 0)), KILN_I64, cg_load(c, dt(input(c, k, 0)), k->in[0], cg_i64(c, 0)));
+  LLVMValueRef stream = add(c, LLVMConstInt(c->i64, seed, 0), mul(c, key, LLVMConstInt(c->i64, 0xA0761D6478BD642Full, 0)));
+  LLVMValueRef seed_term = add(c, mul(c, stream, LLVMConstInt(c->i64, 0x9E3779B97F4A7C15ull, 0)),
+                               LLVMConstInt(c->i64, 0x8CB92BA72F3D8DD7ull, 0));
   double lo = kiln_attr_float(n, KILN_ATTR_LOW, 0), hi = kiln_attr_float(n, KILN_ATTR_HIGH, 1);
   LLVMValueRef v;
   if (n->op == KILN_OP_RNG_UNIFORM) {
-    v = LLVMBuildFMul(c->b, LLVMConstReal(c->f64, hi - lo), rng_uniform01(c, seed, i), "");
+    v = LLVMBuildFMul(c->b, LLVMConstReal(c->f64, hi - lo), rng_uniform01(c, seed_term, i), "");
     v = LLVMBuildFAdd(c->b, LLVMConstReal(c->f64, lo), v, "");
   } else {
     LLVMValueRef i2 = mul(c, i, cg_i64(c, 2));
-    LLVMValueRef u1 = rng_uniform01(c, seed, i2), u2 = rng_uniform01(c, seed, add(c, i2, cg_i64(c, 1)));
+    LLVMValueRef u1 = rng_uniform01(c, seed_term, i2), u2 = rng_uniform01(c, seed_term, add(c, i2, cg_i64(c, 1)));
     LLVMValueRef l = LLVMBuildFSub(c->b, LLVMConstReal(c->f64, 1.0), u1, "");
     l = cg_call_libm(c, "log", c->f64, &l, 1);
     LLVMValueRef r = LLVMBuildFMul(c->b, LLVMConstReal(c->f64, -2.0), l, "");

@@ -67,19 +67,32 @@ kiln_value kiln_iota(kiln_graph *g, kiln_dtype t, kiln_shape s, int axis) {
   return source(g, KILN_OP_IOTA, t, s, &a, NULL, NULL, 0);
 }
 
-static kiln_value rng(kiln_graph *g, kiln_op op, kiln_dtype t, kiln_shape s, uint64_t seed, double lo, double hi) {
+static kiln_value rng(kiln_graph *g, kiln_op op, kiln_dtype t, kiln_shape s, uint64_t seed, kiln_value key, double lo,
+                      double hi) {
+  if (!g || g->status != KILN_OK || !shape_ok(g, s, kiln_ops[op].name)) return (kiln_value){KILN_NONE};
+  if (key.id == KILN_NONE) key = kiln_scalar(g, KILN_I64, 0);
   kiln_attrs a = {0};
   kiln_attrs_int(&a, KILN_ATTR_SEED, (int64_t)seed);
   kiln_attrs_float(&a, KILN_ATTR_LOW, lo);
   kiln_attrs_float(&a, KILN_ATTR_HIGH, hi);
-  return source(g, op, t, s, &a, NULL, NULL, 0);
+  kiln_attrs_int(&a, KILN_ATTR_DTYPE, t);
+  kiln_attrs_ints(&a, KILN_ATTR_SHAPE, s.dims, s.rank);
+  return kiln_node_make(g, op, &key.id, 1, &a, NULL, NULL, 0);
 }
 
 kiln_value kiln_random_uniform(kiln_graph *g, kiln_dtype t, kiln_shape s, uint64_t seed, double low, double high) {
-  return rng(g, KILN_OP_RNG_UNIFORM, t, s, seed, low, high);
+  return rng(g, KILN_OP_RNG_UNIFORM, t, s, seed, (kiln_value){KILN_NONE}, low, high);
 }
 kiln_value kiln_random_normal(kiln_graph *g, kiln_dtype t, kiln_shape s, uint64_t seed, double mean, double sd) {
-  return rng(g, KILN_OP_RNG_NORMAL, t, s, seed, mean, sd);
+  return rng(g, KILN_OP_RNG_NORMAL, t, s, seed, (kiln_value){KILN_NONE}, mean, sd);
+}
+kiln_value kiln_random_uniform_stream(kiln_graph *g, kiln_dtype t, kiln_shape s, uint64_t seed, kiln_value key,
+                                      double low, double high) {
+  return rng(g, KILN_OP_RNG_UNIFORM, t, s, seed, key, low, high);
+}
+kiln_value kiln_random_normal_stream(kiln_graph *g, kiln_dtype t, kiln_shape s, uint64_t seed, kiln_value key,
+                                     double mean, double sd) {
+  return rng(g, KILN_OP_RNG_NORMAL, t, s, seed, key, mean, sd);
 }
 
 /* ---- broadcasting ---- */

@@ -165,7 +165,7 @@ static void eval_source(ev *e) {
   }
   case KILN_OP_RNG_UNIFORM:
   case KILN_OP_RNG_NORMAL: {
-    uint64_t seed = (uint64_t)kiln_attr_int(n, KILN_ATTR_SEED, 0);
+    uint64_t seed = kiln_rng_stream((uint64_t)kiln_attr_int(n, KILN_ATTR_SEED, 0), geti(e->in[0], 0));
     double lo = kiln_attr_float(n, KILN_ATTR_LOW, 0), hi = kiln_attr_float(n, KILN_ATTR_HIGH, 1);
     for (int64_t i = 0; i < o->numel; i++) {
       double v;

@@ -77,6 +77,8 @@ static bool infer_source(kiln_graph *g, kiln_node *n) {
   }
   default:
     if (!kiln_dtype_is_float((kiln_dtype)dtype)) return fail(g, n, "random values must be f32 or f64");
+    if (!kiln_dtype_is_int((kiln_dtype)in(g, n, 0)->dtype) || in(g, n, 0)->rank != 0)
+      return fail(g, n, "the key (input 0) must be an integer scalar");
     return true;
   }
 }

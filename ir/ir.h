@@ -181,6 +181,7 @@ KILN_INTERNAL int64_t kiln_window_out(int64_t in, int64_t k, int64_t stride, int
 /* ---- rng.c: counter-based random numbers shared by evaluator and codegen ---- */
 KILN_INTERNAL uint64_t kiln_rng_bits(uint64_t seed, uint64_t counter);
 KILN_INTERNAL double kiln_rng_uniform01(uint64_t seed, uint64_t counter); /* [0,1) with 53 bits */
+KILN_INTERNAL uint64_t kiln_rng_stream(uint64_t seed, int64_t key); /* the seed of stream `key` */
 
 /* ---- eval.c ---- */
 KILN_INTERNAL kiln_status kiln_eval_graph(const kiln_graph *g, const kiln_tensor *const *inputs, size_t nin,

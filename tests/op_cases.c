@@ -71,6 +71,10 @@ static kiln_value b_rng(tc *c, kiln_op op) {
   int r = rshape(c, 0, 3, true, d);
   kiln_shape s = {r, {d[0], d[1], d[2]}};
   uint64_t seed = trng_next(c->r);
+  if (trng_int(c->r, 0, 1)) /* a run-time key, as dropout uses */
+    return op == KILN_OP_RNG_UNIFORM
+               ? kiln_random_uniform_stream(c->g, c->t, s, seed, ph(c, KILN_I64, 0, NULL, -1e6, 1e6), -2, 3)
+               : kiln_random_normal_stream(c->g, c->t, s, seed, ph(c, KILN_I32, 0, NULL, -1e6, 1e6), 1, 2);
   return op == KILN_OP_RNG_UNIFORM ? kiln_random_uniform(c->g, c->t, s, seed, -2, 3)
                                    : kiln_random_normal(c->g, c->t, s, seed, 1, 2);
 }

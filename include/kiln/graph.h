@@ -71,6 +71,12 @@ KILN_API kiln_value kiln_random_uniform(kiln_graph *g, kiln_dtype t, kiln_shape 
                                         double low, double high);
 KILN_API kiln_value kiln_random_normal(kiln_graph *g, kiln_dtype t, kiln_shape s, uint64_t seed,
                                        double mean, double stddev);
+/* The same, from stream `key` (an integer scalar computed at run time, e.g. a step
+ * counter): one traced graph draws fresh numbers on every run. */
+KILN_API kiln_value kiln_random_uniform_stream(kiln_graph *g, kiln_dtype t, kiln_shape s, uint64_t seed, kiln_value key,
+                                               double low, double high);
+KILN_API kiln_value kiln_random_normal_stream(kiln_graph *g, kiln_dtype t, kiln_shape s, uint64_t seed, kiln_value key,
+                                              double mean, double stddev);
 
 /* ---- elementwise ---- */
 KILN_API kiln_value kiln_neg(kiln_graph *g, kiln_value x);
