@@ -75,6 +75,36 @@ void kiln_layer_free(kiln_layer *l) {
 
 void *kiln_layer_state(kiln_layer *l) { return l ? l->state : NULL; }
 const char *kiln_layer_name(const kiln_layer *l) { return l ? l->name : NULL; }
+bool kiln_layer_trainable(const kiln_layer *l) { return l && !l->frozen; }
+
+kiln_layer *kiln_layer_named(kiln_layer *l, const char *name) {
+  if (!l) return NULL;
+  char *copy = name && *name ? strdup(name) : NULL;
+  if (l->vars || !copy) {
+    kiln_set_error(l->vars ? KILN_ERR_INVALID : KILN_ERR_NOMEM, "layer_named: %s",
+                   l->vars ? "the layer is already in a model" : "empty name or out of memory");
+    free(copy);
+    if (!l->vars) kiln_layer_free(l);
+    return NULL;
+  }
+  free(l->name);
+  l->name = copy;
+  return l;
+}
+
+kiln_value kiln_layer_invoke(kiln_layer *l, kiln_graph *g, const kiln_value *x, size_t n, bool training) {
+  if (kiln_graph_status(g) != KILN_OK) return (kiln_value){KILN_NONE};
+  if (!l->built) {
+    kiln_shape shapes[64];
+    for (size_t i = 0; i < n && i < 64; i++) shapes[i] = kiln_value_shape(g, x[i]);
+    if (l->cls->build && l->cls->build(l, shapes, n) != KILN_OK) return kiln_graph_fail(g, KILN_ERR_INVALID, "%s", kiln_errmsg());
+    l->built = true;
+  }
+  kiln_value y = l->cls->call(l, g, x, n, training);
+  if (kiln_graph_status(g) == KILN_OK && y.id == KILN_NONE)
+    return kiln_graph_fail(g, KILN_ERR_INVALID, "layer '%s' (%s) returned no value", l->name, l->cls->type);
+  return y;
+}
 
 void kiln_layer_set_trainable(kiln_layer *l, bool trainable) {
   if (!l) return;
@@ -119,19 +149,21 @@ typedef struct dense {
   kiln_variable *kernel, *bias;
 } dense;
 
-static kiln_status dense_build(kiln_layer *l, kiln_shape in) {
+static kiln_status dense_build(kiln_layer *l, const kiln_shape *ins, size_t n) {
+  kiln_shape in = ins[0];
   dense *d = l->state;
   if (in.rank < 2 || in.dims[in.rank - 1] < 0)
     return kiln_set_error(KILN_ERR_INVALID, "Dense '%s': needs inputs [batch, ..., features], got rank %d", l->name, in.rank);
   return add_kernel_and_bias(l, KILN_SHAPE(in.dims[in.rank - 1], d->units), d->units, &d->kernel, &d->bias);
 }
 
-static kiln_value dense_call(kiln_layer *l, kiln_graph *g, kiln_value x, bool training) {
+static kiln_value dense_call(kiln_layer *l, kiln_graph *g, const kiln_value *in, size_t n, bool training) {
+  kiln_value x = in[0];
   dense *d = l->state;
   return bias_and_activation(g, kiln_matmul(g, x, kiln_variable_read(g, d->kernel), false, false), d->bias, d->act);
 }
 
-static const kiln_layer_class DENSE = {"Dense", dense_build, dense_call, free};
+static const kiln_layer_class DENSE = {"Dense", 0, dense_build, dense_call, free};
 
 static kiln_layer *with_state(const kiln_layer_class *cls, void *state, size_t size, const char *what) {
   void *s = malloc(size);
@@ -152,19 +184,21 @@ kiln_layer *kiln_layer_dense(int64_t units, kiln_activation act) {
   return with_state(&DENSE, &d, sizeof d, "Dense");
 }
 
-static kiln_value flatten_call(kiln_layer *l, kiln_graph *g, kiln_value x, bool training) {
+static kiln_value flatten_call(kiln_layer *l, kiln_graph *g, const kiln_value *in, size_t n, bool training) {
+  kiln_value x = in[0];
   kiln_shape s = kiln_value_shape(g, x);
-  int64_t n = 1;
-  for (int i = 1; i < s.rank; i++) n *= s.dims[i];
-  return kiln_reshape(g, x, KILN_SHAPE(s.rank ? s.dims[0] : 1, n));
+  int64_t features = 1;
+  for (int i = 1; i < s.rank; i++) features *= s.dims[i];
+  return kiln_reshape(g, x, KILN_SHAPE(s.rank ? s.dims[0] : 1, features));
 }
-static const kiln_layer_class FLATTEN = {"Flatten", NULL, flatten_call, NULL};
+static const kiln_layer_class FLATTEN = {"Flatten", 0, NULL, flatten_call, NULL};
 kiln_layer *kiln_layer_flatten(void) { return kiln_layer_new(&FLATTEN, NULL, NULL); }
 
-static kiln_value activation_call(kiln_layer *l, kiln_graph *g, kiln_value x, bool training) {
+static kiln_value activation_call(kiln_layer *l, kiln_graph *g, const kiln_value *in, size_t n, bool training) {
+  kiln_value x = in[0];
   return kiln_activate(g, x, *(kiln_activation *)l->state);
 }
-static const kiln_layer_class ACTIVATION = {"Activation", NULL, activation_call, free};
+static const kiln_layer_class ACTIVATION = {"Activation", 0, NULL, activation_call, free};
 kiln_layer *kiln_layer_activation(kiln_activation act) {
   if ((unsigned)act >= KILN_ACT_COUNT) {
     kiln_set_error(KILN_ERR_INVALID, "Activation: unknown activation %d", (int)act);
@@ -180,7 +214,8 @@ typedef struct conv {
   kiln_variable *kernel, *bias;
 } conv;
 
-static kiln_status conv_build(kiln_layer *l, kiln_shape in) {
+static kiln_status conv_build(kiln_layer *l, const kiln_shape *ins, size_t n) {
+  kiln_shape in = ins[0];
   conv *c = l->state;
   if (in.rank != 4 || in.dims[3] < 0)
     return kiln_set_error(KILN_ERR_INVALID, "Conv2D '%s': needs NHWC inputs [batch, h, w, channels], got rank %d",
@@ -188,13 +223,14 @@ static kiln_status conv_build(kiln_layer *l, kiln_shape in) {
   return add_kernel_and_bias(l, KILN_SHAPE(c->kh, c->kw, in.dims[3], c->filters), c->filters, &c->kernel, &c->bias);
 }
 
-static kiln_value conv_call(kiln_layer *l, kiln_graph *g, kiln_value x, bool training) {
+static kiln_value conv_call(kiln_layer *l, kiln_graph *g, const kiln_value *in, size_t n, bool training) {
+  kiln_value x = in[0];
   conv *c = l->state;
   kiln_conv2d_opts o = {.layout = KILN_NHWC, .padding = c->padding};
   return bias_and_activation(g, kiln_conv2d(g, x, kiln_variable_read(g, c->kernel), &o), c->bias, c->act);
 }
 
-static const kiln_layer_class CONV2D = {"Conv2D", conv_build, conv_call, free};
+static const kiln_layer_class CONV2D = {"Conv2D", 0, conv_build, conv_call, free};
 kiln_layer *kiln_layer_conv2d(int64_t filters, int64_t kh, int64_t kw, kiln_padding padding, kiln_activation act) {
   if (filters < 1 || kh < 1 || kw < 1 || (padding != KILN_PAD_VALID && padding != KILN_PAD_SAME) ||
       (unsigned)act >= KILN_ACT_COUNT) {
@@ -205,12 +241,13 @@ kiln_layer *kiln_layer_conv2d(int64_t filters, int64_t kh, int64_t kw, kiln_padd
   return with_state(&CONV2D, &c, sizeof c, "Conv2D");
 }
 
-static kiln_value pool_call(kiln_layer *l, kiln_graph *g, kiln_value x, bool training) {
+static kiln_value pool_call(kiln_layer *l, kiln_graph *g, const kiln_value *in, size_t n, bool training) {
+  kiln_value x = in[0];
   const int64_t *w = l->state;
   kiln_pool2d_opts o = {.layout = KILN_NHWC, .window = {w[0], w[1]}};
   return kiln_max_pool2d(g, x, &o);
 }
-static const kiln_layer_class MAXPOOL = {"MaxPooling2D", NULL, pool_call, free};
+static const kiln_layer_class MAXPOOL = {"MaxPooling2D", 0, NULL, pool_call, free};
 kiln_layer *kiln_layer_max_pooling2d(int64_t ph, int64_t pw) {
   if (ph < 1 || pw < 1) {
     kiln_set_error(KILN_ERR_INVALID, "MaxPooling2D: pool sizes must be >= 1");
@@ -220,14 +257,15 @@ kiln_layer *kiln_layer_max_pooling2d(int64_t ph, int64_t pw) {
   return with_state(&MAXPOOL, w, sizeof w, "MaxPooling2D");
 }
 
-static kiln_value reshape_call(kiln_layer *l, kiln_graph *g, kiln_value x, bool training) {
+static kiln_value reshape_call(kiln_layer *l, kiln_graph *g, const kiln_value *in, size_t n, bool training) {
+  kiln_value x = in[0];
   const kiln_shape *target = l->state;
   kiln_shape s = {.rank = target->rank + 1};
   s.dims[0] = kiln_value_shape(g, x).dims[0];
   memcpy(s.dims + 1, target->dims, sizeof(int64_t) * (size_t)target->rank);
   return kiln_reshape(g, x, s);
 }
-static const kiln_layer_class RESHAPE = {"Reshape", NULL, reshape_call, free};
+static const kiln_layer_class RESHAPE = {"Reshape", 0, NULL, reshape_call, free};
 kiln_layer *kiln_layer_reshape(kiln_shape target) {
   if (target.rank < 0 || target.rank >= KILN_MAX_RANK) {
     kiln_set_error(KILN_ERR_INVALID, "Reshape: target rank %d is outside 0..%d", target.rank, KILN_MAX_RANK - 1);

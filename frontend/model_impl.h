@@ -11,47 +11,104 @@ struct kiln_layer {
   char *name;
   void *state;
   kiln_variables *vars; /* the model's store, set when added */
+  uint64_t seed;        /* the model's seed mixed with the layer's name (dropout) */
   kiln_variable **weights;
   size_t nweights, cap;
   bool built, frozen;
-  kiln_shape out_shape; /* recorded by kiln_model_build */
+  kiln_shape out_shape; /* of its first call */
 };
 
-typedef enum loss_kind { LOSS_SCCE, LOSS_CCE, LOSS_BCE, LOSS_MSE, LOSS_MAE } loss_kind;
-typedef enum metric_kind { MET_SPARSE_ACC, MET_CAT_ACC, MET_BIN_ACC, MET_MSE, MET_MAE } metric_kind;
+typedef enum loss_kind { LOSS_SCCE, LOSS_CCE, LOSS_BCE, LOSS_MSE, LOSS_MAE, LOSS_HUBER, LOSS_KLD, LOSS_COSINE } loss_kind;
+typedef enum metric_kind {
+  MET_SPARSE_ACC, MET_CAT_ACC, MET_BIN_ACC, MET_TOP_K, MET_SPARSE_TOP_K, MET_AUC, MET_PRECISION, MET_RECALL,
+  MET_MSE, MET_MAE
+} metric_kind;
+
+/* A compiled metric: which head it watches; its graph emits an accumulator vector
+ * (summed over batches on the host) from which finalize computes the value. */
+typedef struct model_metric {
+  metric_kind kind;
+  size_t head;
+  int64_t k; /* top-k */
+  char *key; /* History key: "accuracy", or "<output>_accuracy" with several heads */
+} model_metric;
+
+/* An output with a loss. */
+typedef struct model_head {
+  size_t output;
+  loss_kind loss;
+  double weight;
+  bool from_logits;
+  char *key; /* "<output>_loss" */
+} model_head;
+
+/* ktensor ids index kts; node i applies layers[layer] to kts in[] giving kt out. */
+typedef struct model_kt {
+  int32_t node; /* -1: a model input */
+  kiln_dtype dtype;
+  kiln_shape shape; /* with the batch dim */
+} model_kt;
+
+typedef struct model_node {
+  kiln_layer *layer;
+  int32_t *in;
+  size_t nin;
+  int32_t out;
+} model_node;
+
+typedef struct model_port {
+  char *name;
+  int32_t kt;
+} model_port;
 
 struct kiln_model {
   char *name;
   uint64_t seed;
   kiln_variables *vars;
-  kiln_layer **layers;
+  bool sequential; /* layers are chained at build time */
+  kiln_layer **layers; /* owned, unique, in order of first use */
   size_t nlayers, cap;
+  model_kt *kts;
+  size_t nkts, kts_cap;
+  model_node *nodes;
+  size_t nnodes, nodes_cap;
+  model_port *inputs, *outputs;
+  size_t ninputs, noutputs;
+  kiln_status error; /* first error while building a functional model */
+  char *errmsg;
   bool built;
-  kiln_dtype in_dtype;
-  kiln_shape in_shape; /* per example */
   /* compile */
   bool compiled;
   kiln_optimizer *opt;
-  loss_kind loss;
-  bool from_logits;
-  metric_kind metrics[8];
-  char *metric_names[8];
+  model_head *heads;
+  size_t nheads;
+  model_metric *metrics;
   size_t nmetrics;
+  char **result_names; /* "loss", head losses (several heads), metrics */
+  size_t nresults;
   kiln_function *train_fn, *eval_fn, *predict_fn;
   bool stop_training;
 };
 
-/* losses.c: per-example loss [batch] and per-metric sums over the batch. */
+/* losses.c: per-example loss [batch]; metric accumulators [acc_size] summed over the
+ * batch with example weights w [batch]; the metric's value from summed accumulators. */
 KILN_INTERNAL kiln_status kiln_loss_from_name(const char *name, loss_kind *out);
-KILN_INTERNAL kiln_status kiln_metric_from_name(const char *name, loss_kind loss, metric_kind *k, const char **display);
+KILN_INTERNAL kiln_status kiln_metric_from_name(const char *name, loss_kind loss, metric_kind *k, int64_t *topk,
+                                                const char **display);
 KILN_INTERNAL kiln_value kiln_loss_per_example(kiln_graph *g, loss_kind k, bool from_logits, kiln_value y_true,
                                                kiln_value y_pred);
-KILN_INTERNAL kiln_value kiln_metric_sum(kiln_graph *g, metric_kind k, kiln_value y_true, kiln_value y_pred);
+KILN_INTERNAL int64_t kiln_metric_acc_size(metric_kind k);
+KILN_INTERNAL kiln_value kiln_metric_accumulate(kiln_graph *g, const model_metric *mt, kiln_value y_true,
+                                                kiln_value y_pred, kiln_value w);
+KILN_INTERNAL double kiln_metric_finalize(metric_kind k, const double *acc);
 
 /* runtime/checkpoint.c: all variables with the optimizer's step, the seed and `epoch` epochs done. */
 KILN_INTERNAL kiln_status kiln_model_save(kiln_model *m, const char *path, int64_t epoch);
 
 /* model.c */
-KILN_INTERNAL kiln_status kiln_model_ensure_built(kiln_model *m, const kiln_tensor *x);
+KILN_INTERNAL kiln_status kiln_model_ensure_built(kiln_model *m, const kiln_tensor *const *x, size_t nx);
 KILN_INTERNAL kiln_status kiln_model_ensure_functions(kiln_model *m);
+KILN_INTERNAL void kiln_model_drop_compiled(kiln_model *m);
+/* layers.c: build on first use, then call; failures go to g. */
+KILN_INTERNAL kiln_value kiln_layer_invoke(kiln_layer *l, kiln_graph *g, const kiln_value *x, size_t n, bool training);
 #endif

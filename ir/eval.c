@@ -9,15 +9,7 @@
 #include "ir/ir.h"
 #include "runtime/tensor_impl.h"
 
-static double getf(const kiln_tensor *t, int64_t i) {
-  switch (t->dtype) {
-  case KILN_F32: return ((const float *)t->data)[i];
-  case KILN_F64: return ((const double *)t->data)[i];
-  case KILN_I32: return ((const int32_t *)t->data)[i];
-  case KILN_I64: return (double)((const int64_t *)t->data)[i];
-  default: return ((const uint8_t *)t->data)[i];
-  }
-}
+static double getf(const kiln_tensor *t, int64_t i) { return kiln_tensor_get_f64(t, i); }
 
 static int64_t geti(const kiln_tensor *t, int64_t i) {
   switch (t->dtype) {

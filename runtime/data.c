@@ -137,9 +137,6 @@ done:
   return st;
 }
 
-static double elem(const kiln_tensor *x, int64_t i) {
-  return x->dtype == KILN_F32 ? ((const float *)x->data)[i] : ((const double *)x->data)[i];
-}
 
 kiln_status kiln_standardizer_fit(const kiln_tensor *x, kiln_standardizer *s) {
   if (!x || !s) return kiln_set_error(KILN_ERR_INVALID, "standardizer_fit: NULL argument");
@@ -147,7 +144,7 @@ kiln_status kiln_standardizer_fit(const kiln_tensor *x, kiln_standardizer *s) {
   if (!x->numel) return kiln_set_error(KILN_ERR_INVALID, "standardizer_fit: x is empty");
   double mean = 0, m2 = 0;
   for (int64_t i = 0; i < x->numel; i++) { /* Welford: stable for 47M pixels */
-    double v = elem(x, i), d = v - mean;
+    double v = kiln_tensor_get_f64(x, i), d = v - mean;
     mean += d / (double)(i + 1);
     m2 += d * (v - mean);
   }
@@ -161,7 +158,7 @@ kiln_status kiln_standardizer_apply(const kiln_standardizer *s, kiln_tensor *x) 
   if (!kiln_dtype_is_float(x->dtype)) return kiln_set_error(KILN_ERR_INVALID, "standardizer_apply: x must be f32 or f64");
   double inv = s->std > 0 ? 1.0 / s->std : 1.0;
   for (int64_t i = 0; i < x->numel; i++) {
-    double v = (elem(x, i) - s->mean) * inv;
+    double v = (kiln_tensor_get_f64(x, i) - s->mean) * inv;
     if (x->dtype == KILN_F32) ((float *)x->data)[i] = (float)v;
     else ((double *)x->data)[i] = v;
   }

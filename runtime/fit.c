@@ -12,8 +12,8 @@
 /* ---- history ---- */
 
 struct kiln_history {
-  char *keys[20];
-  double *vals[20];
+  char **keys;
+  double **vals;
   size_t nkeys, epochs, cap;
 };
 
@@ -28,11 +28,17 @@ const double *kiln_history_get(const kiln_history *h, const char *key) {
 void kiln_history_free(kiln_history *h) {
   if (!h) return;
   for (size_t i = 0; i < h->nkeys; i++) free(h->keys[i]), free(h->vals[i]);
+  free(h->keys);
+  free(h->vals);
   free(h);
 }
 
 static kiln_status history_new(const char *const *keys, size_t n, size_t epochs, kiln_history **out) {
   kiln_history *h = calloc(1, sizeof *h);
+  if (h && (!(h->keys = calloc(n + 1, sizeof *h->keys)) || !(h->vals = calloc(n + 1, sizeof *h->vals)))) {
+    kiln_history_free(h);
+    h = NULL;
+  }
   if (!h) return kiln_set_error(KILN_ERR_NOMEM, "fit: out of memory");
   for (size_t i = 0; i < n; i++) {
     h->keys[i] = strdup(keys[i]);
@@ -48,7 +54,7 @@ static kiln_status history_new(const char *const *keys, size_t n, size_t epochs,
   return KILN_OK;
 }
 
-/* ---- batches ---- */
+/* ---- data ---- */
 
 static size_t row_bytes(const kiln_tensor *t) { return t->dims[0] ? t->nbytes / (size_t)t->dims[0] : 0; }
 
@@ -64,39 +70,128 @@ static kiln_tensor *gather_rows(const kiln_tensor *t, const int64_t *idx, int64_
   return b;
 }
 
-static double scalar_of(const kiln_tensor *t) {
-  return t->dtype == KILN_F32 ? *(const float *)t->data : *(const double *)t->data;
-}
-
 static double now(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static kiln_status check_xy(kiln_model *m, const kiln_tensor *x, const kiln_tensor *y, const char *what) {
-  if (!x || !y) return kiln_set_error(KILN_ERR_INVALID, "%s: x or y is NULL", what);
-  if (x->rank < 1 || y->rank < 1 || x->dims[0] != y->dims[0])
-    return kiln_set_error(KILN_ERR_INVALID, "%s: x has %lld examples but y has %lld", what,
-                          (long long)(x->rank ? x->dims[0] : 0), (long long)(y->rank ? y->dims[0] : 0));
-  if (!m->compiled) return kiln_set_error(KILN_ERR_INVALID, "%s: compile the model first (kiln_model_compile)", what);
-  kiln_status st = kiln_model_ensure_built(m, x);
-  return st == KILN_OK ? kiln_model_ensure_functions(m) : st;
+/* What one compiled call reads: inputs, targets per head, example weights [n] f32. */
+typedef struct feed {
+  const kiln_tensor *t[72];
+  size_t nt; /* inputs + heads; the weights come last */
+  kiln_tensor *w;
+  int64_t n;
+} feed;
+
+static kiln_status check_data(kiln_model *m, const kiln_arrays *d, bool targets, const char *what, feed *f) {
+  memset(f, 0, sizeof *f);
+  if (!d || (d->nx && !d->x) || (d->ny && !d->y)) return kiln_set_error(KILN_ERR_INVALID, "%s: no data", what);
+  if (targets && !m->compiled) return kiln_set_error(KILN_ERR_INVALID, "%s: compile the model first (kiln_model_compile)", what);
+  if (d->nx + d->ny > 71) return kiln_set_error(KILN_ERR_INVALID, "%s: too many tensors", what);
+  kiln_status st = kiln_model_ensure_built(m, d->x, d->nx);
+  if (st != KILN_OK) return kiln_set_error(st, "%s: %s", what, kiln_errmsg());
+  if (targets && d->ny != m->nheads)
+    return kiln_set_error(KILN_ERR_INVALID, "%s: model '%s' has %zu output%s with a loss, got %zu target tensors", what,
+                          m->name, m->nheads, m->nheads == 1 ? "" : "s", d->ny);
+  size_t nt = d->nx + (targets ? d->ny : 0);
+  for (size_t i = 0; i < nt; i++) {
+    const kiln_tensor *t = i < d->nx ? d->x[i] : d->y[i - d->nx];
+    const char *kind = i < d->nx ? "x" : "y";
+    size_t k = i < d->nx ? i : i - d->nx;
+    if (!t) return kiln_set_error(KILN_ERR_INVALID, "%s: %s[%zu] is NULL", what, kind, k);
+    if (t->rank < 1) return kiln_set_error(KILN_ERR_INVALID, "%s: %s[%zu] needs a batch dim", what, kind, k);
+    if (i && t->dims[0] != f->n)
+      return kiln_set_error(KILN_ERR_INVALID, "%s: %s has %lld examples but %s[%zu] has %lld", what, d->nx ? "x[0]" : "y[0]",
+                            (long long)f->n, kind, k, (long long)t->dims[0]);
+    f->n = t->dims[0];
+    f->t[f->nt++] = t;
+  }
+  if (d->sample_weight) {
+    const kiln_tensor *w = d->sample_weight;
+    if (w->rank != 1 || w->dims[0] != f->n || !kiln_dtype_is_float(w->dtype))
+      return kiln_set_error(KILN_ERR_INVALID, "%s: sample_weight must be a float vector of %lld weights", what, (long long)f->n);
+  }
+  return targets ? kiln_model_ensure_functions(m) : KILN_OK;
 }
 
-/* Sums of the loss and metrics over rows idx[0..n) with the eval function. */
-static kiln_status eval_rows(kiln_model *m, const kiln_tensor *x, const kiln_tensor *y, const int64_t *idx, int64_t n,
-                             int64_t bs, double *sums) {
-  size_t no = 1 + m->nmetrics;
-  for (size_t j = 0; j < no; j++) sums[j] = 0;
+/* Per-example weights: sample_weight times class_weight[label of head 0], or NULL for ones. */
+static kiln_status make_weights(const kiln_model *m, const kiln_arrays *d, const double *cw, size_t ncw, feed *f) {
+  if (!d->sample_weight && !ncw) return KILN_OK;
+  if (!(f->w = kiln_tensor_new(KILN_F32, 1, (int64_t[]){f->n}))) return kiln_set_error(KILN_ERR_NOMEM, "fit: out of memory");
+  float *w = f->w->data;
+  const kiln_tensor *sw = d->sample_weight, *y = ncw ? f->t[d->nx] : NULL;
+  int64_t classes = y && y->rank > 1 ? y->numel / y->dims[0] : 1;
+  for (int64_t i = 0; i < f->n; i++) {
+    w[i] = sw ? (float)(sw->dtype == KILN_F32 ? ((const float *)sw->data)[i] : ((const double *)sw->data)[i]) : 1.0f;
+    if (!y) continue;
+    int64_t label = 0;
+    if (classes > 1) { /* one-hot rows: the arg max */
+      for (int64_t c = 1; c < classes; c++)
+        if (kiln_tensor_get_f64(y, i * classes + c) > kiln_tensor_get_f64(y, i * classes + label)) label = c;
+    } else {
+      label = (int64_t)kiln_tensor_get_f64(y, i);
+    }
+    if (label < 0 || (size_t)label >= ncw)
+      return kiln_set_error(KILN_ERR_INVALID, "fit: example %lld has class %lld but class_weight has %zu entries",
+                            (long long)i, (long long)label, ncw);
+    w[i] *= (float)cw[label];
+  }
+  (void)m;
+  return KILN_OK;
+}
+
+/* ---- accumulators: the loss sum, head loss sums, then each metric's vector ---- */
+
+static size_t acc_size(const kiln_model *m) {
+  size_t n = 1 + (m->nheads > 1 ? m->nheads : 0);
+  for (size_t i = 0; i < m->nmetrics; i++) n += (size_t)kiln_metric_acc_size(m->metrics[i].kind);
+  return n;
+}
+
+static void accumulate(double *acc, kiln_tensor **out, size_t nout) {
+  size_t k = 0;
+  for (size_t j = 0; j < nout; j++)
+    for (int64_t i = 0; i < out[j]->numel; i++) acc[k++] += kiln_tensor_get_f64(out[j], i);
+}
+
+/* kiln_model_result_name's values from accumulators over `seen` examples. */
+static void results_of(const kiln_model *m, const double *acc, int64_t seen, double *res) {
+  size_t r = 0, k = 0, heads = m->nheads > 1 ? m->nheads : 0;
+  double n = seen ? (double)seen : 1;
+  for (; k < 1 + heads; k++) res[r++] = acc[k] / n;
+  for (size_t i = 0; i < m->nmetrics; i++) {
+    res[r++] = kiln_metric_finalize(m->metrics[i].kind, acc + k);
+    k += (size_t)kiln_metric_acc_size(m->metrics[i].kind);
+  }
+}
+
+/* Runs fn on rows idx[0..cnt) of the feed and adds its outputs to acc. */
+static kiln_status run_batch(kiln_model *m, kiln_function *fn, const feed *f, const int64_t *idx, int64_t cnt, double *acc) {
+  const kiln_tensor *in[73];
+  kiln_tensor *owned[73] = {0}, *out[200] = {0};
+  kiln_status st = KILN_OK;
+  for (size_t i = 0; i <= f->nt && st == KILN_OK; i++) {
+    if (i < f->nt) owned[i] = gather_rows(f->t[i], idx, cnt);
+    else if (f->w) owned[i] = gather_rows(f->w, idx, cnt);
+    else if ((owned[i] = kiln_tensor_new(KILN_F32, 1, (int64_t[]){cnt})))
+      for (int64_t j = 0; j < cnt; j++) ((float *)owned[i]->data)[j] = 1.0f;
+    if (!(in[i] = owned[i])) st = kiln_set_error(KILN_ERR_NOMEM, "out of memory");
+  }
+  size_t nout = m->nresults;
+  if (st == KILN_OK) st = kiln_function_call(fn, in, f->nt + 1, out, nout);
+  if (st == KILN_OK) accumulate(acc, out, nout);
+  for (size_t i = 0; i <= f->nt; i++) kiln_tensor_free(owned[i]);
+  for (size_t j = 0; j < nout; j++) kiln_tensor_free(out[j]);
+  return st;
+}
+
+/* Accumulators of the eval function over rows idx[0..n). */
+static kiln_status eval_rows(kiln_model *m, const feed *f, const int64_t *idx, int64_t n, int64_t bs, double *acc) {
+  memset(acc, 0, sizeof *acc * acc_size(m));
   for (int64_t start = 0; start < n; start += bs) {
-    int64_t cnt = n - start < bs ? n - start : bs;
-    kiln_tensor *bx = gather_rows(x, idx + start, cnt), *by = gather_rows(y, idx + start, cnt), *out[9] = {0};
-    kiln_status st = bx && by ? kiln_function_call(m->eval_fn, (const kiln_tensor *[]){bx, by}, 2, out, no) : KILN_ERR_NOMEM;
-    kiln_tensor_free(bx);
-    kiln_tensor_free(by);
+    kiln_status st = run_batch(m, m->eval_fn, f, idx + start, n - start < bs ? n - start : bs, acc);
     if (st != KILN_OK) return st;
-    for (size_t j = 0; j < no; j++) sums[j] += scalar_of(out[j]), kiln_tensor_free(out[j]);
   }
   return KILN_OK;
 }
@@ -117,9 +212,10 @@ static void progress(FILE *f, bool tty, int epoch, int epochs, int64_t step, int
   fflush(f);
 }
 
-static void append_figure(char *buf, size_t cap, const char *prefix, const char *name, double v) {
-  size_t k = strlen(buf);
-  snprintf(buf + k, cap - k, " - %s%s: %.4f", prefix, name, v);
+static void figures(char *buf, size_t cap, const char *const *keys, const double *v, size_t n) {
+  size_t k = 0;
+  buf[0] = 0;
+  for (size_t i = 0; i < n && k < cap; i++) k += (size_t)snprintf(buf + k, cap - k, " - %s: %.4f", keys[i], v[i]);
 }
 
 static kiln_status notify(const kiln_fit_options *o, kiln_model *m, kiln_callback_event ev, int epoch, int64_t batch,
@@ -136,168 +232,233 @@ kiln_fit_options kiln_fit_defaults(void) {
   return (kiln_fit_options){.epochs = 1, .batch_size = 32, .shuffle = true, .verbose = 1};
 }
 
-kiln_status kiln_model_fit(kiln_model *m, const kiln_tensor *x, const kiln_tensor *y, const kiln_fit_options *opts,
-                           kiln_history **history) {
+/* ---- fit ---- */
+
+typedef struct fit_state {
+  feed train, val;
+  int64_t ntrain, nval, *perm, *vidx;
+  char **keys; /* results, then "val_" + results */
+  size_t nkeys;
+  double *acc, *logs;
+  kiln_history *h;
+} fit_state;
+
+static void fit_state_free(fit_state *s) {
+  kiln_tensor_free(s->train.w);
+  kiln_tensor_free(s->val.w);
+  free(s->perm);
+  free(s->vidx);
+  for (size_t i = 0; s->keys && i < s->nkeys; i++) free(s->keys[i]);
+  free(s->keys);
+  free(s->acc);
+  free(s->logs);
+}
+
+static kiln_status fit_prepare(kiln_model *m, const kiln_arrays *data, const kiln_fit_options *o, fit_state *s) {
+  if (o->batch_size < 1) return kiln_set_error(KILN_ERR_INVALID, "fit: batch_size must be >= 1");
+  if (o->epochs < 0 || o->initial_epoch < 0) return kiln_set_error(KILN_ERR_INVALID, "fit: epochs must be >= 0");
+  if (!(o->validation_split >= 0 && o->validation_split < 1))
+    return kiln_set_error(KILN_ERR_INVALID, "fit: validation_split must be in [0, 1)");
+  if (o->ncallbacks && !o->callbacks) return kiln_set_error(KILN_ERR_INVALID, "fit: callbacks is NULL");
+  for (size_t i = 0; i < o->ncallbacks; i++)
+    if (!o->callbacks[i].fn)
+      return kiln_set_error(KILN_ERR_INVALID, "fit: callback %zu has no function (did its constructor fail?)", i);
+  if (o->nclass_weight && !o->class_weight) return kiln_set_error(KILN_ERR_INVALID, "fit: class_weight is NULL");
+  kiln_status st = check_data(m, data, true, "fit", &s->train);
+  if (st == KILN_OK) st = make_weights(m, data, o->class_weight, o->nclass_weight, &s->train);
+  if (st != KILN_OK) return st;
+  kiln_arrays vsingle = {(const kiln_tensor *const[]){o->validation_x}, 1, (const kiln_tensor *const[]){o->validation_y}, 1, NULL};
+  const kiln_arrays *vd = o->validation ? o->validation : o->validation_x || o->validation_y ? &vsingle : NULL;
+  s->ntrain = s->train.n;
+  if (vd) {
+    if ((st = check_data(m, vd, true, "fit: validation data", &s->val)) != KILN_OK) return st;
+    if ((st = make_weights(m, vd, NULL, 0, &s->val)) != KILN_OK) return st;
+    s->nval = s->val.n;
+  } else if (o->validation_split > 0) { /* Keras: the last part validates */
+    s->ntrain = (int64_t)ceil((double)s->train.n * (1.0 - o->validation_split));
+    s->nval = s->train.n - s->ntrain;
+    s->val = s->train;
+    if (s->train.w && !(s->val.w = kiln_tensor_from_data(KILN_F32, 1, s->train.w->dims, s->train.w->data, s->train.w->nbytes)))
+      return kiln_set_error(KILN_ERR_NOMEM, "fit: out of memory");
+  }
+  if (s->ntrain < 1) return kiln_set_error(KILN_ERR_INVALID, "fit: no training examples");
+  if ((st = kiln_optimizer_prepare(m->opt, m->vars)) != KILN_OK) return st;
+  size_t nr = m->nresults;
+  s->nkeys = nr * (s->nval ? 2 : 1);
+  s->perm = malloc(sizeof *s->perm * (size_t)(s->ntrain + 1));
+  s->vidx = malloc(sizeof *s->vidx * (size_t)(s->nval + 1));
+  s->keys = calloc(s->nkeys, sizeof *s->keys);
+  s->acc = calloc(acc_size(m), sizeof *s->acc);
+  s->logs = calloc(s->nkeys, sizeof *s->logs);
+  if (!s->perm || !s->vidx || !s->keys || !s->acc || !s->logs) return kiln_set_error(KILN_ERR_NOMEM, "fit: out of memory");
+  for (size_t i = 0; i < s->nkeys; i++) {
+    size_t len = strlen(m->result_names[i % nr]) + 5;
+    if (!(s->keys[i] = malloc(len))) return kiln_set_error(KILN_ERR_NOMEM, "fit: out of memory");
+    snprintf(s->keys[i], len, "%s%s", i < nr ? "" : "val_", m->result_names[i % nr]);
+  }
+  for (int64_t i = 0; i < s->nval; i++) s->vidx[i] = (vd ? 0 : s->ntrain) + i;
+  int epochs_run = o->epochs > o->initial_epoch ? o->epochs - o->initial_epoch : 0;
+  return history_new((const char *const *)s->keys, s->nkeys, (size_t)epochs_run, &s->h);
+}
+
+static void shuffle(const kiln_model *m, int64_t *perm, int64_t n, int epoch, bool on) {
+  for (int64_t i = 0; i < n; i++) perm[i] = i;
+  if (on) /* Fisher-Yates from the counter RNG: reproducible from (seed, epoch) */
+    for (int64_t i = n - 1; i > 0; i--) {
+      int64_t j = (int64_t)(kiln_rng_uniform01(m->seed ^ 0x5348554646ull, (uint64_t)epoch * (uint64_t)n + (uint64_t)i) * (double)(i + 1));
+      int64_t t = perm[i];
+      perm[i] = perm[j], perm[j] = t;
+    }
+}
+
+kiln_status kiln_model_fit_arrays(kiln_model *m, const kiln_arrays *data, const kiln_fit_options *opts,
+                                  kiln_history **history) {
   if (history) *history = NULL;
   if (!m) return kiln_set_error(KILN_ERR_INVALID, "fit: null model");
   kiln_fit_options o = opts ? *opts : kiln_fit_defaults();
-  if (o.batch_size < 1) return kiln_set_error(KILN_ERR_INVALID, "fit: batch_size must be >= 1");
-  if (o.epochs < 0 || o.initial_epoch < 0) return kiln_set_error(KILN_ERR_INVALID, "fit: epochs must be >= 0");
-  if (!(o.validation_split >= 0 && o.validation_split < 1))
-    return kiln_set_error(KILN_ERR_INVALID, "fit: validation_split must be in [0, 1)");
-  kiln_status st = check_xy(m, x, y, "fit");
-  if (st != KILN_OK) return st;
-  const kiln_tensor *vx = o.validation_x, *vy = o.validation_y;
-  int64_t n = x->dims[0], ntrain = n, nval = 0;
-  if (vx || vy) {
-    if ((st = check_xy(m, vx, vy, "fit: validation data")) != KILN_OK) return st;
-    nval = vx->dims[0];
-  } else if (o.validation_split > 0) {
-    ntrain = (int64_t)ceil((double)n * (1.0 - o.validation_split)); /* Keras: the last part validates */
-    nval = n - ntrain;
-    vx = x, vy = y;
-  }
-  if (ntrain < 1) return kiln_set_error(KILN_ERR_INVALID, "fit: no training examples");
-  if (o.ncallbacks && !o.callbacks) return kiln_set_error(KILN_ERR_INVALID, "fit: callbacks is NULL");
-  for (size_t i = 0; i < o.ncallbacks; i++)
-    if (!o.callbacks[i].fn)
-      return kiln_set_error(KILN_ERR_INVALID, "fit: callback %zu has no function (did its constructor fail?)", i);
-  if ((st = kiln_optimizer_prepare(m->opt, m->vars)) != KILN_OK) return st;
-
-  size_t nm = m->nmetrics, nkeys = 0;
-  const char *keys[20];
-  char valnames[9][80];
-  keys[nkeys++] = "loss";
-  for (size_t i = 0; i < nm; i++) keys[nkeys++] = m->metric_names[i];
-  if (nval) {
-    for (size_t i = 0; i <= nm; i++) {
-      snprintf(valnames[i], sizeof valnames[i], "val_%s", i ? m->metric_names[i - 1] : "loss");
-      keys[nkeys++] = valnames[i];
-    }
-  }
-  kiln_history *h = NULL;
-  int epochs_run = o.epochs > o.initial_epoch ? o.epochs - o.initial_epoch : 0;
-  if ((st = history_new(keys, nkeys, (size_t)epochs_run, &h)) != KILN_OK) return st;
-  int64_t *perm = malloc(sizeof *perm * (size_t)(ntrain + 1)), *vidx = malloc(sizeof *vidx * (size_t)(nval + 1));
-  if (!perm || !vidx) st = kiln_set_error(KILN_ERR_NOMEM, "fit: out of memory");
-  for (int64_t i = 0; st == KILN_OK && i < nval; i++) vidx[i] = (vx == x ? ntrain : 0) + i;
+  fit_state s = {0};
+  kiln_status st = fit_prepare(m, data, &o, &s);
+  const char *const *keys = (const char *const *)s.keys;
+  size_t nr = m->nresults;
   bool tty = isatty(fileno(stderr)) && o.verbose == 1;
   m->stop_training = false;
   if (st == KILN_OK) st = notify(&o, m, KILN_ON_TRAIN_BEGIN, o.initial_epoch, 0, keys, NULL, 0);
-  int64_t steps = (ntrain + o.batch_size - 1) / o.batch_size;
+  int64_t steps = (s.ntrain + o.batch_size - 1) / o.batch_size;
+  char fig[1024];
   for (int epoch = o.initial_epoch; st == KILN_OK && epoch < o.epochs; epoch++) {
-    for (int64_t i = 0; i < ntrain; i++) perm[i] = i;
-    if (o.shuffle) /* Fisher-Yates from the counter RNG: reproducible from (seed, epoch) */
-      for (int64_t i = ntrain - 1; i > 0; i--) {
-        int64_t j = (int64_t)(kiln_rng_uniform01(m->seed ^ 0x5348554646ull, (uint64_t)epoch * (uint64_t)ntrain + (uint64_t)i) * (double)(i + 1));
-        int64_t t = perm[i];
-        perm[i] = perm[j], perm[j] = t;
-      }
+    shuffle(m, s.perm, s.ntrain, epoch, o.shuffle);
     if (tty) fprintf(stderr, "Epoch %d/%d\n", epoch + 1, o.epochs);
     if ((st = notify(&o, m, KILN_ON_EPOCH_BEGIN, epoch, 0, keys, NULL, 0)) != KILN_OK) break;
-    double t0 = now(), sums[9] = {0};
+    double t0 = now();
     int64_t seen = 0;
-    char fig[512];
-    for (int64_t s = 0; st == KILN_OK && s < steps; s++) {
-      int64_t start = s * o.batch_size, cnt = ntrain - start < o.batch_size ? ntrain - start : o.batch_size;
-      if (o.ncallbacks && (st = notify(&o, m, KILN_ON_BATCH_BEGIN, epoch, s, keys, NULL, 0)) != KILN_OK) break;
-      kiln_tensor *bx = gather_rows(x, perm + start, cnt), *by = gather_rows(y, perm + start, cnt), *out[9] = {0};
-      st = bx && by ? kiln_function_call(m->train_fn, (const kiln_tensor *[]){bx, by}, 2, out, 1 + nm) : KILN_ERR_NOMEM;
-      kiln_tensor_free(bx);
-      kiln_tensor_free(by);
-      if (st != KILN_OK) break;
-      sums[0] += scalar_of(out[0]) * (double)cnt;
-      for (size_t j = 0; j < nm; j++) sums[1 + j] += scalar_of(out[1 + j]);
-      for (size_t j = 0; j <= nm; j++) kiln_tensor_free(out[j]);
+    memset(s.acc, 0, sizeof *s.acc * acc_size(m));
+    for (int64_t b = 0; st == KILN_OK && b < steps; b++) {
+      int64_t start = b * o.batch_size, cnt = s.ntrain - start < o.batch_size ? s.ntrain - start : o.batch_size;
+      if (o.ncallbacks && (st = notify(&o, m, KILN_ON_BATCH_BEGIN, epoch, b, keys, NULL, 0)) != KILN_OK) break;
+      if ((st = run_batch(m, m->train_fn, &s.train, s.perm + start, cnt, s.acc)) != KILN_OK) break;
       seen += cnt;
+      if (o.ncallbacks || (tty && (b % 20 == 0 || b + 1 == steps))) results_of(m, s.acc, seen, s.logs);
       if (o.ncallbacks) {
-        double running[9];
-        for (size_t j = 0; j <= nm; j++) running[j] = sums[j] / (double)seen;
-        if ((st = notify(&o, m, KILN_ON_BATCH_END, epoch, s, keys, running, 1 + nm)) != KILN_OK) break;
+        if ((st = notify(&o, m, KILN_ON_BATCH_END, epoch, b, keys, s.logs, nr)) != KILN_OK) break;
         if (m->stop_training) break;
       }
-      if (tty && (s % 20 == 0 || s + 1 == steps)) {
-        fig[0] = 0;
-        append_figure(fig, sizeof fig, "", "loss", sums[0] / (double)seen);
-        for (size_t j = 0; j < nm; j++) append_figure(fig, sizeof fig, "", m->metric_names[j], sums[1 + j] / (double)seen);
-        if (s + 1 < steps) progress(stderr, true, epoch + 1, o.epochs, s + 1, steps, now() - t0, fig, false);
+      if (tty && (b % 20 == 0 || b + 1 == steps) && b + 1 < steps) {
+        figures(fig, sizeof fig, keys, s.logs, nr);
+        progress(stderr, true, epoch + 1, o.epochs, b + 1, steps, now() - t0, fig, false);
       }
     }
     if (st != KILN_OK) break;
-    size_t e = (size_t)(epoch - o.initial_epoch);
-    for (size_t j = 0; j <= nm; j++) h->vals[j][e] = sums[j] / (double)(seen ? seen : 1); /* seen < ntrain if stopped */
-    if (nval) {
-      double vs[9];
-      if ((st = eval_rows(m, vx, vy, vidx, nval, o.batch_size, vs)) != KILN_OK) break;
-      for (size_t j = 0; j <= nm; j++) h->vals[1 + nm + j][e] = vs[j] / (double)nval;
+    results_of(m, s.acc, seen, s.logs); /* seen < ntrain if stopped */
+    if (s.nval) {
+      if ((st = eval_rows(m, &s.val, s.vidx, s.nval, o.batch_size, s.acc)) != KILN_OK) break;
+      results_of(m, s.acc, s.nval, s.logs + nr);
     }
-    h->epochs = e + 1;
+    size_t e = (size_t)(epoch - o.initial_epoch);
+    for (size_t k = 0; k < s.nkeys; k++) s.h->vals[k][e] = s.logs[k];
+    s.h->epochs = e + 1;
     if (o.verbose) {
-      fig[0] = 0;
-      for (size_t k = 0; k < nkeys; k++) append_figure(fig, sizeof fig, "", keys[k], h->vals[k][e]);
+      figures(fig, sizeof fig, keys, s.logs, s.nkeys);
       progress(stderr, tty, epoch + 1, o.epochs, steps, steps, now() - t0, fig, true);
     }
-    double logs[20];
-    for (size_t k = 0; k < nkeys; k++) logs[k] = h->vals[k][e];
-    if ((st = notify(&o, m, KILN_ON_EPOCH_END, epoch, steps, keys, logs, nkeys)) != KILN_OK) break;
+    if ((st = notify(&o, m, KILN_ON_EPOCH_END, epoch, steps, keys, s.logs, s.nkeys)) != KILN_OK) break;
     if (m->stop_training) break;
   }
   if (st == KILN_OK) st = notify(&o, m, KILN_ON_TRAIN_END, o.epochs, 0, keys, NULL, 0);
-  free(perm);
-  free(vidx);
-  if (st == KILN_OK && history) *history = h;
-  else kiln_history_free(h);
+  if (st == KILN_OK && history) *history = s.h;
+  else kiln_history_free(s.h);
+  fit_state_free(&s);
+  return st;
+}
+
+kiln_status kiln_model_fit(kiln_model *m, const kiln_tensor *x, const kiln_tensor *y, const kiln_fit_options *o,
+                           kiln_history **history) {
+  kiln_arrays d = {(const kiln_tensor *const[]){x}, 1, (const kiln_tensor *const[]){y}, 1, o ? o->sample_weight : NULL};
+  return kiln_model_fit_arrays(m, &d, o, history);
+}
+
+/* ---- evaluate and predict ---- */
+
+kiln_status kiln_model_evaluate_arrays(kiln_model *m, const kiln_arrays *data, int64_t batch_size, double *results,
+                                       size_t nresults) {
+  if (!m) return kiln_set_error(KILN_ERR_INVALID, "evaluate: null model");
+  if (nresults && !results) return kiln_set_error(KILN_ERR_INVALID, "evaluate: results is NULL");
+  if (batch_size < 1) batch_size = 32;
+  feed f;
+  kiln_status st = check_data(m, data, true, "evaluate", &f);
+  if (st == KILN_OK) st = make_weights(m, data, NULL, 0, &f);
+  int64_t *idx = st == KILN_OK ? calloc((size_t)f.n + 1, sizeof *idx) : NULL;
+  double *acc = st == KILN_OK ? calloc(acc_size(m), sizeof *acc) : NULL, *res = st == KILN_OK ? calloc(m->nresults, sizeof *res) : NULL;
+  if (st == KILN_OK && (!idx || !acc || !res)) st = kiln_set_error(KILN_ERR_NOMEM, "evaluate: out of memory");
+  for (int64_t i = 0; st == KILN_OK && i < f.n; i++) idx[i] = i;
+  if (st == KILN_OK) st = eval_rows(m, &f, idx, f.n, batch_size, acc);
+  if (st == KILN_OK) results_of(m, acc, f.n, res);
+  for (size_t j = 0; st == KILN_OK && j < nresults && j < m->nresults; j++) results[j] = f.n ? res[j] : NAN;
+  kiln_tensor_free(f.w);
+  free(idx);
+  free(acc);
+  free(res);
   return st;
 }
 
 kiln_status kiln_model_evaluate(kiln_model *m, const kiln_tensor *x, const kiln_tensor *y, int64_t batch_size,
                                 double *results, size_t nresults) {
-  if (!m) return kiln_set_error(KILN_ERR_INVALID, "evaluate: null model");
+  kiln_arrays d = {(const kiln_tensor *const[]){x}, 1, (const kiln_tensor *const[]){y}, 1, NULL};
+  return kiln_model_evaluate_arrays(m, &d, batch_size, results, nresults);
+}
+
+kiln_status kiln_model_predict_arrays(kiln_model *m, const kiln_tensor *const *x, size_t nx, int64_t batch_size,
+                                      kiln_tensor **out, size_t nout) {
+  if (!out) return kiln_set_error(KILN_ERR_INVALID, "predict: out is NULL");
+  for (size_t j = 0; j < nout; j++) out[j] = NULL;
+  if (!m) return kiln_set_error(KILN_ERR_INVALID, "predict: null model");
   if (batch_size < 1) batch_size = 32;
-  kiln_status st = check_xy(m, x, y, "evaluate");
+  feed f;
+  kiln_arrays d = {x, nx, NULL, 0, NULL};
+  kiln_status st = check_data(m, &d, false, "predict", &f);
+  if (st == KILN_OK) st = kiln_model_ensure_functions(m);
+  if (st == KILN_OK && nout != m->noutputs)
+    st = kiln_set_error(KILN_ERR_INVALID, "predict: model '%s' has %zu outputs, room for %zu given", m->name, m->noutputs, nout);
   if (st != KILN_OK) return st;
-  int64_t n = x->dims[0];
-  int64_t *idx = calloc((size_t)n + 1, sizeof *idx);
-  if (!idx) return kiln_set_error(KILN_ERR_NOMEM, "evaluate: out of memory");
-  for (int64_t i = 0; i < n; i++) idx[i] = i;
-  double sums[9];
-  st = eval_rows(m, x, y, idx, n, batch_size, sums);
+  int64_t *idx = malloc(sizeof *idx * (size_t)(batch_size + 1));
+  if (!idx) return kiln_set_error(KILN_ERR_NOMEM, "predict: out of memory");
+  for (int64_t start = 0; st == KILN_OK && start < f.n; start += batch_size) {
+    int64_t cnt = f.n - start < batch_size ? f.n - start : batch_size;
+    for (int64_t i = 0; i < cnt; i++) idx[i] = start + i;
+    kiln_tensor *bx[72] = {0}, *y[64] = {0};
+    for (size_t i = 0; i < f.nt && st == KILN_OK; i++)
+      if (!(bx[i] = gather_rows(f.t[i], idx, cnt))) st = KILN_ERR_NOMEM;
+    if (st == KILN_OK) st = kiln_function_call(m->predict_fn, (const kiln_tensor *const *)bx, f.nt, y, nout);
+    for (size_t j = 0; st == KILN_OK && j < nout; j++) {
+      if (!out[j]) {
+        int64_t dims[KILN_MAX_RANK];
+        memcpy(dims, y[j]->dims, sizeof dims);
+        dims[0] = f.n;
+        if (!(out[j] = kiln_tensor_new(y[j]->dtype, y[j]->rank, dims))) st = KILN_ERR_NOMEM;
+      }
+      if (st == KILN_OK) memcpy((char *)out[j]->data + (size_t)start * row_bytes(out[j]), y[j]->data, y[j]->nbytes);
+    }
+    for (size_t i = 0; i < f.nt; i++) kiln_tensor_free(bx[i]);
+    for (size_t j = 0; j < nout; j++) kiln_tensor_free(y[j]);
+  }
   free(idx);
-  for (size_t j = 0; st == KILN_OK && j < nresults && j <= m->nmetrics; j++) results[j] = n ? sums[j] / (double)n : NAN;
+  for (size_t j = 0; st == KILN_OK && j < nout; j++) /* no examples: empty results of the output's type */
+    if (!out[j]) {
+      const model_kt *k = &m->kts[m->outputs[j].kt];
+      int64_t dims[KILN_MAX_RANK];
+      memcpy(dims, k->shape.dims, sizeof dims);
+      dims[0] = 0;
+      if (!(out[j] = kiln_tensor_new(k->dtype, k->shape.rank, dims))) st = KILN_ERR_NOMEM;
+    }
+  if (st != KILN_OK)
+    for (size_t j = 0; j < nout; j++) kiln_tensor_free(out[j]), out[j] = NULL;
+  if (st == KILN_ERR_NOMEM) kiln_set_error(st, "predict: out of memory");
   return st;
 }
 
 kiln_status kiln_model_predict(kiln_model *m, const kiln_tensor *x, int64_t batch_size, kiln_tensor **out) {
   if (!out) return kiln_set_error(KILN_ERR_INVALID, "predict: out is NULL");
   *out = NULL;
-  if (!m) return kiln_set_error(KILN_ERR_INVALID, "predict: null model");
-  if (batch_size < 1) batch_size = 32;
-  kiln_status st = kiln_model_ensure_built(m, x);
-  if (st == KILN_OK) st = kiln_model_ensure_functions(m);
-  if (st != KILN_OK) return st;
-  int64_t n = x->dims[0];
-  kiln_tensor *res = NULL;
-  int64_t *idx = malloc(sizeof *idx * (size_t)(batch_size + 1));
-  if (!idx) return kiln_set_error(KILN_ERR_NOMEM, "predict: out of memory");
-  for (int64_t start = 0; st == KILN_OK && start < n; start += batch_size) {
-    int64_t cnt = n - start < batch_size ? n - start : batch_size;
-    for (int64_t i = 0; i < cnt; i++) idx[i] = start + i;
-    kiln_tensor *bx = gather_rows(x, idx, cnt), *y = NULL;
-    st = bx ? kiln_function_call(m->predict_fn, (const kiln_tensor *[]){bx}, 1, &y, 1) : KILN_ERR_NOMEM;
-    kiln_tensor_free(bx);
-    if (st != KILN_OK) break;
-    if (!res) {
-      int64_t dims[KILN_MAX_RANK];
-      memcpy(dims, y->dims, sizeof dims);
-      dims[0] = n;
-      if (!(res = kiln_tensor_new(y->dtype, y->rank, dims))) st = KILN_ERR_NOMEM;
-    }
-    if (st == KILN_OK) memcpy((char *)res->data + (size_t)start * row_bytes(res), y->data, y->nbytes);
-    kiln_tensor_free(y);
-  }
-  free(idx);
-  if (st != KILN_OK) kiln_tensor_free(res);
-  else if (!res && !(res = kiln_tensor_new(m->in_dtype, 1, (int64_t[]){0}))) st = KILN_ERR_NOMEM;
-  if (st == KILN_OK) *out = res;
-  return st;
+  if (m && m->built && m->noutputs != 1)
+    return kiln_set_error(KILN_ERR_INVALID, "predict: model '%s' has %zu outputs; use kiln_model_predict_arrays", m->name, m->noutputs);
+  return kiln_model_predict_arrays(m, (const kiln_tensor *const[]){x}, 1, batch_size, out, 1);
 }

@@ -70,3 +70,13 @@ int64_t kiln_tensor_numel(const kiln_tensor *t) { return t->numel; }
 size_t kiln_tensor_nbytes(const kiln_tensor *t) { return t->nbytes; }
 void *kiln_tensor_data(kiln_tensor *t) { return t->data; }
 const void *kiln_tensor_cdata(const kiln_tensor *t) { return t->data; }
+
+double kiln_tensor_get_f64(const kiln_tensor *t, int64_t i) {
+  switch (t->dtype) {
+  case KILN_F32: return ((const float *)t->data)[i];
+  case KILN_F64: return ((const double *)t->data)[i];
+  case KILN_I32: return ((const int32_t *)t->data)[i];
+  case KILN_I64: return (double)((const int64_t *)t->data)[i];
+  default: return ((const uint8_t *)t->data)[i];
+  }
+}

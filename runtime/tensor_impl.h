@@ -11,4 +11,6 @@ struct kiln_tensor {
   size_t nbytes;
   void *data;
 };
+/* Element i of any dtype as a double (exact for all but i64 beyond 2^53). */
+__attribute__((visibility("hidden"))) double kiln_tensor_get_f64(const kiln_tensor *t, int64_t i);
 #endif

@@ -51,14 +51,17 @@ KILN_API kiln_status kiln_activation_from_name(const char *name, kiln_activation
 typedef struct kiln_layer kiln_layer;
 
 /* A custom layer is a class of three functions plus private state:
- *   build: create weights with kiln_layer_add_weight from the input shape (dim 0 is
+ *   build: create weights with kiln_layer_add_weight from the input shapes (dim 0 is
  *          the batch, KILN_DYN); called once, before the first call;
- *   call:  the forward computation in graph g; `training` selects training behaviour;
- *   destroy: free the state (may be NULL). */
+ *   call:  the forward computation in graph g; `training` selects training behaviour
+ *          (dropout, batch statistics); may assign non-trainable weights in training;
+ *   destroy: free the state (may be NULL).
+ * ninputs: tensors per call; 0 means 1, -1 means two or more (merge layers). */
 typedef struct kiln_layer_class {
   const char *type; /* shown by summary and used for automatic names ("Dense" -> "dense_1") */
-  kiln_status (*build)(kiln_layer *l, kiln_shape input);
-  kiln_value (*call)(kiln_layer *l, kiln_graph *g, kiln_value x, bool training);
+  int ninputs;
+  kiln_status (*build)(kiln_layer *l, const kiln_shape *in, size_t n);
+  kiln_value (*call)(kiln_layer *l, kiln_graph *g, const kiln_value *x, size_t n, bool training);
   void (*destroy)(void *state);
 } kiln_layer_class;
 
@@ -66,60 +69,151 @@ typedef struct kiln_layer_class {
 KILN_API kiln_layer *kiln_layer_new(const kiln_layer_class *cls, const char *name, void *state);
 KILN_API void *kiln_layer_state(kiln_layer *l);
 KILN_API const char *kiln_layer_name(const kiln_layer *l);
+/* Sets the name of a layer not yet in a model (Keras' name=...). Returns l; NULL (and
+ * frees l) on failure. */
+KILN_API kiln_layer *kiln_layer_named(kiln_layer *l, const char *name);
 /* Inside build: a weight "<layer>/<name>" in the model's store. */
 KILN_API kiln_status kiln_layer_add_weight(kiln_layer *l, const char *name, kiln_dtype t, kiln_shape s,
                                            kiln_initializer init, bool trainable, kiln_variable **out);
-/* Freezes (false) or unfreezes every weight of the layer, now and when built later. */
+/* Freezes (false) or unfreezes every weight of the layer, now and when built later.
+ * A frozen BatchNormalization also runs in inference mode, as in Keras. */
 KILN_API void kiln_layer_set_trainable(kiln_layer *l, bool trainable);
+KILN_API bool kiln_layer_trainable(const kiln_layer *l);
 /* Only for a layer that was never added to a model. */
 KILN_API void kiln_layer_free(kiln_layer *l);
 
-/* Built-in layers (Keras defaults: glorot_uniform kernels, zero biases). NULL on bad arguments. */
+/* Built-in layers (Keras defaults: glorot_uniform kernels, zero biases). NULL on bad
+ * arguments, with the reason in kiln_errmsg(). Spatial layers take channels-last input. */
 KILN_API kiln_layer *kiln_layer_dense(int64_t units, kiln_activation act);
 KILN_API kiln_layer *kiln_layer_flatten(void);
 KILN_API kiln_layer *kiln_layer_activation(kiln_activation act);
-/* NHWC input, stride 1, "valid" or "same" padding. */
-KILN_API kiln_layer *kiln_layer_conv2d(int64_t filters, int64_t kh, int64_t kw, kiln_padding padding,
-                                       kiln_activation act);
 /* Per-example target shape (the batch dim is kept), e.g. KILN_SHAPE(28, 28, 1). */
 KILN_API kiln_layer *kiln_layer_reshape(kiln_shape target);
-/* Window = strides = (ph, pw), valid padding. */
+/* Zeroes a fraction `rate` of the inputs while training and scales the rest by
+ * 1/(1-rate); identity at inference. A fresh mask every step (its step counter is a
+ * non-trainable weight, so checkpoints carry the RNG state). */
+KILN_API kiln_layer *kiln_layer_dropout(double rate);
+/* Over the last (channels) axis; momentum 0.99, epsilon 1e-3, gamma/beta, moving
+ * mean/variance updated while training. */
+KILN_API kiln_layer *kiln_layer_batch_normalization(void);
+/* Over the last axis; epsilon 1e-3, gamma/beta. */
+KILN_API kiln_layer *kiln_layer_layer_normalization(void);
+/* Stride 1, "valid" or "same" padding. Conv1D input [batch, steps, channels]. */
+KILN_API kiln_layer *kiln_layer_conv1d(int64_t filters, int64_t k, kiln_padding padding, kiln_activation act);
+KILN_API kiln_layer *kiln_layer_conv2d(int64_t filters, int64_t kh, int64_t kw, kiln_padding padding,
+                                       kiln_activation act);
+/* Window = strides = pool size, valid padding. */
+KILN_API kiln_layer *kiln_layer_max_pooling1d(int64_t pool);
 KILN_API kiln_layer *kiln_layer_max_pooling2d(int64_t ph, int64_t pw);
+KILN_API kiln_layer *kiln_layer_average_pooling2d(int64_t ph, int64_t pw);
+/* Over all spatial axes: [batch, ..., channels] -> [batch, channels]. */
+KILN_API kiln_layer *kiln_layer_global_max_pooling1d(void);
+KILN_API kiln_layer *kiln_layer_global_max_pooling2d(void);
+KILN_API kiln_layer *kiln_layer_global_average_pooling1d(void);
+KILN_API kiln_layer *kiln_layer_global_average_pooling2d(void);
+/* Integer ids [batch, ...] -> [batch, ..., dim]; uniform(-0.05, 0.05) init. An id
+ * outside [0, vocab) makes the run fail with an error naming it. */
+KILN_API kiln_layer *kiln_layer_embedding(int64_t vocab, int64_t dim);
+/* Recurrent layers over [batch, time, features] (time static), unrolled; Keras'
+ * initializers (glorot_uniform kernel, orthogonal-free: glorot_uniform recurrent
+ * kernel), tanh / sigmoid activations, GRU with reset_after. return_sequences gives
+ * [batch, time, units], otherwise the last output [batch, units]. */
+KILN_API kiln_layer *kiln_layer_simple_rnn(int64_t units, bool return_sequences);
+KILN_API kiln_layer *kiln_layer_lstm(int64_t units, bool return_sequences);
+KILN_API kiln_layer *kiln_layer_gru(int64_t units, bool return_sequences);
+/* Merge layers (two or more inputs). Concatenate joins along `axis` (-1 = last). */
+KILN_API kiln_layer *kiln_layer_concatenate(int axis);
+KILN_API kiln_layer *kiln_layer_add(void);
+KILN_API kiln_layer *kiln_layer_multiply(void);
 
 /* ---- models ---- */
 
 typedef struct kiln_model kiln_model;
 
-/* seed drives weight initialisation and shuffling. */
+/* A symbolic tensor of a functional model under construction (Keras' KerasTensor).
+ * Operations on an invalid one (from an earlier failure) stay invalid; the first
+ * error is reported by kiln_model_output, compile or fit. */
+typedef struct kiln_ktensor {
+  int32_t id;
+} kiln_ktensor;
+
+/* seed drives weight initialisation, dropout and shuffling. */
 KILN_API kiln_model *kiln_sequential_new(const char *name, uint64_t seed);
+/* A functional model: declare inputs, apply layers to ktensors, declare outputs:
+ *   kiln_model *m = kiln_model_new("qa", 1);
+ *   kiln_ktensor q = kiln_model_input(m, "question", KILN_I32, KILN_SHAPE(20));
+ *   kiln_ktensor h = kiln_model_apply1(m, kiln_layer_embedding(1000, 32), q);
+ *   ...
+ *   kiln_model_output(m, "answer", y);
+ * A layer applied twice shares its weights. */
+KILN_API kiln_model *kiln_model_new(const char *name, uint64_t seed);
+/* shape: per example (no batch dim). */
+KILN_API kiln_ktensor kiln_model_input(kiln_model *m, const char *name, kiln_dtype t, kiln_shape shape);
+/* The model takes ownership of l the first time it is applied (also on failure). */
+KILN_API kiln_ktensor kiln_model_apply(kiln_model *m, kiln_layer *l, const kiln_ktensor *in, size_t n);
+KILN_API kiln_ktensor kiln_model_apply1(kiln_model *m, kiln_layer *l, kiln_ktensor in);
+/* name NULL: the producing layer's name. */
+KILN_API kiln_status kiln_model_output(kiln_model *m, const char *name, kiln_ktensor t);
+
 KILN_API void kiln_model_free(kiln_model *m);
-/* The model takes ownership of l, also when this fails. */
+/* Sequential models: append a layer. The model takes ownership of l, also when this fails. */
 KILN_API kiln_status kiln_model_add(kiln_model *m, kiln_layer *l);
-/* Builds every layer for inputs of dtype t and per-example shape `input` (no batch dim).
- * fit/evaluate/predict build from their data when this was not called. */
+/* Builds a Sequential model for inputs of dtype t and per-example shape `input` (no
+ * batch dim); fit/evaluate/predict build from their data when this was not called. */
 KILN_API kiln_status kiln_model_build(kiln_model *m, kiln_dtype t, kiln_shape input);
-/* Keras' table: layer (type), output shape, params; totals, trainable and not. */
+/* Keras' table: layer (type), output shape, params (and "connected to" for functional
+ * models); totals, trainable and not. */
 KILN_API kiln_status kiln_model_summary(kiln_model *m, FILE *out);
 KILN_API kiln_variables *kiln_model_variables(kiln_model *m);
 KILN_API size_t kiln_model_num_layers(const kiln_model *m);
 KILN_API kiln_layer *kiln_model_layer(const kiln_model *m, size_t i);
-/* The model's forward pass inside a graph (e.g. a custom train step). */
+KILN_API kiln_layer *kiln_model_find_layer(const kiln_model *m, const char *name);
+KILN_API size_t kiln_model_num_inputs(const kiln_model *m);
+KILN_API size_t kiln_model_num_outputs(const kiln_model *m);
+KILN_API const char *kiln_model_input_name(const kiln_model *m, size_t i);
+KILN_API const char *kiln_model_output_name(const kiln_model *m, size_t i);
+/* The model's forward pass inside a graph (e.g. a custom train step): x has one value
+ * per input, y receives one per output. */
+KILN_API kiln_status kiln_model_call_multi(kiln_model *m, kiln_graph *g, const kiln_value *x, kiln_value *y,
+                                           bool training);
+/* Single input and output. */
 KILN_API kiln_value kiln_model_call(kiln_model *m, kiln_graph *g, kiln_value x, bool training);
+
+/* Loss and metrics of one output, by position (output NULL) or by output name. */
+typedef struct kiln_output_loss {
+  const char *output;
+  const char *loss;
+  double weight; /* loss weight; 0 means 1 */
+  bool from_logits;
+  const char *const *metrics;
+  size_t nmetrics;
+} kiln_output_loss;
 
 typedef struct kiln_model_compile_options {
   /* By Keras name with its defaults ("sgd", "adam", ...), or a full config (wins if set). */
   const char *optimizer;
   const kiln_optimizer_config *optimizer_config;
-  /* "sparse_categorical_crossentropy", "categorical_crossentropy", "binary_crossentropy",
-   * "mean_squared_error" ("mse"), "mean_absolute_error" ("mae"). */
+  /* For every output: "sparse_categorical_crossentropy", "categorical_crossentropy",
+   * "binary_crossentropy", "mean_squared_error" ("mse"), "mean_absolute_error" ("mae"),
+   * "huber", "kl_divergence" ("kld"), "cosine_similarity". */
   const char *loss;
   bool from_logits; /* predictions are logits, not probabilities */
-  /* "accuracy" (chosen from the loss like Keras), "sparse_categorical_accuracy",
-   * "categorical_accuracy", "binary_accuracy", "mse", "mae". */
+  /* For every output: "accuracy" (chosen from the loss like Keras), "sparse_categorical_accuracy",
+   * "categorical_accuracy", "binary_accuracy", "top_k_categorical_accuracy",
+   * "sparse_top_k_categorical_accuracy" (k = 5; "..._accuracy@3" for k = 3), "auc",
+   * "precision", "recall", "mse", "mae". */
   const char *const *metrics;
   size_t nmetrics;
+  /* Per output (overrides loss/metrics above for the outputs it names). An output
+   * with no loss is not trained and takes no y. */
+  const kiln_output_loss *outputs;
+  size_t noutputs;
 } kiln_model_compile_options;
 KILN_API kiln_status kiln_model_compile(kiln_model *m, const kiln_model_compile_options *o);
+/* After compile: names of evaluate's results ("loss", per-output losses when there are
+ * several, metrics), which are also fit's History keys (and "val_" + each). */
+KILN_API size_t kiln_model_num_results(const kiln_model *m);
+KILN_API const char *kiln_model_result_name(const kiln_model *m, size_t i);
 
 /* ---- callbacks ---- */
 
@@ -167,6 +261,16 @@ KILN_API kiln_callback kiln_lr_scheduler(double (*schedule)(int epoch, double lr
 KILN_API kiln_callback kiln_csv_logger(const char *path);
 KILN_API kiln_callback kiln_terminate_on_nan(void);
 
+/* Data for a model with several inputs/outputs: one tensor per input, in declaration
+ * order, one target per output that has a loss, optional per-example weights [n]. */
+typedef struct kiln_arrays {
+  const kiln_tensor *const *x;
+  size_t nx;
+  const kiln_tensor *const *y;
+  size_t ny;
+  const kiln_tensor *sample_weight;
+} kiln_arrays;
+
 typedef struct kiln_fit_options {
   const kiln_callback *callbacks;
   size_t ncallbacks;
@@ -174,15 +278,21 @@ typedef struct kiln_fit_options {
   int initial_epoch;
   int64_t batch_size;
   bool shuffle;
-  double validation_split;        /* the last fraction of x/y, taken before shuffling */
+  double validation_split;        /* the last fraction of the data, taken before shuffling */
   const kiln_tensor *validation_x; /* or explicit validation data (wins) */
   const kiln_tensor *validation_y;
+  const kiln_arrays *validation;  /* the same for several inputs/outputs */
+  const kiln_tensor *sample_weight; /* [n] per-example loss weights (kiln_model_fit only) */
+  /* class_weight[c] multiplies the weight of examples of class c (labels of the first
+   * output: integer ids or one-hot rows). */
+  const double *class_weight;
+  size_t nclass_weight;
   int verbose; /* 0 silent, 1 progress bar (one line per epoch when stderr is not a terminal), 2 one line per epoch */
 } kiln_fit_options;
 /* Keras' defaults: 1 epoch, batch 32, shuffle, verbose 1. */
 KILN_API kiln_fit_options kiln_fit_defaults(void);
 
-/* Per-epoch results: "loss", each metric, and "val_..." with validation data. */
+/* Per-epoch results: each of kiln_model_result_name, and "val_..." with validation data. */
 typedef struct kiln_history kiln_history;
 KILN_API size_t kiln_history_epochs(const kiln_history *h);
 KILN_API size_t kiln_history_num_keys(const kiln_history *h);
@@ -194,10 +304,17 @@ KILN_API void kiln_history_free(kiln_history *h);
 /* y: labels (i32/i64) for sparse losses, otherwise targets shaped like the output. */
 KILN_API kiln_status kiln_model_fit(kiln_model *m, const kiln_tensor *x, const kiln_tensor *y,
                                     const kiln_fit_options *o, kiln_history **history);
-/* results[0] = loss, then the compiled metrics in order; nresults may be smaller. */
+KILN_API kiln_status kiln_model_fit_arrays(kiln_model *m, const kiln_arrays *data, const kiln_fit_options *o,
+                                           kiln_history **history);
+/* results[i] is kiln_model_result_name(m, i); nresults may be smaller. */
 KILN_API kiln_status kiln_model_evaluate(kiln_model *m, const kiln_tensor *x, const kiln_tensor *y,
                                          int64_t batch_size, double *results, size_t nresults);
+KILN_API kiln_status kiln_model_evaluate_arrays(kiln_model *m, const kiln_arrays *data, int64_t batch_size,
+                                                double *results, size_t nresults);
 KILN_API kiln_status kiln_model_predict(kiln_model *m, const kiln_tensor *x, int64_t batch_size, kiln_tensor **out);
+/* out receives one new tensor per output (nout = kiln_model_num_outputs). */
+KILN_API kiln_status kiln_model_predict_arrays(kiln_model *m, const kiln_tensor *const *x, size_t nx,
+                                               int64_t batch_size, kiln_tensor **out, size_t nout);
 
 /* All the model's variables, optimizer state included (see kiln_checkpoint_save). */
 KILN_API kiln_status kiln_model_save_weights(kiln_model *m, const char *path);

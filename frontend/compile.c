@@ -1,0 +1,213 @@
+/* compile: the optimizer, a loss per output ("head") and metrics, and the three
+ * compiled functions fit / evaluate / predict run. The train and eval functions
+ * take (inputs..., targets per head..., example weights [batch]) and return the
+ * weighted loss summed over the batch, each head's loss sum (several heads), and
+ * each metric's accumulator vector; the host sums those over batches. */
+#include <string.h>
+#include "frontend/model_impl.h"
+
+static char *joined(const char *a, const char *sep, const char *b) {
+  size_t n = strlen(a) + strlen(sep) + strlen(b) + 1;
+  char *s = malloc(n);
+  if (s) snprintf(s, n, "%s%s%s", a, sep, b);
+  return s;
+}
+
+/* The spec naming output i, by name or by position. */
+static const kiln_output_loss *spec_for(const kiln_model_compile_options *o, const char *const *names, size_t i) {
+  for (size_t j = 0; j < o->noutputs; j++)
+    if (o->outputs[j].output ? !strcmp(o->outputs[j].output, names[i]) : j == i) return &o->outputs[j];
+  return NULL;
+}
+
+static kiln_status add_metric(kiln_model *m, const char *const *names, size_t head, const char *name, size_t *cap) {
+  metric_kind k;
+  int64_t topk;
+  const char *display;
+  kiln_status st = kiln_metric_from_name(name, m->heads[head].loss, &k, &topk, &display);
+  if (st != KILN_OK) return st;
+  if (m->nmetrics == *cap) {
+    *cap = *cap ? *cap * 2 : 8;
+    model_metric *mm = realloc(m->metrics, sizeof *mm * *cap);
+    if (!mm) return kiln_set_error(KILN_ERR_NOMEM, "compile: out of memory");
+    m->metrics = mm;
+  }
+  char *key = m->nheads > 1 ? joined(names[m->heads[head].output], "_", display) : strdup(display);
+  if (!key) return kiln_set_error(KILN_ERR_NOMEM, "compile: out of memory");
+  m->metrics[m->nmetrics++] = (model_metric){k, head, topk, key};
+  return KILN_OK;
+}
+
+/* names: the model's output names (a Sequential model not built yet: its last layer's). */
+static kiln_status compile_heads(kiln_model *m, const kiln_model_compile_options *o, const char *const *names, size_t nout) {
+  for (size_t j = 0; j < o->noutputs; j++) {
+    const char *out = o->outputs[j].output;
+    bool known = out ? false : j < nout;
+    for (size_t i = 0; out && i < nout; i++) known |= !strcmp(out, names[i]);
+    if (!known)
+      return kiln_set_error(KILN_ERR_INVALID, "compile: model '%s' has no output %s%s", m->name,
+                            out ? "named " : "number ", out ? out : "(position too large)");
+  }
+  if (!(m->heads = calloc(nout + 1, sizeof *m->heads))) return kiln_set_error(KILN_ERR_NOMEM, "compile: out of memory");
+  for (size_t i = 0; i < nout; i++) {
+    const kiln_output_loss *sp = spec_for(o, names, i);
+    const char *loss = sp && sp->loss ? sp->loss : o->loss;
+    if (!loss) continue;
+    model_head *h = &m->heads[m->nheads];
+    kiln_status st = kiln_loss_from_name(loss, &h->loss);
+    if (st != KILN_OK) return st;
+    h->output = i;
+    h->weight = sp && sp->weight != 0 ? sp->weight : 1;
+    h->from_logits = sp ? sp->from_logits : o->from_logits;
+    if (!(h->key = joined(names[i], "_", "loss"))) return kiln_set_error(KILN_ERR_NOMEM, "compile: out of memory");
+    m->nheads++;
+  }
+  if (!m->nheads) return kiln_set_error(KILN_ERR_INVALID, "compile: no loss given for any output of model '%s'", m->name);
+  size_t cap = 0;
+  for (size_t h = 0; h < m->nheads; h++) {
+    const kiln_output_loss *sp = spec_for(o, names, m->heads[h].output);
+    for (size_t i = 0; i < o->nmetrics; i++) {
+      kiln_status st = add_metric(m, names, h, o->metrics[i], &cap);
+      if (st != KILN_OK) return st;
+    }
+    for (size_t i = 0; sp && i < sp->nmetrics; i++) {
+      kiln_status st = add_metric(m, names, h, sp->metrics[i], &cap);
+      if (st != KILN_OK) return st;
+    }
+  }
+  size_t nres = 1 + (m->nheads > 1 ? m->nheads : 0) + m->nmetrics;
+  if (!(m->result_names = calloc(nres, sizeof *m->result_names))) return kiln_set_error(KILN_ERR_NOMEM, "compile: out of memory");
+  m->result_names[m->nresults++] = strdup("loss");
+  for (size_t h = 0; m->nheads > 1 && h < m->nheads; h++) m->result_names[m->nresults++] = strdup(m->heads[h].key);
+  for (size_t i = 0; i < m->nmetrics; i++) m->result_names[m->nresults++] = strdup(m->metrics[i].key);
+  for (size_t i = 0; i < m->nresults; i++)
+    if (!m->result_names[i]) return kiln_set_error(KILN_ERR_NOMEM, "compile: out of memory");
+  return KILN_OK;
+}
+
+kiln_status kiln_model_compile(kiln_model *m, const kiln_model_compile_options *o) {
+  if (!m || !o) return kiln_set_error(KILN_ERR_INVALID, "compile: NULL argument");
+  if (m->error != KILN_OK) return kiln_set_error(m->error, "model '%s': %s", m->name, m->errmsg);
+  if (o->noutputs && !o->outputs) return kiln_set_error(KILN_ERR_INVALID, "compile: outputs is NULL");
+  if (o->nmetrics && !o->metrics) return kiln_set_error(KILN_ERR_INVALID, "compile: metrics is NULL");
+  kiln_optimizer_config oc;
+  if (o->optimizer_config) {
+    oc = *o->optimizer_config;
+  } else {
+    kiln_optimizer_kind k;
+    kiln_status st = kiln_optimizer_kind_from_name(o->optimizer ? o->optimizer : "rmsprop", &k);
+    if (st != KILN_OK) return st;
+    oc = kiln_optimizer_defaults(k);
+  }
+  kiln_optimizer *opt;
+  kiln_status st = kiln_optimizer_new(&oc, "optimizer", &opt);
+  if (st != KILN_OK) return st;
+  /* Recompiling keeps the weights and drops the compiled functions. */
+  kiln_model_drop_compiled(m);
+  m->opt = opt;
+  const char *names[64];
+  size_t nout = m->sequential && !m->built ? (m->nlayers ? 1 : 0) : m->noutputs;
+  if (nout > 64) st = kiln_set_error(KILN_ERR_INVALID, "compile: at most 64 outputs");
+  for (size_t i = 0; st == KILN_OK && i < nout; i++)
+    names[i] = m->sequential && !m->built ? m->layers[m->nlayers - 1]->name : m->outputs[i].name;
+  if (st == KILN_OK && !nout) st = kiln_set_error(KILN_ERR_INVALID, "compile: model '%s' has no %s", m->name, m->sequential ? "layers" : "outputs");
+  if (st == KILN_OK) st = compile_heads(m, o, names, nout);
+  if (st != KILN_OK) kiln_model_drop_compiled(m);
+  else m->compiled = true;
+  return st;
+}
+
+/* ---- the compiled functions ---- */
+
+/* Per-example losses of rank > 1 (sequence outputs) are averaged down to [batch]. */
+static kiln_value per_example(kiln_graph *g, kiln_value l) {
+  int r = kiln_value_shape(g, l).rank;
+  if (r <= 1) return l;
+  int64_t axes[KILN_MAX_RANK];
+  for (int i = 1; i < r; i++) axes[i - 1] = i;
+  return kiln_reduce_mean(g, l, axes, r - 1, false);
+}
+
+/* in: inputs..., a target per head, example weights. Emits the outputs described at the
+ * top and returns the weighted mean loss (what training minimises). */
+static kiln_value objectives(kiln_model *m, kiln_graph *g, const kiln_value *in, bool training) {
+  kiln_value pred[64], sum = {KILN_NONE}, mean = {KILN_NONE}, heads[64];
+  if (m->noutputs > 64 || m->nheads > 64) return kiln_graph_fail(g, KILN_ERR_INVALID, "model: at most 64 outputs");
+  if (kiln_model_call_multi(m, g, in, pred, training) != KILN_OK) return (kiln_value){KILN_NONE};
+  kiln_value w = in[m->ninputs + m->nheads];
+  for (size_t h = 0; h < m->nheads; h++) {
+    const model_head *hd = &m->heads[h];
+    kiln_value p = pred[hd->output];
+    kiln_dtype t = kiln_value_dtype(g, p);
+    kiln_value l = per_example(g, kiln_loss_per_example(g, hd->loss, hd->from_logits, in[m->ninputs + h], p));
+    kiln_value wl = kiln_mul(g, l, kiln_cast(g, w, t)), c = kiln_scalar(g, t, hd->weight);
+    heads[h] = kiln_reduce_sum(g, wl, NULL, 0, false);
+    kiln_value hs = kiln_mul(g, c, heads[h]), hm = kiln_mul(g, c, kiln_reduce_mean(g, wl, NULL, 0, false));
+    sum = h ? kiln_add(g, sum, hs) : hs;
+    mean = h ? kiln_add(g, mean, hm) : hm;
+  }
+  kiln_output(g, "loss", sum);
+  for (size_t h = 0; m->nheads > 1 && h < m->nheads; h++) {
+    char name[32];
+    snprintf(name, sizeof name, "head%zu", h);
+    kiln_output(g, name, heads[h]);
+  }
+  for (size_t i = 0; i < m->nmetrics; i++) {
+    const model_metric *mt = &m->metrics[i];
+    char name[32];
+    snprintf(name, sizeof name, "metric%zu", i);
+    kiln_output(g, name, kiln_metric_accumulate(g, mt, in[m->ninputs + mt->head], pred[m->heads[mt->head].output], w));
+  }
+  return mean;
+}
+
+static void trace_train(kiln_graph *g, const kiln_value *in, size_t nin, void *ud) {
+  kiln_model *m = ud;
+  kiln_value loss = objectives(m, g, in, true);
+  size_t nv = kiln_variables_count(m->vars), n = 0;
+  kiln_variable **vars = calloc(nv + 1, sizeof *vars);
+  kiln_value *reads = calloc(nv + 1, sizeof *reads), *grads = calloc(nv + 1, sizeof *grads);
+  if (!vars || !reads || !grads) {
+    kiln_graph_fail(g, KILN_ERR_NOMEM, "train step: out of memory");
+  } else if (kiln_graph_status(g) == KILN_OK) {
+    for (size_t l = 0; l < m->nlayers; l++)
+      for (size_t w = 0; w < m->layers[l]->nweights; w++) {
+        kiln_variable *v = m->layers[l]->weights[w];
+        if (!kiln_variable_trainable(v)) continue;
+        vars[n] = v;
+        reads[n++] = kiln_variable_read(g, v);
+      }
+    if (n && kiln_gradients(g, loss, reads, n, grads) != KILN_OK) kiln_graph_fail(g, KILN_ERR_INVALID, "%s", kiln_errmsg());
+    if (n && kiln_graph_status(g) == KILN_OK && kiln_optimizer_apply(m->opt, g, vars, grads, n) != KILN_OK)
+      kiln_graph_fail(g, KILN_ERR_INVALID, "%s", kiln_errmsg());
+  }
+  free(vars);
+  free(reads);
+  free(grads);
+}
+
+static void trace_eval(kiln_graph *g, const kiln_value *in, size_t nin, void *ud) { objectives(ud, g, in, false); }
+
+static void trace_predict(kiln_graph *g, const kiln_value *in, size_t nin, void *ud) {
+  kiln_model *m = ud;
+  kiln_value y[64];
+  if (m->noutputs > 64) {
+    kiln_graph_fail(g, KILN_ERR_INVALID, "model: at most 64 outputs");
+    return;
+  }
+  if (kiln_model_call_multi(m, g, in, y, false) != KILN_OK) return;
+  for (size_t i = 0; i < m->noutputs; i++) {
+    char name[32];
+    snprintf(name, sizeof name, "out%zu", i);
+    kiln_output(g, name, y[i]);
+  }
+}
+
+kiln_status kiln_model_ensure_functions(kiln_model *m) {
+  kiln_function_options fo = {.dynamic_batch = true};
+  if (!m->predict_fn && !(m->predict_fn = kiln_function_new(trace_predict, m, &fo))) return KILN_ERR_NOMEM;
+  if (!m->compiled) return KILN_OK;
+  if (!m->train_fn && !(m->train_fn = kiln_function_new(trace_train, m, &fo))) return KILN_ERR_NOMEM;
+  if (!m->eval_fn && !(m->eval_fn = kiln_function_new(trace_eval, m, &fo))) return KILN_ERR_NOMEM;
+  return KILN_OK;
+}
