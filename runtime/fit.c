@@ -87,13 +87,9 @@ typedef struct feed {
 static kiln_status check_data(kiln_model *m, const kiln_arrays *d, bool targets, const char *what, feed *f) {
   memset(f, 0, sizeof *f);
   if (!d || (d->nx && !d->x) || (d->ny && !d->y)) return kiln_set_error(KILN_ERR_INVALID, "%s: no data", what);
-  if (targets && !m->compiled) return kiln_set_error(KILN_ERR_INVALID, "%s: compile the model first (kiln_model_compile)", what);
   if (d->nx + d->ny > 71) return kiln_set_error(KILN_ERR_INVALID, "%s: too many tensors", what);
   kiln_status st = kiln_model_ensure_built(m, d->x, d->nx);
   if (st != KILN_OK) return kiln_set_error(st, "%s: %s", what, kiln_errmsg());
-  if (targets && d->ny != m->nheads)
-    return kiln_set_error(KILN_ERR_INVALID, "%s: model '%s' has %zu output%s with a loss, got %zu target tensors", what,
-                          m->name, m->nheads, m->nheads == 1 ? "" : "s", d->ny);
   size_t nt = d->nx + (targets ? d->ny : 0);
   for (size_t i = 0; i < nt; i++) {
     const kiln_tensor *t = i < d->nx ? d->x[i] : d->y[i - d->nx];
@@ -107,6 +103,10 @@ static kiln_status check_data(kiln_model *m, const kiln_arrays *d, bool targets,
     f->n = t->dims[0];
     f->t[f->nt++] = t;
   }
+  if (targets && !m->compiled) return kiln_set_error(KILN_ERR_INVALID, "%s: compile the model first (kiln_model_compile)", what);
+  if (targets && d->ny != m->nheads)
+    return kiln_set_error(KILN_ERR_INVALID, "%s: model '%s' has %zu output%s with a loss, got %zu target tensors", what,
+                          m->name, m->nheads, m->nheads == 1 ? "" : "s", d->ny);
   if (d->sample_weight) {
     const kiln_tensor *w = d->sample_weight;
     if (w->rank != 1 || w->dims[0] != f->n || !kiln_dtype_is_float(w->dtype))
