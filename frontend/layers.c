@@ -133,13 +133,13 @@ kiln_status kiln_layer_add_weight(kiln_layer *l, const char *name, kiln_dtype t,
 /* ---- built-in layers ---- */
 
 /* Dense and Conv2D: a glorot_uniform kernel, a zero bias, then bias + activation after the op. */
-static kiln_status add_kernel_and_bias(kiln_layer *l, kiln_shape kernel, int64_t units, kiln_variable **k,
+kiln_status kiln_layer_kernel_and_bias(kiln_layer *l, kiln_shape kernel, int64_t units, kiln_variable **k,
                                        kiln_variable **b) {
   kiln_status st = kiln_layer_add_weight(l, "kernel", KILN_F32, kernel, KILN_GLOROT_UNIFORM, true, k);
   return st == KILN_OK ? kiln_layer_add_weight(l, "bias", KILN_F32, KILN_SHAPE(units), KILN_ZEROS, true, b) : st;
 }
 
-static kiln_value bias_and_activation(kiln_graph *g, kiln_value y, kiln_variable *bias, kiln_activation act) {
+kiln_value kiln_layer_bias_act(kiln_graph *g, kiln_value y, kiln_variable *bias, kiln_activation act) {
   return kiln_activate(g, kiln_add(g, y, kiln_variable_read(g, bias)), act);
 }
 
@@ -154,18 +154,18 @@ static kiln_status dense_build(kiln_layer *l, const kiln_shape *ins, size_t n) {
   dense *d = l->state;
   if (in.rank < 2 || in.dims[in.rank - 1] < 0)
     return kiln_set_error(KILN_ERR_INVALID, "Dense '%s': needs inputs [batch, ..., features], got rank %d", l->name, in.rank);
-  return add_kernel_and_bias(l, KILN_SHAPE(in.dims[in.rank - 1], d->units), d->units, &d->kernel, &d->bias);
+  return kiln_layer_kernel_and_bias(l, KILN_SHAPE(in.dims[in.rank - 1], d->units), d->units, &d->kernel, &d->bias);
 }
 
 static kiln_value dense_call(kiln_layer *l, kiln_graph *g, const kiln_value *in, size_t n, bool training) {
   kiln_value x = in[0];
   dense *d = l->state;
-  return bias_and_activation(g, kiln_matmul(g, x, kiln_variable_read(g, d->kernel), false, false), d->bias, d->act);
+  return kiln_layer_bias_act(g, kiln_matmul(g, x, kiln_variable_read(g, d->kernel), false, false), d->bias, d->act);
 }
 
 static const kiln_layer_class DENSE = {"Dense", 0, dense_build, dense_call, free};
 
-static kiln_layer *with_state(const kiln_layer_class *cls, void *state, size_t size, const char *what) {
+kiln_layer *kiln_layer_with_state(const kiln_layer_class *cls, void *state, size_t size, const char *what) {
   void *s = malloc(size);
   if (!s) {
     kiln_set_error(KILN_ERR_NOMEM, "%s: out of memory", what);
@@ -181,7 +181,7 @@ kiln_layer *kiln_layer_dense(int64_t units, kiln_activation act) {
     return NULL;
   }
   dense d = {units, act, NULL, NULL};
-  return with_state(&DENSE, &d, sizeof d, "Dense");
+  return kiln_layer_with_state(&DENSE, &d, sizeof d, "Dense");
 }
 
 static kiln_value flatten_call(kiln_layer *l, kiln_graph *g, const kiln_value *in, size_t n, bool training) {
@@ -204,57 +204,7 @@ kiln_layer *kiln_layer_activation(kiln_activation act) {
     kiln_set_error(KILN_ERR_INVALID, "Activation: unknown activation %d", (int)act);
     return NULL;
   }
-  return with_state(&ACTIVATION, &act, sizeof act, "Activation");
-}
-
-typedef struct conv {
-  int64_t filters, kh, kw;
-  kiln_padding padding;
-  kiln_activation act;
-  kiln_variable *kernel, *bias;
-} conv;
-
-static kiln_status conv_build(kiln_layer *l, const kiln_shape *ins, size_t n) {
-  kiln_shape in = ins[0];
-  conv *c = l->state;
-  if (in.rank != 4 || in.dims[3] < 0)
-    return kiln_set_error(KILN_ERR_INVALID, "Conv2D '%s': needs NHWC inputs [batch, h, w, channels], got rank %d",
-                          l->name, in.rank);
-  return add_kernel_and_bias(l, KILN_SHAPE(c->kh, c->kw, in.dims[3], c->filters), c->filters, &c->kernel, &c->bias);
-}
-
-static kiln_value conv_call(kiln_layer *l, kiln_graph *g, const kiln_value *in, size_t n, bool training) {
-  kiln_value x = in[0];
-  conv *c = l->state;
-  kiln_conv2d_opts o = {.layout = KILN_NHWC, .padding = c->padding};
-  return bias_and_activation(g, kiln_conv2d(g, x, kiln_variable_read(g, c->kernel), &o), c->bias, c->act);
-}
-
-static const kiln_layer_class CONV2D = {"Conv2D", 0, conv_build, conv_call, free};
-kiln_layer *kiln_layer_conv2d(int64_t filters, int64_t kh, int64_t kw, kiln_padding padding, kiln_activation act) {
-  if (filters < 1 || kh < 1 || kw < 1 || (padding != KILN_PAD_VALID && padding != KILN_PAD_SAME) ||
-      (unsigned)act >= KILN_ACT_COUNT) {
-    kiln_set_error(KILN_ERR_INVALID, "Conv2D: filters and kernel sizes must be >= 1, padding valid or same");
-    return NULL;
-  }
-  conv c = {filters, kh, kw, padding, act, NULL, NULL};
-  return with_state(&CONV2D, &c, sizeof c, "Conv2D");
-}
-
-static kiln_value pool_call(kiln_layer *l, kiln_graph *g, const kiln_value *in, size_t n, bool training) {
-  kiln_value x = in[0];
-  const int64_t *w = l->state;
-  kiln_pool2d_opts o = {.layout = KILN_NHWC, .window = {w[0], w[1]}};
-  return kiln_max_pool2d(g, x, &o);
-}
-static const kiln_layer_class MAXPOOL = {"MaxPooling2D", 0, NULL, pool_call, free};
-kiln_layer *kiln_layer_max_pooling2d(int64_t ph, int64_t pw) {
-  if (ph < 1 || pw < 1) {
-    kiln_set_error(KILN_ERR_INVALID, "MaxPooling2D: pool sizes must be >= 1");
-    return NULL;
-  }
-  int64_t w[2] = {ph, pw};
-  return with_state(&MAXPOOL, w, sizeof w, "MaxPooling2D");
+  return kiln_layer_with_state(&ACTIVATION, &act, sizeof act, "Activation");
 }
 
 static kiln_value reshape_call(kiln_layer *l, kiln_graph *g, const kiln_value *in, size_t n, bool training) {
@@ -271,5 +221,5 @@ kiln_layer *kiln_layer_reshape(kiln_shape target) {
     kiln_set_error(KILN_ERR_INVALID, "Reshape: target rank %d is outside 0..%d", target.rank, KILN_MAX_RANK - 1);
     return NULL;
   }
-  return with_state(&RESHAPE, &target, sizeof target, "Reshape");
+  return kiln_layer_with_state(&RESHAPE, &target, sizeof target, "Reshape");
 }

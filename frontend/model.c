@@ -419,8 +419,9 @@ static void summary_row(FILE *out, bool functional, const char *name, const char
                         const char *connected) {
   char col[160], shape[128];
   snprintf(col, sizeof col, " %s (%s)", name, type);
-  fprintf(out, "%-28s %-25s %-10lld", col, shape_text(shape, sizeof shape, s), (long long)params);
-  fprintf(out, functional ? " %s\n" : "\n", connected); /* long names push, never touch */
+  fprintf(out, "%-28s %-25s ", col, shape_text(shape, sizeof shape, s)); /* long names push, never touch */
+  if (functional) fprintf(out, "%-10lld %s\n", (long long)params, connected);
+  else fprintf(out, "%lld\n", (long long)params);
 }
 
 kiln_status kiln_model_summary(kiln_model *m, FILE *out) {

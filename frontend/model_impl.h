@@ -109,6 +109,12 @@ KILN_INTERNAL kiln_status kiln_model_save(kiln_model *m, const char *path, int64
 KILN_INTERNAL kiln_status kiln_model_ensure_built(kiln_model *m, const kiln_tensor *const *x, size_t nx);
 KILN_INTERNAL kiln_status kiln_model_ensure_functions(kiln_model *m);
 KILN_INTERNAL void kiln_model_drop_compiled(kiln_model *m);
+/* layers.c: helpers of the built-in layers. A glorot_uniform kernel and a zero bias;
+ * bias + activation after the op; a layer owning a copy of `state`. */
+KILN_INTERNAL kiln_status kiln_layer_kernel_and_bias(kiln_layer *l, kiln_shape kernel, int64_t units, kiln_variable **k,
+                                                     kiln_variable **b);
+KILN_INTERNAL kiln_value kiln_layer_bias_act(kiln_graph *g, kiln_value y, kiln_variable *bias, kiln_activation act);
+KILN_INTERNAL kiln_layer *kiln_layer_with_state(const kiln_layer_class *cls, void *state, size_t size, const char *what);
 /* layers.c: build on first use, then call; failures go to g. */
 KILN_INTERNAL kiln_value kiln_layer_invoke(kiln_layer *l, kiln_graph *g, const kiln_value *x, size_t n, bool training);
 #endif

@@ -61,8 +61,41 @@ static double normal01(draw *d) {
   return sqrt(-2.0 * log(1.0 - u1)) * cos(6.283185307179586 * u2);
 }
 
+/* Orthonormal columns by modified Gram-Schmidt of a normal [big, small] matrix: the
+ * Q of its QR with R's diagonal made positive, which is what Keras' sign fix gives. */
+static kiln_status orthogonal(kiln_tensor *t, draw *d) {
+  int64_t cols = t->rank ? t->dims[t->rank - 1] : 1, rows = cols ? t->numel / cols : 0;
+  int64_t big = rows > cols ? rows : cols, small = rows > cols ? cols : rows;
+  double *q = malloc(sizeof *q * (size_t)(big * small + 1));
+  if (!q) return kiln_set_error(KILN_ERR_NOMEM, "orthogonal initializer: out of memory");
+  for (int64_t i = 0; i < big * small; i++) q[i] = normal01(d);
+  for (int64_t j = 0; j < small; j++) { /* column j of q[big][small] */
+    for (int64_t k = 0; k < j; k++) {
+      double dot = 0;
+      for (int64_t i = 0; i < big; i++) dot += q[i * small + j] * q[i * small + k];
+      for (int64_t i = 0; i < big; i++) q[i * small + j] -= dot * q[i * small + k];
+    }
+    double norm = 0;
+    for (int64_t i = 0; i < big; i++) norm += q[i * small + j] * q[i * small + j];
+    norm = sqrt(norm);
+    for (int64_t i = 0; i < big; i++) q[i * small + j] = norm > 0 ? q[i * small + j] / norm : 0;
+  }
+  for (int64_t r = 0; r < rows; r++) /* rows < cols: the transpose */
+    for (int64_t c = 0; c < cols; c++) {
+      double v = rows >= cols ? q[r * small + c] : q[c * small + r];
+      if (t->dtype == KILN_F32) ((float *)t->data)[r * cols + c] = (float)v;
+      else ((double *)t->data)[r * cols + c] = v;
+    }
+  free(q);
+  return KILN_OK;
+}
+
 static kiln_status initialize(kiln_tensor *t, kiln_initializer init, uint64_t seed) {
   draw d = {seed, 0};
+  if (init.kind == KILN_INIT_ORTHOGONAL) {
+    if (!kiln_dtype_is_float(t->dtype)) return kiln_set_error(KILN_ERR_INVALID, "orthogonal initializer: needs f32 or f64");
+    return orthogonal(t, &d);
+  }
   double fan_in, fan_out;
   fans(t, &fan_in, &fan_out);
   for (int64_t i = 0; i < t->numel; i++) {

@@ -48,6 +48,7 @@ typedef enum kiln_init_kind {
   KILN_INIT_NORMAL,         /* mean a, standard deviation b */
   KILN_INIT_GLOROT_UNIFORM, /* Keras: U(-l, l), l = sqrt(6 / (fan_in + fan_out)) */
   KILN_INIT_HE_NORMAL,      /* Keras: normal truncated at 2 sd, sd = sqrt(2 / fan_in) / .8796 */
+  KILN_INIT_ORTHOGONAL,     /* Keras: Q of the QR of a normal [prod(dims[:-1]), dims[-1]] matrix */
 } kiln_init_kind;
 
 /* Fans follow Keras: [in, out] for matrices, HWIO filters multiply by kh*kw. */
@@ -62,6 +63,7 @@ typedef struct kiln_initializer {
 #define KILN_NORMAL(mean, sd) ((kiln_initializer){KILN_INIT_NORMAL, (mean), (sd)})
 #define KILN_GLOROT_UNIFORM ((kiln_initializer){KILN_INIT_GLOROT_UNIFORM, 0, 0})
 #define KILN_HE_NORMAL ((kiln_initializer){KILN_INIT_HE_NORMAL, 0, 0})
+#define KILN_ORTHOGONAL ((kiln_initializer){KILN_INIT_ORTHOGONAL, 0, 0})
 
 /* Random initializers draw from a counter RNG keyed by (seed, variable name), so
  * a variable's initial value does not depend on creation order. */
