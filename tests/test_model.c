@@ -530,6 +530,155 @@ static void test_lr_callbacks_and_csv(void **state) {
   kiln_tensor_free(y);
 }
 
+/* ---- TensorBoard: decoded with an independent TFRecord + protobuf wire reader ---- */
+
+static uint32_t crc32c_bitwise(const uint8_t *p, size_t n) {
+  uint32_t c = 0xFFFFFFFFu;
+  for (size_t i = 0; i < n; i++) {
+    c ^= p[i];
+    for (int k = 0; k < 8; k++) c = c & 1 ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+  }
+  return ~c;
+}
+static uint32_t masked(const uint8_t *p, size_t n) {
+  uint32_t c = crc32c_bitwise(p, n);
+  return ((c >> 15) | (c << 17)) + 0xa282ead8u;
+}
+static uint64_t le(const uint8_t *p, int n) {
+  uint64_t v = 0;
+  for (int i = n - 1; i >= 0; i--) v = v << 8 | p[i];
+  return v;
+}
+static uint64_t varint(const uint8_t **p) {
+  uint64_t v = 0;
+  for (int s = 0;; s += 7) {
+    uint8_t b = *(*p)++;
+    v |= (uint64_t)(b & 0x7f) << s;
+    if (!(b & 0x80)) return v;
+  }
+}
+
+typedef struct scalar {
+  int64_t step;
+  char tag[64];
+  float value;
+} scalar;
+
+/* Events of one file: the version string and up to cap scalars. */
+static int read_events(const char *path, char *version, scalar *out, int cap) {
+  FILE *f = fopen(path, "rb");
+  assert_non_null(f);
+  static uint8_t buf[1 << 16];
+  size_t n = fread(buf, 1, sizeof buf, f);
+  fclose(f);
+  int ns = 0;
+  for (size_t at = 0; at < n;) {
+    uint64_t len = le(buf + at, 8);
+    assert_true(le(buf + at + 8, 4) == masked(buf + at, 8));
+    const uint8_t *ev = buf + at + 12, *end = ev + len;
+    assert_true(le(end, 4) == masked(ev, len));
+    at += 12 + len + 4;
+    int64_t step = 0;
+    while (ev < end) {
+      uint64_t key = varint(&ev);
+      if (key == (1 << 3 | 1)) ev += 8;            /* wall_time, fixed64 */
+      else if (key == (2 << 3 | 0)) step = (int64_t)varint(&ev);
+      else if (key == (3 << 3 | 2)) {              /* file_version */
+        uint64_t l = varint(&ev);
+        memcpy(version, ev, l), version[l] = 0, ev += l;
+      } else if (key == (5 << 3 | 2)) {            /* summary { repeated value = 1 } */
+        const uint8_t *se = ev + varint(&ev);
+        while (ev < se) {
+          assert_true(varint(&ev) == (1 << 3 | 2));
+          const uint8_t *ve = ev + varint(&ev);
+          scalar sc = {.step = step};
+          while (ev < ve) {
+            uint64_t k = varint(&ev);
+            if (k == (1 << 3 | 2)) {
+              uint64_t l = varint(&ev);
+              memcpy(sc.tag, ev, l), sc.tag[l] = 0, ev += l;
+            } else {
+              assert_true(k == (2 << 3 | 5)); /* simple_value, fixed32 float */
+              uint32_t bits = (uint32_t)le(ev, 4);
+              memcpy(&sc.value, &bits, 4), ev += 4;
+            }
+          }
+          if (ns < cap) out[ns++] = sc;
+        }
+      } else {
+        fail_msg("unexpected field key %llu", (unsigned long long)key);
+      }
+    }
+  }
+  return ns;
+}
+
+static void only_file(const char *dir, char *path, size_t cap) {
+  char cmd[600];
+  snprintf(cmd, sizeof cmd, "ls %s/events.out.tfevents.* 2>/dev/null", dir);
+  FILE *p = popen(cmd, "r");
+  assert_non_null(p);
+  assert_non_null(fgets(path, (int)cap, p));
+  path[strcspn(path, "\n")] = 0;
+  char extra[600];
+  assert_null(fgets(extra, sizeof extra, p)); /* exactly one */
+  pclose(p);
+}
+
+static void test_tensorboard_events(void **state) {
+  kiln_tensor *x, *y;
+  blobs(120, &x, &y);
+  kiln_model *m = small_model("sgd", 0.1);
+  char dir[] = "/tmp/kiln_tb_XXXXXX";
+  assert_non_null(mkdtemp(dir));
+  kiln_callback cb = kiln_tensorboard(dir, 2);
+  kiln_fit_options fo = kiln_fit_defaults();
+  fo.verbose = 0;
+  fo.epochs = 3;
+  fo.batch_size = 32;
+  fo.validation_split = 0.25; /* 90 train examples: 3 batches per epoch */
+  fo.callbacks = &cb;
+  fo.ncallbacks = 1;
+  kiln_history *h;
+  assert_int_equal(kiln_model_fit(m, x, y, &fo, &h), KILN_OK);
+  kiln_callback_free(&cb);
+  char sub[128], path[600], version[64] = "";
+  scalar sc[64];
+  snprintf(sub, sizeof sub, "%s/train", dir);
+  only_file(sub, path, sizeof path);
+  int n = read_events(path, version, sc, 64);
+  assert_string_equal(version, "brain.Event:2");
+  int epochs_seen = 0, batches_seen = 0, lr_seen = 0;
+  for (int i = 0; i < n; i++) {
+    if (!strcmp(sc[i].tag, "epoch_loss")) {
+      assert_true(sc[i].value == (float)kiln_history_get(h, "loss")[sc[i].step]);
+      assert_int_equal(sc[i].step, epochs_seen++);
+    }
+    batches_seen += !strcmp(sc[i].tag, "batch_loss");
+    lr_seen += !strcmp(sc[i].tag, "epoch_learning_rate") && fabsf(sc[i].value - 0.1f) < 1e-7f;
+  }
+  assert_int_equal(epochs_seen, 3);
+  assert_int_equal(batches_seen, 4); /* 9 batches, every 2nd */
+  assert_int_equal(lr_seen, 3);
+  snprintf(sub, sizeof sub, "%s/validation", dir);
+  only_file(sub, path, sizeof path);
+  n = read_events(path, version, sc, 64);
+  int val_acc = 0;
+  for (int i = 0; i < n; i++)
+    if (!strcmp(sc[i].tag, "epoch_accuracy")) {
+      assert_true(sc[i].value == (float)kiln_history_get(h, "val_accuracy")[sc[i].step]);
+      val_acc++;
+    }
+  assert_int_equal(val_acc, 3);
+  char cmd[200];
+  snprintf(cmd, sizeof cmd, "rm -r %s", dir);
+  assert_int_equal(system(cmd), 0);
+  kiln_history_free(h);
+  kiln_model_free(m);
+  kiln_tensor_free(x);
+  kiln_tensor_free(y);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_idx),
@@ -542,6 +691,7 @@ int main(void) {
       cmocka_unit_test(test_early_stopping),
       cmocka_unit_test(test_checkpoint_resume_is_bit_identical),
       cmocka_unit_test(test_lr_callbacks_and_csv),
+      cmocka_unit_test(test_tensorboard_events),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

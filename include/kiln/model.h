@@ -260,6 +260,10 @@ KILN_API kiln_callback kiln_reduce_lr_on_plateau(const char *monitor, double fac
 KILN_API kiln_callback kiln_lr_scheduler(double (*schedule)(int epoch, double lr, void *ud), void *ud);
 KILN_API kiln_callback kiln_csv_logger(const char *path);
 KILN_API kiln_callback kiln_terminate_on_nan(void);
+/* TensorBoard event files under log_dir/train and log_dir/validation: "epoch_<key>"
+ * scalars per epoch (and the learning rate), "batch_<key>" every update_freq batches
+ * when update_freq > 0. View with `tensorboard --logdir log_dir`. */
+KILN_API kiln_callback kiln_tensorboard(const char *log_dir, int update_freq);
 
 /* Data for a model with several inputs/outputs: one tensor per input, in declaration
  * order, one target per output that has a loss, optional per-example weights [n]. */
