@@ -103,7 +103,7 @@ KILN_INTERNAL kiln_value kiln_metric_accumulate(kiln_graph *g, const model_metri
 KILN_INTERNAL double kiln_metric_finalize(metric_kind k, const double *acc);
 
 /* runtime/checkpoint.c: all variables with the optimizer's step, the seed and `epoch` epochs done. */
-KILN_INTERNAL kiln_status kiln_model_save(kiln_model *m, const char *path, int64_t epoch);
+KILN_INTERNAL kiln_status kiln_model_save_checkpoint(kiln_model *m, const char *path, int64_t epoch);
 
 /* model.c */
 KILN_INTERNAL kiln_status kiln_model_ensure_built(kiln_model *m, const kiln_tensor *const *x, size_t nx);

@@ -158,7 +158,7 @@ static kiln_status ckpt_fn(const kiln_callback_info *info, void *state) {
   }
   char path[1100];
   format_path(c->path, info->epoch + 1, path, sizeof path);
-  return kiln_model_save(info->model, path, info->epoch + 1);
+  return kiln_model_save_checkpoint(info->model, path, info->epoch + 1);
 }
 
 kiln_callback kiln_model_checkpoint(const char *path, const char *monitor_name, bool save_best_only) {

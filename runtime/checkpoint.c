@@ -10,7 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include "frontend/model_impl.h"
-#include "runtime/proto/checkpoint.pb-c.h"
+#include "runtime/checkpoint_impl.h"
 #include "runtime/tensor_impl.h"
 
 #define MAGIC "KILNCKPT"
@@ -69,56 +69,105 @@ static kiln_status write_atomic(const char *path, const unsigned char *const *pa
   return st;
 }
 
+/* "magic" | u32 version | u64 payload length | payload | u32 masked CRC32C, atomically. */
+kiln_status kiln_framed_write(const char *path, const char *magic, const unsigned char *payload, size_t plen) {
+  unsigned char head[HEADER_BYTES], tail[4];
+  memcpy(head, magic, 8);
+  put_le(head + 8, FORMAT_VERSION, 4);
+  put_le(head + 12, plen, 8);
+  put_le(tail, kiln_crc32c_masked(payload, plen), 4);
+  const unsigned char *parts[3] = {head, payload, tail};
+  size_t sizes[3] = {HEADER_BYTES, plen, 4};
+  return write_atomic(path, parts, sizes, 3);
+}
+
+/* Reads and checks a framed file; *buf owns the bytes, the payload points into it. */
+kiln_status kiln_framed_read(const char *path, const char *magic, const char *what, unsigned char **buf,
+                             const unsigned char **payload, size_t *plen_out) {
+  size_t len = 0;
+  *buf = NULL;
+  kiln_status st = kiln_read_file(path, buf, &len);
+  if (st != KILN_OK) return st;
+  uint64_t plen = len >= HEADER_BYTES ? get_le(*buf + 12, 8) : 0;
+  if (len < HEADER_BYTES || memcmp(*buf, magic, 8)) {
+    st = kiln_set_error(KILN_ERR_PARSE, "%s: not a kiln %s (bad magic)", path, what);
+  } else if (get_le(*buf + 8, 4) != FORMAT_VERSION) {
+    st = kiln_set_error(KILN_ERR_PARSE, "%s: %s format version %u is not supported (expected %u)", path, what,
+                        (unsigned)get_le(*buf + 8, 4), FORMAT_VERSION);
+  } else if (plen > len - HEADER_BYTES || len - HEADER_BYTES - plen != 4) {
+    st = kiln_set_error(KILN_ERR_PARSE, "%s: truncated or padded %s: %zu bytes, the header promises %llu", path, what, len,
+                        (unsigned long long)(plen + HEADER_BYTES + 4));
+  } else if (get_le(*buf + HEADER_BYTES + plen, 4) != kiln_crc32c_masked(*buf + HEADER_BYTES, plen)) {
+    st = kiln_set_error(KILN_ERR_PARSE, "%s: checksum mismatch: the %s is corrupt", path, what);
+  }
+  if (st != KILN_OK) {
+    free(*buf);
+    *buf = NULL;
+    return st;
+  }
+  *payload = *buf + HEADER_BYTES;
+  *plen_out = plen;
+  return KILN_OK;
+}
+
+void kiln_packed_store_free(kiln_packed_store *p) {
+  free(p->tensors);
+  free(p->ptrs);
+  free(p->dims);
+}
+
+/* The variables of vs that keep(v) accepts (all when keep is NULL), as a Checkpoint
+ * message pointing at their data. */
+kiln_status kiln_pack_store(const kiln_variables *vs, bool (*keep)(const kiln_variable *v, void *ud), void *ud,
+                            kiln_packed_store *p) {
+  size_t n = kiln_variables_count(vs), k = 0;
+  kiln__checkpoint__init(&p->ck);
+  p->tensors = calloc(n + 1, sizeof *p->tensors);
+  p->ptrs = calloc(n + 1, sizeof *p->ptrs);
+  p->dims = calloc(n * KILN_MAX_RANK + 1, sizeof *p->dims);
+  if (!p->tensors || !p->ptrs || !p->dims) return kiln_set_error(KILN_ERR_NOMEM, "checkpoint: out of memory");
+  for (size_t i = 0; i < n; i++) {
+    kiln_variable *v = kiln_variables_at(vs, i);
+    if (keep && !keep(v, ud)) continue;
+    const kiln_tensor *t = kiln_variable_value(v);
+    Kiln__Tensor *ts = &p->tensors[k];
+    kiln__tensor__init(ts);
+    ts->name = (char *)kiln_variable_name(v);
+    ts->dtype = (int32_t)t->dtype;
+    ts->n_dims = (size_t)t->rank;
+    ts->dims = p->dims + k * KILN_MAX_RANK;
+    if (t->rank) memcpy(ts->dims, t->dims, sizeof(int64_t) * (size_t)t->rank);
+    ts->data.data = t->data;
+    ts->data.len = t->nbytes;
+    ts->crc32c = kiln_crc32c(t->data, t->nbytes);
+    ts->has_trainable = true;
+    ts->trainable = kiln_variable_trainable(v);
+    p->ptrs[k++] = ts;
+  }
+  p->ck.n_tensors = k;
+  p->ck.tensors = p->ptrs;
+  return KILN_OK;
+}
+
 kiln_status kiln_checkpoint_save(const kiln_variables *vs, const char *path, const kiln_checkpoint_info *info) {
   if (!vs || !path) return kiln_set_error(KILN_ERR_INVALID, "checkpoint_save: NULL argument");
-  size_t n = kiln_variables_count(vs);
-  Kiln__Checkpoint ck = KILN__CHECKPOINT__INIT;
-  Kiln__Tensor *ts = calloc(n + 1, sizeof *ts);
-  Kiln__Tensor **tp = calloc(n + 1, sizeof *tp);
-  int64_t *dims = calloc(n * KILN_MAX_RANK + 1, sizeof *dims);
+  kiln_packed_store p;
   unsigned char *payload = NULL;
-  kiln_status st = ts && tp && dims ? KILN_OK : kiln_set_error(KILN_ERR_NOMEM, "checkpoint_save: out of memory");
-  for (size_t i = 0; st == KILN_OK && i < n; i++) {
-    kiln_variable *v = kiln_variables_at(vs, i);
-    const kiln_tensor *t = kiln_variable_value(v);
-    kiln__tensor__init(&ts[i]);
-    ts[i].name = (char *)kiln_variable_name(v);
-    ts[i].dtype = (int32_t)t->dtype;
-    ts[i].n_dims = (size_t)t->rank;
-    ts[i].dims = dims + i * KILN_MAX_RANK;
-    if (t->rank) memcpy(ts[i].dims, t->dims, sizeof(int64_t) * (size_t)t->rank);
-    ts[i].data.data = t->data;
-    ts[i].data.len = t->nbytes;
-    ts[i].crc32c = kiln_crc32c(t->data, t->nbytes);
-    ts[i].has_trainable = true;
-    ts[i].trainable = kiln_variable_trainable(v);
-    tp[i] = &ts[i];
+  kiln_status st = kiln_pack_store(vs, NULL, NULL, &p);
+  if (st == KILN_OK && info) {
+    p.ck.has_step = p.ck.has_epoch = p.ck.has_seed = true;
+    p.ck.step = info->step;
+    p.ck.epoch = info->epoch;
+    p.ck.seed = info->seed;
   }
-  ck.n_tensors = n;
-  ck.tensors = tp;
-  if (info) {
-    ck.has_step = ck.has_epoch = ck.has_seed = true;
-    ck.step = info->step;
-    ck.epoch = info->epoch;
-    ck.seed = info->seed;
-  }
-  size_t plen = st == KILN_OK ? kiln__checkpoint__get_packed_size(&ck) : 0;
+  size_t plen = st == KILN_OK ? kiln__checkpoint__get_packed_size(&p.ck) : 0;
   if (st == KILN_OK && !(payload = malloc(plen + 1))) st = kiln_set_error(KILN_ERR_NOMEM, "checkpoint_save: out of memory");
   if (st == KILN_OK) {
-    kiln__checkpoint__pack(&ck, payload);
-    unsigned char head[HEADER_BYTES], tail[4];
-    memcpy(head, MAGIC, 8);
-    put_le(head + 8, FORMAT_VERSION, 4);
-    put_le(head + 12, plen, 8);
-    put_le(tail, kiln_crc32c_masked(payload, plen), 4);
-    const unsigned char *parts[3] = {head, payload, tail};
-    size_t sizes[3] = {HEADER_BYTES, plen, 4};
-    st = write_atomic(path, parts, sizes, 3);
+    kiln__checkpoint__pack(&p.ck, payload);
+    st = kiln_framed_write(path, MAGIC, payload, plen);
   }
   free(payload);
-  free(ts);
-  free(tp);
-  free(dims);
+  kiln_packed_store_free(&p);
   return st;
 }
 
@@ -136,27 +185,9 @@ static void list_add(char *buf, size_t cap, const char *name) {
   snprintf(buf + k, cap - k, "%s'%s'", k ? ", " : "", name);
 }
 
-kiln_status kiln_checkpoint_restore(kiln_variables *vs, const char *path, bool strict, kiln_checkpoint_info *info) {
-  if (!vs || !path) return kiln_set_error(KILN_ERR_INVALID, "checkpoint_restore: NULL argument");
-  unsigned char *buf = NULL;
-  size_t len = 0;
-  kiln_status st = kiln_read_file(path, &buf, &len);
-  if (st != KILN_OK) return st;
-  Kiln__Checkpoint *ck = NULL;
-  uint64_t plen = len >= HEADER_BYTES ? get_le(buf + 12, 8) : 0;
-  if (len < HEADER_BYTES || memcmp(buf, MAGIC, 8)) {
-    st = kiln_set_error(KILN_ERR_PARSE, "%s: not a kiln checkpoint (bad magic)", path);
-  } else if (get_le(buf + 8, 4) != FORMAT_VERSION) {
-    st = kiln_set_error(KILN_ERR_PARSE, "%s: checkpoint format version %u is not supported (expected %u)", path,
-                        (unsigned)get_le(buf + 8, 4), FORMAT_VERSION);
-  } else if (plen > len - HEADER_BYTES || len - HEADER_BYTES - plen != 4) {
-    st = kiln_set_error(KILN_ERR_PARSE, "%s: truncated or padded checkpoint: %zu bytes, the header promises %llu", path,
-                        len, (unsigned long long)(plen + HEADER_BYTES + 4));
-  } else if (get_le(buf + HEADER_BYTES + plen, 4) != kiln_crc32c_masked(buf + HEADER_BYTES, plen)) {
-    st = kiln_set_error(KILN_ERR_PARSE, "%s: checksum mismatch: the checkpoint is corrupt", path);
-  } else if (!(ck = kiln__checkpoint__unpack(NULL, plen, buf + HEADER_BYTES))) {
-    st = kiln_set_error(KILN_ERR_PARSE, "%s: malformed checkpoint contents", path);
-  }
+/* Restores vs from a Checkpoint message, validating every tensor before changing anything. */
+kiln_status kiln_restore_store(kiln_variables *vs, const Kiln__Checkpoint *ck, const char *path, bool strict) {
+  kiln_status st = KILN_OK;
   /* Validate everything before changing anything. */
   char missing[400] = "", extra[400] = "", mismatched[400] = "";
   for (size_t i = 0; st == KILN_OK && i < ck->n_tensors; i++) {
@@ -198,6 +229,19 @@ kiln_status kiln_checkpoint_restore(kiln_variables *vs, const char *path, bool s
     }
     if (st == KILN_OK && t->data.len) memcpy(kiln_variable_value(v)->data, t->data.data, t->data.len);
   }
+  return st;
+}
+
+kiln_status kiln_checkpoint_restore(kiln_variables *vs, const char *path, bool strict, kiln_checkpoint_info *info) {
+  if (!vs || !path) return kiln_set_error(KILN_ERR_INVALID, "checkpoint_restore: NULL argument");
+  unsigned char *buf;
+  const unsigned char *payload;
+  size_t plen;
+  kiln_status st = kiln_framed_read(path, MAGIC, "checkpoint", &buf, &payload, &plen);
+  if (st != KILN_OK) return st;
+  Kiln__Checkpoint *ck = kiln__checkpoint__unpack(NULL, plen, payload);
+  if (!ck) st = kiln_set_error(KILN_ERR_PARSE, "%s: malformed checkpoint contents", path);
+  if (st == KILN_OK) st = kiln_restore_store(vs, ck, path, strict);
   if (st == KILN_OK && info) {
     info->step = ck->has_step ? ck->step : 0;
     info->epoch = ck->has_epoch ? ck->epoch : 0;
@@ -208,7 +252,7 @@ kiln_status kiln_checkpoint_restore(kiln_variables *vs, const char *path, bool s
   return st;
 }
 
-kiln_status kiln_model_save(kiln_model *m, const char *path, int64_t epoch) {
+kiln_status kiln_model_save_checkpoint(kiln_model *m, const char *path, int64_t epoch) {
   kiln_variable *it = kiln_variables_find(m->vars, "optimizer/iterations");
   kiln_checkpoint_info info = {.step = it ? *(int64_t *)kiln_variable_value(it)->data : 0, .epoch = epoch, .seed = m->seed};
   return kiln_checkpoint_save(m->vars, path, &info);
@@ -216,7 +260,7 @@ kiln_status kiln_model_save(kiln_model *m, const char *path, int64_t epoch) {
 
 kiln_status kiln_model_save_weights(kiln_model *m, const char *path) {
   if (!m) return kiln_set_error(KILN_ERR_INVALID, "save_weights: null model");
-  return kiln_model_save(m, path, 0);
+  return kiln_model_save_checkpoint(m, path, 0);
 }
 
 kiln_status kiln_model_load_weights(kiln_model *m, const char *path) {
