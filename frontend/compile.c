@@ -177,6 +177,12 @@ static void trace_train(kiln_graph *g, const kiln_value *in, size_t nin, void *u
         vars[n] = v;
         reads[n++] = kiln_variable_read(g, v);
       }
+    for (size_t i = 0; m->loaded && i < nv; i++) { /* a loaded model's weights are its store's */
+      kiln_variable *v = kiln_variables_at(m->vars, i);
+      if (!kiln_variable_trainable(v) || !strncmp(kiln_variable_name(v), "optimizer/", 10)) continue;
+      vars[n] = v;
+      reads[n++] = kiln_variable_read(g, v);
+    }
     if (n && kiln_gradients(g, loss, reads, n, grads) != KILN_OK) kiln_graph_fail(g, KILN_ERR_INVALID, "%s", kiln_errmsg());
     if (n && kiln_graph_status(g) == KILN_OK && kiln_optimizer_apply(m->opt, g, vars, grads, n) != KILN_OK)
       kiln_graph_fail(g, KILN_ERR_INVALID, "%s", kiln_errmsg());

@@ -68,6 +68,7 @@ void kiln_model_free(kiln_model *m) {
   free(m->kts);
   free(m->nodes);
   kiln_function_free(m->predict_fn);
+  kiln_graph_free(m->loaded);
   kiln_variables_free(m->vars);
   free(m->errmsg);
   free(m->name);
@@ -351,9 +352,35 @@ kiln_status kiln_model_ensure_built(kiln_model *m, const kiln_tensor *const *x, 
   return KILN_OK;
 }
 
+/* A loaded model's graph copied into g, its placeholders replaced by x. */
+static kiln_status inline_loaded(kiln_model *m, kiln_graph *g, const kiln_value *x, kiln_value *y) {
+  const kiln_graph *src = m->loaded;
+  uint32_t *map = malloc(sizeof *map * (src->nnodes + 1)), nparams = 0;
+  if (!map) return kiln_graph_fail(g, KILN_ERR_NOMEM, "model_call: out of memory"), KILN_ERR_NOMEM;
+  for (uint32_t i = 0; i < src->nnodes && kiln_graph_status(g) == KILN_OK; i++) {
+    const kiln_node *n = &src->nodes[i];
+    if (n->op == KILN_OP_PARAM && kiln_node_is_variable(n)) {
+      kiln_variable *v = kiln_variables_find(m->vars, n->name);
+      map[i] = v ? kiln_variable_read(g, v).id : kiln_graph_fail(g, KILN_ERR_INVALID, "model '%s': no weight '%s'", m->name, n->name).id;
+    } else if (n->op == KILN_OP_PARAM) {
+      map[i] = x[nparams++].id;
+    } else {
+      uint32_t ins[64];
+      for (uint32_t j = 0; j < n->ninputs && j < 64; j++) ins[j] = map[n->inputs[j]];
+      kiln_attrs a = {.n = (int)n->nattrs};
+      if (n->nattrs) memcpy(a.a, n->attrs, sizeof(kiln_attr) * n->nattrs);
+      map[i] = kiln_node_make(g, (kiln_op)n->op, ins, n->ninputs, &a, n->name, n->data, n->nbytes).id;
+    }
+  }
+  for (size_t i = 0; kiln_graph_status(g) == KILN_OK && i < m->noutputs; i++) y[i] = (kiln_value){map[src->outputs[i].node]};
+  free(map);
+  return kiln_graph_status(g);
+}
+
 kiln_status kiln_model_call_multi(kiln_model *m, kiln_graph *g, const kiln_value *x, kiln_value *y, bool training) {
   if (!m || !g || !x || !y) return kiln_set_error(KILN_ERR_INVALID, "model_call: NULL argument");
   if (!m->built) return kiln_set_error(KILN_ERR_INVALID, "model_call: model '%s' is not built", m->name);
+  if (m->loaded) return inline_loaded(m, g, x, y);
   kiln_value *v = malloc(sizeof *v * (m->nkts + 1));
   if (!v) return kiln_graph_fail(g, KILN_ERR_NOMEM, "model_call: out of memory"), KILN_ERR_NOMEM;
   for (size_t i = 0; i < m->ninputs; i++) v[m->inputs[i].kt] = x[i];
@@ -384,6 +411,64 @@ kiln_value kiln_model_call(kiln_model *m, kiln_graph *g, kiln_value x, bool trai
   if (kiln_model_call_multi(m, g, &x, &y, training) != KILN_OK && kiln_graph_status(g) == KILN_OK)
     kiln_graph_fail(g, KILN_ERR_INVALID, "%s", kiln_errmsg());
   return y;
+}
+
+kiln_graph *kiln_model_inference_graph(kiln_model *m) {
+  kiln_graph *g = kiln_graph_new();
+  kiln_value x[64], y[64];
+  if (!g || m->ninputs > 64 || m->noutputs > 64) {
+    kiln_graph_free(g);
+    kiln_set_error(KILN_ERR_INVALID, "model '%s': at most 64 inputs and outputs", m->name);
+    return NULL;
+  }
+  for (size_t i = 0; i < m->ninputs; i++)
+    x[i] = kiln_placeholder(g, m->inputs[i].name, m->kts[m->inputs[i].kt].dtype, m->kts[m->inputs[i].kt].shape);
+  if (kiln_model_call_multi(m, g, x, y, false) == KILN_OK)
+    for (size_t i = 0; i < m->noutputs; i++) kiln_output(g, m->outputs[i].name, y[i]);
+  if (kiln_graph_status(g) != KILN_OK) {
+    kiln_set_error(kiln_graph_status(g), "model '%s': %s", m->name, kiln_graph_errmsg(g));
+    kiln_graph_free(g);
+    return NULL;
+  }
+  return g;
+}
+
+kiln_status kiln_model_from_graph(const char *name, kiln_graph *g, kiln_variables *vars, kiln_model **out) {
+  kiln_model *m = model_new(name, "model", 0, false);
+  if (!m) {
+    kiln_graph_free(g);
+    kiln_variables_free(vars);
+    return KILN_ERR_NOMEM;
+  }
+  kiln_variables_free(m->vars);
+  m->vars = vars;
+  m->loaded = g;
+  for (uint32_t i = 0; i < g->nnodes && m->error == KILN_OK; i++) {
+    const kiln_node *n = &g->nodes[i];
+    if (n->op != KILN_OP_PARAM || kiln_node_is_variable(n)) continue;
+    kiln_shape s = {.rank = n->rank};
+    memcpy(s.dims, n->dims, sizeof(int64_t) * (size_t)n->rank);
+    if (n->rank < 1 || n->dims[0] != KILN_DYN)
+      model_fail(m, KILN_ERR_INVALID, "input '%s' has no batch dim ('?' first)", n->name);
+    int32_t kt = new_kt(m, -1, (kiln_dtype)n->dtype, s);
+    if (kt < 0 || !add_port(&m->inputs, &m->ninputs, n->name, kt)) model_fail(m, KILN_ERR_NOMEM, "out of memory");
+  }
+  for (uint32_t i = 0; i < g->noutputs && m->error == KILN_OK; i++) {
+    const kiln_node *n = &g->nodes[g->outputs[i].node];
+    kiln_shape s = {.rank = n->rank};
+    memcpy(s.dims, n->dims, sizeof(int64_t) * (size_t)n->rank);
+    int32_t kt = new_kt(m, -1, (kiln_dtype)n->dtype, s);
+    if (kt < 0 || !add_port(&m->outputs, &m->noutputs, g->outputs[i].name, kt)) model_fail(m, KILN_ERR_NOMEM, "out of memory");
+  }
+  if (m->error == KILN_OK && (!m->ninputs || !m->noutputs)) model_fail(m, KILN_ERR_INVALID, "the graph needs inputs and outputs");
+  if (m->error != KILN_OK) {
+    kiln_status st = model_error(m);
+    kiln_model_free(m);
+    return st;
+  }
+  m->built = true;
+  *out = m;
+  return KILN_OK;
 }
 
 /* ---- summary ---- */
@@ -427,6 +512,25 @@ static void summary_row(FILE *out, bool functional, const char *name, const char
 kiln_status kiln_model_summary(kiln_model *m, FILE *out) {
   if (!m || !out) return kiln_set_error(KILN_ERR_INVALID, "summary: NULL argument");
   if (!m->built) return kiln_set_error(KILN_ERR_INVALID, "summary: model '%s' is not built yet (call kiln_model_build or fit)", m->name);
+  if (m->loaded) {
+    int64_t total = 0, trainable = 0;
+    for (size_t i = 0; i < kiln_variables_count(m->vars); i++) {
+      kiln_variable *v = kiln_variables_at(m->vars, i);
+      const kiln_tensor *t = kiln_variable_value(v);
+      if (!kiln_dtype_is_float(kiln_tensor_dtype(t)) || !strncmp(kiln_variable_name(v), "optimizer/", 10)) continue;
+      total += kiln_tensor_numel(t);
+      trainable += kiln_variable_trainable(v) ? kiln_tensor_numel(t) : 0;
+    }
+    fprintf(out, "Model: \"%s\" (loaded: a graph of %u ops)\n", m->name, m->loaded->nnodes);
+    for (size_t i = 0; i < m->ninputs + m->noutputs; i++) {
+      const model_port *p = i < m->ninputs ? &m->inputs[i] : &m->outputs[i - m->ninputs];
+      char shape[128];
+      fprintf(out, " %-7s %-20s %s\n", i < m->ninputs ? "input" : "output", p->name, shape_text(shape, sizeof shape, m->kts[p->kt].shape));
+    }
+    fprintf(out, "Total params: %lld\nTrainable params: %lld\nNon-trainable params: %lld\n", (long long)total,
+            (long long)trainable, (long long)(total - trainable));
+    return KILN_OK;
+  }
   bool fn = !m->sequential;
   const char *rule = fn ? "____________________________________________________________________________________\n"
                         : "_________________________________________________________________\n";

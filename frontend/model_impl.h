@@ -74,6 +74,7 @@ struct kiln_model {
   size_t nnodes, nodes_cap;
   model_port *inputs, *outputs;
   size_t ninputs, noutputs;
+  kiln_graph *loaded; /* a model read from a model file: its inference graph, no layers */
   kiln_status error; /* first error while building a functional model */
   char *errmsg;
   bool built;
@@ -109,6 +110,10 @@ KILN_INTERNAL kiln_status kiln_model_save_checkpoint(kiln_model *m, const char *
 KILN_INTERNAL kiln_status kiln_model_ensure_built(kiln_model *m, const kiln_tensor *const *x, size_t nx);
 KILN_INTERNAL kiln_status kiln_model_ensure_functions(kiln_model *m);
 KILN_INTERNAL void kiln_model_drop_compiled(kiln_model *m);
+/* The inference graph: placeholders named like the inputs, outputs like the outputs. */
+KILN_INTERNAL kiln_graph *kiln_model_inference_graph(kiln_model *m);
+/* A model whose forward pass is graph g (taken over; variables in vars, taken over too). */
+KILN_INTERNAL kiln_status kiln_model_from_graph(const char *name, kiln_graph *g, kiln_variables *vars, kiln_model **out);
 /* layers.c: helpers of the built-in layers. A glorot_uniform kernel and a zero bias;
  * bias + activation after the op; a layer owning a copy of `state`. */
 KILN_INTERNAL kiln_status kiln_layer_kernel_and_bias(kiln_layer *l, kiln_shape kernel, int64_t units, kiln_variable **k,

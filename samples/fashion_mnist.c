@@ -2,8 +2,10 @@
  * 5,000 for validation, 10,000 for test, standardized with the training set's
  * mean and standard deviation; Flatten -> Dense 300 relu -> Dense 100 relu ->
  * Dense 10 softmax, SGD (lr 0.01), sparse categorical cross-entropy, 10 epochs.
- *   fashion_mnist [--cnn] [--epochs N] [--seed S] [--data DIR]
- * --cnn trains two 3x3 convolutions with max pooling instead (Adam). */
+ *   fashion_mnist [--cnn] [--epochs N] [--seed S] [--data DIR] [--save FILE]
+ * --cnn trains two 3x3 convolutions with max pooling instead (Adam). The trained
+ * model is saved as a model file (default fashion_mnist.kiln or fashion_mnist_cnn.kiln);
+ * its input is standardized pixels, with the mean and std printed. */
 #include <kiln/kiln.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,13 +41,15 @@ int main(int argc, char **argv) {
   bool cnn = false;
   int epochs = 10;
   unsigned long long seed = 42;
+  const char *save = NULL;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--cnn")) cnn = true;
     else if (!strcmp(argv[i], "--epochs") && i + 1 < argc) epochs = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--seed") && i + 1 < argc) seed = strtoull(argv[++i], NULL, 10);
     else if (!strcmp(argv[i], "--data") && i + 1 < argc) dir = argv[++i];
+    else if (!strcmp(argv[i], "--save") && i + 1 < argc) save = argv[++i];
     else {
-      fprintf(stderr, "usage: fashion_mnist [--cnn] [--epochs N] [--seed S] [--data DIR]\n");
+      fprintf(stderr, "usage: fashion_mnist [--cnn] [--epochs N] [--seed S] [--data DIR] [--save FILE]\n");
       return 2;
     }
   }
@@ -99,6 +103,9 @@ int main(int argc, char **argv) {
          (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec),
          epochs ? kiln_history_get(history, "val_accuracy")[last] : 0.0);
   printf("test loss %.4f, test accuracy %.4f\n", results[0], results[1]);
+  if (!save) save = cnn ? "fashion_mnist_cnn.kiln" : "fashion_mnist.kiln";
+  if (kiln_model_save(model, save) != KILN_OK) return fail("save");
+  printf("saved %s (inputs: (pixel - %.4f) / %.4f)\n", save, scaler.mean, scaler.std);
   kiln_history_free(history);
   kiln_model_free(model);
   kiln_tensor *all[] = {full_x, full_y, x_test, y_test, x_valid, x_train, y_valid, y_train};

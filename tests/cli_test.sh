@@ -32,4 +32,9 @@ echo "$out" | grep -q "dense/kernel *f32\[3,2\] *trainable" || fail "inspect lis
 head -c 50 "$golden/small.ckpt" > "$tmp/trunc.ckpt"
 if err=$("$kiln" inspect "$tmp/trunc.ckpt" 2>&1); then fail "inspect accepted a truncated checkpoint"; fi
 echo "$err" | grep -q "truncated" || fail "inspect error: $err"
+# ... and a model file (tests/golden/small.kiln: Dense 2 relu -> Dense 2 softmax on 3 inputs).
+out=$("$kiln" inspect "$golden/small.kiln")
+echo "$out" | grep -q "input   pixels  *(None, 3)" || fail "inspect model inputs: $out"
+echo "$out" | grep -q "Total params: 14" || fail "inspect model params: $out"
+echo "$out" | grep -q "dense_1/kernel *f32\[2,2\]" || fail "inspect model weights: $out"
 echo "1 passed, 0 failed"

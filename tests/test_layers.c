@@ -4,6 +4,7 @@
  * the losses and streaming metrics added with them. */
 #include <math.h>
 #include <string.h>
+#include <unistd.h>
 #include "harness.h"
 #include "kiln/kiln.h"
 
@@ -611,6 +612,78 @@ static void test_class_weight(void **state) {
   kiln_model_free(m);
 }
 
+/* ---- model files ---- */
+
+static void test_model_file_round_trip(void **state) {
+  kiln_model *m = all_layers_model();
+  trng r = {12};
+  kiln_tensor *ids = random_tensor(&r, KILN_I32, 2, (int64_t[]){7, 6}, 0, 8.99);
+  kiln_tensor *img = random_tensor(&r, KILN_F32, 4, (int64_t[]){7, 6, 6, 2}, -1, 1);
+  const kiln_tensor *in[2] = {ids, img};
+  char path[] = "/tmp/kiln_model_XXXXXX";
+  close(mkstemp(path));
+  assert_int_equal(kiln_model_save(m, path), KILN_OK);
+  kiln_model *l;
+  if (kiln_model_load(path, &l) != KILN_OK) fail_msg("%s", kiln_errmsg());
+  assert_int_equal(kiln_model_num_inputs(l), 2);
+  assert_string_equal(kiln_model_input_name(l, 1), "img");
+  assert_string_equal(kiln_model_output_name(l, 1), "features");
+  kiln_tensor *a[2], *b[2];
+  assert_int_equal(kiln_model_predict_arrays(m, in, 2, 4, a, 2), KILN_OK);
+  assert_int_equal(kiln_model_predict_arrays(l, in, 2, 4, b, 2), KILN_OK);
+  for (int i = 0; i < 2; i++) {
+    assert_int_equal(compare_tensors("loaded", b[i], a[i], 0, 0), 0); /* the same graph, bit for bit */
+    kiln_tensor_free(a[i]);
+    kiln_tensor_free(b[i]);
+  }
+  /* a loaded model compiles and trains further: one SGD epoch lowers its loss */
+  kiln_output_loss heads[1] = {{.output = "y", .loss = "mse"}};
+  kiln_model_compile_options co = {.optimizer = "sgd", .outputs = heads, .noutputs = 1};
+  assert_int_equal(kiln_model_compile(l, &co), KILN_OK);
+  kiln_tensor *target = kiln_tensor_new(KILN_F32, 2, (int64_t[]){7, 3});
+  kiln_arrays d = {in, 2, (const kiln_tensor *[]){target}, 1, NULL};
+  double before, after;
+  assert_int_equal(kiln_model_evaluate_arrays(l, &d, 8, &before, 1), KILN_OK);
+  kiln_fit_options fo = kiln_fit_defaults();
+  fo.verbose = 0;
+  fo.epochs = 5;
+  if (kiln_model_fit_arrays(l, &d, &fo, NULL) != KILN_OK) fail_msg("%s", kiln_errmsg());
+  assert_int_equal(kiln_model_evaluate_arrays(l, &d, 8, &after, 1), KILN_OK);
+  assert_true(after < before);
+  kiln_tensor_free(target);
+  kiln_model_free(l);
+  /* damage: one flipped bit, or a cut, is rejected with the reason; nothing is loaded */
+  unsigned char *bytes;
+  size_t len;
+  FILE *f = fopen(path, "rb");
+  fseek(f, 0, SEEK_END);
+  len = (size_t)ftell(f);
+  rewind(f);
+  bytes = malloc(len);
+  assert_int_equal(fread(bytes, 1, len, f), len);
+  fclose(f);
+  for (int damage = 0; damage < 2; damage++) {
+    f = fopen(path, "wb");
+    if (damage == 0) bytes[len / 2] ^= 0x10;
+    fwrite(bytes, 1, damage ? len - 9 : len, f);
+    fclose(f);
+    l = (kiln_model *)1;
+    assert_int_equal(kiln_model_load(path, &l), KILN_ERR_PARSE);
+    assert_null(l);
+    assert_non_null(strstr(kiln_errmsg(), damage ? "truncated" : "checksum mismatch"));
+    if (damage == 0) bytes[len / 2] ^= 0x10;
+  }
+  /* a checkpoint is not a model file */
+  assert_int_equal(kiln_model_save_weights(m, path), KILN_OK);
+  assert_int_equal(kiln_model_load(path, &l), KILN_ERR_PARSE);
+  assert_non_null(strstr(kiln_errmsg(), "not a kiln model file"));
+  free(bytes);
+  unlink(path);
+  kiln_tensor_free(ids);
+  kiln_tensor_free(img);
+  kiln_model_free(m);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_conv_pool_norm_by_hand),
@@ -623,6 +696,7 @@ int main(void) {
       cmocka_unit_test(test_multi_output_model_trains),
       cmocka_unit_test(test_new_losses_and_metrics),
       cmocka_unit_test(test_class_weight),
+      cmocka_unit_test(test_model_file_round_trip),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

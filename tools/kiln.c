@@ -2,7 +2,8 @@
  *   kiln dump FILE.kir                      verify a text-IR graph and print it
  *   kiln run FILE.kir --input NAME=FILE.npy ... [--output-dir DIR] [--reference]
  *                                           run it through the JIT (or the evaluator)
- *   kiln inspect FILE.ckpt                  list a checkpoint's variables and progress */
+ *   kiln inspect FILE.ckpt|FILE.kiln        list a checkpoint's variables and progress,
+ *                                           or a model file's inputs, outputs and weights */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,7 +15,7 @@ static int usage(void) {
   fprintf(stderr,
           "usage: kiln dump FILE.kir\n"
           "       kiln run FILE.kir --input NAME=FILE.npy ... [--output-dir DIR] [--reference]\n"
-          "       kiln inspect FILE.ckpt\n"
+          "       kiln inspect FILE.ckpt|FILE.kiln\n"
           "Inputs are .npy files (f32, f64, i32, i64, bool); outputs are written as DIR/NAME.npy,\n"
           "or summarised on stdout without --output-dir.\n");
   return 2;
@@ -25,18 +26,8 @@ static int fail(const char *what) {
   return 1;
 }
 
-/* Restoring into an empty store creates every variable the file holds, after all checks. */
-static int cmd_inspect(int argc, char **argv) {
-  if (argc != 1) return usage();
-  kiln_variables *vs = kiln_variables_new(0);
-  kiln_checkpoint_info info;
-  if (!vs || kiln_checkpoint_restore(vs, argv[0], false, &info) != KILN_OK) {
-    kiln_variables_free(vs);
-    return fail("inspect");
-  }
+static int64_t print_variables(kiln_variables *vs) {
   int64_t total = 0;
-  printf("%s: kiln checkpoint, step %lld, epoch %lld, seed %llu, %zu variables\n", argv[0], (long long)info.step,
-         (long long)info.epoch, (unsigned long long)info.seed, kiln_variables_count(vs));
   for (size_t i = 0; i < kiln_variables_count(vs); i++) {
     kiln_variable *v = kiln_variables_at(vs, i);
     const kiln_tensor *t = kiln_variable_value(v);
@@ -49,7 +40,30 @@ static int cmd_inspect(int argc, char **argv) {
            kiln_variable_trainable(v) ? "trainable" : "non-trainable");
     total += kiln_tensor_numel(t);
   }
-  printf("total %lld values\n", (long long)total);
+  return total;
+}
+
+/* Restoring into an empty store creates every variable the file holds, after all checks. */
+static int cmd_inspect(int argc, char **argv) {
+  if (argc != 1) return usage();
+  kiln_variables *vs = kiln_variables_new(0);
+  kiln_checkpoint_info info;
+  if (!vs) return fail("inspect");
+  if (kiln_checkpoint_restore(vs, argv[0], false, &info) != KILN_OK) {
+    kiln_variables_free(vs);
+    if (!strstr(kiln_errmsg(), "not a kiln checkpoint")) return fail("inspect");
+    kiln_model *m;
+    if (kiln_model_load(argv[0], &m) != KILN_OK) return fail("inspect");
+    printf("%s: kiln model file\n", argv[0]);
+    kiln_model_summary(m, stdout);
+    printf("weights:\n");
+    printf("total %lld values\n", (long long)print_variables(kiln_model_variables(m)));
+    kiln_model_free(m);
+    return 0;
+  }
+  printf("%s: kiln checkpoint, step %lld, epoch %lld, seed %llu, %zu variables\n", argv[0], (long long)info.step,
+         (long long)info.epoch, (unsigned long long)info.seed, kiln_variables_count(vs));
+  printf("total %lld values\n", (long long)print_variables(vs));
   kiln_variables_free(vs);
   return 0;
 }

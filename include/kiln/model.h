@@ -325,6 +325,12 @@ KILN_API kiln_status kiln_model_save_weights(kiln_model *m, const char *path);
 /* Needs a built model; restores optimizer state too, so training continues exactly. */
 KILN_API kiln_status kiln_model_load_weights(kiln_model *m, const char *path);
 
+/* Model files ("m.kiln"): the inference graph and the weights, so another program can
+ * kiln_model_load and predict (or compile and fit further) without the code that
+ * built the model. Written atomically; a damaged file is rejected with the reason. */
+KILN_API kiln_status kiln_model_save(kiln_model *m, const char *path);
+KILN_API kiln_status kiln_model_load(const char *path, kiln_model **out);
+
 #ifdef __cplusplus
 }
 #endif
