@@ -80,3 +80,13 @@ double kiln_tensor_get_f64(const kiln_tensor *t, int64_t i) {
   default: return ((const uint8_t *)t->data)[i];
   }
 }
+
+void kiln_tensor_set_f64(kiln_tensor *t, int64_t i, double v) {
+  switch (t->dtype) {
+  case KILN_F32: ((float *)t->data)[i] = (float)v; break;
+  case KILN_F64: ((double *)t->data)[i] = v; break;
+  case KILN_I32: ((int32_t *)t->data)[i] = (int32_t)kiln_float_to_int(v, KILN_I32); break;
+  case KILN_I64: ((int64_t *)t->data)[i] = kiln_float_to_int(v, KILN_I64); break;
+  default: ((uint8_t *)t->data)[i] = v != 0; break;
+  }
+}

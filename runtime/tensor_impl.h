@@ -13,4 +13,6 @@ struct kiln_tensor {
 };
 /* Element i of any dtype as a double (exact for all but i64 beyond 2^53). */
 __attribute__((visibility("hidden"))) double kiln_tensor_get_f64(const kiln_tensor *t, int64_t i);
+/* Stores v into element i, converted to t's dtype (integers saturate). */
+__attribute__((visibility("hidden"))) void kiln_tensor_set_f64(kiln_tensor *t, int64_t i, double v);
 #endif

@@ -121,13 +121,7 @@ static kiln_status initialize(kiln_tensor *t, kiln_initializer init, uint64_t se
     }
     default: return kiln_set_error(KILN_ERR_INVALID, "variable: unknown initializer %d", (int)init.kind);
     }
-    switch (t->dtype) {
-    case KILN_F32: ((float *)t->data)[i] = (float)v; break;
-    case KILN_F64: ((double *)t->data)[i] = v; break;
-    case KILN_I32: ((int32_t *)t->data)[i] = (int32_t)kiln_float_to_int(v, KILN_I32); break;
-    case KILN_I64: ((int64_t *)t->data)[i] = kiln_float_to_int(v, KILN_I64); break;
-    default: ((uint8_t *)t->data)[i] = v != 0; break;
-    }
+    kiln_tensor_set_f64(t, i, v);
   }
   return KILN_OK;
 }

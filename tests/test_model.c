@@ -679,10 +679,40 @@ static void test_tensorboard_events(void **state) {
   kiln_tensor_free(y);
 }
 
+static void test_csv(void **state) {
+  char path[] = "/tmp/kiln_csv_in_XXXXXX";
+  close(mkstemp(path));
+  const char *good = "a,b,label\n1.5, 2,0\n\n-3,4e2,2\r\n";
+  write_file(path, good, strlen(good), false);
+  kiln_tensor *x, *y;
+  kiln_csv_options o = {.header = true, .label_column = 2, .label_dtype = KILN_I32};
+  assert_int_equal(kiln_csv_load(path, &o, &x, &y), KILN_OK);
+  assert_int_equal(kiln_tensor_dims(x)[0], 2);
+  assert_int_equal(kiln_tensor_dims(x)[1], 2);
+  const float *xd = kiln_tensor_cdata(x);
+  assert_true(xd[0] == 1.5f && xd[1] == 2 && xd[2] == -3 && xd[3] == 400);
+  assert_true(((const int32_t *)kiln_tensor_cdata(y))[1] == 2);
+  kiln_tensor_free(x);
+  kiln_tensor_free(y);
+  const char *bad[] = {"1,2\n3\n", "1,2\n3,x\n", "1,,2\n", "1,2.5\n"};
+  const char *why[] = {":2: column 1: row has 1 cells, the first row 2", ":2: column 2: not a number", ":1: column 2: empty cell",
+                       "label 2.5 is not an integer"};
+  for (int i = 0; i < 4; i++) {
+    write_file(path, bad[i], strlen(bad[i]), false);
+    kiln_csv_options b = {.label_column = i == 3 ? 1 : -1, .label_dtype = KILN_I64};
+    x = y = (kiln_tensor *)1;
+    assert_int_equal(kiln_csv_load(path, &b, &x, &y), KILN_ERR_PARSE);
+    assert_null(x);
+    if (!strstr(kiln_errmsg(), why[i])) fail_msg("case %d: %s", i, kiln_errmsg());
+  }
+  unlink(path);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_idx),
       cmocka_unit_test(test_standardizer),
+      cmocka_unit_test(test_csv),
       cmocka_unit_test(test_activations),
       cmocka_unit_test(test_losses_and_metrics),
       cmocka_unit_test(test_dense_forward_and_summary),

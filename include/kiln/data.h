@@ -20,6 +20,18 @@ extern "C" {
  * that name the file and the problem. */
 KILN_API kiln_status kiln_idx_load(const char *path, kiln_dtype t, kiln_tensor **out);
 
+/* CSV of numbers: x receives the feature columns as f32 [rows, cols]; with
+ * label_column >= 0 that column goes to y instead, as label_dtype [rows] (NULL y
+ * otherwise). Empty lines are skipped; a ragged row or a cell that is not a number
+ * is an error naming the line and column. */
+typedef struct kiln_csv_options {
+  char delimiter;        /* 0 means ',' */
+  bool header;           /* skip the first line */
+  int label_column;      /* -1: none (0 with designated initializers means column 0) */
+  kiln_dtype label_dtype;
+} kiln_csv_options;
+KILN_API kiln_status kiln_csv_load(const char *path, const kiln_csv_options *o, kiln_tensor **x, kiln_tensor **y);
+
 /* One mean and standard deviation over all elements (like StandardScaler on x.reshape(-1, 1)). */
 typedef struct kiln_standardizer {
   double mean, std;
