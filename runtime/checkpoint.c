@@ -53,6 +53,9 @@ static kiln_status write_atomic(const char *path, const unsigned char *const *pa
   if (fd < 0) {
     st = kiln_set_error(KILN_ERR_IO, "%s: cannot create a temporary file: %s", path, strerror(errno));
   } else {
+    mode_t mask = umask(0); /* mkstemp makes 0600; a saved model is an ordinary file */
+    umask(mask);
+    if (fchmod(fd, 0666 & ~mask)) st = kiln_set_error(KILN_ERR_IO, "%s: chmod failed: %s", tmp, strerror(errno));
     for (int i = 0; i < nparts && st == KILN_OK; i++)
       if (!write_all(fd, parts[i], sizes[i])) st = kiln_set_error(KILN_ERR_IO, "%s: write failed: %s", tmp, strerror(errno));
     if (st == KILN_OK && fsync(fd)) st = kiln_set_error(KILN_ERR_IO, "%s: fsync failed: %s", tmp, strerror(errno));
