@@ -51,10 +51,13 @@ static kiln_status compile_heads(kiln_model *m, const kiln_model_compile_options
   if (!(m->heads = calloc(nout + 1, sizeof *m->heads))) return kiln_set_error(KILN_ERR_NOMEM, "compile: out of memory");
   for (size_t i = 0; i < nout; i++) {
     const kiln_output_loss *sp = spec_for(o, names, i);
-    const char *loss = sp && sp->loss ? sp->loss : o->loss;
-    if (!loss) continue;
+    kiln_loss_fn fn = sp && (sp->loss_fn.fn || sp->loss) ? sp->loss_fn : o->loss_fn;
+    const char *loss = sp && (sp->loss_fn.fn || sp->loss) ? sp->loss : o->loss;
+    if (!loss && !fn.fn) continue;
     model_head *h = &m->heads[m->nheads];
-    kiln_status st = kiln_loss_from_name(loss, &h->loss);
+    h->custom = fn;
+    h->loss = LOSS_MSE; /* what "accuracy" resolves against for a custom loss */
+    kiln_status st = fn.fn ? KILN_OK : kiln_loss_from_name(loss, &h->loss);
     if (st != KILN_OK) return st;
     h->output = i;
     h->weight = sp && sp->weight != 0 ? sp->weight : 1;
@@ -139,7 +142,9 @@ static kiln_value objectives(kiln_model *m, kiln_graph *g, const kiln_value *in,
     const model_head *hd = &m->heads[h];
     kiln_value p = pred[hd->output];
     kiln_dtype t = kiln_value_dtype(g, p);
-    kiln_value l = per_example(g, kiln_loss_per_example(g, hd->loss, hd->from_logits, in[m->ninputs + h], p));
+    kiln_value yt = in[m->ninputs + h];
+    kiln_value l = per_example(g, hd->custom.fn ? hd->custom.fn(g, yt, p, hd->custom.ud)
+                                                : kiln_loss_per_example(g, hd->loss, hd->from_logits, yt, p));
     kiln_value wl = kiln_mul(g, l, kiln_cast(g, w, t)), c = kiln_scalar(g, t, hd->weight);
     heads[h] = kiln_reduce_sum(g, wl, NULL, 0, false);
     kiln_value hs = kiln_mul(g, c, heads[h]), hm = kiln_mul(g, c, kiln_reduce_mean(g, wl, NULL, 0, false));

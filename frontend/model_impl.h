@@ -37,6 +37,7 @@ typedef struct model_metric {
 typedef struct model_head {
   size_t output;
   loss_kind loss;
+  kiln_loss_fn custom; /* used when custom.fn is set */
   double weight;
   bool from_logits;
   char *key; /* "<output>_loss" */

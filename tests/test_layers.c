@@ -684,6 +684,30 @@ static void test_model_file_round_trip(void **state) {
   kiln_model_free(m);
 }
 
+/* A loss given as an object: a user's 4th-power error, against the same by hand. */
+static kiln_value quartic(kiln_graph *g, kiln_value y_true, kiln_value y_pred, void *ud) {
+  kiln_value e2 = kiln_square(g, kiln_sub(g, y_pred, y_true));
+  *(int *)ud += 1;
+  return kiln_reduce_mean(g, kiln_square(g, e2), (int64_t[]){-1}, 1, false);
+}
+
+static void test_custom_loss(void **state) {
+  kiln_model *m = kiln_sequential_new("id", 0);
+  assert_int_equal(kiln_model_add(m, kiln_layer_activation(KILN_ACT_LINEAR)), KILN_OK);
+  int traced = 0;
+  kiln_model_compile_options o = {.optimizer = "sgd", .loss_fn = {quartic, &traced}, .metrics = (const char *[]){"mae"}, .nmetrics = 1};
+  assert_int_equal(kiln_model_compile(m, &o), KILN_OK);
+  kiln_tensor *p = f32(2, (int64_t[]){2, 2}, (float[]){1, 2, 3, 4}), *t = f32(2, (int64_t[]){2, 2}, (float[]){0, 0, 1, 5});
+  double r[2];
+  assert_int_equal(kiln_model_evaluate(m, p, t, 8, r, 2), KILN_OK);
+  assert_true(fabs(r[0] - ((1 + 16) / 2.0 + (16 + 1) / 2.0) / 2) < 1e-6);
+  assert_true(fabs(r[1] - (1 + 2 + 2 + 1) / 4.0) < 1e-6);
+  assert_int_equal(traced, 1);
+  kiln_tensor_free(p);
+  kiln_tensor_free(t);
+  kiln_model_free(m);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_conv_pool_norm_by_hand),
@@ -696,6 +720,7 @@ int main(void) {
       cmocka_unit_test(test_multi_output_model_trains),
       cmocka_unit_test(test_new_losses_and_metrics),
       cmocka_unit_test(test_class_weight),
+      cmocka_unit_test(test_custom_loss),
       cmocka_unit_test(test_model_file_round_trip),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

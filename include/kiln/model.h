@@ -179,10 +179,18 @@ KILN_API kiln_status kiln_model_call_multi(kiln_model *m, kiln_graph *g, const k
 /* Single input and output. */
 KILN_API kiln_value kiln_model_call(kiln_model *m, kiln_graph *g, kiln_value x, bool training);
 
+/* A loss as an object: the per-example loss [batch] of predictions y_pred given
+ * targets y_true, built from graph ops (kiln_reduce_mean over the last axis, ...). */
+typedef struct kiln_loss_fn {
+  kiln_value (*fn)(kiln_graph *g, kiln_value y_true, kiln_value y_pred, void *ud);
+  void *ud;
+} kiln_loss_fn;
+
 /* Loss and metrics of one output, by position (output NULL) or by output name. */
 typedef struct kiln_output_loss {
   const char *output;
   const char *loss;
+  kiln_loss_fn loss_fn; /* instead of a name */
   double weight; /* loss weight; 0 means 1 */
   bool from_logits;
   const char *const *metrics;
@@ -197,6 +205,7 @@ typedef struct kiln_model_compile_options {
    * "binary_crossentropy", "mean_squared_error" ("mse"), "mean_absolute_error" ("mae"),
    * "huber", "kl_divergence" ("kld"), "cosine_similarity". */
   const char *loss;
+  kiln_loss_fn loss_fn; /* or a custom loss (wins if set) */
   bool from_logits; /* predictions are logits, not probabilities */
   /* For every output: "accuracy" (chosen from the loss like Keras), "sparse_categorical_accuracy",
    * "categorical_accuracy", "binary_accuracy", "top_k_categorical_accuracy",
