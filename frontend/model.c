@@ -238,6 +238,10 @@ kiln_ktensor kiln_model_apply(kiln_model *m, kiln_layer *l, const kiln_ktensor *
     return KT_NONE;
   }
   if (!l) return model_fail(m, KILN_ERR_INVALID, "apply: the layer is NULL (did its constructor fail?)");
+  if (m->sequential && (m->built || !m->ninputs)) {
+    if (!owns(m, l) && !l->vars) kiln_layer_free(l);
+    return model_fail(m, KILN_ERR_INVALID, "apply: model is Sequential (use kiln_model_add)");
+  }
   if (!owns(m, l) && adopt(m, l, "apply") != KILN_OK) return model_fail(m, KILN_ERR_INVALID, "%s", kiln_errmsg());
   if (m->error != KILN_OK) return KT_NONE;
   int want = l->cls->ninputs;
@@ -287,6 +291,7 @@ kiln_status kiln_model_output(kiln_model *m, const char *name, kiln_ktensor t) {
   if (port_named(m->outputs, m->noutputs, name)) return model_fail(m, KILN_ERR_INVALID, "output '%s' exists", name), m->error;
   if (!add_port(&m->outputs, &m->noutputs, name, t.id)) return model_fail(m, KILN_ERR_NOMEM, "out of memory"), m->error;
   m->built = !m->sequential;
+  if (!m->sequential && m->compiled) kiln_model_drop_compiled(m); /* heads name outputs: compile again */
   kiln_function_free(m->predict_fn);
   m->predict_fn = NULL;
   return KILN_OK;

@@ -158,6 +158,8 @@ static kiln_status ckpt_fn(const kiln_callback_info *info, void *state) {
   }
   char path[1100];
   format_path(c->path, info->epoch + 1, path, sizeof path);
+  size_t n = strlen(path); /* like Keras' ".keras" vs ".weights.h5": a whole model or a checkpoint */
+  if (n > 5 && !strcmp(path + n - 5, ".kiln")) return kiln_model_save(info->model, path);
   return kiln_model_save_checkpoint(info->model, path, info->epoch + 1);
 }
 

@@ -603,6 +603,22 @@ static void test_class_weight(void **state) {
   assert_int_equal(kiln_model_fit(m, x, y, &fo, &h), KILN_OK);
   assert_true(fabs(kiln_history_get(h, "loss")[0] - (3 * l0 + 0.5 * l1) / 2) < 1e-6);
   kiln_history_free(h);
+  /* ModelCheckpoint with a ".kiln" path saves model files */
+  kiln_callback cb = kiln_model_checkpoint("/tmp/kiln_cw_{epoch}.kiln", "loss", false);
+  fo.callbacks = &cb, fo.ncallbacks = 1;
+  assert_int_equal(kiln_model_fit(m, x, y, &fo, NULL), KILN_OK);
+  kiln_callback_free(&cb);
+  fo.callbacks = NULL, fo.ncallbacks = 0;
+  kiln_model *saved;
+  if (kiln_model_load("/tmp/kiln_cw_1.kiln", &saved) != KILN_OK) fail_msg("%s", kiln_errmsg());
+  kiln_tensor *p2, *p3;
+  assert_int_equal(kiln_model_predict(m, x, 8, &p2), KILN_OK);
+  assert_int_equal(kiln_model_predict(saved, x, 8, &p3), KILN_OK);
+  assert_int_equal(compare_tensors("checkpointed model", p3, p2, 0, 0), 0);
+  kiln_tensor_free(p2);
+  kiln_tensor_free(p3);
+  kiln_model_free(saved);
+  unlink("/tmp/kiln_cw_1.kiln");
   fo.nclass_weight = 1; /* label 1 has no weight */
   assert_int_equal(kiln_model_fit(m, x, y, &fo, NULL), KILN_ERR_INVALID);
   assert_non_null(strstr(kiln_errmsg(), "class 1 but class_weight has 1"));

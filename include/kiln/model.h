@@ -263,7 +263,8 @@ KILN_API kiln_variable *kiln_model_learning_rate(kiln_model *m);
  * "acc" or "auc" is maximised, anything else minimised (Keras' mode "auto"). */
 KILN_API kiln_callback kiln_early_stopping(const char *monitor, double min_delta, int patience,
                                            bool restore_best_weights);
-/* path may contain {epoch} or {epoch:02d} (1-based). */
+/* path may contain {epoch} or {epoch:02d} (1-based); a path ending in ".kiln" saves
+ * model files (kiln_model_save), anything else checkpoints. */
 KILN_API kiln_callback kiln_model_checkpoint(const char *path, const char *monitor, bool save_best_only);
 KILN_API kiln_callback kiln_reduce_lr_on_plateau(const char *monitor, double factor, int patience, double min_lr);
 KILN_API kiln_callback kiln_lr_scheduler(double (*schedule)(int epoch, double lr, void *ud), void *ud);
