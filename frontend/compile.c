@@ -184,7 +184,7 @@ static void trace_train(kiln_graph *g, const kiln_value *in, size_t nin, void *u
       }
     for (size_t i = 0; m->loaded && i < nv; i++) { /* a loaded model's weights are its store's */
       kiln_variable *v = kiln_variables_at(m->vars, i);
-      if (!kiln_variable_trainable(v) || !strncmp(kiln_variable_name(v), "optimizer/", 10)) continue;
+      if (!kiln_variable_trainable(v) || !kiln_model_is_weight(v, NULL)) continue;
       vars[n] = v;
       reads[n++] = kiln_variable_read(g, v);
     }

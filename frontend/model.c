@@ -89,6 +89,10 @@ const char *kiln_model_result_name(const kiln_model *m, size_t i) {
   return m && i < m->nresults ? m->result_names[i] : NULL;
 }
 
+bool kiln_model_is_weight(const kiln_variable *v, void *ud) {
+  return strncmp(kiln_variable_name(v), "optimizer/", 10) != 0;
+}
+
 kiln_layer *kiln_model_find_layer(const kiln_model *m, const char *name) {
   for (size_t i = 0; m && name && i < m->nlayers; i++)
     if (!strcmp(m->layers[i]->name, name)) return m->layers[i];
@@ -142,6 +146,15 @@ static uint64_t name_hash(const char *s) {
   return h;
 }
 
+static bool grow(void **p, size_t *cap, size_t n, size_t size) {
+  if (n < *cap) return true;
+  size_t c = *cap ? *cap * 2 : 8;
+  void *q = realloc(*p, size * c);
+  if (!q) return false;
+  *p = q, *cap = c;
+  return true;
+}
+
 /* Takes ownership of l, also on failure. */
 static kiln_status adopt(kiln_model *m, kiln_layer *l, const char *what) {
   kiln_status st = KILN_OK;
@@ -150,12 +163,8 @@ static kiln_status adopt(kiln_model *m, kiln_layer *l, const char *what) {
     st = kiln_set_error(KILN_ERR_INVALID, "%s: a layer named '%s' exists", what, l->name);
   if (st == KILN_OK && !l->name && !(l->name = auto_name(m, l->cls->type)))
     st = kiln_set_error(KILN_ERR_NOMEM, "%s: out of memory", what);
-  if (st == KILN_OK && m->nlayers == m->cap) {
-    size_t cap = m->cap ? m->cap * 2 : 8;
-    kiln_layer **ls = realloc(m->layers, sizeof *ls * cap);
-    if (!ls) st = kiln_set_error(KILN_ERR_NOMEM, "%s: out of memory", what);
-    else m->layers = ls, m->cap = cap;
-  }
+  if (st == KILN_OK && !grow((void **)&m->layers, &m->cap, m->nlayers, sizeof *m->layers))
+    st = kiln_set_error(KILN_ERR_NOMEM, "%s: out of memory", what);
   if (st != KILN_OK) {
     if (!l->vars) kiln_layer_free(l);
     return st;
@@ -181,15 +190,6 @@ kiln_status kiln_model_add(kiln_model *m, kiln_layer *l) {
 }
 
 /* ---- the functional graph ---- */
-
-static bool grow(void **p, size_t *cap, size_t n, size_t size) {
-  if (n < *cap) return true;
-  size_t c = *cap ? *cap * 2 : 8;
-  void *q = realloc(*p, size * c);
-  if (!q) return false;
-  *p = q, *cap = c;
-  return true;
-}
 
 static int32_t new_kt(kiln_model *m, int32_t node, kiln_dtype t, kiln_shape s) {
   if (!grow((void **)&m->kts, &m->kts_cap, m->nkts, sizeof *m->kts)) return -1;
@@ -522,7 +522,7 @@ kiln_status kiln_model_summary(kiln_model *m, FILE *out) {
     for (size_t i = 0; i < kiln_variables_count(m->vars); i++) {
       kiln_variable *v = kiln_variables_at(m->vars, i);
       const kiln_tensor *t = kiln_variable_value(v);
-      if (!kiln_dtype_is_float(kiln_tensor_dtype(t)) || !strncmp(kiln_variable_name(v), "optimizer/", 10)) continue;
+      if (!kiln_dtype_is_float(kiln_tensor_dtype(t)) || !kiln_model_is_weight(v, NULL)) continue;
       total += kiln_tensor_numel(t);
       trainable += kiln_variable_trainable(v) ? kiln_tensor_numel(t) : 0;
     }

@@ -111,6 +111,9 @@ KILN_INTERNAL kiln_status kiln_model_save_checkpoint(kiln_model *m, const char *
 KILN_INTERNAL kiln_status kiln_model_ensure_built(kiln_model *m, const kiln_tensor *const *x, size_t nx);
 KILN_INTERNAL kiln_status kiln_model_ensure_functions(kiln_model *m);
 KILN_INTERNAL void kiln_model_drop_compiled(kiln_model *m);
+/* A model weight, as opposed to the compiled optimizer's state ("optimizer/..."); the
+ * signature of kiln_pack_store's filter. */
+KILN_INTERNAL bool kiln_model_is_weight(const kiln_variable *v, void *ud);
 /* The inference graph: placeholders named like the inputs, outputs like the outputs. */
 KILN_INTERNAL kiln_graph *kiln_model_inference_graph(kiln_model *m);
 /* A model whose forward pass is graph g (taken over; variables in vars, taken over too). */

@@ -116,7 +116,7 @@ static kiln_status check_data(kiln_model *m, const kiln_arrays *d, bool targets,
 }
 
 /* Per-example weights: sample_weight times class_weight[label of head 0], or NULL for ones. */
-static kiln_status make_weights(const kiln_model *m, const kiln_arrays *d, const double *cw, size_t ncw, feed *f) {
+static kiln_status make_weights(const kiln_arrays *d, const double *cw, size_t ncw, feed *f) {
   if (!d->sample_weight && !ncw) return KILN_OK;
   if (!(f->w = kiln_tensor_new(KILN_F32, 1, (int64_t[]){f->n}))) return kiln_set_error(KILN_ERR_NOMEM, "fit: out of memory");
   float *w = f->w->data;
@@ -137,7 +137,6 @@ static kiln_status make_weights(const kiln_model *m, const kiln_arrays *d, const
                             (long long)i, (long long)label, ncw);
     w[i] *= (float)cw[label];
   }
-  (void)m;
   return KILN_OK;
 }
 
@@ -265,14 +264,14 @@ static kiln_status fit_prepare(kiln_model *m, const kiln_arrays *data, const kil
       return kiln_set_error(KILN_ERR_INVALID, "fit: callback %zu has no function (did its constructor fail?)", i);
   if (o->nclass_weight && !o->class_weight) return kiln_set_error(KILN_ERR_INVALID, "fit: class_weight is NULL");
   kiln_status st = check_data(m, data, true, "fit", &s->train);
-  if (st == KILN_OK) st = make_weights(m, data, o->class_weight, o->nclass_weight, &s->train);
+  if (st == KILN_OK) st = make_weights(data, o->class_weight, o->nclass_weight, &s->train);
   if (st != KILN_OK) return st;
   kiln_arrays vsingle = {(const kiln_tensor *const[]){o->validation_x}, 1, (const kiln_tensor *const[]){o->validation_y}, 1, NULL};
   const kiln_arrays *vd = o->validation ? o->validation : o->validation_x || o->validation_y ? &vsingle : NULL;
   s->ntrain = s->train.n;
   if (vd) {
     if ((st = check_data(m, vd, true, "fit: validation data", &s->val)) != KILN_OK) return st;
-    if ((st = make_weights(m, vd, NULL, 0, &s->val)) != KILN_OK) return st;
+    if ((st = make_weights(vd, NULL, 0, &s->val)) != KILN_OK) return st;
     s->nval = s->val.n;
   } else if (o->validation_split > 0) { /* Keras: the last part validates */
     s->ntrain = (int64_t)ceil((double)s->train.n * (1.0 - o->validation_split));
@@ -385,7 +384,7 @@ kiln_status kiln_model_evaluate_arrays(kiln_model *m, const kiln_arrays *data, i
   if (batch_size < 1) batch_size = 32;
   feed f;
   kiln_status st = check_data(m, data, true, "evaluate", &f);
-  if (st == KILN_OK) st = make_weights(m, data, NULL, 0, &f);
+  if (st == KILN_OK) st = make_weights(data, NULL, 0, &f);
   int64_t *idx = st == KILN_OK ? calloc((size_t)f.n + 1, sizeof *idx) : NULL;
   double *acc = st == KILN_OK ? calloc(acc_size(m), sizeof *acc) : NULL, *res = st == KILN_OK ? calloc(m->nresults, sizeof *res) : NULL;
   if (st == KILN_OK && (!idx || !acc || !res)) st = kiln_set_error(KILN_ERR_NOMEM, "evaluate: out of memory");

@@ -6,9 +6,6 @@
 
 #define MODEL_MAGIC "KILNMODL"
 
-/* Layer weights, not optimizer state: a model file is for inference and fine-tuning. */
-static bool is_weight(const kiln_variable *v, void *ud) { return strncmp(kiln_variable_name(v), "optimizer/", 10) != 0; }
-
 kiln_status kiln_model_save(kiln_model *m, const char *path) {
   if (!m || !path) return kiln_set_error(KILN_ERR_INVALID, "model_save: NULL argument");
   if (!m->built) return kiln_set_error(KILN_ERR_INVALID, "model_save: model '%s' is not built yet", m->name);
@@ -19,7 +16,8 @@ kiln_status kiln_model_save(kiln_model *m, const char *path) {
   kiln_packed_store p = {0};
   kiln_status st = kiln_graph_to_text(g, &text);
   kiln_graph_free(g);
-  if (st == KILN_OK) st = kiln_pack_store(m->vars, is_weight, NULL, &p);
+  /* weights, not optimizer state: a model file is for inference and fine-tuning */
+  if (st == KILN_OK) st = kiln_pack_store(m->vars, kiln_model_is_weight, NULL, &p);
   Kiln__ModelFile mf = KILN__MODEL_FILE__INIT;
   mf.name = m->name;
   mf.graph = text;

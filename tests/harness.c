@@ -90,6 +90,16 @@ int check_graph(const char *what, const kiln_graph *g, kiln_tensor **inputs, siz
   return bad;
 }
 
+char *model_summary_text(kiln_model *m) {
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  assert_non_null(f);
+  assert_int_equal(kiln_model_summary(m, f), KILN_OK);
+  fclose(f);
+  return buf;
+}
+
 char *read_text_file(const char *path) {
   FILE *f = fopen(path, "rb");
   if (!f) fail_msg("cannot open %s", path);

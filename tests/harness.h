@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <cmocka.h>
 #include "ir/ir.h"
+#include "kiln/model.h"
 
 typedef struct trng {
   uint64_t s;
@@ -26,6 +27,9 @@ int compare_tensors(const char *what, const kiln_tensor *got, const kiln_tensor 
 
 /* The whole file as a NUL-terminated string (caller frees); fails the test if unreadable. */
 char *read_text_file(const char *path);
+
+/* kiln_model_summary's table as a string (caller frees); fails the test if it fails. */
+char *model_summary_text(kiln_model *m);
 
 /* Evaluates g with the reference and the JIT on inputs and compares every output. */
 int check_graph(const char *what, const kiln_graph *g, kiln_tensor **inputs, size_t nin, double rtol, double atol);

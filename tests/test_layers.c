@@ -49,6 +49,11 @@ static kiln_tensor *f32(int rank, const int64_t *dims, const float *v) {
   return kiln_tensor_from_data(KILN_F32, rank, dims, v, sizeof(float) * (size_t)n);
 }
 
+static kiln_tensor *copy_of(const kiln_tensor *t) {
+  return kiln_tensor_from_data(kiln_tensor_dtype(t), kiln_tensor_rank(t), kiln_tensor_dims(t), kiln_tensor_cdata(t),
+                               kiln_tensor_nbytes(t));
+}
+
 static double sigm(double x) { return 1 / (1 + exp(-x)); }
 
 /* ---- hand-computed forwards ---- */
@@ -282,17 +287,11 @@ static void test_all_layers_jit_vs_reference(void **state) {
      * statistics) they make must agree too */
     kiln_tensor *saved[64];
     size_t nv = kiln_variables_count(vs);
-    for (size_t i = 0; i < nv; i++) {
-      const kiln_tensor *t = kiln_variable_value(kiln_variables_at(vs, i));
-      saved[i] = kiln_tensor_from_data(kiln_tensor_dtype(t), kiln_tensor_rank(t), kiln_tensor_dims(t), kiln_tensor_cdata(t),
-                                       kiln_tensor_nbytes(t));
-    }
+    for (size_t i = 0; i < nv; i++) saved[i] = copy_of(kiln_variable_value(kiln_variables_at(vs, i)));
     kiln_tensor *ref[2], *jit[2], *after_ref[64];
     if (kiln_evaluate(g, in, 2, ref, 2) != KILN_OK) fail_msg("%s", kiln_errmsg());
     for (size_t i = 0; i < nv; i++) {
-      kiln_tensor *t = kiln_variable_value(kiln_variables_at(vs, i));
-      after_ref[i] = kiln_tensor_from_data(kiln_tensor_dtype(t), kiln_tensor_rank(t), kiln_tensor_dims(t), kiln_tensor_cdata(t),
-                                           kiln_tensor_nbytes(t));
+      after_ref[i] = copy_of(kiln_variable_value(kiln_variables_at(vs, i)));
       kiln_variable_set(kiln_variables_at(vs, i), saved[i]);
     }
     kiln_exec *e;
@@ -315,11 +314,7 @@ static void test_all_layers_jit_vs_reference(void **state) {
     kiln_graph_free(g);
   }
   /* the functional summary lists inputs and connections */
-  char *buf = NULL;
-  size_t len = 0;
-  FILE *f = open_memstream(&buf, &len);
-  assert_int_equal(kiln_model_summary(m, f), KILN_OK);
-  fclose(f);
+  char *buf = model_summary_text(m);
   assert_non_null(strstr(buf, " ids (InputLayer)"));
   assert_non_null(strstr(buf, "lstm, gru, global_average_pooling2d, global_max_pooling2d"));
   assert_non_null(strstr(buf, " embedding (Embedding)       (None, 6, 4)              36"));
@@ -671,15 +666,9 @@ static void test_model_file_round_trip(void **state) {
   /* damage: one flipped bit, or a cut, is rejected with the reason; nothing is loaded */
   unsigned char *bytes;
   size_t len;
-  FILE *f = fopen(path, "rb");
-  fseek(f, 0, SEEK_END);
-  len = (size_t)ftell(f);
-  rewind(f);
-  bytes = malloc(len);
-  assert_int_equal(fread(bytes, 1, len, f), len);
-  fclose(f);
+  assert_int_equal(kiln_read_file(path, &bytes, &len), KILN_OK);
   for (int damage = 0; damage < 2; damage++) {
-    f = fopen(path, "wb");
+    FILE *f = fopen(path, "wb");
     if (damage == 0) bytes[len / 2] ^= 0x10;
     fwrite(bytes, 1, damage ? len - 9 : len, f);
     fclose(f);
