@@ -4,6 +4,7 @@
 #define KILN_CG_H
 
 #include <llvm-c/Core.h>
+#include <llvm-c/Error.h>
 #include <llvm-c/TargetMachine.h>
 #include "ir/ir.h"
 
@@ -84,6 +85,14 @@ KILN_INTERNAL void cg_conv2d(cg *c, const kiln_node *n, LLVMValueRef out, const 
 KILN_INTERNAL void cg_pool2d(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in);
 /* Scratch bytes a node needs beyond its output (packing, im2col). */
 KILN_INTERNAL uint64_t cg_scratch_bytes(const kiln_graph *g, const kiln_node *n);
+
+/* ---- target.c ---- */
+/* triple NULL: the host; cpu "native" (host CPU and features, host only), "generic", or
+ * an LLVM CPU name. *vec_bytes gets the vector width our kernels should use. */
+KILN_INTERNAL LLVMTargetMachineRef cg_target_machine(const char *triple, const char *cpu, int *vec_bytes);
+/* Verifies mod, sets its target and data layout from tm, optimises it (default<O3>). */
+KILN_INTERNAL kiln_status cg_finish_module(LLVMModuleRef mod, LLVMTargetMachineRef tm);
+KILN_INTERNAL kiln_status cg_llvm_error(LLVMErrorRef e, const char *what);
 
 /* ---- lower.c ---- */
 /* Emits `int32_t kiln_entry(void **args)` (args: inputs, outputs, workspace) into c->mod.

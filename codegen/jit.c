@@ -5,13 +5,9 @@
  * module, optimises it with the new pass manager (default<O3>, host CPU and
  * features unless asked for a generic target) and hands it to an ORC LLJIT; the
  * result is cached per batch size, like tf.function's per-signature traces. */
-#include <llvm-c/Analysis.h>
 #include <llvm-c/Error.h>
 #include <llvm-c/LLJIT.h>
 #include <llvm-c/Orc.h>
-#include <llvm-c/Target.h>
-#include <llvm-c/Transforms/PassBuilder.h>
-#include <pthread.h>
 #include <string.h>
 #include "codegen/cg.h"
 #include "runtime/tensor_impl.h"
@@ -37,44 +33,6 @@ struct kiln_exec {
   uint32_t nuser_out; /* e->g's outputs are the user's, then one per variable assignment */
 };
 
-static pthread_once_t llvm_once = PTHREAD_ONCE_INIT;
-static void llvm_init(void) {
-  LLVMInitializeNativeTarget();
-  LLVMInitializeNativeAsmPrinter();
-}
-
-static kiln_status llvm_error(LLVMErrorRef e, const char *what) {
-  char *m = LLVMGetErrorMessage(e);
-  kiln_status st = kiln_set_error(KILN_ERR_BACKEND, "%s: %s", what, m);
-  LLVMDisposeErrorMessage(m);
-  return st;
-}
-
-static LLVMTargetMachineRef make_tm(bool generic, int *vec_bytes) {
-  char *triple = LLVMGetDefaultTargetTriple();
-  char *cpu = generic ? NULL : LLVMGetHostCPUName();
-  char *feat = generic ? NULL : LLVMGetHostCPUFeatures();
-  LLVMTargetRef t;
-  char *err = NULL;
-  LLVMTargetMachineRef tm = NULL;
-  if (LLVMGetTargetFromTriple(triple, &t, &err)) {
-    kiln_set_error(KILN_ERR_BACKEND, "LLVM target %s: %s", triple, err);
-    LLVMDisposeMessage(err);
-  } else {
-    tm = LLVMCreateTargetMachine(t, triple, generic ? "generic" : cpu, generic ? "" : feat, LLVMCodeGenLevelAggressive,
-                                 LLVMRelocPIC, LLVMCodeModelDefault);
-    if (vec_bytes) {
-      *vec_bytes = 16;
-      if (feat && strstr(feat, "+avx512f")) *vec_bytes = 64;
-      else if (feat && strstr(feat, "+avx2")) *vec_bytes = 32;
-    }
-  }
-  LLVMDisposeMessage(triple);
-  if (cpu) LLVMDisposeMessage(cpu);
-  if (feat) LLVMDisposeMessage(feat);
-  return tm;
-}
-
 static void spec_free(spec *s) {
   if (s->jit) LLVMOrcDisposeLLJIT(s->jit);
   cg_plan_free(&s->plan);
@@ -91,9 +49,8 @@ static kiln_status build_spec(kiln_exec *e, int64_t batch, spec *s) {
     if (kiln_shape_numel(s->g->nodes[i].rank, s->g->nodes[i].dims) < 0)
       return kiln_set_error(KILN_ERR_INVALID, "compile: %%%u has a symbolic dim that no input binds", i);
 
-  pthread_once(&llvm_once, llvm_init);
   cg c = {.g = s->g};
-  LLVMTargetMachineRef tm = make_tm(e->generic_cpu, &c.vec_bytes);
+  LLVMTargetMachineRef tm = cg_target_machine(NULL, e->generic_cpu ? "generic" : "native", &c.vec_bytes);
   if (!tm) return KILN_ERR_BACKEND;
   LLVMOrcThreadSafeContextRef tsc = LLVMOrcCreateNewThreadSafeContext();
   c.ctx = LLVMOrcThreadSafeContextGetContext(tsc);
@@ -102,23 +59,7 @@ static kiln_status build_spec(kiln_exec *e, int64_t batch, spec *s) {
   cg_init_types(&c);
   kiln_status st = cg_lower(&c, "kiln_entry", &s->plan);
   LLVMDisposeBuilder(c.b);
-  char *msg = NULL;
-  if (st == KILN_OK && LLVMVerifyModule(c.mod, LLVMReturnStatusAction, &msg)) {
-    st = kiln_set_error(KILN_ERR_BACKEND, "codegen produced invalid LLVM IR: %.400s", msg);
-  }
-  if (msg) LLVMDisposeMessage(msg);
-  if (st == KILN_OK) {
-    char *triple = LLVMGetTargetMachineTriple(tm);
-    LLVMSetTarget(c.mod, triple);
-    LLVMDisposeMessage(triple);
-    LLVMTargetDataRef dl = LLVMCreateTargetDataLayout(tm);
-    LLVMSetModuleDataLayout(c.mod, dl);
-    LLVMDisposeTargetData(dl);
-    LLVMPassBuilderOptionsRef po = LLVMCreatePassBuilderOptions();
-    LLVMErrorRef err = LLVMRunPasses(c.mod, "default<O3>", tm, po);
-    LLVMDisposePassBuilderOptions(po);
-    if (err) st = llvm_error(err, "LLVM optimisation");
-  }
+  if (st == KILN_OK) st = cg_finish_module(c.mod, tm);
   if (st == KILN_OK && e->keep_ir) {
     char *ir = LLVMPrintModuleToString(c.mod);
     free(e->ir);
@@ -138,7 +79,7 @@ static kiln_status build_spec(kiln_exec *e, int64_t batch, spec *s) {
   if (err) {
     LLVMDisposeModule(c.mod);
     LLVMOrcDisposeThreadSafeContext(tsc);
-    return llvm_error(err, "LLJIT");
+    return cg_llvm_error(err, "LLJIT");
   }
   LLVMOrcJITDylibRef dylib = LLVMOrcLLJITGetMainJITDylib(s->jit);
   LLVMOrcDefinitionGeneratorRef gen;
@@ -146,7 +87,7 @@ static kiln_status build_spec(kiln_exec *e, int64_t batch, spec *s) {
   if (err) {
     LLVMDisposeModule(c.mod);
     LLVMOrcDisposeThreadSafeContext(tsc);
-    return llvm_error(err, "LLJIT process symbols");
+    return cg_llvm_error(err, "LLJIT process symbols");
   }
   LLVMOrcJITDylibAddGenerator(dylib, gen);
   LLVMOrcThreadSafeModuleRef tsm = LLVMOrcCreateNewThreadSafeModule(c.mod, tsc);
@@ -154,11 +95,11 @@ static kiln_status build_spec(kiln_exec *e, int64_t batch, spec *s) {
   err = LLVMOrcLLJITAddLLVMIRModule(s->jit, dylib, tsm);
   if (err) {
     LLVMOrcDisposeThreadSafeModule(tsm);
-    return llvm_error(err, "LLJIT add module");
+    return cg_llvm_error(err, "LLJIT add module");
   }
   LLVMOrcExecutorAddress addr;
   err = LLVMOrcLLJITLookup(s->jit, &addr, "kiln_entry");
-  if (err) return llvm_error(err, "LLJIT lookup");
+  if (err) return cg_llvm_error(err, "LLJIT lookup");
   s->entry = (entry_fn)(uintptr_t)addr;
   s->workspace = aligned_alloc(64, (s->plan.workspace + 63) & ~(uint64_t)63);
   if (!s->workspace) return kiln_set_error(KILN_ERR_NOMEM, "workspace of %llu bytes", (unsigned long long)s->plan.workspace);

@@ -132,8 +132,8 @@ static kiln_value per_example(kiln_graph *g, kiln_value l) {
 }
 
 /* in: inputs..., a target per head, example weights. Emits the outputs described at the
- * top and returns the weighted mean loss (what training minimises). */
-static kiln_value objectives(kiln_model *m, kiln_graph *g, const kiln_value *in, bool training) {
+ * top (when `results`) and returns the weighted mean loss (what training minimises). */
+static kiln_value objectives(kiln_model *m, kiln_graph *g, const kiln_value *in, bool training, bool results) {
   kiln_value pred[64], sum = {KILN_NONE}, mean = {KILN_NONE}, heads[64];
   if (m->noutputs > 64 || m->nheads > 64) return kiln_graph_fail(g, KILN_ERR_INVALID, "model: at most 64 outputs");
   if (kiln_model_call_multi(m, g, in, pred, training) != KILN_OK) return (kiln_value){KILN_NONE};
@@ -151,6 +151,7 @@ static kiln_value objectives(kiln_model *m, kiln_graph *g, const kiln_value *in,
     sum = h ? kiln_add(g, sum, hs) : hs;
     mean = h ? kiln_add(g, mean, hm) : hm;
   }
+  if (!results) return mean;
   kiln_output(g, "loss", sum);
   for (size_t h = 0; m->nheads > 1 && h < m->nheads; h++) {
     char name[32];
@@ -166,9 +167,8 @@ static kiln_value objectives(kiln_model *m, kiln_graph *g, const kiln_value *in,
   return mean;
 }
 
-static void trace_train(kiln_graph *g, const kiln_value *in, size_t nin, void *ud) {
-  kiln_model *m = ud;
-  kiln_value loss = objectives(m, g, in, true);
+/* Appends the gradient of loss and the optimizer's update of every trainable weight. */
+static void train_updates(kiln_model *m, kiln_graph *g, kiln_value loss) {
   size_t nv = kiln_variables_count(m->vars), n = 0;
   kiln_variable **vars = calloc(nv + 1, sizeof *vars);
   kiln_value *reads = calloc(nv + 1, sizeof *reads), *grads = calloc(nv + 1, sizeof *grads);
@@ -197,7 +197,50 @@ static void trace_train(kiln_graph *g, const kiln_value *in, size_t nin, void *u
   free(grads);
 }
 
-static void trace_eval(kiln_graph *g, const kiln_value *in, size_t nin, void *ud) { objectives(ud, g, in, false); }
+static void trace_train(kiln_graph *g, const kiln_value *in, size_t nin, void *ud) {
+  train_updates(ud, g, objectives(ud, g, in, true, true));
+}
+
+static void trace_eval(kiln_graph *g, const kiln_value *in, size_t nin, void *ud) { objectives(ud, g, in, false, true); }
+
+kiln_graph *kiln_model_train_graph(kiln_model *m, int64_t batch) {
+  if (!m->compiled) {
+    kiln_set_error(KILN_ERR_INVALID, "model '%s' is not compiled: its optimizer and loss make the train step", m->name);
+    return NULL;
+  }
+  kiln_value in[130];
+  if (m->ninputs + m->nheads + 1 > 130) {
+    kiln_set_error(KILN_ERR_INVALID, "model '%s': at most 64 inputs and outputs", m->name);
+    return NULL;
+  }
+  kiln_graph *g = kiln_graph_new();
+  if (!g) return NULL;
+  for (size_t i = 0; i < m->ninputs; i++) {
+    kiln_shape s = m->kts[m->inputs[i].kt].shape;
+    s.dims[0] = batch;
+    in[i] = kiln_placeholder(g, m->inputs[i].name, m->kts[m->inputs[i].kt].dtype, s);
+  }
+  for (size_t h = 0; h < m->nheads; h++) {
+    const model_port *p = &m->outputs[m->heads[h].output];
+    kiln_shape s = m->kts[p->kt].shape;
+    kiln_dtype t = m->kts[p->kt].dtype;
+    s.dims[0] = batch;
+    if (m->heads[h].loss == LOSS_SCCE && !m->heads[h].custom.fn) s.rank--, t = KILN_I32; /* class ids */
+    char name[300];
+    snprintf(name, sizeof name, "%s:target", p->name);
+    in[m->ninputs + h] = kiln_placeholder(g, name, t, s);
+  }
+  in[m->ninputs + m->nheads] = kiln_fill(g, KILN_F32, KILN_SHAPE(batch), 1.0);
+  kiln_value loss = objectives(m, g, in, true, false);
+  kiln_output(g, "loss", loss);
+  if (kiln_graph_status(g) == KILN_OK) train_updates(m, g, loss);
+  if (kiln_graph_status(g) != KILN_OK) {
+    kiln_set_error(kiln_graph_status(g), "model '%s': %s", m->name, kiln_graph_errmsg(g));
+    kiln_graph_free(g);
+    return NULL;
+  }
+  return g;
+}
 
 static void trace_predict(kiln_graph *g, const kiln_value *in, size_t nin, void *ud) {
   kiln_model *m = ud;

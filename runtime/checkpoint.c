@@ -39,7 +39,7 @@ static bool write_all(int fd, const void *buf, size_t n) {
 }
 
 /* Writes bytes to path atomically: temp file, fsync, rename, fsync of the directory. */
-static kiln_status write_atomic(const char *path, const unsigned char *const *parts, const size_t *sizes, int nparts) {
+kiln_status kiln_write_atomic(const char *path, const unsigned char *const *parts, const size_t *sizes, int nparts) {
   size_t len = strlen(path);
   char *tmp = malloc(len + 16), *dir = strdup(path);
   if (!tmp || !dir) {
@@ -81,7 +81,7 @@ kiln_status kiln_framed_write(const char *path, const char *magic, const unsigne
   put_le(tail, kiln_crc32c_masked(payload, plen), 4);
   const unsigned char *parts[3] = {head, payload, tail};
   size_t sizes[3] = {HEADER_BYTES, plen, 4};
-  return write_atomic(path, parts, sizes, 3);
+  return kiln_write_atomic(path, parts, sizes, 3);
 }
 
 /* Reads and checks a framed file; *buf owns the bytes, the payload points into it. */

@@ -5,6 +5,10 @@
 #include "frontend/model_impl.h"
 #include "runtime/proto/checkpoint.pb-c.h"
 
+/* Writes the concatenated parts to path through a temporary file, fsync and rename:
+ * a crash leaves the old file or the new one. */
+KILN_INTERNAL kiln_status kiln_write_atomic(const char *path, const unsigned char *const *parts, const size_t *sizes,
+                                            int nparts);
 KILN_INTERNAL kiln_status kiln_framed_write(const char *path, const char *magic, const unsigned char *payload, size_t plen);
 KILN_INTERNAL kiln_status kiln_framed_read(const char *path, const char *magic, const char *what, unsigned char **buf,
                                            const unsigned char **payload, size_t *plen);

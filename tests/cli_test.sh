@@ -37,4 +37,32 @@ out=$("$kiln" inspect "$golden/small.kiln")
 echo "$out" | grep -q "input   pixels  *(None, 3)" || fail "inspect model inputs: $out"
 echo "$out" | grep -q "Total params: 14" || fail "inspect model params: $out"
 echo "$out" | grep -q "dense_1/kernel *f32\[2,2\]" || fail "inspect model weights: $out"
+
+# compile: the golden model file becomes an object and header a plain C program links
+# (test_aot compares AOT outputs with the JIT; here the softmax scores must sum to 1).
+"$kiln" compile "$golden/small.kiln" -o "$tmp/small.o" > "$tmp/out" || fail "compile: $(cat "$tmp/out")"
+grep -q "wrote $tmp/small.o and $tmp/small.h" "$tmp/out" || fail "compile output: $(cat "$tmp/out")"
+cat > "$tmp/main.c" <<'EOF_C'
+#include <stdio.h>
+#include "small.h"
+int main(void) {
+  const float pixels[SMALL_IN_PIXELS_SIZE] = {0.5f, -1.0f, 2.0f};
+  float scores[SMALL_OUT_SCORES_SIZE];
+  if (small_run(pixels, scores)) return 1;
+  printf("%.6f %.6f\n", scores[0], scores[1]);
+  return 0;
+}
+EOF_C
+cc -std=c99 -Wall -Werror -I"$tmp" "$tmp/main.c" "$tmp/small.o" -lm -o "$tmp/small" || fail "main.c did not link"
+got=$("$tmp/small")
+ref=$(awk -v a="$got" 'BEGIN { split(a, s, " "); printf "%.3f", s[1] + s[2] }')
+[ "$ref" = "1.000" ] || fail "AOT scores do not sum to 1: $got"
+"$kiln" compile "$golden/mlp.kir" --name mlp -o "$tmp/mlp.o" --batch 2 > /dev/null || fail "compile of a .kir graph"
+grep -q "int mlp_run_with(const mlp_inputs \*in, const mlp_outputs \*out, void \*workspace);" "$tmp/mlp.h" ||
+  fail "mlp.h lacks mlp_run_with"
+if "$kiln" compile "$golden/mlp.kir" --train sgd -o "$tmp/x.o" 2> "$tmp/err"; then fail "--train on a graph accepted"; fi
+grep -q "needs a model file" "$tmp/err" || fail "unclear message: $(cat "$tmp/err")"
+if "$kiln" compile "$golden/small.ckpt" -o "$tmp/x.o" 2> "$tmp/err"; then fail "a checkpoint compiled"; fi
+grep -q "small.ckpt" "$tmp/err" || fail "unclear message: $(cat "$tmp/err")"
+[ ! -e "$tmp/x.o" ] || fail "a failed compile left an object"
 echo "1 passed, 0 failed"

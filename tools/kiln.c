@@ -3,7 +3,8 @@
  *   kiln run FILE.kir --input NAME=FILE.npy ... [--output-dir DIR] [--reference]
  *                                           run it through the JIT (or the evaluator)
  *   kiln inspect FILE.ckpt|FILE.kiln        list a checkpoint's variables and progress,
- *                                           or a model file's inputs, outputs and weights */
+ *                                           or a model file's inputs, outputs and weights
+ *   kiln compile MODEL -o NAME.o ...        ahead-of-time: a standalone object and header */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,10 @@ static int usage(void) {
           "usage: kiln dump FILE.kir\n"
           "       kiln run FILE.kir --input NAME=FILE.npy ... [--output-dir DIR] [--reference]\n"
           "       kiln inspect FILE.ckpt|FILE.kiln\n"
+          "       kiln compile MODEL.kiln|GRAPH.kir [-o NAME.o] [--header NAME.h] [--name NAME]\n"
+          "                    [--target TRIPLE] [--cpu generic|native|CPU] [--batch N]\n"
+          "                    [--weights embed|external] [--weights-file FILE]\n"
+          "                    [--train OPTIMIZER [--loss LOSS] [--lr RATE]]\n"
           "Inputs are .npy files (f32, f64, i32, i64, bool); outputs are written as DIR/NAME.npy,\n"
           "or summarised on stdout without --output-dir.\n");
   return 2;
@@ -175,10 +180,109 @@ static int cmd_run(int argc, char **argv) {
   return rc;
 }
 
+/* path with its extension (if any) replaced by ext */
+static char *with_ext(const char *path, const char *ext) {
+  size_t n = strlen(path);
+  const char *dot = strrchr(path, '.'), *slash = strrchr(path, '/');
+  if (dot && (!slash || dot > slash)) n = (size_t)(dot - path);
+  char *s = malloc(n + strlen(ext) + 1);
+  if (s) memcpy(s, path, n), strcpy(s + n, ext);
+  return s;
+}
+
+static bool is_model_file(const char *path) {
+  char magic[8] = {0};
+  FILE *f = fopen(path, "rb");
+  if (!f) return false;
+  size_t n = fread(magic, 1, 8, f);
+  fclose(f);
+  return n == 8 && !memcmp(magic, "KILNMODL", 8);
+}
+
+static int cmd_compile(int argc, char **argv) {
+  kiln_aot_options o = {0};
+  const char *path = NULL, *train = NULL, *loss = "sparse_categorical_crossentropy";
+  double lr = 0;
+  char name_buf[64];
+  for (int i = 0; i < argc; i++) {
+    const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+    if (a[0] != '-' && !path) {
+      path = a;
+      continue;
+    }
+    if (!v) return usage();
+    i++;
+    if (!strcmp(a, "-o")) o.object_path = v;
+    else if (!strcmp(a, "--header")) o.header_path = v;
+    else if (!strcmp(a, "--name")) o.name = v;
+    else if (!strcmp(a, "--target")) o.target = v;
+    else if (!strcmp(a, "--cpu")) o.cpu = v;
+    else if (!strcmp(a, "--batch")) o.batch = strtoll(v, NULL, 10);
+    else if (!strcmp(a, "--weights-file")) o.weights_path = v;
+    else if (!strcmp(a, "--train")) train = v;
+    else if (!strcmp(a, "--loss")) loss = v;
+    else if (!strcmp(a, "--lr")) lr = strtod(v, NULL);
+    else if (!strcmp(a, "--weights") && (!strcmp(v, "embed") || !strcmp(v, "external")))
+      o.weights = strcmp(v, "embed") ? KILN_AOT_EXTERNAL : KILN_AOT_EMBED;
+    else return usage();
+  }
+  if (!path || (!o.name && !o.object_path)) return usage();
+  if (!o.name) { /* from the object's file name */
+    const char *base = strrchr(o.object_path, '/');
+    base = base ? base + 1 : o.object_path;
+    size_t k = 0;
+    for (; base[k] && base[k] != '.' && k + 1 < sizeof name_buf; k++) name_buf[k] = base[k];
+    name_buf[k] = 0;
+    o.name = name_buf;
+  }
+  char *obj = o.object_path ? NULL : with_ext(o.name, ".o");
+  if (obj) o.object_path = obj;
+  char *header = o.header_path ? NULL : with_ext(o.object_path, ".h");
+  if (header) o.header_path = header;
+  char *weights = o.weights == KILN_AOT_EXTERNAL && !o.weights_path ? with_ext(o.object_path, ".weights") : NULL;
+  if (weights) o.weights_path = weights;
+  kiln_status st;
+  if (is_model_file(path)) {
+    kiln_model *m = NULL;
+    st = kiln_model_load(path, &m);
+    if (st == KILN_OK && train) {
+      kiln_optimizer_kind kind;
+      st = kiln_optimizer_kind_from_name(train, &kind);
+      kiln_optimizer_config oc = kiln_optimizer_defaults(kind);
+      if (lr > 0) oc.learning_rate = lr;
+      kiln_model_compile_options co = {.optimizer_config = &oc, .loss = loss};
+      if (st == KILN_OK) st = kiln_model_compile(m, &co);
+      o.train = true;
+    }
+    if (st == KILN_OK) st = kiln_aot_compile_model(m, &o);
+    kiln_model_free(m);
+  } else if (train) {
+    fprintf(stderr, "kiln: compile: %s: --train needs a model file (a graph has no loss or optimizer)\n", path);
+    return 1;
+  } else {
+    kiln_graph *g = NULL;
+    st = kiln_graph_load(path, &g);
+    if (st != KILN_OK) {
+      fprintf(stderr, "kiln: compile: %s is neither a kiln model file nor a text-IR graph (%s)\n", path, kiln_errmsg());
+      free(obj), free(header), free(weights);
+      return 1;
+    }
+    st = kiln_aot_compile(g, &o);
+    kiln_graph_free(g);
+  }
+  int rc = st == KILN_OK ? 0 : fail("compile");
+  if (!rc) printf("wrote %s and %s%s%s\n", o.object_path, o.header_path, weights ? " and " : "", weights ? weights : "");
+  free(obj);
+  free(header);
+  free(weights);
+  return rc;
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) return usage();
   if (!strcmp(argv[1], "dump")) return cmd_dump(argc - 2, argv + 2);
   if (!strcmp(argv[1], "run")) return cmd_run(argc - 2, argv + 2);
   if (!strcmp(argv[1], "inspect")) return cmd_inspect(argc - 2, argv + 2);
+  if (!strcmp(argv[1], "compile")) return cmd_compile(argc - 2, argv + 2);
   return usage();
 }

@@ -22,6 +22,7 @@ extern "C" {
 #endif
 
 #define KILN_MAX_RANK 8
+#define KILN_VERSION "0.1.0"
 
 typedef enum kiln_status {
   KILN_OK = 0,

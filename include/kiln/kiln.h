@@ -7,4 +7,5 @@
 #include "kiln/train.h"
 #include "kiln/data.h"
 #include "kiln/model.h"
+#include "kiln/aot.h"
 #endif

@@ -1,0 +1,86 @@
+/* Target machines and the module pipeline shared by the JIT and AOT: every
+ * module is verified, given its target's triple and data layout, and optimised
+ * with the new pass manager's default<O3>. */
+#include <llvm-c/Analysis.h>
+#include <llvm-c/Error.h>
+#include <llvm-c/Target.h>
+#include <llvm-c/Transforms/PassBuilder.h>
+#include <pthread.h>
+#include <string.h>
+#include "codegen/cg.h"
+
+static pthread_once_t native_once = PTHREAD_ONCE_INIT, all_once = PTHREAD_ONCE_INIT;
+static void init_native(void) {
+  LLVMInitializeNativeTarget();
+  LLVMInitializeNativeAsmPrinter();
+}
+static void init_all(void) {
+  LLVMInitializeAllTargetInfos();
+  LLVMInitializeAllTargets();
+  LLVMInitializeAllTargetMCs();
+  LLVMInitializeAllAsmPrinters();
+}
+
+kiln_status cg_llvm_error(LLVMErrorRef e, const char *what) {
+  char *m = LLVMGetErrorMessage(e);
+  kiln_status st = kiln_set_error(KILN_ERR_BACKEND, "%s: %s", what, m);
+  LLVMDisposeErrorMessage(m);
+  return st;
+}
+
+LLVMTargetMachineRef cg_target_machine(const char *triple_in, const char *cpu_in, int *vec_bytes) {
+  pthread_once(&native_once, init_native);
+  char *host = LLVMGetDefaultTargetTriple();
+  const char *triple = triple_in ? triple_in : host;
+  bool is_host = !strcmp(triple, host);
+  bool native = !cpu_in || !strcmp(cpu_in, "native");
+  if (!is_host) pthread_once(&all_once, init_all);
+  LLVMTargetMachineRef tm = NULL;
+  if (native && !is_host) {
+    kiln_set_error(KILN_ERR_INVALID, "cpu \"native\" describes this machine, not target %s; use \"generic\" or a CPU name", triple);
+    LLVMDisposeMessage(host);
+    return NULL;
+  }
+  char *cpu = native ? LLVMGetHostCPUName() : NULL, *feat = native ? LLVMGetHostCPUFeatures() : NULL;
+  LLVMTargetRef t;
+  char *err = NULL;
+  if (LLVMGetTargetFromTriple(triple, &t, &err)) {
+    kiln_set_error(KILN_ERR_INVALID, "unknown LLVM target '%s': %s", triple, err);
+    LLVMDisposeMessage(err);
+  } else {
+    const char *cpu_name = native ? cpu : cpu_in && strcmp(cpu_in, "generic") ? cpu_in : "generic";
+    tm = LLVMCreateTargetMachine(t, triple, cpu_name, native ? feat : "", LLVMCodeGenLevelAggressive, LLVMRelocPIC,
+                                 LLVMCodeModelDefault);
+    if (!tm) kiln_set_error(KILN_ERR_INVALID, "LLVM cannot make a target machine for %s (cpu %s)", triple, cpu_name);
+    /* Only the host's features are known here; other CPUs get 16-byte vectors in our
+     * kernels (LLVM's vectorisers still use whatever the CPU has). */
+    if (vec_bytes) {
+      *vec_bytes = 16;
+      if (native && strstr(feat, "+avx512f")) *vec_bytes = 64;
+      else if (native && strstr(feat, "+avx2")) *vec_bytes = 32;
+    }
+  }
+  LLVMDisposeMessage(host);
+  if (cpu) LLVMDisposeMessage(cpu);
+  if (feat) LLVMDisposeMessage(feat);
+  return tm;
+}
+
+kiln_status cg_finish_module(LLVMModuleRef mod, LLVMTargetMachineRef tm) {
+  char *msg = NULL;
+  kiln_status st = KILN_OK;
+  if (LLVMVerifyModule(mod, LLVMReturnStatusAction, &msg))
+    st = kiln_set_error(KILN_ERR_BACKEND, "codegen produced invalid LLVM IR: %.400s", msg);
+  if (msg) LLVMDisposeMessage(msg);
+  if (st != KILN_OK) return st;
+  char *triple = LLVMGetTargetMachineTriple(tm);
+  LLVMSetTarget(mod, triple);
+  LLVMDisposeMessage(triple);
+  LLVMTargetDataRef dl = LLVMCreateTargetDataLayout(tm);
+  LLVMSetModuleDataLayout(mod, dl);
+  LLVMDisposeTargetData(dl);
+  LLVMPassBuilderOptionsRef po = LLVMCreatePassBuilderOptions();
+  LLVMErrorRef err = LLVMRunPasses(mod, "default<O3>", tm, po);
+  LLVMDisposePassBuilderOptions(po);
+  return err ? cg_llvm_error(err, "LLVM optimisation") : KILN_OK;
+}
