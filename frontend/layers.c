@@ -207,6 +207,25 @@ kiln_layer *kiln_layer_activation(kiln_activation act) {
   return kiln_layer_with_state(&ACTIVATION, &act, sizeof act, "Activation");
 }
 
+/* Keras' Rescaling; in a dtype-preserving form so float64 models stay float64. */
+static kiln_value rescaling_call(kiln_layer *l, kiln_graph *g, const kiln_value *in, size_t n, bool training) {
+  const double *so = l->state;
+  kiln_dtype t = kiln_value_dtype(g, in[0]);
+  if (t != KILN_F32 && t != KILN_F64)
+    return kiln_graph_fail(g, KILN_ERR_INVALID, "Rescaling: input must be float (got %s); cast integer data first",
+                           kiln_dtype_name(t));
+  return kiln_add(g, kiln_mul(g, in[0], kiln_scalar(g, t, so[0])), kiln_scalar(g, t, so[1]));
+}
+static const kiln_layer_class RESCALING = {"Rescaling", 0, NULL, rescaling_call, free};
+kiln_layer *kiln_layer_rescaling(double scale, double offset) {
+  if (!isfinite(scale) || !isfinite(offset)) {
+    kiln_set_error(KILN_ERR_INVALID, "Rescaling: scale %g and offset %g must be finite", scale, offset);
+    return NULL;
+  }
+  double so[2] = {scale, offset};
+  return kiln_layer_with_state(&RESCALING, so, sizeof so, "Rescaling");
+}
+
 static kiln_value reshape_call(kiln_layer *l, kiln_graph *g, const kiln_value *in, size_t n, bool training) {
   kiln_value x = in[0];
   const kiln_shape *target = l->state;

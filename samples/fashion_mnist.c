@@ -3,9 +3,10 @@
  * mean and standard deviation; Flatten -> Dense 300 relu -> Dense 100 relu ->
  * Dense 10 softmax, SGD (lr 0.01), sparse categorical cross-entropy, 10 epochs.
  *   fashion_mnist [--cnn] [--epochs N] [--seed S] [--data DIR] [--save FILE]
- * --cnn trains two 3x3 convolutions with max pooling instead (Adam). The trained
- * model is saved as a model file (default fashion_mnist.kiln or fashion_mnist_cnn.kiln);
- * its input is standardized pixels, with the mean and std printed. */
+ * --cnn trains two 3x3 convolutions with max pooling instead (Adam). The
+ * standardization is the model's first layer (Rescaling), so the saved model file
+ * (default fashion_mnist.kiln or fashion_mnist_cnn.kiln) takes raw pixels 0..255:
+ * samples/deploy/ compiles it into a standalone classifier. */
 #include <kiln/kiln.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -60,13 +61,11 @@ int main(int argc, char **argv) {
   if (!full_x || !full_y || !x_test || !y_test) return 1;
   kiln_tensor *x_valid = rows(full_x, 0, 5000), *x_train = rows(full_x, 5000, 60000);
   kiln_tensor *y_valid = rows(full_y, 0, 5000), *y_train = rows(full_y, 5000, 60000);
-  kiln_standardizer scaler;
+  kiln_standardizer scaler; /* on the training set only, as the tutorial insists */
   if (kiln_standardizer_fit(x_train, &scaler) != KILN_OK) return fail("standardize");
-  kiln_standardizer_apply(&scaler, x_train);
-  kiln_standardizer_apply(&scaler, x_valid);
-  kiln_standardizer_apply(&scaler, x_test);
 
   kiln_model *model = kiln_sequential_new(cnn ? "cnn" : "mlp", seed);
+  kiln_model_add(model, kiln_layer_rescaling(1.0 / scaler.std, -scaler.mean / scaler.std));
   if (cnn) {
     kiln_model_add(model, kiln_layer_reshape(KILN_SHAPE(28, 28, 1)));
     kiln_model_add(model, kiln_layer_conv2d(32, 3, 3, KILN_PAD_SAME, KILN_ACT_RELU));
@@ -80,7 +79,9 @@ int main(int argc, char **argv) {
     kiln_model_add(model, kiln_layer_dense(300, KILN_ACT_RELU));
     kiln_model_add(model, kiln_layer_dense(100, KILN_ACT_RELU));
   }
-  if (kiln_model_add(model, kiln_layer_dense(10, KILN_ACT_SOFTMAX)) != KILN_OK) return fail("model");
+  /* the output's name: a compiled model's header calls it FMNIST_OUT_PROBS_... */
+  if (kiln_model_add(model, kiln_layer_named(kiln_layer_dense(10, KILN_ACT_SOFTMAX), "probs")) != KILN_OK)
+    return fail("model");
   kiln_model_compile_options co = {.optimizer = cnn ? "adam" : "sgd", .loss = "sparse_categorical_crossentropy",
                                    .metrics = (const char *[]){"accuracy"}, .nmetrics = 1};
   if (kiln_model_compile(model, &co) != KILN_OK) return fail("compile");
@@ -105,7 +106,7 @@ int main(int argc, char **argv) {
   printf("test loss %.4f, test accuracy %.4f\n", results[0], results[1]);
   if (!save) save = cnn ? "fashion_mnist_cnn.kiln" : "fashion_mnist.kiln";
   if (kiln_model_save(model, save) != KILN_OK) return fail("save");
-  printf("saved %s (inputs: (pixel - %.4f) / %.4f)\n", save, scaler.mean, scaler.std);
+  printf("saved %s (standardizes its raw pixel input: (pixel - %.4f) / %.4f)\n", save, scaler.mean, scaler.std);
   kiln_history_free(history);
   kiln_model_free(model);
   kiln_tensor *all[] = {full_x, full_y, x_test, y_test, x_valid, x_train, y_valid, y_train};

@@ -112,7 +112,19 @@ static void test_conv_pool_norm_by_hand(void **state) {
 }
 
 static void test_embedding_and_merge_by_hand(void **state) {
-  kiln_model *m;
+  /* Rescaling: x * scale + offset; integer input is refused with the reason */
+  kiln_tensor *rx = f32(2, (int64_t[]){2, 2}, (float[]){0, 255, 72.5f, -10});
+  kiln_tensor *ry = apply_layer(kiln_layer_rescaling(1 / 90.0, -72.5 / 90.0), KILN_F32, KILN_SHAPE(2), rx, NULL);
+  expect("rescaling", ry, (double[]){-72.5 / 90, 182.5 / 90, 0, -82.5 / 90}, 4, 1e-6);
+  kiln_tensor_free(rx);
+  kiln_tensor_free(ry);
+  kiln_model *m = kiln_sequential_new("bad", 1);
+  assert_int_equal(kiln_model_add(m, kiln_layer_rescaling(2, 0)), KILN_OK);
+  assert_int_not_equal(kiln_model_build(m, KILN_I32, KILN_SHAPE(2)), KILN_OK);
+  assert_non_null(strstr(kiln_errmsg(), "Rescaling: input must be float"));
+  kiln_model_free(m);
+  assert_null(kiln_layer_rescaling(NAN, 0));
+
   apply_layer(kiln_layer_embedding(3, 2), KILN_I32, KILN_SHAPE(2), NULL, &m);
   set_weight(m, "embedding/embeddings", (float[]){0, 1, 10, 11, 20, 21});
   int32_t ids[4] = {2, 0, 1, 1};

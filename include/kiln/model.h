@@ -87,6 +87,10 @@ KILN_API void kiln_layer_free(kiln_layer *l);
 KILN_API kiln_layer *kiln_layer_dense(int64_t units, kiln_activation act);
 KILN_API kiln_layer *kiln_layer_flatten(void);
 KILN_API kiln_layer *kiln_layer_activation(kiln_activation act);
+/* x * scale + offset (Keras' Rescaling): puts preprocessing such as standardization
+ * ((x - mean) / std: scale 1/std, offset -mean/std) inside the model, so a saved or
+ * compiled model takes raw data. */
+KILN_API kiln_layer *kiln_layer_rescaling(double scale, double offset);
 /* Per-example target shape (the batch dim is kept), e.g. KILN_SHAPE(28, 28, 1). */
 KILN_API kiln_layer *kiln_layer_reshape(kiln_shape target);
 /* Zeroes a fraction `rate` of the inputs while training and scales the rest by
