@@ -131,7 +131,7 @@ static void signature(out *o, const aot_unit *u, const aot_entry *e, bool with) 
   bool params_const = !e->writes[AOT_PARAMS];
   put(o, "int %s_%s%s(", name, e->fn, with ? "_with" : "");
   const char *sep = "";
-  if (u->params_arg) put(o, "%s void *params", params_const ? "const" : ""), sep = ", ";
+  if (u->params_arg) put(o, "%svoid *params", params_const ? "const " : ""), sep = ", ";
   if (e->reads[AOT_OPT] || e->writes[AOT_OPT]) put(o, "%svoid *opt_state", sep), sep = ", ";
   if (with) {
     put(o, "%sconst %s_inputs *in", sep, name);

@@ -7,7 +7,6 @@
 kiln_status kiln_aot_compile_model(kiln_model *m, const kiln_aot_options *o) {
   if (!m || !o) return kiln_set_error(KILN_ERR_INVALID, "aot: NULL argument");
   if (!m->built) return kiln_set_error(KILN_ERR_INVALID, "aot: model '%s' is not built yet", m->name);
-  int64_t batch = o->batch > 0 ? o->batch : 1;
   aot_request req[2] = {{.fn = "run", .nmain = UINT32_MAX}, {.fn = "train_step", .out_direct_arg = true}};
   kiln_graph *infer = kiln_model_inference_graph(m), *train = NULL;
   if (!infer) return KILN_ERR_INVALID;
@@ -15,7 +14,7 @@ kiln_status kiln_aot_compile_model(kiln_model *m, const kiln_aot_options *o) {
   const char **names = NULL;
   kiln_status st = KILN_OK;
   if (o->train) {
-    train = kiln_model_train_graph(m, batch);
+    train = kiln_model_train_graph(m);
     names = calloc(m->ninputs + m->nheads + 1, sizeof *names);
     if (!train) st = KILN_ERR_INVALID;
     else if (!names) st = kiln_set_error(KILN_ERR_NOMEM, "aot: out of memory");

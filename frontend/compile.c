@@ -203,7 +203,7 @@ static void trace_train(kiln_graph *g, const kiln_value *in, size_t nin, void *u
 
 static void trace_eval(kiln_graph *g, const kiln_value *in, size_t nin, void *ud) { objectives(ud, g, in, false, true); }
 
-kiln_graph *kiln_model_train_graph(kiln_model *m, int64_t batch) {
+kiln_graph *kiln_model_train_graph(kiln_model *m) {
   if (!m->compiled) {
     kiln_set_error(KILN_ERR_INVALID, "model '%s' is not compiled: its optimizer and loss make the train step", m->name);
     return NULL;
@@ -215,22 +215,18 @@ kiln_graph *kiln_model_train_graph(kiln_model *m, int64_t batch) {
   }
   kiln_graph *g = kiln_graph_new();
   if (!g) return NULL;
-  for (size_t i = 0; i < m->ninputs; i++) {
-    kiln_shape s = m->kts[m->inputs[i].kt].shape;
-    s.dims[0] = batch;
-    in[i] = kiln_placeholder(g, m->inputs[i].name, m->kts[m->inputs[i].kt].dtype, s);
-  }
+  for (size_t i = 0; i < m->ninputs; i++)
+    in[i] = kiln_placeholder(g, m->inputs[i].name, m->kts[m->inputs[i].kt].dtype, m->kts[m->inputs[i].kt].shape);
   for (size_t h = 0; h < m->nheads; h++) {
     const model_port *p = &m->outputs[m->heads[h].output];
     kiln_shape s = m->kts[p->kt].shape;
     kiln_dtype t = m->kts[p->kt].dtype;
-    s.dims[0] = batch;
     if (m->heads[h].loss == LOSS_SCCE && !m->heads[h].custom.fn) s.rank--, t = KILN_I32; /* class ids */
     char name[300];
     snprintf(name, sizeof name, "%s:target", p->name);
     in[m->ninputs + h] = kiln_placeholder(g, name, t, s);
   }
-  in[m->ninputs + m->nheads] = kiln_fill(g, KILN_F32, KILN_SHAPE(batch), 1.0);
+  in[m->ninputs + m->nheads] = kiln_fill(g, KILN_F32, KILN_SHAPE(KILN_DYN), 1.0);
   kiln_value loss = objectives(m, g, in, true, false);
   kiln_output(g, "loss", loss);
   if (kiln_graph_status(g) == KILN_OK) train_updates(m, g, loss);

@@ -116,10 +116,10 @@ KILN_INTERNAL void kiln_model_drop_compiled(kiln_model *m);
 KILN_INTERNAL bool kiln_model_is_weight(const kiln_variable *v, void *ud);
 /* The inference graph: placeholders named like the inputs, outputs like the outputs. */
 KILN_INTERNAL kiln_graph *kiln_model_inference_graph(kiln_model *m);
-/* compile.c: the training step as one graph of batch `batch`: placeholders for the inputs
+/* compile.c: the training step as one graph (symbolic batch): placeholders for the inputs
  * and a target per head ("<output>:target"; class ids for sparse losses), examples
  * weighted 1, output "loss" the mean loss, updates as variable assignments. */
-KILN_INTERNAL kiln_graph *kiln_model_train_graph(kiln_model *m, int64_t batch);
+KILN_INTERNAL kiln_graph *kiln_model_train_graph(kiln_model *m);
 /* A model whose forward pass is graph g (taken over; variables in vars, taken over too). */
 KILN_INTERNAL kiln_status kiln_model_from_graph(const char *name, kiln_graph *g, kiln_variables *vars, kiln_model **out);
 /* layers.c: helpers of the built-in layers. A glorot_uniform kernel and a zero bias;

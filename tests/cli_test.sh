@@ -60,6 +60,29 @@ ref=$(awk -v a="$got" 'BEGIN { split(a, s, " "); printf "%.3f", s[1] + s[2] }')
 "$kiln" compile "$golden/mlp.kir" --name mlp -o "$tmp/mlp.o" --batch 2 > /dev/null || fail "compile of a .kir graph"
 grep -q "int mlp_run_with(const mlp_inputs \*in, const mlp_outputs \*out, void \*workspace);" "$tmp/mlp.h" ||
   fail "mlp.h lacks mlp_run_with"
+# --train: the exported train step lowers the loss on a repeated batch
+"$kiln" compile "$golden/small.kiln" --train sgd --lr 0.5 -o "$tmp/st.o" > /dev/null || fail "compile --train"
+cat > "$tmp/train.c" <<'EOF_C'
+#include <stdio.h>
+#include <stdlib.h>
+#include "st.h"
+int main(void) {
+  void *params = malloc(ST_PARAMS_SIZE), *opt = malloc(ST_OPTIMIZER_STATE_SIZE);
+  const float x[3] = {1.0f, -0.5f, 2.0f};
+  const int32_t y[1] = {1};
+  float first = 0, loss = 0;
+  st_params_init(params);
+  st_optimizer_init(opt);
+  for (int i = 0; i < 20; i++) {
+    if (st_train_step(params, opt, x, y, &loss)) return 1;
+    if (i == 0) first = loss;
+  }
+  printf("%g %g\n", first, loss);
+  return !(loss < 0.5f * first);
+}
+EOF_C
+cc -std=c99 -Wall -Werror -I"$tmp" "$tmp/train.c" "$tmp/st.o" -lm -o "$tmp/train" || fail "train.c did not link"
+"$tmp/train" > "$tmp/out" || fail "the train step did not lower the loss: $(cat "$tmp/out")"
 if "$kiln" compile "$golden/mlp.kir" --train sgd -o "$tmp/x.o" 2> "$tmp/err"; then fail "--train on a graph accepted"; fi
 grep -q "needs a model file" "$tmp/err" || fail "unclear message: $(cat "$tmp/err")"
 if "$kiln" compile "$golden/small.ckpt" -o "$tmp/x.o" 2> "$tmp/err"; then fail "a checkpoint compiled"; fi

@@ -217,7 +217,14 @@ static int cmd_compile(int argc, char **argv) {
     else if (!strcmp(a, "--name")) o.name = v;
     else if (!strcmp(a, "--target")) o.target = v;
     else if (!strcmp(a, "--cpu")) o.cpu = v;
-    else if (!strcmp(a, "--batch")) o.batch = strtoll(v, NULL, 10);
+    else if (!strcmp(a, "--batch")) {
+      char *end;
+      o.batch = strtoll(v, &end, 10);
+      if (*end || o.batch < 1) {
+        fprintf(stderr, "kiln: compile: --batch needs a positive integer, got '%s'\n", v);
+        return 2;
+      }
+    }
     else if (!strcmp(a, "--weights-file")) o.weights_path = v;
     else if (!strcmp(a, "--train")) train = v;
     else if (!strcmp(a, "--loss")) loss = v;
