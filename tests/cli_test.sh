@@ -88,4 +88,11 @@ grep -q "needs a model file" "$tmp/err" || fail "unclear message: $(cat "$tmp/er
 if "$kiln" compile "$golden/small.ckpt" -o "$tmp/x.o" 2> "$tmp/err"; then fail "a checkpoint compiled"; fi
 grep -q "small.ckpt" "$tmp/err" || fail "unclear message: $(cat "$tmp/err")"
 [ ! -e "$tmp/x.o" ] || fail "a failed compile left an object"
+# ONNX: a truncated model and an unsupported op are errors naming the problem
+onnx=/usr/share/libonnx-testdata/data
+head -c 300 "$onnx/pytorch-converted/test_Conv2d/model.onnx" > "$tmp/bad.onnx"
+if "$kiln" compile "$tmp/bad.onnx" -o "$tmp/x.o" 2> "$tmp/err"; then fail "a truncated ONNX model compiled"; fi
+grep -q "bad.onnx" "$tmp/err" || fail "unclear message: $(cat "$tmp/err")"
+if "$kiln" compile "$onnx/node/test_nonzero_example/model.onnx" -o "$tmp/x.o" 2> "$tmp/err"; then fail "NonZero compiled"; fi
+grep -q "(NonZero): op NonZero is not supported" "$tmp/err" || fail "unclear message: $(cat "$tmp/err")"
 echo "1 passed, 0 failed"

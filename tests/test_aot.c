@@ -413,6 +413,39 @@ static void test_multi_io_with_external_weights(void **state) {
   remove_dir();
 }
 
+/* An ONNX model exported from PyTorch, compiled by the CLI, against ONNX's expected output. */
+static void test_onnx_model_to_object(void **state) {
+  make_dir();
+  const char *test = "/usr/share/libonnx-testdata/data/pytorch-converted/test_Conv2d";
+  assert_int_equal(sh("%s/kiln compile %s/model.onnx --name conv -o conv.o > /dev/null", KILN_BIN_DIR, test), 0);
+  static const char main_c[] =
+      "#include <stdio.h>\n#include \"conv.h\"\n"
+      "int main(void) {\n"
+      "  static float x[CONV_IN__0_SIZE], y[CONV_OUT__3_SIZE];\n"
+      "  FILE *f = fopen(\"x.bin\", \"rb\");\n"
+      "  if (!f || fread(x, sizeof x, 1, f) != 1 || conv_run(x, y)) return 1;\n"
+      "  f = fopen(\"y.bin\", \"wb\");\n"
+      "  return !f || fwrite(y, sizeof y, 1, f) != 1 || fclose(f);\n"
+      "}\n";
+  compile_main(main_c, "conv.o", "conv");
+  char path[512];
+  kiln_tensor *x = NULL, *want = NULL;
+  snprintf(path, sizeof path, "%s/test_data_set_0/input_0.pb", test);
+  assert_int_equal(kiln_onnx_load_tensor(path, &x, NULL), KILN_OK);
+  snprintf(path, sizeof path, "%s/test_data_set_0/output_0.pb", test);
+  assert_int_equal(kiln_onnx_load_tensor(path, &want, NULL), KILN_OK);
+  write_file("x.bin", kiln_tensor_cdata(x), kiln_tensor_nbytes(x));
+  assert_int_equal(sh("./conv"), 0);
+  assert_int_equal(kiln_tensor_numel(want), 160);
+  float got[160];
+  read_exact("y.bin", got, sizeof got);
+  expect_close("ONNX Conv2d", got, kiln_tensor_cdata(want), 160, 1e-4);
+  check_only_libc("conv.o");
+  kiln_tensor_free(x);
+  kiln_tensor_free(want);
+  remove_dir();
+}
+
 static void test_bad_options_are_named(void **state) {
   make_dir();
   kiln_model *m = kiln_sequential_new("m", 1);
@@ -447,6 +480,7 @@ int main(void) {
       cmocka_unit_test(test_train_step_object_matches_jit_fit),
       cmocka_unit_test(test_multi_io_with_external_weights),
       cmocka_unit_test(test_cross_compiled_aarch64_matches_jit),
+      cmocka_unit_test(test_onnx_model_to_object),
       cmocka_unit_test(test_bad_options_are_named),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -4,7 +4,8 @@
  *                                           run it through the JIT (or the evaluator)
  *   kiln inspect FILE.ckpt|FILE.kiln        list a checkpoint's variables and progress,
  *                                           or a model file's inputs, outputs and weights
- *   kiln compile MODEL -o NAME.o ...        ahead-of-time: a standalone object and header */
+ *   kiln compile MODEL -o NAME.o ...        ahead-of-time: a standalone object and header
+ *                                           (MODEL: model file, .kir graph or .onnx) */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,7 +18,7 @@ static int usage(void) {
           "usage: kiln dump FILE.kir\n"
           "       kiln run FILE.kir --input NAME=FILE.npy ... [--output-dir DIR] [--reference]\n"
           "       kiln inspect FILE.ckpt|FILE.kiln\n"
-          "       kiln compile MODEL.kiln|GRAPH.kir [-o NAME.o] [--header NAME.h] [--name NAME]\n"
+          "       kiln compile MODEL.kiln|GRAPH.kir|MODEL.onnx [-o NAME.o] [--header NAME.h] [--name NAME]\n"
           "                    [--target TRIPLE] [--cpu generic|native|CPU] [--batch N]\n"
           "                    [--weights embed|external] [--weights-file FILE]\n"
           "                    [--train OPTIMIZER [--loss LOSS] [--lr RATE]]\n"
@@ -268,7 +269,10 @@ static int cmd_compile(int argc, char **argv) {
     return 1;
   } else {
     kiln_graph *g = NULL;
-    st = kiln_graph_load(path, &g);
+    size_t plen = strlen(path);
+    bool onnx = plen > 5 && !strcmp(path + plen - 5, ".onnx");
+    st = onnx ? kiln_onnx_load(path, &g) : kiln_graph_load(path, &g);
+    if (st != KILN_OK && onnx) return free(obj), free(header), free(weights), fail("compile");
     if (st != KILN_OK) {
       fprintf(stderr, "kiln: compile: %s is neither a kiln model file nor a text-IR graph (%s)\n", path, kiln_errmsg());
       free(obj), free(header), free(weights);

@@ -8,4 +8,5 @@
 #include "kiln/data.h"
 #include "kiln/model.h"
 #include "kiln/aot.h"
+#include "kiln/onnx.h"
 #endif

@@ -1,0 +1,49 @@
+/* ONNX importer internals: the import context (onnx_import.c) and the table of op
+ * decompositions (onnx_ops.c). */
+#ifndef KILN_ONNX_IMPL_H
+#define KILN_ONNX_IMPL_H
+
+#include "ir/ir.h"
+#include "onnx/onnx.pb-c.h"
+
+typedef struct onnx_value {
+  const char *name;
+  kiln_value v;
+  kiln_tensor *host; /* its value when known while importing (constants, folded shapes) */
+} onnx_value;
+
+typedef struct onnx_ctx {
+  kiln_graph *g; /* the graph being built, or a scratch graph while folding constants */
+  int64_t opset;
+  const char *path;
+  onnx_value *vals;
+  size_t nvals, cap;
+} onnx_ctx;
+
+/* Builds the node's outputs in c->g from its inputs (KILN_NONE for omitted optional
+ * ones); returns KILN_OK or an error status with the message set. */
+typedef kiln_status (*onnx_op_fn)(onnx_ctx *c, const Onnx__NodeProto *n, const kiln_value *in, size_t nin,
+                                  kiln_value *out);
+typedef struct onnx_op {
+  const char *name;
+  onnx_op_fn fn;
+} onnx_op;
+
+/* onnx_ops.c */
+KILN_INTERNAL const onnx_op *onnx_find_op(const char *name);
+
+/* onnx_import.c: what the op handlers use */
+KILN_INTERNAL const Onnx__AttributeProto *onnx_attr(const Onnx__NodeProto *n, const char *name);
+KILN_INTERNAL int64_t onnx_attr_int(const Onnx__NodeProto *n, const char *name, int64_t dflt);
+KILN_INTERNAL double onnx_attr_float(const Onnx__NodeProto *n, const char *name, double dflt);
+/* Copies up to cap ints; returns how many the attribute has (-1 when absent). */
+KILN_INTERNAL int onnx_attr_ints(const Onnx__NodeProto *n, const char *name, int64_t *out, int cap);
+KILN_INTERNAL const char *onnx_attr_string(const Onnx__NodeProto *n, const char *name, const char *dflt);
+/* The value of input i when it is known while importing (an initializer or a folded
+ * computation), or NULL. */
+KILN_INTERNAL const kiln_tensor *onnx_const_input(onnx_ctx *c, const Onnx__NodeProto *n, size_t i);
+/* Fails naming the node: "node 'name' (OpType): ...". */
+KILN_INTERNAL kiln_status onnx_fail(onnx_ctx *c, const Onnx__NodeProto *n, kiln_status s, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+KILN_INTERNAL kiln_status onnx_tensor_from_proto(const Onnx__TensorProto *t, const char *dir, kiln_tensor **out);
+#endif

@@ -1,0 +1,339 @@
+/* Reading ONNX models (ModelProto via protobuf-c) into kiln graphs.
+ *
+ * Nodes are visited in file order (ONNX graphs are topologically sorted). Every
+ * value is tracked by name with, when known, its value on the host: initializers,
+ * Constant nodes, Shape of static tensors, and any node whose inputs are all known
+ * (folded by building it in a scratch graph and running the reference evaluator),
+ * so shape arithmetic feeding Reshape, Slice or Expand becomes constants. */
+#include <libgen.h>
+#include <stdarg.h>
+#include <string.h>
+#include "frontend/onnx/onnx_impl.h"
+#include "runtime/tensor_impl.h"
+
+kiln_status onnx_fail(onnx_ctx *c, const Onnx__NodeProto *n, kiln_status s, const char *fmt, ...) {
+  char msg[400];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  return kiln_set_error(s, "%s: node '%s' (%s): %s", c->path, n->name && *n->name ? n->name : "?", n->op_type, msg);
+}
+
+const Onnx__AttributeProto *onnx_attr(const Onnx__NodeProto *n, const char *name) {
+  for (size_t i = 0; i < n->n_attribute; i++)
+    if (!strcmp(n->attribute[i]->name, name)) return n->attribute[i];
+  return NULL;
+}
+
+int64_t onnx_attr_int(const Onnx__NodeProto *n, const char *name, int64_t dflt) {
+  const Onnx__AttributeProto *a = onnx_attr(n, name);
+  return a && a->has_i ? a->i : dflt;
+}
+
+double onnx_attr_float(const Onnx__NodeProto *n, const char *name, double dflt) {
+  const Onnx__AttributeProto *a = onnx_attr(n, name);
+  return a && a->has_f ? a->f : dflt;
+}
+
+int onnx_attr_ints(const Onnx__NodeProto *n, const char *name, int64_t *out, int cap) {
+  const Onnx__AttributeProto *a = onnx_attr(n, name);
+  if (!a) return -1;
+  for (size_t i = 0; i < a->n_ints && (int)i < cap; i++) out[i] = a->ints[i];
+  return (int)a->n_ints;
+}
+
+const char *onnx_attr_string(const Onnx__NodeProto *n, const char *name, const char *dflt) {
+  const Onnx__AttributeProto *a = onnx_attr(n, name);
+  static _Thread_local char buf[128];
+  if (!a || !a->has_s) return dflt;
+  size_t k = a->s.len < sizeof buf - 1 ? a->s.len : sizeof buf - 1;
+  memcpy(buf, a->s.data, k);
+  buf[k] = 0;
+  return buf;
+}
+
+/* ---- tensors ---- */
+
+static int dtype_of(int32_t onnx_type) {
+  switch (onnx_type) {
+  case ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT: return KILN_F32;
+  case ONNX__TENSOR_PROTO__DATA_TYPE__DOUBLE: return KILN_F64;
+  case ONNX__TENSOR_PROTO__DATA_TYPE__INT32: return KILN_I32;
+  case ONNX__TENSOR_PROTO__DATA_TYPE__INT64: return KILN_I64;
+  case ONNX__TENSOR_PROTO__DATA_TYPE__BOOL: return KILN_BOOL;
+  default: return -1;
+  }
+}
+
+static kiln_status read_external(const Onnx__TensorProto *t, const char *dir, void *dst, size_t nbytes) {
+  const char *location = NULL;
+  long long offset = 0, length = -1;
+  for (size_t i = 0; i < t->n_external_data; i++) {
+    const char *k = t->external_data[i]->key, *v = t->external_data[i]->value;
+    if (!strcmp(k, "location")) location = v;
+    else if (!strcmp(k, "offset")) offset = atoll(v);
+    else if (!strcmp(k, "length")) length = atoll(v);
+  }
+  if (!location || strstr(location, ".."))
+    return kiln_set_error(KILN_ERR_PARSE, "tensor '%s': external data without a safe location", t->name);
+  if (length >= 0 && (size_t)length != nbytes)
+    return kiln_set_error(KILN_ERR_PARSE, "tensor '%s': external data of %lld bytes, the shape needs %zu", t->name,
+                          length, nbytes);
+  char path[4096];
+  snprintf(path, sizeof path, "%s/%s", dir, location);
+  FILE *f = fopen(path, "rb");
+  kiln_status st = KILN_OK;
+  if (!f) return kiln_set_error(KILN_ERR_IO, "tensor '%s': cannot open external data %s", t->name, path);
+  if (fseek(f, offset, SEEK_SET) || fread(dst, 1, nbytes, f) != nbytes)
+    st = kiln_set_error(KILN_ERR_PARSE, "tensor '%s': external data %s is shorter than offset %lld + %zu bytes",
+                        t->name, path, offset, nbytes);
+  fclose(f);
+  return st;
+}
+
+kiln_status onnx_tensor_from_proto(const Onnx__TensorProto *t, const char *dir, kiln_tensor **out) {
+  *out = NULL;
+  int dt = dtype_of(t->data_type);
+  if (dt < 0) return kiln_set_error(KILN_ERR_UNSUPPORTED, "tensor '%s': ONNX data type %d is not supported", t->name, t->data_type);
+  if (t->n_dims > KILN_MAX_RANK) return kiln_set_error(KILN_ERR_UNSUPPORTED, "tensor '%s': rank %zu", t->name, t->n_dims);
+  int64_t dims[KILN_MAX_RANK];
+  for (size_t i = 0; i < t->n_dims; i++) dims[i] = t->dims[i];
+  kiln_tensor *x = kiln_tensor_new((kiln_dtype)dt, (int)t->n_dims, dims);
+  if (!x) return kiln_set_error(KILN_ERR_PARSE, "tensor '%s': %s", t->name, kiln_errmsg());
+  size_t n = (size_t)kiln_tensor_numel(x), nbytes = kiln_tensor_nbytes(x);
+  void *d = kiln_tensor_data(x);
+  kiln_status st = KILN_OK;
+  size_t have;
+  if (t->has_data_location && t->data_location == ONNX__TENSOR_PROTO__DATA_LOCATION__EXTERNAL) {
+    st = read_external(t, dir, d, nbytes);
+  } else if (t->has_raw_data) {
+    if (t->raw_data.len != nbytes)
+      st = kiln_set_error(KILN_ERR_PARSE, "tensor '%s': %zu raw bytes, the shape needs %zu", t->name, t->raw_data.len, nbytes);
+    else memcpy(d, t->raw_data.data, nbytes);
+  } else {
+    switch (dt) {
+    case KILN_F32: have = t->n_float_data; if (have == n) memcpy(d, t->float_data, nbytes); break;
+    case KILN_F64: have = t->n_double_data; if (have == n) memcpy(d, t->double_data, nbytes); break;
+    case KILN_I64: have = t->n_int64_data; if (have == n) memcpy(d, t->int64_data, nbytes); break;
+    case KILN_I32: have = t->n_int32_data; if (have == n) memcpy(d, t->int32_data, nbytes); break;
+    default: /* bool: one per int32 */
+      have = t->n_int32_data;
+      for (size_t i = 0; have == n && i < n; i++) ((uint8_t *)d)[i] = t->int32_data[i] != 0;
+    }
+    if (have != n) st = kiln_set_error(KILN_ERR_PARSE, "tensor '%s': %zu values, the shape needs %zu", t->name, have, n);
+  }
+  if (st != KILN_OK) {
+    kiln_tensor_free(x);
+    return st;
+  }
+  *out = x;
+  return KILN_OK;
+}
+
+kiln_status kiln_onnx_load_tensor(const char *path, kiln_tensor **out, char **name) {
+  if (!path || !out) return kiln_set_error(KILN_ERR_INVALID, "onnx_load_tensor: NULL argument");
+  *out = NULL;
+  if (name) *name = NULL;
+  unsigned char *buf;
+  size_t len;
+  kiln_status st = kiln_read_file(path, &buf, &len);
+  if (st != KILN_OK) return st;
+  Onnx__TensorProto *t = onnx__tensor_proto__unpack(NULL, len, buf);
+  free(buf);
+  if (!t) return kiln_set_error(KILN_ERR_PARSE, "%s: not an ONNX TensorProto", path);
+  char *copy = strdup(path);
+  st = copy ? onnx_tensor_from_proto(t, dirname(copy), out) : kiln_set_error(KILN_ERR_NOMEM, "out of memory");
+  if (st != KILN_OK && st != KILN_ERR_NOMEM) st = kiln_set_error(st, "%s: %s", path, kiln_errmsg());
+  if (st == KILN_OK && name) *name = strdup(t->name ? t->name : "");
+  free(copy);
+  onnx__tensor_proto__free_unpacked(t, NULL);
+  return st;
+}
+
+/* ---- values ---- */
+
+static onnx_value *find_value(onnx_ctx *c, const char *name) {
+  for (size_t i = c->nvals; i-- > 0;)
+    if (!strcmp(c->vals[i].name, name)) return &c->vals[i];
+  return NULL;
+}
+
+static kiln_status add_value(onnx_ctx *c, const char *name, kiln_value v, kiln_tensor *host) {
+  if (c->nvals == c->cap) {
+    size_t cap = c->cap ? 2 * c->cap : 64;
+    onnx_value *nv = realloc(c->vals, cap * sizeof *nv);
+    if (!nv) {
+      kiln_tensor_free(host);
+      return kiln_set_error(KILN_ERR_NOMEM, "onnx: out of memory");
+    }
+    c->vals = nv, c->cap = cap;
+  }
+  c->vals[c->nvals++] = (onnx_value){name, v, host};
+  return KILN_OK;
+}
+
+const kiln_tensor *onnx_const_input(onnx_ctx *c, const Onnx__NodeProto *n, size_t i) {
+  if (i >= n->n_input || !*n->input[i]) return NULL;
+  onnx_value *v = find_value(c, n->input[i]);
+  return v ? v->host : NULL;
+}
+
+/* The host value of a constant node of g, or NULL. */
+static kiln_tensor *const_value(const kiln_graph *g, kiln_value v) {
+  const kiln_node *n = kiln_node_get(g, v);
+  if (!n || n->op != KILN_OP_CONST) return NULL;
+  kiln_tensor *t = kiln_tensor_new((kiln_dtype)n->dtype, n->rank, n->dims);
+  if (!t) return NULL;
+  if (n->data) memcpy(kiln_tensor_data(t), n->data, kiln_tensor_nbytes(t));
+  else
+    for (int64_t i = 0; i < kiln_tensor_numel(t); i++) kiln_tensor_set_f64(t, i, kiln_attr_float(n, KILN_ATTR_VALUE, 0));
+  return t;
+}
+
+static kiln_value constant_of(kiln_graph *g, const kiln_tensor *t) {
+  kiln_shape s = {.rank = kiln_tensor_rank(t)};
+  memcpy(s.dims, kiln_tensor_dims(t), sizeof(int64_t) * (size_t)s.rank);
+  return kiln_constant(g, kiln_tensor_dtype(t), s, kiln_tensor_cdata(t));
+}
+
+/* Runs the node on known inputs in a scratch graph; hosts[j] receive its outputs. */
+static kiln_status fold(onnx_ctx *c, const onnx_op *op, const Onnx__NodeProto *n, kiln_tensor **hosts) {
+  kiln_graph *main_g = c->g, *s = kiln_graph_new();
+  if (!s) return kiln_set_error(KILN_ERR_NOMEM, "onnx: out of memory");
+  kiln_value in[64], out[16];
+  for (size_t i = 0; i < n->n_input; i++) {
+    const kiln_tensor *h = onnx_const_input(c, n, i);
+    in[i] = h ? constant_of(s, h) : (kiln_value){KILN_NONE};
+  }
+  c->g = s;
+  kiln_status st = op->fn(c, n, in, n->n_input, out);
+  c->g = main_g;
+  for (size_t j = 0; j < n->n_output && st == KILN_OK; j++) {
+    char name[16];
+    snprintf(name, sizeof name, "o%zu", j);
+    st = kiln_output(s, name, out[j]);
+  }
+  if (st == KILN_OK) st = kiln_evaluate(s, NULL, 0, hosts, n->n_output);
+  if (st != KILN_OK) st = onnx_fail(c, n, st, "folding constants: %s", kiln_errmsg());
+  kiln_graph_free(s);
+  return st;
+}
+
+static kiln_status import_node(onnx_ctx *c, const Onnx__NodeProto *n) {
+  if (n->domain && *n->domain && strcmp(n->domain, "ai.onnx"))
+    return onnx_fail(c, n, KILN_ERR_UNSUPPORTED, "operator domain '%s' is not supported", n->domain);
+  const onnx_op *op = onnx_find_op(n->op_type);
+  if (!op) return onnx_fail(c, n, KILN_ERR_UNSUPPORTED, "op %s is not supported", n->op_type);
+  if (n->n_input > 64 || n->n_output > 16) return onnx_fail(c, n, KILN_ERR_UNSUPPORTED, "too many inputs or outputs");
+  kiln_value in[64], out[16];
+  bool known = n->n_input > 0;
+  for (size_t i = 0; i < n->n_input; i++) {
+    in[i] = (kiln_value){KILN_NONE};
+    if (!*n->input[i]) continue; /* an omitted optional input */
+    onnx_value *v = find_value(c, n->input[i]);
+    if (!v) return onnx_fail(c, n, KILN_ERR_PARSE, "input '%s' is not produced by any earlier node, input or initializer", n->input[i]);
+    in[i] = v->v;
+    known &= v->host != NULL;
+  }
+  kiln_tensor *hosts[16] = {0};
+  kiln_status st;
+  if (known) {
+    st = fold(c, op, n, hosts);
+    for (size_t j = 0; j < n->n_output && st == KILN_OK; j++) out[j] = constant_of(c->g, hosts[j]);
+  } else {
+    for (size_t j = 0; j < 16; j++) out[j] = (kiln_value){KILN_NONE};
+    st = op->fn(c, n, in, n->n_input, out);
+  }
+  if (st == KILN_OK && kiln_graph_status(c->g) != KILN_OK) st = onnx_fail(c, n, kiln_graph_status(c->g), "%s", kiln_graph_errmsg(c->g));
+  for (size_t j = 0; j < n->n_output && st == KILN_OK; j++) {
+    if (!*n->output[j]) continue;
+    if (out[j].id == KILN_NONE) {
+      st = onnx_fail(c, n, KILN_ERR_UNSUPPORTED, "output %zu ('%s') is not supported", j, n->output[j]);
+      break;
+    }
+    kiln_tensor *h = hosts[j] ? hosts[j] : const_value(c->g, out[j]);
+    hosts[j] = NULL;
+    st = add_value(c, n->output[j], out[j], h);
+  }
+  for (size_t j = 0; j < 16; j++) kiln_tensor_free(hosts[j]);
+  return st;
+}
+
+static kiln_status import_input(onnx_ctx *c, const Onnx__ValueInfoProto *vi) {
+  const Onnx__TypeProto *tp = vi->type;
+  if (!tp || tp->value_case != ONNX__TYPE_PROTO__VALUE_TENSOR_TYPE || !tp->tensor_type)
+    return kiln_set_error(KILN_ERR_UNSUPPORTED, "%s: input '%s' is not a tensor", c->path, vi->name);
+  const Onnx__TypeProto__Tensor *tt = tp->tensor_type;
+  int dt = dtype_of(tt->elem_type);
+  if (dt < 0)
+    return kiln_set_error(KILN_ERR_UNSUPPORTED, "%s: input '%s' has ONNX data type %d, which kiln does not support",
+                          c->path, vi->name, tt->elem_type);
+  kiln_shape s = {0};
+  if (!tt->shape) return kiln_set_error(KILN_ERR_UNSUPPORTED, "%s: input '%s' has no shape", c->path, vi->name);
+  if (tt->shape->n_dim > KILN_MAX_RANK) return kiln_set_error(KILN_ERR_UNSUPPORTED, "%s: input '%s' has rank %zu", c->path, vi->name, tt->shape->n_dim);
+  s.rank = (int)tt->shape->n_dim;
+  for (int d = 0; d < s.rank; d++) {
+    const Onnx__TensorShapeProto__Dimension *dim = tt->shape->dim[d];
+    if (dim->value_case == ONNX__TENSOR_SHAPE_PROTO__DIMENSION__VALUE_DIM_VALUE) s.dims[d] = dim->dim_value;
+    else if (d == 0) s.dims[d] = KILN_DYN; /* a symbolic batch */
+    else
+      return kiln_set_error(KILN_ERR_UNSUPPORTED, "%s: input '%s': dimension %d is symbolic ('%s'); only the first may be",
+                            c->path, vi->name, d, dim->dim_param ? dim->dim_param : "?");
+  }
+  return add_value(c, vi->name, kiln_placeholder(c->g, vi->name, (kiln_dtype)dt, s), NULL);
+}
+
+static kiln_status import_graph(onnx_ctx *c, const Onnx__GraphProto *gp, const char *dir) {
+  kiln_status st = KILN_OK;
+  for (size_t i = 0; i < gp->n_initializer && st == KILN_OK; i++) {
+    kiln_tensor *t;
+    st = onnx_tensor_from_proto(gp->initializer[i], dir, &t);
+    if (st != KILN_OK) st = kiln_set_error(st, "%s: initializer: %s", c->path, kiln_errmsg());
+    else st = add_value(c, gp->initializer[i]->name, constant_of(c->g, t), t);
+  }
+  for (size_t i = 0; i < gp->n_input && st == KILN_OK; i++)
+    if (!find_value(c, gp->input[i]->name)) st = import_input(c, gp->input[i]);
+  for (size_t i = 0; i < gp->n_node && st == KILN_OK; i++) st = import_node(c, gp->node[i]);
+  for (size_t i = 0; i < gp->n_output && st == KILN_OK; i++) {
+    onnx_value *v = find_value(c, gp->output[i]->name);
+    if (!v) st = kiln_set_error(KILN_ERR_PARSE, "%s: output '%s' is produced by no node", c->path, gp->output[i]->name);
+    else st = kiln_graph_add_output(c->g, gp->output[i]->name, v->v);
+  }
+  if (st == KILN_OK && kiln_graph_status(c->g) != KILN_OK)
+    st = kiln_set_error(kiln_graph_status(c->g), "%s: %s", c->path, kiln_graph_errmsg(c->g));
+  return st;
+}
+
+kiln_status kiln_onnx_load(const char *path, kiln_graph **out) {
+  if (!path || !out) return kiln_set_error(KILN_ERR_INVALID, "onnx_load: NULL argument");
+  *out = NULL;
+  unsigned char *buf;
+  size_t len;
+  kiln_status st = kiln_read_file(path, &buf, &len);
+  if (st != KILN_OK) return st;
+  Onnx__ModelProto *m = onnx__model_proto__unpack(NULL, len, buf);
+  free(buf);
+  if (!m) return kiln_set_error(KILN_ERR_PARSE, "%s: not an ONNX model (the protobuf does not parse)", path);
+  onnx_ctx c = {.g = kiln_graph_new(), .path = path, .opset = -1};
+  for (size_t i = 0; i < m->n_opset_import; i++) {
+    const char *d = m->opset_import[i]->domain;
+    if (!d || !*d || !strcmp(d, "ai.onnx")) c.opset = m->opset_import[i]->version;
+  }
+  char *dir = strdup(path);
+  if (!c.g || !dir) st = kiln_set_error(KILN_ERR_NOMEM, "onnx: out of memory");
+  else if (!m->graph) st = kiln_set_error(KILN_ERR_PARSE, "%s: the model has no graph", path);
+  else if (c.opset < 6 || c.opset > 17) /* 6: what PyTorch's older exporter wrote */
+    st = kiln_set_error(KILN_ERR_UNSUPPORTED, "%s: opset %lld is outside the supported 6..17", path, (long long)c.opset);
+  else st = import_graph(&c, m->graph, dirname(dir));
+  for (size_t i = 0; i < c.nvals; i++) kiln_tensor_free(c.vals[i].host);
+  free(c.vals);
+  free(dir);
+  onnx__model_proto__free_unpacked(m, NULL);
+  if (st != KILN_OK) {
+    kiln_graph_free(c.g);
+    return st;
+  }
+  *out = c.g;
+  return KILN_OK;
+}
