@@ -48,7 +48,7 @@ const char *onnx_attr_string(const Onnx__NodeProto *n, const char *name, const c
   static _Thread_local char buf[128];
   if (!a || !a->has_s) return dflt;
   size_t k = a->s.len < sizeof buf - 1 ? a->s.len : sizeof buf - 1;
-  memcpy(buf, a->s.data, k);
+  if (k) memcpy(buf, a->s.data, k);
   buf[k] = 0;
   return buf;
 }
@@ -110,13 +110,13 @@ kiln_status onnx_tensor_from_proto(const Onnx__TensorProto *t, const char *dir, 
   } else if (t->has_raw_data) {
     if (t->raw_data.len != nbytes)
       st = kiln_set_error(KILN_ERR_PARSE, "tensor '%s': %zu raw bytes, the shape needs %zu", t->name, t->raw_data.len, nbytes);
-    else memcpy(d, t->raw_data.data, nbytes);
+    else if (nbytes) memcpy(d, t->raw_data.data, nbytes);
   } else {
     switch (dt) {
-    case KILN_F32: have = t->n_float_data; if (have == n) memcpy(d, t->float_data, nbytes); break;
-    case KILN_F64: have = t->n_double_data; if (have == n) memcpy(d, t->double_data, nbytes); break;
-    case KILN_I64: have = t->n_int64_data; if (have == n) memcpy(d, t->int64_data, nbytes); break;
-    case KILN_I32: have = t->n_int32_data; if (have == n) memcpy(d, t->int32_data, nbytes); break;
+    case KILN_F32: have = t->n_float_data; if (have == n && n) memcpy(d, t->float_data, nbytes); break;
+    case KILN_F64: have = t->n_double_data; if (have == n && n) memcpy(d, t->double_data, nbytes); break;
+    case KILN_I64: have = t->n_int64_data; if (have == n && n) memcpy(d, t->int64_data, nbytes); break;
+    case KILN_I32: have = t->n_int32_data; if (have == n && n) memcpy(d, t->int32_data, nbytes); break;
     default: /* bool: one per int32 */
       have = t->n_int32_data;
       for (size_t i = 0; have == n && i < n; i++) ((uint8_t *)d)[i] = t->int32_data[i] != 0;
@@ -210,7 +210,7 @@ static kiln_status fold(onnx_ctx *c, const onnx_op *op, const Onnx__NodeProto *n
   kiln_status st = op->fn(c, n, in, n->n_input, out);
   c->g = main_g;
   for (size_t j = 0; j < n->n_output && st == KILN_OK; j++) {
-    char name[16];
+    char name[32];
     snprintf(name, sizeof name, "o%zu", j);
     st = kiln_output(s, name, out[j]);
   }
