@@ -105,7 +105,7 @@ static kiln_status make_slots(aot_unit *u, const aot_request *req, size_t n, kil
     s->dtype = kiln_tensor_dtype(t);
     s->rank = kiln_tensor_rank(t);
     memcpy(s->dims, kiln_tensor_dims(t), sizeof(int64_t) * s->rank);
-    s->blob = strncmp(s->name, "optimizer/", 10) ? AOT_PARAMS : AOT_OPT;
+    s->blob = kiln_model_is_weight(v, NULL) ? AOT_PARAMS : AOT_OPT;
     s->nbytes = kiln_tensor_nbytes(t);
     s->offset = u->blob_size[s->blob];
     u->blob_size[s->blob] = align64(s->offset + s->nbytes);
@@ -218,8 +218,6 @@ static LLVMValueRef add_function(cg *c, const char *name, LLVMTypeRef ret, unsig
   return fn;
 }
 
-static bool takes_opt(const aot_entry *e) { return e->reads[AOT_OPT] || e->writes[AOT_OPT]; }
-static bool has_targets(const aot_entry *e) { return e->nmain < e->nin; }
 
 /* NAME_<fn>_with([params,] [opt_state,] in, [targets,] out, workspace) -> i32; out is
  * the outputs struct, or the only output's pointer (train_step's loss). */
@@ -230,9 +228,9 @@ static void emit_with(wrap *w, const aot_entry *e, LLVMValueRef entry) {
   snprintf(name, sizeof name, "%s_%s_with", u->o->name, e->fn);
   unsigned na = 0, ip = 0, io = 0, iin, itg = 0, iout, iws;
   if (u->params_arg) ip = na++;
-  if (takes_opt(e)) io = na++;
+  if (aot_takes_opt(e)) io = na++;
   iin = na++;
-  if (has_targets(e)) itg = na++;
+  if (aot_has_targets(e)) itg = na++;
   iout = na++;
   iws = na++;
   LLVMValueRef fn = add_function(c, name, c->i32, na, true);
@@ -255,7 +253,7 @@ static void emit_with(wrap *w, const aot_entry *e, LLVMValueRef entry) {
   LLVMAddIncoming(ws, (LLVMValueRef[]){ws_in, mem}, (LLVMBasicBlockRef[]){start, do_alloc}, 2);
 
   LLVMValueRef blob[2] = {u->params_arg ? LLVMGetParam(fn, ip) : w->params_global,
-                          takes_opt(e) ? LLVMGetParam(fn, io) : NULL};
+                          aot_takes_opt(e) ? LLVMGetParam(fn, io) : NULL};
   LLVMValueRef *pp = calloc(np + nall + 1, sizeof *pp);
   KILN_ASSERT(pp);
   for (uint32_t k = 0; k < np; k++) {
@@ -306,8 +304,8 @@ static void emit_simple(wrap *w, const aot_entry *e) {
   char name[160], with[160];
   snprintf(name, sizeof name, "%s_%s", u->o->name, e->fn);
   snprintf(with, sizeof with, "%s_%s_with", u->o->name, e->fn);
-  unsigned nstate = (unsigned)u->params_arg + (unsigned)takes_opt(e);
-  unsigned na = nstate + 1 + (unsigned)has_targets(e) + 1; /* state, x, [y], out */
+  unsigned nstate = (unsigned)u->params_arg + (unsigned)aot_takes_opt(e);
+  unsigned na = nstate + 1 + (unsigned)aot_has_targets(e) + 1; /* state, x, [y], out */
   LLVMValueRef fn = add_function(c, name, c->i32, na, true);
   LLVMValueRef cargs[8];
   unsigned k = 0;
@@ -417,8 +415,8 @@ static kiln_status emit_object(aot_unit *u) {
     finish_entry(e, u);
     if (u->workspace < e->workspace) u->workspace = e->workspace;
     emit_with(&w, e, entry);
-    if (e->nmain == 1 && e->nin - e->nmain <= 1 && e->nout == 1) emit_simple(&w, e);
-    any_opt |= takes_opt(e);
+    if (aot_has_simple_form(e)) emit_simple(&w, e);
+    any_opt |= aot_takes_opt(e);
   }
   if (st == KILN_OK) {
     if (u->params_arg && u->o->weights == KILN_AOT_EMBED) emit_blob_init(&w, AOT_PARAMS, "params_init");
@@ -484,7 +482,7 @@ kiln_status kiln_aot_compile_requests(const aot_request *req, size_t n, kiln_var
     u.params_arg = o->weights == KILN_AOT_EXTERNAL;
     for (size_t i = 0; i < n; i++)
       for (uint32_t j = 0; j < u.entries[i].g->nassigns; j++)
-        u.params_arg |= strncmp(u.entries[i].g->assigns[j].name, "optimizer/", 10) != 0;
+        u.params_arg |= u.slots[find_slot(&u, u.entries[i].g->assigns[j].name)].blob == AOT_PARAMS;
     st = emit_object(&u);
   }
   if (st == KILN_OK && o->header_path) st = kiln_aot_write_header(&u, o->header_path);

@@ -132,10 +132,10 @@ static void signature(out *o, const aot_unit *u, const aot_entry *e, bool with) 
   put(o, "int %s_%s%s(", name, e->fn, with ? "_with" : "");
   const char *sep = "";
   if (u->params_arg) put(o, "%svoid *params", params_const ? "const " : ""), sep = ", ";
-  if (e->reads[AOT_OPT] || e->writes[AOT_OPT]) put(o, "%svoid *opt_state", sep), sep = ", ";
+  if (aot_takes_opt(e)) put(o, "%svoid *opt_state", sep), sep = ", ";
   if (with) {
     put(o, "%sconst %s_inputs *in", sep, name);
-    if (e->nmain < e->nin) put(o, ", const %s_targets *targets", name);
+    if (aot_has_targets(e)) put(o, ", const %s_targets *targets", name);
     if (e->out_direct_arg) put(o, ", %s *%s", kiln_aot_ctype(e->out[0].dtype), e->out[0].field);
     else put(o, ", const %s_outputs *out", name);
     put(o, ", void *workspace);\n");
@@ -189,7 +189,7 @@ kiln_status kiln_aot_write_header(const aot_unit *u, const char *path) {
   }
   put(&o, "/* Runs the model: in and out point at one array per input and output. */\n");
   signature(&o, u, run, true);
-  if (run->nmain == 1 && run->nout == 1) {
+  if (aot_has_simple_form(run)) {
     put(&o, "/* The same for this one-input, one-output model, allocating its workspace. */\n");
     signature(&o, u, run, false);
   }
@@ -204,7 +204,7 @@ kiln_status kiln_aot_write_header(const aot_unit *u, const char *path) {
     put(&o, "\n/* One optimizer step on a batch: forward, backward and the update of params and\n"
             " * opt_state in place; *%s receives the batch's mean loss before the update. */\n", train->out[0].field);
     signature(&o, u, train, true);
-    if (train->nmain == 1 && train->nin == 2) signature(&o, u, train, false);
+    if (aot_has_simple_form(train)) signature(&o, u, train, false);
   }
   put(&o, "\n#ifdef __cplusplus\n}\n#endif\n#endif\n");
   if (o.oom) {

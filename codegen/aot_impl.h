@@ -52,6 +52,16 @@ typedef struct aot_entry {
   bool writes[2], reads[2];  /* blobs assigned / read */
 } aot_entry;
 
+/* The entry takes the optimizer state: it reads or assigns a slot of it. */
+static inline bool aot_takes_opt(const aot_entry *e) { return e->reads[AOT_OPT] || e->writes[AOT_OPT]; }
+/* Some placeholders are targets (train_step), passed in their own struct. */
+static inline bool aot_has_targets(const aot_entry *e) { return e->nmain < e->nin; }
+/* NAME_run / NAME_train_step with one pointer per port exist for one input, at most
+ * one target and one output; the struct forms always do. */
+static inline bool aot_has_simple_form(const aot_entry *e) {
+  return e->nmain == 1 && e->nin - e->nmain <= 1 && e->nout == 1;
+}
+
 typedef struct aot_unit {
   const kiln_aot_options *o;
   char upper[72]; /* NAME in capitals, for macros */

@@ -149,18 +149,26 @@ static kiln_tensor *cnn_input(void) {
   return x;
 }
 
+/* Compiles m to cnn.o with o, links main.c with `cc`, runs it with `run` and compares
+ * its outputs with the JIT's prediction. */
+static void check_cnn_object(kiln_model *m, const kiln_aot_options *o, const char *cc, const char *run) {
+  if (kiln_aot_compile_model(m, o) != KILN_OK) fail_msg("%s", kiln_errmsg());
+  cnn_program(m, "cnn.o", "main", cc);
+  kiln_tensor *x = cnn_input(), *want = NULL;
+  assert_int_equal(sh("%s", run), 0);
+  assert_int_equal(kiln_model_predict(m, x, 4, &want), KILN_OK);
+  float got[20];
+  read_exact("y.bin", got, sizeof got);
+  expect_close(run, got, kiln_tensor_cdata(want), 20, 1e-5);
+  kiln_tensor_free(x);
+  kiln_tensor_free(want);
+}
+
 static void test_inference_object_matches_jit(void **state) {
   make_dir();
   kiln_model *m = trained_cnn();
   kiln_aot_options o = {.name = "cnn", .object_path = in_dir("cnn.o"), .header_path = in_dir("cnn.h"), .batch = 4};
-  if (kiln_aot_compile_model(m, &o) != KILN_OK) fail_msg("%s", kiln_errmsg());
-  cnn_program(m, "cnn.o", "main", "cc");
-  kiln_tensor *x = cnn_input(), *want = NULL;
-  assert_int_equal(sh("./main"), 0);
-  assert_int_equal(kiln_model_predict(m, x, 4, &want), KILN_OK);
-  float got[20];
-  read_exact("y.bin", got, sizeof got);
-  expect_close("cnn_run", got, kiln_tensor_cdata(want), 20, 1e-5);
+  check_cnn_object(m, &o, "cc", "./main");
   check_only_libc("cnn.o");
   assert_int_equal(sh("nm cnn.o | grep -q ' T cnn_run$' && ! nm cnn.o | grep ' [TDBR] ' | grep -v ' cnn_'"), 0);
 
@@ -168,8 +176,6 @@ static void test_inference_object_matches_jit(void **state) {
   o.object_path = in_dir("again.o"), o.header_path = in_dir("again.h");
   assert_int_equal(kiln_aot_compile_model(m, &o), KILN_OK);
   assert_int_equal(sh("cmp cnn.o again.o && cmp cnn.h again.h"), 0);
-  kiln_tensor_free(x);
-  kiln_tensor_free(want);
   kiln_model_free(m);
   remove_dir();
 }
@@ -181,17 +187,8 @@ static void test_cross_compiled_aarch64_matches_jit(void **state) {
   kiln_model *m = trained_cnn();
   kiln_aot_options o = {.name = "cnn", .object_path = in_dir("cnn.o"), .header_path = in_dir("cnn.h"), .batch = 4,
                         .target = "aarch64-linux-gnu"};
-  if (kiln_aot_compile_model(m, &o) != KILN_OK) fail_msg("%s", kiln_errmsg());
+  check_cnn_object(m, &o, "aarch64-linux-gnu-gcc -static", "qemu-aarch64 ./main");
   assert_int_equal(sh("readelf -h cnn.o | grep -q AArch64"), 0);
-  cnn_program(m, "cnn.o", "main", "aarch64-linux-gnu-gcc -static");
-  kiln_tensor *x = cnn_input(), *want = NULL;
-  assert_int_equal(sh("qemu-aarch64 ./main"), 0);
-  assert_int_equal(kiln_model_predict(m, x, 4, &want), KILN_OK);
-  float got[20];
-  read_exact("y.bin", got, sizeof got);
-  expect_close("aarch64 cnn_run", got, kiln_tensor_cdata(want), 20, 1e-5);
-  kiln_tensor_free(x);
-  kiln_tensor_free(want);
   kiln_model_free(m);
   remove_dir();
 }

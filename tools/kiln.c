@@ -249,7 +249,8 @@ static int cmd_compile(int argc, char **argv) {
   if (header) o.header_path = header;
   char *weights = o.weights == KILN_AOT_EXTERNAL && !o.weights_path ? with_ext(o.object_path, ".weights") : NULL;
   if (weights) o.weights_path = weights;
-  kiln_status st;
+  kiln_status st = KILN_OK;
+  int rc = 0;
   if (is_model_file(path)) {
     kiln_model *m = NULL;
     st = kiln_model_load(path, &m);
@@ -266,23 +267,25 @@ static int cmd_compile(int argc, char **argv) {
     kiln_model_free(m);
   } else if (train) {
     fprintf(stderr, "kiln: compile: %s: --train needs a model file (a graph has no loss or optimizer)\n", path);
-    return 1;
+    rc = 1;
   } else {
     kiln_graph *g = NULL;
     size_t plen = strlen(path);
     bool onnx = plen > 5 && !strcmp(path + plen - 5, ".onnx");
     st = onnx ? kiln_onnx_load(path, &g) : kiln_graph_load(path, &g);
-    if (st != KILN_OK && onnx) return free(obj), free(header), free(weights), fail("compile");
-    if (st != KILN_OK) {
+    if (st != KILN_OK && !onnx) {
       fprintf(stderr, "kiln: compile: %s is neither a kiln model file nor a text-IR graph (%s)\n", path, kiln_errmsg());
-      free(obj), free(header), free(weights);
-      return 1;
+      rc = 1;
+    } else if (st == KILN_OK) {
+      st = kiln_aot_compile(g, &o);
     }
-    st = kiln_aot_compile(g, &o);
     kiln_graph_free(g);
   }
-  int rc = st == KILN_OK ? 0 : fail("compile");
-  if (!rc) printf("wrote %s and %s%s%s\n", o.object_path, o.header_path, weights ? " and " : "", weights ? weights : "");
+  if (!rc && st != KILN_OK) rc = fail("compile");
+  if (!rc) {
+    bool external = o.weights == KILN_AOT_EXTERNAL;
+    printf("wrote %s and %s%s%s\n", o.object_path, o.header_path, external ? " and " : "", external ? o.weights_path : "");
+  }
   free(obj);
   free(header);
   free(weights);

@@ -131,17 +131,26 @@ kiln_status onnx_tensor_from_proto(const Onnx__TensorProto *t, const char *dir, 
   return KILN_OK;
 }
 
-kiln_status kiln_onnx_load_tensor(const char *path, kiln_tensor **out, char **name) {
-  if (!path || !out) return kiln_set_error(KILN_ERR_INVALID, "onnx_load_tensor: NULL argument");
-  *out = NULL;
-  if (name) *name = NULL;
+/* *out = the message of type d in file path (free with protobuf_c_message_free_unpacked). */
+static kiln_status read_message(const char *path, const ProtobufCMessageDescriptor *d, const char *what,
+                                ProtobufCMessage **out) {
   unsigned char *buf;
   size_t len;
   kiln_status st = kiln_read_file(path, &buf, &len);
   if (st != KILN_OK) return st;
-  Onnx__TensorProto *t = onnx__tensor_proto__unpack(NULL, len, buf);
+  *out = protobuf_c_message_unpack(d, NULL, len, buf);
   free(buf);
-  if (!t) return kiln_set_error(KILN_ERR_PARSE, "%s: not an ONNX TensorProto", path);
+  return *out ? KILN_OK : kiln_set_error(KILN_ERR_PARSE, "%s: not %s (the protobuf does not parse)", path, what);
+}
+
+kiln_status kiln_onnx_load_tensor(const char *path, kiln_tensor **out, char **name) {
+  if (!path || !out) return kiln_set_error(KILN_ERR_INVALID, "onnx_load_tensor: NULL argument");
+  *out = NULL;
+  if (name) *name = NULL;
+  ProtobufCMessage *pm;
+  kiln_status st = read_message(path, &onnx__tensor_proto__descriptor, "an ONNX TensorProto", &pm);
+  if (st != KILN_OK) return st;
+  Onnx__TensorProto *t = (Onnx__TensorProto *)pm;
   char *copy = strdup(path);
   st = copy ? onnx_tensor_from_proto(t, dirname(copy), out) : kiln_set_error(KILN_ERR_NOMEM, "out of memory");
   if (st != KILN_OK && st != KILN_ERR_NOMEM) st = kiln_set_error(st, "%s: %s", path, kiln_errmsg());
@@ -308,13 +317,10 @@ static kiln_status import_graph(onnx_ctx *c, const Onnx__GraphProto *gp, const c
 kiln_status kiln_onnx_load(const char *path, kiln_graph **out) {
   if (!path || !out) return kiln_set_error(KILN_ERR_INVALID, "onnx_load: NULL argument");
   *out = NULL;
-  unsigned char *buf;
-  size_t len;
-  kiln_status st = kiln_read_file(path, &buf, &len);
+  ProtobufCMessage *pm;
+  kiln_status st = read_message(path, &onnx__model_proto__descriptor, "an ONNX model", &pm);
   if (st != KILN_OK) return st;
-  Onnx__ModelProto *m = onnx__model_proto__unpack(NULL, len, buf);
-  free(buf);
-  if (!m) return kiln_set_error(KILN_ERR_PARSE, "%s: not an ONNX model (the protobuf does not parse)", path);
+  Onnx__ModelProto *m = (Onnx__ModelProto *)pm;
   onnx_ctx c = {.g = kiln_graph_new(), .path = path, .opset = -1};
   for (size_t i = 0; i < m->n_opset_import; i++) {
     const char *d = m->opset_import[i]->domain;
