@@ -118,9 +118,9 @@ kiln_value kiln_loss_per_example(kiln_graph *g, loss_kind k, bool from_logits, k
   switch (k) {
   case LOSS_SCCE:
   case LOSS_CCE: {
-    kiln_value logp;
-    if (from_logits) {
-      logp = kiln_log_softmax(g, y_pred, -1);
+    kiln_value logp, logits = from_logits ? y_pred : kiln_softmax_logits(g, y_pred);
+    if (logits.id != KILN_NONE) {
+      logp = kiln_log_softmax(g, logits, -1);
     } else {
       kiln_value p = kiln_div(g, y_pred, kiln_reduce_sum(g, y_pred, (int64_t[]){-1}, 1, true));
       logp = kiln_log(g, clip(g, p, EPS, 1 - EPS));

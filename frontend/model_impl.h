@@ -97,6 +97,10 @@ struct kiln_model {
 KILN_INTERNAL kiln_status kiln_loss_from_name(const char *name, loss_kind *out);
 KILN_INTERNAL kiln_status kiln_metric_from_name(const char *name, loss_kind loss, metric_kind *k, int64_t *topk,
                                                 const char **display);
+/* The x of a value built by kiln_softmax(g, x, -1), or KILN_NONE. Like Keras for a
+ * Softmax output, cross-entropy on such probabilities is computed from x (log_softmax):
+ * clipping saturated probabilities would zero their gradient. */
+KILN_INTERNAL kiln_value kiln_softmax_logits(const kiln_graph *g, kiln_value p);
 KILN_INTERNAL kiln_value kiln_loss_per_example(kiln_graph *g, loss_kind k, bool from_logits, kiln_value y_true,
                                                kiln_value y_pred);
 KILN_INTERNAL int64_t kiln_metric_acc_size(metric_kind k);

@@ -112,6 +112,27 @@ kiln_value kiln_softmax(kiln_graph *g, kiln_value x, int axis) {
   return kiln_div(g, e, kiln_reduce_sum(g, e, &ax, 1, true));
 }
 
+/* Is v (seen through its broadcast back) a reduction of `of` over exactly the last axis? */
+static bool reduces_last(const kiln_graph *g, const kiln_node *v, kiln_op op, uint32_t of) {
+  int64_t axes[KILN_MAX_RANK];
+  if (v && v->op == KILN_OP_BROADCAST_TO) v = kiln_node_get(g, (kiln_value){v->inputs[0]});
+  return v && v->op == op && v->inputs[0] == of && kiln_attr_int(v, KILN_ATTR_KEEPDIMS, 0) &&
+         kiln_attr_ints(v, KILN_ATTR_AXES, axes) == 1 && axes[0] == kiln_node_get(g, (kiln_value){of})->rank - 1;
+}
+
+kiln_value kiln_softmax_logits(const kiln_graph *g, kiln_value p) {
+  const kiln_value none = {KILN_NONE};
+  const kiln_node *div = kiln_node_get(g, p);
+  if (!div || div->op != KILN_OP_DIV) return none;
+  const kiln_node *e = kiln_node_get(g, (kiln_value){div->inputs[0]});
+  if (!e || e->op != KILN_OP_EXP || !reduces_last(g, kiln_node_get(g, (kiln_value){div->inputs[1]}), KILN_OP_REDUCE_SUM, div->inputs[0]))
+    return none;
+  const kiln_node *z = kiln_node_get(g, (kiln_value){e->inputs[0]});
+  if (!z || z->op != KILN_OP_SUB || !reduces_last(g, kiln_node_get(g, (kiln_value){z->inputs[1]}), KILN_OP_REDUCE_MAX, z->inputs[0]))
+    return none;
+  return (kiln_value){z->inputs[0]};
+}
+
 kiln_value kiln_log_softmax(kiln_graph *g, kiln_value x, int axis) {
   int64_t ax = axis;
   kiln_value z = shifted(g, x, axis);

@@ -137,6 +137,28 @@ static void eval_identity(const char *loss, bool logits, const char *metric, con
   kiln_model_free(m);
 }
 
+/* Cross-entropy on a softmax layer's output is computed from its logits, like Keras:
+ * a saturated probability (e^-40) is not clipped to 1e-7, so the loss (and its gradient)
+ * stays informative. */
+static void test_cross_entropy_on_softmax_uses_logits(void **state) {
+  (void)state;
+  kiln_model *m = kiln_sequential_new("sm", 0);
+  assert_int_equal(kiln_model_add(m, kiln_layer_activation(KILN_ACT_SOFTMAX)), KILN_OK);
+  kiln_model_compile_options o = {.optimizer = "sgd", .loss = "sparse_categorical_crossentropy"};
+  assert_int_equal(kiln_model_compile(m, &o), KILN_OK);
+  float logits[3] = {40, 0, 0};
+  int32_t label = 1;
+  kiln_tensor *x = kiln_tensor_from_data(KILN_F32, 2, (int64_t[]){1, 3}, logits, sizeof logits);
+  kiln_tensor *y = kiln_tensor_from_data(KILN_I32, 1, (int64_t[]){1}, &label, sizeof label);
+  double r[1];
+  assert_int_equal(kiln_model_evaluate(m, x, y, 1, r, 1), KILN_OK);
+  double want = 40 + log(1 + 2 * exp(-40.0)); /* -log_softmax(logits)[1]; clipped would be 16.1 */
+  if (fabs(r[0] - want) > 1e-4) fail_msg("loss %.6f, want %.6f", r[0], want);
+  kiln_tensor_free(x);
+  kiln_tensor_free(y);
+  kiln_model_free(m);
+}
+
 static void test_losses_and_metrics(void **state) {
   float probs[6] = {0.7f, 0.2f, 0.1f, 0.1f, 0.3f, 0.6f};
   int32_t labels[2] = {0, 1};
@@ -705,6 +727,7 @@ int main(void) {
       cmocka_unit_test(test_csv),
       cmocka_unit_test(test_activations),
       cmocka_unit_test(test_losses_and_metrics),
+      cmocka_unit_test(test_cross_entropy_on_softmax_uses_logits),
       cmocka_unit_test(test_dense_forward_and_summary),
       cmocka_unit_test(test_layers_jit_vs_reference),
       cmocka_unit_test(test_fit_blobs),
