@@ -138,3 +138,37 @@ kiln_value kiln_log_softmax(kiln_graph *g, kiln_value x, int axis) {
   kiln_value z = shifted(g, x, axis);
   return kiln_sub(g, z, kiln_log(g, kiln_reduce_sum(g, kiln_exp(g, z), &ax, 1, true)));
 }
+
+/* Horner's rule: c[0] + x*(c[1] + x*(...)) with n coefficients. */
+static kiln_value polynomial(kiln_graph *g, kiln_value x, const double *c, int n) {
+  kiln_dtype t = kiln_value_dtype(g, x);
+  kiln_value acc = kiln_scalar(g, t, c[n - 1]);
+  for (int i = n - 2; i >= 0; i--) acc = kiln_add(g, kiln_mul(g, acc, x), kiln_scalar(g, t, c[i]));
+  return acc;
+}
+
+kiln_value kiln_erf(kiln_graph *g, kiln_value x) {
+  static const double alpha[7] = {-1.60960333262415e-02, -2.95459980854025e-03, -7.34990630326855e-04, -5.69250639462346e-05,
+                                  -2.10102402082508e-06, 2.77068142495902e-08,  -2.72614225801306e-10};
+  static const double beta[5] = {-1.42647390514189e-02, -7.37332916720468e-03, -1.68282697438203e-03,
+                                 -2.13374055278905e-04, -1.45660718464996e-05};
+  kiln_dtype t = kiln_value_dtype(g, x);
+  kiln_value xc = kiln_minimum(g, kiln_maximum(g, x, kiln_scalar(g, t, -4)), kiln_scalar(g, t, 4));
+  kiln_value x2 = kiln_mul(g, xc, xc);
+  return kiln_div(g, kiln_mul(g, xc, polynomial(g, x2, alpha, 7)), polynomial(g, x2, beta, 5));
+}
+
+kiln_value kiln_atan(kiln_graph *g, kiln_value x) {
+  static const double p[5] = {1, -3.33329491539e-1, 1.99777106478e-1, -1.38776856032e-1, 8.05374449538e-2};
+  kiln_dtype t = kiln_value_dtype(g, x);
+#define C(v) kiln_scalar(g, t, (v))
+  kiln_value a = kiln_abs(g, x);
+  /* |x| > tan(3pi/8): pi/2 - atan(1/|x|); |x| > tan(pi/8): pi/4 + atan((|x|-1)/(|x|+1)) */
+  kiln_value big = kiln_greater(g, a, C(2.414213562373095)), mid = kiln_greater(g, a, C(0.4142135623730950));
+  kiln_value r = kiln_select(g, big, kiln_div(g, C(-1), a),
+                             kiln_select(g, mid, kiln_div(g, kiln_sub(g, a, C(1)), kiln_add(g, a, C(1))), a));
+  kiln_value base = kiln_select(g, big, C(1.5707963267948966), kiln_select(g, mid, C(0.7853981633974483), C(0)));
+  kiln_value y = kiln_add(g, base, kiln_mul(g, r, polynomial(g, kiln_mul(g, r, r), p, 5)));
+  return kiln_mul(g, kiln_sign(g, x), y);
+#undef C
+}

@@ -10,11 +10,15 @@ static _Thread_local char last_error[1024];
 
 const char *kiln_errmsg(void) { return last_error; }
 
+/* Formats through a scratch buffer: callers often wrap the previous message
+ * (kiln_set_error(s, "%s: %s", path, kiln_errmsg())), which is last_error itself. */
 kiln_status kiln_set_error(kiln_status s, const char *fmt, ...) {
+  char msg[sizeof last_error];
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(last_error, sizeof last_error, fmt, ap);
+  vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
+  memcpy(last_error, msg, sizeof msg);
   return s;
 }
 

@@ -4,12 +4,14 @@
 #define KILN_ONNX_IMPL_H
 
 #include "ir/ir.h"
+#include "kiln/onnx.h"
 #include "onnx/onnx.pb-c.h"
 
 typedef struct onnx_value {
   const char *name;
   kiln_value v;
   kiln_tensor *host; /* its value when known while importing (constants, folded shapes) */
+  uint64_t deps;     /* the offered graph inputs (bit k: the k-th, k < 64) it is computed from */
 } onnx_value;
 
 typedef struct onnx_ctx {
@@ -18,6 +20,8 @@ typedef struct onnx_ctx {
   const char *path;
   onnx_value *vals;
   size_t nvals, cap;
+  const kiln_onnx_options *offered; /* values offered for graph inputs */
+  bool *frozen, *wanted;            /* per offered input: imported as a constant / needed as one */
 } onnx_ctx;
 
 /* Builds the node's outputs in c->g from its inputs (KILN_NONE for omitted optional
@@ -31,6 +35,30 @@ typedef struct onnx_op {
 
 /* onnx_ops.c */
 KILN_INTERNAL const onnx_op *onnx_find_op(const char *name);
+/* Reads constant input i as integers; fails when it is not known at import time. */
+KILN_INTERNAL kiln_status onnx_const_ints(onnx_ctx *c, const Onnx__NodeProto *n, size_t i, int64_t *out, int cap,
+                                          int *count);
+
+/* Handlers defined outside onnx_ops.c, listed in its one table. */
+#define ONNX_HANDLER(name)                                                                                    \
+  kiln_status onnx_op_##name(onnx_ctx *c, const Onnx__NodeProto *n, const kiln_value *in, size_t nin, kiln_value *out)
+#define ONNX_EXTERN_OPS(X)                                                                                    \
+  X(Size) X(Hardmax) X(CumSum) X(Trilu) X(OneHot) X(EyeLike) X(Range) X(Tile) X(DepthToSpace) X(SpaceToDepth)  \
+  X(GatherElements) X(ScatterElements) X(Scatter) X(ScatterND) X(GatherND) X(Einsum)                            \
+  X(InstanceNormalization) X(LRN) X(MeanVarianceNormalization) X(NegativeLogLikelihoodLoss)                     \
+  X(SoftmaxCrossEntropyLoss) X(ConvTranspose) X(Resize) X(Upsample) X(RNN) X(GRU) X(LSTM) X(Conv) X(MaxPool)      \
+  X(AveragePool) X(HannWindow) X(HammingWindow) X(BlackmanWindow)
+#define ONNX_DECLARE(name) KILN_INTERNAL ONNX_HANDLER(name);
+ONNX_EXTERN_OPS(ONNX_DECLARE)
+#undef ONNX_DECLARE
+
+/* Helpers for the handlers: c is the import context in scope. */
+#define G (c->g)
+#define HAS(i) ((i) < nin && in[i].id != KILN_NONE)
+static inline int rank_of(onnx_ctx *c, kiln_value v) { return kiln_value_shape(G, v).rank; }
+static inline kiln_dtype type_of(onnx_ctx *c, kiln_value v) { return kiln_value_dtype(G, v); }
+static inline kiln_value scalar_like(onnx_ctx *c, kiln_value x, double v) { return kiln_scalar(G, type_of(c, x), v); }
+static inline int norm_axis(int64_t axis, int rank) { return (int)(axis < 0 ? axis + rank : axis); }
 
 /* onnx_import.c: what the op handlers use */
 KILN_INTERNAL const Onnx__AttributeProto *onnx_attr(const Onnx__NodeProto *n, const char *name);

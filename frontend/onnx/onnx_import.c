@@ -9,6 +9,7 @@
 #include <stdarg.h>
 #include <string.h>
 #include "frontend/onnx/onnx_impl.h"
+#include "runtime/checkpoint_impl.h"
 #include "runtime/tensor_impl.h"
 
 kiln_status onnx_fail(onnx_ctx *c, const Onnx__NodeProto *n, kiln_status s, const char *fmt, ...) {
@@ -66,6 +67,8 @@ static int dtype_of(int32_t onnx_type) {
   }
 }
 
+static const char *tensor_name(const Onnx__TensorProto *t) { return t->name ? t->name : ""; }
+
 static kiln_status read_external(const Onnx__TensorProto *t, const char *dir, void *dst, size_t nbytes) {
   const char *location = NULL;
   long long offset = 0, length = -1;
@@ -76,18 +79,18 @@ static kiln_status read_external(const Onnx__TensorProto *t, const char *dir, vo
     else if (!strcmp(k, "length")) length = atoll(v);
   }
   if (!location || strstr(location, ".."))
-    return kiln_set_error(KILN_ERR_PARSE, "tensor '%s': external data without a safe location", t->name);
+    return kiln_set_error(KILN_ERR_PARSE, "tensor '%s': external data without a safe location", tensor_name(t));
   if (length >= 0 && (size_t)length != nbytes)
-    return kiln_set_error(KILN_ERR_PARSE, "tensor '%s': external data of %lld bytes, the shape needs %zu", t->name,
+    return kiln_set_error(KILN_ERR_PARSE, "tensor '%s': external data of %lld bytes, the shape needs %zu", tensor_name(t),
                           length, nbytes);
   char path[4096];
   snprintf(path, sizeof path, "%s/%s", dir, location);
   FILE *f = fopen(path, "rb");
   kiln_status st = KILN_OK;
-  if (!f) return kiln_set_error(KILN_ERR_IO, "tensor '%s': cannot open external data %s", t->name, path);
+  if (!f) return kiln_set_error(KILN_ERR_IO, "tensor '%s': cannot open external data %s", tensor_name(t), path);
   if (fseek(f, offset, SEEK_SET) || fread(dst, 1, nbytes, f) != nbytes)
     st = kiln_set_error(KILN_ERR_PARSE, "tensor '%s': external data %s is shorter than offset %lld + %zu bytes",
-                        t->name, path, offset, nbytes);
+                        tensor_name(t), path, offset, nbytes);
   fclose(f);
   return st;
 }
@@ -95,12 +98,12 @@ static kiln_status read_external(const Onnx__TensorProto *t, const char *dir, vo
 kiln_status onnx_tensor_from_proto(const Onnx__TensorProto *t, const char *dir, kiln_tensor **out) {
   *out = NULL;
   int dt = dtype_of(t->data_type);
-  if (dt < 0) return kiln_set_error(KILN_ERR_UNSUPPORTED, "tensor '%s': ONNX data type %d is not supported", t->name, t->data_type);
-  if (t->n_dims > KILN_MAX_RANK) return kiln_set_error(KILN_ERR_UNSUPPORTED, "tensor '%s': rank %zu", t->name, t->n_dims);
+  if (dt < 0) return kiln_set_error(KILN_ERR_UNSUPPORTED, "tensor '%s': ONNX data type %d is not supported", tensor_name(t), t->data_type);
+  if (t->n_dims > KILN_MAX_RANK) return kiln_set_error(KILN_ERR_UNSUPPORTED, "tensor '%s': rank %zu", tensor_name(t), t->n_dims);
   int64_t dims[KILN_MAX_RANK];
   for (size_t i = 0; i < t->n_dims; i++) dims[i] = t->dims[i];
   kiln_tensor *x = kiln_tensor_new((kiln_dtype)dt, (int)t->n_dims, dims);
-  if (!x) return kiln_set_error(KILN_ERR_PARSE, "tensor '%s': %s", t->name, kiln_errmsg());
+  if (!x) return kiln_set_error(KILN_ERR_PARSE, "tensor '%s': %s", tensor_name(t), kiln_errmsg());
   size_t n = (size_t)kiln_tensor_numel(x), nbytes = kiln_tensor_nbytes(x);
   void *d = kiln_tensor_data(x);
   kiln_status st = KILN_OK;
@@ -109,7 +112,7 @@ kiln_status onnx_tensor_from_proto(const Onnx__TensorProto *t, const char *dir, 
     st = read_external(t, dir, d, nbytes);
   } else if (t->has_raw_data) {
     if (t->raw_data.len != nbytes)
-      st = kiln_set_error(KILN_ERR_PARSE, "tensor '%s': %zu raw bytes, the shape needs %zu", t->name, t->raw_data.len, nbytes);
+      st = kiln_set_error(KILN_ERR_PARSE, "tensor '%s': %zu raw bytes, the shape needs %zu", tensor_name(t), t->raw_data.len, nbytes);
     else if (nbytes) memcpy(d, t->raw_data.data, nbytes);
   } else {
     switch (dt) {
@@ -121,7 +124,7 @@ kiln_status onnx_tensor_from_proto(const Onnx__TensorProto *t, const char *dir, 
       have = t->n_int32_data;
       for (size_t i = 0; have == n && i < n; i++) ((uint8_t *)d)[i] = t->int32_data[i] != 0;
     }
-    if (have != n) st = kiln_set_error(KILN_ERR_PARSE, "tensor '%s': %zu values, the shape needs %zu", t->name, have, n);
+    if (have != n) st = kiln_set_error(KILN_ERR_PARSE, "tensor '%s': %zu values, the shape needs %zu", tensor_name(t), have, n);
   }
   if (st != KILN_OK) {
     kiln_tensor_free(x);
@@ -160,6 +163,39 @@ kiln_status kiln_onnx_load_tensor(const char *path, kiln_tensor **out, char **na
   return st;
 }
 
+static int32_t onnx_type_of(kiln_dtype t) {
+  switch (t) {
+  case KILN_F32: return ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT;
+  case KILN_F64: return ONNX__TENSOR_PROTO__DATA_TYPE__DOUBLE;
+  case KILN_I32: return ONNX__TENSOR_PROTO__DATA_TYPE__INT32;
+  case KILN_I64: return ONNX__TENSOR_PROTO__DATA_TYPE__INT64;
+  case KILN_BOOL: return ONNX__TENSOR_PROTO__DATA_TYPE__BOOL;
+  default: return -1;
+  }
+}
+
+kiln_status kiln_onnx_save_tensor(const char *path, const kiln_tensor *t, const char *name) {
+  if (!path || !t) return kiln_set_error(KILN_ERR_INVALID, "onnx_save_tensor: NULL argument");
+  int32_t type = onnx_type_of(kiln_tensor_dtype(t));
+  if (type < 0) return kiln_set_error(KILN_ERR_UNSUPPORTED, "onnx_save_tensor: dtype %s has no ONNX type here", kiln_dtype_name(kiln_tensor_dtype(t)));
+  Onnx__TensorProto tp = ONNX__TENSOR_PROTO__INIT;
+  tp.n_dims = (size_t)kiln_tensor_rank(t);
+  tp.dims = (int64_t *)kiln_tensor_dims(t);
+  tp.has_data_type = 1, tp.data_type = type;
+  tp.name = (char *)(name ? name : "");
+  tp.has_raw_data = 1;
+  tp.raw_data.len = kiln_tensor_nbytes(t); /* little-endian, as ONNX's raw_data is */
+  tp.raw_data.data = (uint8_t *)kiln_tensor_cdata(t);
+  size_t len = onnx__tensor_proto__get_packed_size(&tp);
+  unsigned char *buf = malloc(len ? len : 1);
+  if (!buf) return kiln_set_error(KILN_ERR_NOMEM, "onnx_save_tensor: out of memory");
+  onnx__tensor_proto__pack(&tp, buf);
+  const unsigned char *parts[1] = {buf};
+  kiln_status st = kiln_write_atomic(path, parts, &len, 1);
+  free(buf);
+  return st;
+}
+
 /* ---- values ---- */
 
 static onnx_value *find_value(onnx_ctx *c, const char *name) {
@@ -168,7 +204,7 @@ static onnx_value *find_value(onnx_ctx *c, const char *name) {
   return NULL;
 }
 
-static kiln_status add_value(onnx_ctx *c, const char *name, kiln_value v, kiln_tensor *host) {
+static kiln_status add_value(onnx_ctx *c, const char *name, kiln_value v, kiln_tensor *host, uint64_t deps) {
   if (c->nvals == c->cap) {
     size_t cap = c->cap ? 2 * c->cap : 64;
     onnx_value *nv = realloc(c->vals, cap * sizeof *nv);
@@ -178,13 +214,22 @@ static kiln_status add_value(onnx_ctx *c, const char *name, kiln_value v, kiln_t
     }
     c->vals = nv, c->cap = cap;
   }
-  c->vals[c->nvals++] = (onnx_value){name, v, host};
+  c->vals[c->nvals++] = (onnx_value){name, v, host, deps};
   return KILN_OK;
+}
+
+static long offered_index(const onnx_ctx *c, const char *name) {
+  for (size_t k = 0; c->offered && k < c->offered->ninputs; k++)
+    if (c->offered->input_names[k] && !strcmp(c->offered->input_names[k], name)) return (long)k;
+  return -1;
 }
 
 const kiln_tensor *onnx_const_input(onnx_ctx *c, const Onnx__NodeProto *n, size_t i) {
   if (i >= n->n_input || !*n->input[i]) return NULL;
   onnx_value *v = find_value(c, n->input[i]);
+  /* computed from offered graph inputs: the next import freezes them */
+  for (size_t k = 0; v && !v->host && k < 64 && c->offered && k < c->offered->ninputs; k++)
+    if (v->deps >> k & 1) c->wanted[k] = true;
   return v ? v->host : NULL;
 }
 
@@ -237,6 +282,7 @@ static kiln_status import_node(onnx_ctx *c, const Onnx__NodeProto *n) {
   if (n->n_input > 64 || n->n_output > 16) return onnx_fail(c, n, KILN_ERR_UNSUPPORTED, "too many inputs or outputs");
   kiln_value in[64], out[16];
   bool known = n->n_input > 0;
+  uint64_t deps = 0;
   for (size_t i = 0; i < n->n_input; i++) {
     in[i] = (kiln_value){KILN_NONE};
     if (!*n->input[i]) continue; /* an omitted optional input */
@@ -244,6 +290,7 @@ static kiln_status import_node(onnx_ctx *c, const Onnx__NodeProto *n) {
     if (!v) return onnx_fail(c, n, KILN_ERR_PARSE, "input '%s' is not produced by any earlier node, input or initializer", n->input[i]);
     in[i] = v->v;
     known &= v->host != NULL;
+    deps |= v->deps;
   }
   kiln_tensor *hosts[16] = {0};
   kiln_status st;
@@ -263,7 +310,7 @@ static kiln_status import_node(onnx_ctx *c, const Onnx__NodeProto *n) {
     }
     kiln_tensor *h = hosts[j] ? hosts[j] : const_value(c->g, out[j]);
     hosts[j] = NULL;
-    st = add_value(c, n->output[j], out[j], h);
+    st = add_value(c, n->output[j], out[j], h, deps);
   }
   for (size_t j = 0; j < 16; j++) kiln_tensor_free(hosts[j]);
   return st;
@@ -290,7 +337,18 @@ static kiln_status import_input(onnx_ctx *c, const Onnx__ValueInfoProto *vi) {
       return kiln_set_error(KILN_ERR_UNSUPPORTED, "%s: input '%s': dimension %d is symbolic ('%s'); only the first may be",
                             c->path, vi->name, d, dim->dim_param ? dim->dim_param : "?");
   }
-  return add_value(c, vi->name, kiln_placeholder(c->g, vi->name, (kiln_dtype)dt, s), NULL);
+  long k = offered_index(c, vi->name);
+  if (k >= 0 && c->frozen[k]) {
+    const kiln_tensor *t = c->offered->input_values[k];
+    bool fits = t && kiln_tensor_dtype(t) == (kiln_dtype)dt && kiln_tensor_rank(t) == s.rank;
+    for (int d = 0; fits && d < s.rank; d++) fits = s.dims[d] < 0 || s.dims[d] == kiln_tensor_dims(t)[d];
+    if (!fits) return kiln_set_error(KILN_ERR_INVALID, "%s: the value offered for input '%s' does not match its type", c->path, vi->name);
+    kiln_tensor *copy = kiln_tensor_from_data(kiln_tensor_dtype(t), s.rank, kiln_tensor_dims(t), kiln_tensor_cdata(t), kiln_tensor_nbytes(t));
+    if (!copy) return kiln_set_error(KILN_ERR_NOMEM, "onnx: out of memory");
+    return add_value(c, vi->name, constant_of(c->g, copy), copy, 0);
+  }
+  uint64_t deps = k >= 0 && k < 64 ? UINT64_C(1) << k : 0;
+  return add_value(c, vi->name, kiln_placeholder(c->g, vi->name, (kiln_dtype)dt, s), NULL, deps);
 }
 
 static kiln_status import_graph(onnx_ctx *c, const Onnx__GraphProto *gp, const char *dir) {
@@ -299,7 +357,7 @@ static kiln_status import_graph(onnx_ctx *c, const Onnx__GraphProto *gp, const c
     kiln_tensor *t;
     st = onnx_tensor_from_proto(gp->initializer[i], dir, &t);
     if (st != KILN_OK) st = kiln_set_error(st, "%s: initializer: %s", c->path, kiln_errmsg());
-    else st = add_value(c, gp->initializer[i]->name, constant_of(c->g, t), t);
+    else st = add_value(c, gp->initializer[i]->name, constant_of(c->g, t), t, 0);
   }
   for (size_t i = 0; i < gp->n_input && st == KILN_OK; i++)
     if (!find_value(c, gp->input[i]->name)) st = import_input(c, gp->input[i]);
@@ -314,32 +372,62 @@ static kiln_status import_graph(onnx_ctx *c, const Onnx__GraphProto *gp, const c
   return st;
 }
 
-kiln_status kiln_onnx_load(const char *path, kiln_graph **out) {
+/* One import of the parsed model into a new graph. */
+static kiln_status import_model(onnx_ctx *c, const Onnx__ModelProto *m, const char *dir) {
+  c->g = kiln_graph_new();
+  c->nvals = 0;
+  if (!c->g) return kiln_set_error(KILN_ERR_NOMEM, "onnx: out of memory");
+  kiln_status st = import_graph(c, m->graph, dir);
+  for (size_t i = 0; i < c->nvals; i++) kiln_tensor_free(c->vals[i].host);
+  c->nvals = 0;
+  if (st != KILN_OK) {
+    kiln_graph_free(c->g);
+    c->g = NULL;
+  }
+  return st;
+}
+
+kiln_status kiln_onnx_load_with(const char *path, const kiln_onnx_options *opts, kiln_graph **out) {
   if (!path || !out) return kiln_set_error(KILN_ERR_INVALID, "onnx_load: NULL argument");
   *out = NULL;
+  size_t noff = opts ? opts->ninputs : 0;
+  if (noff && (!opts->input_names || !opts->input_values))
+    return kiln_set_error(KILN_ERR_INVALID, "onnx_load: %zu offered inputs without names or values", noff);
   ProtobufCMessage *pm;
   kiln_status st = read_message(path, &onnx__model_proto__descriptor, "an ONNX model", &pm);
   if (st != KILN_OK) return st;
   Onnx__ModelProto *m = (Onnx__ModelProto *)pm;
-  onnx_ctx c = {.g = kiln_graph_new(), .path = path, .opset = -1};
+  onnx_ctx c = {.path = path, .opset = -1, .offered = opts};
   for (size_t i = 0; i < m->n_opset_import; i++) {
     const char *d = m->opset_import[i]->domain;
     if (!d || !*d || !strcmp(d, "ai.onnx")) c.opset = m->opset_import[i]->version;
   }
   char *dir = strdup(path);
-  if (!c.g || !dir) st = kiln_set_error(KILN_ERR_NOMEM, "onnx: out of memory");
+  c.frozen = calloc(noff + 1, sizeof *c.frozen);
+  c.wanted = calloc(noff + 1, sizeof *c.wanted);
+  if (!dir || !c.frozen || !c.wanted) st = kiln_set_error(KILN_ERR_NOMEM, "onnx: out of memory");
   else if (!m->graph) st = kiln_set_error(KILN_ERR_PARSE, "%s: the model has no graph", path);
   else if (c.opset < 6 || c.opset > 17) /* 6: what PyTorch's older exporter wrote */
     st = kiln_set_error(KILN_ERR_UNSUPPORTED, "%s: opset %lld is outside the supported 6..17", path, (long long)c.opset);
-  else st = import_graph(&c, m->graph, dirname(dir));
-  for (size_t i = 0; i < c.nvals; i++) kiln_tensor_free(c.vals[i].host);
+  else {
+    char *d = dirname(dir);
+    /* each round freezes the offered inputs the last one needed as constants */
+    for (;;) {
+      st = import_model(&c, m, d);
+      bool more = false;
+      for (size_t k = 0; k < noff; k++)
+        if (c.wanted[k] && !c.frozen[k]) c.frozen[k] = more = true;
+      if (st == KILN_OK || !more) break;
+    }
+  }
   free(c.vals);
+  free(c.frozen);
+  free(c.wanted);
   free(dir);
   onnx__model_proto__free_unpacked(m, NULL);
-  if (st != KILN_OK) {
-    kiln_graph_free(c.g);
-    return st;
-  }
+  if (st != KILN_OK) return st;
   *out = c.g;
   return KILN_OK;
 }
+
+kiln_status kiln_onnx_load(const char *path, kiln_graph **out) { return kiln_onnx_load_with(path, NULL, out); }

@@ -7,15 +7,8 @@
 #include "frontend/onnx/onnx_impl.h"
 #include "runtime/tensor_impl.h"
 
-#define G (c->g)
-#define HAS(i) ((i) < nin && in[i].id != KILN_NONE)
-
-static int rank_of(onnx_ctx *c, kiln_value v) { return kiln_value_shape(G, v).rank; }
-static kiln_dtype type_of(onnx_ctx *c, kiln_value v) { return kiln_value_dtype(G, v); }
-static kiln_value scalar_like(onnx_ctx *c, kiln_value x, double v) { return kiln_scalar(G, type_of(c, x), v); }
-
 /* Reads constant input i as integers; fails when it is not known at import time. */
-static kiln_status const_ints(onnx_ctx *c, const Onnx__NodeProto *n, size_t i, int64_t *out, int cap, int *count) {
+kiln_status onnx_const_ints(onnx_ctx *c, const Onnx__NodeProto *n, size_t i, int64_t *out, int cap, int *count) {
   const kiln_tensor *t = onnx_const_input(c, n, i);
   if (!t) return onnx_fail(c, n, KILN_ERR_UNSUPPORTED, "input %zu must be a constant (computed at run time here)", i);
   int64_t k = kiln_tensor_numel(t);
@@ -24,8 +17,6 @@ static kiln_status const_ints(onnx_ctx *c, const Onnx__NodeProto *n, size_t i, i
   *count = (int)k;
   return KILN_OK;
 }
-
-static int norm_axis(int64_t axis, int rank) { return (int)(axis < 0 ? axis + rank : axis); }
 
 /* ---- elementwise ---- */
 
@@ -56,6 +47,62 @@ UNARY(Softsign, kiln_div(G, x, kiln_add(G, scalar_like(c, x, 1), kiln_abs(G, x))
 /* log(1 + e^x) = max(x, 0) + log(1 + e^-|x|): no overflow for large x */
 UNARY(Softplus, kiln_add(G, kiln_relu(G, x), kiln_log(G, kiln_add(G, scalar_like(c, x, 1), kiln_exp(G, kiln_neg(G, kiln_abs(G, x)))))))
 UNARY(Tan, kiln_div(G, kiln_sin(G, x), kiln_cos(G, x)))
+UNARY(Erf, kiln_erf(G, x))
+UNARY(Atan, kiln_atan(G, x))
+/* asin x = atan(x / sqrt(1 - x^2)); at |x| = 1 the quotient is +-inf and atan gives +-pi/2 */
+UNARY(Asin, kiln_atan(G, kiln_div(G, x, kiln_sqrt(G, kiln_sub(G, scalar_like(c, x, 1), kiln_mul(G, x, x))))))
+UNARY(Acos, kiln_sub(G, scalar_like(c, x, M_PI / 2),
+                     kiln_atan(G, kiln_div(G, x, kiln_sqrt(G, kiln_sub(G, scalar_like(c, x, 1), kiln_mul(G, x, x)))))))
+UNARY(Sinh, kiln_mul(G, scalar_like(c, x, 0.5), kiln_sub(G, kiln_exp(G, x), kiln_exp(G, kiln_neg(G, x)))))
+UNARY(Cosh, kiln_mul(G, scalar_like(c, x, 0.5), kiln_add(G, kiln_exp(G, x), kiln_exp(G, kiln_neg(G, x)))))
+UNARY(Asinh, kiln_log(G, kiln_add(G, x, kiln_sqrt(G, kiln_add(G, kiln_mul(G, x, x), scalar_like(c, x, 1))))))
+UNARY(Acosh, kiln_log(G, kiln_add(G, x, kiln_sqrt(G, kiln_sub(G, kiln_mul(G, x, x), scalar_like(c, x, 1))))))
+UNARY(Atanh, kiln_mul(G, scalar_like(c, x, 0.5),
+                      kiln_log(G, kiln_div(G, kiln_add(G, scalar_like(c, x, 1), x), kiln_sub(G, scalar_like(c, x, 1), x)))))
+UNARY(IsNaN, kiln_logical_not(G, kiln_equal(G, x, x)))
+
+/* Half to even: floor(x + 0.5), minus one where x was exactly halfway to an odd result. */
+static kiln_status op_Round(onnx_ctx *c, const Onnx__NodeProto *n, const kiln_value *in, size_t nin, kiln_value *out) {
+  kiln_value x = in[0], half = scalar_like(c, x, 0.5), two = scalar_like(c, x, 2);
+  kiln_value r = kiln_floor(G, kiln_add(G, x, half));
+  kiln_value tie = kiln_equal(G, kiln_sub(G, r, x), half);
+  kiln_value odd = kiln_equal(G, kiln_sub(G, r, kiln_mul(G, two, kiln_floor(G, kiln_div(G, r, two)))), scalar_like(c, x, 1));
+  out[0] = kiln_select(G, kiln_logical_and(G, tie, odd), kiln_sub(G, r, scalar_like(c, x, 1)), r);
+  return KILN_OK;
+}
+
+static kiln_status op_IsInf(onnx_ctx *c, const Onnx__NodeProto *n, const kiln_value *in, size_t nin, kiln_value *out) {
+  kiln_value x = in[0], inf = scalar_like(c, x, INFINITY);
+  kiln_value pos = kiln_equal(G, x, inf), neg = kiln_equal(G, x, kiln_neg(G, inf));
+  bool want_pos = onnx_attr_int(n, "detect_positive", 1), want_neg = onnx_attr_int(n, "detect_negative", 1);
+  out[0] = want_pos && want_neg ? kiln_logical_or(G, pos, neg) : want_pos ? pos : want_neg ? neg : kiln_logical_and(G, pos, neg);
+  return KILN_OK;
+}
+
+static kiln_status op_Shrink(onnx_ctx *c, const Onnx__NodeProto *n, const kiln_value *in, size_t nin, kiln_value *out) {
+  kiln_value x = in[0];
+  double lambd = onnx_attr_float(n, "lambd", 0.5), bias = onnx_attr_float(n, "bias", 0);
+  kiln_value lo = kiln_less(G, x, scalar_like(c, x, -lambd)), hi = kiln_greater(G, x, scalar_like(c, x, lambd));
+  kiln_value y = kiln_select(G, hi, kiln_sub(G, x, scalar_like(c, x, bias)), scalar_like(c, x, 0));
+  out[0] = kiln_select(G, lo, kiln_add(G, x, scalar_like(c, x, bias)), y);
+  return KILN_OK;
+}
+
+/* fmod=1: C's fmod (sign of the dividend); fmod=0 (integers): Python's (sign of the divisor). */
+static kiln_status op_Mod(onnx_ctx *c, const Onnx__NodeProto *n, const kiln_value *in, size_t nin, kiln_value *out) {
+  kiln_value a = in[0], b = in[1], zero = scalar_like(c, a, 0);
+  bool flt = kiln_dtype_is_float(type_of(c, a));
+  if (flt && !onnx_attr_int(n, "fmod", 0)) return onnx_fail(c, n, KILN_ERR_INVALID, "fmod=0 on floating-point inputs");
+  kiln_value q = kiln_div(G, a, b);
+  if (flt) q = kiln_mul(G, kiln_sign(G, q), kiln_floor(G, kiln_abs(G, q))); /* truncate */
+  kiln_value r = kiln_sub(G, a, kiln_mul(G, q, b));
+  if (!onnx_attr_int(n, "fmod", 0)) {
+    kiln_value differ = kiln_logical_not(G, kiln_equal(G, kiln_less(G, r, zero), kiln_less(G, b, zero)));
+    r = kiln_select(G, kiln_logical_and(G, kiln_logical_not(G, kiln_equal(G, r, zero)), differ), kiln_add(G, r, b), r);
+  }
+  out[0] = r;
+  return KILN_OK;
+}
 
 static kiln_status op_LeakyRelu(onnx_ctx *c, const Onnx__NodeProto *n, const kiln_value *in, size_t nin, kiln_value *out) {
   kiln_value x = in[0], a = scalar_like(c, x, onnx_attr_float(n, "alpha", 0.01));
@@ -193,6 +240,11 @@ VARIADIC(Min, kiln_minimum, acc)
 VARIADIC(Sum, kiln_add, acc)
 VARIADIC(Mean, kiln_add, kiln_div(G, acc, scalar_like(c, acc, (double)nin)))
 
+static kiln_status op_CastLike(onnx_ctx *c, const Onnx__NodeProto *n, const kiln_value *in, size_t nin, kiln_value *out) {
+  out[0] = kiln_cast(G, in[0], type_of(c, in[1]));
+  return KILN_OK;
+}
+
 static kiln_status op_Cast(onnx_ctx *c, const Onnx__NodeProto *n, const kiln_value *in, size_t nin, kiln_value *out) {
   int64_t to = onnx_attr_int(n, "to", 0);
   kiln_dtype t;
@@ -222,91 +274,6 @@ static kiln_status op_Gemm(onnx_ctx *c, const Onnx__NodeProto *n, const kiln_val
   if (HAS(2)) y = kiln_add(G, y, beta != 1 ? kiln_mul(G, scalar_like(c, y, beta), in[2]) : in[2]);
   out[0] = y;
   return KILN_OK;
-}
-
-/* Spatial attributes shared by Conv and the pools (2-D only: kiln's kernels are 2-D). */
-typedef struct window {
-  int64_t k[2], strides[2], dilations[2], pads[4]; /* pads: top, left, bottom, right */
-  bool same;
-} window;
-
-static kiln_status window_attrs(onnx_ctx *c, const Onnx__NodeProto *n, int rank, window *w) {
-  if (rank != 4) return onnx_fail(c, n, KILN_ERR_UNSUPPORTED, "%d-D input: only 2-D (NCHW) windows are supported", rank - 2);
-  int64_t v[8];
-  memset(w, 0, sizeof *w);
-  for (int i = 0; i < 2; i++) w->strides[i] = w->dilations[i] = 1;
-  if (onnx_attr_ints(n, "strides", v, 8) == 2) w->strides[0] = v[0], w->strides[1] = v[1];
-  if (onnx_attr_ints(n, "dilations", v, 8) == 2) w->dilations[0] = v[0], w->dilations[1] = v[1];
-  if (onnx_attr_ints(n, "pads", v, 8) == 4) w->pads[0] = v[0], w->pads[1] = v[1], w->pads[2] = v[2], w->pads[3] = v[3];
-  if (onnx_attr_ints(n, "kernel_shape", v, 8) == 2) w->k[0] = v[0], w->k[1] = v[1];
-  if (onnx_attr_int(n, "ceil_mode", 0)) return onnx_fail(c, n, KILN_ERR_UNSUPPORTED, "ceil_mode=1");
-  const char *ap = onnx_attr_string(n, "auto_pad", "NOTSET");
-  if (!strcmp(ap, "VALID")) memset(w->pads, 0, sizeof w->pads);
-  else if (!strcmp(ap, "SAME_UPPER") || !strcmp(ap, "SAME_LOWER")) w->same = true, w->pads[0] = !strcmp(ap, "SAME_LOWER");
-  else if (strcmp(ap, "NOTSET")) return onnx_fail(c, n, KILN_ERR_UNSUPPORTED, "auto_pad=%s", ap);
-  return KILN_OK;
-}
-
-/* SAME_UPPER/LOWER: output = ceil(in / stride), the odd padding at the end (upper) or start. */
-static void same_pads(window *w, const int64_t *in_hw) {
-  bool lower = w->pads[0] == 1;
-  for (int d = 0; d < 2; d++) {
-    int64_t o = (in_hw[d] + w->strides[d] - 1) / w->strides[d];
-    int64_t total = (o - 1) * w->strides[d] + (w->k[d] - 1) * w->dilations[d] + 1 - in_hw[d];
-    if (total < 0) total = 0;
-    int64_t small = total / 2, big = total - small;
-    w->pads[d] = lower ? big : small;
-    w->pads[d + 2] = lower ? small : big;
-  }
-}
-
-static kiln_status op_Conv(onnx_ctx *c, const Onnx__NodeProto *n, const kiln_value *in, size_t nin, kiln_value *out) {
-  window w;
-  kiln_status st = window_attrs(c, n, rank_of(c, in[0]), &w);
-  if (st != KILN_OK) return st;
-  kiln_shape xs = kiln_value_shape(G, in[0]), ws = kiln_value_shape(G, in[1]);
-  if (ws.rank != 4) return onnx_fail(c, n, KILN_ERR_INVALID, "weights of rank %d", ws.rank);
-  w.k[0] = ws.dims[2], w.k[1] = ws.dims[3];
-  if (w.same) same_pads(&w, xs.dims + 2);
-  kiln_conv2d_opts o = {.layout = KILN_NCHW, .padding = KILN_PAD_EXPLICIT, .groups = onnx_attr_int(n, "group", 1)};
-  memcpy(o.strides, w.strides, sizeof o.strides);
-  memcpy(o.dilations, w.dilations, sizeof o.dilations);
-  memcpy(o.pads, w.pads, sizeof o.pads);
-  kiln_value y = kiln_conv2d(G, in[0], in[1], &o);
-  if (HAS(2)) y = kiln_add(G, y, kiln_reshape(G, in[2], KILN_SHAPE(1, ws.dims[0], 1, 1)));
-  out[0] = y;
-  return KILN_OK;
-}
-
-/* kiln pools NHWC: transpose around them. */
-static kiln_value to_nhwc(onnx_ctx *c, kiln_value x) { return kiln_transpose(G, x, (int64_t[]){0, 2, 3, 1}, 4); }
-static kiln_value to_nchw(onnx_ctx *c, kiln_value x) { return kiln_transpose(G, x, (int64_t[]){0, 3, 1, 2}, 4); }
-
-static kiln_status pool(onnx_ctx *c, const Onnx__NodeProto *n, const kiln_value *in, kiln_value *out, bool max) {
-  window w;
-  kiln_status st = window_attrs(c, n, rank_of(c, in[0]), &w);
-  if (st != KILN_OK) return st;
-  if (w.dilations[0] != 1 || w.dilations[1] != 1) return onnx_fail(c, n, KILN_ERR_UNSUPPORTED, "pooling dilations");
-  if (max && n->n_output > 1 && *n->output[1]) return onnx_fail(c, n, KILN_ERR_UNSUPPORTED, "the Indices output");
-  if (onnx_attr_int(n, "storage_order", 0)) return onnx_fail(c, n, KILN_ERR_UNSUPPORTED, "storage_order=1");
-  kiln_shape xs = kiln_value_shape(G, in[0]);
-  if (w.same) same_pads(&w, xs.dims + 2);
-  kiln_value x = to_nhwc(c, in[0]);
-  bool include_pad = !max && onnx_attr_int(n, "count_include_pad", 0);
-  kiln_pool2d_opts o = {.window = {w.k[0], w.k[1]}, .strides = {w.strides[0], w.strides[1]}, .padding = KILN_PAD_EXPLICIT};
-  if (include_pad) { /* zeros that count in the mean */
-    x = kiln_pad(G, x, (int64_t[]){0, w.pads[0], w.pads[1], 0}, (int64_t[]){0, w.pads[2], w.pads[3], 0}, 0);
-  } else {
-    memcpy(o.pads, w.pads, sizeof o.pads);
-  }
-  out[0] = to_nchw(c, max ? kiln_max_pool2d(G, x, &o) : kiln_avg_pool2d(G, x, &o));
-  return KILN_OK;
-}
-static kiln_status op_MaxPool(onnx_ctx *c, const Onnx__NodeProto *n, const kiln_value *in, size_t nin, kiln_value *out) {
-  return pool(c, n, in, out, true);
-}
-static kiln_status op_AveragePool(onnx_ctx *c, const Onnx__NodeProto *n, const kiln_value *in, size_t nin, kiln_value *out) {
-  return pool(c, n, in, out, false);
 }
 
 static kiln_value spatial_axes(onnx_ctx *c, kiln_value x, bool max) {
@@ -343,17 +310,20 @@ static kiln_status op_BatchNormalization(onnx_ctx *c, const Onnx__NodeProto *n, 
   return KILN_OK;
 }
 
+/* Mean and InvStdDev (outputs 1 and 2) keep the normalized axes as 1s. */
 static kiln_status op_LayerNormalization(onnx_ctx *c, const Onnx__NodeProto *n, const kiln_value *in, size_t nin, kiln_value *out) {
-  if (n->n_output > 1) return onnx_fail(c, n, KILN_ERR_UNSUPPORTED, "the Mean and InvStdDev outputs");
   kiln_value x = in[0];
   int r = rank_of(c, x), axis = norm_axis(onnx_attr_int(n, "axis", -1), r);
+  if (axis < 0 || axis >= r) return onnx_fail(c, n, KILN_ERR_INVALID, "axis out of range for rank %d", r);
   int64_t axes[KILN_MAX_RANK];
   for (int i = axis; i < r; i++) axes[i - axis] = i;
-  kiln_value d = kiln_sub(G, x, kiln_reduce_mean(G, x, axes, r - axis, true));
+  kiln_value mean = kiln_reduce_mean(G, x, axes, r - axis, true), d = kiln_sub(G, x, mean);
   kiln_value var = kiln_reduce_mean(G, kiln_mul(G, d, d), axes, r - axis, true);
-  kiln_value y = kiln_mul(G, d, kiln_rsqrt(G, kiln_add(G, var, scalar_like(c, x, onnx_attr_float(n, "epsilon", 1e-5)))));
-  y = kiln_mul(G, y, in[1]);
+  kiln_value inv = kiln_rsqrt(G, kiln_add(G, var, scalar_like(c, x, onnx_attr_float(n, "epsilon", 1e-5))));
+  kiln_value y = kiln_mul(G, kiln_mul(G, d, inv), in[1]);
   out[0] = HAS(2) ? kiln_add(G, y, in[2]) : y;
+  out[1] = mean;
+  out[2] = inv;
   return KILN_OK;
 }
 
@@ -386,7 +356,7 @@ static kiln_status reduce(onnx_ctx *c, const Onnx__NodeProto *n, const kiln_valu
   int64_t axes[KILN_MAX_RANK];
   int na = -1;
   if (axes_input && HAS(1)) {
-    kiln_status st = const_ints(c, n, 1, axes, KILN_MAX_RANK, &na);
+    kiln_status st = onnx_const_ints(c, n, 1, axes, KILN_MAX_RANK, &na);
     if (st != KILN_OK) return st;
   } else {
     na = onnx_attr_ints(n, "axes", axes, KILN_MAX_RANK);
@@ -408,20 +378,77 @@ static kiln_status reduce(onnx_ctx *c, const Onnx__NodeProto *n, const kiln_valu
                                kiln_value *out) {                                                            \
     return reduce(c, n, in, nin, out, fn, c->opset >= (since));                                               \
   }
+static kiln_value reduce_l1(kiln_graph *g, kiln_value x, const int64_t *a, int n, bool k) {
+  return kiln_reduce_sum(g, kiln_abs(g, x), a, n, k);
+}
+static kiln_value reduce_sum_square(kiln_graph *g, kiln_value x, const int64_t *a, int n, bool k) {
+  return kiln_reduce_sum(g, kiln_mul(g, x, x), a, n, k);
+}
+static kiln_value reduce_l2(kiln_graph *g, kiln_value x, const int64_t *a, int n, bool k) {
+  kiln_dtype t = kiln_value_dtype(g, x);
+  kiln_value s = reduce_sum_square(g, kiln_dtype_is_float(t) ? x : kiln_cast(g, x, KILN_F64), a, n, k);
+  return kiln_dtype_is_float(t) ? kiln_sqrt(g, s) : kiln_cast(g, kiln_sqrt(g, s), t);
+}
+static kiln_value reduce_log_sum(kiln_graph *g, kiln_value x, const int64_t *a, int n, bool k) {
+  return kiln_log(g, kiln_reduce_sum(g, x, a, n, k));
+}
+/* max + log(sum(exp(x - max))): no overflow */
+static kiln_value reduce_log_sum_exp(kiln_graph *g, kiln_value x, const int64_t *a, int n, bool k) {
+  kiln_value m = kiln_reduce_max(g, x, a, n, true);
+  kiln_value s = kiln_log(g, kiln_reduce_sum(g, kiln_exp(g, kiln_sub(g, x, m)), a, n, true));
+  kiln_value r = kiln_add(g, s, m);
+  return k ? r : kiln_reshape(g, r, kiln_value_shape(g, kiln_reduce_sum(g, x, a, n, false)));
+}
+/* exp(sum log|x|), with the sign from the parity of negatives and 0 when any is 0;
+ * integers go through f64 (exact while the product fits 53 bits). */
+static kiln_value reduce_prod(kiln_graph *g, kiln_value x, const int64_t *a, int n, bool k) {
+  kiln_dtype t = kiln_value_dtype(g, x);
+  kiln_value f = t == KILN_F32 || t == KILN_F64 ? x : kiln_cast(g, x, KILN_F64);
+  kiln_dtype ft = kiln_value_dtype(g, f);
+  kiln_value zero = kiln_scalar(g, ft, 0), one = kiln_scalar(g, ft, 1), two = kiln_scalar(g, ft, 2);
+  kiln_value mag = kiln_exp(g, kiln_reduce_sum(g, kiln_log(g, kiln_abs(g, f)), a, n, k));
+  kiln_value negs = kiln_reduce_sum(g, kiln_cast(g, kiln_less(g, f, zero), ft), a, n, k);
+  kiln_value odd = kiln_sub(g, negs, kiln_mul(g, two, kiln_floor(g, kiln_div(g, negs, two))));
+  kiln_value p = kiln_mul(g, mag, kiln_sub(g, one, kiln_mul(g, two, odd)));
+  kiln_value any_zero = kiln_greater(g, kiln_reduce_max(g, kiln_cast(g, kiln_equal(g, f, zero), ft), a, n, k), zero);
+  p = kiln_select(g, any_zero, zero, p);
+  if (ft != t) p = kiln_cast(g, kiln_floor(g, kiln_add(g, p, kiln_scalar(g, ft, 0.5))), t);
+  return p;
+}
+
 REDUCE(ReduceSum, kiln_reduce_sum, 13)
+REDUCE(ReduceL1, reduce_l1, 18)
+REDUCE(ReduceL2, reduce_l2, 18)
+REDUCE(ReduceSumSquare, reduce_sum_square, 18)
+REDUCE(ReduceLogSum, reduce_log_sum, 18)
+REDUCE(ReduceLogSumExp, reduce_log_sum_exp, 18)
+REDUCE(ReduceProd, reduce_prod, 18)
 REDUCE(ReduceMean, kiln_reduce_mean, 18)
 REDUCE(ReduceMax, kiln_reduce_max, 18)
 REDUCE(ReduceMin, kiln_reduce_min, 18)
 
-static kiln_status op_ArgMax(onnx_ctx *c, const Onnx__NodeProto *n, const kiln_value *in, size_t nin, kiln_value *out) {
-  if (onnx_attr_int(n, "select_last_index", 0)) return onnx_fail(c, n, KILN_ERR_UNSUPPORTED, "select_last_index=1");
-  out[0] = kiln_argmax(G, in[0], (int)onnx_attr_int(n, "axis", 0), onnx_attr_int(n, "keepdims", 1) != 0);
+/* kiln's argmax takes the first maximum; select_last_index reverses the axis and maps back. */
+static kiln_status arg_extreme(onnx_ctx *c, const Onnx__NodeProto *n, kiln_value x, kiln_value *out) {
+  kiln_shape s = kiln_value_shape(G, x);
+  int axis = norm_axis(onnx_attr_int(n, "axis", 0), s.rank);
+  bool keep = onnx_attr_int(n, "keepdims", 1) != 0;
+  if (axis < 0 || axis >= s.rank) return onnx_fail(c, n, KILN_ERR_INVALID, "axis out of range for rank %d", s.rank);
+  if (!onnx_attr_int(n, "select_last_index", 0)) {
+    out[0] = kiln_argmax(G, x, axis, keep);
+    return KILN_OK;
+  }
+  int64_t S[KILN_MAX_RANK] = {0}, E[KILN_MAX_RANK], P[KILN_MAX_RANK];
+  for (int d = 0; d < s.rank; d++) E[d] = s.dims[d], P[d] = 1;
+  S[axis] = -1, E[axis] = INT64_MIN, P[axis] = -1;
+  kiln_value r = kiln_argmax(G, kiln_slice(G, x, S, E, P, s.rank), axis, keep);
+  out[0] = kiln_sub(G, kiln_scalar(G, type_of(c, r), (double)(s.dims[axis] - 1)), r);
   return KILN_OK;
 }
+static kiln_status op_ArgMax(onnx_ctx *c, const Onnx__NodeProto *n, const kiln_value *in, size_t nin, kiln_value *out) {
+  return arg_extreme(c, n, in[0], out);
+}
 static kiln_status op_ArgMin(onnx_ctx *c, const Onnx__NodeProto *n, const kiln_value *in, size_t nin, kiln_value *out) {
-  if (onnx_attr_int(n, "select_last_index", 0)) return onnx_fail(c, n, KILN_ERR_UNSUPPORTED, "select_last_index=1");
-  out[0] = kiln_argmax(G, kiln_neg(G, in[0]), (int)onnx_attr_int(n, "axis", 0), onnx_attr_int(n, "keepdims", 1) != 0);
-  return KILN_OK;
+  return arg_extreme(c, n, kiln_neg(G, in[0]), out);
 }
 
 /* ---- movement ---- */
@@ -429,7 +456,7 @@ static kiln_status op_ArgMin(onnx_ctx *c, const Onnx__NodeProto *n, const kiln_v
 static kiln_status op_Reshape(onnx_ctx *c, const Onnx__NodeProto *n, const kiln_value *in, size_t nin, kiln_value *out) {
   int64_t v[KILN_MAX_RANK];
   int k;
-  kiln_status st = c->opset < 5 ? KILN_OK : const_ints(c, n, 1, v, KILN_MAX_RANK, &k);
+  kiln_status st = c->opset < 5 ? KILN_OK : onnx_const_ints(c, n, 1, v, KILN_MAX_RANK, &k);
   if (st != KILN_OK) return st;
   kiln_shape xs = kiln_value_shape(G, in[0]), s = {.rank = k};
   bool allowzero = onnx_attr_int(n, "allowzero", 0) != 0;
@@ -460,7 +487,7 @@ static kiln_status op_Transpose(onnx_ctx *c, const Onnx__NodeProto *n, const kil
 static kiln_status axes_of(onnx_ctx *c, const Onnx__NodeProto *n, const kiln_value *in, size_t nin, int64_t *axes, int *na) {
   if (c->opset >= 13) {
     if (!HAS(1)) return *na = -1, KILN_OK;
-    return const_ints(c, n, 1, axes, KILN_MAX_RANK, na);
+    return onnx_const_ints(c, n, 1, axes, KILN_MAX_RANK, na);
   }
   *na = onnx_attr_ints(n, "axes", axes, KILN_MAX_RANK);
   return KILN_OK;
@@ -516,10 +543,10 @@ static kiln_status op_Slice(onnx_ctx *c, const Onnx__NodeProto *n, const kiln_va
     ne = onnx_attr_ints(n, "ends", en, KILN_MAX_RANK);
     na = onnx_attr_ints(n, "axes", ax, KILN_MAX_RANK);
   } else {
-    if ((st = const_ints(c, n, 1, st_, KILN_MAX_RANK, &ns)) != KILN_OK) return st;
-    if ((st = const_ints(c, n, 2, en, KILN_MAX_RANK, &ne)) != KILN_OK) return st;
-    if (HAS(3) && (st = const_ints(c, n, 3, ax, KILN_MAX_RANK, &na)) != KILN_OK) return st;
-    if (HAS(4) && (st = const_ints(c, n, 4, sp, KILN_MAX_RANK, &np)) != KILN_OK) return st;
+    if ((st = onnx_const_ints(c, n, 1, st_, KILN_MAX_RANK, &ns)) != KILN_OK) return st;
+    if ((st = onnx_const_ints(c, n, 2, en, KILN_MAX_RANK, &ne)) != KILN_OK) return st;
+    if (HAS(3) && (st = onnx_const_ints(c, n, 3, ax, KILN_MAX_RANK, &na)) != KILN_OK) return st;
+    if (HAS(4) && (st = onnx_const_ints(c, n, 4, sp, KILN_MAX_RANK, &np)) != KILN_OK) return st;
   }
   if (ns != ne || (na >= 0 && na != ns) || (np >= 0 && np != ns)) return onnx_fail(c, n, KILN_ERR_INVALID, "starts/ends/axes/steps differ in length");
   int64_t S[KILN_MAX_RANK], E[KILN_MAX_RANK], P[KILN_MAX_RANK];
@@ -539,7 +566,8 @@ static kiln_status op_Slice(onnx_ctx *c, const Onnx__NodeProto *n, const kiln_va
 
 static kiln_status op_Pad(onnx_ctx *c, const Onnx__NodeProto *n, const kiln_value *in, size_t nin, kiln_value *out) {
   const char *mode = onnx_attr_string(n, "mode", "constant");
-  if (strcmp(mode, "constant")) return onnx_fail(c, n, KILN_ERR_UNSUPPORTED, "mode=%s (only constant)", mode);
+  bool reflect = !strcmp(mode, "reflect"), edge = !strcmp(mode, "edge");
+  if (!reflect && !edge && strcmp(mode, "constant")) return onnx_fail(c, n, KILN_ERR_UNSUPPORTED, "mode=%s", mode);
   int r = rank_of(c, in[0]), np;
   int64_t pads[2 * KILN_MAX_RANK];
   double value = 0;
@@ -547,7 +575,7 @@ static kiln_status op_Pad(onnx_ctx *c, const Onnx__NodeProto *n, const kiln_valu
     np = onnx_attr_ints(n, "pads", pads, 2 * KILN_MAX_RANK);
     value = onnx_attr_float(n, "value", 0);
   } else {
-    kiln_status st = const_ints(c, n, 1, pads, 2 * KILN_MAX_RANK, &np);
+    kiln_status st = onnx_const_ints(c, n, 1, pads, 2 * KILN_MAX_RANK, &np);
     if (st != KILN_OK) return st;
     if (HAS(2)) {
       const kiln_tensor *v = onnx_const_input(c, n, 2);
@@ -559,14 +587,47 @@ static kiln_status op_Pad(onnx_ctx *c, const Onnx__NodeProto *n, const kiln_valu
   if (np != 2 * r) return onnx_fail(c, n, KILN_ERR_INVALID, "%d pads for rank %d", np, r);
   for (int i = 0; i < 2 * r; i++)
     if (pads[i] < 0) return onnx_fail(c, n, KILN_ERR_UNSUPPORTED, "negative pads (cropping)");
-  out[0] = kiln_pad(G, in[0], pads, pads + r, value);
+  if (!reflect && !edge) {
+    out[0] = kiln_pad(G, in[0], pads, pads + r, value);
+    return KILN_OK;
+  }
+  /* edge repeats the border element, reflect mirrors without repeating it: slices + concat per axis */
+  kiln_value x = in[0];
+  for (int a = 0; a < r; a++) {
+    kiln_shape s = kiln_value_shape(G, x);
+    int64_t len = s.dims[a];
+    if (!pads[a] && !pads[r + a]) continue;
+    if (len < 1 || (reflect && (pads[a] >= len || pads[r + a] >= len)))
+      return onnx_fail(c, n, KILN_ERR_INVALID, "axis %d of size %lld cannot be %s-padded by %lld/%lld", a, (long long)len, mode,
+                       (long long)pads[a], (long long)pads[r + a]);
+    kiln_value parts[3];
+    int np2 = 0;
+    for (int side = 0; side < 2; side++) {
+      int64_t k = pads[side * r + a];
+      if (side == 1) parts[np2++] = x;
+      if (!k) continue;
+      int64_t S[KILN_MAX_RANK] = {0}, E[KILN_MAX_RANK], P[KILN_MAX_RANK];
+      for (int d = 0; d < r; d++) E[d] = s.dims[d], P[d] = 1;
+      if (edge) {
+        S[a] = side ? len - 1 : 0, E[a] = S[a] + 1;
+        kiln_shape bs = s;
+        bs.dims[a] = k;
+        parts[np2++] = kiln_broadcast_to(G, kiln_slice(G, x, S, E, P, r), bs);
+      } else { /* before: x[k], ..., x[1]; after: x[len-2], ..., x[len-1-k] */
+        S[a] = side ? len - 2 : k, E[a] = side ? (len - 2 - k >= 0 ? len - 2 - k : -len - 1) : 0, P[a] = -1;
+        parts[np2++] = kiln_slice(G, x, S, E, P, r);
+      }
+    }
+    x = kiln_concat(G, parts, np2, a);
+  }
+  out[0] = x;
   return KILN_OK;
 }
 
 static kiln_status op_Expand(onnx_ctx *c, const Onnx__NodeProto *n, const kiln_value *in, size_t nin, kiln_value *out) {
   int64_t v[KILN_MAX_RANK];
   int k;
-  kiln_status st = const_ints(c, n, 1, v, KILN_MAX_RANK, &k);
+  kiln_status st = onnx_const_ints(c, n, 1, v, KILN_MAX_RANK, &k);
   if (st != KILN_OK) return st;
   kiln_shape xs = kiln_value_shape(G, in[0]), s = {.rank = k > xs.rank ? k : xs.rank};
   /* the bidirectional broadcast of x's shape and the given one */
@@ -598,7 +659,7 @@ static kiln_status op_Shape(onnx_ctx *c, const Onnx__NodeProto *n, const kiln_va
 static kiln_status op_ConstantOfShape(onnx_ctx *c, const Onnx__NodeProto *n, const kiln_value *in, size_t nin, kiln_value *out) {
   int64_t v[KILN_MAX_RANK];
   int k;
-  kiln_status st = const_ints(c, n, 0, v, KILN_MAX_RANK, &k);
+  kiln_status st = onnx_const_ints(c, n, 0, v, KILN_MAX_RANK, &k);
   if (st != KILN_OK) return st;
   kiln_shape s = {.rank = k};
   memcpy(s.dims, v, sizeof(int64_t) * (size_t)k);
@@ -654,7 +715,7 @@ static kiln_status op_Split(onnx_ctx *c, const Onnx__NodeProto *n, const kiln_va
   int axis = norm_axis(onnx_attr_int(n, "axis", 0), s.rank), k = (int)n->n_output, ns = -1;
   int64_t sizes[16];
   if (c->opset >= 13 && HAS(1)) {
-    kiln_status st = const_ints(c, n, 1, sizes, 16, &ns);
+    kiln_status st = onnx_const_ints(c, n, 1, sizes, 16, &ns);
     if (st != KILN_OK) return st;
   } else if (c->opset < 13) {
     ns = onnx_attr_ints(n, "split", sizes, 16);
@@ -683,12 +744,17 @@ static const onnx_op ops[] = {
     OP(Elu), OP(Selu), OP(Celu), OP(HardSigmoid), OP(HardSwish), OP(ThresholdedRelu), OP(PRelu), OP(Clip), OP(Add),
     OP(Sub), OP(Mul), OP(Div), OP(Pow), OP(Equal), OP(Less), OP(Greater), OP(LessOrEqual), OP(GreaterOrEqual),
     OP(And), OP(Or), OP(Xor), OP(Where), OP(Max), OP(Min), OP(Sum), OP(Mean), OP(Cast), OP(MatMul), OP(Gemm),
-    OP(Conv), OP(MaxPool), OP(AveragePool), OP(GlobalAveragePool), OP(GlobalMaxPool), OP(BatchNormalization),
+    OP(GlobalAveragePool), OP(GlobalMaxPool), OP(BatchNormalization),
     OP(LayerNormalization), OP(Softmax), OP(LogSoftmax), OP(ReduceSum), OP(ReduceMean), OP(ReduceMax),
     OP(ReduceMin), OP(ArgMax), OP(ArgMin), OP(Reshape), OP(Flatten), OP(Transpose), OP(Squeeze), OP(Unsqueeze),
     OP(Concat), OP(Gather), OP(Slice), OP(Pad), OP(Expand), OP(Shape), OP(ConstantOfShape), OP(Constant),
-    OP(Dropout), OP(Split),
+    OP(Dropout), OP(Split), OP(Erf), OP(Atan), OP(Asin), OP(Acos), OP(Sinh), OP(Cosh), OP(Asinh), OP(Acosh),
+    OP(Atanh), OP(IsNaN), OP(IsInf), OP(Round), OP(Shrink), OP(Mod), OP(CastLike), OP(ReduceL1), OP(ReduceL2),
+    OP(ReduceSumSquare), OP(ReduceLogSum), OP(ReduceLogSumExp), OP(ReduceProd),
 #undef OP
+#define EXTERN_OP(name) {#name, onnx_op_##name},
+    ONNX_EXTERN_OPS(EXTERN_OP)
+#undef EXTERN_OP
 };
 
 const onnx_op *onnx_find_op(const char *name) {

@@ -181,6 +181,11 @@ KILN_API kiln_value kiln_one_hot(kiln_graph *g, kiln_value indices, int64_t dept
 KILN_API kiln_value kiln_square(kiln_graph *g, kiln_value x); /* x * x */
 KILN_API kiln_value kiln_softmax(kiln_graph *g, kiln_value x, int axis);
 KILN_API kiln_value kiln_log_softmax(kiln_graph *g, kiln_value x, int axis);
+/* The error function as a rational approximation (Eigen's, |error| < 2e-7 in f32);
+ * saturates to +-1 beyond |x| = 4. */
+KILN_API kiln_value kiln_erf(kiln_graph *g, kiln_value x);
+/* atan(x) with Cephes' range reduction and polynomial (about 1e-7 relative error). */
+KILN_API kiln_value kiln_atan(kiln_graph *g, kiln_value x);
 
 /* ---- autodiff ---- */
 /* Appends to g the gradient of sum(loss) with respect to each wrt[i] (like

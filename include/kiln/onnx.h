@@ -19,6 +19,21 @@ extern "C" {
 #endif
 
 KILN_API kiln_status kiln_onnx_load(const char *path, kiln_graph **out);
+
+/* Values offered for graph inputs. kiln compiles static shapes, so an input the
+ * model uses where a constant is needed (a Reshape's shape, Resize's scales, a
+ * Range's bounds, a Slice's starts...) can only be imported with its value known:
+ * such an input, when offered here, becomes a constant with that value and is no
+ * longer an input of the graph (the graph is specialized to it). Offered inputs
+ * that are not needed as constants stay inputs. The tensors are copied. */
+typedef struct kiln_onnx_options {
+  const char *const *input_names;
+  const kiln_tensor *const *input_values;
+  size_t ninputs;
+} kiln_onnx_options;
+KILN_API kiln_status kiln_onnx_load_with(const char *path, const kiln_onnx_options *opts, kiln_graph **out);
+/* Writes t as an ONNX TensorProto file named `name` (atomically). */
+KILN_API kiln_status kiln_onnx_save_tensor(const char *path, const kiln_tensor *t, const char *name);
 /* An ONNX TensorProto file (the ONNX test data's input_0.pb, ...); *name may be NULL. */
 KILN_API kiln_status kiln_onnx_load_tensor(const char *path, kiln_tensor **out, char **name);
 
