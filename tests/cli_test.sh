@@ -95,4 +95,19 @@ if "$kiln" compile "$tmp/bad.onnx" -o "$tmp/x.o" 2> "$tmp/err"; then fail "a tru
 grep -q "bad.onnx" "$tmp/err" || fail "unclear message: $(cat "$tmp/err")"
 if "$kiln" compile "$onnx/node/test_nonzero_example/model.onnx" -o "$tmp/x.o" 2> "$tmp/err"; then fail "NonZero compiled"; fi
 grep -q "(NonZero): op NonZero is not supported" "$tmp/err" || fail "unclear message: $(cat "$tmp/err")"
+# kiln run on ONNX: TensorProto inputs (the shape input is frozen as a constant), the
+# output written as output_0.pb is byte-identical to the test data's; .npy on request
+t="$onnx/node/test_reshape_reordered_all_dims"
+"$kiln" run "$t/model.onnx" --input data="$t/test_data_set_0/input_0.pb" --input shape="$t/test_data_set_0/input_1.pb" \
+  --output-dir "$tmp/onnx_out" || fail "kiln run on an ONNX model failed"
+cmp -s "$tmp/onnx_out/output_0.pb" "$t/test_data_set_0/output_0.pb" || fail "output_0.pb differs from the expected output"
+"$kiln" run "$t/model.onnx" --input data="$t/test_data_set_0/input_0.pb" --input shape="$t/test_data_set_0/input_1.pb" \
+  --output-dir "$tmp/onnx_npy" --format npy || fail "kiln run --format npy failed"
+head -c 6 "$tmp/onnx_npy/reshaped.npy" | grep -q NUMPY || fail "no reshaped.npy"
+if "$kiln" run "$t/model.onnx" --input data="$t/test_data_set_0/input_0.pb" 2> "$tmp/err"; then fail "ran without the shape"; fi
+grep -q "(Reshape): input 1 must be a constant" "$tmp/err" || fail "unclear message: $(cat "$tmp/err")"
+if "$kiln" run "$t/model.onnx" --input data="$t/test_data_set_0/input_0.pb" --input shape="$tmp/bad.onnx" 2> "$tmp/err"; then
+  fail "a corrupt input file was read"
+fi
+grep -q "bad.onnx" "$tmp/err" || fail "unclear message: $(cat "$tmp/err")"
 echo "1 passed, 0 failed"

@@ -134,7 +134,7 @@ static outcome run_set(const char *model, const char *set_dir, char *why, size_t
   kiln_graph *g = NULL;
   kiln_exec *e = NULL;
   if (o == PASS) {
-    kiln_onnx_options opts = {(const char *const *)names, (const kiln_tensor *const *)ins, nfiles};
+    kiln_onnx_options opts = {(const char *const *)names, (const kiln_tensor *const *)ins, nfiles, NULL};
     kiln_status st = kiln_onnx_load_with(model, &opts, &g);
     if (st != KILN_OK) {
       snprintf(why, cap, "%s", kiln_errmsg());

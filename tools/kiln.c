@@ -1,7 +1,7 @@
 /* The kiln command-line tool.
  *   kiln dump FILE.kir                      verify a text-IR graph and print it
- *   kiln run FILE.kir --input NAME=FILE.npy ... [--output-dir DIR] [--reference]
- *                                           run it through the JIT (or the evaluator)
+ *   kiln run FILE.kir|MODEL.onnx --input NAME=FILE.npy|FILE.pb ... [--output-dir DIR]
+ *            [--format npy|pb] [--reference] run it through the JIT (or the evaluator)
  *   kiln inspect FILE.ckpt|FILE.kiln        list a checkpoint's variables and progress,
  *                                           or a model file's inputs, outputs and weights
  *   kiln compile MODEL -o NAME.o ...        ahead-of-time: a standalone object and header
@@ -16,14 +16,16 @@
 static int usage(void) {
   fprintf(stderr,
           "usage: kiln dump FILE.kir\n"
-          "       kiln run FILE.kir --input NAME=FILE.npy ... [--output-dir DIR] [--reference]\n"
+          "       kiln run FILE.kir|MODEL.onnx --input NAME=FILE.npy|FILE.pb ... [--output-dir DIR]\n"
+          "                [--format npy|pb] [--reference]\n"
           "       kiln inspect FILE.ckpt|FILE.kiln\n"
           "       kiln compile MODEL.kiln|GRAPH.kir|MODEL.onnx [-o NAME.o] [--header NAME.h] [--name NAME]\n"
           "                    [--target TRIPLE] [--cpu generic|native|CPU] [--batch N]\n"
           "                    [--weights embed|external] [--weights-file FILE]\n"
           "                    [--train OPTIMIZER [--loss LOSS] [--lr RATE]]\n"
-          "Inputs are .npy files (f32, f64, i32, i64, bool); outputs are written as DIR/NAME.npy,\n"
-          "or summarised on stdout without --output-dir.\n");
+          "Inputs are .npy files or ONNX TensorProto .pb files (f32, f64, i32, i64, bool); outputs\n"
+          "are written as DIR/NAME.npy or DIR/output_N.pb (the default for .onnx models), or\n"
+          "summarised on stdout without --output-dir.\n");
   return 2;
 }
 
@@ -109,15 +111,43 @@ static void summarise(const char *name, const kiln_tensor *t) {
   printf("%s]\n", n > shown ? ", ..." : "");
 }
 
+static bool has_ext(const char *path, const char *ext) {
+  size_t n = strlen(path), k = strlen(ext);
+  return n > k && !strcmp(path + n - k, ext);
+}
+
+/* An input file: an ONNX TensorProto (.pb) or NumPy array (.npy). */
+static kiln_status load_input(const char *path, kiln_tensor **t) {
+  return has_ext(path, ".pb") ? kiln_onnx_load_tensor(path, t, NULL) : kiln_npy_load(path, t);
+}
+
+/* DIR/output_J.pb (the ONNX test-data layout, the name inside) or DIR/NAME.npy
+ * (characters other than [A-Za-z0-9_.-] in the name become '_'). */
+static kiln_status save_output(const char *dir, size_t j, const char *name, const kiln_tensor *t, bool pb) {
+  char file[4096];
+  if (pb) {
+    snprintf(file, sizeof file, "%s/output_%zu.pb", dir, j);
+    return kiln_onnx_save_tensor(file, t, name);
+  }
+  int k = snprintf(file, sizeof file, "%s/", dir);
+  for (const char *p = name; *p && k + 5 < (int)sizeof file; p++)
+    file[k++] = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || strchr("_.-", *p) ? *p : '_';
+  snprintf(file + k, sizeof file - (size_t)k, ".npy");
+  return kiln_npy_save(file, t);
+}
+
 static int cmd_run(int argc, char **argv) {
-  const char *path = NULL, *outdir = NULL;
+  const char *path = NULL, *outdir = NULL, *format = NULL;
   bool reference = false;
   const char *in_names[64];
   const char *in_files[64];
+  kiln_tensor *given[64] = {0};
+  bool frozen[64] = {0};
   int nin_given = 0;
   for (int i = 0; i < argc; i++) {
     if (!strcmp(argv[i], "--reference")) reference = true;
     else if (!strcmp(argv[i], "--output-dir") && i + 1 < argc) outdir = argv[++i];
+    else if (!strcmp(argv[i], "--format") && i + 1 < argc) format = argv[++i];
     else if (!strcmp(argv[i], "--input") && i + 1 < argc) {
       char *eq = strchr(argv[++i], '=');
       if (!eq || nin_given == 64) return usage();
@@ -127,35 +157,34 @@ static int cmd_run(int argc, char **argv) {
     } else if (argv[i][0] != '-' && !path) path = argv[i];
     else return usage();
   }
-  if (!path) return usage();
-  kiln_graph *g;
-  if (kiln_graph_load(path, &g) != KILN_OK) return fail("run");
-  kiln_exec *e = NULL;
-  if (kiln_compile(g, NULL, &e) != KILN_OK) {
-    kiln_graph_free(g);
-    return fail("compile");
-  }
-  size_t nin = kiln_exec_num_inputs(e), nout = kiln_exec_num_outputs(e);
-  kiln_tensor **ins = calloc(nin + 1, sizeof *ins), **outs = calloc(nout + 1, sizeof *outs);
+  if (!path || (format && strcmp(format, "npy") && strcmp(format, "pb"))) return usage();
+  bool onnx = has_ext(path, ".onnx"), pb = format ? !strcmp(format, "pb") : onnx;
   int rc = 0;
+  for (int j = 0; j < nin_given && !rc; j++)
+    if (load_input(in_files[j], &given[j]) != KILN_OK) rc = fail("input");
+  kiln_graph *g = NULL;
+  kiln_exec *e = NULL;
+  if (!rc) {
+    /* an ONNX model may need some inputs as constants (shapes, scales): they are offered */
+    kiln_onnx_options oo = {in_names, (const kiln_tensor *const *)given, (size_t)nin_given, frozen};
+    kiln_status st = onnx ? kiln_onnx_load_with(path, &oo, &g) : kiln_graph_load(path, &g);
+    if (st != KILN_OK) rc = fail("run");
+    else if (kiln_compile(g, NULL, &e) != KILN_OK) rc = fail("compile");
+  }
+  size_t nin = e ? kiln_exec_num_inputs(e) : 0, nout = e ? kiln_exec_num_outputs(e) : 0;
+  const kiln_tensor **ins = calloc(nin + 1, sizeof *ins);
+  kiln_tensor **outs = calloc(nout + 1, sizeof *outs);
+  if (!ins || !outs) rc = rc ? rc : (fprintf(stderr, "kiln: run: out of memory\n"), 1);
   for (int j = 0; j < nin_given && !rc; j++) {
     size_t k = 0;
     while (k < nin && strcmp(kiln_exec_input_name(e, k), in_names[j])) k++;
-    if (k == nin) {
-      fprintf(stderr, "kiln: run: the graph has no input named '%s'\n", in_names[j]);
-      rc = 1;
-    } else if (kiln_npy_load(in_files[j], &ins[k]) != KILN_OK) {
-      rc = fail("input");
-    }
+    if (k < nin) ins[k] = given[j];
+    else if (!frozen[j]) fprintf(stderr, "kiln: run: the graph has no input named '%s'\n", in_names[j]), rc = 1;
   }
   for (size_t k = 0; k < nin && !rc; k++)
-    if (!ins[k]) {
-      fprintf(stderr, "kiln: run: missing --input %s=FILE.npy\n", kiln_exec_input_name(e, k));
-      rc = 1;
-    }
+    if (!ins[k]) fprintf(stderr, "kiln: run: missing --input %s=FILE\n", kiln_exec_input_name(e, k)), rc = 1;
   if (!rc) {
-    kiln_status st = reference ? kiln_evaluate(g, (const kiln_tensor *const *)ins, nin, outs, nout)
-                               : kiln_exec_run(e, (const kiln_tensor *const *)ins, nin, outs, nout);
+    kiln_status st = reference ? kiln_evaluate(g, ins, nin, outs, nout) : kiln_exec_run(e, ins, nin, outs, nout);
     if (st != KILN_OK) rc = fail("run");
   }
   if (!rc && outdir && mkdir(outdir, 0777) && errno != EEXIST) {
@@ -163,16 +192,10 @@ static int cmd_run(int argc, char **argv) {
     rc = 1;
   }
   for (size_t j = 0; j < nout && !rc; j++) {
-    const char *name = kiln_exec_output_name(e, j);
-    if (outdir) {
-      char file[4096];
-      snprintf(file, sizeof file, "%s/%s.npy", outdir, name);
-      if (kiln_npy_save(file, outs[j]) != KILN_OK) rc = fail("output");
-    } else {
-      summarise(name, outs[j]);
-    }
+    if (!outdir) summarise(kiln_exec_output_name(e, j), outs[j]);
+    else if (save_output(outdir, j, kiln_exec_output_name(e, j), outs[j], pb) != KILN_OK) rc = fail("output");
   }
-  for (size_t k = 0; k < nin; k++) kiln_tensor_free(ins[k]);
+  for (int j = 0; j < nin_given; j++) kiln_tensor_free(given[j]);
   for (size_t j = 0; j < nout; j++) kiln_tensor_free(outs[j]);
   free(ins);
   free(outs);

@@ -69,30 +69,35 @@ static int dtype_of(int32_t onnx_type) {
 
 static const char *tensor_name(const Onnx__TensorProto *t) { return t->name ? t->name : ""; }
 
-static kiln_status read_external(const Onnx__TensorProto *t, const char *dir, void *dst, size_t nbytes) {
+/* Opens a tensor's external data file positioned at its offset, after checking it
+ * holds nbytes there (so nothing is allocated for data that is not on disk). */
+static kiln_status open_external(const Onnx__TensorProto *t, const char *dir, uint64_t nbytes, FILE **out) {
   const char *location = NULL;
   long long offset = 0, length = -1;
   for (size_t i = 0; i < t->n_external_data; i++) {
     const char *k = t->external_data[i]->key, *v = t->external_data[i]->value;
+    if (!k || !v) continue;
     if (!strcmp(k, "location")) location = v;
     else if (!strcmp(k, "offset")) offset = atoll(v);
     else if (!strcmp(k, "length")) length = atoll(v);
   }
   if (!location || strstr(location, ".."))
     return kiln_set_error(KILN_ERR_PARSE, "tensor '%s': external data without a safe location", tensor_name(t));
-  if (length >= 0 && (size_t)length != nbytes)
-    return kiln_set_error(KILN_ERR_PARSE, "tensor '%s': external data of %lld bytes, the shape needs %zu", tensor_name(t),
-                          length, nbytes);
+  if ((length >= 0 && (uint64_t)length != nbytes) || offset < 0)
+    return kiln_set_error(KILN_ERR_PARSE, "tensor '%s': external data at %lld of %lld bytes, the shape needs %llu",
+                          tensor_name(t), offset, length, (unsigned long long)nbytes);
   char path[4096];
   snprintf(path, sizeof path, "%s/%s", dir, location);
   FILE *f = fopen(path, "rb");
-  kiln_status st = KILN_OK;
   if (!f) return kiln_set_error(KILN_ERR_IO, "tensor '%s': cannot open external data %s", tensor_name(t), path);
-  if (fseek(f, offset, SEEK_SET) || fread(dst, 1, nbytes, f) != nbytes)
-    st = kiln_set_error(KILN_ERR_PARSE, "tensor '%s': external data %s is shorter than offset %lld + %zu bytes",
-                        tensor_name(t), path, offset, nbytes);
-  fclose(f);
-  return st;
+  long size = fseek(f, 0, SEEK_END) ? -1 : ftell(f);
+  if (size < 0 || (uint64_t)size < (uint64_t)offset + nbytes || fseek(f, offset, SEEK_SET)) {
+    fclose(f);
+    return kiln_set_error(KILN_ERR_PARSE, "tensor '%s': external data %s is shorter than offset %lld + %llu bytes",
+                          tensor_name(t), path, offset, (unsigned long long)nbytes);
+  }
+  *out = f;
+  return KILN_OK;
 }
 
 kiln_status onnx_tensor_from_proto(const Onnx__TensorProto *t, const char *dir, kiln_tensor **out) {
@@ -101,15 +106,42 @@ kiln_status onnx_tensor_from_proto(const Onnx__TensorProto *t, const char *dir, 
   if (dt < 0) return kiln_set_error(KILN_ERR_UNSUPPORTED, "tensor '%s': ONNX data type %d is not supported", tensor_name(t), t->data_type);
   if (t->n_dims > KILN_MAX_RANK) return kiln_set_error(KILN_ERR_UNSUPPORTED, "tensor '%s': rank %zu", tensor_name(t), t->n_dims);
   int64_t dims[KILN_MAX_RANK];
-  for (size_t i = 0; i < t->n_dims; i++) dims[i] = t->dims[i];
+  uint64_t numel = 1;
+  for (size_t i = 0; i < t->n_dims; i++) {
+    dims[i] = t->dims[i];
+    if (dims[i] < 0 || (dims[i] && numel > (UINT64_MAX >> 8) / (uint64_t)dims[i]))
+      return kiln_set_error(KILN_ERR_PARSE, "tensor '%s': bad dimension %lld", tensor_name(t), (long long)dims[i]);
+    numel *= (uint64_t)dims[i];
+  }
+  /* the values must be in the file (or the external file) before anything is allocated */
+  uint64_t want = numel * kiln_dtype_size((kiln_dtype)dt), avail;
+  bool external = t->has_data_location && t->data_location == ONNX__TENSOR_PROTO__DATA_LOCATION__EXTERNAL;
+  FILE *ext = NULL;
+  if (external) {
+    kiln_status st = open_external(t, dir, want, &ext);
+    if (st != KILN_OK) return st;
+    avail = want;
+  }
+  else if (t->has_raw_data) avail = t->raw_data.len;
+  else
+    avail = (uint64_t)(dt == KILN_F32 ? t->n_float_data : dt == KILN_F64 ? t->n_double_data : dt == KILN_I64 ? t->n_int64_data
+                                                                                                        : t->n_int32_data) *
+            kiln_dtype_size((kiln_dtype)dt);
+  if (avail != want)
+    return kiln_set_error(KILN_ERR_PARSE, "tensor '%s': %llu bytes of values, the shape needs %llu", tensor_name(t),
+                          (unsigned long long)avail, (unsigned long long)want);
   kiln_tensor *x = kiln_tensor_new((kiln_dtype)dt, (int)t->n_dims, dims);
-  if (!x) return kiln_set_error(KILN_ERR_PARSE, "tensor '%s': %s", tensor_name(t), kiln_errmsg());
+  if (!x) {
+    if (ext) fclose(ext);
+    return kiln_set_error(KILN_ERR_PARSE, "tensor '%s': %s", tensor_name(t), kiln_errmsg());
+  }
   size_t n = (size_t)kiln_tensor_numel(x), nbytes = kiln_tensor_nbytes(x);
   void *d = kiln_tensor_data(x);
   kiln_status st = KILN_OK;
   size_t have;
-  if (t->has_data_location && t->data_location == ONNX__TENSOR_PROTO__DATA_LOCATION__EXTERNAL) {
-    st = read_external(t, dir, d, nbytes);
+  if (ext) {
+    if (fread(d, 1, nbytes, ext) != nbytes) st = kiln_set_error(KILN_ERR_IO, "tensor '%s': reading external data failed", tensor_name(t));
+    fclose(ext);
   } else if (t->has_raw_data) {
     if (t->raw_data.len != nbytes)
       st = kiln_set_error(KILN_ERR_PARSE, "tensor '%s': %zu raw bytes, the shape needs %zu", tensor_name(t), t->raw_data.len, nbytes);
@@ -372,6 +404,23 @@ static kiln_status import_graph(onnx_ctx *c, const Onnx__GraphProto *gp, const c
   return st;
 }
 
+/* protobuf-c leaves absent proto2 strings NULL: names the importer relies on must be there. */
+static kiln_status check_names(const char *path, const Onnx__GraphProto *g) {
+  for (size_t i = 0; i < g->n_input; i++)
+    if (!g->input[i]->name) return kiln_set_error(KILN_ERR_PARSE, "%s: graph input %zu has no name", path, i);
+  for (size_t i = 0; i < g->n_output; i++)
+    if (!g->output[i]->name) return kiln_set_error(KILN_ERR_PARSE, "%s: graph output %zu has no name", path, i);
+  for (size_t i = 0; i < g->n_initializer; i++)
+    if (!g->initializer[i]->name) return kiln_set_error(KILN_ERR_PARSE, "%s: initializer %zu has no name", path, i);
+  for (size_t i = 0; i < g->n_node; i++) {
+    const Onnx__NodeProto *n = g->node[i];
+    if (!n->op_type) return kiln_set_error(KILN_ERR_PARSE, "%s: node %zu has no op_type", path, i);
+    for (size_t a = 0; a < n->n_attribute; a++)
+      if (!n->attribute[a]->name) return kiln_set_error(KILN_ERR_PARSE, "%s: node %zu (%s): attribute %zu has no name", path, i, n->op_type, a);
+  }
+  return KILN_OK;
+}
+
 /* One import of the parsed model into a new graph. */
 static kiln_status import_model(onnx_ctx *c, const Onnx__ModelProto *m, const char *dir) {
   c->g = kiln_graph_new();
@@ -409,7 +458,7 @@ kiln_status kiln_onnx_load_with(const char *path, const kiln_onnx_options *opts,
   else if (!m->graph) st = kiln_set_error(KILN_ERR_PARSE, "%s: the model has no graph", path);
   else if (c.opset < 6 || c.opset > 17) /* 6: what PyTorch's older exporter wrote */
     st = kiln_set_error(KILN_ERR_UNSUPPORTED, "%s: opset %lld is outside the supported 6..17", path, (long long)c.opset);
-  else {
+  else if ((st = check_names(path, m->graph)) == KILN_OK) {
     char *d = dirname(dir);
     /* each round freezes the offered inputs the last one needed as constants */
     for (;;) {
@@ -420,6 +469,7 @@ kiln_status kiln_onnx_load_with(const char *path, const kiln_onnx_options *opts,
       if (st == KILN_OK || !more) break;
     }
   }
+  for (size_t k = 0; st == KILN_OK && opts && opts->frozen && k < noff; k++) opts->frozen[k] = c.frozen[k];
   free(c.vals);
   free(c.frozen);
   free(c.wanted);

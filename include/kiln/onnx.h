@@ -30,6 +30,7 @@ typedef struct kiln_onnx_options {
   const char *const *input_names;
   const kiln_tensor *const *input_values;
   size_t ninputs;
+  bool *frozen; /* optional, ninputs entries: set where the offered input became a constant */
 } kiln_onnx_options;
 KILN_API kiln_status kiln_onnx_load_with(const char *path, const kiln_onnx_options *opts, kiln_graph **out);
 /* Writes t as an ONNX TensorProto file named `name` (atomically). */
