@@ -17,6 +17,7 @@ typedef struct cg {
   const kiln_graph *g;
   LLVMValueRef fn;         /* function being emitted */
   LLVMValueRef gemm[KILN_DTYPE_COUNT]; /* lazily emitted GEMM helpers */
+  bool no_memory_plan;     /* a buffer per node (the "memory-plan" pass disabled) */
   char err[512];
 } cg;
 
@@ -33,6 +34,8 @@ typedef struct {
 typedef struct cg_plan {
   uint32_t nin, nout;
   uint64_t workspace;      /* bytes */
+  uint64_t buffers_unplanned; /* intermediate bytes without memory planning (for stats) */
+  size_t kernels;          /* node functions emitted */
   buf_loc *locs;           /* per node */
   int32_t *out_node;       /* per output: node index */
   bool *out_direct;        /* per output: written by generated code */

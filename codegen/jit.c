@@ -25,7 +25,8 @@ typedef struct spec {
 
 struct kiln_exec {
   kiln_graph *g;
-  bool generic_cpu, keep_ir;
+  bool generic_cpu, keep_ir, no_memory_plan;
+  size_t last_spec; /* the most recently built, for kiln_exec_get_stats */
   spec *specs;
   size_t nspecs;
   char *ir;
@@ -49,7 +50,7 @@ static kiln_status build_spec(kiln_exec *e, int64_t batch, spec *s) {
     if (kiln_shape_numel(s->g->nodes[i].rank, s->g->nodes[i].dims) < 0)
       return kiln_set_error(KILN_ERR_INVALID, "compile: %%%u has a symbolic dim that no input binds", i);
 
-  cg c = {.g = s->g};
+  cg c = {.g = s->g, .no_memory_plan = e->no_memory_plan};
   LLVMTargetMachineRef tm = cg_target_machine(NULL, e->generic_cpu ? "generic" : "native", &c.vec_bytes);
   if (!tm) return KILN_ERR_BACKEND;
   LLVMOrcThreadSafeContextRef tsc = LLVMOrcCreateNewThreadSafeContext();
@@ -131,6 +132,16 @@ kiln_status kiln_compile(const kiln_graph *g, const kiln_compile_options *opts, 
       }
       e->generic_cpu = true;
     }
+    /* names separated by commas; an unknown one is an error rather than a silent full pipeline */
+    for (const char *p = opts->disable_passes; p && *p;) {
+      size_t len = strcspn(p, ",");
+      if (len == 11 && !strncmp(p, "memory-plan", len)) e->no_memory_plan = true;
+      else if (len) {
+        kiln_exec_free(e);
+        return kiln_set_error(KILN_ERR_INVALID, "compile: no pass named '%.*s' to disable (known: memory-plan)", (int)len, p);
+      }
+      p += len + (p[len] == ',');
+    }
   }
   uint32_t np = kiln_graph_num_inputs(e->g), k = 0;
   e->in_names = calloc(np + 1, sizeof *e->in_names);
@@ -188,6 +199,14 @@ const char *kiln_exec_output_name(const kiln_exec *e, size_t i) {
 }
 const char *kiln_exec_llvm_ir(const kiln_exec *e) { return e->ir; }
 
+kiln_status kiln_exec_get_stats(const kiln_exec *e, kiln_exec_stats *out) {
+  if (!e || !out) return kiln_set_error(KILN_ERR_INVALID, "exec_get_stats: NULL argument");
+  if (!e->nspecs) return kiln_set_error(KILN_ERR_INVALID, "exec_get_stats: nothing compiled yet (the batch size is not known before a run)");
+  const cg_plan *p = &e->specs[e->last_spec].plan;
+  *out = (kiln_exec_stats){.kernels = p->kernels, .workspace_bytes = p->workspace, .unplanned_bytes = p->buffers_unplanned};
+  return KILN_OK;
+}
+
 static kiln_status find_spec(kiln_exec *e, int64_t batch, spec **out) {
   for (size_t i = 0; i < e->nspecs; i++)
     if (e->specs[i].batch == batch) {
@@ -207,6 +226,7 @@ static kiln_status find_spec(kiln_exec *e, int64_t batch, spec **out) {
   }
   e->specs = ns;
   e->specs[e->nspecs] = s;
+  e->last_spec = e->nspecs;
   *out = &e->specs[e->nspecs++];
   return KILN_OK;
 }

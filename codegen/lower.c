@@ -12,6 +12,7 @@
  * memory-planning pass's job). Nodes no output depends on are not emitted. */
 #include <string.h>
 #include "codegen/cg.h"
+#include "passes/passes.h"
 
 typedef struct {
   const kiln_node *n;
@@ -466,12 +467,25 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
       plan->out_direct[j] = true;
     }
   }
-  for (uint32_t i = 0; i < g->nnodes; i++) {
+  uint64_t *bytes = calloc(g->nnodes + 1, sizeof *bytes), *offsets = calloc(g->nnodes + 1, sizeof *offsets);
+  kiln_memory_stats mem = {0};
+  kiln_status pst = bytes && offsets ? KILN_OK : kiln_set_error(KILN_ERR_NOMEM, "codegen: out of memory");
+  for (uint32_t i = 0; i < g->nnodes && pst == KILN_OK; i++) {
     const kiln_node *n = &g->nodes[i];
-    if (!live[i] || plan->locs[i].kind != BUF_WORK) continue;
-    plan->locs[i].offset = ws;
-    ws = align64(ws + (uint64_t)kiln_shape_numel(n->rank, n->dims) * kiln_dtype_size((kiln_dtype)n->dtype));
+    if (live[i] && plan->locs[i].kind == BUF_WORK)
+      bytes[i] = (uint64_t)kiln_shape_numel(n->rank, n->dims) * kiln_dtype_size((kiln_dtype)n->dtype);
   }
+  if (pst == KILN_OK) pst = kiln_plan_memory(g, bytes, live, !c->no_memory_plan, offsets, &mem);
+  for (uint32_t i = 0; i < g->nnodes && pst == KILN_OK; i++)
+    if (bytes[i]) plan->locs[i].offset = offsets[i];
+  free(bytes);
+  free(offsets);
+  if (pst != KILN_OK) {
+    free(live);
+    return pst;
+  }
+  ws = mem.peak;
+  plan->buffers_unplanned = mem.unplanned;
   for (uint32_t i = 0; i < g->nnodes; i++)
     if (live[i]) {
       uint64_t s = scratch_bytes(g, &g->nodes[i]);
@@ -529,6 +543,7 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
       break;
     }
     LLVMBuildRet(c->b, LLVMConstInt(c->i32, 0, 0));
+    plan->kernels++;
     LLVMValueRef cargs[64];
     cargs[0] = ptrs[i];
     for (uint32_t j = 0; j < n->ninputs; j++) cargs[j + 1] = ptrs[n->inputs[j]];

@@ -124,6 +124,43 @@ static void test_generic_cpu(void **s) {
   kiln_graph_free(g);
 }
 
+/* A chain of element-wise steps with a value read again much later: with memory
+ * planning the workspace holds a few buffers instead of one per step, the long-lived
+ * value is not overwritten early (results equal the unplanned build bit for bit and
+ * the reference evaluator within rounding), and disabling an unknown pass is an error. */
+static void test_memory_plan_reuses_buffers(void **s) {
+  (void)s;
+  kiln_graph *g = kiln_graph_new();
+  kiln_value x = kiln_placeholder(g, "x", KILN_F32, KILN_SHAPE(256, 256));
+  kiln_value keep = kiln_exp(g, kiln_neg(g, kiln_abs(g, x))), v = keep; /* read again at the end */
+  for (int i = 0; i < 12; i++) v = i % 2 ? kiln_sqrt(g, kiln_abs(g, v)) : kiln_add(g, kiln_mul(g, v, v), keep);
+  kiln_output(g, "y", kiln_sub(g, v, keep));
+  trng r = {7};
+  kiln_tensor *in = random_tensor(&r, KILN_F32, 2, (int64_t[]){256, 256}, -2, 2);
+  kiln_exec *planned, *plain;
+  kiln_compile_options off = {.disable_passes = "memory-plan"}, bad = {.disable_passes = "memory-plan,fusion-of-dreams"};
+  assert_int_equal(kiln_compile(g, NULL, &planned), KILN_OK);
+  assert_int_equal(kiln_compile(g, &off, &plain), KILN_OK);
+  kiln_exec *e;
+  assert_int_equal(kiln_compile(g, &bad, &e), KILN_ERR_INVALID);
+  assert_non_null(strstr(kiln_errmsg(), "fusion-of-dreams"));
+  kiln_exec_stats a, b;
+  assert_int_equal(kiln_exec_get_stats(planned, &a), KILN_OK);
+  assert_int_equal(kiln_exec_get_stats(plain, &b), KILN_OK);
+  uint64_t buf = 256 * 256 * 4;
+  if (b.workspace_bytes < 20 * buf || a.workspace_bytes > 4 * buf + (b.workspace_bytes - b.unplanned_bytes))
+    fail_msg("workspace %llu planned vs %llu unplanned", (unsigned long long)a.workspace_bytes, (unsigned long long)b.workspace_bytes);
+  assert_int_equal(a.unplanned_bytes, b.unplanned_bytes);
+  kiln_tensor *ya, *yb;
+  assert_int_equal(kiln_exec_run(planned, (const kiln_tensor *const *)&in, 1, &ya, 1), KILN_OK);
+  assert_int_equal(kiln_exec_run(plain, (const kiln_tensor *const *)&in, 1, &yb, 1), KILN_OK);
+  assert_memory_equal(kiln_tensor_cdata(ya), kiln_tensor_cdata(yb), kiln_tensor_nbytes(ya));
+  assert_int_equal(check_graph("memory plan", g, &in, 1, 1e-5, 1e-5), 0);
+  kiln_tensor_free(ya), kiln_tensor_free(yb), kiln_tensor_free(in);
+  kiln_exec_free(planned), kiln_exec_free(plain);
+  kiln_graph_free(g);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_loops_vectorize_with_fma),
@@ -131,6 +168,7 @@ int main(void) {
       cmocka_unit_test(test_exp_log_special_values),
       cmocka_unit_test(test_batch_specialisation),
       cmocka_unit_test(test_generic_cpu),
+      cmocka_unit_test(test_memory_plan_reuses_buffers),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

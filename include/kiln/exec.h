@@ -23,7 +23,19 @@ typedef struct kiln_exec kiln_exec;
 typedef struct kiln_compile_options {
   const char *cpu;      /* NULL or "native": host CPU and features; "generic": portable */
   bool keep_ir;         /* keep the optimized LLVM IR text (kiln_exec_llvm_ir) */
+  /* Comma-separated passes to skip, for comparisons: "memory-plan" (every
+   * intermediate buffer gets its own bytes). NULL: all passes run. */
+  const char *disable_passes;
 } kiln_compile_options;
+
+/* What the compiler produced for the most recently compiled specialization. */
+typedef struct kiln_exec_stats {
+  size_t kernels;           /* generated kernel functions */
+  uint64_t workspace_bytes; /* intermediate buffers + kernel scratch, as allocated */
+  uint64_t unplanned_bytes; /* intermediate buffers if each had its own bytes */
+} kiln_exec_stats;
+/* KILN_ERR_INVALID while nothing is compiled yet (a symbolic batch before its first run). */
+KILN_API kiln_status kiln_exec_get_stats(const kiln_exec *e, kiln_exec_stats *out);
 
 /* Compiles a copy of g: the caller may free g afterwards. */
 KILN_API kiln_status kiln_compile(const kiln_graph *g, const kiln_compile_options *opts, kiln_exec **out);
