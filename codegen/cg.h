@@ -18,6 +18,7 @@ typedef struct cg {
   LLVMValueRef fn;         /* function being emitted */
   LLVMValueRef gemm[KILN_DTYPE_COUNT]; /* lazily emitted GEMM helpers */
   bool no_memory_plan;     /* a buffer per node (the "memory-plan" pass disabled) */
+  bool no_fusion;          /* a kernel per node (the "fuse" pass disabled) */
   char err[512];
 } cg;
 
@@ -36,6 +37,7 @@ typedef struct cg_plan {
   uint64_t workspace;      /* bytes */
   uint64_t buffers_unplanned; /* intermediate bytes without memory planning (for stats) */
   size_t kernels;          /* node functions emitted */
+  size_t fused;            /* nodes computed inside the kernels that read them */
   buf_loc *locs;           /* per node */
   int32_t *out_node;       /* per output: node index */
   bool *out_direct;        /* per output: written by generated code */

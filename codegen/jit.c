@@ -25,7 +25,7 @@ typedef struct spec {
 
 struct kiln_exec {
   kiln_graph *g;
-  bool generic_cpu, keep_ir, no_memory_plan;
+  bool generic_cpu, keep_ir, no_memory_plan, no_fusion;
   size_t last_spec; /* the most recently built, for kiln_exec_get_stats */
   spec *specs;
   size_t nspecs;
@@ -50,7 +50,7 @@ static kiln_status build_spec(kiln_exec *e, int64_t batch, spec *s) {
     if (kiln_shape_numel(s->g->nodes[i].rank, s->g->nodes[i].dims) < 0)
       return kiln_set_error(KILN_ERR_INVALID, "compile: %%%u has a symbolic dim that no input binds", i);
 
-  cg c = {.g = s->g, .no_memory_plan = e->no_memory_plan};
+  cg c = {.g = s->g, .no_memory_plan = e->no_memory_plan, .no_fusion = e->no_fusion};
   LLVMTargetMachineRef tm = cg_target_machine(NULL, e->generic_cpu ? "generic" : "native", &c.vec_bytes);
   if (!tm) return KILN_ERR_BACKEND;
   LLVMOrcThreadSafeContextRef tsc = LLVMOrcCreateNewThreadSafeContext();
@@ -136,9 +136,10 @@ kiln_status kiln_compile(const kiln_graph *g, const kiln_compile_options *opts, 
     for (const char *p = opts->disable_passes; p && *p;) {
       size_t len = strcspn(p, ",");
       if (len == 11 && !strncmp(p, "memory-plan", len)) e->no_memory_plan = true;
+      else if (len == 4 && !strncmp(p, "fuse", len)) e->no_fusion = true;
       else if (len) {
         kiln_exec_free(e);
-        return kiln_set_error(KILN_ERR_INVALID, "compile: no pass named '%.*s' to disable (known: memory-plan)", (int)len, p);
+        return kiln_set_error(KILN_ERR_INVALID, "compile: no pass named '%.*s' to disable (known: fuse, memory-plan)", (int)len, p);
       }
       p += len + (p[len] == ',');
     }
@@ -203,7 +204,8 @@ kiln_status kiln_exec_get_stats(const kiln_exec *e, kiln_exec_stats *out) {
   if (!e || !out) return kiln_set_error(KILN_ERR_INVALID, "exec_get_stats: NULL argument");
   if (!e->nspecs) return kiln_set_error(KILN_ERR_INVALID, "exec_get_stats: nothing compiled yet (the batch size is not known before a run)");
   const cg_plan *p = &e->specs[e->last_spec].plan;
-  *out = (kiln_exec_stats){.kernels = p->kernels, .workspace_bytes = p->workspace, .unplanned_bytes = p->buffers_unplanned};
+  *out = (kiln_exec_stats){.kernels = p->kernels, .fused_nodes = p->fused, .workspace_bytes = p->workspace,
+                           .unplanned_bytes = p->buffers_unplanned};
   return KILN_OK;
 }
 

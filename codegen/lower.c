@@ -14,11 +14,19 @@
 #include "codegen/cg.h"
 #include "passes/passes.h"
 
+#define MAX_LEAVES 62
+
+/* One kernel being emitted: node n, plus the nodes fused into it (inlined), whose
+ * stored inputs ("leaves") are the kernel's pointer parameters. */
 typedef struct {
   const kiln_node *n;
   uint32_t id;
   LLVMValueRef out, scratch;
-  LLVMValueRef in[64];
+  LLVMValueRef in[64];    /* n's inputs as pointers (for the matmul/conv/pool kernels) */
+  const bool *inlined;    /* per node */
+  uint32_t nleaves;
+  uint32_t leaf[MAX_LEAVES];
+  LLVMValueRef leaf_ptr[MAX_LEAVES];
 } node_ctx;
 
 static LLVMValueRef add(cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildAdd(c->b, a, b, ""); }
@@ -39,22 +47,74 @@ static const kiln_node *input(cg *c, node_ctx *k, int i) { return &c->g->nodes[k
 
 /* ---- elementwise ---- */
 
-static void ew_body(cg *c, node_ctx *k, LLVMValueRef i) {
-  const kiln_node *n = k->n;
+/* An element-wise op applied to its operands' values. */
+static LLVMValueRef ew_apply(cg *c, const kiln_node *n, const LLVMValueRef *v) {
   kiln_op op = (kiln_op)n->op;
-  LLVMValueRef v[3];
-  for (uint32_t j = 0; j < n->ninputs; j++) v[j] = cg_load(c, dt(input(c, k, (int)j)), k->in[j], i);
+  kiln_dtype in0 = (kiln_dtype)c->g->nodes[n->inputs[0]].dtype;
   LLVMValueRef r;
   if (op == KILN_OP_SELECT)
     r = LLVMBuildSelect(c->b, LLVMBuildICmp(c->b, LLVMIntNE, v[0], LLVMConstInt(c->i8, 0, 0), ""), v[1], v[2], "");
   else if (op == KILN_OP_CAST)
-    r = cg_cast(c, dt(input(c, k, 0)), dt(n), v[0]);
+    r = cg_cast(c, in0, dt(n), v[0]);
   else if (n->ninputs == 1)
     r = cg_unary(c, op, dt(n), v[0]);
   else
-    r = cg_binary(c, op, dt(input(c, k, 0)), v[0], v[1]);
+    r = cg_binary(c, op, in0, v[0], v[1]);
   KILN_ASSERT(r);
-  cg_store(c, dt(n), r, k->out, i);
+  return r;
+}
+
+static LLVMValueRef iota_at(cg *c, const kiln_node *n, LLVMValueRef i) {
+  int64_t axis = kiln_attr_int(n, KILN_ATTR_AXIS, 0), st[KILN_MAX_RANK];
+  kiln_strides(n->rank, n->dims, st);
+  LLVMValueRef v = LLVMBuildSRem(c->b, LLVMBuildSDiv(c->b, i, cg_i64(c, st[axis]), ""), cg_i64(c, n->dims[axis]), "");
+  return cg_cast(c, KILN_I64, dt(n), v);
+}
+
+/* The flat index into broadcast_to n's input of n's element i. */
+static LLVMValueRef broadcast_source(cg *c, const kiln_node *n, LLVMValueRef i) {
+  const kiln_node *x = &c->g->nodes[n->inputs[0]];
+  int64_t ost[KILN_MAX_RANK], xst[KILN_MAX_RANK];
+  kiln_strides(n->rank, n->dims, ost);
+  kiln_strides(x->rank, x->dims, xst);
+  LLVMValueRef xi = cg_i64(c, 0);
+  for (int d = 0; d < x->rank; d++) {
+    int od = n->rank - x->rank + d;
+    if (x->dims[d] == 1) continue;
+    LLVMValueRef iv = LLVMBuildURem(c->b, LLVMBuildUDiv(c->b, i, cg_i64(c, ost[od]), ""), cg_i64(c, n->dims[od]), "");
+    xi = add(c, xi, mul(c, iv, cg_i64(c, xst[d])));
+  }
+  return xi;
+}
+
+/* The value of node id at flat index i inside kernel k: loaded from a leaf buffer,
+ * or computed when the node is fused into the kernel. */
+static LLVMValueRef value_of(cg *c, node_ctx *k, uint32_t id, LLVMValueRef i) {
+  const kiln_node *n = &c->g->nodes[id];
+  if (!k->inlined || !k->inlined[id]) {
+    for (uint32_t l = 0; l < k->nleaves; l++)
+      if (k->leaf[l] == id) return cg_load(c, dt(n), k->leaf_ptr[l], i);
+    KILN_ASSERT(!"a kernel reads a node that is neither fused nor among its parameters");
+  }
+  switch ((kiln_op)n->op) {
+  case KILN_OP_CONST: return cg_fill_value(c, dt(n), kiln_attr_float(n, KILN_ATTR_VALUE, 0));
+  case KILN_OP_IOTA: return iota_at(c, n, i);
+  case KILN_OP_RESHAPE: return value_of(c, k, n->inputs[0], i);
+  case KILN_OP_BROADCAST_TO: return value_of(c, k, n->inputs[0], broadcast_source(c, n, i));
+  default: {
+    LLVMValueRef v[3];
+    for (uint32_t j = 0; j < n->ninputs; j++) v[j] = value_of(c, k, n->inputs[j], i);
+    return ew_apply(c, n, v);
+  }
+  }
+}
+
+static LLVMValueRef load_in(cg *c, node_ctx *k, int j, LLVMValueRef i) { return value_of(c, k, k->n->inputs[j], i); }
+
+static void ew_body(cg *c, node_ctx *k, LLVMValueRef i) {
+  LLVMValueRef v[3];
+  for (uint32_t j = 0; j < k->n->ninputs; j++) v[j] = load_in(c, k, (int)j, i);
+  cg_store(c, dt(k->n), ew_apply(c, k->n, v), k->out, i);
 }
 
 /* ---- sources ---- */
@@ -63,13 +123,7 @@ static void fill_body(cg *c, node_ctx *k, LLVMValueRef i) {
   cg_store(c, dt(k->n), cg_fill_value(c, dt(k->n), kiln_attr_float(k->n, KILN_ATTR_VALUE, 0)), k->out, i);
 }
 
-static void iota_body(cg *c, node_ctx *k, LLVMValueRef i) {
-  const kiln_node *n = k->n;
-  int64_t axis = kiln_attr_int(n, KILN_ATTR_AXIS, 0), st[KILN_MAX_RANK];
-  kiln_strides(n->rank, n->dims, st);
-  LLVMValueRef v = LLVMBuildSRem(c->b, LLVMBuildSDiv(c->b, i, cg_i64(c, st[axis]), ""), cg_i64(c, n->dims[axis]), "");
-  cg_store(c, dt(n), cg_cast(c, KILN_I64, dt(n), v), k->out, i);
-}
+static void iota_body(cg *c, node_ctx *k, LLVMValueRef i) { cg_store(c, dt(k->n), iota_at(c, k->n, i), k->out, i); }
 
 /* The same SplitMix64 finaliser as ir/rng.c, on i64 values. */
 static LLVMValueRef rng_uniform01(cg *c, LLVMValueRef seed_term, LLVMValueRef counter) {
@@ -85,7 +139,7 @@ static void rng_body(cg *c, node_ctx *k, LLVMValueRef i) {
   const kiln_node *n = k->n;
   /* seed' * phi + c with seed' = kiln_rng_stream(seed, key), as in ir/rng.c */
   uint64_t seed = (uint64_t)kiln_attr_int(n, KILN_ATTR_SEED, 0);
-  LLVMValueRef key = cg_cast(c, dt(input(c, k, 0)), KILN_I64, cg_load(c, dt(input(c, k, 0)), k->in[0], cg_i64(c, 0)));
+  LLVMValueRef key = cg_cast(c, dt(input(c, k, 0)), KILN_I64, load_in(c, k, 0, cg_i64(c, 0)));
   LLVMValueRef stream = add(c, LLVMConstInt(c->i64, seed, 0), mul(c, key, LLVMConstInt(c->i64, 0xA0761D6478BD642Full, 0)));
   LLVMValueRef seed_term = add(c, mul(c, stream, LLVMConstInt(c->i64, 0x9E3779B97F4A7C15ull, 0)),
                                LLVMConstInt(c->i64, 0x8CB92BA72F3D8DD7ull, 0));
@@ -123,7 +177,7 @@ static void red_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
   LLVMValueRef j = cg_i64(c, 0);
   for (int d = 0; d < x->rank; d++)
     if (!r->red[d]) j = add(c, j, mul(c, ivs[d], cg_i64(c, r->kept_st[d])));
-  LLVMValueRef v = cg_load(c, r->xt, r->k->in[0], cg_linear(c, x->rank, x->dims, ivs));
+  LLVMValueRef v = load_in(c, r->k, 0, cg_linear(c, x->rank, x->dims, ivs));
   if (n->op == KILN_OP_ARGMAX) {
     LLVMValueRef pos = ivs[kiln_attr_int(n, KILN_ATTR_AXIS, 0)];
     LLVMValueRef best = cg_load(c, r->xt, r->k->scratch, j);
@@ -194,14 +248,14 @@ typedef struct {
   LLVMBasicBlockRef fail;    /* gather */
 } mov_ctx;
 
-static void copy_body(cg *c, node_ctx *k, LLVMValueRef i) { cg_store(c, dt(k->n), cg_load(c, dt(k->n), k->in[0], i), k->out, i); }
+static void copy_body(cg *c, node_ctx *k, LLVMValueRef i) { cg_store(c, dt(k->n), load_in(c, k, 0, i), k->out, i); }
 
 static void transpose_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
   mov_ctx *m = vctx;
   const kiln_node *n = m->k->n;
   LLVMValueRef xi = cg_i64(c, 0);
   for (int d = 0; d < n->rank; d++) xi = add(c, xi, mul(c, ivs[d], cg_i64(c, m->st[m->a[d]])));
-  cg_store(c, dt(n), cg_load(c, dt(n), m->k->in[0], xi), m->k->out, cg_linear(c, n->rank, n->dims, ivs));
+  cg_store(c, dt(n), load_in(c, m->k, 0, xi), m->k->out, cg_linear(c, n->rank, n->dims, ivs));
 }
 
 static void broadcast_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
@@ -210,7 +264,7 @@ static void broadcast_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
   LLVMValueRef xi = cg_i64(c, 0);
   for (int d = 0; d < x->rank; d++)
     if (x->dims[d] != 1) xi = add(c, xi, mul(c, ivs[n->rank - x->rank + d], cg_i64(c, m->st[d])));
-  cg_store(c, dt(n), cg_load(c, dt(n), m->k->in[0], xi), m->k->out, cg_linear(c, n->rank, n->dims, ivs));
+  cg_store(c, dt(n), load_in(c, m->k, 0, xi), m->k->out, cg_linear(c, n->rank, n->dims, ivs));
 }
 
 static void concat_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
@@ -219,7 +273,7 @@ static void concat_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
   int64_t axis = kiln_attr_int(n, KILN_ATTR_AXIS, 0);
   LLVMValueRef oivs[KILN_MAX_RANK];
   for (int d = 0; d < n->rank; d++) oivs[d] = d == axis ? add(c, ivs[d], cg_i64(c, m->offset)) : ivs[d];
-  LLVMValueRef v = cg_load(c, dt(n), m->k->in[m->which], cg_linear(c, x->rank, x->dims, ivs));
+  LLVMValueRef v = load_in(c, m->k, (int)m->which, cg_linear(c, x->rank, x->dims, ivs));
   cg_store(c, dt(n), v, m->k->out, cg_linear(c, n->rank, n->dims, oivs));
 }
 
@@ -235,7 +289,7 @@ static void slice_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
   mov_ctx *m = vctx;
   const kiln_node *n = m->k->n;
   LLVMValueRef xi = strided_offset(c, m, n->rank, ivs);
-  cg_store(c, dt(n), cg_load(c, dt(n), m->k->in[0], xi), m->k->out, cg_linear(c, n->rank, n->dims, ivs));
+  cg_store(c, dt(n), load_in(c, m->k, 0, xi), m->k->out, cg_linear(c, n->rank, n->dims, ivs));
 }
 
 /* Loads from a clamped index and selects the pad value, so the loop stays branch-free. */
@@ -250,16 +304,16 @@ static void pad_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
     xi = add(c, xi, mul(c, LLVMBuildSelect(c->b, ok, q, cg_i64(c, 0), ""), cg_i64(c, m->st[d])));
   }
   LLVMValueRef pv = cg_fill_value(c, dt(n), kiln_attr_float(n, KILN_ATTR_VALUE, 0));
-  LLVMValueRef v = kiln_shape_numel(x->rank, x->dims) ? LLVMBuildSelect(c->b, inside, cg_load(c, dt(n), m->k->in[0], xi), pv, "") : pv;
+  LLVMValueRef v = kiln_shape_numel(x->rank, x->dims) ? LLVMBuildSelect(c->b, inside, load_in(c, m->k, 0, xi), pv, "") : pv;
   cg_store(c, dt(n), v, m->k->out, cg_linear(c, n->rank, n->dims, ivs));
 }
 
 /* Gather and scatter_add address a tensor of `rank` dims (strides m->st) whose dim `axis` has
  * `size` entries: the index is loaded from indices at ivs[axis..], negatives wrap, anything
  * outside [0, size) branches to m->fail; the other dims come from ivs. Returns the offset. */
-static LLVMValueRef indexed_offset(cg *c, mov_ctx *m, const kiln_node *ix, LLVMValueRef ix_ptr, const LLVMValueRef *ivs,
+static LLVMValueRef indexed_offset(cg *c, mov_ctx *m, const kiln_node *ix, int ix_input, const LLVMValueRef *ivs,
                                    int64_t axis, int rank, int64_t size) {
-  LLVMValueRef v = cg_cast(c, dt(ix), KILN_I64, cg_load(c, dt(ix), ix_ptr, cg_linear(c, ix->rank, ix->dims, ivs + axis)));
+  LLVMValueRef v = cg_cast(c, dt(ix), KILN_I64, load_in(c, m->k, ix_input, cg_linear(c, ix->rank, ix->dims, ivs + axis)));
   LLVMValueRef neg = LLVMBuildICmp(c->b, LLVMIntSLT, v, cg_i64(c, 0), "");
   v = LLVMBuildSelect(c->b, neg, add(c, v, cg_i64(c, size)), v, "");
   LLVMBasicBlockRef ok = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "idx.ok");
@@ -277,8 +331,8 @@ static void gather_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
   mov_ctx *m = vctx;
   const kiln_node *n = m->k->n, *x = input(c, m->k, 0), *ix = input(c, m->k, 1);
   int64_t axis = kiln_attr_int(n, KILN_ATTR_AXIS, 0);
-  LLVMValueRef xi = indexed_offset(c, m, ix, m->k->in[1], ivs, axis, x->rank, x->dims[axis]);
-  cg_store(c, dt(n), cg_load(c, dt(n), m->k->in[0], xi), m->k->out, cg_linear(c, n->rank, n->dims, ivs));
+  LLVMValueRef xi = indexed_offset(c, m, ix, 1, ivs, axis, x->rank, x->dims[axis]);
+  cg_store(c, dt(n), load_in(c, m->k, 0, xi), m->k->out, cg_linear(c, n->rank, n->dims, ivs));
 }
 
 static void zero_body(cg *c, node_ctx *k, LLVMValueRef i) { cg_store(c, dt(k->n), cg_fill_value(c, dt(k->n), 0), k->out, i); }
@@ -288,15 +342,15 @@ static void unslice_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
   mov_ctx *m = vctx;
   const kiln_node *n = m->k->n, *x = input(c, m->k, 0);
   LLVMValueRef oi = strided_offset(c, m, n->rank, ivs);
-  cg_store(c, dt(n), cg_load(c, dt(n), m->k->in[0], cg_linear(c, x->rank, x->dims, ivs)), m->k->out, oi);
+  cg_store(c, dt(n), load_in(c, m->k, 0, cg_linear(c, x->rank, x->dims, ivs)), m->k->out, oi);
 }
 
 static void scatter_add_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
   mov_ctx *m = vctx;
   const kiln_node *n = m->k->n, *ix = input(c, m->k, 0), *u = input(c, m->k, 1);
   int64_t axis = kiln_attr_int(n, KILN_ATTR_AXIS, 0);
-  LLVMValueRef oi = indexed_offset(c, m, ix, m->k->in[0], ivs, axis, n->rank, n->dims[axis]);
-  LLVMValueRef x = cg_load(c, dt(n), m->k->in[1], cg_linear(c, u->rank, u->dims, ivs));
+  LLVMValueRef oi = indexed_offset(c, m, ix, 0, ivs, axis, n->rank, n->dims[axis]);
+  LLVMValueRef x = load_in(c, m->k, 1, cg_linear(c, u->rank, u->dims, ivs));
   LLVMValueRef acc = cg_load(c, dt(n), m->k->out, oi);
   cg_store(c, dt(n), cg_binary(c, KILN_OP_ADD, dt(n), acc, x), m->k->out, oi);
 }
@@ -314,7 +368,7 @@ static LLVMBasicBlockRef fail_block(cg *c, node_ctx *k) {
 static void one_hot_body(cg *c, node_ctx *k, LLVMValueRef i) {
   const kiln_node *n = k->n, *ix = input(c, k, 0);
   LLVMValueRef depth = cg_i64(c, n->dims[n->rank - 1]);
-  LLVMValueRef v = cg_cast(c, dt(ix), KILN_I64, cg_load(c, dt(ix), k->in[0], LLVMBuildSDiv(c->b, i, depth, "")));
+  LLVMValueRef v = cg_cast(c, dt(ix), KILN_I64, load_in(c, k, 0, LLVMBuildSDiv(c->b, i, depth, "")));
   LLVMValueRef hot = LLVMBuildICmp(c->b, LLVMIntEQ, v, LLVMBuildSRem(c->b, i, depth, ""), "");
   cg_store(c, dt(n), cg_cast(c, KILN_BOOL, dt(n), LLVMBuildZExt(c->b, hot, c->i8, "")), k->out, i);
 }
@@ -411,6 +465,28 @@ static uint64_t scratch_bytes(const kiln_graph *g, const kiln_node *n) {
 
 static uint64_t align64(uint64_t x) { return (x + 63) & ~(uint64_t)63; }
 
+/* The stored nodes kernel k reads, through the nodes fused into it; false past MAX_LEAVES. */
+static bool add_leaves(const kiln_graph *g, const bool *inlined, uint32_t id, node_ctx *k) {
+  const kiln_node *n = &g->nodes[id];
+  for (uint32_t j = 0; j < n->ninputs; j++) {
+    uint32_t p = n->inputs[j];
+    if (inlined[p]) {
+      if (!add_leaves(g, inlined, p, k)) return false;
+      continue;
+    }
+    bool seen = false;
+    for (uint32_t l = 0; l < k->nleaves && !seen; l++) seen = k->leaf[l] == p;
+    if (seen) continue;
+    if (k->nleaves == MAX_LEAVES) return false;
+    k->leaf[k->nleaves++] = p;
+  }
+  return true;
+}
+static bool collect_leaves(const kiln_graph *g, const bool *inlined, uint32_t id, node_ctx *k) {
+  k->nleaves = 0;
+  return add_leaves(g, inlined, id, k);
+}
+
 void cg_plan_free(cg_plan *p) {
   free(p->locs);
   free(p->out_node);
@@ -467,27 +543,37 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
       plan->out_direct[j] = true;
     }
   }
+  /* fusion, then each kernel's leaves, and from them when each buffer is last read */
+  bool *stored = calloc(g->nnodes + 1, 1), *inlined = calloc(g->nnodes + 1, 1);
   uint64_t *bytes = calloc(g->nnodes + 1, sizeof *bytes), *offsets = calloc(g->nnodes + 1, sizeof *offsets);
+  uint32_t *last = calloc(g->nnodes + 1, sizeof *last);
+  node_ctx *kernels = calloc(g->nnodes + 1, sizeof *kernels);
   kiln_memory_stats mem = {0};
-  kiln_status pst = bytes && offsets ? KILN_OK : kiln_set_error(KILN_ERR_NOMEM, "codegen: out of memory");
+  kiln_status pst = stored && inlined && bytes && offsets && last && kernels ? KILN_OK : kiln_set_error(KILN_ERR_NOMEM, "codegen: out of memory");
+  for (uint32_t i = 0; i < g->nnodes && pst == KILN_OK; i++) stored[i] = plan->locs[i].kind != BUF_WORK;
+  if (pst == KILN_OK && !c->no_fusion) plan->fused = kiln_fuse(g, live, stored, MAX_LEAVES, inlined);
   for (uint32_t i = 0; i < g->nnodes && pst == KILN_OK; i++) {
     const kiln_node *n = &g->nodes[i];
-    if (live[i] && plan->locs[i].kind == BUF_WORK)
-      bytes[i] = (uint64_t)kiln_shape_numel(n->rank, n->dims) * kiln_dtype_size((kiln_dtype)n->dtype);
+    last[i] = i;
+    if (!live[i] || inlined[i] || plan->locs[i].kind == BUF_INPUT || plan->locs[i].kind == BUF_CONST) continue;
+    kernels[i].inlined = inlined;
+    if (!collect_leaves(g, inlined, i, &kernels[i]))
+      pst = kiln_set_error(KILN_ERR_UNSUPPORTED, "codegen: %%%u (%s) would read more than %d buffers", i, kiln_ops[n->op].name, MAX_LEAVES);
+    for (uint32_t l = 0; l < kernels[i].nleaves && pst == KILN_OK; l++) last[kernels[i].leaf[l]] = i;
+    if (plan->locs[i].kind == BUF_WORK) bytes[i] = (uint64_t)kiln_shape_numel(n->rank, n->dims) * kiln_dtype_size((kiln_dtype)n->dtype);
   }
-  if (pst == KILN_OK) pst = kiln_plan_memory(g, bytes, live, !c->no_memory_plan, offsets, &mem);
+  if (pst == KILN_OK) pst = kiln_plan_memory(g, bytes, last, !c->no_memory_plan, offsets, &mem);
   for (uint32_t i = 0; i < g->nnodes && pst == KILN_OK; i++)
     if (bytes[i]) plan->locs[i].offset = offsets[i];
-  free(bytes);
-  free(offsets);
+  free(stored), free(bytes), free(offsets), free(last);
   if (pst != KILN_OK) {
-    free(live);
+    free(live), free(inlined), free(kernels);
     return pst;
   }
   ws = mem.peak;
   plan->buffers_unplanned = mem.unplanned;
   for (uint32_t i = 0; i < g->nnodes; i++)
-    if (live[i]) {
+    if (live[i] && !inlined[i]) {
       uint64_t s = scratch_bytes(g, &g->nodes[i]);
       if (s > scratch) scratch = s;
     }
@@ -510,7 +596,7 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
   for (uint32_t i = 0; i < g->nnodes && st == KILN_OK; i++) {
     const kiln_node *n = &g->nodes[i];
     buf_loc *l = &plan->locs[i];
-    if (!live[i]) continue;
+    if (!live[i] || inlined[i]) continue;
     switch (l->kind) {
     case BUF_INPUT: ptrs[i] = ARG(l->index); break;
     case BUF_OUTPUT: ptrs[i] = ARG(plan->nin + l->index); break;
@@ -518,13 +604,10 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
     case BUF_WORK: ptrs[i] = LLVMBuildGEP2(eb, c->i8, wsp, (LLVMValueRef[]){cg_i64(c, (int64_t)l->offset)}, 1, ""); break;
     }
     if (l->kind == BUF_INPUT || l->kind == BUF_CONST) continue;
-    if (n->ninputs > 62) {
-      st = kiln_set_error(KILN_ERR_UNSUPPORTED, "codegen: %s with %u inputs (max 62)", kiln_ops[n->op].name, n->ninputs);
-      break;
-    }
-    /* The node function. */
+    /* The kernel: out, its leaves, scratch. */
+    node_ctx *kp = &kernels[i];
     LLVMTypeRef params[64];
-    unsigned np = n->ninputs + 2;
+    unsigned np = kp->nleaves + 2;
     for (unsigned j = 0; j < np; j++) params[j] = c->ptr;
     LLVMTypeRef fty = LLVMFunctionType(c->i32, params, np, 0);
     char name[64];
@@ -536,8 +619,12 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
     LLVMAddAttributeAtIndex(fn, np, LLVMCreateEnumAttribute(c->ctx, noalias, 0));
     c->fn = fn;
     LLVMPositionBuilderAtEnd(c->b, LLVMAppendBasicBlockInContext(c->ctx, fn, "entry"));
-    node_ctx k = {.n = n, .id = i, .out = LLVMGetParam(fn, 0), .scratch = LLVMGetParam(fn, np - 1)};
-    for (uint32_t j = 0; j < n->ninputs; j++) k.in[j] = LLVMGetParam(fn, j + 1);
+    node_ctx k = *kp;
+    k.n = n, k.id = i, k.out = LLVMGetParam(fn, 0), k.scratch = LLVMGetParam(fn, np - 1);
+    for (uint32_t q = 0; q < k.nleaves; q++) k.leaf_ptr[q] = LLVMGetParam(fn, q + 1);
+    for (uint32_t j = 0; j < n->ninputs; j++)
+      for (uint32_t q = 0; q < k.nleaves; q++)
+        if (k.leaf[q] == n->inputs[j]) k.in[j] = k.leaf_ptr[q];
     if (!lower_node(c, &k)) {
       st = kiln_set_error(KILN_ERR_UNSUPPORTED, "%s", c->err);
       break;
@@ -546,7 +633,7 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
     plan->kernels++;
     LLVMValueRef cargs[64];
     cargs[0] = ptrs[i];
-    for (uint32_t j = 0; j < n->ninputs; j++) cargs[j + 1] = ptrs[n->inputs[j]];
+    for (uint32_t q = 0; q < k.nleaves; q++) cargs[q + 1] = ptrs[k.leaf[q]];
     cargs[np - 1] = scratch_p;
     LLVMValueRef rc = LLVMBuildCall2(eb, fty, fn, cargs, np, "");
     if (n->op == KILN_OP_GATHER || n->op == KILN_OP_SCATTER_ADD) {
@@ -563,5 +650,7 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
   LLVMDisposeBuilder(eb);
   free(ptrs);
   free(live);
+  free(inlined);
+  free(kernels);
   return st;
 }

@@ -57,38 +57,31 @@ static bool give(free_list *f, uint64_t off, uint64_t size) {
   return true;
 }
 
-kiln_status kiln_plan_memory(const kiln_graph *g, const uint64_t *bytes, const bool *live, bool reuse, uint64_t *offsets,
+kiln_status kiln_plan_memory(const kiln_graph *g, const uint64_t *bytes, const uint32_t *last, bool reuse, uint64_t *offsets,
                              kiln_memory_stats *stats) {
   uint32_t n = g->nnodes;
-  uint32_t *last = malloc(sizeof *last * (n + 1));
+  /* the buffers to release after each node's kernel, as linked lists by last reader */
+  uint32_t *head = malloc(sizeof *head * (n + 1)), *next = malloc(sizeof *next * (n + 1));
   free_list f = {0};
-  if (!last) return kiln_set_error(KILN_ERR_NOMEM, "memory plan: out of memory");
-  /* the last live reader of each buffer (itself when none) */
-  for (uint32_t i = 0; i < n; i++) last[i] = i;
-  for (uint32_t i = 0; i < n; i++)
-    if (live[i])
-      for (uint32_t j = 0; j < g->nodes[i].ninputs; j++) last[g->nodes[i].inputs[j]] = i;
+  kiln_status st = head && next ? KILN_OK : kiln_set_error(KILN_ERR_NOMEM, "memory plan: out of memory");
+  for (uint32_t i = 0; i < n && st == KILN_OK; i++) head[i] = UINT32_MAX;
+  for (uint32_t i = 0; i < n && st == KILN_OK; i++)
+    if (bytes[i]) next[i] = head[last[i]], head[last[i]] = i;
   uint64_t end = 0, total = 0;
-  kiln_status st = KILN_OK;
   for (uint32_t i = 0; i < n && st == KILN_OK; i++) {
-    if (!live[i] || !bytes[i]) continue;
-    uint64_t size = align64(bytes[i]);
-    total += size;
-    uint64_t off = reuse ? take(&f, size) : UINT64_MAX;
-    if (off == UINT64_MAX) off = end, end += size;
-    offsets[i] = off;
-    if (!reuse) continue;
-    /* release what node i was the last to read (and its own buffer when nothing reads it) */
-    const kiln_node *nd = &g->nodes[i];
-    for (uint32_t j = 0; j <= nd->ninputs && st == KILN_OK; j++) {
-      uint32_t b = j < nd->ninputs ? nd->inputs[j] : i;
-      bool dup = false; /* an input listed twice is released once */
-      for (uint32_t k = 0; k < j && k < nd->ninputs; k++) dup |= nd->inputs[k] == b;
-      if (!dup && bytes[b] && last[b] == i && !give(&f, offsets[b], align64(bytes[b])))
-        st = kiln_set_error(KILN_ERR_NOMEM, "memory plan: out of memory");
+    if (bytes[i]) {
+      uint64_t size = align64(bytes[i]);
+      total += size;
+      uint64_t off = reuse ? take(&f, size) : UINT64_MAX;
+      if (off == UINT64_MAX) off = end, end += size;
+      offsets[i] = off;
     }
+    /* placed before anything node i reads is released: a kernel never writes over its inputs */
+    for (uint32_t b = head[i]; reuse && b != UINT32_MAX && st == KILN_OK; b = next[b])
+      if (!give(&f, offsets[b], align64(bytes[b]))) st = kiln_set_error(KILN_ERR_NOMEM, "memory plan: out of memory");
   }
-  free(last);
+  free(head);
+  free(next);
   free(f.b);
   if (stats) stats->peak = end, stats->unplanned = total;
   return st;

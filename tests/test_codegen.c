@@ -138,8 +138,10 @@ static void test_memory_plan_reuses_buffers(void **s) {
   trng r = {7};
   kiln_tensor *in = random_tensor(&r, KILN_F32, 2, (int64_t[]){256, 256}, -2, 2);
   kiln_exec *planned, *plain;
-  kiln_compile_options off = {.disable_passes = "memory-plan"}, bad = {.disable_passes = "memory-plan,fusion-of-dreams"};
-  assert_int_equal(kiln_compile(g, NULL, &planned), KILN_OK);
+  /* fusion off in both: it would fold the chain into a kernel and leave nothing to plan */
+  kiln_compile_options on = {.disable_passes = "fuse"}, off = {.disable_passes = "fuse,memory-plan"},
+                       bad = {.disable_passes = "memory-plan,fusion-of-dreams"};
+  assert_int_equal(kiln_compile(g, &on, &planned), KILN_OK);
   assert_int_equal(kiln_compile(g, &off, &plain), KILN_OK);
   kiln_exec *e;
   assert_int_equal(kiln_compile(g, &bad, &e), KILN_ERR_INVALID);
@@ -161,6 +163,41 @@ static void test_memory_plan_reuses_buffers(void **s) {
   kiln_graph_free(g);
 }
 
+/* Fusion: an element-wise chain with broadcast scalars becomes one kernel, a softmax
+ * fuses its element-wise producers into the reductions; results match the unfused
+ * build and the reference evaluator. */
+static void test_fusion_merges_kernels(void **s) {
+  (void)s;
+  kiln_graph *g = kiln_graph_new();
+  kiln_value x = kiln_placeholder(g, "x", KILN_F32, KILN_SHAPE(64, 100));
+  kiln_value v = x;
+  for (int i = 0; i < 6; i++) v = kiln_tanh(g, kiln_add(g, kiln_mul(g, v, kiln_scalar(g, KILN_F32, 0.9)), kiln_scalar(g, KILN_F32, 0.1)));
+  kiln_output(g, "chain", v);
+  kiln_output(g, "softmax", kiln_softmax(g, x, -1));
+  trng r = {11};
+  kiln_tensor *in = random_tensor(&r, KILN_F32, 2, (int64_t[]){64, 100}, -3, 3);
+  kiln_exec *fused, *plain;
+  kiln_compile_options off = {.disable_passes = "fuse"};
+  assert_int_equal(kiln_compile(g, NULL, &fused), KILN_OK);
+  assert_int_equal(kiln_compile(g, &off, &plain), KILN_OK);
+  kiln_exec_stats a, b;
+  assert_int_equal(kiln_exec_get_stats(fused, &a), KILN_OK);
+  assert_int_equal(kiln_exec_get_stats(plain, &b), KILN_OK);
+  /* chain: 1 kernel; softmax: max, e = exp(x - max) (stored: two readers), sum(e), e / sum */
+  if (a.kernels != 5 || b.kernels != 29 || b.fused_nodes != 0 || a.workspace_bytes >= b.workspace_bytes)
+    fail_msg("kernels %zu fused (%zu nodes inlined, %llu B) vs %zu unfused (%llu B)", a.kernels, a.fused_nodes,
+             (unsigned long long)a.workspace_bytes, b.kernels, (unsigned long long)b.workspace_bytes);
+  kiln_tensor *ya[2], *yb[2];
+  assert_int_equal(kiln_exec_run(fused, (const kiln_tensor *const *)&in, 1, ya, 2), KILN_OK);
+  assert_int_equal(kiln_exec_run(plain, (const kiln_tensor *const *)&in, 1, yb, 2), KILN_OK);
+  for (int i = 0; i < 2; i++) assert_int_equal(compare_tensors("fused vs unfused", ya[i], yb[i], 1e-6, 1e-6), 0);
+  assert_int_equal(check_graph("fusion", g, &in, 1, 1e-5, 1e-6), 0);
+  for (int i = 0; i < 2; i++) kiln_tensor_free(ya[i]), kiln_tensor_free(yb[i]);
+  kiln_tensor_free(in);
+  kiln_exec_free(fused), kiln_exec_free(plain);
+  kiln_graph_free(g);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_loops_vectorize_with_fma),
@@ -169,6 +206,7 @@ int main(void) {
       cmocka_unit_test(test_batch_specialisation),
       cmocka_unit_test(test_generic_cpu),
       cmocka_unit_test(test_memory_plan_reuses_buffers),
+      cmocka_unit_test(test_fusion_merges_kernels),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

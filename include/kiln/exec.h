@@ -23,14 +23,16 @@ typedef struct kiln_exec kiln_exec;
 typedef struct kiln_compile_options {
   const char *cpu;      /* NULL or "native": host CPU and features; "generic": portable */
   bool keep_ir;         /* keep the optimized LLVM IR text (kiln_exec_llvm_ir) */
-  /* Comma-separated passes to skip, for comparisons: "memory-plan" (every
-   * intermediate buffer gets its own bytes). NULL: all passes run. */
+  /* Comma-separated passes to skip, for comparisons: "fuse" (one kernel per node,
+   * every intermediate stored) and "memory-plan" (every intermediate buffer gets its
+   * own bytes). NULL: all passes run. */
   const char *disable_passes;
 } kiln_compile_options;
 
 /* What the compiler produced for the most recently compiled specialization. */
 typedef struct kiln_exec_stats {
   size_t kernels;           /* generated kernel functions */
+  size_t fused_nodes;       /* nodes computed inside the kernels that read them */
   uint64_t workspace_bytes; /* intermediate buffers + kernel scratch, as allocated */
   uint64_t unplanned_bytes; /* intermediate buffers if each had its own bytes */
 } kiln_exec_stats;

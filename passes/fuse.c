@@ -1,0 +1,70 @@
+/* Fusion: which nodes are computed inside the kernels that read them instead of
+ * being written to memory. Every kernel emitted by codegen/lower.c (all but the
+ * matmul / convolution / pooling kernels) reads its inputs element by element, so a
+ * producer it reads can be evaluated at that element on the fly:
+ *  - constant fills, iotas and broadcasts cost an index computation and are inlined
+ *    into every such reader;
+ *  - element-wise ops and reshapes with a single reader that visits each element
+ *    once (element-wise, reshape, reductions, transpose, slice, concat) are inlined,
+ *    so chains become one loop nest and element-wise producers fuse into reductions;
+ *    with several readers they are computed once and stored. */
+#include "passes/passes.h"
+
+static bool reads_by_element(kiln_op op) {
+  return op != KILN_OP_MATMUL && op != KILN_OP_CONV2D && op != KILN_OP_MAX_POOL2D && op != KILN_OP_AVG_POOL2D;
+}
+
+static bool visits_once(kiln_op op) {
+  if (kiln_ops[op].flags & (EW | RED)) return true;
+  return op == KILN_OP_RESHAPE || op == KILN_OP_TRANSPOSE || op == KILN_OP_SLICE || op == KILN_OP_CONCAT;
+}
+
+size_t kiln_fuse(const kiln_graph *g, const bool *live, const bool *stored, uint32_t max_reads, bool *inlined) {
+  uint32_t n = g->nnodes;
+  uint32_t *uses = calloc(n + 1, sizeof *uses);
+  bool *all_by_element = malloc(n + 1), *once = malloc(n + 1);
+  size_t count = 0;
+  if (!uses || !all_by_element || !once) {
+    free(uses), free(all_by_element), free(once);
+    for (uint32_t i = 0; i < n; i++) inlined[i] = false; /* no fusion is always correct */
+    return 0;
+  }
+  for (uint32_t i = 0; i < n; i++) all_by_element[i] = once[i] = true;
+  for (uint32_t i = 0; i < n; i++) {
+    if (!live[i]) continue;
+    const kiln_node *c = &g->nodes[i];
+    for (uint32_t j = 0; j < c->ninputs; j++) {
+      uint32_t p = c->inputs[j];
+      uses[p]++;
+      all_by_element[p] &= reads_by_element((kiln_op)c->op);
+      once[p] &= visits_once((kiln_op)c->op);
+    }
+  }
+  for (uint32_t i = 0; i < n; i++) {
+    const kiln_node *p = &g->nodes[i];
+    kiln_op op = (kiln_op)p->op;
+    bool cheap = (op == KILN_OP_CONST && !p->data) || op == KILN_OP_IOTA || op == KILN_OP_BROADCAST_TO;
+    bool single = ((kiln_ops[op].flags & EW) || op == KILN_OP_RESHAPE) && uses[i] == 1 && once[i];
+    inlined[i] = live[i] && !stored[i] && uses[i] > 0 && all_by_element[i] && (cheap || single);
+  }
+  /* a kernel takes at most max_reads buffers: bound what each node pulls in through
+   * its fused producers (uses[] is reused for the bound) and store the producer that
+   * pulls in most until the bound fits */
+  for (uint32_t i = 0; i < n; i++) {
+    const kiln_node *c = &g->nodes[i];
+    for (;;) {
+      uint32_t bound = 0, worst = UINT32_MAX;
+      for (uint32_t j = 0; j < c->ninputs; j++) {
+        uint32_t p = c->inputs[j];
+        bound += inlined[p] ? uses[p] : 1;
+        if (inlined[p] && (worst == UINT32_MAX || uses[p] > uses[worst])) worst = p;
+      }
+      uses[i] = bound;
+      if (bound <= max_reads || worst == UINT32_MAX) break;
+      inlined[worst] = false;
+    }
+  }
+  for (uint32_t i = 0; i < n; i++) count += inlined[i];
+  free(uses), free(all_by_element), free(once);
+  return count;
+}
