@@ -38,6 +38,7 @@ typedef struct cg_plan {
   uint64_t buffers_unplanned; /* intermediate bytes without memory planning (for stats) */
   size_t kernels;          /* node functions emitted */
   size_t fused;            /* nodes computed inside the kernels that read them */
+  uint64_t bytes_moved;    /* per run: every kernel's output plus the buffers it reads, once each */
   buf_loc *locs;           /* per node */
   int32_t *out_node;       /* per output: node index */
   bool *out_direct;        /* per output: written by generated code */

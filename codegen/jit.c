@@ -205,7 +205,7 @@ kiln_status kiln_exec_get_stats(const kiln_exec *e, kiln_exec_stats *out) {
   if (!e->nspecs) return kiln_set_error(KILN_ERR_INVALID, "exec_get_stats: nothing compiled yet (the batch size is not known before a run)");
   const cg_plan *p = &e->specs[e->last_spec].plan;
   *out = (kiln_exec_stats){.kernels = p->kernels, .fused_nodes = p->fused, .workspace_bytes = p->workspace,
-                           .unplanned_bytes = p->buffers_unplanned};
+                           .unplanned_bytes = p->buffers_unplanned, .bytes_moved = p->bytes_moved};
   return KILN_OK;
 }
 

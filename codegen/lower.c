@@ -464,6 +464,9 @@ static uint64_t scratch_bytes(const kiln_graph *g, const kiln_node *n) {
 }
 
 static uint64_t align64(uint64_t x) { return (x + 63) & ~(uint64_t)63; }
+static uint64_t node_bytes(const kiln_node *n) {
+  return (uint64_t)kiln_shape_numel(n->rank, n->dims) * kiln_dtype_size((kiln_dtype)n->dtype);
+}
 
 /* The stored nodes kernel k reads, through the nodes fused into it; false past MAX_LEAVES. */
 static bool add_leaves(const kiln_graph *g, const bool *inlined, uint32_t id, node_ctx *k) {
@@ -560,7 +563,7 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
     if (!collect_leaves(g, inlined, i, &kernels[i]))
       pst = kiln_set_error(KILN_ERR_UNSUPPORTED, "codegen: %%%u (%s) would read more than %d buffers", i, kiln_ops[n->op].name, MAX_LEAVES);
     for (uint32_t l = 0; l < kernels[i].nleaves && pst == KILN_OK; l++) last[kernels[i].leaf[l]] = i;
-    if (plan->locs[i].kind == BUF_WORK) bytes[i] = (uint64_t)kiln_shape_numel(n->rank, n->dims) * kiln_dtype_size((kiln_dtype)n->dtype);
+    if (plan->locs[i].kind == BUF_WORK) bytes[i] = node_bytes(n);
   }
   if (pst == KILN_OK) pst = kiln_plan_memory(g, bytes, last, !c->no_memory_plan, offsets, &mem);
   for (uint32_t i = 0; i < g->nnodes && pst == KILN_OK; i++)
@@ -631,6 +634,8 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
     }
     LLVMBuildRet(c->b, LLVMConstInt(c->i32, 0, 0));
     plan->kernels++;
+    plan->bytes_moved += node_bytes(n);
+    for (uint32_t q = 0; q < k.nleaves; q++) plan->bytes_moved += node_bytes(&g->nodes[k.leaf[q]]);
     LLVMValueRef cargs[64];
     cargs[0] = ptrs[i];
     for (uint32_t q = 0; q < k.nleaves; q++) cargs[q + 1] = ptrs[k.leaf[q]];

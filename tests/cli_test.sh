@@ -110,4 +110,9 @@ if "$kiln" run "$t/model.onnx" --input data="$t/test_data_set_0/input_0.pb" --in
   fail "a corrupt input file was read"
 fi
 grep -q "bad.onnx" "$tmp/err" || fail "unclear message: $(cat "$tmp/err")"
+# kiln bench: a table of the four variants; unknown names list the built-ins
+"$kiln" bench mlp --batch 4 --runs 2 > "$tmp/bench" || fail "kiln bench mlp failed"
+grep -q "^all passes  *[0-9]" "$tmp/bench" && grep -q "^no passes  *[0-9]" "$tmp/bench" || fail "no bench table: $(cat "$tmp/bench")"
+if "$kiln" bench resnet9000 2> "$tmp/err"; then fail "an unknown built-in ran"; fi
+grep -q "transformer-train" "$tmp/err" || fail "unclear message: $(cat "$tmp/err")"
 echo "1 passed, 0 failed"

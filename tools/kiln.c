@@ -5,13 +5,16 @@
  *   kiln inspect FILE.ckpt|FILE.kiln        list a checkpoint's variables and progress,
  *                                           or a model file's inputs, outputs and weights
  *   kiln compile MODEL -o NAME.o ...        ahead-of-time: a standalone object and header
- *                                           (MODEL: model file, .kir graph or .onnx) */
+ *                                           (MODEL: model file, .kir graph or .onnx)
+ *   kiln bench NAME [--batch N] [--runs R]  a built-in graph with and without the
+ *                                           fusion-related passes (tools/bench.c) */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <kiln/kiln.h>
+#include "tools/bench.h"
 
 static int usage(void) {
   fprintf(stderr,
@@ -23,6 +26,8 @@ static int usage(void) {
           "                    [--target TRIPLE] [--cpu generic|native|CPU] [--batch N]\n"
           "                    [--weights embed|external] [--weights-file FILE]\n"
           "                    [--train OPTIMIZER [--loss LOSS] [--lr RATE]]\n"
+          "       kiln bench NAME [--batch N] [--runs R]   (NAME: mlp, mlp-train, cnn, cnn-train,\n"
+          "                                                transformer, transformer-train)\n"
           "Inputs are .npy files or ONNX TensorProto .pb files (f32, f64, i32, i64, bool); outputs\n"
           "are written as DIR/NAME.npy or DIR/output_N.pb (the default for .onnx models), or\n"
           "summarised on stdout without --output-dir.\n");
@@ -321,5 +326,6 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[1], "run")) return cmd_run(argc - 2, argv + 2);
   if (!strcmp(argv[1], "inspect")) return cmd_inspect(argc - 2, argv + 2);
   if (!strcmp(argv[1], "compile")) return cmd_compile(argc - 2, argv + 2);
+  if (!strcmp(argv[1], "bench")) return cmd_bench(argc - 2, argv + 2);
   return usage();
 }

@@ -35,6 +35,7 @@ typedef struct kiln_exec_stats {
   size_t fused_nodes;       /* nodes computed inside the kernels that read them */
   uint64_t workspace_bytes; /* intermediate buffers + kernel scratch, as allocated */
   uint64_t unplanned_bytes; /* intermediate buffers if each had its own bytes */
+  uint64_t bytes_moved;     /* per run, estimated: each kernel's output plus every buffer it reads once */
 } kiln_exec_stats;
 /* KILN_ERR_INVALID while nothing is compiled yet (a symbolic batch before its first run). */
 KILN_API kiln_status kiln_exec_get_stats(const kiln_exec *e, kiln_exec_stats *out);

@@ -1,0 +1,122 @@
+/* kiln bench NAME [--batch N] [--runs R]: compiles a built-in graph with every pass
+ * and with the fusion-related passes disabled in turn, runs the variants interleaved
+ * (round-robin, so machine noise hits all alike) and prints kernels, bytes moved,
+ * peak working memory, the median time and the speed-up against the unfused build. */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include "tools/bench.h"
+
+static const struct {
+  const char *name, *disable;
+} VARIANTS[] = {
+    {"all passes", NULL},
+    {"no memory-plan", "memory-plan"},
+    {"no fuse", "fuse"},
+    {"no passes", "fuse,memory-plan"},
+};
+enum { NVAR = sizeof VARIANTS / sizeof VARIANTS[0], BASELINE = 2 };
+
+static double now_ms(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+static kiln_tensor *random_input(kiln_dtype t, kiln_shape s, unsigned *seed) {
+  kiln_tensor *x = kiln_tensor_new(t, s.rank, s.dims);
+  if (!x || t != KILN_F32) return x;
+  float *d = kiln_tensor_data(x);
+  for (int64_t i = 0; i < kiln_tensor_numel(x); i++) d[i] = (float)rand_r(seed) / (float)RAND_MAX * 0.2f - 0.1f;
+  return x;
+}
+
+static void print_mb(uint64_t bytes) { printf(" %10.2f MB", (double)bytes / 1e6); }
+
+int cmd_bench(int argc, char **argv) {
+  const char *name = NULL;
+  int64_t batch = 0;
+  int runs = 30;
+  for (int i = 0; i < argc; i++) {
+    if (!strcmp(argv[i], "--batch") && i + 1 < argc) batch = atoll(argv[++i]);
+    else if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]);
+    else if (argv[i][0] != '-' && !name) name = argv[i];
+    else name = NULL, i = argc;
+  }
+  if (!name || runs < 1 || runs > 100000 || batch < 0) {
+    fprintf(stderr, "usage: kiln bench NAME [--batch N] [--runs R]; NAME is one of\n");
+    bench_list(stderr);
+    return 2;
+  }
+  bench_graph bg;
+  kiln_status st = bench_builtin(name, batch, &bg);
+  if (st != KILN_OK) {
+    kiln_graph_free(bg.g);
+    if (st == KILN_ERR_INVALID && !bg.g) {
+      fprintf(stderr, "kiln: bench: no built-in named '%s'; the built-ins are\n", name);
+      bench_list(stderr);
+      return 2;
+    }
+    fprintf(stderr, "kiln: bench: %s\n", kiln_errmsg());
+    return 1;
+  }
+  kiln_tensor *ins[32] = {0};
+  unsigned seed = 1;
+  for (int i = 0; i < bg.ninputs; i++) ins[i] = random_input(bg.dtypes[i], bg.shapes[i], &seed);
+  kiln_exec *e[NVAR] = {0};
+  kiln_exec_stats stats[NVAR];
+  size_t nout = 0;
+  int rc = 0;
+  for (int v = 0; v < NVAR && !rc; v++) {
+    kiln_compile_options o = {.disable_passes = VARIANTS[v].disable};
+    if (kiln_compile(bg.g, &o, &e[v]) != KILN_OK || kiln_exec_get_stats(e[v], &stats[v]) != KILN_OK) {
+      fprintf(stderr, "kiln: bench: %s: %s\n", VARIANTS[v].name, kiln_errmsg());
+      rc = 1;
+    }
+    nout = e[v] ? kiln_exec_num_outputs(e[v]) : 0;
+  }
+  kiln_tensor **outs = calloc(nout + 1, sizeof *outs);
+  double *times = calloc((size_t)(NVAR * (runs + 2)), sizeof *times);
+  if (!rc && (!outs || !times)) fprintf(stderr, "kiln: bench: out of memory\n"), rc = 1;
+  /* two warm-up rounds, then `runs` timed rounds over all variants in turn */
+  for (int r = 0; r < runs + 2 && !rc; r++)
+    for (int v = 0; v < NVAR && !rc; v++) {
+      double t0 = now_ms();
+      if (kiln_exec_run(e[v], (const kiln_tensor *const *)ins, (size_t)bg.ninputs, outs, nout) != KILN_OK) {
+        fprintf(stderr, "kiln: bench: run: %s\n", kiln_errmsg());
+        rc = 1;
+      }
+      times[v * (runs + 2) + r] = now_ms() - t0;
+      for (size_t j = 0; j < nout; j++) kiln_tensor_free(outs[j]), outs[j] = NULL;
+    }
+  if (!rc) {
+    double med[NVAR];
+    for (int v = 0; v < NVAR; v++) {
+      double *t = times + v * (runs + 2) + 2;
+      qsort(t, (size_t)runs, sizeof *t, cmp_double);
+      med[v] = runs % 2 ? t[runs / 2] : (t[runs / 2 - 1] + t[runs / 2]) / 2;
+    }
+    printf("kiln bench %s: %d interleaved runs per variant, median wall time\n", name, runs);
+    printf("%-16s %8s %7s %13s %13s %11s %9s\n", "variant", "kernels", "fused", "bytes moved", "peak memory", "median ms",
+           "speed-up");
+    for (int v = 0; v < NVAR; v++) {
+      printf("%-16s %8zu %7zu", VARIANTS[v].name, stats[v].kernels, stats[v].fused_nodes);
+      print_mb(stats[v].bytes_moved);
+      print_mb(stats[v].workspace_bytes);
+      printf(" %11.3f %8.2fx\n", med[v], med[BASELINE] / med[v]);
+    }
+    printf("speed-up: median time of \"%s\" / the variant's; peak memory: the workspace "
+           "(intermediates and kernel scratch)\n", VARIANTS[BASELINE].name);
+  }
+  free(times);
+  free(outs);
+  for (int v = 0; v < NVAR; v++) kiln_exec_free(e[v]);
+  for (int i = 0; i < bg.ninputs; i++) kiln_tensor_free(ins[i]);
+  kiln_graph_free(bg.g);
+  return rc;
+}
