@@ -10,6 +10,7 @@
 #include <llvm-c/Orc.h>
 #include <string.h>
 #include "codegen/cg.h"
+#include "passes/passes.h"
 #include "runtime/tensor_impl.h"
 
 typedef int32_t (*entry_fn)(void **args);
@@ -132,17 +133,13 @@ kiln_status kiln_compile(const kiln_graph *g, const kiln_compile_options *opts, 
       }
       e->generic_cpu = true;
     }
-    /* names separated by commas; an unknown one is an error rather than a silent full pipeline */
-    for (const char *p = opts->disable_passes; p && *p;) {
-      size_t len = strcspn(p, ",");
-      if (len == 11 && !strncmp(p, "memory-plan", len)) e->no_memory_plan = true;
-      else if (len == 4 && !strncmp(p, "fuse", len)) e->no_fusion = true;
-      else if (len) {
-        kiln_exec_free(e);
-        return kiln_set_error(KILN_ERR_INVALID, "compile: no pass named '%.*s' to disable (known: fuse, memory-plan)", (int)len, p);
-      }
-      p += len + (p[len] == ',');
+    /* an unknown pass name is an error rather than a silent full pipeline */
+    kiln_pass_switches sw;
+    if ((st = kiln_passes_disabled(opts->disable_passes, &sw)) != KILN_OK) {
+      kiln_exec_free(e);
+      return kiln_set_error(st, "compile: %s", kiln_errmsg());
     }
+    e->no_fusion = sw.no_fusion, e->no_memory_plan = sw.no_memory_plan;
   }
   uint32_t np = kiln_graph_num_inputs(e->g), k = 0;
   e->in_names = calloc(np + 1, sizeof *e->in_names);

@@ -14,7 +14,7 @@
 #include "codegen/cg.h"
 #include "passes/passes.h"
 
-#define MAX_LEAVES 62
+#define MAX_LEAVES KILN_MAX_READS
 
 /* One kernel being emitted: node n, plus the nodes fused into it (inlined), whose
  * stored inputs ("leaves") are the kernel's pointer parameters. */
@@ -468,28 +468,6 @@ static uint64_t node_bytes(const kiln_node *n) {
   return (uint64_t)kiln_shape_numel(n->rank, n->dims) * kiln_dtype_size((kiln_dtype)n->dtype);
 }
 
-/* The stored nodes kernel k reads, through the nodes fused into it; false past MAX_LEAVES. */
-static bool add_leaves(const kiln_graph *g, const bool *inlined, uint32_t id, node_ctx *k) {
-  const kiln_node *n = &g->nodes[id];
-  for (uint32_t j = 0; j < n->ninputs; j++) {
-    uint32_t p = n->inputs[j];
-    if (inlined[p]) {
-      if (!add_leaves(g, inlined, p, k)) return false;
-      continue;
-    }
-    bool seen = false;
-    for (uint32_t l = 0; l < k->nleaves && !seen; l++) seen = k->leaf[l] == p;
-    if (seen) continue;
-    if (k->nleaves == MAX_LEAVES) return false;
-    k->leaf[k->nleaves++] = p;
-  }
-  return true;
-}
-static bool collect_leaves(const kiln_graph *g, const bool *inlined, uint32_t id, node_ctx *k) {
-  k->nleaves = 0;
-  return add_leaves(g, inlined, id, k);
-}
-
 void cg_plan_free(cg_plan *p) {
   free(p->locs);
   free(p->out_node);
@@ -505,16 +483,12 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
   plan->locs = calloc(g->nnodes + 1, sizeof *plan->locs);
   plan->out_node = calloc(g->noutputs + 1, sizeof *plan->out_node);
   plan->out_direct = calloc(g->noutputs + 1, sizeof *plan->out_direct);
-  bool *live = calloc(g->nnodes + 1, 1);
-  if (!plan->locs || !plan->out_node || !plan->out_direct || !live) {
-    free(live);
-    return kiln_set_error(KILN_ERR_NOMEM, "codegen: out of memory");
-  }
-  /* Liveness from the outputs backwards (inputs have smaller indices). */
-  for (uint32_t j = 0; j < g->noutputs; j++) live[g->outputs[j].node] = true;
-  for (uint32_t i = g->nnodes; i-- > 0;)
-    if (live[i])
-      for (uint32_t j = 0; j < g->nodes[i].ninputs; j++) live[g->nodes[i].inputs[j]] = true;
+  kiln_schedule sched;
+  if (!plan->locs || !plan->out_node || !plan->out_direct) return kiln_set_error(KILN_ERR_NOMEM, "codegen: out of memory");
+  kiln_status sst = kiln_schedule_build(g, !c->no_fusion, &sched);
+  if (sst != KILN_OK) return sst;
+  const bool *live = sched.live, *inlined = sched.inlined;
+  plan->fused = sched.fused;
 
   uint32_t pi = 0;
   uint64_t ws = 0, scratch = 0;
@@ -546,31 +520,18 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
       plan->out_direct[j] = true;
     }
   }
-  /* fusion, then each kernel's leaves, and from them when each buffer is last read */
-  bool *stored = calloc(g->nnodes + 1, 1), *inlined = calloc(g->nnodes + 1, 1);
+  /* intermediate buffers, placed by their last readers in the schedule */
   uint64_t *bytes = calloc(g->nnodes + 1, sizeof *bytes), *offsets = calloc(g->nnodes + 1, sizeof *offsets);
-  uint32_t *last = calloc(g->nnodes + 1, sizeof *last);
-  node_ctx *kernels = calloc(g->nnodes + 1, sizeof *kernels);
   kiln_memory_stats mem = {0};
-  kiln_status pst = stored && inlined && bytes && offsets && last && kernels ? KILN_OK : kiln_set_error(KILN_ERR_NOMEM, "codegen: out of memory");
-  for (uint32_t i = 0; i < g->nnodes && pst == KILN_OK; i++) stored[i] = plan->locs[i].kind != BUF_WORK;
-  if (pst == KILN_OK && !c->no_fusion) plan->fused = kiln_fuse(g, live, stored, MAX_LEAVES, inlined);
-  for (uint32_t i = 0; i < g->nnodes && pst == KILN_OK; i++) {
-    const kiln_node *n = &g->nodes[i];
-    last[i] = i;
-    if (!live[i] || inlined[i] || plan->locs[i].kind == BUF_INPUT || plan->locs[i].kind == BUF_CONST) continue;
-    kernels[i].inlined = inlined;
-    if (!collect_leaves(g, inlined, i, &kernels[i]))
-      pst = kiln_set_error(KILN_ERR_UNSUPPORTED, "codegen: %%%u (%s) would read more than %d buffers", i, kiln_ops[n->op].name, MAX_LEAVES);
-    for (uint32_t l = 0; l < kernels[i].nleaves && pst == KILN_OK; l++) last[kernels[i].leaf[l]] = i;
-    if (plan->locs[i].kind == BUF_WORK) bytes[i] = node_bytes(n);
-  }
-  if (pst == KILN_OK) pst = kiln_plan_memory(g, bytes, last, !c->no_memory_plan, offsets, &mem);
+  kiln_status pst = bytes && offsets ? KILN_OK : kiln_set_error(KILN_ERR_NOMEM, "codegen: out of memory");
+  for (uint32_t i = 0; i < g->nnodes && pst == KILN_OK; i++)
+    if (sched.kernel_of[i] != UINT32_MAX && plan->locs[i].kind == BUF_WORK) bytes[i] = node_bytes(&g->nodes[i]);
+  if (pst == KILN_OK) pst = kiln_plan_memory(g, bytes, sched.last, !c->no_memory_plan, offsets, &mem);
   for (uint32_t i = 0; i < g->nnodes && pst == KILN_OK; i++)
     if (bytes[i]) plan->locs[i].offset = offsets[i];
-  free(stored), free(bytes), free(offsets), free(last);
+  free(bytes), free(offsets);
   if (pst != KILN_OK) {
-    free(live), free(inlined), free(kernels);
+    kiln_schedule_free(&sched);
     return pst;
   }
   ws = mem.peak;
@@ -607,10 +568,10 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
     case BUF_WORK: ptrs[i] = LLVMBuildGEP2(eb, c->i8, wsp, (LLVMValueRef[]){cg_i64(c, (int64_t)l->offset)}, 1, ""); break;
     }
     if (l->kind == BUF_INPUT || l->kind == BUF_CONST) continue;
-    /* The kernel: out, its leaves, scratch. */
-    node_ctx *kp = &kernels[i];
+    /* The kernel: out, the buffers it reads, scratch. */
+    const kiln_kernel *kern = &sched.kernels[sched.kernel_of[i]];
     LLVMTypeRef params[64];
-    unsigned np = kp->nleaves + 2;
+    unsigned np = kern->nreads + 2;
     for (unsigned j = 0; j < np; j++) params[j] = c->ptr;
     LLVMTypeRef fty = LLVMFunctionType(c->i32, params, np, 0);
     char name[64];
@@ -622,8 +583,9 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
     LLVMAddAttributeAtIndex(fn, np, LLVMCreateEnumAttribute(c->ctx, noalias, 0));
     c->fn = fn;
     LLVMPositionBuilderAtEnd(c->b, LLVMAppendBasicBlockInContext(c->ctx, fn, "entry"));
-    node_ctx k = *kp;
-    k.n = n, k.id = i, k.out = LLVMGetParam(fn, 0), k.scratch = LLVMGetParam(fn, np - 1);
+    node_ctx k = {.n = n, .id = i, .out = LLVMGetParam(fn, 0), .scratch = LLVMGetParam(fn, np - 1), .inlined = inlined,
+                  .nleaves = kern->nreads};
+    memcpy(k.leaf, kern->reads, sizeof(uint32_t) * kern->nreads);
     for (uint32_t q = 0; q < k.nleaves; q++) k.leaf_ptr[q] = LLVMGetParam(fn, q + 1);
     for (uint32_t j = 0; j < n->ninputs; j++)
       for (uint32_t q = 0; q < k.nleaves; q++)
@@ -654,8 +616,6 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
   LLVMBuildRet(eb, LLVMConstInt(c->i32, 0, 0));
   LLVMDisposeBuilder(eb);
   free(ptrs);
-  free(live);
-  free(inlined);
-  free(kernels);
+  kiln_schedule_free(&sched);
   return st;
 }

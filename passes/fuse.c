@@ -4,8 +4,9 @@
  * producer it reads can be evaluated at that element on the fly:
  *  - constant fills, iotas and broadcasts cost an index computation and are inlined
  *    into every such reader;
- *  - element-wise ops and reshapes with a single reader that visits each element
- *    once (element-wise, reshape, reductions, transpose, slice, concat) are inlined,
+ *  - element-wise ops and reshapes with a single reader node that visits each
+ *    element once (element-wise, reshape, reductions, transpose, slice, concat; x * x
+ *    counts as one reader: LLVM computes the repeated value once) are inlined,
  *    so chains become one loop nest and element-wise producers fuse into reductions;
  *    with several readers they are computed once and stored. */
 #include "passes/passes.h"
@@ -35,6 +36,9 @@ size_t kiln_fuse(const kiln_graph *g, const bool *live, const bool *stored, uint
     const kiln_node *c = &g->nodes[i];
     for (uint32_t j = 0; j < c->ninputs; j++) {
       uint32_t p = c->inputs[j];
+      bool again = false; /* x * x reads x once per element: one reader */
+      for (uint32_t q = 0; q < j; q++) again |= c->inputs[q] == p;
+      if (again) continue;
       uses[p]++;
       all_by_element[p] &= reads_by_element((kiln_op)c->op);
       once[p] &= visits_once((kiln_op)c->op);

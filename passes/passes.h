@@ -23,4 +23,35 @@ KILN_INTERNAL kiln_status kiln_plan_memory(const kiln_graph *g, const uint64_t *
  * explains the rules). */
 KILN_INTERNAL size_t kiln_fuse(const kiln_graph *g, const bool *live, const bool *stored, uint32_t max_reads,
                                bool *inlined);
+
+/* ---- schedule.c ---- */
+#define KILN_MAX_READS 62 /* stored buffers one kernel may read */
+
+typedef struct kiln_kernel {
+  uint32_t node;                  /* the node the kernel computes */
+  uint32_t nreads;
+  uint32_t reads[KILN_MAX_READS]; /* the stored buffers it reads, through its fused nodes */
+} kiln_kernel;
+
+typedef struct kiln_schedule {
+  bool *live;          /* per node: an output depends on it */
+  bool *inlined;       /* per node: computed inside the kernels that read it */
+  uint32_t *last;      /* per node: the last kernel's node reading its buffer (itself if none) */
+  uint32_t *kernel_of; /* per node: its kernel's index, or UINT32_MAX */
+  kiln_kernel *kernels; /* in node order */
+  size_t nkernels, fused;
+} kiln_schedule;
+
+typedef struct kiln_pass_switches {
+  bool no_fusion, no_memory_plan;
+} kiln_pass_switches;
+/* Parses "fuse,memory-plan"-style lists (kiln_compile_options.disable_passes). */
+KILN_INTERNAL kiln_status kiln_passes_disabled(const char *list, kiln_pass_switches *out);
+
+/* Inputs, constants with data and outputs are stored, whatever fusion decides. */
+KILN_INTERNAL bool kiln_node_is_stored(const kiln_graph *g, uint32_t i);
+KILN_INTERNAL kiln_status kiln_schedule_build(const kiln_graph *g, bool fuse, kiln_schedule *s);
+KILN_INTERNAL void kiln_schedule_free(kiln_schedule *s);
+/* "N kernels, M nodes fused" and a line per kernel: "kernel %i op fuses %j op, ...; reads %k, ...". */
+KILN_INTERNAL kiln_status kiln_schedule_to_text(const kiln_graph *g, const kiln_schedule *s, char **text);
 #endif

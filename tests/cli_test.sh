@@ -110,6 +110,18 @@ if "$kiln" run "$t/model.onnx" --input data="$t/test_data_set_0/input_0.pb" --in
   fail "a corrupt input file was read"
 fi
 grep -q "bad.onnx" "$tmp/err" || fail "unclear message: $(cat "$tmp/err")"
+# Golden schedules: the kernels (and fused nodes) each graph compiles to, so a change in
+# fusion decisions shows in review (name.nofuse.kernels: with fusion disabled)
+for kir in "$golden"/passes/*.kir; do
+  "$kiln" dump "$kir" --kernels > "$tmp/kernels" || fail "dump --kernels $kir"
+  diff -u "${kir%.kir}.kernels" "$tmp/kernels" || fail "schedule of $kir differs from ${kir%.kir}.kernels"
+  if [ -e "${kir%.kir}.nofuse.kernels" ]; then
+    "$kiln" dump "$kir" --kernels --disable fuse > "$tmp/kernels" || fail "dump --kernels --disable fuse $kir"
+    diff -u "${kir%.kir}.nofuse.kernels" "$tmp/kernels" || fail "unfused schedule of $kir differs"
+  fi
+done
+if "$kiln" dump "$golden/passes/mse.kir" --kernels --disable fusion 2> "$tmp/err"; then fail "an unknown pass was accepted"; fi
+grep -q "no pass named 'fusion'" "$tmp/err" || fail "unclear message: $(cat "$tmp/err")"
 # kiln bench: a table of the four variants; unknown names list the built-ins
 "$kiln" bench mlp --batch 4 --runs 2 > "$tmp/bench" || fail "kiln bench mlp failed"
 grep -q "^all passes  *[0-9]" "$tmp/bench" && grep -q "^no passes  *[0-9]" "$tmp/bench" || fail "no bench table: $(cat "$tmp/bench")"

@@ -1,5 +1,6 @@
 /* The kiln command-line tool.
- *   kiln dump FILE.kir                      verify a text-IR graph and print it
+ *   kiln dump FILE.kir [--kernels]          verify a text-IR graph and print it (or the
+ *                                           kernels it compiles to, fused nodes included)
  *   kiln run FILE.kir|MODEL.onnx --input NAME=FILE.npy|FILE.pb ... [--output-dir DIR]
  *            [--format npy|pb] [--reference] run it through the JIT (or the evaluator)
  *   kiln inspect FILE.ckpt|FILE.kiln        list a checkpoint's variables and progress,
@@ -18,7 +19,7 @@
 
 static int usage(void) {
   fprintf(stderr,
-          "usage: kiln dump FILE.kir\n"
+          "usage: kiln dump FILE.kir [--kernels [--disable PASSES]]\n"
           "       kiln run FILE.kir|MODEL.onnx --input NAME=FILE.npy|FILE.pb ... [--output-dir DIR]\n"
           "                [--format npy|pb] [--reference]\n"
           "       kiln inspect FILE.ckpt|FILE.kiln\n"
@@ -82,11 +83,22 @@ static int cmd_inspect(int argc, char **argv) {
 }
 
 static int cmd_dump(int argc, char **argv) {
-  if (argc != 1) return usage();
+  const char *path = NULL, *disable = NULL;
+  bool kernels = false;
+  for (int i = 0; i < argc; i++) {
+    if (!strcmp(argv[i], "--kernels")) kernels = true;
+    else if (!strcmp(argv[i], "--disable") && i + 1 < argc) disable = argv[++i];
+    else if (argv[i][0] != '-' && !path) path = argv[i];
+    else return usage();
+  }
+  if (!path) return usage();
   kiln_graph *g;
-  if (kiln_graph_load(argv[0], &g) != KILN_OK) return fail("dump");
+  if (kiln_graph_load(path, &g) != KILN_OK) return fail("dump");
   char *text;
-  if (kiln_graph_verify(g) != KILN_OK || kiln_graph_to_text(g, &text) != KILN_OK) {
+  /* the graph, or the kernels the compiler would emit for it */
+  kiln_status st = kiln_graph_verify(g);
+  if (st == KILN_OK) st = kernels ? kiln_schedule_text(g, disable, &text) : kiln_graph_to_text(g, &text);
+  if (st != KILN_OK) {
     kiln_graph_free(g);
     return fail("dump");
   }

@@ -40,6 +40,11 @@ typedef struct kiln_exec_stats {
 /* KILN_ERR_INVALID while nothing is compiled yet (a symbolic batch before its first run). */
 KILN_API kiln_status kiln_exec_get_stats(const kiln_exec *e, kiln_exec_stats *out);
 
+/* The kernels kiln_compile would emit for g (a symbolic batch taken as 1), as text:
+ * "N kernels, M nodes fused" then per kernel "kernel %i op fuses %j op, ...; reads
+ * %k, ..." with g's node numbers. *text is the caller's (free). */
+KILN_API kiln_status kiln_schedule_text(const kiln_graph *g, const char *disable_passes, char **text);
+
 /* Compiles a copy of g: the caller may free g afterwards. */
 KILN_API kiln_status kiln_compile(const kiln_graph *g, const kiln_compile_options *opts, kiln_exec **out);
 KILN_API void kiln_exec_free(kiln_exec *e);

@@ -1,0 +1,154 @@
+/* The schedule: which nodes become kernels, which are fused into them, and which
+ * stored buffers each kernel reads. Code generation follows it, memory planning
+ * takes the buffers' last readers from it, and `kiln dump --kernels` prints it, so
+ * the golden tests see exactly the fusion decisions the compiler makes. */
+#include <stdio.h>
+#include <string.h>
+#include "passes/passes.h"
+
+void kiln_schedule_free(kiln_schedule *s) {
+  free(s->live), free(s->inlined), free(s->last), free(s->kernel_of), free(s->kernels);
+  memset(s, 0, sizeof *s);
+}
+
+/* The stored nodes reachable from id's inputs through fused nodes; false past KILN_MAX_READS. */
+static bool add_reads(const kiln_graph *g, const bool *inlined, uint32_t id, kiln_kernel *k) {
+  const kiln_node *n = &g->nodes[id];
+  for (uint32_t j = 0; j < n->ninputs; j++) {
+    uint32_t p = n->inputs[j];
+    if (inlined[p]) {
+      if (!add_reads(g, inlined, p, k)) return false;
+      continue;
+    }
+    bool seen = false;
+    for (uint32_t l = 0; l < k->nreads && !seen; l++) seen = k->reads[l] == p;
+    if (seen) continue;
+    if (k->nreads == KILN_MAX_READS) return false;
+    k->reads[k->nreads++] = p;
+  }
+  return true;
+}
+
+bool kiln_node_is_stored(const kiln_graph *g, uint32_t i) {
+  const kiln_node *n = &g->nodes[i];
+  if (n->op == KILN_OP_PARAM || (n->op == KILN_OP_CONST && n->data)) return true;
+  for (uint32_t j = 0; j < g->noutputs; j++)
+    if (g->outputs[j].node == i) return true;
+  return false;
+}
+
+kiln_status kiln_schedule_build(const kiln_graph *g, bool fuse, kiln_schedule *s) {
+  uint32_t n = g->nnodes;
+  memset(s, 0, sizeof *s);
+  s->live = calloc(n + 1, 1), s->inlined = calloc(n + 1, 1);
+  s->last = calloc(n + 1, sizeof *s->last), s->kernel_of = calloc(n + 1, sizeof *s->kernel_of);
+  s->kernels = calloc(n + 1, sizeof *s->kernels);
+  bool *stored = calloc(n + 1, 1);
+  if (!s->live || !s->inlined || !s->last || !s->kernel_of || !s->kernels || !stored) {
+    free(stored);
+    kiln_schedule_free(s);
+    return kiln_set_error(KILN_ERR_NOMEM, "schedule: out of memory");
+  }
+  /* live: what the outputs depend on (inputs have smaller indices) */
+  for (uint32_t j = 0; j < g->noutputs; j++) s->live[g->outputs[j].node] = true;
+  for (uint32_t i = n; i-- > 0;)
+    if (s->live[i])
+      for (uint32_t j = 0; j < g->nodes[i].ninputs; j++) s->live[g->nodes[i].inputs[j]] = true;
+  for (uint32_t i = 0; i < n; i++) stored[i] = kiln_node_is_stored(g, i);
+  if (fuse) s->fused = kiln_fuse(g, s->live, stored, KILN_MAX_READS, s->inlined);
+  kiln_status st = KILN_OK;
+  for (uint32_t i = 0; i < n && st == KILN_OK; i++) {
+    const kiln_node *nd = &g->nodes[i];
+    s->last[i] = i;
+    s->kernel_of[i] = UINT32_MAX;
+    bool source = nd->op == KILN_OP_PARAM || (nd->op == KILN_OP_CONST && nd->data);
+    if (!s->live[i] || s->inlined[i] || source) continue;
+    kiln_kernel *k = &s->kernels[s->nkernels];
+    k->node = i;
+    if (!add_reads(g, s->inlined, i, k))
+      st = kiln_set_error(KILN_ERR_UNSUPPORTED, "schedule: %%%u (%s) would read more than %d buffers", i, kiln_ops[nd->op].name,
+                          KILN_MAX_READS);
+    for (uint32_t l = 0; l < k->nreads; l++) s->last[k->reads[l]] = i;
+    s->kernel_of[i] = (uint32_t)s->nkernels++;
+  }
+  free(stored);
+  if (st != KILN_OK) kiln_schedule_free(s);
+  return st;
+}
+
+/* Nodes fused into kernel root (in index order), appended to buf. */
+static void list_fused(const kiln_graph *g, const bool *inlined, uint32_t root, bool *mark) {
+  const kiln_node *n = &g->nodes[root];
+  for (uint32_t j = 0; j < n->ninputs; j++)
+    if (inlined[n->inputs[j]] && !mark[n->inputs[j]]) {
+      mark[n->inputs[j]] = true;
+      list_fused(g, inlined, n->inputs[j], mark);
+    }
+}
+
+kiln_status kiln_schedule_to_text(const kiln_graph *g, const kiln_schedule *s, char **text) {
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  bool *mark = calloc(g->nnodes + 1, 1);
+  if (!f || !mark) {
+    if (f) fclose(f);
+    free(buf), free(mark);
+    return kiln_set_error(KILN_ERR_NOMEM, "schedule: out of memory");
+  }
+  fprintf(f, "%zu kernels, %zu nodes fused\n", s->nkernels, s->fused);
+  for (size_t k = 0; k < s->nkernels; k++) {
+    const kiln_kernel *kk = &s->kernels[k];
+    fprintf(f, "kernel %%%u %s", kk->node, kiln_ops[g->nodes[kk->node].op].name);
+    memset(mark, 0, g->nnodes + 1);
+    list_fused(g, s->inlined, kk->node, mark);
+    const char *sep = " fuses";
+    for (uint32_t i = 0; i < g->nnodes; i++)
+      if (mark[i]) fprintf(f, "%s %%%u %s", sep, i, kiln_ops[g->nodes[i].op].name), sep = ",";
+    sep = "; reads";
+    for (uint32_t l = 0; l < kk->nreads; l++) fprintf(f, "%s %%%u", sep, kk->reads[l]), sep = ",";
+    fputc('\n', f);
+  }
+  free(mark);
+  if (fclose(f)) {
+    free(buf);
+    return kiln_set_error(KILN_ERR_NOMEM, "schedule: out of memory");
+  }
+  *text = buf;
+  return KILN_OK;
+}
+
+kiln_status kiln_passes_disabled(const char *list, kiln_pass_switches *out) {
+  memset(out, 0, sizeof *out);
+  for (const char *p = list; p && *p;) {
+    size_t len = strcspn(p, ",");
+    if (len == 11 && !strncmp(p, "memory-plan", len)) out->no_memory_plan = true;
+    else if (len == 4 && !strncmp(p, "fuse", len)) out->no_fusion = true;
+    else if (len) return kiln_set_error(KILN_ERR_INVALID, "no pass named '%.*s' to disable (known: fuse, memory-plan)", (int)len, p);
+    p += len + (p[len] == ',');
+  }
+  return KILN_OK;
+}
+
+kiln_status kiln_schedule_text(const kiln_graph *g, const char *disable_passes, char **text) {
+  if (!g || !text) return kiln_set_error(KILN_ERR_INVALID, "schedule_text: NULL argument");
+  *text = NULL;
+  if (g->status != KILN_OK) return kiln_set_error(g->status, "%s", g->errmsg);
+  kiln_pass_switches sw;
+  kiln_status st = kiln_passes_disabled(disable_passes, &sw);
+  if (st != KILN_OK) return st;
+  bool symbolic = false;
+  for (uint32_t i = 0; i < g->nnodes; i++)
+    for (int d = 0; d < g->nodes[i].rank; d++) symbolic |= g->nodes[i].dims[d] < 0;
+  kiln_graph *spec = symbolic ? kiln_graph_specialize(g, 1) : NULL;
+  if (symbolic && !spec) return kiln_set_error(KILN_ERR_INVALID, "schedule_text: %s", kiln_errmsg());
+  const kiln_graph *use = spec ? spec : g;
+  kiln_schedule s;
+  st = kiln_schedule_build(use, !sw.no_fusion, &s);
+  if (st == KILN_OK) {
+    st = kiln_schedule_to_text(use, &s, text);
+    kiln_schedule_free(&s);
+  }
+  kiln_graph_free(spec);
+  return st;
+}
