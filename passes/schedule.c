@@ -152,3 +152,72 @@ kiln_status kiln_schedule_text(const kiln_graph *g, const char *disable_passes, 
   kiln_graph_free(spec);
   return st;
 }
+
+/* Graphviz: stored values (inputs, constants, outputs' buffers) as ellipses outside the
+ * clusters, each kernel a cluster holding its node and the nodes fused into it. */
+static void dot_string(FILE *f, const char *s) { /* a dot string's body: quotes and backslashes escaped */
+  for (; *s; s++) {
+    if (*s == '"' || *s == '\\') fputc('\\', f);
+    fputc(*s == '\n' ? ' ' : *s, f);
+  }
+}
+
+static void dot_node(FILE *f, const kiln_graph *g, uint32_t i, const char *indent) {
+  const kiln_node *n = &g->nodes[i];
+  char type[160];
+  kiln_type_str(type, sizeof type, (kiln_dtype)n->dtype, n->rank, n->dims);
+  fprintf(f, "%sn%u [label=\"%%%u %s", indent, i, i, kiln_ops[n->op].name);
+  if (n->name) fputs(" \\\"", f), dot_string(f, n->name), fputs("\\\"", f);
+  fprintf(f, "\\n%s\"%s];\n", type, n->op == KILN_OP_PARAM || n->op == KILN_OP_CONST ? ", shape=ellipse" : "");
+}
+
+kiln_status kiln_graph_to_dot(const kiln_graph *g, const char *disable_passes, char **text) {
+  if (!g || !text) return kiln_set_error(KILN_ERR_INVALID, "graph_to_dot: NULL argument");
+  *text = NULL;
+  if (g->status != KILN_OK) return kiln_set_error(g->status, "%s", g->errmsg);
+  kiln_pass_switches sw;
+  kiln_status st = kiln_passes_disabled(disable_passes, &sw);
+  kiln_schedule s;
+  if (st == KILN_OK) st = kiln_schedule_build(g, !sw.no_fusion, &s);
+  if (st != KILN_OK) return st;
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  bool *mark = calloc(g->nnodes + 1, 1), *placed = calloc(g->nnodes + 1, 1);
+  if (!f || !mark || !placed) {
+    if (f) fclose(f);
+    free(buf), free(mark), free(placed);
+    kiln_schedule_free(&s);
+    return kiln_set_error(KILN_ERR_NOMEM, "graph_to_dot: out of memory");
+  }
+  fprintf(f, "digraph kiln {\n  node [shape=box, fontname=\"monospace\", fontsize=10];\n");
+  fprintf(f, "  label=\"%zu kernels, %zu nodes fused\";\n", s.nkernels, s.fused);
+  for (size_t k = 0; k < s.nkernels; k++) {
+    uint32_t root = s.kernels[k].node;
+    fprintf(f, "  subgraph cluster_k%zu {\n    label=\"kernel %zu\"; style=rounded; color=steelblue;\n", k, k);
+    memset(mark, 0, g->nnodes + 1);
+    list_fused(g, s.inlined, root, mark);
+    mark[root] = true;
+    for (uint32_t i = 0; i < g->nnodes; i++)
+      if (mark[i] && !placed[i]) dot_node(f, g, i, "    "), placed[i] = true;
+    fprintf(f, "  }\n");
+  }
+  for (uint32_t i = 0; i < g->nnodes; i++)
+    if (s.live[i] && !placed[i]) dot_node(f, g, i, "  "), placed[i] = true; /* inputs, constants, shared fused nodes */
+  for (uint32_t i = 0; i < g->nnodes; i++)
+    for (uint32_t j = 0; s.live[i] && j < g->nodes[i].ninputs; j++) fprintf(f, "  n%u -> n%u;\n", g->nodes[i].inputs[j], i);
+  for (uint32_t j = 0; j < g->noutputs; j++) {
+    fprintf(f, "  out%u [label=\"", j);
+    dot_string(f, g->outputs[j].name);
+    fprintf(f, "\", shape=plaintext];\n  n%u -> out%u;\n", g->outputs[j].node, j);
+  }
+  fprintf(f, "}\n");
+  free(mark), free(placed);
+  kiln_schedule_free(&s);
+  if (fclose(f)) {
+    free(buf);
+    return kiln_set_error(KILN_ERR_NOMEM, "graph_to_dot: out of memory");
+  }
+  *text = buf;
+  return KILN_OK;
+}

@@ -120,6 +120,13 @@ for kir in "$golden"/passes/*.kir; do
     diff -u "${kir%.kir}.nofuse.kernels" "$tmp/kernels" || fail "unfused schedule of $kir differs"
   fi
 done
+# Graphviz: every golden graph parses with dot (package graphviz), one cluster per kernel
+for kir in "$golden"/passes/*.kir; do
+  "$kiln" dump "$kir" --format dot > "$tmp/g.dot" || fail "dump --format dot $kir"
+  dot -Tsvg "$tmp/g.dot" > "$tmp/g.svg" || fail "dot rejects the graph of $kir"
+  want=$(head -1 "${kir%.kir}.kernels" | cut -d' ' -f1)
+  [ "$(grep -c '<g id="clust' "$tmp/g.svg")" = "$want" ] || fail "$kir: not $want kernel clusters"
+done
 if "$kiln" dump "$golden/passes/mse.kir" --kernels --disable fusion 2> "$tmp/err"; then fail "an unknown pass was accepted"; fi
 grep -q "no pass named 'fusion'" "$tmp/err" || fail "unclear message: $(cat "$tmp/err")"
 # kiln bench: a table of the four variants; unknown names list the built-ins

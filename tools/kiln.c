@@ -19,7 +19,7 @@
 
 static int usage(void) {
   fprintf(stderr,
-          "usage: kiln dump FILE.kir [--kernels [--disable PASSES]]\n"
+          "usage: kiln dump FILE.kir [--kernels | --format dot] [--disable PASSES]\n"
           "       kiln run FILE.kir|MODEL.onnx --input NAME=FILE.npy|FILE.pb ... [--output-dir DIR]\n"
           "                [--format npy|pb] [--reference]\n"
           "       kiln inspect FILE.ckpt|FILE.kiln\n"
@@ -84,9 +84,10 @@ static int cmd_inspect(int argc, char **argv) {
 
 static int cmd_dump(int argc, char **argv) {
   const char *path = NULL, *disable = NULL;
-  bool kernels = false;
+  bool kernels = false, dot = false;
   for (int i = 0; i < argc; i++) {
     if (!strcmp(argv[i], "--kernels")) kernels = true;
+    else if (!strcmp(argv[i], "--format") && i + 1 < argc && !strcmp(argv[i + 1], "dot")) dot = true, i++;
     else if (!strcmp(argv[i], "--disable") && i + 1 < argc) disable = argv[++i];
     else if (argv[i][0] != '-' && !path) path = argv[i];
     else return usage();
@@ -97,7 +98,8 @@ static int cmd_dump(int argc, char **argv) {
   char *text;
   /* the graph, or the kernels the compiler would emit for it */
   kiln_status st = kiln_graph_verify(g);
-  if (st == KILN_OK) st = kernels ? kiln_schedule_text(g, disable, &text) : kiln_graph_to_text(g, &text);
+  if (st == KILN_OK)
+    st = dot ? kiln_graph_to_dot(g, disable, &text) : kernels ? kiln_schedule_text(g, disable, &text) : kiln_graph_to_text(g, &text);
   if (st != KILN_OK) {
     kiln_graph_free(g);
     return fail("dump");

@@ -44,6 +44,10 @@ KILN_API kiln_status kiln_exec_get_stats(const kiln_exec *e, kiln_exec_stats *ou
  * "N kernels, M nodes fused" then per kernel "kernel %i op fuses %j op, ...; reads
  * %k, ..." with g's node numbers. *text is the caller's (free). */
 KILN_API kiln_status kiln_schedule_text(const kiln_graph *g, const char *disable_passes, char **text);
+/* g in Graphviz dot, each kernel a cluster of its node and the nodes fused into it
+ * (with "fuse" disabled: one node per cluster, the graph before fusion). g's shapes
+ * must be static. */
+KILN_API kiln_status kiln_graph_to_dot(const kiln_graph *g, const char *disable_passes, char **text);
 
 /* Compiles a copy of g: the caller may free g afterwards. */
 KILN_API kiln_status kiln_compile(const kiln_graph *g, const kiln_compile_options *opts, kiln_exec **out);
