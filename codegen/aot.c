@@ -11,6 +11,7 @@
 #include <string.h>
 #include <strings.h>
 #include "codegen/aot_impl.h"
+#include "passes/passes.h"
 #include "runtime/checkpoint_impl.h"
 
 static uint64_t align64(uint64_t x) { return (x + 63) & ~(uint64_t)63; }
@@ -129,7 +130,10 @@ static kiln_status build_entry(aot_unit *u, const aot_request *r, aot_entry *e) 
   e->fn = r->fn;
   e->out_direct_arg = r->out_direct_arg;
   int64_t batch = u->o->batch > 0 ? u->o->batch : 1;
-  e->g = kiln_graph_for_run(r->g, batch);
+  kiln_pass_switches sw;
+  kiln_status st = kiln_passes_disabled(NULL, &sw); /* KILN_DISABLE_PASSES */
+  if (st != KILN_OK) return kiln_set_error(st, "aot: %s", kiln_errmsg());
+  e->g = kiln_optimize_graph(kiln_graph_for_run(r->g, batch), &sw);
   if (!e->g) return kiln_set_error(KILN_ERR_INVALID, "aot: %s", kiln_errmsg());
   const kiln_graph *g = e->g;
   for (uint32_t i = 0; i < g->nnodes; i++)

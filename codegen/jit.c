@@ -26,7 +26,8 @@ typedef struct spec {
 
 struct kiln_exec {
   kiln_graph *g;
-  bool generic_cpu, keep_ir, no_memory_plan, no_fusion;
+  bool generic_cpu, keep_ir;
+  kiln_pass_switches passes;
   size_t last_spec; /* the most recently built, for kiln_exec_get_stats */
   spec *specs;
   size_t nspecs;
@@ -45,13 +46,13 @@ static void spec_free(spec *s) {
 static kiln_status build_spec(kiln_exec *e, int64_t batch, spec *s) {
   memset(s, 0, sizeof *s);
   s->batch = batch;
-  s->g = kiln_graph_specialize(e->g, batch);
+  s->g = kiln_optimize_graph(kiln_graph_specialize(e->g, batch), &e->passes);
   if (!s->g) return KILN_ERR_INVALID;
   for (uint32_t i = 0; i < s->g->nnodes; i++)
     if (kiln_shape_numel(s->g->nodes[i].rank, s->g->nodes[i].dims) < 0)
       return kiln_set_error(KILN_ERR_INVALID, "compile: %%%u has a symbolic dim that no input binds", i);
 
-  cg c = {.g = s->g, .no_memory_plan = e->no_memory_plan, .no_fusion = e->no_fusion};
+  cg c = {.g = s->g, .no_memory_plan = e->passes.no_memory_plan, .no_fusion = e->passes.no_fusion};
   LLVMTargetMachineRef tm = cg_target_machine(NULL, e->generic_cpu ? "generic" : "native", &c.vec_bytes);
   if (!tm) return KILN_ERR_BACKEND;
   LLVMOrcThreadSafeContextRef tsc = LLVMOrcCreateNewThreadSafeContext();
@@ -133,13 +134,11 @@ kiln_status kiln_compile(const kiln_graph *g, const kiln_compile_options *opts, 
       }
       e->generic_cpu = true;
     }
-    /* an unknown pass name is an error rather than a silent full pipeline */
-    kiln_pass_switches sw;
-    if ((st = kiln_passes_disabled(opts->disable_passes, &sw)) != KILN_OK) {
-      kiln_exec_free(e);
-      return kiln_set_error(st, "compile: %s", kiln_errmsg());
-    }
-    e->no_fusion = sw.no_fusion, e->no_memory_plan = sw.no_memory_plan;
+  }
+  /* an unknown pass name is an error rather than a silent full pipeline */
+  if ((st = kiln_passes_disabled(opts ? opts->disable_passes : NULL, &e->passes)) != KILN_OK) {
+    kiln_exec_free(e);
+    return kiln_set_error(st, "compile: %s", kiln_errmsg());
   }
   uint32_t np = kiln_graph_num_inputs(e->g), k = 0;
   e->in_names = calloc(np + 1, sizeof *e->in_names);

@@ -471,25 +471,6 @@ static uint64_t node_bytes(const kiln_node *n) {
   return (uint64_t)kiln_shape_numel(n->rank, n->dims) * kiln_dtype_size((kiln_dtype)n->dtype);
 }
 
-static double pass_clock_ms(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
-}
-
-/* KILN_DUMP=after:fuse,after:memory-plan prints what those passes decided (stderr). */
-static bool pass_dump_after(const char *pass) {
-  const char *d = getenv("KILN_DUMP");
-  char want[40];
-  snprintf(want, sizeof want, "after:%s", pass);
-  for (const char *p = d; p && *p;) {
-    size_t len = strcspn(p, ",");
-    if (len == strlen(want) && !strncmp(p, want, len)) return true;
-    p += len + (p[len] == ',');
-  }
-  return false;
-}
-
 void cg_plan_free(cg_plan *p) {
   free(p->locs);
   free(p->out_node);
@@ -507,11 +488,11 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
   plan->out_direct = calloc(g->noutputs + 1, sizeof *plan->out_direct);
   kiln_schedule sched;
   if (!plan->locs || !plan->out_node || !plan->out_direct) return kiln_set_error(KILN_ERR_NOMEM, "codegen: out of memory");
-  double t0 = pass_clock_ms();
+  double t0 = kiln_pass_clock_ms();
   kiln_status sst = kiln_schedule_build(g, !c->no_fusion, &sched);
   if (sst != KILN_OK) return sst;
-  double t_fuse = pass_clock_ms() - t0;
-  if (pass_dump_after("fuse")) {
+  double t_fuse = kiln_pass_clock_ms() - t0;
+  if (kiln_pass_dump_after("fuse")) {
     char *text;
     if (kiln_schedule_to_text(g, &sched, &text) == KILN_OK) fprintf(stderr, "--- after fuse:\n%s", text), free(text);
   }
@@ -554,16 +535,16 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
   kiln_status pst = bytes && offsets ? KILN_OK : kiln_set_error(KILN_ERR_NOMEM, "codegen: out of memory");
   for (uint32_t i = 0; i < g->nnodes && pst == KILN_OK; i++)
     if (sched.kernel_of[i] != UINT32_MAX && plan->locs[i].kind == BUF_WORK) bytes[i] = node_bytes(&g->nodes[i]);
-  t0 = pass_clock_ms();
+  t0 = kiln_pass_clock_ms();
   if (pst == KILN_OK) pst = kiln_plan_memory(g, bytes, sched.last, !c->no_memory_plan, offsets, &mem);
-  double t_plan = pass_clock_ms() - t0;
-  if (pst == KILN_OK && pass_dump_after("memory-plan")) {
+  double t_plan = kiln_pass_clock_ms() - t0;
+  if (pst == KILN_OK && kiln_pass_dump_after("memory-plan")) {
     fprintf(stderr, "--- after memory-plan: %llu bytes of intermediates\n", (unsigned long long)mem.peak);
     for (uint32_t i = 0; i < g->nnodes; i++)
       if (bytes[i]) fprintf(stderr, "%%%u %s: offset %llu, %llu bytes\n", i, kiln_ops[g->nodes[i].op].name,
                             (unsigned long long)offsets[i], (unsigned long long)bytes[i]);
   }
-  if (pst == KILN_OK && getenv("KILN_PASS_STATS"))
+  if (pst == KILN_OK && kiln_pass_stats_on())
     fprintf(stderr, "kiln: fuse: %zu kernels, %zu nodes fused (%.3f ms); memory-plan: %llu bytes, %llu without reuse (%.3f ms)\n",
             sched.nkernels, sched.fused, t_fuse, (unsigned long long)mem.peak, (unsigned long long)mem.unplanned, t_plan);
   for (uint32_t i = 0; i < g->nnodes && pst == KILN_OK; i++)

@@ -43,10 +43,32 @@ typedef struct kiln_schedule {
 } kiln_schedule;
 
 typedef struct kiln_pass_switches {
-  bool no_fusion, no_memory_plan;
+  bool no_fold, no_simplify, no_fusion, no_memory_plan;
 } kiln_pass_switches;
+
+/* ---- simplify.c ---- */
+enum { RULE_MUL_ONE, RULE_ADD_ZERO, RULE_NEG_NEG, RULE_LOG_EXP, RULE_NOOP, RULE_CHAIN, RULE_FILL, RULE_COUNT };
+typedef struct kiln_simplify_stats {
+  size_t folded;              /* nodes replaced by their constant value */
+  size_t rewrites;            /* nodes replaced by a rule */
+  size_t by_rule[RULE_COUNT];
+  size_t removed;             /* dead nodes dropped */
+} kiln_simplify_stats;
+/* g rebuilt with constant folding (fold) and the algebraic rules (rules), then
+ * without dead nodes; inputs keep their order, outputs and assignments their names.
+ * NULL with the error set on failure. */
+KILN_INTERNAL kiln_graph *kiln_simplify(const kiln_graph *g, bool fold, bool rules, kiln_simplify_stats *stats);
+KILN_INTERNAL const char *kiln_rule_name(int rule);
 /* Parses "fuse,memory-plan"-style lists (kiln_compile_options.disable_passes). */
 KILN_INTERNAL kiln_status kiln_passes_disabled(const char *list, kiln_pass_switches *out);
+
+/* ---- pipeline.c ---- */
+/* Runs the graph-level passes on g (consumed) and returns the result; NULL with the
+ * error set on failure. */
+KILN_INTERNAL kiln_graph *kiln_optimize_graph(kiln_graph *g, const kiln_pass_switches *sw);
+KILN_INTERNAL double kiln_pass_clock_ms(void);
+KILN_INTERNAL bool kiln_pass_dump_after(const char *pass); /* KILN_DUMP lists after:PASS */
+KILN_INTERNAL bool kiln_pass_stats_on(void);               /* KILN_PASS_STATS is set */
 
 /* Inputs, constants with data and outputs are stored, whatever fusion decides. */
 KILN_INTERNAL bool kiln_node_is_stored(const kiln_graph *g, uint32_t i);

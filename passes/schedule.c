@@ -118,16 +118,35 @@ kiln_status kiln_schedule_to_text(const kiln_graph *g, const kiln_schedule *s, c
   return KILN_OK;
 }
 
-kiln_status kiln_passes_disabled(const char *list, kiln_pass_switches *out) {
-  memset(out, 0, sizeof *out);
+static kiln_status parse_switches(const char *list, kiln_pass_switches *out) {
   for (const char *p = list; p && *p;) {
     size_t len = strcspn(p, ",");
     if (len == 11 && !strncmp(p, "memory-plan", len)) out->no_memory_plan = true;
     else if (len == 4 && !strncmp(p, "fuse", len)) out->no_fusion = true;
-    else if (len) return kiln_set_error(KILN_ERR_INVALID, "no pass named '%.*s' to disable (known: fuse, memory-plan)", (int)len, p);
+    else if (len == 4 && !strncmp(p, "fold", len)) out->no_fold = true;
+    else if (len == 8 && !strncmp(p, "simplify", len)) out->no_simplify = true;
+    else if (len)
+      return kiln_set_error(KILN_ERR_INVALID, "no pass named '%.*s' to disable (known: fold, simplify, fuse, memory-plan)", (int)len, p);
     p += len + (p[len] == ',');
   }
   return KILN_OK;
+}
+
+/* g as code generation sees it: a symbolic batch bound to 1, then the graph passes. */
+/* The list given, plus KILN_DISABLE_PASSES for programs that compile through the
+ * model or function APIs. */
+kiln_status kiln_passes_disabled(const char *list, kiln_pass_switches *out) {
+  memset(out, 0, sizeof *out);
+  kiln_status st = parse_switches(list, out);
+  if (st == KILN_OK) st = parse_switches(getenv("KILN_DISABLE_PASSES"), out);
+  return st;
+}
+
+static kiln_graph *as_compiled(const kiln_graph *g, const kiln_pass_switches *sw) {
+  bool symbolic = false;
+  for (uint32_t i = 0; i < g->nnodes; i++)
+    for (int d = 0; d < g->nodes[i].rank; d++) symbolic |= g->nodes[i].dims[d] < 0;
+  return kiln_optimize_graph(kiln_graph_specialize(g, symbolic ? 1 : -1), sw);
 }
 
 kiln_status kiln_schedule_text(const kiln_graph *g, const char *disable_passes, char **text) {
@@ -137,19 +156,25 @@ kiln_status kiln_schedule_text(const kiln_graph *g, const char *disable_passes, 
   kiln_pass_switches sw;
   kiln_status st = kiln_passes_disabled(disable_passes, &sw);
   if (st != KILN_OK) return st;
-  bool symbolic = false;
-  for (uint32_t i = 0; i < g->nnodes; i++)
-    for (int d = 0; d < g->nodes[i].rank; d++) symbolic |= g->nodes[i].dims[d] < 0;
-  kiln_graph *spec = symbolic ? kiln_graph_specialize(g, 1) : NULL;
-  if (symbolic && !spec) return kiln_set_error(KILN_ERR_INVALID, "schedule_text: %s", kiln_errmsg());
-  const kiln_graph *use = spec ? spec : g;
+  /* the graph codegen sees: specialized, folded and simplified; printed before its kernels */
+  kiln_graph *use = as_compiled(g, &sw);
+  if (!use) return kiln_set_error(KILN_ERR_INVALID, "schedule_text: %s", kiln_errmsg());
   kiln_schedule s;
-  st = kiln_schedule_build(use, !sw.no_fusion, &s);
+  char *ir = NULL, *kernels = NULL;
+  st = kiln_graph_to_text(use, &ir);
+  if (st == KILN_OK) st = kiln_schedule_build(use, !sw.no_fusion, &s);
   if (st == KILN_OK) {
-    st = kiln_schedule_to_text(use, &s, text);
+    st = kiln_schedule_to_text(use, &s, &kernels);
     kiln_schedule_free(&s);
   }
-  kiln_graph_free(spec);
+  if (st == KILN_OK) {
+    size_t n = strlen(ir) + strlen(kernels) + 1;
+    *text = malloc(n);
+    if (*text) snprintf(*text, n, "%s%s", ir, kernels);
+    else st = kiln_set_error(KILN_ERR_NOMEM, "schedule_text: out of memory");
+  }
+  free(ir), free(kernels);
+  kiln_graph_free(use);
   return st;
 }
 
@@ -177,9 +202,17 @@ kiln_status kiln_graph_to_dot(const kiln_graph *g, const char *disable_passes, c
   if (g->status != KILN_OK) return kiln_set_error(g->status, "%s", g->errmsg);
   kiln_pass_switches sw;
   kiln_status st = kiln_passes_disabled(disable_passes, &sw);
-  kiln_schedule s;
-  if (st == KILN_OK) st = kiln_schedule_build(g, !sw.no_fusion, &s);
   if (st != KILN_OK) return st;
+  const kiln_graph *orig = g;
+  kiln_graph *use = as_compiled(orig, &sw);
+  if (!use) return kiln_set_error(KILN_ERR_INVALID, "graph_to_dot: %s", kiln_errmsg());
+  g = use;
+  kiln_schedule s;
+  st = kiln_schedule_build(g, !sw.no_fusion, &s);
+  if (st != KILN_OK) {
+    kiln_graph_free(use);
+    return st;
+  }
   char *buf = NULL;
   size_t len = 0;
   FILE *f = open_memstream(&buf, &len);
@@ -188,6 +221,7 @@ kiln_status kiln_graph_to_dot(const kiln_graph *g, const char *disable_passes, c
     if (f) fclose(f);
     free(buf), free(mark), free(placed);
     kiln_schedule_free(&s);
+    kiln_graph_free(use);
     return kiln_set_error(KILN_ERR_NOMEM, "graph_to_dot: out of memory");
   }
   fprintf(f, "digraph kiln {\n  node [shape=box, fontname=\"monospace\", fontsize=10];\n");
@@ -214,6 +248,7 @@ kiln_status kiln_graph_to_dot(const kiln_graph *g, const char *disable_passes, c
   fprintf(f, "}\n");
   free(mark), free(placed);
   kiln_schedule_free(&s);
+  kiln_graph_free(use);
   if (fclose(f)) {
     free(buf);
     return kiln_set_error(KILN_ERR_NOMEM, "graph_to_dot: out of memory");

@@ -13,7 +13,7 @@ static const struct {
     {"all passes", NULL},
     {"no memory-plan", "memory-plan"},
     {"no fuse", "fuse"},
-    {"no passes", "fuse,memory-plan"},
+    {"no passes", "fold,simplify,fuse,memory-plan"},
 };
 enum { NVAR = sizeof VARIANTS / sizeof VARIANTS[0], BASELINE = 2 };
 

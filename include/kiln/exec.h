@@ -23,9 +23,10 @@ typedef struct kiln_exec kiln_exec;
 typedef struct kiln_compile_options {
   const char *cpu;      /* NULL or "native": host CPU and features; "generic": portable */
   bool keep_ir;         /* keep the optimized LLVM IR text (kiln_exec_llvm_ir) */
-  /* Comma-separated passes to skip, for comparisons: "fuse" (one kernel per node,
-   * every intermediate stored) and "memory-plan" (every intermediate buffer gets its
-   * own bytes). NULL: all passes run. */
+  /* Comma-separated passes to skip, for comparisons: "fold" (constant folding),
+   * "simplify" (the algebraic rules), "fuse" (one kernel per node, every
+   * intermediate stored) and "memory-plan" (every intermediate buffer gets its own
+   * bytes). NULL: all passes run. */
   const char *disable_passes;
 } kiln_compile_options;
 
@@ -40,13 +41,13 @@ typedef struct kiln_exec_stats {
 /* KILN_ERR_INVALID while nothing is compiled yet (a symbolic batch before its first run). */
 KILN_API kiln_status kiln_exec_get_stats(const kiln_exec *e, kiln_exec_stats *out);
 
-/* The kernels kiln_compile would emit for g (a symbolic batch taken as 1), as text:
- * "N kernels, M nodes fused" then per kernel "kernel %i op fuses %j op, ...; reads
- * %k, ..." with g's node numbers. *text is the caller's (free). */
+/* What kiln_compile would emit for g (a symbolic batch taken as 1), as text: the
+ * graph after folding and simplification (text IR), "N kernels, M nodes fused", then
+ * per kernel "kernel %i op fuses %j op, ...; reads %k, ..." with that graph's node
+ * numbers. *text is the caller's (free). */
 KILN_API kiln_status kiln_schedule_text(const kiln_graph *g, const char *disable_passes, char **text);
-/* g in Graphviz dot, each kernel a cluster of its node and the nodes fused into it
- * (with "fuse" disabled: one node per cluster, the graph before fusion). g's shapes
- * must be static. */
+/* The same graph in Graphviz dot, each kernel a cluster of its node and the nodes
+ * fused into it (with "fuse" disabled: one node per cluster, before fusion). */
 KILN_API kiln_status kiln_graph_to_dot(const kiln_graph *g, const char *disable_passes, char **text);
 
 /* Compiles a copy of g: the caller may free g afterwards. */

@@ -1,0 +1,273 @@
+/* Constant folding and algebraic simplification: the graph is rebuilt node by node
+ * (inputs keep their order, outputs and assignments their names); each node is
+ * first offered to the rule table, then folded when all its inputs are constants,
+ * else copied. Folding runs the reference evaluator on the node; a uniform result
+ * becomes a fill (which fusion inlines), a small one a constant with data, and a
+ * large non-uniform one is left to run. Nodes nothing reads any more are dropped
+ * at the end (dead-code elimination). */
+#include <string.h>
+#include "passes/passes.h"
+#include "runtime/tensor_impl.h"
+
+#define FOLD_MAX_ELEMS 4096
+
+typedef struct rw {
+  kiln_graph *g;
+  kiln_simplify_stats *stats;
+} rw;
+
+static const kiln_node *nd(rw *r, uint32_t id) { return &r->g->nodes[id]; }
+
+/* Is id a scalar constant (a fill, a broadcast of one, or one value with data)? */
+static bool scalar_value(rw *r, uint32_t id, double *v) {
+  const kiln_node *n = nd(r, id);
+  if (n->op == KILN_OP_BROADCAST_TO) n = nd(r, n->inputs[0]);
+  if (n->op != KILN_OP_CONST) return false;
+  if (!n->data) return *v = kiln_attr_float(n, KILN_ATTR_VALUE, 0), true;
+  if (kiln_shape_numel(n->rank, n->dims) != 1) return false;
+  kiln_tensor *t = kiln_tensor_from_data((kiln_dtype)n->dtype, 0, NULL, n->data, n->nbytes);
+  if (!t) return false;
+  *v = kiln_tensor_get_f64(t, 0);
+  kiln_tensor_free(t);
+  return true;
+}
+
+static bool is_value(rw *r, uint32_t id, double want) {
+  double v;
+  return scalar_value(r, id, &v) && v == want;
+}
+
+static uint32_t make(rw *r, kiln_op op, const uint32_t *in, uint32_t nin, const kiln_attrs *a) {
+  return kiln_node_make(r->g, op, in, nin, a, NULL, NULL, 0).id;
+}
+
+/* A fill (no data) of n's shape with fill a's value. */
+static uint32_t reshaped_fill(rw *r, const kiln_node *a, const kiln_node *n) {
+  kiln_shape sh = {.rank = n->rank};
+  memcpy(sh.dims, n->dims, sizeof(int64_t) * (size_t)n->rank);
+  return kiln_fill(r->g, (kiln_dtype)a->dtype, sh, kiln_attr_float(a, KILN_ATTR_VALUE, 0)).id;
+}
+
+/* The rule table: returns the replacement of (op, in, attrs) of old node n, or KILN_NONE. */
+static uint32_t rewrite(rw *r, const kiln_node *n, const uint32_t *in) {
+  kiln_op op = (kiln_op)n->op;
+  const kiln_node *a = n->ninputs > 0 ? nd(r, in[0]) : NULL, *b = n->ninputs > 1 ? nd(r, in[1]) : NULL;
+#define RULE(name, cond, result)                                                                              \
+  if (cond) {                                                                                                 \
+    r->stats->rewrites++;                                                                                     \
+    r->stats->by_rule[name]++;                                                                                \
+    return (result);                                                                                          \
+  }
+  switch (op) {
+  case KILN_OP_MUL:
+    RULE(RULE_MUL_ONE, is_value(r, in[1], 1) && kiln_same_shape(a->rank, a->dims, n->rank, n->dims), in[0]);
+    RULE(RULE_MUL_ONE, is_value(r, in[0], 1) && kiln_same_shape(b->rank, b->dims, n->rank, n->dims), in[1]);
+    break;
+  case KILN_OP_ADD:
+    RULE(RULE_ADD_ZERO, is_value(r, in[1], 0) && kiln_same_shape(a->rank, a->dims, n->rank, n->dims), in[0]);
+    RULE(RULE_ADD_ZERO, is_value(r, in[0], 0) && kiln_same_shape(b->rank, b->dims, n->rank, n->dims), in[1]);
+    break;
+  case KILN_OP_SUB: RULE(RULE_ADD_ZERO, is_value(r, in[1], 0) && kiln_same_shape(a->rank, a->dims, n->rank, n->dims), in[0]); break;
+  case KILN_OP_DIV: RULE(RULE_MUL_ONE, is_value(r, in[1], 1) && kiln_same_shape(a->rank, a->dims, n->rank, n->dims), in[0]); break;
+  case KILN_OP_NEG: RULE(RULE_NEG_NEG, a->op == KILN_OP_NEG, a->inputs[0]); break;
+  case KILN_OP_LOG: RULE(RULE_LOG_EXP, a->op == KILN_OP_EXP, a->inputs[0]); break;
+  case KILN_OP_CAST: RULE(RULE_NOOP, a->dtype == n->dtype, in[0]); break;
+  case KILN_OP_RESHAPE:
+    RULE(RULE_NOOP, kiln_same_shape(a->rank, a->dims, n->rank, n->dims), in[0]);
+    RULE(RULE_FILL, a->op == KILN_OP_CONST && !a->data, reshaped_fill(r, a, n));
+    if (a->op == KILN_OP_RESHAPE) {
+      kiln_attrs at = {.n = (int)n->nattrs};
+      memcpy(at.a, n->attrs, sizeof(kiln_attr) * n->nattrs);
+      RULE(RULE_CHAIN, true, make(r, KILN_OP_RESHAPE, &a->inputs[0], 1, &at));
+    }
+    break;
+  case KILN_OP_BROADCAST_TO:
+    RULE(RULE_NOOP, kiln_same_shape(a->rank, a->dims, n->rank, n->dims), in[0]);
+    RULE(RULE_FILL, a->op == KILN_OP_CONST && !a->data && a->rank > 0, reshaped_fill(r, a, n));
+    if (a->op == KILN_OP_BROADCAST_TO) {
+      kiln_attrs at = {.n = (int)n->nattrs};
+      memcpy(at.a, n->attrs, sizeof(kiln_attr) * n->nattrs);
+      RULE(RULE_CHAIN, true, make(r, KILN_OP_BROADCAST_TO, &a->inputs[0], 1, &at));
+    }
+    break;
+  case KILN_OP_TRANSPOSE: {
+    int64_t q[KILN_MAX_RANK], p[KILN_MAX_RANK], c[KILN_MAX_RANK];
+    int k = kiln_attr_ints(n, KILN_ATTR_PERM, q);
+    bool identity = true;
+    for (int d = 0; d < k; d++) identity &= q[d] == d;
+    RULE(RULE_NOOP, identity, in[0]);
+    if (a->op == KILN_OP_TRANSPOSE && kiln_attr_ints(a, KILN_ATTR_PERM, p) == k) {
+      /* transpose(transpose(x, p), q) = transpose(x, p[q[d]]) */
+      identity = true;
+      for (int d = 0; d < k; d++) c[d] = p[q[d]], identity &= c[d] == d;
+      RULE(RULE_CHAIN, identity, a->inputs[0]);
+      kiln_attrs at = {0};
+      kiln_attrs_ints(&at, KILN_ATTR_PERM, c, k);
+      RULE(RULE_CHAIN, true, make(r, KILN_OP_TRANSPOSE, &a->inputs[0], 1, &at));
+    }
+    break;
+  }
+  default: break;
+  }
+#undef RULE
+  return KILN_NONE;
+}
+
+/* n's attributes with a shape attribute's batch symbol (-1) replaced by n's own
+ * dims (the shape attribute is the output shape): the evaluator binds the batch
+ * from inputs, and a folded node has none. */
+static void concrete_attrs(const kiln_node *n, kiln_attrs *at) {
+  at->n = (int)n->nattrs;
+  if (n->nattrs) memcpy(at->a, n->attrs, sizeof(kiln_attr) * n->nattrs);
+  for (int i = 0; i < at->n; i++)
+    if (at->a[i].key == KILN_ATTR_SHAPE)
+      for (int d = 0; d < at->a[i].n && d < n->rank; d++) at->a[i].v.i[d] = n->dims[d];
+}
+
+/* Old node n on the constant new nodes in[]: its value as a fill or a constant, or KILN_NONE. */
+static uint32_t fold(rw *r, const kiln_node *n, const uint32_t *in) {
+  kiln_op op = (kiln_op)n->op;
+  if (op == KILN_OP_PARAM || op == KILN_OP_CONST || op == KILN_OP_RNG_UNIFORM || op == KILN_OP_RNG_NORMAL ||
+      op == KILN_OP_BROADCAST_TO || op == KILN_OP_IOTA || n->ninputs == 0)
+    return KILN_NONE;
+  for (uint32_t j = 0; j < n->ninputs; j++)
+    if (nd(r, in[j])->op != KILN_OP_CONST) return KILN_NONE;
+  int64_t numel = kiln_shape_numel(n->rank, n->dims);
+  if (numel < 0) return KILN_NONE;
+  /* a big result can only fold when uniform: not worth evaluating from stored data (weights) */
+  for (uint32_t j = 0; numel > FOLD_MAX_ELEMS && j < n->ninputs; j++)
+    if (nd(r, in[j])->data) return KILN_NONE;
+  /* evaluate in a scratch graph */
+  kiln_graph *s = kiln_graph_new();
+  kiln_tensor *y = NULL;
+  uint32_t sin[64];
+  bool ok = s && n->ninputs <= 64;
+  for (uint32_t j = 0; ok && j < n->ninputs; j++) {
+    const kiln_node *c = nd(r, in[j]);
+    kiln_attrs at;
+    concrete_attrs(c, &at);
+    sin[j] = kiln_node_make(s, KILN_OP_CONST, NULL, 0, &at, NULL, c->data, c->nbytes).id;
+    ok = sin[j] != KILN_NONE;
+  }
+  if (ok) {
+    kiln_attrs at;
+    concrete_attrs(n, &at);
+    kiln_value v = kiln_node_make(s, op, sin, n->ninputs, &at, NULL, NULL, 0);
+    ok = v.id != KILN_NONE && kiln_graph_add_output(s, "y", v) == KILN_OK && kiln_evaluate(s, NULL, 0, &y, 1) == KILN_OK;
+  }
+  kiln_graph_free(s);
+  if (!ok) { /* anything the evaluator rejects is left for the run to report */
+    kiln_tensor_free(y);
+    return KILN_NONE;
+  }
+  bool uniform = true;
+  double first = numel ? kiln_tensor_get_f64(y, 0) : 0;
+  for (int64_t i = 1; i < numel && uniform; i++) {
+    double v = kiln_tensor_get_f64(y, i);
+    uniform = v == first || (v != v && first != first);
+  }
+  uint32_t out = KILN_NONE;
+  kiln_shape sh = {.rank = n->rank};
+  memcpy(sh.dims, n->dims, sizeof(int64_t) * (size_t)n->rank);
+  if (uniform) out = kiln_fill(r->g, (kiln_dtype)n->dtype, sh, first).id;
+  else if (numel <= FOLD_MAX_ELEMS) out = kiln_constant(r->g, (kiln_dtype)n->dtype, sh, kiln_tensor_cdata(y)).id;
+  kiln_tensor_free(y);
+  if (out != KILN_NONE) r->stats->folded++;
+  return out;
+}
+
+/* Dead-code elimination: a copy of g without the nodes no output or assignment reads
+ * (inputs all stay: they are positional). */
+static kiln_graph *without_dead(const kiln_graph *g, size_t *removed) {
+  uint32_t n = g->nnodes;
+  bool *live = calloc(n + 1, 1);
+  uint32_t *map = calloc(n + 1, sizeof *map);
+  kiln_graph *out = kiln_graph_new();
+  if (!live || !map || !out) {
+    free(live), free(map), kiln_graph_free(out);
+    kiln_set_error(KILN_ERR_NOMEM, "simplify: out of memory");
+    return NULL;
+  }
+  out->batch = g->batch;
+  for (uint32_t j = 0; j < g->noutputs; j++) live[g->outputs[j].node] = true;
+  for (uint32_t j = 0; j < g->nassigns; j++) live[g->assigns[j].node] = true;
+  for (uint32_t i = n; i-- > 0;)
+    if (live[i] || g->nodes[i].op == KILN_OP_PARAM)
+      for (uint32_t j = 0; j < g->nodes[i].ninputs; j++) live[g->nodes[i].inputs[j]] = true;
+  kiln_status st = KILN_OK;
+  *removed = 0;
+  for (uint32_t i = 0; i < n && st == KILN_OK; i++) {
+    const kiln_node *nd0 = &g->nodes[i];
+    if (!live[i] && nd0->op != KILN_OP_PARAM) {
+      (*removed)++;
+      continue;
+    }
+    uint32_t in[64];
+    for (uint32_t j = 0; j < nd0->ninputs && j < 64; j++) in[j] = map[nd0->inputs[j]];
+    kiln_attrs a = {.n = (int)nd0->nattrs};
+    if (nd0->nattrs) memcpy(a.a, nd0->attrs, sizeof(kiln_attr) * nd0->nattrs);
+    map[i] = kiln_node_make(out, (kiln_op)nd0->op, in, nd0->ninputs, &a, nd0->name, nd0->data, nd0->nbytes).id;
+    if (map[i] == KILN_NONE) st = kiln_set_error(KILN_ERR_INVALID, "simplify: %s", out->errmsg);
+  }
+  for (uint32_t j = 0; j < g->noutputs && st == KILN_OK; j++)
+    st = kiln_graph_add_output(out, g->outputs[j].name, (kiln_value){map[g->outputs[j].node]});
+  for (uint32_t j = 0; j < g->nassigns && st == KILN_OK; j++) st = kiln_graph_add_assign(out, g->assigns[j].name, map[g->assigns[j].node]);
+  out->vars = g->vars;
+  free(live), free(map);
+  if (st != KILN_OK) {
+    kiln_graph_free(out);
+    return NULL;
+  }
+  return out;
+}
+
+kiln_graph *kiln_simplify(const kiln_graph *src, bool fold_constants, bool rules, kiln_simplify_stats *stats) {
+  kiln_simplify_stats local;
+  rw r = {.g = kiln_graph_new(), .stats = stats ? stats : &local};
+  memset(r.stats, 0, sizeof *r.stats);
+  uint32_t *map = calloc(src->nnodes + 1, sizeof *map);
+  if (!r.g || !map) {
+    kiln_graph_free(r.g);
+    free(map);
+    kiln_set_error(KILN_ERR_NOMEM, "simplify: out of memory");
+    return NULL;
+  }
+  r.g->batch = src->batch;
+  kiln_status st = KILN_OK;
+  for (uint32_t i = 0; i < src->nnodes && st == KILN_OK; i++) {
+    const kiln_node *n = &src->nodes[i];
+    uint32_t in[64];
+    if (n->ninputs > 64) {
+      st = kiln_set_error(KILN_ERR_UNSUPPORTED, "simplify: %u inputs", n->ninputs);
+      break;
+    }
+    for (uint32_t j = 0; j < n->ninputs; j++) in[j] = map[n->inputs[j]];
+    uint32_t v = rules && n->op != KILN_OP_PARAM ? rewrite(&r, n, in) : KILN_NONE;
+    if (v == KILN_NONE && fold_constants) v = fold(&r, n, in);
+    if (v == KILN_NONE) {
+      kiln_attrs a = {.n = (int)n->nattrs};
+      if (n->nattrs) memcpy(a.a, n->attrs, sizeof(kiln_attr) * n->nattrs);
+      v = kiln_node_make(r.g, (kiln_op)n->op, in, n->ninputs, &a, n->name, n->data, n->nbytes).id;
+    }
+    if (v == KILN_NONE || r.g->status != KILN_OK) st = kiln_set_error(KILN_ERR_INVALID, "simplify: %s", r.g->errmsg);
+    map[i] = v;
+  }
+  for (uint32_t i = 0; i < src->noutputs && st == KILN_OK; i++)
+    st = kiln_graph_add_output(r.g, src->outputs[i].name, (kiln_value){map[src->outputs[i].node]});
+  for (uint32_t i = 0; i < src->nassigns && st == KILN_OK; i++)
+    st = kiln_graph_add_assign(r.g, src->assigns[i].name, map[src->assigns[i].node]);
+  r.g->vars = src->vars;
+  free(map);
+  if (st != KILN_OK) {
+    kiln_graph_free(r.g);
+    return NULL;
+  }
+  kiln_graph *live = without_dead(r.g, &r.stats->removed);
+  kiln_graph_free(r.g);
+  return live;
+}
+
+static const char *const RULE_NAMES[RULE_COUNT] = {"x*1, x/1", "x+0, x-0", "-(-x)", "log(exp(x))",
+                                                   "no-op reshape/broadcast/transpose/cast",
+                                                   "reshape, broadcast or transpose chain", "reshaped fill"};
+const char *kiln_rule_name(int rule) { return rule >= 0 && rule < RULE_COUNT ? RULE_NAMES[rule] : "?"; }
