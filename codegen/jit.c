@@ -105,7 +105,8 @@ static kiln_status build_spec(kiln_exec *e, int64_t batch, spec *s) {
   if (err) return cg_llvm_error(err, "LLJIT lookup");
   s->entry = (entry_fn)(uintptr_t)addr;
   s->workspace = aligned_alloc(64, (s->plan.workspace + 63) & ~(uint64_t)63);
-  if (!s->workspace) return kiln_set_error(KILN_ERR_NOMEM, "workspace of %llu bytes", (unsigned long long)s->plan.workspace);
+  if (!s->workspace)
+    return kiln_set_error(KILN_ERR_NOMEM, "compile: cannot allocate a workspace of %llu bytes", (unsigned long long)s->plan.workspace);
   return KILN_OK;
 }
 

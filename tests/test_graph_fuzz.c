@@ -5,7 +5,7 @@
  * evaluator, and with the same graph compiled with all passes off.
  * Values are kept O(1) (sums and matmuls scaled, sin of tanh) so that a difference
  * means a wrong kernel, not an ill-conditioned composition amplifying rounding.
- *   KILN_FUZZ_GRAPHS=N  graphs to run (default 1500; README has the long run)
+ *   KILN_FUZZ_GRAPHS=N  graphs to run (default 2000; README has the long run)
  *   KILN_FUZZ_SEED=S    first seed (default 1) */
 #include <math.h>
 #include <stdio.h>
@@ -171,7 +171,7 @@ static int compare_pipelines(gen *s, const char *what) {
 static void test_random_graphs(void **state) {
   (void)state;
   const char *n_env = getenv("KILN_FUZZ_GRAPHS"), *s_env = getenv("KILN_FUZZ_SEED");
-  long count = n_env ? atol(n_env) : 1500;
+  long count = n_env ? atol(n_env) : 2000;
   uint64_t first = s_env ? strtoull(s_env, NULL, 10) : 1;
   int failures = 0;
   for (long i = 0; i < count; i++) {
