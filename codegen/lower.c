@@ -1,15 +1,17 @@
 /* Lowering a specialised graph (all shapes static) to one LLVM module.
  *
- * Every live computed node becomes an internal function
- *     i32 node_<id>(ptr noalias out, ptr in0, ..., ptr scratch)
- * returning 0, or id+1 when it detects bad data at run time (a gather index out
- * of range). The exported entry point
+ * The schedule (passes/schedule.c) says which nodes are kernels; each becomes an
+ * internal function
+ *     i32 node<id>_<op>(ptr noalias out, ptr read0, ..., ptr scratch)
+ * whose reads are the stored buffers it needs, the nodes fused into it being
+ * computed element by element where they are read (value_of). It returns 0, or
+ * id+1 when it detects bad data at run time (a gather index out of range). The
+ * exported entry point
  *     i32 <entry>(ptr args)    ; args = [inputs..., outputs..., workspace]
- * calls them in topological order. Storage: params read the caller's input
- * buffers, constants with data are read-only globals, a node that is a graph
- * output writes the caller's output buffer directly, and everything else gets
- * its own 64-byte aligned slice of the workspace (liveness-based reuse is the
- * memory-planning pass's job). Nodes no output depends on are not emitted. */
+ * calls the kernels in node order. Storage: params read the caller's input
+ * buffers, constants with data are read-only globals, a kernel that is a graph
+ * output writes the caller's output buffer directly, and the other kernels get
+ * workspace offsets from memory planning (passes/memory_plan.c). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
