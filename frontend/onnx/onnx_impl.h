@@ -59,6 +59,14 @@ static inline int rank_of(onnx_ctx *c, kiln_value v) { return kiln_value_shape(G
 static inline kiln_dtype type_of(onnx_ctx *c, kiln_value v) { return kiln_value_dtype(G, v); }
 static inline kiln_value scalar_like(onnx_ctx *c, kiln_value x, double v) { return kiln_scalar(G, type_of(c, x), v); }
 static inline int norm_axis(int64_t axis, int rank) { return (int)(axis < 0 ? axis + rank : axis); }
+/* x[..., start:end:step, ...] along one axis, all of every other axis. */
+static inline kiln_value slice_axis(onnx_ctx *c, kiln_value x, int axis, int64_t start, int64_t end, int64_t step) {
+  kiln_shape s = kiln_value_shape(G, x);
+  int64_t S[KILN_MAX_RANK] = {0}, E[KILN_MAX_RANK], P[KILN_MAX_RANK];
+  for (int d = 0; d < s.rank; d++) E[d] = s.dims[d], P[d] = 1;
+  S[axis] = start, E[axis] = end, P[axis] = step;
+  return kiln_slice(G, x, S, E, P, s.rank);
+}
 
 /* onnx_import.c: what the op handlers use */
 KILN_INTERNAL const Onnx__AttributeProto *onnx_attr(const Onnx__NodeProto *n, const char *name);
@@ -73,5 +81,7 @@ KILN_INTERNAL const kiln_tensor *onnx_const_input(onnx_ctx *c, const Onnx__NodeP
 /* Fails naming the node: "node 'name' (OpType): ...". */
 KILN_INTERNAL kiln_status onnx_fail(onnx_ctx *c, const Onnx__NodeProto *n, kiln_status s, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+/* The kiln dtype of an ONNX TensorProto data type, or -1 when kiln has none. */
+KILN_INTERNAL int onnx_kiln_dtype(int64_t onnx_type);
 KILN_INTERNAL kiln_status onnx_tensor_from_proto(const Onnx__TensorProto *t, const char *dir, kiln_tensor **out);
 #endif

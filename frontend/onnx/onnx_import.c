@@ -56,15 +56,25 @@ const char *onnx_attr_string(const Onnx__NodeProto *n, const char *name, const c
 
 /* ---- tensors ---- */
 
-static int dtype_of(int32_t onnx_type) {
-  switch (onnx_type) {
-  case ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT: return KILN_F32;
-  case ONNX__TENSOR_PROTO__DATA_TYPE__DOUBLE: return KILN_F64;
-  case ONNX__TENSOR_PROTO__DATA_TYPE__INT32: return KILN_I32;
-  case ONNX__TENSOR_PROTO__DATA_TYPE__INT64: return KILN_I64;
-  case ONNX__TENSOR_PROTO__DATA_TYPE__BOOL: return KILN_BOOL;
-  default: return -1;
-  }
+static const struct {
+  int64_t onnx;
+  kiln_dtype kiln;
+} DTYPES[] = {
+    {ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT, KILN_F32}, {ONNX__TENSOR_PROTO__DATA_TYPE__DOUBLE, KILN_F64},
+    {ONNX__TENSOR_PROTO__DATA_TYPE__INT32, KILN_I32}, {ONNX__TENSOR_PROTO__DATA_TYPE__INT64, KILN_I64},
+    {ONNX__TENSOR_PROTO__DATA_TYPE__BOOL, KILN_BOOL},
+};
+
+int onnx_kiln_dtype(int64_t onnx_type) {
+  for (size_t i = 0; i < sizeof DTYPES / sizeof DTYPES[0]; i++)
+    if (DTYPES[i].onnx == onnx_type) return (int)DTYPES[i].kiln;
+  return -1;
+}
+
+static int32_t onnx_type_of(kiln_dtype t) {
+  for (size_t i = 0; i < sizeof DTYPES / sizeof DTYPES[0]; i++)
+    if (DTYPES[i].kiln == t) return (int32_t)DTYPES[i].onnx;
+  return -1;
 }
 
 static const char *tensor_name(const Onnx__TensorProto *t) { return t->name ? t->name : ""; }
@@ -102,7 +112,7 @@ static kiln_status open_external(const Onnx__TensorProto *t, const char *dir, ui
 
 kiln_status onnx_tensor_from_proto(const Onnx__TensorProto *t, const char *dir, kiln_tensor **out) {
   *out = NULL;
-  int dt = dtype_of(t->data_type);
+  int dt = onnx_kiln_dtype(t->data_type);
   if (dt < 0) return kiln_set_error(KILN_ERR_UNSUPPORTED, "tensor '%s': ONNX data type %d is not supported", tensor_name(t), t->data_type);
   if (t->n_dims > KILN_MAX_RANK) return kiln_set_error(KILN_ERR_UNSUPPORTED, "tensor '%s': rank %zu", tensor_name(t), t->n_dims);
   int64_t dims[KILN_MAX_RANK];
@@ -193,17 +203,6 @@ kiln_status kiln_onnx_load_tensor(const char *path, kiln_tensor **out, char **na
   free(copy);
   onnx__tensor_proto__free_unpacked(t, NULL);
   return st;
-}
-
-static int32_t onnx_type_of(kiln_dtype t) {
-  switch (t) {
-  case KILN_F32: return ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT;
-  case KILN_F64: return ONNX__TENSOR_PROTO__DATA_TYPE__DOUBLE;
-  case KILN_I32: return ONNX__TENSOR_PROTO__DATA_TYPE__INT32;
-  case KILN_I64: return ONNX__TENSOR_PROTO__DATA_TYPE__INT64;
-  case KILN_BOOL: return ONNX__TENSOR_PROTO__DATA_TYPE__BOOL;
-  default: return -1;
-  }
 }
 
 kiln_status kiln_onnx_save_tensor(const char *path, const kiln_tensor *t, const char *name) {
@@ -353,7 +352,7 @@ static kiln_status import_input(onnx_ctx *c, const Onnx__ValueInfoProto *vi) {
   if (!tp || tp->value_case != ONNX__TYPE_PROTO__VALUE_TENSOR_TYPE || !tp->tensor_type)
     return kiln_set_error(KILN_ERR_UNSUPPORTED, "%s: input '%s' is not a tensor", c->path, vi->name);
   const Onnx__TypeProto__Tensor *tt = tp->tensor_type;
-  int dt = dtype_of(tt->elem_type);
+  int dt = onnx_kiln_dtype(tt->elem_type);
   if (dt < 0)
     return kiln_set_error(KILN_ERR_UNSUPPORTED, "%s: input '%s' has ONNX data type %d, which kiln does not support",
                           c->path, vi->name, tt->elem_type);

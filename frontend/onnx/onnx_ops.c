@@ -247,16 +247,9 @@ static kiln_status op_CastLike(onnx_ctx *c, const Onnx__NodeProto *n, const kiln
 
 static kiln_status op_Cast(onnx_ctx *c, const Onnx__NodeProto *n, const kiln_value *in, size_t nin, kiln_value *out) {
   int64_t to = onnx_attr_int(n, "to", 0);
-  kiln_dtype t;
-  switch (to) {
-  case ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT: t = KILN_F32; break;
-  case ONNX__TENSOR_PROTO__DATA_TYPE__DOUBLE: t = KILN_F64; break;
-  case ONNX__TENSOR_PROTO__DATA_TYPE__INT32: t = KILN_I32; break;
-  case ONNX__TENSOR_PROTO__DATA_TYPE__INT64: t = KILN_I64; break;
-  case ONNX__TENSOR_PROTO__DATA_TYPE__BOOL: t = KILN_BOOL; break;
-  default: return onnx_fail(c, n, KILN_ERR_UNSUPPORTED, "cast to ONNX data type %lld", (long long)to);
-  }
-  out[0] = kiln_cast(G, in[0], t);
+  int t = onnx_kiln_dtype(to);
+  if (t < 0) return onnx_fail(c, n, KILN_ERR_UNSUPPORTED, "cast to ONNX data type %lld", (long long)to);
+  out[0] = kiln_cast(G, in[0], (kiln_dtype)t);
   return KILN_OK;
 }
 
@@ -437,10 +430,7 @@ static kiln_status arg_extreme(onnx_ctx *c, const Onnx__NodeProto *n, kiln_value
     out[0] = kiln_argmax(G, x, axis, keep);
     return KILN_OK;
   }
-  int64_t S[KILN_MAX_RANK] = {0}, E[KILN_MAX_RANK], P[KILN_MAX_RANK];
-  for (int d = 0; d < s.rank; d++) E[d] = s.dims[d], P[d] = 1;
-  S[axis] = -1, E[axis] = INT64_MIN, P[axis] = -1;
-  kiln_value r = kiln_argmax(G, kiln_slice(G, x, S, E, P, s.rank), axis, keep);
+  kiln_value r = kiln_argmax(G, slice_axis(c, x, axis, -1, INT64_MIN, -1), axis, keep);
   out[0] = kiln_sub(G, kiln_scalar(G, type_of(c, r), (double)(s.dims[axis] - 1)), r);
   return KILN_OK;
 }
@@ -606,16 +596,14 @@ static kiln_status op_Pad(onnx_ctx *c, const Onnx__NodeProto *n, const kiln_valu
       int64_t k = pads[side * r + a];
       if (side == 1) parts[np2++] = x;
       if (!k) continue;
-      int64_t S[KILN_MAX_RANK] = {0}, E[KILN_MAX_RANK], P[KILN_MAX_RANK];
-      for (int d = 0; d < r; d++) E[d] = s.dims[d], P[d] = 1;
       if (edge) {
-        S[a] = side ? len - 1 : 0, E[a] = S[a] + 1;
+        int64_t at = side ? len - 1 : 0;
         kiln_shape bs = s;
         bs.dims[a] = k;
-        parts[np2++] = kiln_broadcast_to(G, kiln_slice(G, x, S, E, P, r), bs);
+        parts[np2++] = kiln_broadcast_to(G, slice_axis(c, x, a, at, at + 1, 1), bs);
       } else { /* before: x[k], ..., x[1]; after: x[len-2], ..., x[len-1-k] */
-        S[a] = side ? len - 2 : k, E[a] = side ? (len - 2 - k >= 0 ? len - 2 - k : -len - 1) : 0, P[a] = -1;
-        parts[np2++] = kiln_slice(G, x, S, E, P, r);
+        int64_t end = side ? (len - 2 - k >= 0 ? len - 2 - k : -len - 1) : 0;
+        parts[np2++] = slice_axis(c, x, a, side ? len - 2 : k, end, -1);
       }
     }
     x = kiln_concat(G, parts, np2, a);
@@ -728,11 +716,8 @@ static kiln_status op_Split(onnx_ctx *c, const Onnx__NodeProto *n, const kiln_va
   }
   int64_t start = 0;
   for (int i = 0; i < k; i++) {
-    int64_t S[KILN_MAX_RANK] = {0}, E[KILN_MAX_RANK], P[KILN_MAX_RANK];
-    for (int d = 0; d < s.rank; d++) E[d] = s.dims[d], P[d] = 1;
-    S[axis] = start, E[axis] = start + sizes[i];
+    out[i] = slice_axis(c, in[0], axis, start, start + sizes[i], 1);
     start += sizes[i];
-    out[i] = kiln_slice(G, in[0], S, E, P, s.rank);
   }
   return KILN_OK;
 }

@@ -10,14 +10,6 @@
 
 static kiln_shape shape_of(onnx_ctx *c, kiln_value v) { return kiln_value_shape(G, v); }
 
-static kiln_value slice_axis(onnx_ctx *c, kiln_value x, int axis, int64_t start, int64_t end, int64_t step) {
-  kiln_shape s = shape_of(c, x);
-  int64_t S[KILN_MAX_RANK] = {0}, E[KILN_MAX_RANK], P[KILN_MAX_RANK];
-  for (int d = 0; d < s.rank; d++) E[d] = s.dims[d], P[d] = 1;
-  S[axis] = start, E[axis] = end, P[axis] = step;
-  return kiln_slice(G, x, S, E, P, s.rank);
-}
-
 /* The parameter p [C] shaped to broadcast along axis 1 of a rank-r tensor. */
 static kiln_value channel_param(onnx_ctx *c, kiln_value p, int r) {
   kiln_shape s = {.rank = r};
@@ -604,9 +596,8 @@ static kiln_status window_fn(onnx_ctx *c, const Onnx__NodeProto *n, double a0, d
   int64_t size = (int64_t)kiln_tensor_get_f64(t, 0);
   if (size < 0 || size > (1 << 24)) return onnx_fail(c, n, KILN_ERR_INVALID, "size %lld", (long long)size);
   int64_t type = onnx_attr_int(n, "output_datatype", ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT);
-  kiln_dtype dt = type == ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT ? KILN_F32 : type == ONNX__TENSOR_PROTO__DATA_TYPE__DOUBLE ? KILN_F64
-                : type == ONNX__TENSOR_PROTO__DATA_TYPE__INT32 ? KILN_I32 : type == ONNX__TENSOR_PROTO__DATA_TYPE__INT64 ? KILN_I64 : -1;
-  if ((int)dt < 0) return onnx_fail(c, n, KILN_ERR_UNSUPPORTED, "output_datatype %lld", (long long)type);
+  int dt = onnx_kiln_dtype(type);
+  if (dt < 0 || dt == KILN_BOOL) return onnx_fail(c, n, KILN_ERR_UNSUPPORTED, "output_datatype %lld", (long long)type);
   double denom = (double)(onnx_attr_int(n, "periodic", 1) ? size : size - 1);
   double *v = malloc(sizeof *v * (size_t)(size ? size : 1));
   if (!v) return kiln_set_error(KILN_ERR_NOMEM, "onnx: out of memory");
@@ -614,7 +605,7 @@ static kiln_status window_fn(onnx_ctx *c, const Onnx__NodeProto *n, double a0, d
     double x = 2 * M_PI * (double)i / denom;
     v[i] = a0 - a1 * cos(x) + a2 * cos(2 * x);
   }
-  out[0] = kiln_cast(G, kiln_constant(G, KILN_F64, KILN_SHAPE(size), v), dt);
+  out[0] = kiln_cast(G, kiln_constant(G, KILN_F64, KILN_SHAPE(size), v), (kiln_dtype)dt);
   free(v);
   return KILN_OK;
 }

@@ -121,12 +121,9 @@ ONNX_HANDLER(EyeLike) {
   kiln_dtype t = type_of(c, in[0]);
   int64_t want = onnx_attr_int(n, "dtype", -1);
   if (want >= 0) {
-    kiln_dtype map[] = {[ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT] = KILN_F32, [ONNX__TENSOR_PROTO__DATA_TYPE__DOUBLE] = KILN_F64,
-                        [ONNX__TENSOR_PROTO__DATA_TYPE__INT32] = KILN_I32, [ONNX__TENSOR_PROTO__DATA_TYPE__INT64] = KILN_I64,
-                        [ONNX__TENSOR_PROTO__DATA_TYPE__BOOL] = KILN_BOOL};
-    if (want >= (int64_t)(sizeof map / sizeof map[0]) || (!map[want] && want != ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT))
-      return onnx_fail(c, n, KILN_ERR_UNSUPPORTED, "dtype %lld", (long long)want);
-    t = map[want];
+    int k = onnx_kiln_dtype(want);
+    if (k < 0) return onnx_fail(c, n, KILN_ERR_UNSUPPORTED, "dtype %lld", (long long)want);
+    t = (kiln_dtype)k;
   }
   kiln_value d = diagonal_offset(c, s.dims[0], s.dims[1]);
   out[0] = kiln_cast(G, kiln_equal(G, d, kiln_scalar(G, KILN_I64, (double)onnx_attr_int(n, "k", 0))), t);
@@ -143,8 +140,7 @@ ONNX_HANDLER(OneHot) {
   int r = rank_of(c, idx) + 1, axis = norm_axis(onnx_attr_int(n, "axis", -1), r);
   if (axis < 0 || axis >= r) return onnx_fail(c, n, KILN_ERR_INVALID, "axis out of range for rank %d", r);
   kiln_dtype t = type_of(c, values);
-  kiln_value off = kiln_slice(G, values, (int64_t[]){0}, (int64_t[]){1}, (int64_t[]){1}, 1);
-  kiln_value on = kiln_slice(G, values, (int64_t[]){1}, (int64_t[]){2}, (int64_t[]){1}, 1);
+  kiln_value off = slice_axis(c, values, 0, 0, 1, 1), on = slice_axis(c, values, 0, 1, 2, 1);
   kiln_value oh = kiln_one_hot(G, wrap_index(c, idx, depth), depth, t);
   kiln_value y = kiln_add(G, off, kiln_mul(G, oh, kiln_sub(G, on, off)));
   out[0] = move_axis(c, y, r - 1, axis);
@@ -283,10 +279,7 @@ static kiln_value flat_tuples(onnx_ctx *c, kiln_value idx, kiln_shape data, int 
   for (int d = 0; d < b; d++)
     flat = kiln_add(G, flat, kiln_mul(G, kiln_iota(G, KILN_I64, lead, d), kiln_scalar(G, KILN_I64, (double)stride[d])));
   for (int j = 0; j < k; j++) {
-    int64_t S[KILN_MAX_RANK] = {0}, E[KILN_MAX_RANK], P[KILN_MAX_RANK];
-    for (int d = 0; d < is.rank; d++) E[d] = is.dims[d], P[d] = 1;
-    S[is.rank - 1] = j, E[is.rank - 1] = j + 1;
-    kiln_value comp = kiln_reshape(G, kiln_slice(G, idx, S, E, P, is.rank), lead);
+    kiln_value comp = kiln_reshape(G, slice_axis(c, idx, is.rank - 1, j, j + 1, 1), lead);
     flat = kiln_add(G, flat, kiln_mul(G, wrap_index(c, comp, data.dims[b + j]), kiln_scalar(G, KILN_I64, (double)stride[b + j])));
   }
   return flat;
