@@ -149,24 +149,32 @@ static kiln_graph *as_compiled(const kiln_graph *g, const kiln_pass_switches *sw
   return kiln_optimize_graph(kiln_graph_specialize(g, symbolic ? 1 : -1), sw);
 }
 
-kiln_status kiln_schedule_text(const kiln_graph *g, const char *disable_passes, char **text) {
-  if (!g || !text) return kiln_set_error(KILN_ERR_INVALID, "schedule_text: NULL argument");
+/* What the introspection calls share: checks, the compiled graph *use and its
+ * schedule s (free both on success). */
+static kiln_status compiled_schedule(const kiln_graph *g, const char *disable_passes, char **text, const char *what,
+                                     kiln_graph **use, kiln_schedule *s) {
+  if (!g || !text) return kiln_set_error(KILN_ERR_INVALID, "%s: NULL argument", what);
   *text = NULL;
   if (g->status != KILN_OK) return kiln_set_error(g->status, "%s", g->errmsg);
   kiln_pass_switches sw;
   kiln_status st = kiln_passes_disabled(disable_passes, &sw);
   if (st != KILN_OK) return st;
-  /* the graph codegen sees: specialized, folded and simplified; printed before its kernels */
-  kiln_graph *use = as_compiled(g, &sw);
-  if (!use) return kiln_set_error(KILN_ERR_INVALID, "schedule_text: %s", kiln_errmsg());
+  if (!(*use = as_compiled(g, &sw))) return kiln_set_error(KILN_ERR_INVALID, "%s: %s", what, kiln_errmsg());
+  st = kiln_schedule_build(*use, !sw.no_fusion, s);
+  if (st != KILN_OK) kiln_graph_free(*use);
+  return st;
+}
+
+kiln_status kiln_schedule_text(const kiln_graph *g, const char *disable_passes, char **text) {
+  /* the graph codegen sees (specialized, folded and simplified), printed before its kernels */
+  kiln_graph *use;
   kiln_schedule s;
+  kiln_status st = compiled_schedule(g, disable_passes, text, "schedule_text", &use, &s);
+  if (st != KILN_OK) return st;
   char *ir = NULL, *kernels = NULL;
   st = kiln_graph_to_text(use, &ir);
-  if (st == KILN_OK) st = kiln_schedule_build(use, !sw.no_fusion, &s);
-  if (st == KILN_OK) {
-    st = kiln_schedule_to_text(use, &s, &kernels);
-    kiln_schedule_free(&s);
-  }
+  if (st == KILN_OK) st = kiln_schedule_to_text(use, &s, &kernels);
+  kiln_schedule_free(&s);
   if (st == KILN_OK) {
     size_t n = strlen(ir) + strlen(kernels) + 1;
     *text = malloc(n);
@@ -196,23 +204,12 @@ static void dot_node(FILE *f, const kiln_graph *g, uint32_t i, const char *inden
   fprintf(f, "\\n%s\"%s];\n", type, n->op == KILN_OP_PARAM || n->op == KILN_OP_CONST ? ", shape=ellipse" : "");
 }
 
-kiln_status kiln_graph_to_dot(const kiln_graph *g, const char *disable_passes, char **text) {
-  if (!g || !text) return kiln_set_error(KILN_ERR_INVALID, "graph_to_dot: NULL argument");
-  *text = NULL;
-  if (g->status != KILN_OK) return kiln_set_error(g->status, "%s", g->errmsg);
-  kiln_pass_switches sw;
-  kiln_status st = kiln_passes_disabled(disable_passes, &sw);
-  if (st != KILN_OK) return st;
-  const kiln_graph *orig = g;
-  kiln_graph *use = as_compiled(orig, &sw);
-  if (!use) return kiln_set_error(KILN_ERR_INVALID, "graph_to_dot: %s", kiln_errmsg());
-  g = use;
+kiln_status kiln_graph_to_dot(const kiln_graph *g_in, const char *disable_passes, char **text) {
+  kiln_graph *use;
   kiln_schedule s;
-  st = kiln_schedule_build(g, !sw.no_fusion, &s);
-  if (st != KILN_OK) {
-    kiln_graph_free(use);
-    return st;
-  }
+  kiln_status st = compiled_schedule(g_in, disable_passes, text, "graph_to_dot", &use, &s);
+  if (st != KILN_OK) return st;
+  const kiln_graph *g = use;
   char *buf = NULL;
   size_t len = 0;
   FILE *f = open_memstream(&buf, &len);

@@ -41,6 +41,29 @@ static uint32_t make(rw *r, kiln_op op, const uint32_t *in, uint32_t nin, const 
   return kiln_node_make(r->g, op, in, nin, a, NULL, NULL, 0).id;
 }
 
+static void attrs_of(const kiln_node *n, kiln_attrs *a) {
+  a->n = (int)n->nattrs;
+  if (n->nattrs) memcpy(a->a, n->attrs, sizeof(kiln_attr) * n->nattrs);
+}
+
+/* n (op, attributes, name, data) made in dst on the inputs in[]. */
+static uint32_t copy_node(kiln_graph *dst, const kiln_node *n, const uint32_t *in) {
+  kiln_attrs a;
+  attrs_of(n, &a);
+  return kiln_node_make(dst, (kiln_op)n->op, in, n->ninputs, &a, n->name, n->data, n->nbytes).id;
+}
+
+/* src's outputs and assignments, and its variables, on dst through map. */
+static kiln_status copy_ports(kiln_graph *dst, const kiln_graph *src, const uint32_t *map) {
+  kiln_status st = KILN_OK;
+  for (uint32_t j = 0; j < src->noutputs && st == KILN_OK; j++)
+    st = kiln_graph_add_output(dst, src->outputs[j].name, (kiln_value){map[src->outputs[j].node]});
+  for (uint32_t j = 0; j < src->nassigns && st == KILN_OK; j++)
+    st = kiln_graph_add_assign(dst, src->assigns[j].name, map[src->assigns[j].node]);
+  dst->vars = src->vars;
+  return st;
+}
+
 /* A fill (no data) of n's shape with fill a's value. */
 static uint32_t reshaped_fill(rw *r, const kiln_node *a, const kiln_node *n) {
   kiln_shape sh = {.rank = n->rank};
@@ -75,20 +98,12 @@ static uint32_t rewrite(rw *r, const kiln_node *n, const uint32_t *in) {
   case KILN_OP_RESHAPE:
     RULE(RULE_NOOP, kiln_same_shape(a->rank, a->dims, n->rank, n->dims), in[0]);
     RULE(RULE_FILL, a->op == KILN_OP_CONST && !a->data, reshaped_fill(r, a, n));
-    if (a->op == KILN_OP_RESHAPE) {
-      kiln_attrs at = {.n = (int)n->nattrs};
-      memcpy(at.a, n->attrs, sizeof(kiln_attr) * n->nattrs);
-      RULE(RULE_CHAIN, true, make(r, KILN_OP_RESHAPE, &a->inputs[0], 1, &at));
-    }
+    RULE(RULE_CHAIN, a->op == KILN_OP_RESHAPE, copy_node(r->g, n, &a->inputs[0]));
     break;
   case KILN_OP_BROADCAST_TO:
     RULE(RULE_NOOP, kiln_same_shape(a->rank, a->dims, n->rank, n->dims), in[0]);
     RULE(RULE_FILL, a->op == KILN_OP_CONST && !a->data && a->rank > 0, reshaped_fill(r, a, n));
-    if (a->op == KILN_OP_BROADCAST_TO) {
-      kiln_attrs at = {.n = (int)n->nattrs};
-      memcpy(at.a, n->attrs, sizeof(kiln_attr) * n->nattrs);
-      RULE(RULE_CHAIN, true, make(r, KILN_OP_BROADCAST_TO, &a->inputs[0], 1, &at));
-    }
+    RULE(RULE_CHAIN, a->op == KILN_OP_BROADCAST_TO, copy_node(r->g, n, &a->inputs[0]));
     break;
   case KILN_OP_TRANSPOSE: {
     int64_t q[KILN_MAX_RANK], p[KILN_MAX_RANK], c[KILN_MAX_RANK];
@@ -117,8 +132,7 @@ static uint32_t rewrite(rw *r, const kiln_node *n, const uint32_t *in) {
  * dims (the shape attribute is the output shape): the evaluator binds the batch
  * from inputs, and a folded node has none. */
 static void concrete_attrs(const kiln_node *n, kiln_attrs *at) {
-  at->n = (int)n->nattrs;
-  if (n->nattrs) memcpy(at->a, n->attrs, sizeof(kiln_attr) * n->nattrs);
+  attrs_of(n, at);
   for (int i = 0; i < at->n; i++)
     if (at->a[i].key == KILN_ATTR_SHAPE)
       for (int d = 0; d < at->a[i].n && d < n->rank; d++) at->a[i].v.i[d] = n->dims[d];
@@ -204,15 +218,10 @@ static kiln_graph *without_dead(const kiln_graph *g, size_t *removed) {
     }
     uint32_t in[64];
     for (uint32_t j = 0; j < nd0->ninputs && j < 64; j++) in[j] = map[nd0->inputs[j]];
-    kiln_attrs a = {.n = (int)nd0->nattrs};
-    if (nd0->nattrs) memcpy(a.a, nd0->attrs, sizeof(kiln_attr) * nd0->nattrs);
-    map[i] = kiln_node_make(out, (kiln_op)nd0->op, in, nd0->ninputs, &a, nd0->name, nd0->data, nd0->nbytes).id;
+    map[i] = copy_node(out, nd0, in);
     if (map[i] == KILN_NONE) st = kiln_set_error(KILN_ERR_INVALID, "simplify: %s", out->errmsg);
   }
-  for (uint32_t j = 0; j < g->noutputs && st == KILN_OK; j++)
-    st = kiln_graph_add_output(out, g->outputs[j].name, (kiln_value){map[g->outputs[j].node]});
-  for (uint32_t j = 0; j < g->nassigns && st == KILN_OK; j++) st = kiln_graph_add_assign(out, g->assigns[j].name, map[g->assigns[j].node]);
-  out->vars = g->vars;
+  if (st == KILN_OK) st = copy_ports(out, g, map);
   free(live), free(map);
   if (st != KILN_OK) {
     kiln_graph_free(out);
@@ -244,19 +253,11 @@ kiln_graph *kiln_simplify(const kiln_graph *src, bool fold_constants, bool rules
     for (uint32_t j = 0; j < n->ninputs; j++) in[j] = map[n->inputs[j]];
     uint32_t v = rules && n->op != KILN_OP_PARAM ? rewrite(&r, n, in) : KILN_NONE;
     if (v == KILN_NONE && fold_constants) v = fold(&r, n, in);
-    if (v == KILN_NONE) {
-      kiln_attrs a = {.n = (int)n->nattrs};
-      if (n->nattrs) memcpy(a.a, n->attrs, sizeof(kiln_attr) * n->nattrs);
-      v = kiln_node_make(r.g, (kiln_op)n->op, in, n->ninputs, &a, n->name, n->data, n->nbytes).id;
-    }
+    if (v == KILN_NONE) v = copy_node(r.g, n, in);
     if (v == KILN_NONE || r.g->status != KILN_OK) st = kiln_set_error(KILN_ERR_INVALID, "simplify: %s", r.g->errmsg);
     map[i] = v;
   }
-  for (uint32_t i = 0; i < src->noutputs && st == KILN_OK; i++)
-    st = kiln_graph_add_output(r.g, src->outputs[i].name, (kiln_value){map[src->outputs[i].node]});
-  for (uint32_t i = 0; i < src->nassigns && st == KILN_OK; i++)
-    st = kiln_graph_add_assign(r.g, src->assigns[i].name, map[src->assigns[i].node]);
-  r.g->vars = src->vars;
+  if (st == KILN_OK) st = copy_ports(r.g, src, map);
   free(map);
   if (st != KILN_OK) {
     kiln_graph_free(r.g);
