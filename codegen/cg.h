@@ -16,7 +16,9 @@ typedef struct cg {
   int vec_bytes;           /* widest vector register: 64 (AVX-512), 32 (AVX2) or 16 */
   const kiln_graph *g;
   LLVMValueRef fn;         /* function being emitted */
-  LLVMValueRef gemm[KILN_DTYPE_COUNT]; /* lazily emitted GEMM helpers */
+  int threads;             /* workers the kernels may use (per-worker scratch); 1: serial code */
+  unsigned ngemm;          /* GEMM call sites emitted (each gets its own specialised functions) */
+  LLVMValueRef par;        /* in a kernel with threads > 1: its kiln_parallel pointer (may be NULL at run time) */
   bool no_memory_plan;     /* a buffer per node (the "memory-plan" pass disabled) */
   bool no_fusion;          /* a kernel per node (the "fuse" pass disabled) */
   char err[512];
@@ -85,12 +87,24 @@ KILN_INTERNAL LLVMValueRef cg_log_f32(cg *c, LLVMValueRef x);
 /* Converts a double constant fill value to dtype t like the evaluator does. */
 KILN_INTERNAL LLVMValueRef cg_fill_value(cg *c, kiln_dtype t, double v);
 
+/* ---- gemm.c ---- */
+/* C[b] = A[b] * B[b] for b < batch, all strides in elements: A[b][i][k] is at
+ * b*bsa + i*rsa + k*csa, B[b][k][j] at b*bsb + k*rsb + j*csb, C[b][i][j] at b*bsc + i*ldc + j. */
+typedef struct cg_gemm {
+  kiln_dtype t;
+  int64_t batch, M, N, K;
+  int64_t rsa, csa, rsb, csb, ldc;
+  int64_t bsa, bsb, bsc;
+} cg_gemm;
+KILN_INTERNAL uint64_t cg_gemm_scratch_bytes(cg *c, const cg_gemm *g);
+KILN_INTERNAL void cg_gemm_emit(cg *c, const cg_gemm *g, LLVMValueRef A, LLVMValueRef B, LLVMValueRef C, LLVMValueRef scratch);
+
 /* ---- kernels.c: contractions and windows ---- */
 KILN_INTERNAL void cg_matmul(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch);
 KILN_INTERNAL void cg_conv2d(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch);
 KILN_INTERNAL void cg_pool2d(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in);
 /* Scratch bytes a node needs beyond its output (packing, im2col). */
-KILN_INTERNAL uint64_t cg_scratch_bytes(const kiln_graph *g, const kiln_node *n);
+KILN_INTERNAL uint64_t cg_scratch_bytes(cg *c, const kiln_node *n);
 
 /* ---- target.c ---- */
 /* triple NULL: the host; cpu "native" (host CPU and features, host only), "generic", or

@@ -12,6 +12,7 @@
 #include "codegen/cg.h"
 #include "passes/passes.h"
 #include "runtime/tensor_impl.h"
+#include "runtime/thread_pool.h"
 
 typedef int32_t (*entry_fn)(void **args);
 
@@ -29,6 +30,9 @@ struct kiln_exec {
   bool generic_cpu, keep_ir;
   kiln_pass_switches passes;
   size_t last_spec; /* the most recently built, for kiln_exec_get_stats */
+  int threads;
+  kiln_pool *pool;  /* NULL when single-threaded */
+  kiln_parallel par;
   spec *specs;
   size_t nspecs;
   char *ir;
@@ -52,7 +56,7 @@ static kiln_status build_spec(kiln_exec *e, int64_t batch, spec *s) {
     if (kiln_shape_numel(s->g->nodes[i].rank, s->g->nodes[i].dims) < 0)
       return kiln_set_error(KILN_ERR_INVALID, "compile: %%%u has a symbolic dim that no input binds", i);
 
-  cg c = {.g = s->g, .no_memory_plan = e->passes.no_memory_plan, .no_fusion = e->passes.no_fusion};
+  cg c = {.g = s->g, .no_memory_plan = e->passes.no_memory_plan, .no_fusion = e->passes.no_fusion, .threads = e->threads};
   LLVMTargetMachineRef tm = cg_target_machine(NULL, e->generic_cpu ? "generic" : "native", &c.vec_bytes);
   if (!tm) return KILN_ERR_BACKEND;
   LLVMOrcThreadSafeContextRef tsc = LLVMOrcCreateNewThreadSafeContext();
@@ -137,9 +141,17 @@ kiln_status kiln_compile(const kiln_graph *g, const kiln_compile_options *opts, 
     }
   }
   /* an unknown pass name is an error rather than a silent full pipeline */
-  if ((st = kiln_passes_disabled(opts ? opts->disable_passes : NULL, &e->passes)) != KILN_OK) {
+  if ((st = kiln_passes_disabled(opts ? opts->disable_passes : NULL, &e->passes)) != KILN_OK ||
+      (st = kiln_thread_count(opts ? opts->threads : 0, &e->threads)) != KILN_OK) {
     kiln_exec_free(e);
     return kiln_set_error(st, "compile: %s", kiln_errmsg());
+  }
+  if (e->threads > 1) {
+    if (!(e->pool = kiln_pool_new(e->threads))) {
+      kiln_exec_free(e);
+      return KILN_ERR_RUNTIME;
+    }
+    e->par = kiln_pool_parallel(e->pool);
   }
   uint32_t np = kiln_graph_num_inputs(e->g), k = 0;
   e->in_names = calloc(np + 1, sizeof *e->in_names);
@@ -183,6 +195,7 @@ void kiln_exec_free(kiln_exec *e) {
   free(e->specs);
   free(e->ir);
   free(e->in_names);
+  kiln_pool_free(e->pool);
   kiln_graph_free(e->g);
   free(e);
 }
@@ -231,8 +244,9 @@ static kiln_status find_spec(kiln_exec *e, int64_t batch, spec **out) {
 }
 
 /* Runs with every param bound (inputs) and every output, assignments included, requested. */
+/* outputs[j] for j < given are the caller's tensors, checked against the graph; the rest are made here. */
 static kiln_status run_bound(kiln_exec *e, const kiln_tensor *const *inputs, size_t nin, kiln_tensor **outputs,
-                             size_t nout) {
+                             size_t nout, size_t given) {
   int64_t batch;
   kiln_status st = kiln_check_inputs(e->g, inputs, nin, &batch);
   if (st != KILN_OK) return st;
@@ -240,16 +254,24 @@ static kiln_status run_bound(kiln_exec *e, const kiln_tensor *const *inputs, siz
   st = find_spec(e, batch, &s);
   if (st != KILN_OK) return st;
   const kiln_graph *g = s->g;
-  void **args = calloc(nin + nout + 1, sizeof *args);
+  void **args = calloc(nin + nout + 2, sizeof *args);
   if (!args) return kiln_set_error(KILN_ERR_NOMEM, "run: out of memory");
   for (size_t i = 0; i < nin; i++) args[i] = inputs[i]->data;
   for (size_t j = 0; j < nout && st == KILN_OK; j++) {
     const kiln_node *n = &g->nodes[g->outputs[j].node];
-    outputs[j] = kiln_tensor_new((kiln_dtype)n->dtype, n->rank, n->dims);
-    if (!outputs[j]) st = KILN_ERR_NOMEM;
-    else args[nin + j] = outputs[j]->data;
+    if (j < given) {
+      const kiln_tensor *o = outputs[j];
+      char want[96];
+      if (!o || o->dtype != n->dtype || o->rank != n->rank || memcmp(o->dims, n->dims, sizeof(int64_t) * (size_t)n->rank))
+        st = kiln_set_error(KILN_ERR_INVALID, "run: output %zu must be a %s tensor of shape %s", j,
+                            kiln_dtype_name((kiln_dtype)n->dtype), kiln_shape_str(want, sizeof want, n->rank, n->dims));
+    } else if (!(outputs[j] = kiln_tensor_new((kiln_dtype)n->dtype, n->rank, n->dims))) {
+      st = KILN_ERR_NOMEM;
+    }
+    if (st == KILN_OK) args[nin + j] = outputs[j]->data;
   }
   args[nin + nout] = s->workspace;
+  args[nin + nout + 1] = e->pool ? &e->par : NULL;
   if (st == KILN_OK) {
     int32_t rc = s->entry(args);
     if (rc) {
@@ -276,29 +298,42 @@ static kiln_status run_bound(kiln_exec *e, const kiln_tensor *const *inputs, siz
   }
   free(args);
   if (st != KILN_OK)
-    for (size_t j = 0; j < nout; j++) kiln_tensor_free(outputs[j]), outputs[j] = NULL;
+    for (size_t j = given; j < nout; j++) kiln_tensor_free(outputs[j]), outputs[j] = NULL;
   return st;
 }
 
-kiln_status kiln_exec_run(kiln_exec *e, const kiln_tensor *const *inputs, size_t nin, kiln_tensor **outputs, size_t nout) {
+static kiln_status exec_run(kiln_exec *e, const kiln_tensor *const *inputs, size_t nin, kiln_tensor **outputs,
+                            size_t nout, bool into) {
   if (!e) return kiln_set_error(KILN_ERR_INVALID, "run: null exec");
   if (nout != e->nuser_out)
     return kiln_set_error(KILN_ERR_INVALID, "run: the graph has %u outputs, %zu requested", e->nuser_out, nout);
   if (!outputs) return kiln_set_error(KILN_ERR_INVALID, "run: the outputs array is NULL");
-  for (size_t j = 0; j < nout; j++) outputs[j] = NULL;
+  if (!into)
+    for (size_t j = 0; j < nout; j++) outputs[j] = NULL;
   uint32_t np = kiln_graph_num_params(e->g), nall = e->g->noutputs;
   const kiln_tensor **full = calloc(np + 1, sizeof *full);
   kiln_tensor **all = calloc(nall + 1, sizeof *all);
   kiln_status st = full && all ? KILN_OK : kiln_set_error(KILN_ERR_NOMEM, "run: out of memory");
+  if (st == KILN_OK && into) memcpy(all, outputs, nout * sizeof *all);
   if (st == KILN_OK) st = kiln_bind_inputs(e->g, inputs, nin, full);
-  if (st == KILN_OK) st = run_bound(e, full, np, all, nall);
+  if (st == KILN_OK) st = run_bound(e, full, np, all, nall, into ? nout : 0);
   /* Variables change only after the whole step succeeded. */
   if (st == KILN_OK) st = kiln_apply_assigns(e->g, all + nout);
   for (size_t j = 0; all && j < nall; j++) {
+    if (j < nout && into) continue;
     if (j < nout && st == KILN_OK) outputs[j] = all[j];
     else kiln_tensor_free(all[j]);
   }
   free(full);
   free(all);
   return st;
+}
+
+kiln_status kiln_exec_run(kiln_exec *e, const kiln_tensor *const *inputs, size_t nin, kiln_tensor **outputs, size_t nout) {
+  return exec_run(e, inputs, nin, outputs, nout, false);
+}
+
+kiln_status kiln_exec_run_into(kiln_exec *e, const kiln_tensor *const *inputs, size_t nin, kiln_tensor *const *outputs,
+                               size_t nout) {
+  return exec_run(e, inputs, nin, (kiln_tensor **)outputs, nout, true);
 }

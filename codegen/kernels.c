@@ -1,203 +1,76 @@
 /* Kernels for contractions and windows.
  *
- * GEMM: one helper function per dtype and module, C = A * B with A addressed by
- * (row, column) strides (so transposed A costs nothing) and B row-contiguous.
- * Full MR x NR tiles run a register-blocked micro-kernel: MR rows times two
- * host-width vectors of accumulators, one broadcast of A and two vector loads
- * of B per k, all FMAs (llvm.fma on vector types). Edge rows and columns use a
- * row-wise loop the vectorizer handles. Packing, cache blocking and threading
- * are the fast-kernels issue's job; this is the correct, vectorized baseline.
- *
+ * Matmul maps onto gemm.c with strides for the transposes and the batch.
  * Conv2d: NHWC input, HWIO filter. 1x1/stride-1/unpadded convolutions are a
- * single GEMM; the rest gather an im2col panel per image and group into
- * scratch and run GEMM on it. Pooling loops over output pixels with the channel
- * loop innermost, so it vectorizes over channels. */
+ * single GEMM over every pixel; the rest gather an im2col panel per image and
+ * group into scratch (the GEMM's packing buffers follow it) and run GEMM on it.
+ * Pooling loops over output pixels with the channel loop innermost, so it
+ * vectorizes over channels. */
 #include "codegen/cg.h"
-
-enum { GEMM_MR = 6 };
 
 static LLVMValueRef add(cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildAdd(c->b, a, b, ""); }
 static LLVMValueRef mul(cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildMul(c->b, a, b, ""); }
-
-static void set_noalias(cg *c, LLVMValueRef fn, unsigned param) {
-  unsigned kind = LLVMGetEnumAttributeKindForName("noalias", 7);
-  LLVMAddAttributeAtIndex(fn, param + 1, LLVMCreateEnumAttribute(c->ctx, kind, 0));
-}
-
-static LLVMTypeRef gemm_type(cg *c) {
-  LLVMTypeRef p[10] = {c->i64, c->i64, c->i64, c->ptr, c->i64, c->i64, c->ptr, c->i64, c->ptr, c->i64};
-  return LLVMFunctionType(c->void_t, p, 10, 0);
-}
-
-static LLVMValueRef muladd(cg *c, kiln_dtype t, LLVMValueRef a, LLVMValueRef b, LLVMValueRef acc) {
-  if (kiln_dtype_is_float(t)) return cg_fast(LLVMBuildFAdd(c->b, cg_fast(LLVMBuildFMul(c->b, a, b, ""), false), acc, ""), false);
-  return LLVMBuildAdd(c->b, LLVMBuildMul(c->b, a, b, ""), acc, "");
-}
-
-/* C[i, j0:j1] = A[i, :] * B[:, j0:j1], vectorizable over j. */
-static void gemm_row(cg *c, kiln_dtype t, LLVMValueRef *p, LLVMValueRef i, LLVMValueRef j0, LLVMValueRef j1) {
-  LLVMValueRef K = p[2], A = p[3], rsa = p[4], csa = p[5], B = p[6], ldb = p[7], C = p[8], ldc = p[9];
-  LLVMValueRef crow = mul(c, i, ldc), zero = cg_i64(c, 0), one = cg_i64(c, 1);
-  cg_loop lj, lk, lj2;
-  LLVMValueRef j = cg_loop_begin(c, &lj, j0, j1, one);
-  cg_store(c, t, cg_const(c, t, 0), C, add(c, crow, j));
-  cg_loop_end(c, &lj);
-  LLVMValueRef k = cg_loop_begin(c, &lk, zero, K, one);
-  LLVMValueRef a = cg_load(c, t, A, add(c, mul(c, i, rsa), mul(c, k, csa)));
-  LLVMValueRef brow = mul(c, k, ldb);
-  j = cg_loop_begin(c, &lj2, j0, j1, one);
-  LLVMValueRef ci = add(c, crow, j);
-  cg_store(c, t, muladd(c, t, a, cg_load(c, t, B, add(c, brow, j)), cg_load(c, t, C, ci)), C, ci);
-  cg_loop_end(c, &lj2);
-  cg_loop_end(c, &lk);
-}
-
-static LLVMValueRef vload(cg *c, LLVMTypeRef vt, kiln_dtype t, LLVMValueRef base, LLVMValueRef idx) {
-  LLVMValueRef l = LLVMBuildLoad2(c->b, vt, cg_gep(c, cg_type(c, t), base, idx), "");
-  LLVMSetAlignment(l, (unsigned)kiln_dtype_size(t));
-  return l;
-}
-
-/* The MR x (2 vectors) register tile at (i0, j0), accumulated over all of K. */
-static void gemm_micro(cg *c, kiln_dtype t, LLVMValueRef *p, LLVMValueRef i0, LLVMValueRef j0, unsigned w) {
-  LLVMValueRef K = p[2], A = p[3], rsa = p[4], csa = p[5], B = p[6], ldb = p[7], C = p[8], ldc = p[9];
-  LLVMTypeRef vt = LLVMVectorType(cg_type(c, t), w);
-  LLVMValueRef zerov = LLVMConstNull(vt), acc[GEMM_MR][2], next[GEMM_MR][2];
-  cg_loop lk;
-  LLVMValueRef k = cg_loop_begin(c, &lk, cg_i64(c, 0), K, cg_i64(c, 1));
-  for (int r = 0; r < GEMM_MR; r++)
-    for (int v = 0; v < 2; v++) {
-      acc[r][v] = LLVMBuildPhi(c->b, vt, "acc");
-      LLVMAddIncoming(acc[r][v], &zerov, &lk.pre, 1);
-    }
-  LLVMValueRef brow = add(c, mul(c, k, ldb), j0);
-  LLVMValueRef b0 = vload(c, vt, t, B, brow), b1 = vload(c, vt, t, B, add(c, brow, cg_i64(c, w)));
-  LLVMValueRef kcol = mul(c, k, csa);
-  for (int r = 0; r < GEMM_MR; r++) {
-    LLVMValueRef a = cg_load(c, t, A, add(c, mul(c, add(c, i0, cg_i64(c, r)), rsa), kcol));
-    LLVMValueRef av = cg_splat(c, a, w);
-    LLVMValueRef args0[3] = {av, b0, acc[r][0]}, args1[3] = {av, b1, acc[r][1]};
-    next[r][0] = cg_call_intrinsic(c, "llvm.fma", vt, args0, 3);
-    next[r][1] = cg_call_intrinsic(c, "llvm.fma", vt, args1, 3);
-  }
-  LLVMBasicBlockRef latch = LLVMGetInsertBlock(c->b);
-  for (int r = 0; r < GEMM_MR; r++)
-    for (int v = 0; v < 2; v++) LLVMAddIncoming(acc[r][v], &next[r][v], &latch, 1);
-  cg_loop_end(c, &lk);
-  LLVMValueRef fin[GEMM_MR][2];
-  for (int r = 0; r < GEMM_MR; r++) /* exit phis first: they must head the block */
-    for (int v = 0; v < 2; v++) {
-      fin[r][v] = LLVMBuildPhi(c->b, vt, "");
-      LLVMValueRef vals[2] = {zerov, next[r][v]};
-      LLVMBasicBlockRef from[2] = {lk.pre, latch};
-      LLVMAddIncoming(fin[r][v], vals, from, 2);
-    }
-  for (int r = 0; r < GEMM_MR; r++)
-    for (int v = 0; v < 2; v++) {
-      LLVMValueRef ci = add(c, add(c, mul(c, add(c, i0, cg_i64(c, r)), ldc), j0), cg_i64(c, v * (int)w));
-      LLVMValueRef st = LLVMBuildStore(c->b, fin[r][v], cg_gep(c, cg_type(c, t), C, ci));
-      LLVMSetAlignment(st, (unsigned)kiln_dtype_size(t));
-    }
-}
-
-static LLVMValueRef gemm_fn(cg *c, kiln_dtype t) {
-  if (c->gemm[t]) return c->gemm[t];
-  LLVMBasicBlockRef saved_block = LLVMGetInsertBlock(c->b);
-  LLVMValueRef saved_fn = c->fn;
-  char name[32];
-  snprintf(name, sizeof name, "kiln_gemm_%s", kiln_dtype_name(t));
-  LLVMValueRef fn = LLVMAddFunction(c->mod, name, gemm_type(c));
-  LLVMSetLinkage(fn, LLVMInternalLinkage);
-  set_noalias(c, fn, 8);
-  c->fn = fn;
-  LLVMPositionBuilderAtEnd(c->b, LLVMAppendBasicBlockInContext(c->ctx, fn, "entry"));
-  LLVMValueRef p[10];
-  for (int i = 0; i < 10; i++) p[i] = LLVMGetParam(fn, (unsigned)i);
-  LLVMValueRef M = p[0], N = p[1], one = cg_i64(c, 1), zero = cg_i64(c, 0);
-  unsigned w = (unsigned)(c->vec_bytes / (int)kiln_dtype_size(t));
-  LLVMValueRef Mfull = zero, Nfull = zero;
-  if (kiln_dtype_is_float(t)) {
-    Mfull = LLVMBuildSub(c->b, M, LLVMBuildSRem(c->b, M, cg_i64(c, GEMM_MR), ""), "");
-    Nfull = LLVMBuildSub(c->b, N, LLVMBuildSRem(c->b, N, cg_i64(c, 2 * w), ""), "");
-    cg_loop li, lj, lr;
-    LLVMValueRef i0 = cg_loop_begin(c, &li, zero, Mfull, cg_i64(c, GEMM_MR));
-    LLVMValueRef j0 = cg_loop_begin(c, &lj, zero, Nfull, cg_i64(c, 2 * w));
-    gemm_micro(c, t, p, i0, j0, w);
-    cg_loop_end(c, &lj);
-    LLVMValueRef i = cg_loop_begin(c, &lr, i0, add(c, i0, cg_i64(c, GEMM_MR)), one);
-    gemm_row(c, t, p, i, Nfull, N);
-    cg_loop_end(c, &lr);
-    cg_loop_end(c, &li);
-  }
-  cg_loop lm;
-  LLVMValueRef i = cg_loop_begin(c, &lm, Mfull, M, one);
-  gemm_row(c, t, p, i, zero, N);
-  cg_loop_end(c, &lm);
-  LLVMBuildRetVoid(c->b);
-  c->fn = saved_fn;
-  LLVMPositionBuilderAtEnd(c->b, saved_block);
-  return c->gemm[t] = fn;
-}
-
-static void call_gemm(cg *c, kiln_dtype t, int64_t M, int64_t N, int64_t K, LLVMValueRef A, LLVMValueRef rsa,
-                      LLVMValueRef csa, LLVMValueRef B, int64_t ldb, LLVMValueRef C, int64_t ldc) {
-  LLVMValueRef fn = gemm_fn(c, t);
-  LLVMValueRef args[10] = {cg_i64(c, M), cg_i64(c, N), cg_i64(c, K), A, rsa, csa, B, cg_i64(c, ldb), C, cg_i64(c, ldc)};
-  LLVMBuildCall2(c->b, gemm_type(c), fn, args, 10, "");
-}
-
+static uint64_t align64(uint64_t x) { return (x + 63) & ~(uint64_t)63; }
 static LLVMValueRef offset(cg *c, kiln_dtype t, LLVMValueRef base, LLVMValueRef elems) {
   return cg_gep(c, cg_type(c, t), base, elems);
 }
 
-uint64_t cg_scratch_bytes(const kiln_graph *g, const kiln_node *n) {
-  size_t es = kiln_dtype_size((kiln_dtype)n->dtype);
-  if (n->op == KILN_OP_MATMUL && kiln_attr_int(n, KILN_ATTR_TRANSPOSE_B, 0)) {
-    const kiln_node *b = &g->nodes[n->inputs[1]];
-    return (uint64_t)(b->dims[b->rank - 1] * b->dims[b->rank - 2]) * es;
+static cg_gemm matmul_gemm(cg *c, const kiln_node *n) {
+  const kiln_node *a = &c->g->nodes[n->inputs[0]];
+  int r = n->rank;
+  bool ta = kiln_attr_int(n, KILN_ATTR_TRANSPOSE_A, 0), tb = kiln_attr_int(n, KILN_ATTR_TRANSPOSE_B, 0);
+  int64_t M = n->dims[r - 2], N = n->dims[r - 1], K = a->dims[ta ? r - 2 : r - 1];
+  return (cg_gemm){.t = (kiln_dtype)n->dtype, .batch = kiln_shape_numel(r - 2, n->dims), .M = M, .N = N, .K = K,
+                   .rsa = ta ? 1 : K, .csa = ta ? M : 1, .rsb = tb ? 1 : N, .csb = tb ? K : 1, .ldc = N,
+                   .bsa = M * K, .bsb = K * N, .bsc = M * N};
+}
+
+typedef struct {
+  int64_t H, W, C, icg, KH, KW, s[2], d[2], p[4], OH, OW, OC, groups, Kc;
+  bool pointwise;
+} conv_geom;
+
+static conv_geom conv_geometry(cg *c, const kiln_node *n) {
+  const kiln_node *x = &c->g->nodes[n->inputs[0]], *w = &c->g->nodes[n->inputs[1]];
+  conv_geom q = {.H = x->dims[1], .W = x->dims[2], .C = x->dims[3], .icg = w->dims[2], .KH = w->dims[0], .KW = w->dims[1],
+                 .OH = n->dims[1], .OW = n->dims[2], .OC = n->dims[3], .groups = kiln_attr_int(n, KILN_ATTR_GROUPS, 1)};
+  kiln_attr_ints(n, KILN_ATTR_STRIDES, q.s);
+  kiln_attr_ints(n, KILN_ATTR_DILATIONS, q.d);
+  kiln_attr_ints(n, KILN_ATTR_PADS, q.p);
+  q.Kc = q.KH * q.KW * q.icg;
+  q.pointwise = q.KH == 1 && q.KW == 1 && q.s[0] == 1 && q.s[1] == 1 && !q.p[0] && !q.p[1] && !q.p[2] && !q.p[3] &&
+                q.groups == 1;
+  return q;
+}
+
+/* The GEMM a convolution runs: every pixel of the batch at once when pointwise,
+ * else one image and group's im2col panel. */
+static cg_gemm conv_gemm(const kiln_node *n, const conv_geom *q) {
+  kiln_dtype t = (kiln_dtype)n->dtype;
+  if (q->pointwise)
+    return (cg_gemm){.t = t, .batch = 1, .M = n->dims[0] * q->H * q->W, .N = q->OC, .K = q->C, .rsa = q->C, .csa = 1,
+                     .rsb = q->OC, .csb = 1, .ldc = q->OC};
+  return (cg_gemm){.t = t, .batch = 1, .M = q->OH * q->OW, .N = q->OC / q->groups, .K = q->Kc, .rsa = q->Kc, .csa = 1,
+                   .rsb = q->OC, .csb = 1, .ldc = q->OC};
+}
+
+uint64_t cg_scratch_bytes(cg *c, const kiln_node *n) {
+  if (n->op == KILN_OP_MATMUL) {
+    cg_gemm g = matmul_gemm(c, n);
+    return cg_gemm_scratch_bytes(c, &g);
   }
   if (n->op == KILN_OP_CONV2D) {
-    const kiln_node *w = &g->nodes[n->inputs[1]];
-    return (uint64_t)(n->dims[1] * n->dims[2] * w->dims[0] * w->dims[1] * w->dims[2]) * es;
+    conv_geom q = conv_geometry(c, n);
+    cg_gemm g = conv_gemm(n, &q);
+    uint64_t col = q.pointwise ? 0 : align64((uint64_t)(q.OH * q.OW * q.Kc) * kiln_dtype_size((kiln_dtype)n->dtype));
+    return col + cg_gemm_scratch_bytes(c, &g);
   }
   return 0;
 }
 
-typedef struct {
-  kiln_dtype t;
-  LLVMValueRef src, dst;
-  int64_t K, N;
-} pack_ctx;
-
-/* dst[k, j] = src[j, k] (transposed B into a row-contiguous panel). */
-static void pack_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
-  pack_ctx *p = vctx;
-  LLVMValueRef k = ivs[0], j = ivs[1];
-  LLVMValueRef v = cg_load(c, p->t, p->src, add(c, mul(c, j, cg_i64(c, p->K)), k));
-  cg_store(c, p->t, v, p->dst, add(c, mul(c, k, cg_i64(c, p->N)), j));
-}
-
 void cg_matmul(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch) {
-  const kiln_node *a = &c->g->nodes[n->inputs[0]];
-  kiln_dtype t = (kiln_dtype)n->dtype;
-  int r = n->rank;
-  bool ta = kiln_attr_int(n, KILN_ATTR_TRANSPOSE_A, 0), tb = kiln_attr_int(n, KILN_ATTR_TRANSPOSE_B, 0);
-  int64_t M = n->dims[r - 2], N = n->dims[r - 1], K = a->dims[ta ? r - 2 : r - 1];
-  int64_t batch = kiln_shape_numel(r - 2, n->dims);
-  if (M == 0 || N == 0 || batch == 0) return;
-  cg_loop lb;
-  LLVMValueRef bi = cg_loop_begin(c, &lb, cg_i64(c, 0), cg_i64(c, batch), cg_i64(c, 1));
-  LLVMValueRef A = offset(c, t, in[0], mul(c, bi, cg_i64(c, M * K)));
-  LLVMValueRef B = offset(c, t, in[1], mul(c, bi, cg_i64(c, K * N)));
-  LLVMValueRef C = offset(c, t, out, mul(c, bi, cg_i64(c, M * N)));
-  if (tb) {
-    pack_ctx p = {t, B, scratch, K, N};
-    cg_nest(c, 2, (int64_t[]){K, N}, pack_body, &p);
-    B = scratch;
-  }
-  LLVMValueRef rsa = cg_i64(c, ta ? 1 : K), csa = cg_i64(c, ta ? M : 1);
-  call_gemm(c, t, M, N, K, A, rsa, csa, B, N, C, N);
-  cg_loop_end(c, &lb);
+  cg_gemm g = matmul_gemm(c, n);
+  cg_gemm_emit(c, &g, in[0], in[1], out, scratch);
 }
 
 /* ---- convolution ---- */
@@ -240,30 +113,26 @@ static void im2col_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
 }
 
 void cg_conv2d(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch) {
-  const kiln_node *x = &c->g->nodes[n->inputs[0]], *w = &c->g->nodes[n->inputs[1]];
   kiln_dtype t = (kiln_dtype)n->dtype;
-  im2col_ctx q = {.t = t, .x = in[0], .col = scratch};
-  kiln_attr_ints(n, KILN_ATTR_STRIDES, q.s);
-  kiln_attr_ints(n, KILN_ATTR_DILATIONS, q.d);
-  kiln_attr_ints(n, KILN_ATTR_PADS, q.p);
-  int64_t groups = kiln_attr_int(n, KILN_ATTR_GROUPS, 1);
-  int64_t N = x->dims[0], OH = n->dims[1], OW = n->dims[2], OC = n->dims[3], KH = w->dims[0];
-  q.H = x->dims[1], q.W = x->dims[2], q.C = x->dims[3], q.icg = w->dims[2], q.KW = w->dims[1], q.OW = OW;
-  q.Kc = KH * q.KW * q.icg;
-  int64_t ocg = OC / groups;
+  conv_geom g = conv_geometry(c, n);
+  cg_gemm mm = conv_gemm(n, &g);
   if (kiln_shape_numel(4, n->dims) == 0) return;
-  bool pointwise = KH == 1 && q.KW == 1 && q.s[0] == 1 && q.s[1] == 1 && !q.p[0] && !q.p[1] && !q.p[2] && !q.p[3] && groups == 1;
-  if (pointwise) {
-    call_gemm(c, t, N * q.H * q.W, OC, q.C, in[0], cg_i64(c, q.C), cg_i64(c, 1), in[1], OC, out, OC);
+  if (g.pointwise) {
+    cg_gemm_emit(c, &mm, in[0], in[1], out, scratch);
     return;
   }
+  im2col_ctx q = {.t = t, .x = in[0], .col = scratch, .H = g.H, .W = g.W, .C = g.C, .icg = g.icg, .KW = g.KW,
+                  .s = {g.s[0], g.s[1]}, .d = {g.d[0], g.d[1]}, .p = {g.p[0], g.p[1], g.p[2], g.p[3]}, .OW = g.OW, .Kc = g.Kc};
+  int64_t ocg = g.OC / g.groups;
+  LLVMValueRef ws = LLVMBuildGEP2(c->b, c->i8, scratch,
+                                  (LLVMValueRef[]){cg_i64(c, (int64_t)align64((uint64_t)(g.OH * g.OW * g.Kc) * kiln_dtype_size(t)))}, 1, "");
   cg_loop ln, lg;
-  q.n = cg_loop_begin(c, &ln, cg_i64(c, 0), cg_i64(c, N), cg_i64(c, 1));
-  q.g = cg_loop_begin(c, &lg, cg_i64(c, 0), cg_i64(c, groups), cg_i64(c, 1));
-  cg_nest(c, 4, (int64_t[]){OH, OW, KH, q.KW}, im2col_body, &q);
+  q.n = cg_loop_begin(c, &ln, cg_i64(c, 0), cg_i64(c, n->dims[0]), cg_i64(c, 1));
+  q.g = cg_loop_begin(c, &lg, cg_i64(c, 0), cg_i64(c, g.groups), cg_i64(c, 1));
+  cg_nest(c, 4, (int64_t[]){g.OH, g.OW, g.KH, g.KW}, im2col_body, &q);
   LLVMValueRef B = offset(c, t, in[1], mul(c, q.g, cg_i64(c, ocg)));
-  LLVMValueRef C = offset(c, t, out, add(c, mul(c, q.n, cg_i64(c, OH * OW * OC)), mul(c, q.g, cg_i64(c, ocg))));
-  call_gemm(c, t, OH * OW, ocg, q.Kc, scratch, cg_i64(c, q.Kc), cg_i64(c, 1), B, OC, C, OC);
+  LLVMValueRef C = offset(c, t, out, add(c, mul(c, q.n, cg_i64(c, g.OH * g.OW * g.OC)), mul(c, q.g, cg_i64(c, ocg))));
+  cg_gemm_emit(c, &mm, scratch, B, C, ws);
   cg_loop_end(c, &lg);
   cg_loop_end(c, &ln);
 }

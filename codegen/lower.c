@@ -2,13 +2,15 @@
  *
  * The schedule (passes/schedule.c) says which nodes are kernels; each becomes an
  * internal function
- *     i32 node<id>_<op>(ptr noalias out, ptr read0, ..., ptr scratch)
+ *     i32 node<id>_<op>(ptr noalias out, ptr read0, ..., ptr scratch [, ptr parallel])
  * whose reads are the stored buffers it needs, the nodes fused into it being
  * computed element by element where they are read (value_of). It returns 0, or
  * id+1 when it detects bad data at run time (a gather index out of range). The
  * exported entry point
- *     i32 <entry>(ptr args)    ; args = [inputs..., outputs..., workspace]
- * calls the kernels in node order. Storage: params read the caller's input
+ *     i32 <entry>(ptr args)    ; args = [inputs..., outputs..., workspace, parallel]
+ * calls the kernels in node order. The `parallel` slot (runtime/thread_pool.h's
+ * kiln_parallel, NULL to run serially) is read only by code compiled for more
+ * than one thread. Storage: params read the caller's input
  * buffers, constants with data are read-only globals, a kernel that is a graph
  * output writes the caller's output buffer directly, and the other kernels get
  * workspace offsets from memory planning (passes/memory_plan.c). */
@@ -462,10 +464,10 @@ static bool lower_node(cg *c, node_ctx *k) {
   return false;
 }
 
-static uint64_t scratch_bytes(const kiln_graph *g, const kiln_node *n) {
+static uint64_t scratch_bytes(cg *c, const kiln_node *n) {
   if (n->op == KILN_OP_ARGMAX)
-    return (uint64_t)kiln_shape_numel(n->rank, n->dims) * kiln_dtype_size((kiln_dtype)g->nodes[n->inputs[0]].dtype);
-  return cg_scratch_bytes(g, n);
+    return (uint64_t)kiln_shape_numel(n->rank, n->dims) * kiln_dtype_size((kiln_dtype)c->g->nodes[n->inputs[0]].dtype);
+  return cg_scratch_bytes(c, n);
 }
 
 static uint64_t align64(uint64_t x) { return (x + 63) & ~(uint64_t)63; }
@@ -560,7 +562,7 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
   plan->buffers_unplanned = mem.unplanned;
   for (uint32_t i = 0; i < g->nnodes; i++)
     if (live[i] && !inlined[i]) {
-      uint64_t s = scratch_bytes(g, &g->nodes[i]);
+      uint64_t s = scratch_bytes(c, &g->nodes[i]);
       if (s > scratch) scratch = s;
     }
   uint64_t scratch_off = ws;
@@ -578,6 +580,8 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
 #define ARG(k) LLVMBuildLoad2(eb, c->ptr, LLVMBuildGEP2(eb, c->ptr, args, (LLVMValueRef[]){cg_i64(c, (int64_t)(k))}, 1, ""), "")
   LLVMValueRef wsp = ARG(plan->nin + plan->nout);
   LLVMValueRef scratch_p = LLVMBuildGEP2(eb, c->i8, wsp, (LLVMValueRef[]){cg_i64(c, (int64_t)scratch_off)}, 1, "");
+  bool threaded = c->threads > 1;
+  LLVMValueRef par_p = threaded ? ARG(plan->nin + plan->nout + 1) : NULL;
   kiln_status st = KILN_OK;
   for (uint32_t i = 0; i < g->nnodes && st == KILN_OK; i++) {
     const kiln_node *n = &g->nodes[i];
@@ -590,10 +594,10 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
     case BUF_WORK: ptrs[i] = LLVMBuildGEP2(eb, c->i8, wsp, (LLVMValueRef[]){cg_i64(c, (int64_t)l->offset)}, 1, ""); break;
     }
     if (l->kind == BUF_INPUT || l->kind == BUF_CONST) continue;
-    /* The kernel: out, the buffers it reads, scratch. */
+    /* The kernel: out, the buffers it reads, scratch (and the kiln_parallel). */
     const kiln_kernel *kern = &sched.kernels[sched.kernel_of[i]];
-    LLVMTypeRef params[64];
-    unsigned np = kern->nreads + 2;
+    LLVMTypeRef params[66];
+    unsigned np = kern->nreads + 2 + threaded;
     for (unsigned j = 0; j < np; j++) params[j] = c->ptr;
     LLVMTypeRef fty = LLVMFunctionType(c->i32, params, np, 0);
     char name[64];
@@ -602,10 +606,12 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
     LLVMSetLinkage(fn, LLVMInternalLinkage);
     unsigned noalias = LLVMGetEnumAttributeKindForName("noalias", 7);
     LLVMAddAttributeAtIndex(fn, 1, LLVMCreateEnumAttribute(c->ctx, noalias, 0));
-    LLVMAddAttributeAtIndex(fn, np, LLVMCreateEnumAttribute(c->ctx, noalias, 0));
+    LLVMAddAttributeAtIndex(fn, kern->nreads + 2, LLVMCreateEnumAttribute(c->ctx, noalias, 0));
     c->fn = fn;
     LLVMPositionBuilderAtEnd(c->b, LLVMAppendBasicBlockInContext(c->ctx, fn, "entry"));
-    node_ctx k = {.n = n, .id = i, .out = LLVMGetParam(fn, 0), .scratch = LLVMGetParam(fn, np - 1), .inlined = inlined,
+    unsigned scratch_arg = kern->nreads + 1;
+    c->par = threaded ? LLVMGetParam(fn, scratch_arg + 1) : NULL;
+    node_ctx k = {.n = n, .id = i, .out = LLVMGetParam(fn, 0), .scratch = LLVMGetParam(fn, scratch_arg), .inlined = inlined,
                   .nleaves = kern->nreads};
     memcpy(k.leaf, kern->reads, sizeof(uint32_t) * kern->nreads);
     for (uint32_t q = 0; q < k.nleaves; q++) k.leaf_ptr[q] = LLVMGetParam(fn, q + 1);
@@ -620,10 +626,11 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
     plan->kernels++;
     plan->bytes_moved += node_bytes(n);
     for (uint32_t q = 0; q < k.nleaves; q++) plan->bytes_moved += node_bytes(&g->nodes[k.leaf[q]]);
-    LLVMValueRef cargs[64];
+    LLVMValueRef cargs[66];
     cargs[0] = ptrs[i];
     for (uint32_t q = 0; q < k.nleaves; q++) cargs[q + 1] = ptrs[k.leaf[q]];
-    cargs[np - 1] = scratch_p;
+    cargs[scratch_arg] = scratch_p;
+    if (threaded) cargs[scratch_arg + 1] = par_p;
     LLVMValueRef rc = LLVMBuildCall2(eb, fty, fn, cargs, np, "");
     if (n->op == KILN_OP_GATHER || n->op == KILN_OP_SCATTER_ADD) {
       LLVMBasicBlockRef bad = LLVMAppendBasicBlockInContext(c->ctx, entry, "fail"),
@@ -635,6 +642,7 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
     }
   }
 #undef ARG
+  c->par = NULL;
   LLVMBuildRet(eb, LLVMConstInt(c->i32, 0, 0));
   LLVMDisposeBuilder(eb);
   free(ptrs);

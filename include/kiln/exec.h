@@ -28,6 +28,9 @@ typedef struct kiln_compile_options {
    * intermediate stored) and "memory-plan" (every intermediate buffer gets its own
    * bytes). NULL: all passes run. */
   const char *disable_passes;
+  /* Threads the generated kernels use (the caller's plus a pool's); 0: $KILN_NUM_THREADS,
+   * else every CPU this process may run on. Results are bit-identical for any count. */
+  int threads;
 } kiln_compile_options;
 
 /* What the compiler produced for the most recently compiled specialization. */
@@ -56,6 +59,10 @@ KILN_API void kiln_exec_free(kiln_exec *e);
 /* outputs[i] receive new tensors owned by the caller. */
 KILN_API kiln_status kiln_exec_run(kiln_exec *e, const kiln_tensor *const *inputs, size_t nin,
                                    kiln_tensor **outputs, size_t nout);
+/* The same into the caller's tensors (dtype and shape must match the outputs), so a
+ * loop allocates nothing per run. On failure their contents are unspecified. */
+KILN_API kiln_status kiln_exec_run_into(kiln_exec *e, const kiln_tensor *const *inputs, size_t nin,
+                                        kiln_tensor *const *outputs, size_t nout);
 KILN_API size_t kiln_exec_num_inputs(const kiln_exec *e);
 KILN_API size_t kiln_exec_num_outputs(const kiln_exec *e);
 KILN_API const char *kiln_exec_input_name(const kiln_exec *e, size_t i);

@@ -1,0 +1,518 @@
+/* GEMM code generation: C[b] = A[b] * B[b] for every batch entry b, shapes static.
+ *
+ * The work is cut into tasks, each a block of C rows x columns of one batch entry,
+ * run serially or through kiln_parallel (runtime/thread_pool.h). Every element's
+ * sum over K runs in the same order whatever the cut, so any thread count gives
+ * identical bits. One task function per dtype and module does either:
+ *
+ * - packed (the general case, Goto/BLIS style): for each KC slice of K, the task
+ *   packs its B block into NR-column panels (k-major, zero padded: L2 resident),
+ *   then per MR-row strip packs A into an MR-row panel (L1 resident) and runs the
+ *   register-blocked micro-kernel over the B panels: MR rows x NV host vectors of
+ *   accumulators, one broadcast of A and NV aligned vector loads of B per k, all
+ *   FMAs. Edge tiles compute on the zero padding and store only what is in C.
+ *   Packing makes every transpose the same speed inside the micro-kernel.
+ * - direct (a few rows, B rows contiguous: MLP inference at small batch): no
+ *   packing, whose cost would match the arithmetic; DR x NV tiles read B in place.
+ *
+ * Packing buffers are per worker, in the kernel's scratch: `threads` copies. */
+#include <stdio.h>
+#include <stdlib.h>
+#include "codegen/cg.h"
+
+enum { NV = 2, DR = 6, KC = 256, NC_BYTES = 1024 * 1024, CTX_FIELDS = 4 };
+
+/* What a task reads from its context; everything else is a constant of the call site. */
+enum { F_A, F_B, F_C, F_WS };
+
+typedef struct {
+  bool direct;
+  int64_t mc, nc, mt, nt, ntasks;
+  uint64_t worker_bytes;
+} gemm_plan;
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+static int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+static int64_t vec_w(cg *c, kiln_dtype t) { return c->vec_bytes / (int64_t)kiln_dtype_size(t); }
+static int64_t mr_of(cg *c) { return c->vec_bytes >= 64 ? 12 : 6; }
+static int64_t nr_of(cg *c, kiln_dtype t) { return NV * vec_w(c, t); }
+
+/* How many tasks and of what size: whole rows and columns per task unless the
+ * threads need more tasks; then rows are cut when there are enough, else the cut
+ * (rows or columns) with the shortest longest-thread time. */
+static gemm_plan plan_gemm(cg *c, const cg_gemm *g) {
+  gemm_plan p = {0};
+  int64_t es = (int64_t)kiln_dtype_size(g->t), MR = mr_of(c), NR = nr_of(c, g->t);
+  p.direct = g->M < 2 * DR && g->csb == 1;
+  int64_t mstep = p.direct ? g->M : MR;
+  int64_t nc_max = p.direct ? round_up(g->N, NR) : (NC_BYTES / (KC * es)) / NR * NR;
+  p.mc = p.direct ? g->M : round_up(g->M, MR);
+  p.nc = round_up(g->N, NR) < nc_max ? round_up(g->N, NR) : nc_max;
+  int threads = c->threads > 1 ? c->threads : 1;
+  int64_t base = g->batch * ceil_div(g->N, p.nc);
+  if (base < threads) {
+    int64_t want = ceil_div(threads, base), best = INT64_MAX, mc0 = p.mc, nc0 = p.nc;
+    /* Cutting rows keeps each A strip's reuse over the whole B block: preferred
+     * whenever every piece gets a couple of strips. */
+    bool rows_only = !p.direct && g->M >= want * 2 * MR;
+    for (int by_rows = rows_only; by_rows <= (p.direct ? 0 : 1); by_rows++) {
+      int64_t extent = by_rows ? g->M : nc0, step = by_rows ? mstep : NR;
+      int64_t size = round_up(ceil_div(extent, want), step);
+      int64_t tasks = base * ceil_div(extent, size);
+      int64_t span = ceil_div(tasks, threads) * size * (by_rows ? nc0 : mc0);
+      if (span < best) {
+        best = span;
+        p.mc = by_rows ? size : mc0;
+        p.nc = by_rows ? nc0 : size;
+      }
+    }
+  }
+  p.mt = ceil_div(g->M, p.mc);
+  if (getenv("KILN_GEMM_DEBUG"))
+    fprintf(stderr, "gemm %lldx%lldx%lld batch %lld: %s mc %lld nc %lld\n", (long long)g->M, (long long)g->N,
+            (long long)g->K, (long long)g->batch, p.direct ? "direct" : "packed", (long long)p.mc, (long long)p.nc);
+  p.nt = ceil_div(g->N, p.nc);
+  p.ntasks = g->batch * p.mt * p.nt;
+  p.worker_bytes = p.direct ? 0 : (uint64_t)((KC * MR + KC * round_up(p.nc, NR)) * es);
+  return p;
+}
+
+uint64_t cg_gemm_scratch_bytes(cg *c, const cg_gemm *g) {
+  if (g->M == 0 || g->N == 0 || g->K == 0 || g->batch == 0) return 0;
+  gemm_plan p = plan_gemm(c, g);
+  return p.worker_bytes * (uint64_t)(c->threads > 1 ? c->threads : 1);
+}
+
+/* ---- IR helpers ---- */
+
+static LLVMValueRef add(cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildAdd(c->b, a, b, ""); }
+static LLVMValueRef sub(cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildSub(c->b, a, b, ""); }
+static LLVMValueRef mul(cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildMul(c->b, a, b, ""); }
+static LLVMValueRef imm(cg *c, int64_t v) { return cg_i64(c, v); }
+static LLVMValueRef smin(cg *c, LLVMValueRef a, LLVMValueRef b) {
+  return LLVMBuildSelect(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, a, b, ""), a, b, "");
+}
+static LLVMValueRef at(cg *c, kiln_dtype t, LLVMValueRef base, LLVMValueRef idx) { return cg_gep(c, cg_type(c, t), base, idx); }
+
+static LLVMValueRef vload(cg *c, LLVMTypeRef vt, kiln_dtype t, LLVMValueRef base, LLVMValueRef idx, unsigned align) {
+  LLVMValueRef l = LLVMBuildLoad2(c->b, vt, at(c, t, base, idx), "");
+  LLVMSetAlignment(l, align);
+  return l;
+}
+static void vstore(cg *c, kiln_dtype t, LLVMValueRef v, LLVMValueRef base, LLVMValueRef idx) {
+  LLVMSetAlignment(LLVMBuildStore(c->b, v, at(c, t, base, idx)), (unsigned)kiln_dtype_size(t));
+}
+
+/* acc + a * b, fused for floats. */
+static LLVMValueRef madd(cg *c, kiln_dtype t, LLVMValueRef a, LLVMValueRef b, LLVMValueRef acc) {
+  if (kiln_dtype_is_float(t)) {
+    LLVMValueRef args[3] = {a, b, acc};
+    return cg_call_intrinsic(c, "llvm.fma", LLVMTypeOf(acc), args, 3);
+  }
+  return add(c, mul(c, a, b), acc);
+}
+static LLVMValueRef plus(cg *c, kiln_dtype t, LLVMValueRef a, LLVMValueRef b) {
+  return kiln_dtype_is_float(t) ? LLVMBuildFAdd(c->b, a, b, "") : add(c, a, b);
+}
+
+/* An alloca in fn's entry block, so loops around the use do not grow the stack. */
+static LLVMValueRef entry_alloca(cg *c, LLVMTypeRef ty, unsigned align) {
+  LLVMBuilderRef eb = LLVMCreateBuilderInContext(c->ctx);
+  LLVMBasicBlockRef entry = LLVMGetEntryBasicBlock(c->fn);
+  LLVMValueRef first = LLVMGetFirstInstruction(entry);
+  if (first) LLVMPositionBuilderBefore(eb, first);
+  else LLVMPositionBuilderAtEnd(eb, entry);
+  LLVMValueRef a = LLVMBuildAlloca(eb, ty, "");
+  LLVMSetAlignment(a, align);
+  LLVMDisposeBuilder(eb);
+  return a;
+}
+
+/* Starts an internal function; the caller's insertion point is saved in *saved. */
+typedef struct {
+  LLVMBasicBlockRef block;
+  LLVMValueRef fn;
+} saved_pos;
+static LLVMValueRef begin_fn(cg *c, const char *name, LLVMTypeRef fty, saved_pos *saved) {
+  saved->block = LLVMGetInsertBlock(c->b);
+  saved->fn = c->fn;
+  LLVMValueRef fn = LLVMAddFunction(c->mod, name, fty);
+  LLVMSetLinkage(fn, LLVMInternalLinkage);
+  c->fn = fn;
+  LLVMPositionBuilderAtEnd(c->b, LLVMAppendBasicBlockInContext(c->ctx, fn, "entry"));
+  return fn;
+}
+static void end_fn(cg *c, const saved_pos *saved) {
+  c->fn = saved->fn;
+  if (saved->block) LLVMPositionBuilderAtEnd(c->b, saved->block);
+}
+
+/* if (cond) { then() } at the builder's position. */
+typedef struct {
+  LLVMBasicBlockRef then, join;
+} cg_if;
+static void if_begin(cg *c, cg_if *f, LLVMValueRef cond) {
+  f->then = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "then");
+  f->join = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "join");
+  LLVMBuildCondBr(c->b, cond, f->then, f->join);
+  LLVMPositionBuilderAtEnd(c->b, f->then);
+}
+static void if_end(cg *c, cg_if *f) {
+  LLVMBuildBr(c->b, f->join);
+  LLVMPositionBuilderAtEnd(c->b, f->join);
+}
+
+/* ---- register tiles ---- */
+
+/* acc[r][v] over k in [0, K): acc += a(r, k) * b(v, k), with a and b supplied by
+ * the caller's loaders. Returns the sums in fin. */
+typedef LLVMValueRef (*tile_load_a)(cg *c, void *ctx, LLVMValueRef k, int r);
+typedef LLVMValueRef (*tile_load_b)(cg *c, void *ctx, LLVMValueRef k, int v);
+static void tile_sum(cg *c, kiln_dtype t, unsigned w, int rows, LLVMValueRef K, tile_load_a la, tile_load_b lb, void *ctx,
+                     LLVMValueRef fin[][NV]) {
+  LLVMTypeRef vt = LLVMVectorType(cg_type(c, t), w);
+  LLVMValueRef zerov = LLVMConstNull(vt), acc[16][NV], next[16][NV];
+  cg_loop lk;
+  LLVMValueRef k = cg_loop_begin(c, &lk, imm(c, 0), K, imm(c, 1));
+  for (int r = 0; r < rows; r++)
+    for (int v = 0; v < NV; v++) {
+      acc[r][v] = LLVMBuildPhi(c->b, vt, "acc");
+      LLVMAddIncoming(acc[r][v], &zerov, &lk.pre, 1);
+    }
+  LLVMValueRef bv[NV];
+  for (int v = 0; v < NV; v++) bv[v] = lb(c, ctx, k, v);
+  for (int r = 0; r < rows; r++) {
+    LLVMValueRef av = cg_splat(c, la(c, ctx, k, r), w);
+    for (int v = 0; v < NV; v++) next[r][v] = madd(c, t, av, bv[v], acc[r][v]);
+  }
+  LLVMBasicBlockRef latch = LLVMGetInsertBlock(c->b);
+  for (int r = 0; r < rows; r++)
+    for (int v = 0; v < NV; v++) LLVMAddIncoming(acc[r][v], &next[r][v], &latch, 1);
+  cg_loop_end(c, &lk);
+  for (int r = 0; r < rows; r++) /* exit phis must head the block */
+    for (int v = 0; v < NV; v++) {
+      fin[r][v] = LLVMBuildPhi(c->b, vt, "");
+      LLVMValueRef vals[2] = {zerov, next[r][v]};
+      LLVMBasicBlockRef from[2] = {lk.pre, latch};
+      LLVMAddIncoming(fin[r][v], vals, from, 2);
+    }
+}
+
+/* ---- the packed micro-kernel ---- */
+
+typedef struct {
+  kiln_dtype t;
+  LLVMTypeRef vt;
+  LLVMValueRef A, Bp;
+  int64_t a_rs, a_cs, NR, w;
+} packed_ctx;
+
+static LLVMValueRef packed_a(cg *c, void *vctx, LLVMValueRef k, int r) {
+  packed_ctx *q = vctx;
+  return cg_load(c, q->t, q->A, add(c, mul(c, k, imm(c, q->a_cs)), imm(c, r * q->a_rs)));
+}
+static LLVMValueRef packed_b(cg *c, void *vctx, LLVMValueRef k, int v) {
+  packed_ctx *q = vctx;
+  return vload(c, q->vt, q->t, q->Bp, add(c, mul(c, k, imm(c, q->NR)), imm(c, v * q->w)), (unsigned)c->vec_bytes);
+}
+
+/* micro(kc, A, Bp, C, mr, nr, accumulate): C[mr x nr] (+)= A panel * Bp panel, where
+ * A[r][k] is at r*a_rs + k*a_cs: the matrix itself (constant strides become
+ * addressing-mode displacements, so no packing) or a zero-padded packed panel. */
+static LLVMValueRef micro_fn(cg *c, kiln_dtype t, const char *name, int64_t ldc_c, int64_t a_rs, int64_t a_cs) {
+  LLVMTypeRef ps[7] = {c->i64, c->ptr, c->ptr, c->ptr, c->i64, c->i64, c->i1};
+  saved_pos sp;
+  LLVMValueRef fn = begin_fn(c, name, LLVMFunctionType(c->void_t, ps, 7, 0), &sp);
+  int64_t MR = mr_of(c), NR = nr_of(c, t), w = vec_w(c, t);
+  LLVMValueRef kc = LLVMGetParam(fn, 0), C = LLVMGetParam(fn, 3), ldc = imm(c, ldc_c), mr = LLVMGetParam(fn, 4),
+               nr = LLVMGetParam(fn, 5), accum = LLVMGetParam(fn, 6);
+  packed_ctx q = {t, LLVMVectorType(cg_type(c, t), (unsigned)w), LLVMGetParam(fn, 1), LLVMGetParam(fn, 2), a_rs, a_cs, NR, w};
+  LLVMValueRef fin[16][NV];
+  tile_sum(c, t, (unsigned)w, (int)MR, kc, packed_a, packed_b, &q, fin);
+
+  LLVMBasicBlockRef full = LLVMAppendBasicBlockInContext(c->ctx, fn, "full"),
+                    edge = LLVMAppendBasicBlockInContext(c->ctx, fn, "edge");
+  LLVMValueRef is_full = LLVMBuildAnd(c->b, LLVMBuildICmp(c->b, LLVMIntEQ, mr, imm(c, MR), ""),
+                                      LLVMBuildICmp(c->b, LLVMIntEQ, nr, imm(c, NR), ""), "");
+  LLVMBuildCondBr(c->b, is_full, full, edge);
+
+  LLVMPositionBuilderAtEnd(c->b, full);
+  LLVMBasicBlockRef assign = LLVMAppendBasicBlockInContext(c->ctx, fn, "assign"),
+                    accumulate = LLVMAppendBasicBlockInContext(c->ctx, fn, "accumulate");
+  LLVMBuildCondBr(c->b, accum, accumulate, assign);
+  LLVMPositionBuilderAtEnd(c->b, assign);
+  for (int r = 0; r < MR; r++)
+    for (int v = 0; v < NV; v++) vstore(c, t, fin[r][v], C, add(c, mul(c, imm(c, r), ldc), imm(c, v * w)));
+  LLVMBuildRetVoid(c->b);
+  LLVMPositionBuilderAtEnd(c->b, accumulate);
+  for (int r = 0; r < MR; r++)
+    for (int v = 0; v < NV; v++) {
+      LLVMValueRef idx = add(c, mul(c, imm(c, r), ldc), imm(c, v * w));
+      vstore(c, t, plus(c, t, vload(c, q.vt, t, C, idx, (unsigned)kiln_dtype_size(t)), fin[r][v]), C, idx);
+    }
+  LLVMBuildRetVoid(c->b);
+
+  /* Edge tiles go through a stack tile and store only the mr x nr corner. */
+  LLVMPositionBuilderAtEnd(c->b, edge);
+  LLVMValueRef tile = entry_alloca(c, LLVMArrayType(cg_type(c, t), (unsigned)(MR * NR)), 64);
+  for (int r = 0; r < MR; r++)
+    for (int v = 0; v < NV; v++) vstore(c, t, fin[r][v], tile, imm(c, r * NR + v * w));
+  cg_loop lr, lj;
+  LLVMValueRef r = cg_loop_begin(c, &lr, imm(c, 0), mr, imm(c, 1));
+  LLVMValueRef j = cg_loop_begin(c, &lj, imm(c, 0), nr, imm(c, 1));
+  LLVMValueRef ci = add(c, mul(c, r, ldc), j);
+  LLVMValueRef val = cg_load(c, t, tile, add(c, mul(c, r, imm(c, NR)), j));
+  LLVMValueRef old = cg_load(c, t, C, ci);
+  cg_store(c, t, LLVMBuildSelect(c->b, accum, plus(c, t, old, val), val, ""), C, ci);
+  cg_loop_end(c, &lj);
+  cg_loop_end(c, &lr);
+  LLVMBuildRetVoid(c->b);
+  end_fn(c, &sp);
+  return fn;
+}
+
+/* ---- packing ---- */
+
+/* Bp[q][k][cc] = B[k*rsb + (j0 + q*NR + cc)*csb] for columns in [j0, j1), 0 past j1. */
+static void pack_b(cg *c, kiln_dtype t, int64_t NR, LLVMValueRef Bp, LLVMValueRef B, LLVMValueRef rsb, LLVMValueRef csb,
+                   LLVMValueRef j0, LLVMValueRef j1, LLVMValueRef kc) {
+  LLVMValueRef cols = sub(c, j1, j0), nfull = LLVMBuildSDiv(c->b, cols, imm(c, NR), "");
+  LLVMValueRef pstride = mul(c, kc, imm(c, NR));
+  cg_loop lq, lk, lc;
+  LLVMValueRef qi = cg_loop_begin(c, &lq, imm(c, 0), nfull, imm(c, 1));
+  LLVMValueRef k = cg_loop_begin(c, &lk, imm(c, 0), kc, imm(c, 1));
+  LLVMValueRef src = add(c, mul(c, k, rsb), mul(c, add(c, j0, mul(c, qi, imm(c, NR))), csb));
+  LLVMValueRef dst = add(c, mul(c, qi, pstride), mul(c, k, imm(c, NR)));
+  LLVMValueRef cc = cg_loop_begin(c, &lc, imm(c, 0), imm(c, NR), imm(c, 1));
+  cg_store(c, t, cg_load(c, t, B, add(c, src, mul(c, cc, csb))), Bp, add(c, dst, cc));
+  cg_loop_end(c, &lc);
+  cg_loop_end(c, &lk);
+  cg_loop_end(c, &lq);
+  LLVMValueRef rem = sub(c, cols, mul(c, nfull, imm(c, NR)));
+  cg_if f;
+  if_begin(c, &f, LLVMBuildICmp(c->b, LLVMIntSGT, rem, imm(c, 0), ""));
+  k = cg_loop_begin(c, &lk, imm(c, 0), kc, imm(c, 1));
+  src = add(c, mul(c, k, rsb), mul(c, add(c, j0, mul(c, nfull, imm(c, NR))), csb));
+  dst = add(c, mul(c, nfull, pstride), mul(c, k, imm(c, NR)));
+  cc = cg_loop_begin(c, &lc, imm(c, 0), rem, imm(c, 1));
+  cg_store(c, t, cg_load(c, t, B, add(c, src, mul(c, cc, csb))), Bp, add(c, dst, cc));
+  cg_loop_end(c, &lc);
+  cc = cg_loop_begin(c, &lc, rem, imm(c, NR), imm(c, 1));
+  cg_store(c, t, cg_const(c, t, 0), Bp, add(c, dst, cc));
+  cg_loop_end(c, &lc);
+  cg_loop_end(c, &lk);
+  if_end(c, &f);
+}
+
+/* Ap[k][r] = A[r*rsa + k*csa] for r < mr, 0 for mr <= r < MR. */
+static void pack_a(cg *c, kiln_dtype t, int64_t MR, LLVMValueRef Ap, LLVMValueRef A, LLVMValueRef rsa, LLVMValueRef csa,
+                   LLVMValueRef mr, LLVMValueRef kc) {
+  cg_loop lr, lk;
+  LLVMValueRef r = cg_loop_begin(c, &lr, imm(c, 0), mr, imm(c, 1));
+  LLVMValueRef k = cg_loop_begin(c, &lk, imm(c, 0), kc, imm(c, 1));
+  cg_store(c, t, cg_load(c, t, A, add(c, mul(c, r, rsa), mul(c, k, csa))), Ap, add(c, mul(c, k, imm(c, MR)), r));
+  cg_loop_end(c, &lk);
+  cg_loop_end(c, &lr);
+  r = cg_loop_begin(c, &lr, mr, imm(c, MR), imm(c, 1));
+  k = cg_loop_begin(c, &lk, imm(c, 0), kc, imm(c, 1));
+  cg_store(c, t, cg_const(c, t, 0), Ap, add(c, mul(c, k, imm(c, MR)), r));
+  cg_loop_end(c, &lk);
+  cg_loop_end(c, &lr);
+}
+
+/* ---- the direct (unpacked) path ---- */
+
+typedef struct {
+  kiln_dtype t;
+  LLVMTypeRef vt;
+  LLVMValueRef A, B, rsa, csa, rsb, i, j;
+  int64_t w;
+} direct_ctx;
+
+static LLVMValueRef direct_a(cg *c, void *vctx, LLVMValueRef k, int r) {
+  direct_ctx *q = vctx;
+  return cg_load(c, q->t, q->A, add(c, mul(c, add(c, q->i, imm(c, r)), q->rsa), mul(c, k, q->csa)));
+}
+static LLVMValueRef direct_b(cg *c, void *vctx, LLVMValueRef k, int v) {
+  direct_ctx *q = vctx;
+  return vload(c, q->vt, q->t, q->B, add(c, add(c, mul(c, k, q->rsb), q->j), imm(c, v * q->w)), (unsigned)kiln_dtype_size(q->t));
+}
+
+/* C[i, ja:jb] = A[i, :] * B[:, ja:jb] one row at a time, vectorizable over j. */
+static void direct_rows(cg *c, kiln_dtype t, LLVMValueRef A, LLVMValueRef rsa, LLVMValueRef csa, LLVMValueRef B,
+                        LLVMValueRef rsb, LLVMValueRef C, LLVMValueRef ldc, LLVMValueRef K, LLVMValueRef i0,
+                        LLVMValueRef i1, LLVMValueRef ja, LLVMValueRef jb) {
+  cg_loop li, lj, lk;
+  LLVMValueRef i = cg_loop_begin(c, &li, i0, i1, imm(c, 1));
+  LLVMValueRef crow = mul(c, i, ldc);
+  LLVMValueRef j = cg_loop_begin(c, &lj, ja, jb, imm(c, 1));
+  cg_store(c, t, cg_const(c, t, 0), C, add(c, crow, j));
+  cg_loop_end(c, &lj);
+  LLVMValueRef k = cg_loop_begin(c, &lk, imm(c, 0), K, imm(c, 1));
+  LLVMValueRef a = cg_load(c, t, A, add(c, mul(c, i, rsa), mul(c, k, csa)));
+  LLVMValueRef brow = mul(c, k, rsb);
+  j = cg_loop_begin(c, &lj, ja, jb, imm(c, 1));
+  LLVMValueRef ci = add(c, crow, j);
+  cg_store(c, t, cg_fast(madd(c, t, a, cg_load(c, t, B, add(c, brow, j)), cg_load(c, t, C, ci)), false), C, ci);
+  cg_loop_end(c, &lj);
+  cg_loop_end(c, &lk);
+  cg_loop_end(c, &li);
+}
+
+/* Full DR-row (then 1-row) by NR-column tiles over [i0, i1) x [j0, j1), the ragged
+ * columns by rows. */
+static void direct_block(cg *c, kiln_dtype t, LLVMValueRef A, LLVMValueRef rsa, LLVMValueRef csa, LLVMValueRef B,
+                         LLVMValueRef rsb, LLVMValueRef C, LLVMValueRef ldc, LLVMValueRef K, LLVMValueRef i0,
+                         LLVMValueRef i1, LLVMValueRef j0, LLVMValueRef j1) {
+  int64_t w = vec_w(c, t), NR = nr_of(c, t);
+  LLVMValueRef jfull = add(c, j0, mul(c, LLVMBuildSDiv(c->b, sub(c, j1, j0), imm(c, NR), ""), imm(c, NR)));
+  LLVMValueRef ifull = add(c, i0, mul(c, LLVMBuildSDiv(c->b, sub(c, i1, i0), imm(c, DR), ""), imm(c, DR)));
+  direct_ctx q = {t, LLVMVectorType(cg_type(c, t), (unsigned)w), A, B, rsa, csa, rsb, NULL, NULL, w};
+  static const int strip_rows[2] = {DR, 1};
+  for (int s = 0; s < 2; s++) {
+    int rows = strip_rows[s];
+    cg_loop li, lj;
+    LLVMValueRef ia = rows == DR ? i0 : ifull, ib = rows == DR ? ifull : i1;
+    q.i = cg_loop_begin(c, &li, ia, ib, imm(c, rows));
+    q.j = cg_loop_begin(c, &lj, j0, jfull, imm(c, NR));
+    LLVMValueRef fin[DR][NV];
+    tile_sum(c, t, (unsigned)w, rows, K, direct_a, direct_b, &q, fin);
+    for (int r = 0; r < rows; r++)
+      for (int v = 0; v < NV; v++) vstore(c, t, fin[r][v], C, add(c, add(c, mul(c, add(c, q.i, imm(c, r)), ldc), q.j), imm(c, v * w)));
+    cg_loop_end(c, &lj);
+    cg_loop_end(c, &li);
+  }
+  cg_if f;
+  if_begin(c, &f, LLVMBuildICmp(c->b, LLVMIntSLT, jfull, j1, ""));
+  direct_rows(c, t, A, rsa, csa, B, rsb, C, ldc, K, i0, i1, jfull, j1);
+  if_end(c, &f);
+}
+
+/* ---- the task ---- */
+
+static LLVMTypeRef ctx_type(cg *c) {
+  LLVMTypeRef f[CTX_FIELDS];
+  for (int i = 0; i < CTX_FIELDS; i++) f[i] = c->ptr;
+  return LLVMStructTypeInContext(c->ctx, f, CTX_FIELDS, 0);
+}
+
+static LLVMTypeRef task_type(cg *c) {
+  LLVMTypeRef ps[3] = {c->ptr, c->i64, c->i32};
+  return LLVMFunctionType(c->void_t, ps, 3, 0);
+}
+
+/* The call site's task function: all sizes and strides are constants. */
+static LLVMValueRef task_fn(cg *c, const cg_gemm *g, const gemm_plan *p) {
+  kiln_dtype t = g->t;
+  char name[48];
+  unsigned id = c->ngemm++;
+  snprintf(name, sizeof name, "kiln_gemm%u_micro", id);
+  int64_t MR = mr_of(c), NR = nr_of(c, t);
+  LLVMValueRef micro_a = p->direct ? NULL : micro_fn(c, t, name, g->ldc, g->rsa, g->csa);
+  snprintf(name, sizeof name, "kiln_gemm%u_micro_packed", id);
+  LLVMValueRef micro_p = p->direct ? NULL : micro_fn(c, t, name, g->ldc, 1, MR);
+  snprintf(name, sizeof name, "kiln_gemm%u_task", id);
+  saved_pos sp;
+  LLVMValueRef fn = begin_fn(c, name, task_type(c), &sp);
+  LLVMTypeRef cty = ctx_type(c);
+  LLVMValueRef ctx = LLVMGetParam(fn, 0), task = LLVMGetParam(fn, 1), worker = LLVMGetParam(fn, 2), v[CTX_FIELDS];
+  for (unsigned i = 0; i < CTX_FIELDS; i++) v[i] = LLVMBuildLoad2(c->b, c->ptr, LLVMBuildStructGEP2(c->b, cty, ctx, i, ""), "");
+  LLVMValueRef per_batch = imm(c, p->mt * p->nt), nt = imm(c, p->nt);
+  LLVMValueRef bi = LLVMBuildSDiv(c->b, task, per_batch, ""), rest = LLVMBuildSRem(c->b, task, per_batch, "");
+  LLVMValueRef i0 = mul(c, LLVMBuildSDiv(c->b, rest, nt, ""), imm(c, p->mc));
+  LLVMValueRef j0 = mul(c, LLVMBuildSRem(c->b, rest, nt, ""), imm(c, p->nc));
+  LLVMValueRef i1 = smin(c, imm(c, g->M), add(c, i0, imm(c, p->mc))), j1 = smin(c, imm(c, g->N), add(c, j0, imm(c, p->nc)));
+  LLVMValueRef A = at(c, t, v[F_A], mul(c, bi, imm(c, g->bsa))), B = at(c, t, v[F_B], mul(c, bi, imm(c, g->bsb))),
+               C = at(c, t, v[F_C], mul(c, bi, imm(c, g->bsc)));
+  LLVMValueRef rsa = imm(c, g->rsa), csa = imm(c, g->csa), rsb = imm(c, g->rsb), csb = imm(c, g->csb), ldc = imm(c, g->ldc);
+  if (p->direct) {
+    direct_block(c, t, A, rsa, csa, B, rsb, C, ldc, imm(c, g->K), i0, i1, j0, j1);
+    LLVMBuildRetVoid(c->b);
+    end_fn(c, &sp);
+    return fn;
+  }
+  LLVMValueRef ws = LLVMBuildGEP2(c->b, c->i8, v[F_WS],
+                                  (LLVMValueRef[]){mul(c, LLVMBuildSExt(c->b, worker, c->i64, ""), imm(c, (int64_t)p->worker_bytes))}, 1, "");
+  LLVMValueRef Ap = ws, Bp = at(c, t, ws, imm(c, KC * MR));
+  LLVMTypeRef mps[7] = {c->i64, c->ptr, c->ptr, c->ptr, c->i64, c->i64, c->i1};
+  LLVMTypeRef mty = LLVMFunctionType(c->void_t, mps, 7, 0);
+  cg_loop lp, li, lj;
+  LLVMValueRef pc = cg_loop_begin(c, &lp, imm(c, 0), imm(c, g->K), imm(c, KC));
+  LLVMValueRef kc = smin(c, imm(c, KC), sub(c, imm(c, g->K), pc));
+  pack_b(c, t, NR, Bp, at(c, t, B, mul(c, pc, rsb)), rsb, csb, j0, j1, kc);
+  LLVMValueRef accum = LLVMBuildICmp(c->b, LLVMIntSGT, pc, imm(c, 0), "");
+  LLVMValueRef i = cg_loop_begin(c, &li, i0, i1, imm(c, MR));
+  LLVMValueRef mr = smin(c, imm(c, MR), sub(c, i1, i));
+  LLVMValueRef Ai = at(c, t, A, add(c, mul(c, i, rsa), mul(c, pc, csa)));
+  /* Full strips read A in place; the ragged last one is packed with zero rows. */
+  LLVMValueRef full = LLVMBuildICmp(c->b, LLVMIntEQ, mr, imm(c, MR), "");
+  cg_if f;
+  if_begin(c, &f, LLVMBuildNot(c->b, full, ""));
+  pack_a(c, t, MR, Ap, Ai, rsa, csa, mr, kc);
+  if_end(c, &f);
+  LLVMValueRef a_src = LLVMBuildSelect(c->b, full, Ai, Ap, "");
+  LLVMValueRef j = cg_loop_begin(c, &lj, j0, j1, imm(c, NR));
+  LLVMValueRef nr = smin(c, imm(c, NR), sub(c, j1, j));
+  LLVMValueRef panel = mul(c, LLVMBuildSDiv(c->b, sub(c, j, j0), imm(c, NR), ""), mul(c, kc, imm(c, NR)));
+  LLVMValueRef margs[7] = {kc, a_src, at(c, t, Bp, panel), at(c, t, C, add(c, mul(c, i, ldc), j)), mr, nr, accum};
+  cg_if fa, fp;
+  if_begin(c, &fa, full);
+  LLVMBuildCall2(c->b, mty, micro_a, margs, 7, "");
+  if_end(c, &fa);
+  if_begin(c, &fp, LLVMBuildNot(c->b, full, ""));
+  LLVMBuildCall2(c->b, mty, micro_p, margs, 7, "");
+  if_end(c, &fp);
+  cg_loop_end(c, &lj);
+  cg_loop_end(c, &li);
+  cg_loop_end(c, &lp);
+  LLVMBuildRetVoid(c->b);
+  end_fn(c, &sp);
+  return fn;
+}
+
+void cg_gemm_emit(cg *c, const cg_gemm *g, LLVMValueRef A, LLVMValueRef B, LLVMValueRef C, LLVMValueRef scratch) {
+  kiln_dtype t = g->t;
+  if (g->M == 0 || g->N == 0 || g->batch == 0) return;
+  if (g->K == 0) { /* an empty sum */
+    cg_loop lb, li, lj;
+    LLVMValueRef b = cg_loop_begin(c, &lb, imm(c, 0), imm(c, g->batch), imm(c, 1));
+    LLVMValueRef i = cg_loop_begin(c, &li, imm(c, 0), imm(c, g->M), imm(c, 1));
+    LLVMValueRef j = cg_loop_begin(c, &lj, imm(c, 0), imm(c, g->N), imm(c, 1));
+    cg_store(c, t, cg_const(c, t, 0), C, add(c, add(c, mul(c, b, imm(c, g->bsc)), mul(c, i, imm(c, g->ldc))), j));
+    cg_loop_end(c, &lj);
+    cg_loop_end(c, &li);
+    cg_loop_end(c, &lb);
+    return;
+  }
+  gemm_plan p = plan_gemm(c, g);
+  LLVMValueRef task = task_fn(c, g, &p);
+  LLVMTypeRef cty = ctx_type(c);
+  LLVMValueRef ctx = entry_alloca(c, cty, 8);
+  LLVMValueRef vals[CTX_FIELDS] = {A, B, C, scratch ? scratch : LLVMConstPointerNull(c->ptr)};
+  for (unsigned i = 0; i < CTX_FIELDS; i++) LLVMBuildStore(c->b, vals[i], LLVMBuildStructGEP2(c->b, cty, ctx, i, ""));
+  if (c->par && p.ntasks > 1) {
+    /* par->run(par->pool, task, ctx, ntasks), or serially when par is NULL */
+    LLVMBasicBlockRef threaded = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "threaded"),
+                      serial = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "serial"),
+                      join = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "gemm.done");
+    LLVMBuildCondBr(c->b, LLVMBuildIsNotNull(c->b, c->par, ""), threaded, serial);
+    LLVMPositionBuilderAtEnd(c->b, threaded);
+    LLVMValueRef run = LLVMBuildLoad2(c->b, c->ptr, c->par, "");
+    LLVMValueRef pool = LLVMBuildLoad2(c->b, c->ptr, LLVMBuildGEP2(c->b, c->ptr, c->par, (LLVMValueRef[]){imm(c, 1)}, 1, ""), "");
+    LLVMTypeRef rps[4] = {c->ptr, c->ptr, c->ptr, c->i64};
+    LLVMBuildCall2(c->b, LLVMFunctionType(c->void_t, rps, 4, 0), run, (LLVMValueRef[]){pool, task, ctx, imm(c, p.ntasks)}, 4, "");
+    LLVMBuildBr(c->b, join);
+    LLVMPositionBuilderAtEnd(c->b, serial);
+    cg_loop lt;
+    LLVMValueRef ti = cg_loop_begin(c, &lt, imm(c, 0), imm(c, p.ntasks), imm(c, 1));
+    LLVMBuildCall2(c->b, task_type(c), task, (LLVMValueRef[]){ctx, ti, LLVMConstInt(c->i32, 0, 0)}, 3, "");
+    cg_loop_end(c, &lt);
+    LLVMBuildBr(c->b, join);
+    LLVMPositionBuilderAtEnd(c->b, join);
+    return;
+  }
+  cg_loop lt;
+  LLVMValueRef ti = cg_loop_begin(c, &lt, imm(c, 0), imm(c, p.ntasks), imm(c, 1));
+  LLVMBuildCall2(c->b, task_type(c), task, (LLVMValueRef[]){ctx, ti, LLVMConstInt(c->i32, 0, 0)}, 3, "");
+  cg_loop_end(c, &lt);
+}

@@ -1,0 +1,164 @@
+/* GEMM and threading: every transpose combination, batched, on sizes that are not
+ * multiples of the register tile (edge rows, edge columns, K not a multiple of
+ * the K block, the unpacked few-row path), against the reference evaluator; and
+ * bit-identical results for any thread count. */
+#include "harness.h"
+#include "runtime/thread_pool.h"
+#include <stdlib.h>
+#include <string.h>
+
+/* Compiles g with `threads` and runs it on inputs; the caller frees *out. */
+static void run_threads(const kiln_graph *g, int threads, kiln_tensor **inputs, size_t nin, kiln_tensor **out) {
+  kiln_compile_options o = {.threads = threads};
+  kiln_exec *e = NULL;
+  if (kiln_compile(g, &o, &e) != KILN_OK) fail_msg("compile: %s", kiln_errmsg());
+  if (kiln_exec_run(e, (const kiln_tensor *const *)inputs, nin, out, 1) != KILN_OK) fail_msg("run: %s", kiln_errmsg());
+  kiln_exec_free(e);
+}
+
+static void check_matmul(trng *r, kiln_dtype t, int64_t batch, int64_t M, int64_t N, int64_t K, bool ta, bool tb) {
+  char what[128];
+  snprintf(what, sizeof what, "%s batch %lld %lldx%lldx%lld ta=%d tb=%d", kiln_dtype_name(t), (long long)batch,
+           (long long)M, (long long)N, (long long)K, ta, tb);
+  int64_t adims[3] = {batch, ta ? K : M, ta ? M : K}, bdims[3] = {batch, tb ? N : K, tb ? K : N};
+  int rank = batch > 1 ? 3 : 2;
+  const int64_t *ad = batch > 1 ? adims : adims + 1, *bd = batch > 1 ? bdims : bdims + 1;
+  kiln_graph *g = kiln_graph_new();
+  kiln_value a = kiln_placeholder(g, "a", t, (kiln_shape){rank, {ad[0], ad[1], ad[2]}});
+  kiln_value b = kiln_placeholder(g, "b", t, (kiln_shape){rank, {bd[0], bd[1], bd[2]}});
+  kiln_output(g, "c", kiln_matmul(g, a, b, ta, tb));
+  assert_int_equal(kiln_graph_status(g), KILN_OK);
+  kiln_tensor *in[2] = {random_tensor(r, t, rank, ad, -1, 1), random_tensor(r, t, rank, bd, -1, 1)};
+  kiln_tensor *ref = NULL, *one = NULL, *three = NULL;
+  assert_int_equal(kiln_evaluate(g, (const kiln_tensor *const *)in, 2, &ref, 1), KILN_OK);
+  run_threads(g, 1, in, 2, &one);
+  run_threads(g, 3, in, 2, &three); /* an odd split of rows or columns */
+  /* f32 sums of K products in another order: a few ulps of the sum's magnitude */
+  double tol = t == KILN_F32 ? 1e-5 * (double)(K + 1) : 1e-12 * (double)(K + 1);
+  if (compare_tensors(what, one, ref, tol, tol)) fail_msg("%s differs from the reference", what);
+  if (memcmp(kiln_tensor_cdata(one), kiln_tensor_cdata(three), kiln_tensor_nbytes(one)))
+    fail_msg("%s: 1 and 3 threads do not give identical bits", what);
+  kiln_tensor_free(in[0]), kiln_tensor_free(in[1]);
+  kiln_tensor_free(ref), kiln_tensor_free(one), kiln_tensor_free(three);
+  kiln_graph_free(g);
+}
+
+static void test_matmul_edges_and_transposes(void **s) {
+  (void)s;
+  static const int64_t shapes[][3] = {
+      {1, 1, 1},    {1, 300, 784}, {3, 40, 5},     {5, 17, 3},     {11, 33, 7},  {12, 32, 256},
+      {13, 31, 257}, {25, 100, 300}, {24, 64, 512}, {130, 65, 513}, {37, 129, 2}, {200, 7, 40},
+  };
+  trng r = {7};
+  for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
+    for (int tr = 0; tr < 4; tr++)
+      check_matmul(&r, KILN_F32, 1, shapes[i][0], shapes[i][1], shapes[i][2], tr & 1, tr & 2);
+  for (int tr = 0; tr < 4; tr++) {
+    check_matmul(&r, KILN_F32, 3, 14, 35, 20, tr & 1, tr & 2);
+    check_matmul(&r, KILN_F32, 4, 2, 17, 9, tr & 1, tr & 2);
+    check_matmul(&r, KILN_F64, 2, 29, 19, 300, tr & 1, tr & 2);
+    check_matmul(&r, KILN_I32, 2, 13, 33, 11, tr & 1, tr & 2);
+  }
+}
+
+/* Convolutions run im2col + GEMM per image: odd sizes, strides, padding, groups. */
+static void test_conv_threads(void **s) {
+  (void)s;
+  trng r = {11};
+  kiln_graph *g = kiln_graph_new();
+  kiln_value x = kiln_placeholder(g, "x", KILN_F32, KILN_SHAPE(3, 13, 11, 6));
+  kiln_value w = kiln_placeholder(g, "w", KILN_F32, KILN_SHAPE(3, 3, 3, 10));
+  kiln_conv2d_opts o = {.strides = {2, 1}, .padding = KILN_PAD_EXPLICIT, .pads = {1, 1, 1, 0}, .groups = 2};
+  kiln_output(g, "y", kiln_conv2d(g, x, w, &o));
+  assert_int_equal(kiln_graph_status(g), KILN_OK);
+  kiln_tensor *in[2] = {random_tensor(&r, KILN_F32, 4, (int64_t[]){3, 13, 11, 6}, -1, 1),
+                        random_tensor(&r, KILN_F32, 4, (int64_t[]){3, 3, 3, 10}, -1, 1)};
+  kiln_tensor *ref = NULL, *one = NULL, *two = NULL;
+  assert_int_equal(kiln_evaluate(g, (const kiln_tensor *const *)in, 2, &ref, 1), KILN_OK);
+  run_threads(g, 1, in, 2, &one);
+  run_threads(g, 2, in, 2, &two);
+  assert_int_equal(compare_tensors("conv", one, ref, 1e-5, 1e-5), 0);
+  assert_memory_equal(kiln_tensor_cdata(one), kiln_tensor_cdata(two), kiln_tensor_nbytes(one));
+  kiln_tensor_free(in[0]), kiln_tensor_free(in[1]);
+  kiln_tensor_free(ref), kiln_tensor_free(one), kiln_tensor_free(two);
+  kiln_graph_free(g);
+}
+
+static void count_task(void *ctx, int64_t i, int32_t worker) {
+  int *counts = ctx;
+  __atomic_fetch_add(&counts[i], 1 + 1000 * worker, __ATOMIC_RELAXED);
+}
+
+/* Every task runs exactly once per run, and the caller is worker 0. */
+static void test_pool_runs_each_task_once(void **s) {
+  (void)s;
+  for (int threads = 1; threads <= 4; threads++) {
+    kiln_pool *p = kiln_pool_new(threads);
+    assert_non_null(p);
+    assert_int_equal(kiln_pool_threads(p), threads);
+    for (int run = 0; run < 200; run++) {
+      int counts[37] = {0};
+      int64_t n = run % 37 + 1;
+      kiln_pool_run(p, count_task, counts, n);
+      for (int64_t i = 0; i < 37; i++) {
+        int c = counts[i];
+        if (i < n) assert_true(c % 1000 == 1 && c / 1000 < threads);
+        else assert_int_equal(c, 0);
+      }
+    }
+    kiln_pool_free(p);
+  }
+}
+
+static void test_thread_count_errors(void **s) {
+  (void)s;
+  int n = 0;
+  assert_int_equal(kiln_thread_count(3, &n), KILN_OK);
+  assert_int_equal(n, 3);
+  setenv("KILN_NUM_THREADS", "2", 1);
+  assert_int_equal(kiln_thread_count(0, &n), KILN_OK);
+  assert_int_equal(n, 2);
+  setenv("KILN_NUM_THREADS", "two", 1);
+  assert_int_equal(kiln_thread_count(0, &n), KILN_ERR_INVALID);
+  assert_non_null(strstr(kiln_errmsg(), "KILN_NUM_THREADS"));
+  kiln_graph *g = kiln_graph_new();
+  kiln_output(g, "y", kiln_relu(g, kiln_placeholder(g, "x", KILN_F32, KILN_SHAPE(2))));
+  kiln_exec *e = NULL;
+  assert_int_equal(kiln_compile(g, NULL, &e), KILN_ERR_INVALID);
+  assert_non_null(strstr(kiln_errmsg(), "KILN_NUM_THREADS"));
+  unsetenv("KILN_NUM_THREADS");
+  kiln_compile_options o = {.threads = 100000};
+  assert_int_equal(kiln_compile(g, &o, &e), KILN_ERR_INVALID);
+  assert_non_null(strstr(kiln_errmsg(), "threads"));
+  kiln_graph_free(g);
+}
+
+/* kiln_exec_run_into writes the caller's tensors and refuses a wrong shape. */
+static void test_run_into(void **s) {
+  (void)s;
+  kiln_graph *g = kiln_graph_new();
+  kiln_value x = kiln_placeholder(g, "x", KILN_F32, KILN_SHAPE(KILN_DYN, 3));
+  kiln_output(g, "y", kiln_mul(g, x, kiln_scalar(g, KILN_F32, 2)));
+  kiln_exec *e = NULL;
+  assert_int_equal(kiln_compile(g, NULL, &e), KILN_OK);
+  const float xs[6] = {1, 2, 3, 4, 5, 6};
+  kiln_tensor *in = kiln_tensor_from_data(KILN_F32, 2, (int64_t[]){2, 3}, xs, sizeof xs);
+  kiln_tensor *out = kiln_tensor_new(KILN_F32, 2, (int64_t[]){2, 3}), *bad = kiln_tensor_new(KILN_F32, 2, (int64_t[]){3, 2});
+  assert_int_equal(kiln_exec_run_into(e, (const kiln_tensor *[]){in}, 1, &out, 1), KILN_OK);
+  const float *o = kiln_tensor_cdata(out);
+  for (int i = 0; i < 6; i++) assert_true(o[i] == 2 * xs[i]);
+  assert_int_equal(kiln_exec_run_into(e, (const kiln_tensor *[]){in}, 1, &bad, 1), KILN_ERR_INVALID);
+  assert_non_null(strstr(kiln_errmsg(), "[2,3]"));
+  kiln_tensor_free(in), kiln_tensor_free(out), kiln_tensor_free(bad);
+  kiln_exec_free(e);
+  kiln_graph_free(g);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_matmul_edges_and_transposes), cmocka_unit_test(test_conv_threads),
+      cmocka_unit_test(test_pool_runs_each_task_once),    cmocka_unit_test(test_thread_count_errors),
+      cmocka_unit_test(test_run_into),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
