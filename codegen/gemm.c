@@ -38,8 +38,8 @@ static int64_t mr_of(cg *c) { return c->vec_bytes >= 64 ? 12 : 6; }
 static int64_t nr_of(cg *c, kiln_dtype t) { return NV * vec_w(c, t); }
 
 /* How many tasks and of what size: whole rows and columns per task unless the
- * threads need more tasks; then rows are cut when there are enough, else the cut
- * (rows or columns) with the shortest longest-thread time. */
+ * threads need more tasks; then the cut (rows or columns) that leaves the busiest
+ * thread the fewest register tiles. */
 static gemm_plan plan_gemm(cg *c, const cg_gemm *g) {
   gemm_plan p = {0};
   int64_t es = (int64_t)kiln_dtype_size(g->t), MR = mr_of(c), NR = nr_of(c, g->t);
@@ -51,19 +51,18 @@ static gemm_plan plan_gemm(cg *c, const cg_gemm *g) {
   int threads = c->threads > 1 ? c->threads : 1;
   int64_t base = g->batch * ceil_div(g->N, p.nc);
   if (base < threads) {
+    /* cost = register tiles in the busiest thread; rows win ties (each A strip
+     * then meets the whole B block) */
     int64_t want = ceil_div(threads, base), best = INT64_MAX, mc0 = p.mc, nc0 = p.nc;
-    /* Cutting rows keeps each A strip's reuse over the whole B block: preferred
-     * whenever every piece gets a couple of strips. */
-    bool rows_only = !p.direct && g->M >= want * 2 * MR;
-    for (int by_rows = rows_only; by_rows <= (p.direct ? 0 : 1); by_rows++) {
-      int64_t extent = by_rows ? g->M : nc0, step = by_rows ? mstep : NR;
+    for (int by_cols = p.direct ? 1 : 0; by_cols < 2; by_cols++) {
+      int64_t extent = by_cols ? nc0 : g->M, step = by_cols ? NR : mstep;
       int64_t size = round_up(ceil_div(extent, want), step);
-      int64_t tasks = base * ceil_div(extent, size);
-      int64_t span = ceil_div(tasks, threads) * size * (by_rows ? nc0 : mc0);
+      int64_t tiles = by_cols ? ceil_div(mc0, MR) * (size / NR) : (size / MR) * ceil_div(nc0, NR);
+      int64_t span = ceil_div(base * ceil_div(extent, size), threads) * tiles;
       if (span < best) {
         best = span;
-        p.mc = by_rows ? size : mc0;
-        p.nc = by_rows ? nc0 : size;
+        p.mc = by_cols ? mc0 : size;
+        p.nc = by_cols ? size : nc0;
       }
     }
   }
@@ -168,29 +167,29 @@ static void if_end(cg *c, cg_if *f) {
  * the caller's loaders. Returns the sums in fin. */
 typedef LLVMValueRef (*tile_load_a)(cg *c, void *ctx, LLVMValueRef k, int r);
 typedef LLVMValueRef (*tile_load_b)(cg *c, void *ctx, LLVMValueRef k, int v);
-static void tile_sum(cg *c, kiln_dtype t, unsigned w, int rows, LLVMValueRef K, tile_load_a la, tile_load_b lb, void *ctx,
-                     LLVMValueRef fin[][NV]) {
+static void tile_sum(cg *c, kiln_dtype t, unsigned w, int rows, int nv, LLVMValueRef K, tile_load_a la, tile_load_b lb,
+                     void *ctx, LLVMValueRef fin[][NV]) {
   LLVMTypeRef vt = LLVMVectorType(cg_type(c, t), w);
   LLVMValueRef zerov = LLVMConstNull(vt), acc[16][NV], next[16][NV];
   cg_loop lk;
   LLVMValueRef k = cg_loop_begin(c, &lk, imm(c, 0), K, imm(c, 1));
   for (int r = 0; r < rows; r++)
-    for (int v = 0; v < NV; v++) {
+    for (int v = 0; v < nv; v++) {
       acc[r][v] = LLVMBuildPhi(c->b, vt, "acc");
       LLVMAddIncoming(acc[r][v], &zerov, &lk.pre, 1);
     }
   LLVMValueRef bv[NV];
-  for (int v = 0; v < NV; v++) bv[v] = lb(c, ctx, k, v);
+  for (int v = 0; v < nv; v++) bv[v] = lb(c, ctx, k, v);
   for (int r = 0; r < rows; r++) {
     LLVMValueRef av = cg_splat(c, la(c, ctx, k, r), w);
-    for (int v = 0; v < NV; v++) next[r][v] = madd(c, t, av, bv[v], acc[r][v]);
+    for (int v = 0; v < nv; v++) next[r][v] = madd(c, t, av, bv[v], acc[r][v]);
   }
   LLVMBasicBlockRef latch = LLVMGetInsertBlock(c->b);
   for (int r = 0; r < rows; r++)
-    for (int v = 0; v < NV; v++) LLVMAddIncoming(acc[r][v], &next[r][v], &latch, 1);
+    for (int v = 0; v < nv; v++) LLVMAddIncoming(acc[r][v], &next[r][v], &latch, 1);
   cg_loop_end(c, &lk);
   for (int r = 0; r < rows; r++) /* exit phis must head the block */
-    for (int v = 0; v < NV; v++) {
+    for (int v = 0; v < nv; v++) {
       fin[r][v] = LLVMBuildPhi(c->b, vt, "");
       LLVMValueRef vals[2] = {zerov, next[r][v]};
       LLVMBasicBlockRef from[2] = {lk.pre, latch};
@@ -219,7 +218,7 @@ static LLVMValueRef packed_b(cg *c, void *vctx, LLVMValueRef k, int v) {
 /* micro(kc, A, Bp, C, mr, nr, accumulate): C[mr x nr] (+)= A panel * Bp panel, where
  * A[r][k] is at r*a_rs + k*a_cs: the matrix itself (constant strides become
  * addressing-mode displacements, so no packing) or a zero-padded packed panel. */
-static LLVMValueRef micro_fn(cg *c, kiln_dtype t, const char *name, int64_t ldc_c, int64_t a_rs, int64_t a_cs) {
+static LLVMValueRef micro_fn(cg *c, kiln_dtype t, const char *name, int64_t ldc_c, int64_t a_rs, int64_t a_cs, int nv) {
   LLVMTypeRef ps[7] = {c->i64, c->ptr, c->ptr, c->ptr, c->i64, c->i64, c->i1};
   saved_pos sp;
   LLVMValueRef fn = begin_fn(c, name, LLVMFunctionType(c->void_t, ps, 7, 0), &sp);
@@ -228,12 +227,12 @@ static LLVMValueRef micro_fn(cg *c, kiln_dtype t, const char *name, int64_t ldc_
                nr = LLVMGetParam(fn, 5), accum = LLVMGetParam(fn, 6);
   packed_ctx q = {t, LLVMVectorType(cg_type(c, t), (unsigned)w), LLVMGetParam(fn, 1), LLVMGetParam(fn, 2), a_rs, a_cs, NR, w};
   LLVMValueRef fin[16][NV];
-  tile_sum(c, t, (unsigned)w, (int)MR, kc, packed_a, packed_b, &q, fin);
+  tile_sum(c, t, (unsigned)w, (int)MR, nv, kc, packed_a, packed_b, &q, fin);
 
   LLVMBasicBlockRef full = LLVMAppendBasicBlockInContext(c->ctx, fn, "full"),
                     edge = LLVMAppendBasicBlockInContext(c->ctx, fn, "edge");
   LLVMValueRef is_full = LLVMBuildAnd(c->b, LLVMBuildICmp(c->b, LLVMIntEQ, mr, imm(c, MR), ""),
-                                      LLVMBuildICmp(c->b, LLVMIntEQ, nr, imm(c, NR), ""), "");
+                                      LLVMBuildICmp(c->b, LLVMIntEQ, nr, imm(c, nv * w), ""), "");
   LLVMBuildCondBr(c->b, is_full, full, edge);
 
   LLVMPositionBuilderAtEnd(c->b, full);
@@ -242,11 +241,11 @@ static LLVMValueRef micro_fn(cg *c, kiln_dtype t, const char *name, int64_t ldc_
   LLVMBuildCondBr(c->b, accum, accumulate, assign);
   LLVMPositionBuilderAtEnd(c->b, assign);
   for (int r = 0; r < MR; r++)
-    for (int v = 0; v < NV; v++) vstore(c, t, fin[r][v], C, add(c, mul(c, imm(c, r), ldc), imm(c, v * w)));
+    for (int v = 0; v < nv; v++) vstore(c, t, fin[r][v], C, add(c, mul(c, imm(c, r), ldc), imm(c, v * w)));
   LLVMBuildRetVoid(c->b);
   LLVMPositionBuilderAtEnd(c->b, accumulate);
   for (int r = 0; r < MR; r++)
-    for (int v = 0; v < NV; v++) {
+    for (int v = 0; v < nv; v++) {
       LLVMValueRef idx = add(c, mul(c, imm(c, r), ldc), imm(c, v * w));
       vstore(c, t, plus(c, t, vload(c, q.vt, t, C, idx, (unsigned)kiln_dtype_size(t)), fin[r][v]), C, idx);
     }
@@ -256,7 +255,7 @@ static LLVMValueRef micro_fn(cg *c, kiln_dtype t, const char *name, int64_t ldc_
   LLVMPositionBuilderAtEnd(c->b, edge);
   LLVMValueRef tile = entry_alloca(c, LLVMArrayType(cg_type(c, t), (unsigned)(MR * NR)), 64);
   for (int r = 0; r < MR; r++)
-    for (int v = 0; v < NV; v++) vstore(c, t, fin[r][v], tile, imm(c, r * NR + v * w));
+    for (int v = 0; v < nv; v++) vstore(c, t, fin[r][v], tile, imm(c, r * NR + v * w));
   cg_loop lr, lj;
   LLVMValueRef r = cg_loop_begin(c, &lr, imm(c, 0), mr, imm(c, 1));
   LLVMValueRef j = cg_loop_begin(c, &lj, imm(c, 0), nr, imm(c, 1));
@@ -376,7 +375,7 @@ static void direct_block(cg *c, kiln_dtype t, LLVMValueRef A, LLVMValueRef rsa, 
     q.i = cg_loop_begin(c, &li, ia, ib, imm(c, rows));
     q.j = cg_loop_begin(c, &lj, j0, jfull, imm(c, NR));
     LLVMValueRef fin[DR][NV];
-    tile_sum(c, t, (unsigned)w, rows, K, direct_a, direct_b, &q, fin);
+    tile_sum(c, t, (unsigned)w, rows, NV, K, direct_a, direct_b, &q, fin);
     for (int r = 0; r < rows; r++)
       for (int v = 0; v < NV; v++) vstore(c, t, fin[r][v], C, add(c, add(c, mul(c, add(c, q.i, imm(c, r)), ldc), q.j), imm(c, v * w)));
     cg_loop_end(c, &lj);
@@ -406,11 +405,15 @@ static LLVMValueRef task_fn(cg *c, const cg_gemm *g, const gemm_plan *p) {
   kiln_dtype t = g->t;
   char name[48];
   unsigned id = c->ngemm++;
-  snprintf(name, sizeof name, "kiln_gemm%u_micro", id);
-  int64_t MR = mr_of(c), NR = nr_of(c, t);
-  LLVMValueRef micro_a = p->direct ? NULL : micro_fn(c, t, name, g->ldc, g->rsa, g->csa);
-  snprintf(name, sizeof name, "kiln_gemm%u_micro_packed", id);
-  LLVMValueRef micro_p = p->direct ? NULL : micro_fn(c, t, name, g->ldc, 1, MR);
+  int64_t MR = mr_of(c), NR = nr_of(c, t), w = vec_w(c, t);
+  /* micro[packed][narrow]: A in place or packed; NV vectors wide or one (the last,
+   * narrow column panel, which would otherwise compute mostly padding) */
+  LLVMValueRef micro[2][2] = {{NULL, NULL}, {NULL, NULL}};
+  for (int packed = 0; packed < 2 && !p->direct; packed++)
+    for (int narrow = 0; narrow < 2; narrow++) {
+      snprintf(name, sizeof name, "kiln_gemm%u_micro%s%s", id, packed ? "_packed" : "", narrow ? "_narrow" : "");
+      micro[packed][narrow] = micro_fn(c, t, name, g->ldc, packed ? 1 : g->rsa, packed ? MR : g->csa, narrow ? 1 : NV);
+    }
   snprintf(name, sizeof name, "kiln_gemm%u_task", id);
   saved_pos sp;
   LLVMValueRef fn = begin_fn(c, name, task_type(c), &sp);
@@ -437,8 +440,10 @@ static LLVMValueRef task_fn(cg *c, const cg_gemm *g, const gemm_plan *p) {
   LLVMTypeRef mps[7] = {c->i64, c->ptr, c->ptr, c->ptr, c->i64, c->i64, c->i1};
   LLVMTypeRef mty = LLVMFunctionType(c->void_t, mps, 7, 0);
   cg_loop lp, li, lj;
-  LLVMValueRef pc = cg_loop_begin(c, &lp, imm(c, 0), imm(c, g->K), imm(c, KC));
-  LLVMValueRef kc = smin(c, imm(c, KC), sub(c, imm(c, g->K), pc));
+  /* K in equal slices of at most KC: no short last slice paying a full pass over C */
+  int64_t kstep = ceil_div(g->K, ceil_div(g->K, KC));
+  LLVMValueRef pc = cg_loop_begin(c, &lp, imm(c, 0), imm(c, g->K), imm(c, kstep));
+  LLVMValueRef kc = smin(c, imm(c, kstep), sub(c, imm(c, g->K), pc));
   pack_b(c, t, NR, Bp, at(c, t, B, mul(c, pc, rsb)), rsb, csb, j0, j1, kc);
   LLVMValueRef accum = LLVMBuildICmp(c->b, LLVMIntSGT, pc, imm(c, 0), "");
   LLVMValueRef i = cg_loop_begin(c, &li, i0, i1, imm(c, MR));
@@ -455,13 +460,15 @@ static LLVMValueRef task_fn(cg *c, const cg_gemm *g, const gemm_plan *p) {
   LLVMValueRef nr = smin(c, imm(c, NR), sub(c, j1, j));
   LLVMValueRef panel = mul(c, LLVMBuildSDiv(c->b, sub(c, j, j0), imm(c, NR), ""), mul(c, kc, imm(c, NR)));
   LLVMValueRef margs[7] = {kc, a_src, at(c, t, Bp, panel), at(c, t, C, add(c, mul(c, i, ldc), j)), mr, nr, accum};
-  cg_if fa, fp;
-  if_begin(c, &fa, full);
-  LLVMBuildCall2(c->b, mty, micro_a, margs, 7, "");
-  if_end(c, &fa);
-  if_begin(c, &fp, LLVMBuildNot(c->b, full, ""));
-  LLVMBuildCall2(c->b, mty, micro_p, margs, 7, "");
-  if_end(c, &fp);
+  LLVMValueRef narrow = LLVMBuildICmp(c->b, LLVMIntSLE, nr, imm(c, w), "");
+  for (int packed = 0; packed < 2; packed++)
+    for (int nw = 0; nw < 2; nw++) {
+      cg_if f2;
+      LLVMValueRef is_packed = packed ? LLVMBuildNot(c->b, full, "") : full;
+      if_begin(c, &f2, LLVMBuildAnd(c->b, is_packed, nw ? narrow : LLVMBuildNot(c->b, narrow, ""), ""));
+      LLVMBuildCall2(c->b, mty, micro[packed][nw], margs, 7, "");
+      if_end(c, &f2);
+    }
   cg_loop_end(c, &lj);
   cg_loop_end(c, &li);
   cg_loop_end(c, &lp);
