@@ -24,8 +24,10 @@ static void check_matmul(trng *r, kiln_dtype t, int64_t batch, int64_t M, int64_
   int rank = batch > 1 ? 3 : 2;
   const int64_t *ad = batch > 1 ? adims : adims + 1, *bd = batch > 1 ? bdims : bdims + 1;
   kiln_graph *g = kiln_graph_new();
-  kiln_value a = kiln_placeholder(g, "a", t, (kiln_shape){rank, {ad[0], ad[1], ad[2]}});
-  kiln_value b = kiln_placeholder(g, "b", t, (kiln_shape){rank, {bd[0], bd[1], bd[2]}});
+  kiln_shape as = {.rank = rank}, bs = {.rank = rank};
+  memcpy(as.dims, ad, sizeof(int64_t) * (size_t)rank);
+  memcpy(bs.dims, bd, sizeof(int64_t) * (size_t)rank);
+  kiln_value a = kiln_placeholder(g, "a", t, as), b = kiln_placeholder(g, "b", t, bs);
   kiln_output(g, "c", kiln_matmul(g, a, b, ta, tb));
   assert_int_equal(kiln_graph_status(g), KILN_OK);
   kiln_tensor *in[2] = {random_tensor(r, t, rank, ad, -1, 1), random_tensor(r, t, rank, bd, -1, 1)};
