@@ -3,7 +3,7 @@
  * One job at a time: the caller publishes (task, ctx, ntasks), bumps the
  * generation and takes tasks itself from a shared counter; every worker checks
  * in once per generation, so a worker that wakes late can never pick up the next
- * job's counter with this job's task. Workers spin briefly before sleeping,
+ * job's counter with this job's task. Workers spin for a while (SPIN_NS) before sleeping,
  * because a training step launches kernels a few microseconds apart and a
  * condition-variable wake-up costs tens of them. */
 #define _GNU_SOURCE
@@ -15,9 +15,14 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
-enum { SPIN_ROUNDS = 4000, MAX_THREADS = 256 };
+/* How long an idle worker (and a waiting caller) spins before sleeping. Waking a
+ * sleeping thread costs 40-70 us on this kind of VM, more than many kernels take,
+ * and a train step leaves a few hundred microseconds of serial work between its
+ * parallel GEMMs; OpenMP runtimes spin for longer still. */
+enum { SPIN_NS = 1000000, MAX_THREADS = 256 };
 
 struct kiln_pool {
   int threads;
@@ -45,6 +50,23 @@ static void cpu_relax(void) {
 #endif
 }
 
+static int64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Spins until *gen differs from seen or SPIN_NS pass; returns the last value read. */
+static uint_fast64_t spin_for_generation(kiln_pool *p, uint_fast64_t seen) {
+  int64_t start = now_ns();
+  uint_fast64_t gen;
+  for (unsigned i = 1; (gen = atomic_load_explicit(&p->generation, memory_order_acquire)) == seen; i++) {
+    cpu_relax();
+    if (i % 64 == 0 && now_ns() - start > SPIN_NS) break;
+  }
+  return gen;
+}
+
 static void run_tasks(kiln_pool *p, int32_t worker) {
   int64_t i;
   while ((i = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed)) < p->ntasks) p->task(p->ctx, i, worker);
@@ -56,11 +78,7 @@ static void *worker_main(void *varg) {
   kiln_pool *p = a.p;
   uint_fast64_t seen = 0;
   for (;;) {
-    uint_fast64_t gen = atomic_load_explicit(&p->generation, memory_order_acquire);
-    for (int s = 0; gen == seen && s < SPIN_ROUNDS; s++) {
-      cpu_relax();
-      gen = atomic_load_explicit(&p->generation, memory_order_acquire);
-    }
+    uint_fast64_t gen = spin_for_generation(p, seen);
     if (gen == seen) {
       pthread_mutex_lock(&p->mu);
       while ((gen = atomic_load_explicit(&p->generation, memory_order_acquire)) == seen && !p->stop)
@@ -141,7 +159,11 @@ void kiln_pool_run(void *pool, kiln_task_fn task, void *ctx, int64_t ntasks) {
   pthread_cond_broadcast(&p->wake);
   pthread_mutex_unlock(&p->mu);
   run_tasks(p, 0);
-  for (int s = 0; atomic_load_explicit(&p->busy, memory_order_acquire) > 0 && s < SPIN_ROUNDS; s++) cpu_relax();
+  int64_t start = now_ns();
+  for (unsigned i = 1; atomic_load_explicit(&p->busy, memory_order_acquire) > 0; i++) {
+    cpu_relax();
+    if (i % 64 == 0 && now_ns() - start > SPIN_NS) break;
+  }
   if (atomic_load_explicit(&p->busy, memory_order_acquire) > 0) {
     pthread_mutex_lock(&p->mu);
     while (atomic_load_explicit(&p->busy, memory_order_acquire) > 0) pthread_cond_wait(&p->finished, &p->mu);
