@@ -2,8 +2,9 @@
  *
  * Matmul maps onto gemm.c with strides for the transposes and the batch.
  * Conv2d: NHWC input, HWIO filter. 1x1/stride-1/unpadded convolutions are a
- * single GEMM over every pixel; the rest gather an im2col panel per image and
- * group into scratch (the GEMM's packing buffers follow it) and run GEMM on it.
+ * single GEMM over every pixel; the rest gather the im2col panel of a chunk of
+ * images per group into scratch (the GEMM's packing buffers follow it) and run
+ * one GEMM on it.
  * Pooling loops over output pixels with the channel loop innermost, so it
  * vectorizes over channels. */
 #include "codegen/cg.h"
@@ -43,15 +44,26 @@ static conv_geom conv_geometry(cg *c, const kiln_node *n) {
   return q;
 }
 
+/* Non-pointwise convolutions gather the im2col rows of several images at once, up
+ * to this many bytes, so one GEMM has enough rows to block and to split between
+ * threads (one 28x28 image with a 3x3x1 filter is a 784x9 panel). */
+enum { IM2COL_BYTES = 2 << 20 };
+
+static int64_t conv_images_per_chunk(const kiln_node *n, const conv_geom *q) {
+  int64_t per_image = q->OH * q->OW * q->Kc * (int64_t)kiln_dtype_size((kiln_dtype)n->dtype);
+  int64_t k = per_image > 0 ? IM2COL_BYTES / per_image : 1;
+  return k < 1 ? 1 : k > n->dims[0] ? n->dims[0] : k;
+}
+
 /* The GEMM a convolution runs: every pixel of the batch at once when pointwise,
- * else one image and group's im2col panel. */
-static cg_gemm conv_gemm(const kiln_node *n, const conv_geom *q) {
+ * else one group of `images` images' im2col panel. */
+static cg_gemm conv_gemm(const kiln_node *n, const conv_geom *q, int64_t images) {
   kiln_dtype t = (kiln_dtype)n->dtype;
   if (q->pointwise)
     return (cg_gemm){.t = t, .batch = 1, .M = n->dims[0] * q->H * q->W, .N = q->OC, .K = q->C, .rsa = q->C, .csa = 1,
                      .rsb = q->OC, .csb = 1, .ldc = q->OC};
-  return (cg_gemm){.t = t, .batch = 1, .M = q->OH * q->OW, .N = q->OC / q->groups, .K = q->Kc, .rsa = q->Kc, .csa = 1,
-                   .rsb = q->OC, .csb = 1, .ldc = q->OC};
+  return (cg_gemm){.t = t, .batch = 1, .M = images * q->OH * q->OW, .N = q->OC / q->groups, .K = q->Kc, .rsa = q->Kc,
+                   .csa = 1, .rsb = q->OC, .csb = 1, .ldc = q->OC};
 }
 
 uint64_t cg_scratch_bytes(cg *c, const kiln_node *n) {
@@ -61,9 +73,11 @@ uint64_t cg_scratch_bytes(cg *c, const kiln_node *n) {
   }
   if (n->op == KILN_OP_CONV2D) {
     conv_geom q = conv_geometry(c, n);
-    cg_gemm g = conv_gemm(n, &q);
-    uint64_t col = q.pointwise ? 0 : align64((uint64_t)(q.OH * q.OW * q.Kc) * kiln_dtype_size((kiln_dtype)n->dtype));
-    return col + cg_gemm_scratch_bytes(c, &g);
+    int64_t images = conv_images_per_chunk(n, &q);
+    cg_gemm full = conv_gemm(n, &q, images), rest = conv_gemm(n, &q, n->dims[0] % images);
+    uint64_t col = q.pointwise ? 0 : align64((uint64_t)(images * q.OH * q.OW * q.Kc) * kiln_dtype_size((kiln_dtype)n->dtype));
+    uint64_t a = cg_gemm_scratch_bytes(c, &full), b = cg_gemm_scratch_bytes(c, &rest);
+    return col + (a > b ? a : b);
   }
   return 0;
 }
@@ -112,29 +126,44 @@ static void im2col_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
   LLVMPositionBuilderAtEnd(c->b, join);
 }
 
+/* im2col of images [first, first + count) and group by group their GEMM. */
+static void conv_chunk(cg *c, const kiln_node *n, const conv_geom *g, im2col_ctx *q, LLVMValueRef first, int64_t count,
+                       LLVMValueRef w, LLVMValueRef out, LLVMValueRef col, LLVMValueRef ws) {
+  kiln_dtype t = (kiln_dtype)n->dtype;
+  int64_t ocg = g->OC / g->groups, pixels = g->OH * g->OW;
+  cg_gemm mm = conv_gemm(n, g, count);
+  cg_loop lg, li;
+  q->g = cg_loop_begin(c, &lg, cg_i64(c, 0), cg_i64(c, g->groups), cg_i64(c, 1));
+  LLVMValueRef i = cg_loop_begin(c, &li, cg_i64(c, 0), cg_i64(c, count), cg_i64(c, 1));
+  q->n = add(c, first, i);
+  q->col = offset(c, t, col, mul(c, i, cg_i64(c, pixels * g->Kc)));
+  cg_nest(c, 4, (int64_t[]){g->OH, g->OW, g->KH, g->KW}, im2col_body, q);
+  cg_loop_end(c, &li);
+  LLVMValueRef B = offset(c, t, w, mul(c, q->g, cg_i64(c, ocg)));
+  LLVMValueRef C = offset(c, t, out, add(c, mul(c, first, cg_i64(c, pixels * g->OC)), mul(c, q->g, cg_i64(c, ocg))));
+  cg_gemm_emit(c, &mm, col, B, C, ws);
+  cg_loop_end(c, &lg);
+}
+
 void cg_conv2d(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch) {
   kiln_dtype t = (kiln_dtype)n->dtype;
   conv_geom g = conv_geometry(c, n);
-  cg_gemm mm = conv_gemm(n, &g);
   if (kiln_shape_numel(4, n->dims) == 0) return;
   if (g.pointwise) {
+    cg_gemm mm = conv_gemm(n, &g, 0);
     cg_gemm_emit(c, &mm, in[0], in[1], out, scratch);
     return;
   }
-  im2col_ctx q = {.t = t, .x = in[0], .col = scratch, .H = g.H, .W = g.W, .C = g.C, .icg = g.icg, .KW = g.KW,
+  im2col_ctx q = {.t = t, .x = in[0], .H = g.H, .W = g.W, .C = g.C, .icg = g.icg, .KW = g.KW,
                   .s = {g.s[0], g.s[1]}, .d = {g.d[0], g.d[1]}, .p = {g.p[0], g.p[1], g.p[2], g.p[3]}, .OW = g.OW, .Kc = g.Kc};
-  int64_t ocg = g.OC / g.groups;
+  int64_t images = conv_images_per_chunk(n, &g), N = n->dims[0], full = N / images * images;
   LLVMValueRef ws = LLVMBuildGEP2(c->b, c->i8, scratch,
-                                  (LLVMValueRef[]){cg_i64(c, (int64_t)align64((uint64_t)(g.OH * g.OW * g.Kc) * kiln_dtype_size(t)))}, 1, "");
-  cg_loop ln, lg;
-  q.n = cg_loop_begin(c, &ln, cg_i64(c, 0), cg_i64(c, n->dims[0]), cg_i64(c, 1));
-  q.g = cg_loop_begin(c, &lg, cg_i64(c, 0), cg_i64(c, g.groups), cg_i64(c, 1));
-  cg_nest(c, 4, (int64_t[]){g.OH, g.OW, g.KH, g.KW}, im2col_body, &q);
-  LLVMValueRef B = offset(c, t, in[1], mul(c, q.g, cg_i64(c, ocg)));
-  LLVMValueRef C = offset(c, t, out, add(c, mul(c, q.n, cg_i64(c, g.OH * g.OW * g.OC)), mul(c, q.g, cg_i64(c, ocg))));
-  cg_gemm_emit(c, &mm, scratch, B, C, ws);
-  cg_loop_end(c, &lg);
-  cg_loop_end(c, &ln);
+                                  (LLVMValueRef[]){cg_i64(c, (int64_t)align64((uint64_t)(images * g.OH * g.OW * g.Kc) * kiln_dtype_size(t)))}, 1, "");
+  cg_loop lc;
+  LLVMValueRef first = cg_loop_begin(c, &lc, cg_i64(c, 0), cg_i64(c, full), cg_i64(c, images));
+  conv_chunk(c, n, &g, &q, first, images, in[1], out, scratch, ws);
+  cg_loop_end(c, &lc);
+  if (full < N) conv_chunk(c, n, &g, &q, cg_i64(c, full), N - full, in[1], out, scratch, ws);
 }
 
 /* ---- pooling ---- */

@@ -3,15 +3,20 @@
 #   tools/dev.sh main   install what is missing, build, run the main job
 #   tools/dev.sh test   install what is missing, build, run the whole test suite,
 #                       then again built with AddressSanitizer + UndefinedBehaviorSanitizer
+#   tools/dev.sh bench  also install PyTorch, build, run bench/ against oneDNN, OpenBLAS
+#                       and PyTorch at 1 and 2 threads (about 15 minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(gcc make cmake pkg-config llvm-19-dev libprotobuf-c-dev protobuf-c-compiler libcmocka-dev zlib1g-dev
-          dataset-fashion-mnist libonnx-dev libonnx-testdata gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user graphviz)
+          dataset-fashion-mnist libonnx-dev libonnx-testdata gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user graphviz
+          libopenblas-dev libdnnl-dev)
+BENCH_PACKAGES=(python3-torch)
 
-install_missing() {
-  local missing=()
-  for p in "${PACKAGES[@]}"; do
+install_missing() { # [packages...] (default: PACKAGES)
+  local missing=() wanted=("$@")
+  [ ${#wanted[@]} -eq 0 ] && wanted=("${PACKAGES[@]}")
+  for p in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
@@ -42,8 +47,17 @@ test)
   build build-asan -DKILN_SANITIZE=ON
   ctest --test-dir build-asan --output-on-failure
   ;;
+bench)
+  install_missing
+  install_missing "${BENCH_PACKAGES[@]}"
+  build build
+  for t in 1 2; do
+    build/bin/bench_sgemm --threads "$t"
+    build/bin/bench_models --threads "$t"
+  done
+  ;;
 *)
-  echo "usage: tools/dev.sh main|test" >&2
+  echo "usage: tools/dev.sh main|test|bench" >&2
   exit 2
   ;;
 esac
