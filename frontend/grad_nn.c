@@ -4,8 +4,9 @@
  *    (unslice), convolved with the spatially flipped filter whose in/out channels
  *    are swapped per group;
  *  - conv filter gradient: im2col of the padded input (one strided slice per tap,
- *    concatenated) contracted with the gradient over the output positions, per
- *    image, then summed over the batch (which may be symbolic);
+ *    concatenated) contracted with the gradient over every output position of
+ *    every image: one GEMM whose sum runs over the whole batch; a symbolic batch
+ *    (which reshape cannot merge) takes one GEMM per image and sums them;
  *  - pooling: one strided slice per window tap; each tap's share of dy is
  *    unsliced back into the padded input. Max pooling gives each window's
  *    gradient to its first maximum (row-major), like TensorFlow and PyTorch. */
@@ -111,7 +112,7 @@ static kiln_value conv_input_grad(grad_ctx *c, const window *w, const kiln_node 
 static kiln_value conv_filter_grad(grad_ctx *c, const window *w, const kiln_node *f, int64_t groups) {
   kiln_graph *g = c->g;
   int64_t cin_g = f->dims[2], cout_g = f->dims[3] / groups, taps = w->k[0] * w->k[1];
-  int64_t positions = w->out[0] * w->out[1];
+  int64_t positions = w->out[0] * w->out[1], batch = c->g->nodes[c->n.inputs[0]].dims[0];
   kiln_value xp = pad_spatial(g, grad_input(c, 0), w, 0);
   kiln_value *cols = calloc((size_t)taps, sizeof *cols), *per_group = calloc((size_t)groups, sizeof *per_group);
   if (!cols || !per_group) {
@@ -131,9 +132,16 @@ static kiln_value conv_filter_grad(grad_ctx *c, const window *w, const kiln_node
         cols[a * w->k[1] + b] = kiln_slice(g, xg, st, en, sp, 4);
       }
     kiln_value col = kiln_concat(g, cols, (int)taps, 3);
-    col = kiln_reshape(g, col, (kiln_shape){3, {-1, positions, taps * cin_g}});
-    kiln_value d = kiln_reshape(g, dyg, (kiln_shape){3, {-1, positions, cout_g}});
-    kiln_value m = kiln_reduce_sum(g, kiln_matmul(g, col, d, true, false), (int64_t[]){0}, 1, false);
+    kiln_value m;
+    if (batch >= 0) {
+      col = kiln_reshape(g, col, (kiln_shape){2, {batch * positions, taps * cin_g}});
+      kiln_value d = kiln_reshape(g, dyg, (kiln_shape){2, {batch * positions, cout_g}});
+      m = kiln_matmul(g, col, d, true, false);
+    } else {
+      col = kiln_reshape(g, col, (kiln_shape){3, {-1, positions, taps * cin_g}});
+      kiln_value d = kiln_reshape(g, dyg, (kiln_shape){3, {-1, positions, cout_g}});
+      m = kiln_reduce_sum(g, kiln_matmul(g, col, d, true, false), (int64_t[]){0}, 1, false);
+    }
     per_group[gi] = kiln_reshape(g, m, (kiln_shape){4, {w->k[0], w->k[1], cin_g, cout_g}});
   }
   kiln_value r = kiln_concat(g, per_group, (int)groups, 3);

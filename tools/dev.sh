@@ -53,6 +53,7 @@ bench)
   build build
   for t in 1 2; do
     build/bin/bench_sgemm --threads "$t"
+    build/bin/bench_conv --threads "$t"
     build/bin/bench_models --threads "$t"
   done
   ;;
