@@ -21,6 +21,9 @@
 #include "codegen/cg.h"
 
 enum { NV = 2, DR = 6, KC = 256, NC_BYTES = 1024 * 1024, CTX_FIELDS = 4 };
+/* A single row of C (batch-1 inference) takes tiles this many vectors wide, so each
+ * k streams a long contiguous run of B's row instead of hopping between rows. */
+enum { ROW_NV = 8, TILE_NV = ROW_NV };
 
 /* What a task reads from its context; everything else is a constant of the call site. */
 enum { F_A, F_B, F_C, F_WS };
@@ -168,9 +171,9 @@ static void if_end(cg *c, cg_if *f) {
 typedef LLVMValueRef (*tile_load_a)(cg *c, void *ctx, LLVMValueRef k, int r);
 typedef LLVMValueRef (*tile_load_b)(cg *c, void *ctx, LLVMValueRef k, int v);
 static void tile_sum(cg *c, kiln_dtype t, unsigned w, int rows, int nv, LLVMValueRef K, tile_load_a la, tile_load_b lb,
-                     void *ctx, LLVMValueRef fin[][NV]) {
+                     void *ctx, LLVMValueRef fin[][TILE_NV]) {
   LLVMTypeRef vt = LLVMVectorType(cg_type(c, t), w);
-  LLVMValueRef zerov = LLVMConstNull(vt), acc[16][NV], next[16][NV];
+  LLVMValueRef zerov = LLVMConstNull(vt), acc[16][TILE_NV], next[16][TILE_NV];
   cg_loop lk;
   LLVMValueRef k = cg_loop_begin(c, &lk, imm(c, 0), K, imm(c, 1));
   for (int r = 0; r < rows; r++)
@@ -178,7 +181,7 @@ static void tile_sum(cg *c, kiln_dtype t, unsigned w, int rows, int nv, LLVMValu
       acc[r][v] = LLVMBuildPhi(c->b, vt, "acc");
       LLVMAddIncoming(acc[r][v], &zerov, &lk.pre, 1);
     }
-  LLVMValueRef bv[NV];
+  LLVMValueRef bv[TILE_NV];
   for (int v = 0; v < nv; v++) bv[v] = lb(c, ctx, k, v);
   for (int r = 0; r < rows; r++) {
     LLVMValueRef av = cg_splat(c, la(c, ctx, k, r), w);
@@ -226,7 +229,7 @@ static LLVMValueRef micro_fn(cg *c, kiln_dtype t, const char *name, int64_t ldc_
   LLVMValueRef kc = LLVMGetParam(fn, 0), C = LLVMGetParam(fn, 3), ldc = imm(c, ldc_c), mr = LLVMGetParam(fn, 4),
                nr = LLVMGetParam(fn, 5), accum = LLVMGetParam(fn, 6);
   packed_ctx q = {t, LLVMVectorType(cg_type(c, t), (unsigned)w), LLVMGetParam(fn, 1), LLVMGetParam(fn, 2), a_rs, a_cs, NR, w};
-  LLVMValueRef fin[16][NV];
+  LLVMValueRef fin[16][TILE_NV];
   tile_sum(c, t, (unsigned)w, (int)MR, nv, kc, packed_a, packed_b, &q, fin);
 
   LLVMBasicBlockRef full = LLVMAppendBasicBlockInContext(c->ctx, fn, "full"),
@@ -358,29 +361,38 @@ static void direct_rows(cg *c, kiln_dtype t, LLVMValueRef A, LLVMValueRef rsa, L
   cg_loop_end(c, &li);
 }
 
-/* Full DR-row (then 1-row) by NR-column tiles over [i0, i1) x [j0, j1), the ragged
- * columns by rows. */
+/* Tiles of `rows` x nv vectors over rows [ia, ib) and columns [ja, jb), both whole multiples. */
+static void direct_tiles(cg *c, direct_ctx *q, int rows, int nv, LLVMValueRef K, LLVMValueRef C, LLVMValueRef ldc,
+                         LLVMValueRef ia, LLVMValueRef ib, LLVMValueRef ja, LLVMValueRef jb) {
+  cg_loop li, lj;
+  q->i = cg_loop_begin(c, &li, ia, ib, imm(c, rows));
+  q->j = cg_loop_begin(c, &lj, ja, jb, imm(c, nv * q->w));
+  LLVMValueRef fin[DR][TILE_NV];
+  tile_sum(c, q->t, (unsigned)q->w, rows, nv, K, direct_a, direct_b, q, fin);
+  for (int r = 0; r < rows; r++)
+    for (int v = 0; v < nv; v++)
+      vstore(c, q->t, fin[r][v], C, add(c, add(c, mul(c, add(c, q->i, imm(c, r)), ldc), q->j), imm(c, v * q->w)));
+  cg_loop_end(c, &lj);
+  cg_loop_end(c, &li);
+}
+
+/* Columns [j0, j0 + (j1 - j0) / step * step): where whole tiles of `step` end. */
+static LLVMValueRef whole(cg *c, LLVMValueRef j0, LLVMValueRef j1, int64_t step) {
+  return add(c, j0, mul(c, LLVMBuildSDiv(c->b, sub(c, j1, j0), imm(c, step), ""), imm(c, step)));
+}
+
+/* Full DR-row by NR-column tiles over [i0, i1) x [j0, j1); the last rows one at a
+ * time in ROW_NV-vector tiles, then NR-column ones; the ragged columns by rows. */
 static void direct_block(cg *c, kiln_dtype t, LLVMValueRef A, LLVMValueRef rsa, LLVMValueRef csa, LLVMValueRef B,
                          LLVMValueRef rsb, LLVMValueRef C, LLVMValueRef ldc, LLVMValueRef K, LLVMValueRef i0,
                          LLVMValueRef i1, LLVMValueRef j0, LLVMValueRef j1) {
   int64_t w = vec_w(c, t), NR = nr_of(c, t);
-  LLVMValueRef jfull = add(c, j0, mul(c, LLVMBuildSDiv(c->b, sub(c, j1, j0), imm(c, NR), ""), imm(c, NR)));
-  LLVMValueRef ifull = add(c, i0, mul(c, LLVMBuildSDiv(c->b, sub(c, i1, i0), imm(c, DR), ""), imm(c, DR)));
+  LLVMValueRef jfull = whole(c, j0, j1, NR), ifull = whole(c, i0, i1, DR);
   direct_ctx q = {t, LLVMVectorType(cg_type(c, t), (unsigned)w), A, B, rsa, csa, rsb, NULL, NULL, w};
-  static const int strip_rows[2] = {DR, 1};
-  for (int s = 0; s < 2; s++) {
-    int rows = strip_rows[s];
-    cg_loop li, lj;
-    LLVMValueRef ia = rows == DR ? i0 : ifull, ib = rows == DR ? ifull : i1;
-    q.i = cg_loop_begin(c, &li, ia, ib, imm(c, rows));
-    q.j = cg_loop_begin(c, &lj, j0, jfull, imm(c, NR));
-    LLVMValueRef fin[DR][NV];
-    tile_sum(c, t, (unsigned)w, rows, NV, K, direct_a, direct_b, &q, fin);
-    for (int r = 0; r < rows; r++)
-      for (int v = 0; v < NV; v++) vstore(c, t, fin[r][v], C, add(c, add(c, mul(c, add(c, q.i, imm(c, r)), ldc), q.j), imm(c, v * w)));
-    cg_loop_end(c, &lj);
-    cg_loop_end(c, &li);
-  }
+  direct_tiles(c, &q, DR, NV, K, C, ldc, i0, ifull, j0, jfull);
+  LLVMValueRef jwide = whole(c, j0, jfull, ROW_NV * w);
+  direct_tiles(c, &q, 1, ROW_NV, K, C, ldc, ifull, i1, j0, jwide);
+  direct_tiles(c, &q, 1, NV, K, C, ldc, ifull, i1, jwide, jfull);
   cg_if f;
   if_begin(c, &f, LLVMBuildICmp(c->b, LLVMIntSLT, jfull, j1, ""));
   direct_rows(c, t, A, rsa, csa, B, rsb, C, ldc, K, i0, i1, jfull, j1);
