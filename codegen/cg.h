@@ -95,6 +95,7 @@ typedef struct cg_gemm {
   int64_t batch, M, N, K;
   int64_t rsa, csa, rsb, csb, ldc;
   int64_t bsa, bsb, bsc;
+  bool serial; /* plan and run for one thread even when the module has more */
 } cg_gemm;
 KILN_INTERNAL uint64_t cg_gemm_scratch_bytes(cg *c, const cg_gemm *g);
 KILN_INTERNAL void cg_gemm_emit(cg *c, const cg_gemm *g, LLVMValueRef A, LLVMValueRef B, LLVMValueRef C, LLVMValueRef scratch);

@@ -43,6 +43,8 @@ static int64_t nr_of(cg *c, kiln_dtype t) { return NV * vec_w(c, t); }
 /* How many tasks and of what size: whole rows and columns per task unless the
  * threads need more tasks; then the cut (rows or columns) that leaves the busiest
  * thread the fewest register tiles. */
+static int threads_of(const cg *c, const cg_gemm *g) { return c->threads > 1 && !g->serial ? c->threads : 1; }
+
 static gemm_plan plan_gemm(cg *c, const cg_gemm *g) {
   gemm_plan p = {0};
   int64_t es = (int64_t)kiln_dtype_size(g->t), MR = mr_of(c), NR = nr_of(c, g->t);
@@ -51,7 +53,7 @@ static gemm_plan plan_gemm(cg *c, const cg_gemm *g) {
   int64_t nc_max = p.direct ? round_up(g->N, NR) : (NC_BYTES / (KC * es)) / NR * NR;
   p.mc = p.direct ? g->M : round_up(g->M, MR);
   p.nc = round_up(g->N, NR) < nc_max ? round_up(g->N, NR) : nc_max;
-  int threads = c->threads > 1 ? c->threads : 1;
+  int threads = threads_of(c, g);
   int64_t base = g->batch * ceil_div(g->N, p.nc);
   if (base < threads) {
     /* cost = register tiles in the busiest thread; rows win ties (each A strip
@@ -82,7 +84,7 @@ static gemm_plan plan_gemm(cg *c, const cg_gemm *g) {
 uint64_t cg_gemm_scratch_bytes(cg *c, const cg_gemm *g) {
   if (g->M == 0 || g->N == 0 || g->K == 0 || g->batch == 0) return 0;
   gemm_plan p = plan_gemm(c, g);
-  return p.worker_bytes * (uint64_t)(c->threads > 1 ? c->threads : 1);
+  return p.worker_bytes * (uint64_t)threads_of(c, g);
 }
 
 /* ---- IR helpers ---- */
@@ -509,7 +511,7 @@ void cg_gemm_emit(cg *c, const cg_gemm *g, LLVMValueRef A, LLVMValueRef B, LLVMV
   LLVMValueRef ctx = entry_alloca(c, cty, 8);
   LLVMValueRef vals[CTX_FIELDS] = {A, B, C, scratch ? scratch : LLVMConstPointerNull(c->ptr)};
   for (unsigned i = 0; i < CTX_FIELDS; i++) LLVMBuildStore(c->b, vals[i], LLVMBuildStructGEP2(c->b, cty, ctx, i, ""));
-  if (c->par && p.ntasks > 1) {
+  if (c->par && threads_of(c, g) > 1 && p.ntasks > 1) {
     /* par->run(par->pool, task, ctx, ntasks), or serially when par is NULL */
     LLVMBasicBlockRef threaded = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "threaded"),
                       serial = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "serial"),

@@ -62,8 +62,11 @@ static cg_gemm conv_gemm(const kiln_node *n, const conv_geom *q, int64_t images)
   if (q->pointwise)
     return (cg_gemm){.t = t, .batch = 1, .M = n->dims[0] * q->H * q->W, .N = q->OC, .K = q->C, .rsa = q->C, .csa = 1,
                      .rsb = q->OC, .csb = 1, .ldc = q->OC};
+  /* Serial: threaded GEMMs between serial im2col runs made 2-thread convolutions
+   * slower than 1-thread ones (measured: CNN conv2 8.3 vs 4.9 ms); until chunks run
+   * in parallel, each with its own im2col, these convolutions use one thread. */
   return (cg_gemm){.t = t, .batch = 1, .M = images * q->OH * q->OW, .N = q->OC / q->groups, .K = q->Kc, .rsa = q->Kc,
-                   .csa = 1, .rsb = q->OC, .csb = 1, .ldc = q->OC};
+                   .csa = 1, .rsb = q->OC, .csb = 1, .ldc = q->OC, .serial = true};
 }
 
 uint64_t cg_scratch_bytes(cg *c, const kiln_node *n) {
@@ -159,17 +162,11 @@ void cg_conv2d(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *
   int64_t images = conv_images_per_chunk(n, &g), N = n->dims[0], full = N / images * images;
   LLVMValueRef ws = LLVMBuildGEP2(c->b, c->i8, scratch,
                                   (LLVMValueRef[]){cg_i64(c, (int64_t)align64((uint64_t)(images * g.OH * g.OW * g.Kc) * kiln_dtype_size(t)))}, 1, "");
-  /* Threaded GEMMs between serial im2col runs made 2-thread convolutions slower
-   * than 1-thread ones (measured: CNN conv2 8.3 vs 4.9 ms); until chunks run in
-   * parallel, each with its own im2col, a convolution is serial. */
-  LLVMValueRef par = c->par;
-  c->par = NULL;
   cg_loop lc;
   LLVMValueRef first = cg_loop_begin(c, &lc, cg_i64(c, 0), cg_i64(c, full), cg_i64(c, images));
   conv_chunk(c, n, &g, &q, first, images, in[1], out, scratch, ws);
   cg_loop_end(c, &lc);
   if (full < N) conv_chunk(c, n, &g, &q, cg_i64(c, full), N - full, in[1], out, scratch, ws);
-  c->par = par;
 }
 
 /* ---- pooling ---- */
