@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -76,20 +77,39 @@ static inline double bench_time(bench_fn fn, void *ctx) {
   return bench_median(t, 5);
 }
 
+/* The command line every bench program takes: [--threads N] [--rounds R], and
+ * --only CONTENDER in the child processes bench_alternate_processes starts.
+ * Returns 0, or 2 (the exit status) after printing what is wrong. */
+typedef struct {
+  int threads, rounds;
+  const char *only;
+} bench_args;
+static inline int bench_parse_args(int argc, char **argv, bench_args *a) {
+  *a = (bench_args){.threads = 1, .rounds = 5};
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--threads") && i + 1 < argc) a->threads = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--rounds") && i + 1 < argc) a->rounds = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--only") && i + 1 < argc) a->only = argv[++i];
+    else return fprintf(stderr, "usage: %s [--threads N] [--rounds R]\n", argv[0]), 2;
+  }
+  if (a->threads < 1 || a->rounds < 1) return fprintf(stderr, "threads and rounds must be positive\n"), 2;
+  return 0;
+}
+
 /* Contenders run in separate processes, alternated round by round: libraries
  * that share a process disturb each other (idle OpenMP threads spin on the
  * cores kiln's pool needs, for longer than any pause we could afford). The
- * program re-runs itself as `SELF --only CONTENDER ARGS...`, which prints one
+ * program re-runs itself as `SELF --only CONTENDER --threads N`, which prints one
  * time in seconds per case and line; out[case * n + i] gets contender i's median
  * over the rounds. Returns 0, or -1 when a child failed. */
-static inline int bench_alternate_processes(int n, const char *const *contenders, const char *args, int ncases,
-                                            int rounds, double *out) {
+static inline int bench_alternate_processes(int n, const char *const *contenders, int threads, int ncases, int rounds,
+                                            double *out) {
   double *t = calloc((size_t)(n * ncases * rounds), sizeof *t);
   int rc = 0;
   for (int r = 0; r < rounds && !rc; r++)
     for (int i = 0; i < n && !rc; i++) {
       char cmd[1024];
-      snprintf(cmd, sizeof cmd, "/proc/%d/exe --only %s %s", (int)getpid(), contenders[i], args);
+      snprintf(cmd, sizeof cmd, "/proc/%d/exe --only %s --threads %d", (int)getpid(), contenders[i], threads);
       FILE *f = popen(cmd, "r");
       if (!f) return free(t), -1;
       for (int c = 0; c < ncases; c++)

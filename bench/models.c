@@ -114,21 +114,13 @@ static int run_contender(const char *who, int threads) {
 }
 
 int main(int argc, char **argv) {
-  int threads = 1, rounds = 5;
-  const char *only = NULL;
-  for (int i = 1; i < argc; i++) {
-    if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
-    else if (!strcmp(argv[i], "--rounds") && i + 1 < argc) rounds = atoi(argv[++i]);
-    else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
-    else return fprintf(stderr, "usage: %s [--threads N] [--rounds R]\n", argv[0]), 2;
-  }
-  if (threads < 1 || rounds < 1) return fprintf(stderr, "threads and rounds must be positive\n"), 2;
-  if (only) return run_contender(only, threads);
+  bench_args a;
+  if (bench_parse_args(argc, argv, &a)) return 2;
+  if (a.only) return run_contender(a.only, a.threads);
+  int threads = a.threads, rounds = a.rounds;
   static const char *const contenders[] = {"kiln", "torch"};
-  char args[64];
-  snprintf(args, sizeof args, "--threads %d", threads);
   double t[NCASES * 2];
-  if (bench_alternate_processes(2, contenders, args, NCASES, rounds, t))
+  if (bench_alternate_processes(2, contenders, threads, NCASES, rounds, t))
     return fprintf(stderr, "a benchmark process failed\n"), 1;
   printf("models vs PyTorch %s, %d thread%s (median of %d rounds)\n", "(Debian python3-torch)", threads,
          threads > 1 ? "s" : "", rounds);
