@@ -18,6 +18,7 @@ typedef struct cg {
   LLVMValueRef fn;         /* function being emitted */
   int threads;             /* workers the kernels may use (per-worker scratch); 1: serial code */
   unsigned ngemm;          /* GEMM call sites emitted (each gets its own specialised functions) */
+  unsigned nconv;          /* convolution task functions emitted */
   LLVMValueRef par;        /* in a kernel with threads > 1: its kiln_parallel pointer (may be NULL at run time) */
   bool no_memory_plan;     /* a buffer per node (the "memory-plan" pass disabled) */
   bool no_fusion;          /* a kernel per node (the "fuse" pass disabled) */
@@ -87,6 +88,27 @@ KILN_INTERNAL LLVMValueRef cg_log_f32(cg *c, LLVMValueRef x);
 /* Converts a double constant fill value to dtype t like the evaluator does. */
 KILN_INTERNAL LLVMValueRef cg_fill_value(cg *c, kiln_dtype t, double v);
 
+/* ---- parallel.c: task functions and their dispatch ---- */
+/* An alloca in c->fn's entry block, so loops around the use do not grow the stack. */
+KILN_INTERNAL LLVMValueRef cg_entry_alloca(cg *c, LLVMTypeRef ty, unsigned align);
+/* Starts an internal function (c->fn, with c->par NULL inside); cg_end_fn returns
+ * to the caller's function and insertion point. */
+typedef struct {
+  LLVMBasicBlockRef block;
+  LLVMValueRef fn, par;
+} cg_fn_pos;
+KILN_INTERNAL LLVMValueRef cg_begin_fn(cg *c, const char *name, LLVMTypeRef fty, cg_fn_pos *saved);
+KILN_INTERNAL void cg_end_fn(cg *c, const cg_fn_pos *saved);
+/* void task(ptr ctx, i64 task, i32 worker) */
+KILN_INTERNAL LLVMTypeRef cg_task_type(cg *c);
+/* A task context: n pointers, stored in / loaded from a struct on the kernel's stack. */
+enum { CG_TASK_CTX_MAX = 8 };
+KILN_INTERNAL LLVMValueRef cg_task_ctx(cg *c, const LLVMValueRef *ptrs, unsigned n);
+KILN_INTERNAL void cg_task_ctx_load(cg *c, LLVMValueRef ctx, unsigned n, LLVMValueRef *ptrs);
+/* Runs task(ctx, i, worker) for i < ntasks: through the kernel's kiln_parallel when
+ * threaded and there is one at run time, else in order on worker 0. */
+KILN_INTERNAL void cg_parallel_for(cg *c, LLVMValueRef task, LLVMValueRef ctx, int64_t ntasks, bool threaded);
+
 /* ---- gemm.c ---- */
 /* C[b] = A[b] * B[b] for b < batch, all strides in elements: A[b][i][k] is at
  * b*bsa + i*rsa + k*csa, B[b][k][j] at b*bsb + k*rsb + j*csb, C[b][i][j] at b*bsc + i*ldc + j. */
@@ -96,6 +118,9 @@ typedef struct cg_gemm {
   int64_t rsa, csa, rsb, csb, ldc;
   int64_t bsa, bsb, bsc;
   bool serial; /* plan and run for one thread even when the module has more */
+  /* Never the direct (unpacked) path, whose sums group K differently: for GEMMs
+   * over a slice of rows whose size depends on the thread count. */
+  bool packed;
 } cg_gemm;
 KILN_INTERNAL uint64_t cg_gemm_scratch_bytes(cg *c, const cg_gemm *g);
 KILN_INTERNAL void cg_gemm_emit(cg *c, const cg_gemm *g, LLVMValueRef A, LLVMValueRef B, LLVMValueRef C, LLVMValueRef scratch);

@@ -48,7 +48,7 @@ static int threads_of(const cg *c, const cg_gemm *g) { return c->threads > 1 && 
 static gemm_plan plan_gemm(cg *c, const cg_gemm *g) {
   gemm_plan p = {0};
   int64_t es = (int64_t)kiln_dtype_size(g->t), MR = mr_of(c), NR = nr_of(c, g->t);
-  p.direct = g->M < 2 * DR && g->csb == 1;
+  p.direct = g->M < 2 * DR && g->csb == 1 && !g->packed;
   int64_t mstep = p.direct ? g->M : MR;
   int64_t nc_max = p.direct ? round_up(g->N, NR) : (NC_BYTES / (KC * es)) / NR * NR;
   p.mc = p.direct ? g->M : round_up(g->M, MR);
@@ -117,38 +117,6 @@ static LLVMValueRef madd(cg *c, kiln_dtype t, LLVMValueRef a, LLVMValueRef b, LL
 }
 static LLVMValueRef plus(cg *c, kiln_dtype t, LLVMValueRef a, LLVMValueRef b) {
   return kiln_dtype_is_float(t) ? LLVMBuildFAdd(c->b, a, b, "") : add(c, a, b);
-}
-
-/* An alloca in fn's entry block, so loops around the use do not grow the stack. */
-static LLVMValueRef entry_alloca(cg *c, LLVMTypeRef ty, unsigned align) {
-  LLVMBuilderRef eb = LLVMCreateBuilderInContext(c->ctx);
-  LLVMBasicBlockRef entry = LLVMGetEntryBasicBlock(c->fn);
-  LLVMValueRef first = LLVMGetFirstInstruction(entry);
-  if (first) LLVMPositionBuilderBefore(eb, first);
-  else LLVMPositionBuilderAtEnd(eb, entry);
-  LLVMValueRef a = LLVMBuildAlloca(eb, ty, "");
-  LLVMSetAlignment(a, align);
-  LLVMDisposeBuilder(eb);
-  return a;
-}
-
-/* Starts an internal function; the caller's insertion point is saved in *saved. */
-typedef struct {
-  LLVMBasicBlockRef block;
-  LLVMValueRef fn;
-} saved_pos;
-static LLVMValueRef begin_fn(cg *c, const char *name, LLVMTypeRef fty, saved_pos *saved) {
-  saved->block = LLVMGetInsertBlock(c->b);
-  saved->fn = c->fn;
-  LLVMValueRef fn = LLVMAddFunction(c->mod, name, fty);
-  LLVMSetLinkage(fn, LLVMInternalLinkage);
-  c->fn = fn;
-  LLVMPositionBuilderAtEnd(c->b, LLVMAppendBasicBlockInContext(c->ctx, fn, "entry"));
-  return fn;
-}
-static void end_fn(cg *c, const saved_pos *saved) {
-  c->fn = saved->fn;
-  if (saved->block) LLVMPositionBuilderAtEnd(c->b, saved->block);
 }
 
 /* if (cond) { then() } at the builder's position. */
@@ -225,8 +193,8 @@ static LLVMValueRef packed_b(cg *c, void *vctx, LLVMValueRef k, int v) {
  * addressing-mode displacements, so no packing) or a zero-padded packed panel. */
 static LLVMValueRef micro_fn(cg *c, kiln_dtype t, const char *name, int64_t ldc_c, int64_t a_rs, int64_t a_cs, int nv) {
   LLVMTypeRef ps[7] = {c->i64, c->ptr, c->ptr, c->ptr, c->i64, c->i64, c->i1};
-  saved_pos sp;
-  LLVMValueRef fn = begin_fn(c, name, LLVMFunctionType(c->void_t, ps, 7, 0), &sp);
+  cg_fn_pos sp;
+  LLVMValueRef fn = cg_begin_fn(c, name, LLVMFunctionType(c->void_t, ps, 7, 0), &sp);
   int64_t MR = mr_of(c), NR = nr_of(c, t), w = vec_w(c, t);
   LLVMValueRef kc = LLVMGetParam(fn, 0), C = LLVMGetParam(fn, 3), ldc = imm(c, ldc_c), mr = LLVMGetParam(fn, 4),
                nr = LLVMGetParam(fn, 5), accum = LLVMGetParam(fn, 6);
@@ -258,7 +226,7 @@ static LLVMValueRef micro_fn(cg *c, kiln_dtype t, const char *name, int64_t ldc_
 
   /* Edge tiles go through a stack tile and store only the mr x nr corner. */
   LLVMPositionBuilderAtEnd(c->b, edge);
-  LLVMValueRef tile = entry_alloca(c, LLVMArrayType(cg_type(c, t), (unsigned)(MR * NR)), 64);
+  LLVMValueRef tile = cg_entry_alloca(c, LLVMArrayType(cg_type(c, t), (unsigned)(MR * NR)), 64);
   for (int r = 0; r < MR; r++)
     for (int v = 0; v < nv; v++) vstore(c, t, fin[r][v], tile, imm(c, r * NR + v * w));
   cg_loop lr, lj;
@@ -271,7 +239,7 @@ static LLVMValueRef micro_fn(cg *c, kiln_dtype t, const char *name, int64_t ldc_
   cg_loop_end(c, &lj);
   cg_loop_end(c, &lr);
   LLVMBuildRetVoid(c->b);
-  end_fn(c, &sp);
+  cg_end_fn(c, &sp);
   return fn;
 }
 
@@ -403,17 +371,6 @@ static void direct_block(cg *c, kiln_dtype t, LLVMValueRef A, LLVMValueRef rsa, 
 
 /* ---- the task ---- */
 
-static LLVMTypeRef ctx_type(cg *c) {
-  LLVMTypeRef f[CTX_FIELDS];
-  for (int i = 0; i < CTX_FIELDS; i++) f[i] = c->ptr;
-  return LLVMStructTypeInContext(c->ctx, f, CTX_FIELDS, 0);
-}
-
-static LLVMTypeRef task_type(cg *c) {
-  LLVMTypeRef ps[3] = {c->ptr, c->i64, c->i32};
-  return LLVMFunctionType(c->void_t, ps, 3, 0);
-}
-
 /* The call site's task function: all sizes and strides are constants. */
 static LLVMValueRef task_fn(cg *c, const cg_gemm *g, const gemm_plan *p) {
   kiln_dtype t = g->t;
@@ -429,11 +386,10 @@ static LLVMValueRef task_fn(cg *c, const cg_gemm *g, const gemm_plan *p) {
       micro[packed][narrow] = micro_fn(c, t, name, g->ldc, packed ? 1 : g->rsa, packed ? MR : g->csa, narrow ? 1 : NV);
     }
   snprintf(name, sizeof name, "kiln_gemm%u_task", id);
-  saved_pos sp;
-  LLVMValueRef fn = begin_fn(c, name, task_type(c), &sp);
-  LLVMTypeRef cty = ctx_type(c);
-  LLVMValueRef ctx = LLVMGetParam(fn, 0), task = LLVMGetParam(fn, 1), worker = LLVMGetParam(fn, 2), v[CTX_FIELDS];
-  for (unsigned i = 0; i < CTX_FIELDS; i++) v[i] = LLVMBuildLoad2(c->b, c->ptr, LLVMBuildStructGEP2(c->b, cty, ctx, i, ""), "");
+  cg_fn_pos sp;
+  LLVMValueRef fn = cg_begin_fn(c, name, cg_task_type(c), &sp);
+  LLVMValueRef task = LLVMGetParam(fn, 1), worker = LLVMGetParam(fn, 2), v[CTX_FIELDS];
+  cg_task_ctx_load(c, LLVMGetParam(fn, 0), CTX_FIELDS, v);
   LLVMValueRef per_batch = imm(c, p->mt * p->nt), nt = imm(c, p->nt);
   LLVMValueRef bi = LLVMBuildSDiv(c->b, task, per_batch, ""), rest = LLVMBuildSRem(c->b, task, per_batch, "");
   LLVMValueRef i0 = mul(c, LLVMBuildSDiv(c->b, rest, nt, ""), imm(c, p->mc));
@@ -445,7 +401,7 @@ static LLVMValueRef task_fn(cg *c, const cg_gemm *g, const gemm_plan *p) {
   if (p->direct) {
     direct_block(c, t, A, rsa, csa, B, rsb, C, ldc, imm(c, g->K), i0, i1, j0, j1);
     LLVMBuildRetVoid(c->b);
-    end_fn(c, &sp);
+    cg_end_fn(c, &sp);
     return fn;
   }
   LLVMValueRef ws = LLVMBuildGEP2(c->b, c->i8, v[F_WS],
@@ -487,7 +443,7 @@ static LLVMValueRef task_fn(cg *c, const cg_gemm *g, const gemm_plan *p) {
   cg_loop_end(c, &li);
   cg_loop_end(c, &lp);
   LLVMBuildRetVoid(c->b);
-  end_fn(c, &sp);
+  cg_end_fn(c, &sp);
   return fn;
 }
 
@@ -507,33 +463,6 @@ void cg_gemm_emit(cg *c, const cg_gemm *g, LLVMValueRef A, LLVMValueRef B, LLVMV
   }
   gemm_plan p = plan_gemm(c, g);
   LLVMValueRef task = task_fn(c, g, &p);
-  LLVMTypeRef cty = ctx_type(c);
-  LLVMValueRef ctx = entry_alloca(c, cty, 8);
   LLVMValueRef vals[CTX_FIELDS] = {A, B, C, scratch ? scratch : LLVMConstPointerNull(c->ptr)};
-  for (unsigned i = 0; i < CTX_FIELDS; i++) LLVMBuildStore(c->b, vals[i], LLVMBuildStructGEP2(c->b, cty, ctx, i, ""));
-  if (c->par && threads_of(c, g) > 1 && p.ntasks > 1) {
-    /* par->run(par->pool, task, ctx, ntasks), or serially when par is NULL */
-    LLVMBasicBlockRef threaded = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "threaded"),
-                      serial = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "serial"),
-                      join = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "gemm.done");
-    LLVMBuildCondBr(c->b, LLVMBuildIsNotNull(c->b, c->par, ""), threaded, serial);
-    LLVMPositionBuilderAtEnd(c->b, threaded);
-    LLVMValueRef run = LLVMBuildLoad2(c->b, c->ptr, c->par, "");
-    LLVMValueRef pool = LLVMBuildLoad2(c->b, c->ptr, LLVMBuildGEP2(c->b, c->ptr, c->par, (LLVMValueRef[]){imm(c, 1)}, 1, ""), "");
-    LLVMTypeRef rps[4] = {c->ptr, c->ptr, c->ptr, c->i64};
-    LLVMBuildCall2(c->b, LLVMFunctionType(c->void_t, rps, 4, 0), run, (LLVMValueRef[]){pool, task, ctx, imm(c, p.ntasks)}, 4, "");
-    LLVMBuildBr(c->b, join);
-    LLVMPositionBuilderAtEnd(c->b, serial);
-    cg_loop lt;
-    LLVMValueRef ti = cg_loop_begin(c, &lt, imm(c, 0), imm(c, p.ntasks), imm(c, 1));
-    LLVMBuildCall2(c->b, task_type(c), task, (LLVMValueRef[]){ctx, ti, LLVMConstInt(c->i32, 0, 0)}, 3, "");
-    cg_loop_end(c, &lt);
-    LLVMBuildBr(c->b, join);
-    LLVMPositionBuilderAtEnd(c->b, join);
-    return;
-  }
-  cg_loop lt;
-  LLVMValueRef ti = cg_loop_begin(c, &lt, imm(c, 0), imm(c, p.ntasks), imm(c, 1));
-  LLVMBuildCall2(c->b, task_type(c), task, (LLVMValueRef[]){ctx, ti, LLVMConstInt(c->i32, 0, 0)}, 3, "");
-  cg_loop_end(c, &lt);
+  cg_parallel_for(c, task, cg_task_ctx(c, vals, CTX_FIELDS), p.ntasks, threads_of(c, g) > 1);
 }

@@ -2,11 +2,12 @@
  *
  * Matmul maps onto gemm.c with strides for the transposes and the batch.
  * Conv2d: NHWC input, HWIO filter. 1x1/stride-1/unpadded convolutions are a
- * single GEMM over every pixel; the rest gather the im2col panel of a chunk of
- * images per group into scratch (the GEMM's packing buffers follow it) and run
- * one GEMM on it.
+ * single GEMM over every pixel; the rest are tasks over chunks of output pixels,
+ * each gathering its chunk's im2col panel per group into its worker's scratch
+ * (the GEMM's packing buffers follow it) and running one serial GEMM on it.
  * Pooling loops over output pixels with the channel loop innermost, so it
  * vectorizes over channels. */
+#include <stdio.h>
 #include "codegen/cg.h"
 
 static LLVMValueRef add(cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildAdd(c->b, a, b, ""); }
@@ -44,29 +45,54 @@ static conv_geom conv_geometry(cg *c, const kiln_node *n) {
   return q;
 }
 
-/* Non-pointwise convolutions gather the im2col rows of several images at once, up
- * to this many bytes, so one GEMM has enough rows to block and to split between
- * threads (one 28x28 image with a 3x3x1 filter is a 784x9 panel). */
-enum { IM2COL_BYTES = 2 << 20 };
+/* Non-pointwise convolutions cut the batch's output pixels into chunks of rows;
+ * a task gathers its chunk's im2col rows (at most this many bytes: they stay in
+ * L2/L3 for the GEMM that follows) into its worker's scratch and runs a serial
+ * GEMM on them. Chunks span image boundaries, so one 28x28 image's 784x9 panel
+ * still joins its neighbours in one GEMM with rows enough to block. */
+enum { IM2COL_BYTES = 2 << 20, CONV_CHUNK_ALIGN = 12 };
+/* Below this much arithmetic a convolution is not worth waking the other threads. */
+#define CONV_THREADED_FLOPS 2e6
 
-static int64_t conv_images_per_chunk(const kiln_node *n, const conv_geom *q) {
-  int64_t per_image = q->OH * q->OW * q->Kc * (int64_t)kiln_dtype_size((kiln_dtype)n->dtype);
-  int64_t k = per_image > 0 ? IM2COL_BYTES / per_image : 1;
-  return k < 1 ? 1 : k > n->dims[0] ? n->dims[0] : k;
-}
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 /* The GEMM a convolution runs: every pixel of the batch at once when pointwise,
- * else one group of `images` images' im2col panel. */
-static cg_gemm conv_gemm(const kiln_node *n, const conv_geom *q, int64_t images) {
+ * else one chunk of `rows` output pixels' im2col panel. Chunk GEMMs are serial
+ * (the chunks are the parallelism) and always packed, so that bits do not depend
+ * on where the thread count puts chunk boundaries. */
+static cg_gemm conv_gemm(const kiln_node *n, const conv_geom *q, int64_t rows) {
   kiln_dtype t = (kiln_dtype)n->dtype;
   if (q->pointwise)
     return (cg_gemm){.t = t, .batch = 1, .M = n->dims[0] * q->H * q->W, .N = q->OC, .K = q->C, .rsa = q->C, .csa = 1,
                      .rsb = q->OC, .csb = 1, .ldc = q->OC};
-  /* Serial: threaded GEMMs between serial im2col runs made 2-thread convolutions
-   * slower than 1-thread ones (measured: CNN conv2 8.3 vs 4.9 ms); until chunks run
-   * in parallel, each with its own im2col, these convolutions use one thread. */
-  return (cg_gemm){.t = t, .batch = 1, .M = images * q->OH * q->OW, .N = q->OC / q->groups, .K = q->Kc, .rsa = q->Kc,
-                   .csa = 1, .rsb = q->OC, .csb = 1, .ldc = q->OC, .serial = true};
+  return (cg_gemm){.t = t, .batch = 1, .M = rows, .N = q->OC / q->groups, .K = q->Kc, .rsa = q->Kc, .csa = 1,
+                   .rsb = q->OC, .csb = 1, .ldc = q->OC, .serial = true, .packed = true};
+}
+
+/* Chunks of `rows` output pixels: nfull whole ones, then one of `rest` if nonzero. */
+typedef struct {
+  int64_t pixels, rows, nfull, rest, ntasks;
+  bool threaded;
+  uint64_t col_bytes, worker_bytes;
+} conv_plan;
+
+static conv_plan plan_conv(cg *c, const kiln_node *n, const conv_geom *q) {
+  conv_plan p = {.pixels = n->dims[0] * q->OH * q->OW};
+  int64_t es = (int64_t)kiln_dtype_size((kiln_dtype)n->dtype);
+  int64_t max_rows = IM2COL_BYTES / (q->Kc * es);
+  if (max_rows < CONV_CHUNK_ALIGN) max_rows = CONV_CHUNK_ALIGN;
+  int64_t chunks = ceil_div(p.pixels, max_rows);
+  p.threaded = c->threads > 1 && 2.0 * (double)p.pixels * (double)q->Kc * (double)q->OC >= CONV_THREADED_FLOPS;
+  if (p.threaded) chunks = ceil_div(chunks, c->threads) * c->threads; /* an equal share per thread */
+  p.rows = ceil_div(ceil_div(p.pixels, chunks), CONV_CHUNK_ALIGN) * CONV_CHUNK_ALIGN;
+  p.nfull = p.pixels / p.rows;
+  p.rest = p.pixels % p.rows;
+  p.ntasks = p.nfull + (p.rest > 0);
+  cg_gemm full = conv_gemm(n, q, p.rows), rest = conv_gemm(n, q, p.rest);
+  uint64_t a = cg_gemm_scratch_bytes(c, &full), b = cg_gemm_scratch_bytes(c, &rest);
+  p.col_bytes = align64((uint64_t)(p.rows * q->Kc * es));
+  p.worker_bytes = p.col_bytes + align64(a > b ? a : b);
+  return p;
 }
 
 uint64_t cg_scratch_bytes(cg *c, const kiln_node *n) {
@@ -76,11 +102,12 @@ uint64_t cg_scratch_bytes(cg *c, const kiln_node *n) {
   }
   if (n->op == KILN_OP_CONV2D) {
     conv_geom q = conv_geometry(c, n);
-    int64_t images = conv_images_per_chunk(n, &q);
-    cg_gemm full = conv_gemm(n, &q, images), rest = conv_gemm(n, &q, n->dims[0] % images);
-    uint64_t col = q.pointwise ? 0 : align64((uint64_t)(images * q.OH * q.OW * q.Kc) * kiln_dtype_size((kiln_dtype)n->dtype));
-    uint64_t a = cg_gemm_scratch_bytes(c, &full), b = cg_gemm_scratch_bytes(c, &rest);
-    return col + (a > b ? a : b);
+    if (q.pointwise) {
+      cg_gemm g = conv_gemm(n, &q, 0);
+      return cg_gemm_scratch_bytes(c, &g);
+    }
+    conv_plan p = plan_conv(c, n, &q);
+    return p.worker_bytes * (uint64_t)(p.threaded ? c->threads : 1);
   }
   return 0;
 }
@@ -94,21 +121,21 @@ void cg_matmul(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *
 
 typedef struct {
   kiln_dtype t;
-  LLVMValueRef x, col, n, g;
-  int64_t H, W, C, icg, KW, s[2], d[2], p[4], OW, Kc;
+  LLVMValueRef x, col, n, oh, ow, g;
+  int64_t H, W, C, icg, KW, s[2], d[2], p[4], Kc;
 } im2col_ctx;
 
-/* col[oh*OW + ow, (kh*KW + kw)*icg + ic] = x[n, ih, iw, g*icg + ic], or 0 in the padding. */
+/* col[(kh*KW + kw)*icg + ic] = x[n, ih, iw, g*icg + ic], or 0 in the padding: one
+ * output pixel's row. */
 static void im2col_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
   im2col_ctx *q = vctx;
-  LLVMValueRef oh = ivs[0], ow = ivs[1], kh = ivs[2], kw = ivs[3];
-  LLVMValueRef ih = LLVMBuildSub(c->b, add(c, mul(c, oh, cg_i64(c, q->s[0])), mul(c, kh, cg_i64(c, q->d[0]))), cg_i64(c, q->p[0]), "");
-  LLVMValueRef iw = LLVMBuildSub(c->b, add(c, mul(c, ow, cg_i64(c, q->s[1])), mul(c, kw, cg_i64(c, q->d[1]))), cg_i64(c, q->p[1]), "");
+  LLVMValueRef kh = ivs[0], kw = ivs[1];
+  LLVMValueRef ih = LLVMBuildSub(c->b, add(c, mul(c, q->oh, cg_i64(c, q->s[0])), mul(c, kh, cg_i64(c, q->d[0]))), cg_i64(c, q->p[0]), "");
+  LLVMValueRef iw = LLVMBuildSub(c->b, add(c, mul(c, q->ow, cg_i64(c, q->s[1])), mul(c, kw, cg_i64(c, q->d[1]))), cg_i64(c, q->p[1]), "");
   /* Unsigned compare folds the < 0 and >= size checks into one. */
   LLVMValueRef ok = LLVMBuildAnd(c->b, LLVMBuildICmp(c->b, LLVMIntULT, ih, cg_i64(c, q->H), ""),
                                  LLVMBuildICmp(c->b, LLVMIntULT, iw, cg_i64(c, q->W), ""), "");
-  LLVMValueRef row = add(c, mul(c, oh, cg_i64(c, q->OW)), ow);
-  LLVMValueRef cbase = add(c, mul(c, row, cg_i64(c, q->Kc)), mul(c, add(c, mul(c, kh, cg_i64(c, q->KW)), kw), cg_i64(c, q->icg)));
+  LLVMValueRef cbase = mul(c, add(c, mul(c, kh, cg_i64(c, q->KW)), kw), cg_i64(c, q->icg));
   LLVMValueRef xbase = add(c, mul(c, add(c, mul(c, add(c, mul(c, q->n, cg_i64(c, q->H)), ih), cg_i64(c, q->W)), iw), cg_i64(c, q->C)),
                            mul(c, q->g, cg_i64(c, q->icg)));
   LLVMBasicBlockRef then = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "in"),
@@ -129,27 +156,62 @@ static void im2col_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
   LLVMPositionBuilderAtEnd(c->b, join);
 }
 
-/* im2col of images [first, first + count) and group by group their GEMM. */
-static void conv_chunk(cg *c, const kiln_node *n, const conv_geom *g, im2col_ctx *q, LLVMValueRef first, int64_t count,
-                       LLVMValueRef w, LLVMValueRef out, LLVMValueRef col, LLVMValueRef ws) {
+/* The task context: what every chunk reads and writes. */
+enum { CONV_X, CONV_W, CONV_OUT, CONV_SCRATCH, CONV_CTX_FIELDS };
+
+/* Task i: output pixels [i*rows, min((i+1)*rows, pixels)), group by group their
+ * im2col rows into the worker's scratch, then their GEMM. */
+static LLVMValueRef conv_task_fn(cg *c, const kiln_node *n, const conv_geom *g, const conv_plan *p) {
   kiln_dtype t = (kiln_dtype)n->dtype;
-  int64_t ocg = g->OC / g->groups, pixels = g->OH * g->OW;
-  cg_gemm mm = conv_gemm(n, g, count);
+  char name[48];
+  snprintf(name, sizeof name, "kiln_conv%u_task", c->nconv++);
+  cg_fn_pos sp;
+  LLVMValueRef fn = cg_begin_fn(c, name, cg_task_type(c), &sp), v[CONV_CTX_FIELDS];
+  cg_task_ctx_load(c, LLVMGetParam(fn, 0), CONV_CTX_FIELDS, v);
+  LLVMValueRef task = LLVMGetParam(fn, 1), worker = LLVMBuildSExt(c->b, LLVMGetParam(fn, 2), c->i64, "");
+  LLVMValueRef col = LLVMBuildGEP2(c->b, c->i8, v[CONV_SCRATCH], (LLVMValueRef[]){mul(c, worker, cg_i64(c, (int64_t)p->worker_bytes))}, 1, "");
+  LLVMValueRef ws = LLVMBuildGEP2(c->b, c->i8, col, (LLVMValueRef[]){cg_i64(c, (int64_t)p->col_bytes)}, 1, "");
+  LLVMValueRef r0 = mul(c, task, cg_i64(c, p->rows));
+  LLVMValueRef left = LLVMBuildSub(c->b, cg_i64(c, p->pixels), r0, "");
+  LLVMValueRef count = LLVMBuildSelect(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, left, cg_i64(c, p->rows), ""), left, cg_i64(c, p->rows), "");
+  int64_t ocg = g->OC / g->groups, per_image = g->OH * g->OW;
+  im2col_ctx q = {.t = t, .x = v[CONV_X], .H = g->H, .W = g->W, .C = g->C, .icg = g->icg, .KW = g->KW,
+                  .s = {g->s[0], g->s[1]}, .d = {g->d[0], g->d[1]}, .p = {g->p[0], g->p[1], g->p[2], g->p[3]}, .Kc = g->Kc};
   cg_loop lg, li;
-  q->g = cg_loop_begin(c, &lg, cg_i64(c, 0), cg_i64(c, g->groups), cg_i64(c, 1));
-  LLVMValueRef i = cg_loop_begin(c, &li, cg_i64(c, 0), cg_i64(c, count), cg_i64(c, 1));
-  q->n = add(c, first, i);
-  q->col = offset(c, t, col, mul(c, i, cg_i64(c, pixels * g->Kc)));
-  cg_nest(c, 4, (int64_t[]){g->OH, g->OW, g->KH, g->KW}, im2col_body, q);
+  q.g = cg_loop_begin(c, &lg, cg_i64(c, 0), cg_i64(c, g->groups), cg_i64(c, 1));
+  LLVMValueRef i = cg_loop_begin(c, &li, cg_i64(c, 0), count, cg_i64(c, 1));
+  LLVMValueRef pixel = add(c, r0, i), in_image = LLVMBuildSRem(c->b, pixel, cg_i64(c, per_image), "");
+  q.n = LLVMBuildSDiv(c->b, pixel, cg_i64(c, per_image), "");
+  q.oh = LLVMBuildSDiv(c->b, in_image, cg_i64(c, g->OW), "");
+  q.ow = LLVMBuildSRem(c->b, in_image, cg_i64(c, g->OW), "");
+  q.col = offset(c, t, col, mul(c, i, cg_i64(c, g->Kc)));
+  cg_nest(c, 2, (int64_t[]){g->KH, g->KW}, im2col_body, &q);
   cg_loop_end(c, &li);
-  LLVMValueRef B = offset(c, t, w, mul(c, q->g, cg_i64(c, ocg)));
-  LLVMValueRef C = offset(c, t, out, add(c, mul(c, first, cg_i64(c, pixels * g->OC)), mul(c, q->g, cg_i64(c, ocg))));
-  cg_gemm_emit(c, &mm, col, B, C, ws);
+  LLVMValueRef B = offset(c, t, v[CONV_W], mul(c, q.g, cg_i64(c, ocg)));
+  LLVMValueRef C = offset(c, t, v[CONV_OUT], add(c, mul(c, r0, cg_i64(c, g->OC)), mul(c, q.g, cg_i64(c, ocg))));
+  cg_gemm full = conv_gemm(n, g, p->rows), rest = conv_gemm(n, g, p->rest);
+  if (p->nfull && p->rest) {
+    LLVMBasicBlockRef whole = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "whole"),
+                      last = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "last"),
+                      join = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "chunk.done");
+    LLVMBuildCondBr(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, task, cg_i64(c, p->nfull), ""), whole, last);
+    LLVMPositionBuilderAtEnd(c->b, whole);
+    cg_gemm_emit(c, &full, col, B, C, ws);
+    LLVMBuildBr(c->b, join);
+    LLVMPositionBuilderAtEnd(c->b, last);
+    cg_gemm_emit(c, &rest, col, B, C, ws);
+    LLVMBuildBr(c->b, join);
+    LLVMPositionBuilderAtEnd(c->b, join);
+  } else {
+    cg_gemm_emit(c, p->nfull ? &full : &rest, col, B, C, ws);
+  }
   cg_loop_end(c, &lg);
+  LLVMBuildRetVoid(c->b);
+  cg_end_fn(c, &sp);
+  return fn;
 }
 
 void cg_conv2d(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch) {
-  kiln_dtype t = (kiln_dtype)n->dtype;
   conv_geom g = conv_geometry(c, n);
   if (kiln_shape_numel(4, n->dims) == 0) return;
   if (g.pointwise) {
@@ -157,16 +219,10 @@ void cg_conv2d(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *
     cg_gemm_emit(c, &mm, in[0], in[1], out, scratch);
     return;
   }
-  im2col_ctx q = {.t = t, .x = in[0], .H = g.H, .W = g.W, .C = g.C, .icg = g.icg, .KW = g.KW,
-                  .s = {g.s[0], g.s[1]}, .d = {g.d[0], g.d[1]}, .p = {g.p[0], g.p[1], g.p[2], g.p[3]}, .OW = g.OW, .Kc = g.Kc};
-  int64_t images = conv_images_per_chunk(n, &g), N = n->dims[0], full = N / images * images;
-  LLVMValueRef ws = LLVMBuildGEP2(c->b, c->i8, scratch,
-                                  (LLVMValueRef[]){cg_i64(c, (int64_t)align64((uint64_t)(images * g.OH * g.OW * g.Kc) * kiln_dtype_size(t)))}, 1, "");
-  cg_loop lc;
-  LLVMValueRef first = cg_loop_begin(c, &lc, cg_i64(c, 0), cg_i64(c, full), cg_i64(c, images));
-  conv_chunk(c, n, &g, &q, first, images, in[1], out, scratch, ws);
-  cg_loop_end(c, &lc);
-  if (full < N) conv_chunk(c, n, &g, &q, cg_i64(c, full), N - full, in[1], out, scratch, ws);
+  conv_plan p = plan_conv(c, n, &g);
+  LLVMValueRef task = conv_task_fn(c, n, &g, &p);
+  LLVMValueRef vals[CONV_CTX_FIELDS] = {in[0], in[1], out, scratch};
+  cg_parallel_for(c, task, cg_task_ctx(c, vals, CONV_CTX_FIELDS), p.ntasks, p.threaded);
 }
 
 /* ---- pooling ---- */

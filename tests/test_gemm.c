@@ -70,26 +70,31 @@ static void check_conv(trng *r, const int64_t xd[4], const int64_t wd[4], const 
   kiln_output(g, "y", kiln_conv2d(g, x, w, o));
   assert_int_equal(kiln_graph_status(g), KILN_OK);
   kiln_tensor *in[2] = {random_tensor(r, KILN_F32, 4, xd, -1, 1), random_tensor(r, KILN_F32, 4, wd, -1, 1)};
-  kiln_tensor *ref = NULL, *one = NULL, *two = NULL;
+  kiln_tensor *ref = NULL, *one = NULL, *two = NULL, *three = NULL;
   assert_int_equal(kiln_evaluate(g, (const kiln_tensor *const *)in, 2, &ref, 1), KILN_OK);
   run_threads(g, 1, in, 2, &one);
   run_threads(g, 2, in, 2, &two);
+  run_threads(g, 3, in, 2, &three);
   assert_int_equal(compare_tensors("conv", one, ref, 1e-5, 1e-5), 0);
   assert_memory_equal(kiln_tensor_cdata(one), kiln_tensor_cdata(two), kiln_tensor_nbytes(one));
+  assert_memory_equal(kiln_tensor_cdata(one), kiln_tensor_cdata(three), kiln_tensor_nbytes(one));
   kiln_tensor_free(in[0]), kiln_tensor_free(in[1]);
-  kiln_tensor_free(ref), kiln_tensor_free(one), kiln_tensor_free(two);
+  kiln_tensor_free(ref), kiln_tensor_free(one), kiln_tensor_free(two), kiln_tensor_free(three);
   kiln_graph_free(g);
 }
 
-/* Convolutions run im2col + GEMM over chunks of images: odd sizes, strides,
- * padding, groups; and a batch that is not a whole number of chunks (a 32x32
- * output with a 3x3x16 filter is a 576 KiB panel per image, 3 images a chunk). */
+/* Convolutions run im2col + GEMM over chunks of output pixels, as many chunks as
+ * the threads need: odd sizes, strides, padding, groups; a 4x32x32 output with a
+ * 3x3x16 filter (2.3 MiB of im2col: a whole chunk and a remainder); 74 pixels with
+ * K = 576 > one K slice, which 3 threads cut into 36 + 36 + 2 rows (a 2-row GEMM
+ * must sum like the 74-row one of 1 thread). */
 static void test_conv_threads(void **s) {
   (void)s;
   trng r = {11};
   kiln_conv2d_opts odd = {.strides = {2, 1}, .padding = KILN_PAD_EXPLICIT, .pads = {1, 1, 1, 0}, .groups = 2};
   check_conv(&r, (int64_t[]){3, 13, 11, 6}, (int64_t[]){3, 3, 3, 10}, &odd);
   check_conv(&r, (int64_t[]){4, 34, 34, 16}, (int64_t[]){3, 3, 16, 8}, &(kiln_conv2d_opts){.padding = KILN_PAD_VALID});
+  check_conv(&r, (int64_t[]){2, 37, 1, 64}, (int64_t[]){3, 3, 64, 32}, &(kiln_conv2d_opts){.padding = KILN_PAD_SAME});
 }
 
 static void count_task(void *ctx, int64_t i, int32_t worker) {
