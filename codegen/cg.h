@@ -121,16 +121,22 @@ typedef struct cg_gemm {
   /* Never the direct (unpacked) path, whose sums group K differently: for GEMMs
    * over a slice of rows whose size depends on the thread count. */
   bool packed;
+  bool accumulate; /* C[b] += A[b] * B[b] (always packed) */
 } cg_gemm;
 KILN_INTERNAL uint64_t cg_gemm_scratch_bytes(cg *c, const cg_gemm *g);
 KILN_INTERNAL void cg_gemm_emit(cg *c, const cg_gemm *g, LLVMValueRef A, LLVMValueRef B, LLVMValueRef C, LLVMValueRef scratch);
 
-/* ---- kernels.c: contractions and windows ---- */
+/* ---- kernels.c: matmul and pooling ---- */
 KILN_INTERNAL void cg_matmul(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch);
-KILN_INTERNAL void cg_conv2d(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch);
 KILN_INTERNAL void cg_pool2d(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in);
 /* Scratch bytes a node needs beyond its output (packing, im2col). */
 KILN_INTERNAL uint64_t cg_scratch_bytes(cg *c, const kiln_node *n);
+
+/* ---- conv.c: conv2d and conv2d_filter_grad ---- */
+KILN_INTERNAL void cg_conv2d(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch);
+KILN_INTERNAL void cg_conv2d_filter_grad(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in,
+                                         LLVMValueRef scratch);
+KILN_INTERNAL uint64_t cg_conv_scratch_bytes(cg *c, const kiln_node *n);
 
 /* ---- target.c ---- */
 /* triple NULL: the host; cpu "native" (host CPU and features, host only), "generic", or

@@ -48,7 +48,7 @@ static int threads_of(const cg *c, const cg_gemm *g) { return c->threads > 1 && 
 static gemm_plan plan_gemm(cg *c, const cg_gemm *g) {
   gemm_plan p = {0};
   int64_t es = (int64_t)kiln_dtype_size(g->t), MR = mr_of(c), NR = nr_of(c, g->t);
-  p.direct = g->M < 2 * DR && g->csb == 1 && !g->packed;
+  p.direct = g->M < 2 * DR && g->csb == 1 && !g->packed && !g->accumulate;
   int64_t mstep = p.direct ? g->M : MR;
   int64_t nc_max = p.direct ? round_up(g->N, NR) : (NC_BYTES / (KC * es)) / NR * NR;
   p.mc = p.direct ? g->M : round_up(g->M, MR);
@@ -415,7 +415,7 @@ static LLVMValueRef task_fn(cg *c, const cg_gemm *g, const gemm_plan *p) {
   LLVMValueRef pc = cg_loop_begin(c, &lp, imm(c, 0), imm(c, g->K), imm(c, kstep));
   LLVMValueRef kc = smin(c, imm(c, kstep), sub(c, imm(c, g->K), pc));
   pack_b(c, t, NR, Bp, at(c, t, B, mul(c, pc, rsb)), rsb, csb, j0, j1, kc);
-  LLVMValueRef accum = LLVMBuildICmp(c->b, LLVMIntSGT, pc, imm(c, 0), "");
+  LLVMValueRef accum = g->accumulate ? LLVMConstInt(c->i1, 1, 0) : LLVMBuildICmp(c->b, LLVMIntSGT, pc, imm(c, 0), "");
   LLVMValueRef i = cg_loop_begin(c, &li, i0, i1, imm(c, MR));
   LLVMValueRef mr = smin(c, imm(c, MR), sub(c, i1, i));
   LLVMValueRef Ai = at(c, t, A, add(c, mul(c, i, rsa), mul(c, pc, csa)));
@@ -450,6 +450,7 @@ static LLVMValueRef task_fn(cg *c, const cg_gemm *g, const gemm_plan *p) {
 void cg_gemm_emit(cg *c, const cg_gemm *g, LLVMValueRef A, LLVMValueRef B, LLVMValueRef C, LLVMValueRef scratch) {
   kiln_dtype t = g->t;
   if (g->M == 0 || g->N == 0 || g->batch == 0) return;
+  if (g->K == 0 && g->accumulate) return; /* C += nothing */
   if (g->K == 0) { /* an empty sum */
     cg_loop lb, li, lj;
     LLVMValueRef b = cg_loop_begin(c, &lb, imm(c, 0), imm(c, g->batch), imm(c, 1));

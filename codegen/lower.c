@@ -443,6 +443,7 @@ static bool lower_node(cg *c, node_ctx *k) {
   case KILN_OP_RNG_NORMAL: flat(c, k, numel, rng_body); return true;
   case KILN_OP_MATMUL: cg_matmul(c, n, k->out, k->in, k->scratch); return true;
   case KILN_OP_CONV2D: cg_conv2d(c, n, k->out, k->in, k->scratch); return true;
+  case KILN_OP_CONV2D_FILTER_GRAD: cg_conv2d_filter_grad(c, n, k->out, k->in, k->scratch); return true;
   case KILN_OP_MAX_POOL2D:
   case KILN_OP_AVG_POOL2D: cg_pool2d(c, n, k->out, k->in); return true;
   case KILN_OP_ONE_HOT: flat(c, k, numel, one_hot_body); return true;

@@ -24,8 +24,9 @@ KILN_INTERNAL extern const kiln_grad_rule kiln_grad_rules[KILN_OP_COUNT];
 /* Whether a gradient flows from op's output into its input i (conditions and indices do not). */
 KILN_INTERNAL bool kiln_grad_flows(kiln_op op, uint32_t i);
 
-/* grad_nn.c: convolution and pooling, composed from conv2d, slices and unslices. */
+/* grad_nn.c: convolution and pooling. */
 KILN_INTERNAL void kiln_grad_conv2d(grad_ctx *c, kiln_value *dx);
+KILN_INTERNAL void kiln_grad_conv2d_filter_grad(grad_ctx *c, kiln_value *dx);
 KILN_INTERNAL void kiln_grad_max_pool2d(grad_ctx *c, kiln_value *dx);
 KILN_INTERNAL void kiln_grad_avg_pool2d(grad_ctx *c, kiln_value *dx);
 

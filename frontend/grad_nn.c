@@ -1,12 +1,11 @@
-/* Gradients of conv2d and pooling, composed from primitives so they need no
- * kernels of their own (dedicated backward kernels are a codegen concern):
+/* Gradients of conv2d and pooling:
  *  - conv input gradient: the incoming gradient, spread out by the strides
  *    (unslice), convolved with the spatially flipped filter whose in/out channels
  *    are swapped per group;
- *  - conv filter gradient: im2col of the padded input (one strided slice per tap,
- *    concatenated) contracted with the gradient over every output position of
- *    every image: one GEMM whose sum runs over the whole batch; a symbolic batch
- *    (which reshape cannot merge) takes one GEMM per image and sums them;
+ *  - conv filter gradient: its own op, conv2d_filter_grad (a contraction over
+ *    every output position of every image that a composition would have to
+ *    materialise as a whole-batch im2col); its gradients are a conv2d (for dy)
+ *    and a conv input gradient (for x);
  *  - pooling: one strided slice per window tap; each tap's share of dy is
  *    unsliced back into the padded input. Max pooling gives each window's
  *    gradient to its first maximum (row-major), like TensorFlow and PyTorch. */
@@ -25,15 +24,20 @@ static window window_of(grad_ctx *c, const kiln_node *x) {
   window w = {.d = {1, 1}};
   kiln_attr_ints(&c->n, KILN_ATTR_STRIDES, w.s);
   kiln_attr_ints(&c->n, KILN_ATTR_PADS, w.pads);
+  const kiln_node *y = &c->n;
   if (c->n.op == KILN_OP_CONV2D) {
     const kiln_node *f = &c->g->nodes[c->n.inputs[1]];
     kiln_attr_ints(&c->n, KILN_ATTR_DILATIONS, w.d);
     w.k[0] = f->dims[0], w.k[1] = f->dims[1];
   } else {
+    if (c->n.op == KILN_OP_CONV2D_FILTER_GRAD) {
+      kiln_attr_ints(&c->n, KILN_ATTR_DILATIONS, w.d);
+      y = &c->g->nodes[c->n.inputs[1]]; /* the convolution's output is dy's shape */
+    }
     kiln_attr_ints(&c->n, KILN_ATTR_WINDOW, w.k);
   }
   w.in[0] = x->dims[1], w.in[1] = x->dims[2];
-  w.out[0] = c->n.dims[1], w.out[1] = c->n.dims[2];
+  w.out[0] = y->dims[1], w.out[1] = y->dims[2];
   return w;
 }
 
@@ -69,13 +73,13 @@ static kiln_shape padded_shape(const kiln_node *x, const window *w) {
 
 /* ---- conv2d ---- */
 
-static kiln_value conv_input_grad(grad_ctx *c, const window *w, const kiln_node *f, int64_t groups) {
-  kiln_graph *g = c->g;
-  const kiln_node *y = &c->n;
-  int64_t cout = f->dims[3], cin_g = f->dims[2], cout_g = cout / groups;
+/* dL/dx of y = conv2d(x, filter) given dy = dL/dy; filter is HWIO with cin_g inputs per group. */
+static kiln_value conv_input_grad(kiln_graph *g, const window *w, kiln_value dy, kiln_value filter, int64_t cin_g,
+                                  int64_t cout, int64_t groups) {
+  int64_t cout_g = cout / groups, batch = g->nodes[dy.id].dims[0];
   /* z: dy with (stride - 1) zeros between rows and columns. */
   int64_t len[2], plo[2], phi[2];
-  kiln_value z = c->dy;
+  kiln_value z = dy;
   for (int i = 0; i < 2; i++) {
     len[i] = (w->out[i] - 1) * w->s[i] + 1;
     plo[i] = (w->k[i] - 1) * w->d[i] - w->pads[i];
@@ -83,7 +87,7 @@ static kiln_value conv_input_grad(grad_ctx *c, const window *w, const kiln_node 
   }
   if (w->s[0] > 1 || w->s[1] > 1) {
     int64_t st[4] = {0}, en[4] = {END, END, END, END}, sp[4] = {1, w->s[0], w->s[1], 1};
-    z = kiln_unslice(g, z, (kiln_shape){4, {y->dims[0], len[0], len[1], cout}}, st, en, sp, 4);
+    z = kiln_unslice(g, z, (kiln_shape){4, {batch, len[0], len[1], cout}}, st, en, sp, 4);
   }
   /* Padding wider than the filter span leaves rows of z that touch no input: crop them. */
   if (plo[0] < 0 || plo[1] < 0 || phi[0] < 0 || phi[1] < 0) {
@@ -97,7 +101,7 @@ static kiln_value conv_input_grad(grad_ctx *c, const window *w, const kiln_node 
     z = kiln_slice(g, z, st, en, NULL, 4);
   }
   int64_t fst[4] = {-1, -1, 0, 0}, fen[4] = {INT64_MIN, INT64_MIN, END, END}, fsp[4] = {-1, -1, 1, 1};
-  kiln_value wf = kiln_slice(g, grad_input(c, 1), fst, fen, fsp, 4);
+  kiln_value wf = kiln_slice(g, filter, fst, fen, fsp, 4);
   int64_t kh = w->k[0], kw = w->k[1];
   wf = kiln_reshape(g, wf, (kiln_shape){5, {kh, kw, cin_g, groups, cout_g}});
   wf = kiln_transpose(g, wf, (int64_t[]){0, 1, 4, 3, 2}, 5);
@@ -109,45 +113,12 @@ static kiln_value conv_input_grad(grad_ctx *c, const window *w, const kiln_node 
   return kiln_conv2d(g, z, wf, &o);
 }
 
-static kiln_value conv_filter_grad(grad_ctx *c, const window *w, const kiln_node *f, int64_t groups) {
-  kiln_graph *g = c->g;
-  int64_t cin_g = f->dims[2], cout_g = f->dims[3] / groups, taps = w->k[0] * w->k[1];
-  int64_t positions = w->out[0] * w->out[1], batch = c->g->nodes[c->n.inputs[0]].dims[0];
-  kiln_value xp = pad_spatial(g, grad_input(c, 0), w, 0);
-  kiln_value *cols = calloc((size_t)taps, sizeof *cols), *per_group = calloc((size_t)groups, sizeof *per_group);
-  if (!cols || !per_group) {
-    free(cols);
-    free(per_group);
-    return kiln_graph_fail(g, KILN_ERR_NOMEM, "conv2d gradient: out of memory");
-  }
-  for (int64_t gi = 0; gi < groups; gi++) {
-    int64_t cst[4] = {0, 0, 0, gi * cin_g}, cen[4] = {END, END, END, (gi + 1) * cin_g};
-    int64_t dst[4] = {0, 0, 0, gi * cout_g}, den[4] = {END, END, END, (gi + 1) * cout_g};
-    kiln_value xg = groups > 1 ? kiln_slice(g, xp, cst, cen, NULL, 4) : xp;
-    kiln_value dyg = groups > 1 ? kiln_slice(g, c->dy, dst, den, NULL, 4) : c->dy;
-    for (int64_t a = 0; a < w->k[0]; a++)
-      for (int64_t b = 0; b < w->k[1]; b++) {
-        int64_t st[4], en[4], sp[4];
-        tap_slice(w, a, b, st, en, sp);
-        cols[a * w->k[1] + b] = kiln_slice(g, xg, st, en, sp, 4);
-      }
-    kiln_value col = kiln_concat(g, cols, (int)taps, 3);
-    kiln_value m;
-    if (batch >= 0) {
-      col = kiln_reshape(g, col, (kiln_shape){2, {batch * positions, taps * cin_g}});
-      kiln_value d = kiln_reshape(g, dyg, (kiln_shape){2, {batch * positions, cout_g}});
-      m = kiln_matmul(g, col, d, true, false);
-    } else {
-      col = kiln_reshape(g, col, (kiln_shape){3, {-1, positions, taps * cin_g}});
-      kiln_value d = kiln_reshape(g, dyg, (kiln_shape){3, {-1, positions, cout_g}});
-      m = kiln_reduce_sum(g, kiln_matmul(g, col, d, true, false), (int64_t[]){0}, 1, false);
-    }
-    per_group[gi] = kiln_reshape(g, m, (kiln_shape){4, {w->k[0], w->k[1], cin_g, cout_g}});
-  }
-  kiln_value r = kiln_concat(g, per_group, (int)groups, 3);
-  free(cols);
-  free(per_group);
-  return r;
+/* The options of the convolution a conv2d or conv2d_filter_grad node describes. */
+static kiln_conv2d_opts conv_opts(const window *w, int64_t groups) {
+  kiln_conv2d_opts o = {.layout = KILN_NHWC, .padding = KILN_PAD_EXPLICIT, .groups = groups};
+  for (int i = 0; i < 2; i++) o.strides[i] = w->s[i], o.dilations[i] = w->d[i];
+  memcpy(o.pads, w->pads, sizeof o.pads);
+  return o;
 }
 
 void kiln_grad_conv2d(grad_ctx *c, kiln_value *dx) {
@@ -155,8 +126,20 @@ void kiln_grad_conv2d(grad_ctx *c, kiln_value *dx) {
   window w = window_of(c, x);
   kiln_node f = c->g->nodes[c->n.inputs[1]];
   int64_t groups = kiln_attr_int(&c->n, KILN_ATTR_GROUPS, 1);
-  dx[0] = conv_input_grad(c, &w, &f, groups);
-  dx[1] = conv_filter_grad(c, &w, &f, groups);
+  kiln_conv2d_opts o = conv_opts(&w, groups);
+  dx[0] = conv_input_grad(c->g, &w, c->dy, grad_input(c, 1), f.dims[2], f.dims[3], groups);
+  dx[1] = kiln_conv2d_filter_grad(c->g, grad_input(c, 0), c->dy, w.k[0], w.k[1], &o);
+}
+
+/* dw = F(x, dy) is bilinear: with G = dL/ddw, dL/ddy = conv2d(x, G) and dL/dx is
+ * conv2d's input gradient for filter G and output gradient dy. */
+void kiln_grad_conv2d_filter_grad(grad_ctx *c, kiln_value *dx) {
+  const kiln_node *x = &c->g->nodes[c->n.inputs[0]];
+  window w = window_of(c, x);
+  int64_t groups = kiln_attr_int(&c->n, KILN_ATTR_GROUPS, 1);
+  kiln_conv2d_opts o = conv_opts(&w, groups);
+  dx[0] = conv_input_grad(c->g, &w, grad_input(c, 1), c->dy, c->n.dims[2], c->n.dims[3], groups);
+  dx[1] = kiln_conv2d(c->g, grad_input(c, 0), c->dy, &o);
 }
 
 /* ---- pooling ---- */

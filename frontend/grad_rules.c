@@ -242,6 +242,7 @@ const kiln_grad_rule kiln_grad_rules[KILN_OP_COUNT] = {
     [KILN_OP_REDUCE_MIN] = g_reduce_extreme,
     [KILN_OP_MATMUL] = g_matmul,
     [KILN_OP_CONV2D] = kiln_grad_conv2d,
+    [KILN_OP_CONV2D_FILTER_GRAD] = kiln_grad_conv2d_filter_grad,
     [KILN_OP_MAX_POOL2D] = kiln_grad_max_pool2d,
     [KILN_OP_AVG_POOL2D] = kiln_grad_avg_pool2d,
     [KILN_OP_RESHAPE] = g_reshape, [KILN_OP_TRANSPOSE] = g_transpose,

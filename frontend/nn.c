@@ -46,6 +46,20 @@ static bool rank4(kiln_graph *g, kiln_value v, const char *op, const char *what)
   return true;
 }
 
+/* conv2d's window attributes for an NHWC input x and a kh x kw filter. */
+static bool conv_attrs(kiln_graph *g, const char *op, kiln_value x, const int64_t k[2], const kiln_conv2d_opts *o,
+                       kiln_attrs *a) {
+  const kiln_node *xn = &g->nodes[x.id];
+  int64_t s[2] = {or_one(o->strides[0]), or_one(o->strides[1])};
+  int64_t d[2] = {or_one(o->dilations[0]), or_one(o->dilations[1])}, pads[4];
+  if (!resolve_pads(g, op, o->padding, o->pads, xn->dims + 1, k, s, d, pads)) return false;
+  kiln_attrs_ints(a, KILN_ATTR_STRIDES, s, 2);
+  kiln_attrs_ints(a, KILN_ATTR_DILATIONS, d, 2);
+  kiln_attrs_ints(a, KILN_ATTR_PADS, pads, 4);
+  kiln_attrs_int(a, KILN_ATTR_GROUPS, or_one(o->groups));
+  return true;
+}
+
 kiln_value kiln_conv2d(kiln_graph *g, kiln_value x, kiln_value w, const kiln_conv2d_opts *o) {
   kiln_conv2d_opts def = {0};
   if (!o) o = &def;
@@ -56,19 +70,35 @@ kiln_value kiln_conv2d(kiln_graph *g, kiln_value x, kiln_value w, const kiln_con
     w = kiln_transpose(g, w, OIHW_TO_HWIO, 4);
   }
   if (g->status != KILN_OK) return (kiln_value){KILN_NONE};
-  const kiln_node *xn = &g->nodes[x.id], *wn = &g->nodes[w.id];
-  int64_t s[2] = {or_one(o->strides[0]), or_one(o->strides[1])};
-  int64_t d[2] = {or_one(o->dilations[0]), or_one(o->dilations[1])};
-  int64_t k[2] = {wn->dims[0], wn->dims[1]}, pads[4];
-  if (!resolve_pads(g, "conv2d", o->padding, o->pads, xn->dims + 1, k, s, d, pads)) return (kiln_value){KILN_NONE};
+  const kiln_node *wn = &g->nodes[w.id];
   kiln_attrs a = {0};
-  kiln_attrs_ints(&a, KILN_ATTR_STRIDES, s, 2);
-  kiln_attrs_ints(&a, KILN_ATTR_DILATIONS, d, 2);
-  kiln_attrs_ints(&a, KILN_ATTR_PADS, pads, 4);
-  kiln_attrs_int(&a, KILN_ATTR_GROUPS, or_one(o->groups));
+  if (!conv_attrs(g, "conv2d", x, (int64_t[]){wn->dims[0], wn->dims[1]}, o, &a)) return (kiln_value){KILN_NONE};
   uint32_t ids[2] = {x.id, w.id};
   kiln_value y = kiln_node_make(g, KILN_OP_CONV2D, ids, 2, &a, NULL, NULL, 0);
   return nchw ? kiln_transpose(g, y, TO_NCHW, 4) : y;
+}
+
+kiln_value kiln_conv2d_filter_grad(kiln_graph *g, kiln_value x, kiln_value dy, int64_t kh, int64_t kw,
+                                   const kiln_conv2d_opts *o) {
+  kiln_conv2d_opts def = {0};
+  if (!o) o = &def;
+  const char *op = "conv2d_filter_grad";
+  if (!g || !rank4(g, x, op, "input") || !rank4(g, dy, op, "output gradient")) return (kiln_value){KILN_NONE};
+  if (kh < 1 || kw < 1) return kiln_graph_fail(g, KILN_ERR_INVALID, "%s: filter size %lldx%lld must be >= 1", op, (long long)kh, (long long)kw);
+  bool nchw = o->layout == KILN_NCHW;
+  if (nchw) {
+    x = kiln_transpose(g, x, TO_NHWC, 4);
+    dy = kiln_transpose(g, dy, TO_NHWC, 4);
+  }
+  if (g->status != KILN_OK) return (kiln_value){KILN_NONE};
+  int64_t k[2] = {kh, kw};
+  kiln_attrs a = {0};
+  if (!conv_attrs(g, op, x, k, o, &a)) return (kiln_value){KILN_NONE};
+  kiln_attrs_ints(&a, KILN_ATTR_WINDOW, k, 2);
+  uint32_t ids[2] = {x.id, dy.id};
+  kiln_value dw = kiln_node_make(g, KILN_OP_CONV2D_FILTER_GRAD, ids, 2, &a, NULL, NULL, 0);
+  static const int64_t HWIO_TO_OIHW[4] = {3, 2, 0, 1};
+  return nchw ? kiln_transpose(g, dw, HWIO_TO_OIHW, 4) : dw;
 }
 
 static kiln_value pool(kiln_graph *g, kiln_op op, kiln_value x, const kiln_pool2d_opts *o) {

@@ -365,6 +365,33 @@ static void eval_window(ev *e) {
         }
 }
 
+/* dw[kh, kw, ic, oc] = sum over (b, oh, ow) of x[b, ih, iw, g*icg + ic] * dy[b, oh, ow, oc]. */
+static void eval_conv_filter_grad(ev *e) {
+  const kiln_node *n = e->n;
+  const kiln_tensor *x = e->in[0], *dy = e->in[1];
+  kiln_tensor *o = e->out;
+  int64_t s[2], d[2], p[4];
+  kiln_attr_ints(n, KILN_ATTR_STRIDES, s);
+  kiln_attr_ints(n, KILN_ATTR_DILATIONS, d);
+  kiln_attr_ints(n, KILN_ATTR_PADS, p);
+  int64_t H = x->dims[1], W = x->dims[2], C = x->dims[3], OH = dy->dims[1], OW = dy->dims[2], OC = dy->dims[3];
+  int64_t KH = o->dims[0], KW = o->dims[1], icg = o->dims[2], ocg = OC / kiln_attr_int(n, KILN_ATTR_GROUPS, 1);
+  for (int64_t kh = 0; kh < KH; kh++)
+    for (int64_t kw = 0; kw < KW; kw++)
+      for (int64_t ic = 0; ic < icg; ic++)
+        for (int64_t oc = 0; oc < OC; oc++) {
+          double acc = 0;
+          for (int64_t b = 0; b < x->dims[0]; b++)
+            for (int64_t oh = 0; oh < OH; oh++)
+              for (int64_t ow = 0; ow < OW; ow++) {
+                int64_t ih = oh * s[0] + kh * d[0] - p[0], iw = ow * s[1] + kw * d[1] - p[1];
+                if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+                acc += getf(x, ((b * H + ih) * W + iw) * C + oc / ocg * icg + ic) * getf(dy, ((b * OH + oh) * OW + ow) * OC + oc);
+              }
+          setf(o, ((kh * KW + kw) * icg + ic) * OC + oc, acc);
+        }
+}
+
 /* Offset (strides st) of position idx of a slice starting at first with the given steps. */
 static int64_t strided_offset(int rank, const int64_t *idx, const int64_t *first, const int64_t *step, const int64_t *st) {
   int64_t off = 0;
@@ -576,6 +603,7 @@ kiln_status kiln_eval_graph(const kiln_graph *g, const kiln_tensor *const *input
     else if (f & RED) eval_reduce(&e);
     else if (n->op == KILN_OP_MATMUL) eval_matmul(&e);
     else if (n->op == KILN_OP_CONV2D || n->op == KILN_OP_MAX_POOL2D || n->op == KILN_OP_AVG_POOL2D) eval_window(&e);
+    else if (n->op == KILN_OP_CONV2D_FILTER_GRAD) eval_conv_filter_grad(&e);
     else if (n->op == KILN_OP_GATHER) st = eval_gather(&e);
     else if (n->op == KILN_OP_ONE_HOT) eval_one_hot(&e);
     else if (n->op == KILN_OP_UNSLICE) eval_unslice(&e);

@@ -187,7 +187,7 @@ int64_t kiln_window_out(int64_t inn, int64_t k, int64_t stride, int64_t dil, int
 static bool window_attrs(kiln_graph *g, kiln_node *n, int64_t *strides, int64_t *dil, int64_t *pads) {
   if (kiln_attr_ints(n, KILN_ATTR_STRIDES, strides) != 2) return fail(g, n, "needs 2 strides");
   if (kiln_attr_ints(n, KILN_ATTR_PADS, pads) != 4) return fail(g, n, "needs 4 pads (top, left, bottom, right)");
-  if (n->op == KILN_OP_CONV2D) {
+  if (n->op == KILN_OP_CONV2D || n->op == KILN_OP_CONV2D_FILTER_GRAD) {
     if (kiln_attr_ints(n, KILN_ATTR_DILATIONS, dil) != 2) return fail(g, n, "needs 2 dilations");
   } else {
     dil[0] = dil[1] = 1;
@@ -232,6 +232,35 @@ static bool infer_window(kiln_graph *g, kiln_node *n) {
   int64_t ow = kiln_window_out(x->dims[2], k[1], s[1], d[1], p[1], p[3]);
   if (oh < 0 || ow < 0) return fail(g, n, "window is larger than the padded input");
   set_type(n, x->dtype, 4, (int64_t[]){x->dims[0], oh, ow, oc});
+  return true;
+}
+
+/* conv2d_filter_grad(x, dy): dy must be the shape conv2d(x, w) has for a `window` filter. */
+static bool infer_conv_filter_grad(kiln_graph *g, kiln_node *n) {
+  const kiln_node *x = in(g, n, 0), *dy = in(g, n, 1);
+  if (x->rank != 4 || dy->rank != 4) return fail(g, n, "input and output gradient must be rank 4 (NHWC)");
+  if (x->dtype == KILN_BOOL || kiln_dtype_is_int((kiln_dtype)x->dtype))
+    return fail(g, n, "needs f32 or f64 input, got %s", kiln_dtype_name(x->dtype));
+  if (dy->dtype != x->dtype) return fail(g, n, "input and output gradient dtypes differ");
+  for (int i = 1; i < 4; i++)
+    if (x->dims[i] < 0 || dy->dims[i] < 0) return fail(g, n, "only the batch dim may be symbolic");
+  if (x->dims[0] != dy->dims[0])
+    return fail(g, n, "input batch %lld != output gradient batch %lld", (long long)x->dims[0], (long long)dy->dims[0]);
+  int64_t s[2], d[2], p[4], k[2];
+  if (!window_attrs(g, n, s, d, p)) return false;
+  if (kiln_attr_ints(n, KILN_ATTR_WINDOW, k) != 2 || k[0] < 1 || k[1] < 1) return fail(g, n, "needs a 2-d filter `window` >= 1");
+  int64_t groups = kiln_attr_int(n, KILN_ATTR_GROUPS, 1);
+  if (groups < 1) return fail(g, n, "groups must be >= 1");
+  if (x->dims[3] % groups || dy->dims[3] % groups)
+    return fail(g, n, "input channels %lld and output channels %lld must be divisible by groups %lld",
+                (long long)x->dims[3], (long long)dy->dims[3], (long long)groups);
+  int64_t oh = kiln_window_out(x->dims[1], k[0], s[0], d[0], p[0], p[2]);
+  int64_t ow = kiln_window_out(x->dims[2], k[1], s[1], d[1], p[1], p[3]);
+  if (oh < 0 || ow < 0) return fail(g, n, "window is larger than the padded input");
+  if (oh != dy->dims[1] || ow != dy->dims[2])
+    return fail(g, n, "output gradient is %lldx%lld, the convolution's output %lldx%lld", (long long)dy->dims[1],
+                (long long)dy->dims[2], (long long)oh, (long long)ow);
+  set_type(n, x->dtype, 4, (int64_t[]){k[0], k[1], x->dims[3] / groups, dy->dims[3]});
   return true;
 }
 
@@ -480,6 +509,7 @@ bool kiln_infer(kiln_graph *g, kiln_node *n) {
   case KILN_OP_CONV2D:
   case KILN_OP_MAX_POOL2D:
   case KILN_OP_AVG_POOL2D: return infer_window(g, n);
+  case KILN_OP_CONV2D_FILTER_GRAD: return infer_conv_filter_grad(g, n);
   case KILN_OP_RESHAPE: return infer_reshape(g, n);
   case KILN_OP_TRANSPOSE: return infer_transpose(g, n);
   case KILN_OP_BROADCAST_TO: return infer_broadcast(g, n);

@@ -185,7 +185,14 @@ static kiln_value b_matmul(tc *c, kiln_op op) {
   return kiln_matmul(c->g, a, b, ta, tb);
 }
 
-static kiln_value b_conv(tc *c, kiln_op op) {
+/* A random convolution: strides, dilations, padding modes, groups, layouts, and
+ * sometimes the pointwise fast path. */
+typedef struct {
+  kiln_conv2d_opts o;
+  int64_t xd[4], wd[4], k[2];
+} conv_case;
+
+static conv_case conv_config(tc *c) {
   int64_t groups = trng_int(c->r, 1, 2), k[2] = {trng_int(c->r, 1, 3), trng_int(c->r, 1, 3)};
   int64_t s[2] = {trng_int(c->r, 1, 2), trng_int(c->r, 1, 2)}, dl[2] = {trng_int(c->r, 1, 2), trng_int(c->r, 1, 2)};
   static const int64_t OC[] = {1, 2, 4, 8, 32, 34};
@@ -203,7 +210,25 @@ static kiln_value b_conv(tc *c, kiln_op op) {
   bool nchw = o.layout == KILN_NCHW;
   int64_t xd[4] = {N, nchw ? C : H, nchw ? H : W, nchw ? W : C};
   int64_t wd[4] = {nchw ? O : k[0], nchw ? C / groups : k[1], nchw ? k[0] : C / groups, nchw ? k[1] : O};
-  return kiln_conv2d(c->g, ph(c, c->t, 4, xd, -1, 1), ph(c, c->t, 4, wd, -1, 1), &o);
+  return (conv_case){.o = o, .xd = {xd[0], xd[1], xd[2], xd[3]}, .wd = {wd[0], wd[1], wd[2], wd[3]}, .k = {k[0], k[1]}};
+}
+
+static kiln_value b_conv(tc *c, kiln_op op) {
+  conv_case q = conv_config(c);
+  return kiln_conv2d(c->g, ph(c, c->t, 4, q.xd, -1, 1), ph(c, c->t, 4, q.wd, -1, 1), &q.o);
+}
+
+/* dy has the shape of the convolution's output, found by building it on the side. */
+static kiln_value b_conv_filter_grad(tc *c, kiln_op op) {
+  conv_case q = conv_config(c);
+  kiln_graph *side = kiln_graph_new();
+  kiln_shape xs = {4, {q.xd[0], q.xd[1], q.xd[2], q.xd[3]}}, ws = {4, {q.wd[0], q.wd[1], q.wd[2], q.wd[3]}};
+  kiln_value y = kiln_conv2d(side, kiln_placeholder(side, "x", c->t, xs), kiln_placeholder(side, "w", c->t, ws), &q.o);
+  kiln_shape ys = kiln_value_shape(side, y);
+  assert_int_equal(kiln_graph_status(side), KILN_OK);
+  kiln_graph_free(side);
+  kiln_value x = ph(c, c->t, 4, q.xd, -1, 1);
+  return kiln_conv2d_filter_grad(c->g, x, ph(c, c->t, 4, ys.dims, -1, 1), q.k[0], q.k[1], &q.o);
 }
 
 static kiln_value b_pool(tc *c, kiln_op op) {
@@ -365,6 +390,8 @@ const op_case CASES[KILN_OP_COUNT] = {
     [KILN_OP_ARGMAX] = {b_reduce, NUMS, 0, 0},
     [KILN_OP_MATMUL] = {b_matmul, NUMS, 1e-5, 1e-5},
     [KILN_OP_CONV2D] = {b_conv, FLOATS, 1e-5, 1e-5},
+    /* a sum over every output pixel (up to ~340): f32 error up to pixels * eps */
+    [KILN_OP_CONV2D_FILTER_GRAD] = {b_conv_filter_grad, FLOATS, 1e-5, 3e-5},
     [KILN_OP_MAX_POOL2D] = {b_pool, FLOATS, 0, 0},
     [KILN_OP_AVG_POOL2D] = {b_pool, FLOATS, 1e-6, 1e-6},
     [KILN_OP_RESHAPE] = {b_movement, ALL, 0, 0},

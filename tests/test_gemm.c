@@ -63,23 +63,42 @@ static void test_matmul_edges_and_transposes(void **s) {
   }
 }
 
-static void check_conv(trng *r, const int64_t xd[4], const int64_t wd[4], const kiln_conv2d_opts *o) {
-  kiln_graph *g = kiln_graph_new();
-  kiln_value x = kiln_placeholder(g, "x", KILN_F32, (kiln_shape){.rank = 4, .dims = {xd[0], xd[1], xd[2], xd[3]}});
-  kiln_value w = kiln_placeholder(g, "w", KILN_F32, (kiln_shape){.rank = 4, .dims = {wd[0], wd[1], wd[2], wd[3]}});
-  kiln_output(g, "y", kiln_conv2d(g, x, w, o));
-  assert_int_equal(kiln_graph_status(g), KILN_OK);
-  kiln_tensor *in[2] = {random_tensor(r, KILN_F32, 4, xd, -1, 1), random_tensor(r, KILN_F32, 4, wd, -1, 1)};
+/* Runs g (inputs x and a second operand of shape d1) on 1, 2 and 3 threads: equal to the
+ * reference evaluator and bit-identical across thread counts. */
+static void check_threads(trng *r, kiln_graph *g, const int64_t xd[4], const int64_t d1[4], const char *what, double atol) {
+  kiln_tensor *in[2] = {random_tensor(r, KILN_F32, 4, xd, -1, 1), random_tensor(r, KILN_F32, 4, d1, -1, 1)};
   kiln_tensor *ref = NULL, *one = NULL, *two = NULL, *three = NULL;
   assert_int_equal(kiln_evaluate(g, (const kiln_tensor *const *)in, 2, &ref, 1), KILN_OK);
   run_threads(g, 1, in, 2, &one);
   run_threads(g, 2, in, 2, &two);
   run_threads(g, 3, in, 2, &three);
-  assert_int_equal(compare_tensors("conv", one, ref, 1e-5, 1e-5), 0);
+  assert_int_equal(compare_tensors(what, one, ref, 1e-5, atol), 0);
   assert_memory_equal(kiln_tensor_cdata(one), kiln_tensor_cdata(two), kiln_tensor_nbytes(one));
   assert_memory_equal(kiln_tensor_cdata(one), kiln_tensor_cdata(three), kiln_tensor_nbytes(one));
   kiln_tensor_free(in[0]), kiln_tensor_free(in[1]);
   kiln_tensor_free(ref), kiln_tensor_free(one), kiln_tensor_free(two), kiln_tensor_free(three);
+}
+
+static kiln_shape shape4(const int64_t d[4]) { return (kiln_shape){.rank = 4, .dims = {d[0], d[1], d[2], d[3]}}; }
+
+/* conv2d(x, w), then its filter gradient for a dy of the output's shape. */
+static void check_conv(trng *r, const int64_t xd[4], const int64_t wd[4], const kiln_conv2d_opts *o) {
+  kiln_graph *g = kiln_graph_new();
+  kiln_value x = kiln_placeholder(g, "x", KILN_F32, shape4(xd)), w = kiln_placeholder(g, "w", KILN_F32, shape4(wd));
+  kiln_value y = kiln_conv2d(g, x, w, o);
+  kiln_output(g, "y", y);
+  assert_int_equal(kiln_graph_status(g), KILN_OK);
+  check_threads(r, g, xd, wd, "conv", 1e-5);
+  kiln_shape ys = kiln_value_shape(g, y);
+  kiln_graph_free(g);
+  g = kiln_graph_new();
+  x = kiln_placeholder(g, "x", KILN_F32, shape4(xd));
+  kiln_value dy = kiln_placeholder(g, "dy", KILN_F32, ys);
+  kiln_output(g, "dw", kiln_conv2d_filter_grad(g, x, dy, wd[0], wd[1], o));
+  assert_int_equal(kiln_graph_status(g), KILN_OK);
+  /* f32 sums of one term per output pixel, each |term| <= 1: error up to pixels * eps */
+  double pixels = (double)(ys.dims[0] * ys.dims[1] * ys.dims[2]);
+  check_threads(r, g, xd, ys.dims, "conv filter gradient", pixels * 6e-8);
   kiln_graph_free(g);
 }
 
@@ -87,7 +106,9 @@ static void check_conv(trng *r, const int64_t xd[4], const int64_t wd[4], const 
  * the threads need: odd sizes, strides, padding, groups; a 4x32x32 output with a
  * 3x3x16 filter (2.3 MiB of im2col: a whole chunk and a remainder); 74 pixels with
  * K = 576 > one K slice, which 3 threads cut into 36 + 36 + 2 rows (a 2-row GEMM
- * must sum like the 74-row one of 1 thread). */
+ * must sum like the 74-row one of 1 thread). Filter gradients sum chunks in parts:
+ * every case has several, with a short last chunk; 64x64 pixels with a 3x3x128
+ * filter have 9 chunks of at most 2 MiB, 2 per part. */
 static void test_conv_threads(void **s) {
   (void)s;
   trng r = {11};
@@ -95,6 +116,7 @@ static void test_conv_threads(void **s) {
   check_conv(&r, (int64_t[]){3, 13, 11, 6}, (int64_t[]){3, 3, 3, 10}, &odd);
   check_conv(&r, (int64_t[]){4, 34, 34, 16}, (int64_t[]){3, 3, 16, 8}, &(kiln_conv2d_opts){.padding = KILN_PAD_VALID});
   check_conv(&r, (int64_t[]){2, 37, 1, 64}, (int64_t[]){3, 3, 64, 32}, &(kiln_conv2d_opts){.padding = KILN_PAD_SAME});
+  check_conv(&r, (int64_t[]){1, 64, 64, 128}, (int64_t[]){3, 3, 128, 4}, &(kiln_conv2d_opts){.padding = KILN_PAD_SAME});
 }
 
 static void count_task(void *ctx, int64_t i, int32_t worker) {

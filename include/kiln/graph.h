@@ -140,6 +140,10 @@ typedef struct kiln_conv2d_opts {
   int64_t groups;       /* 0 means 1 */
 } kiln_conv2d_opts;
 KILN_API kiln_value kiln_conv2d(kiln_graph *g, kiln_value x, kiln_value w, const kiln_conv2d_opts *o);
+/* The filter gradient of y = conv2d(x, w, o) for a kh x kw filter: dL/dw from x and
+ * dy = dL/dy (TensorFlow's conv2d_backprop_filter); a filter in o's layout. */
+KILN_API kiln_value kiln_conv2d_filter_grad(kiln_graph *g, kiln_value x, kiln_value dy, int64_t kh, int64_t kw,
+                                            const kiln_conv2d_opts *o);
 
 typedef struct kiln_pool2d_opts {
   kiln_layout layout;

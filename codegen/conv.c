@@ -1,0 +1,346 @@
+/* Convolution kernels: conv2d and its filter gradient, NHWC input, HWIO filter.
+ *
+ * Both are im2col + GEMM over chunks of output pixels. A chunk gathers its rows
+ * of the im2col panel (one row per output pixel: the kh x kw x in-channel
+ * window it reads, zeros in the padding) into its worker's scratch, at most
+ * IM2COL_BYTES so they are still cached for the GEMM that follows, then runs a
+ * serial GEMM on them. Chunks span image boundaries, so one 28x28 image's 784x9
+ * panel still joins its neighbours in one GEMM with rows enough to block.
+ *  - conv2d: out[chunk rows] = col * w, group by group; chunks are independent
+ *    tasks. 1x1/stride-1/unpadded convolutions skip im2col: one GEMM over every
+ *    pixel.
+ *  - conv2d_filter_grad: dw = sum over chunks of col^T * dy[chunk rows]. A sum
+ *    over chunks must not depend on the thread count, so the chunks are grouped
+ *    into at most FGRAD_PARTS parts fixed by the shapes alone; a task accumulates
+ *    its part's chunks in order into the part's buffer (part 0: the output), and
+ *    the parts are added in order at the end.
+ * Chunk GEMMs are always packed: the direct path groups K differently, and a
+ * chunk's row count (conv2d) depends on the thread count. */
+#include <stdio.h>
+#include "codegen/cg.h"
+
+enum { IM2COL_BYTES = 2 << 20, CHUNK_ALIGN = 12, FGRAD_PARTS = 8 };
+/* Below this much arithmetic a convolution is not worth waking the other threads. */
+#define THREADED_FLOPS 2e6
+
+static LLVMValueRef add(cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildAdd(c->b, a, b, ""); }
+static LLVMValueRef mul(cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildMul(c->b, a, b, ""); }
+static LLVMValueRef offset(cg *c, kiln_dtype t, LLVMValueRef base, LLVMValueRef elems) {
+  return cg_gep(c, cg_type(c, t), base, elems);
+}
+static LLVMValueRef byte_offset(cg *c, LLVMValueRef base, LLVMValueRef bytes) {
+  return LLVMBuildGEP2(c->b, c->i8, base, &bytes, 1, "");
+}
+static uint64_t align64(uint64_t x) { return (x + 63) & ~(uint64_t)63; }
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+typedef struct {
+  kiln_dtype t;
+  int64_t H, W, C, icg, KH, KW, s[2], d[2], p[4], OH, OW, OC, groups, Kc;
+  int64_t pixels; /* output pixels of the batch: im2col rows */
+  bool pointwise;
+} conv_geom;
+
+/* conv2d(x, w) -> y, or conv2d_filter_grad(x, dy) -> dw: the same convolution. */
+static conv_geom conv_geometry(cg *c, const kiln_node *n) {
+  bool fgrad = n->op == KILN_OP_CONV2D_FILTER_GRAD;
+  const kiln_node *x = &c->g->nodes[n->inputs[0]];
+  const kiln_node *w = fgrad ? n : &c->g->nodes[n->inputs[1]], *y = fgrad ? &c->g->nodes[n->inputs[1]] : n;
+  conv_geom q = {.t = (kiln_dtype)n->dtype, .H = x->dims[1], .W = x->dims[2], .C = x->dims[3], .icg = w->dims[2],
+                 .KH = w->dims[0], .KW = w->dims[1], .OH = y->dims[1], .OW = y->dims[2], .OC = y->dims[3],
+                 .groups = kiln_attr_int(n, KILN_ATTR_GROUPS, 1)};
+  kiln_attr_ints(n, KILN_ATTR_STRIDES, q.s);
+  kiln_attr_ints(n, KILN_ATTR_DILATIONS, q.d);
+  kiln_attr_ints(n, KILN_ATTR_PADS, q.p);
+  q.Kc = q.KH * q.KW * q.icg;
+  q.pixels = x->dims[0] * q.OH * q.OW;
+  q.pointwise = !fgrad && q.KH == 1 && q.KW == 1 && q.s[0] == 1 && q.s[1] == 1 && !q.p[0] && !q.p[1] && !q.p[2] &&
+                !q.p[3] && q.groups == 1;
+  return q;
+}
+
+static int64_t max_chunk_rows(const conv_geom *q) {
+  int64_t rows = IM2COL_BYTES / (q->Kc * (int64_t)kiln_dtype_size(q->t));
+  return rows < CHUNK_ALIGN ? CHUNK_ALIGN : rows;
+}
+
+static bool worth_threads(cg *c, const conv_geom *q) {
+  return c->threads > 1 && 2.0 * (double)q->pixels * (double)q->Kc * (double)q->OC >= THREADED_FLOPS;
+}
+
+/* Chunks of `rows` output pixels: nfull whole ones, then one of `rest` if nonzero. */
+typedef struct {
+  int64_t rows, nfull, rest, nchunks;
+  uint64_t col_bytes;
+} chunking;
+
+static chunking chunks_of(const conv_geom *q, int64_t rows) {
+  chunking k = {.rows = ceil_div(rows, CHUNK_ALIGN) * CHUNK_ALIGN};
+  k.nfull = q->pixels / k.rows;
+  k.rest = q->pixels % k.rows;
+  k.nchunks = k.nfull + (k.rest > 0);
+  k.col_bytes = align64((uint64_t)(k.rows * q->Kc) * kiln_dtype_size(q->t));
+  return k;
+}
+
+/* ---- im2col ---- */
+
+typedef struct {
+  const conv_geom *q;
+  LLVMValueRef x, col, n, oh, ow, g;
+} im2col_ctx;
+
+/* col[(kh*KW + kw)*icg + ic] = x[n, ih, iw, g*icg + ic], or 0 in the padding: one
+ * output pixel's row. */
+static void im2col_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
+  im2col_ctx *m = vctx;
+  const conv_geom *q = m->q;
+  LLVMValueRef kh = ivs[0], kw = ivs[1];
+  LLVMValueRef ih = LLVMBuildSub(c->b, add(c, mul(c, m->oh, cg_i64(c, q->s[0])), mul(c, kh, cg_i64(c, q->d[0]))), cg_i64(c, q->p[0]), "");
+  LLVMValueRef iw = LLVMBuildSub(c->b, add(c, mul(c, m->ow, cg_i64(c, q->s[1])), mul(c, kw, cg_i64(c, q->d[1]))), cg_i64(c, q->p[1]), "");
+  /* Unsigned compare folds the < 0 and >= size checks into one. */
+  LLVMValueRef ok = LLVMBuildAnd(c->b, LLVMBuildICmp(c->b, LLVMIntULT, ih, cg_i64(c, q->H), ""),
+                                 LLVMBuildICmp(c->b, LLVMIntULT, iw, cg_i64(c, q->W), ""), "");
+  LLVMValueRef cbase = mul(c, add(c, mul(c, kh, cg_i64(c, q->KW)), kw), cg_i64(c, q->icg));
+  LLVMValueRef xbase = add(c, mul(c, add(c, mul(c, add(c, mul(c, m->n, cg_i64(c, q->H)), ih), cg_i64(c, q->W)), iw), cg_i64(c, q->C)),
+                           mul(c, m->g, cg_i64(c, q->icg)));
+  LLVMBasicBlockRef then = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "in"),
+                    els = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "pad"),
+                    join = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "join");
+  LLVMBuildCondBr(c->b, ok, then, els);
+  cg_loop l;
+  LLVMPositionBuilderAtEnd(c->b, then);
+  LLVMValueRef ic = cg_loop_begin(c, &l, cg_i64(c, 0), cg_i64(c, q->icg), cg_i64(c, 1));
+  cg_store(c, q->t, cg_load(c, q->t, m->x, add(c, xbase, ic)), m->col, add(c, cbase, ic));
+  cg_loop_end(c, &l);
+  LLVMBuildBr(c->b, join);
+  LLVMPositionBuilderAtEnd(c->b, els);
+  ic = cg_loop_begin(c, &l, cg_i64(c, 0), cg_i64(c, q->icg), cg_i64(c, 1));
+  cg_store(c, q->t, cg_const(c, q->t, 0), m->col, add(c, cbase, ic));
+  cg_loop_end(c, &l);
+  LLVMBuildBr(c->b, join);
+  LLVMPositionBuilderAtEnd(c->b, join);
+}
+
+/* col[i] = the im2col row of output pixel r0 + i for group g, i < count. */
+static void im2col_rows(cg *c, const conv_geom *q, LLVMValueRef x, LLVMValueRef col, LLVMValueRef g, LLVMValueRef r0,
+                        LLVMValueRef count) {
+  int64_t per_image = q->OH * q->OW;
+  im2col_ctx m = {.q = q, .x = x, .g = g};
+  cg_loop li;
+  LLVMValueRef i = cg_loop_begin(c, &li, cg_i64(c, 0), count, cg_i64(c, 1));
+  LLVMValueRef pixel = add(c, r0, i), in_image = LLVMBuildSRem(c->b, pixel, cg_i64(c, per_image), "");
+  m.n = LLVMBuildSDiv(c->b, pixel, cg_i64(c, per_image), "");
+  m.oh = LLVMBuildSDiv(c->b, in_image, cg_i64(c, q->OW), "");
+  m.ow = LLVMBuildSRem(c->b, in_image, cg_i64(c, q->OW), "");
+  m.col = offset(c, q->t, col, mul(c, i, cg_i64(c, q->Kc)));
+  cg_nest(c, 2, (int64_t[]){q->KH, q->KW}, im2col_body, &m);
+  cg_loop_end(c, &li);
+}
+
+/* Runs gemm(whole) for chunk index < nfull, else gemm(rest), on the same operands. */
+static void chunk_gemm(cg *c, const chunking *k, LLVMValueRef chunk, const cg_gemm *whole, const cg_gemm *rest,
+                       LLVMValueRef A, LLVMValueRef B, LLVMValueRef C, LLVMValueRef ws) {
+  if (!k->nfull || !k->rest) {
+    cg_gemm_emit(c, k->nfull ? whole : rest, A, B, C, ws);
+    return;
+  }
+  LLVMBasicBlockRef full = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "whole"),
+                    last = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "last"),
+                    join = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "chunk.done");
+  LLVMBuildCondBr(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, chunk, cg_i64(c, k->nfull), ""), full, last);
+  LLVMPositionBuilderAtEnd(c->b, full);
+  cg_gemm_emit(c, whole, A, B, C, ws);
+  LLVMBuildBr(c->b, join);
+  LLVMPositionBuilderAtEnd(c->b, last);
+  cg_gemm_emit(c, rest, A, B, C, ws);
+  LLVMBuildBr(c->b, join);
+  LLVMPositionBuilderAtEnd(c->b, join);
+}
+
+/* Rows [r0, r0 + count) of chunk `chunk`: count = min(rows, pixels - r0). */
+static LLVMValueRef chunk_rows(cg *c, const conv_geom *q, const chunking *k, LLVMValueRef r0) {
+  LLVMValueRef left = LLVMBuildSub(c->b, cg_i64(c, q->pixels), r0, "");
+  return LLVMBuildSelect(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, left, cg_i64(c, k->rows), ""), left, cg_i64(c, k->rows), "");
+}
+
+/* The task's worker: its im2col rows, then its GEMM packing buffers. */
+static LLVMValueRef worker_scratch(cg *c, LLVMValueRef base, LLVMValueRef worker, uint64_t worker_bytes) {
+  return byte_offset(c, base, mul(c, LLVMBuildSExt(c->b, worker, c->i64, ""), cg_i64(c, (int64_t)worker_bytes)));
+}
+
+/* The task context: what every chunk reads and writes. */
+enum { CTX_X, CTX_Y, CTX_OUT, CTX_SCRATCH, CTX_FIELDS };
+
+/* ---- conv2d ---- */
+
+/* out[chunk rows, group columns] = col * w[:, group columns]. */
+static cg_gemm fwd_gemm(const conv_geom *q, int64_t rows) {
+  if (q->pointwise)
+    return (cg_gemm){.t = q->t, .batch = 1, .M = q->pixels, .N = q->OC, .K = q->C, .rsa = q->C, .csa = 1, .rsb = q->OC,
+                     .csb = 1, .ldc = q->OC};
+  return (cg_gemm){.t = q->t, .batch = 1, .M = rows, .N = q->OC / q->groups, .K = q->Kc, .rsa = q->Kc, .csa = 1,
+                   .rsb = q->OC, .csb = 1, .ldc = q->OC, .serial = true, .packed = true};
+}
+
+typedef struct {
+  chunking k;
+  bool threaded;
+  uint64_t worker_bytes;
+} fwd_plan;
+
+/* As many chunks as fit IM2COL_BYTES, rounded up to a multiple of the threads. */
+static fwd_plan plan_fwd(cg *c, const conv_geom *q) {
+  fwd_plan p = {.threaded = worth_threads(c, q)};
+  int64_t chunks = ceil_div(q->pixels, max_chunk_rows(q));
+  if (p.threaded) chunks = ceil_div(chunks, c->threads) * c->threads;
+  p.k = chunks_of(q, ceil_div(q->pixels, chunks));
+  cg_gemm whole = fwd_gemm(q, p.k.rows), rest = fwd_gemm(q, p.k.rest);
+  uint64_t a = cg_gemm_scratch_bytes(c, &whole), b = cg_gemm_scratch_bytes(c, &rest);
+  p.worker_bytes = p.k.col_bytes + align64(a > b ? a : b);
+  return p;
+}
+
+/* Task i: chunk i, group by group its im2col rows, then their GEMM. */
+static LLVMValueRef fwd_task(cg *c, const conv_geom *q, const fwd_plan *p) {
+  char name[48];
+  snprintf(name, sizeof name, "kiln_conv%u_task", c->nconv++);
+  cg_fn_pos sp;
+  LLVMValueRef fn = cg_begin_fn(c, name, cg_task_type(c), &sp), v[CTX_FIELDS];
+  cg_task_ctx_load(c, LLVMGetParam(fn, 0), CTX_FIELDS, v);
+  LLVMValueRef chunk = LLVMGetParam(fn, 1), col = worker_scratch(c, v[CTX_SCRATCH], LLVMGetParam(fn, 2), p->worker_bytes);
+  LLVMValueRef ws = byte_offset(c, col, cg_i64(c, (int64_t)p->k.col_bytes));
+  LLVMValueRef r0 = mul(c, chunk, cg_i64(c, p->k.rows)), count = chunk_rows(c, q, &p->k, r0);
+  int64_t ocg = q->OC / q->groups;
+  cg_gemm whole = fwd_gemm(q, p->k.rows), rest = fwd_gemm(q, p->k.rest);
+  cg_loop lg;
+  LLVMValueRef g = cg_loop_begin(c, &lg, cg_i64(c, 0), cg_i64(c, q->groups), cg_i64(c, 1));
+  im2col_rows(c, q, v[CTX_X], col, g, r0, count);
+  LLVMValueRef B = offset(c, q->t, v[CTX_Y], mul(c, g, cg_i64(c, ocg)));
+  LLVMValueRef C = offset(c, q->t, v[CTX_OUT], add(c, mul(c, r0, cg_i64(c, q->OC)), mul(c, g, cg_i64(c, ocg))));
+  chunk_gemm(c, &p->k, chunk, &whole, &rest, col, B, C, ws);
+  cg_loop_end(c, &lg);
+  LLVMBuildRetVoid(c->b);
+  cg_end_fn(c, &sp);
+  return fn;
+}
+
+void cg_conv2d(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch) {
+  conv_geom q = conv_geometry(c, n);
+  if (kiln_shape_numel(4, n->dims) == 0) return;
+  if (q.pointwise) {
+    cg_gemm mm = fwd_gemm(&q, 0);
+    cg_gemm_emit(c, &mm, in[0], in[1], out, scratch);
+    return;
+  }
+  fwd_plan p = plan_fwd(c, &q);
+  LLVMValueRef vals[CTX_FIELDS] = {in[0], in[1], out, scratch};
+  cg_parallel_for(c, fwd_task(c, &q, &p), cg_task_ctx(c, vals, CTX_FIELDS), p.k.nchunks, p.threaded);
+}
+
+/* ---- conv2d_filter_grad ---- */
+
+/* part[:, group columns] += col^T * dy[chunk rows, group columns]. */
+static cg_gemm fgrad_gemm(const conv_geom *q, int64_t rows) {
+  return (cg_gemm){.t = q->t, .batch = 1, .M = q->Kc, .N = q->OC / q->groups, .K = rows, .rsa = 1, .csa = q->Kc,
+                   .rsb = q->OC, .csb = 1, .ldc = q->OC, .serial = true, .packed = true, .accumulate = true};
+}
+
+typedef struct {
+  chunking k;
+  int64_t per_part, nparts;
+  bool threaded;
+  uint64_t part_bytes, worker_bytes;
+} fgrad_plan;
+
+/* Scratch: parts 1.. (part 0 is the output), then each worker's. */
+static fgrad_plan plan_fgrad(cg *c, const conv_geom *q) {
+  fgrad_plan p = {.threaded = worth_threads(c, q)};
+  p.k = chunks_of(q, min64(max_chunk_rows(q), ceil_div(q->pixels, FGRAD_PARTS)));
+  p.per_part = ceil_div(p.k.nchunks, FGRAD_PARTS);
+  p.nparts = ceil_div(p.k.nchunks, p.per_part);
+  p.part_bytes = align64((uint64_t)(q->Kc * q->OC) * kiln_dtype_size(q->t));
+  cg_gemm whole = fgrad_gemm(q, p.k.rows), rest = fgrad_gemm(q, p.k.rest);
+  uint64_t a = cg_gemm_scratch_bytes(c, &whole), b = cg_gemm_scratch_bytes(c, &rest);
+  p.worker_bytes = p.k.col_bytes + align64(a > b ? a : b);
+  return p;
+}
+
+static uint64_t fgrad_parts_bytes(const fgrad_plan *p) { return (uint64_t)(p->nparts - 1) * p->part_bytes; }
+
+/* The buffer part `part` accumulates into. */
+static LLVMValueRef part_buffer(cg *c, const fgrad_plan *p, LLVMValueRef out, LLVMValueRef scratch, LLVMValueRef part) {
+  LLVMValueRef first = LLVMBuildICmp(c->b, LLVMIntEQ, part, cg_i64(c, 0), "");
+  LLVMValueRef other = byte_offset(c, scratch, mul(c, LLVMBuildSub(c->b, part, cg_i64(c, 1), ""), cg_i64(c, (int64_t)p->part_bytes)));
+  return LLVMBuildSelect(c->b, first, out, other, "");
+}
+
+/* Task i: part i, zeroed, then += each of its chunks in order, group by group. */
+static LLVMValueRef fgrad_task(cg *c, const conv_geom *q, const fgrad_plan *p) {
+  char name[48];
+  snprintf(name, sizeof name, "kiln_conv%u_filter_grad_task", c->nconv++);
+  cg_fn_pos sp;
+  LLVMValueRef fn = cg_begin_fn(c, name, cg_task_type(c), &sp), v[CTX_FIELDS];
+  cg_task_ctx_load(c, LLVMGetParam(fn, 0), CTX_FIELDS, v);
+  LLVMValueRef part = LLVMGetParam(fn, 1);
+  LLVMValueRef col = worker_scratch(c, byte_offset(c, v[CTX_SCRATCH], cg_i64(c, (int64_t)fgrad_parts_bytes(p))),
+                                    LLVMGetParam(fn, 2), p->worker_bytes);
+  LLVMValueRef ws = byte_offset(c, col, cg_i64(c, (int64_t)p->k.col_bytes));
+  LLVMValueRef acc = part_buffer(c, p, v[CTX_OUT], v[CTX_SCRATCH], part);
+  LLVMBuildMemSet(c->b, acc, LLVMConstInt(c->i8, 0, 0), cg_i64(c, q->Kc * q->OC * (int64_t)kiln_dtype_size(q->t)), 4);
+  LLVMValueRef first = mul(c, part, cg_i64(c, p->per_part));
+  LLVMValueRef end = LLVMBuildSelect(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, add(c, first, cg_i64(c, p->per_part)), cg_i64(c, p->k.nchunks), ""),
+                                     add(c, first, cg_i64(c, p->per_part)), cg_i64(c, p->k.nchunks), "");
+  int64_t ocg = q->OC / q->groups;
+  cg_gemm whole = fgrad_gemm(q, p->k.rows), rest = fgrad_gemm(q, p->k.rest);
+  cg_loop lc, lg;
+  LLVMValueRef chunk = cg_loop_begin(c, &lc, first, end, cg_i64(c, 1));
+  LLVMValueRef r0 = mul(c, chunk, cg_i64(c, p->k.rows)), count = chunk_rows(c, q, &p->k, r0);
+  LLVMValueRef g = cg_loop_begin(c, &lg, cg_i64(c, 0), cg_i64(c, q->groups), cg_i64(c, 1));
+  im2col_rows(c, q, v[CTX_X], col, g, r0, count);
+  LLVMValueRef B = offset(c, q->t, v[CTX_Y], add(c, mul(c, r0, cg_i64(c, q->OC)), mul(c, g, cg_i64(c, ocg))));
+  LLVMValueRef C = offset(c, q->t, acc, mul(c, g, cg_i64(c, ocg)));
+  chunk_gemm(c, &p->k, chunk, &whole, &rest, col, B, C, ws);
+  cg_loop_end(c, &lg);
+  cg_loop_end(c, &lc);
+  LLVMBuildRetVoid(c->b);
+  cg_end_fn(c, &sp);
+  return fn;
+}
+
+void cg_conv2d_filter_grad(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch) {
+  conv_geom q = conv_geometry(c, n);
+  int64_t elems = kiln_shape_numel(4, n->dims);
+  if (elems == 0) return;
+  if (q.pixels == 0) { /* an empty batch: an empty sum */
+    LLVMBuildMemSet(c->b, out, LLVMConstInt(c->i8, 0, 0), cg_i64(c, elems * (int64_t)kiln_dtype_size(q.t)), 4);
+    return;
+  }
+  fgrad_plan p = plan_fgrad(c, &q);
+  LLVMValueRef vals[CTX_FIELDS] = {in[0], in[1], out, scratch};
+  cg_parallel_for(c, fgrad_task(c, &q, &p), cg_task_ctx(c, vals, CTX_FIELDS), p.nparts, p.threaded);
+  /* out += part 1, part 2, ... in order */
+  cg_loop lp, le;
+  LLVMValueRef part = cg_loop_begin(c, &lp, cg_i64(c, 1), cg_i64(c, p.nparts), cg_i64(c, 1));
+  LLVMValueRef src = part_buffer(c, &p, out, scratch, part);
+  LLVMValueRef e = cg_loop_begin(c, &le, cg_i64(c, 0), cg_i64(c, elems), cg_i64(c, 1));
+  cg_store(c, q.t, cg_binary(c, KILN_OP_ADD, q.t, cg_load(c, q.t, out, e), cg_load(c, q.t, src, e)), out, e);
+  cg_loop_end(c, &le);
+  cg_loop_end(c, &lp);
+}
+
+uint64_t cg_conv_scratch_bytes(cg *c, const kiln_node *n) {
+  conv_geom q = conv_geometry(c, n);
+  if (kiln_shape_numel(4, n->dims) == 0 || q.pixels == 0) return 0;
+  if (n->op == KILN_OP_CONV2D_FILTER_GRAD) {
+    fgrad_plan p = plan_fgrad(c, &q);
+    return fgrad_parts_bytes(&p) + p.worker_bytes * (uint64_t)(p.threaded ? c->threads : 1);
+  }
+  if (q.pointwise) {
+    cg_gemm g = fwd_gemm(&q, 0);
+    return cg_gemm_scratch_bytes(c, &g);
+  }
+  fwd_plan p = plan_fwd(c, &q);
+  return p.worker_bytes * (uint64_t)(p.threaded ? c->threads : 1);
+}
