@@ -101,10 +101,17 @@ KILN_INTERNAL LLVMValueRef cg_begin_fn(cg *c, const char *name, LLVMTypeRef fty,
 KILN_INTERNAL void cg_end_fn(cg *c, const cg_fn_pos *saved);
 /* void task(ptr ctx, i64 task, i32 worker) */
 KILN_INTERNAL LLVMTypeRef cg_task_type(cg *c);
-/* A task context: n pointers, stored in / loaded from a struct on the kernel's stack. */
+/* A task context: n pointers in a struct on the kernel's stack. */
 enum { CG_TASK_CTX_MAX = 8 };
 KILN_INTERNAL LLVMValueRef cg_task_ctx(cg *c, const LLVMValueRef *ptrs, unsigned n);
-KILN_INTERNAL void cg_task_ctx_load(cg *c, LLVMValueRef ctx, unsigned n, LLVMValueRef *ptrs);
+/* Starts a task function `name` over an n-pointer context and returns it; the
+ * builder is left in its body, which gets the pointers as arguments (ptrs), the
+ * task index and the worker. Pointers whose bit is set in `written` are noalias:
+ * the kernel writes only through them, to memory no other pointer reaches, which
+ * lets LLVM keep loads in registers and vectorize copies. cg_task_end closes it. */
+KILN_INTERNAL LLVMValueRef cg_task_begin(cg *c, const char *name, unsigned n, unsigned written, cg_fn_pos *saved,
+                                         LLVMValueRef *ptrs, LLVMValueRef *index, LLVMValueRef *worker);
+KILN_INTERNAL void cg_task_end(cg *c, const cg_fn_pos *saved);
 /* Runs task(ctx, i, worker) for i < ntasks: through the kernel's kiln_parallel when
  * threaded and there is one at run time, else in order on worker 0. */
 KILN_INTERNAL void cg_parallel_for(cg *c, LLVMValueRef task, LLVMValueRef ctx, int64_t ntasks, bool threaded);

@@ -19,7 +19,7 @@
 #include <stdio.h>
 #include "codegen/cg.h"
 
-enum { IM2COL_BYTES = 2 << 20, CHUNK_ALIGN = 12, FGRAD_PARTS = 8 };
+enum { IM2COL_BYTES = 512 << 10, CHUNK_ALIGN = 12, FGRAD_PARTS = 8 };
 /* Below this much arithmetic a convolution is not worth waking the other threads. */
 #define THREADED_FLOPS 2e6
 
@@ -171,7 +171,7 @@ static LLVMValueRef worker_scratch(cg *c, LLVMValueRef base, LLVMValueRef worker
 }
 
 /* The task context: what every chunk reads and writes. */
-enum { CTX_X, CTX_Y, CTX_OUT, CTX_SCRATCH, CTX_FIELDS };
+enum { CTX_X, CTX_Y, CTX_OUT, CTX_SCRATCH, CTX_FIELDS, CTX_WRITTEN = 1 << CTX_OUT | 1 << CTX_SCRATCH };
 
 /* ---- conv2d ---- */
 
@@ -207,9 +207,9 @@ static LLVMValueRef fwd_task(cg *c, const conv_geom *q, const fwd_plan *p) {
   char name[48];
   snprintf(name, sizeof name, "kiln_conv%u_task", c->nconv++);
   cg_fn_pos sp;
-  LLVMValueRef fn = cg_begin_fn(c, name, cg_task_type(c), &sp), v[CTX_FIELDS];
-  cg_task_ctx_load(c, LLVMGetParam(fn, 0), CTX_FIELDS, v);
-  LLVMValueRef chunk = LLVMGetParam(fn, 1), col = worker_scratch(c, v[CTX_SCRATCH], LLVMGetParam(fn, 2), p->worker_bytes);
+  LLVMValueRef v[CTX_FIELDS], chunk, worker;
+  LLVMValueRef fn = cg_task_begin(c, name, CTX_FIELDS, CTX_WRITTEN, &sp, v, &chunk, &worker);
+  LLVMValueRef col = worker_scratch(c, v[CTX_SCRATCH], worker, p->worker_bytes);
   LLVMValueRef ws = byte_offset(c, col, cg_i64(c, (int64_t)p->k.col_bytes));
   LLVMValueRef r0 = mul(c, chunk, cg_i64(c, p->k.rows)), count = chunk_rows(c, q, &p->k, r0);
   int64_t ocg = q->OC / q->groups;
@@ -221,8 +221,7 @@ static LLVMValueRef fwd_task(cg *c, const conv_geom *q, const fwd_plan *p) {
   LLVMValueRef C = offset(c, q->t, v[CTX_OUT], add(c, mul(c, r0, cg_i64(c, q->OC)), mul(c, g, cg_i64(c, ocg))));
   chunk_gemm(c, &p->k, chunk, &whole, &rest, col, B, C, ws);
   cg_loop_end(c, &lg);
-  LLVMBuildRetVoid(c->b);
-  cg_end_fn(c, &sp);
+  cg_task_end(c, &sp);
   return fn;
 }
 
@@ -281,11 +280,10 @@ static LLVMValueRef fgrad_task(cg *c, const conv_geom *q, const fgrad_plan *p) {
   char name[48];
   snprintf(name, sizeof name, "kiln_conv%u_filter_grad_task", c->nconv++);
   cg_fn_pos sp;
-  LLVMValueRef fn = cg_begin_fn(c, name, cg_task_type(c), &sp), v[CTX_FIELDS];
-  cg_task_ctx_load(c, LLVMGetParam(fn, 0), CTX_FIELDS, v);
-  LLVMValueRef part = LLVMGetParam(fn, 1);
+  LLVMValueRef v[CTX_FIELDS], part, worker;
+  LLVMValueRef fn = cg_task_begin(c, name, CTX_FIELDS, CTX_WRITTEN, &sp, v, &part, &worker);
   LLVMValueRef col = worker_scratch(c, byte_offset(c, v[CTX_SCRATCH], cg_i64(c, (int64_t)fgrad_parts_bytes(p))),
-                                    LLVMGetParam(fn, 2), p->worker_bytes);
+                                    worker, p->worker_bytes);
   LLVMValueRef ws = byte_offset(c, col, cg_i64(c, (int64_t)p->k.col_bytes));
   LLVMValueRef acc = part_buffer(c, p, v[CTX_OUT], v[CTX_SCRATCH], part);
   LLVMBuildMemSet(c->b, acc, LLVMConstInt(c->i8, 0, 0), cg_i64(c, q->Kc * q->OC * (int64_t)kiln_dtype_size(q->t)), 4);
@@ -304,8 +302,7 @@ static LLVMValueRef fgrad_task(cg *c, const conv_geom *q, const fgrad_plan *p) {
   chunk_gemm(c, &p->k, chunk, &whole, &rest, col, B, C, ws);
   cg_loop_end(c, &lg);
   cg_loop_end(c, &lc);
-  LLVMBuildRetVoid(c->b);
-  cg_end_fn(c, &sp);
+  cg_task_end(c, &sp);
   return fn;
 }
 

@@ -14,13 +14,17 @@
  *   Packing makes every transpose the same speed inside the micro-kernel.
  * - direct (a few rows, B rows contiguous: MLP inference at small batch): no
  *   packing, whose cost would match the arithmetic; DR x NV tiles read B in place.
+ * - dot (one column, A rows and B's column contiguous: a Dense(1) layer, the input
+ *   gradient of a one-channel convolution): each element is a dot product
+ *   vectorized over K, DOT_ROWS rows sharing each load of B; a 16-column
+ *   register tile would compute 15 columns of padding.
  *
  * Packing buffers are per worker, in the kernel's scratch: `threads` copies. */
 #include <stdio.h>
 #include <stdlib.h>
 #include "codegen/cg.h"
 
-enum { NV = 2, DR = 6, KC = 256, NC_BYTES = 1024 * 1024, CTX_FIELDS = 4 };
+enum { NV = 2, DR = 6, KC = 256, NC_BYTES = 1024 * 1024, CTX_FIELDS = 4, DOT_ROWS = 4 };
 /* A single row of C (batch-1 inference) takes tiles this many vectors wide, so each
  * k streams a long contiguous run of B's row instead of hopping between rows. */
 enum { ROW_NV = 8, TILE_NV = ROW_NV };
@@ -29,7 +33,7 @@ enum { ROW_NV = 8, TILE_NV = ROW_NV };
 enum { F_A, F_B, F_C, F_WS };
 
 typedef struct {
-  bool direct;
+  bool direct, dot;
   int64_t mc, nc, mt, nt, ntasks;
   uint64_t worker_bytes;
 } gemm_plan;
@@ -45,7 +49,21 @@ static int64_t nr_of(cg *c, kiln_dtype t) { return NV * vec_w(c, t); }
  * thread the fewest register tiles. */
 static int threads_of(const cg *c, const cg_gemm *g) { return c->threads > 1 && !g->serial ? c->threads : 1; }
 
+/* Rows split between the threads when the batch does not occupy them. */
+static gemm_plan plan_dot(cg *c, const cg_gemm *g) {
+  gemm_plan p = {.dot = true, .mc = g->M, .nc = 1, .nt = 1};
+  int threads = threads_of(c, g);
+  if (g->batch < threads) p.mc = round_up(ceil_div(g->M, ceil_div(threads, g->batch)), DOT_ROWS);
+  p.mt = ceil_div(g->M, p.mc);
+  p.ntasks = g->batch * p.mt;
+  if (getenv("KILN_GEMM_DEBUG"))
+    fprintf(stderr, "gemm %lldx1x%lld batch %lld: dot mc %lld\n", (long long)g->M, (long long)g->K, (long long)g->batch,
+            (long long)p.mc);
+  return p;
+}
+
 static gemm_plan plan_gemm(cg *c, const cg_gemm *g) {
+  if (g->N == 1 && g->csa == 1 && g->rsb == 1 && !g->accumulate) return plan_dot(c, g);
   gemm_plan p = {0};
   int64_t es = (int64_t)kiln_dtype_size(g->t), MR = mr_of(c), NR = nr_of(c, g->t);
   p.direct = g->M < 2 * DR && g->csb == 1 && !g->packed && !g->accumulate;
@@ -369,6 +387,50 @@ static void direct_block(cg *c, kiln_dtype t, LLVMValueRef A, LLVMValueRef rsa, 
   if_end(c, &f);
 }
 
+/* ---- the dot path ---- */
+
+/* C[i, 0] = sum over k of A[i, k] * B[k, 0] for i in [ia, ib), `rows` rows at a
+ * time: one vector accumulator per row over whole vectors of K, reduced, then the
+ * remaining K scalar. A row sums the same way whichever group it is in. */
+static void dot_rows(cg *c, kiln_dtype t, int rows, LLVMValueRef A, int64_t rsa, LLVMValueRef B, LLVMValueRef C,
+                     int64_t ldc, int64_t K, LLVMValueRef ia, LLVMValueRef ib) {
+  int64_t w = vec_w(c, t), kv = K / w * w;
+  LLVMTypeRef vt = LLVMVectorType(cg_type(c, t), (unsigned)w);
+  unsigned align = (unsigned)kiln_dtype_size(t);
+  bool fl = kiln_dtype_is_float(t);
+  cg_loop li, lk;
+  LLVMValueRef i = cg_loop_begin(c, &li, ia, ib, imm(c, rows));
+  LLVMValueRef sum[DOT_ROWS];
+  if (kv > 0) {
+    LLVMValueRef acc_slot[DOT_ROWS];
+    for (int r = 0; r < rows; r++) {
+      acc_slot[r] = cg_entry_alloca(c, vt, 64);
+      LLVMBuildStore(c->b, LLVMConstNull(vt), acc_slot[r]);
+    }
+    LLVMValueRef k = cg_loop_begin(c, &lk, imm(c, 0), imm(c, kv), imm(c, w));
+    LLVMValueRef b = vload(c, vt, t, B, k, align);
+    for (int r = 0; r < rows; r++) {
+      LLVMValueRef a = vload(c, vt, t, A, add(c, mul(c, add(c, i, imm(c, r)), imm(c, rsa)), k), align);
+      LLVMBuildStore(c->b, madd(c, t, a, b, LLVMBuildLoad2(c->b, vt, acc_slot[r], "")), acc_slot[r]);
+    }
+    cg_loop_end(c, &lk);
+    for (int r = 0; r < rows; r++) {
+      LLVMValueRef acc = LLVMBuildLoad2(c->b, vt, acc_slot[r], "");
+      sum[r] = fl ? cg_fast(cg_call_intrinsic(c, "llvm.vector.reduce.fadd", vt, (LLVMValueRef[]){cg_const(c, t, 0), acc}, 2), true)
+                  : cg_call_intrinsic(c, "llvm.vector.reduce.add", vt, &acc, 1);
+    }
+  } else {
+    for (int r = 0; r < rows; r++) sum[r] = cg_const(c, t, 0);
+  }
+  for (int64_t k = kv; k < K; k++) /* fewer than one vector: unrolled */
+    for (int r = 0; r < rows; r++) {
+      LLVMValueRef a = cg_load(c, t, A, add(c, mul(c, add(c, i, imm(c, r)), imm(c, rsa)), imm(c, k)));
+      sum[r] = madd(c, t, a, cg_load(c, t, B, imm(c, k)), sum[r]);
+    }
+  for (int r = 0; r < rows; r++) cg_store(c, t, sum[r], C, mul(c, add(c, i, imm(c, r)), imm(c, ldc)));
+  cg_loop_end(c, &li);
+}
+
 /* ---- the task ---- */
 
 /* The call site's task function: all sizes and strides are constants. */
@@ -380,16 +442,15 @@ static LLVMValueRef task_fn(cg *c, const cg_gemm *g, const gemm_plan *p) {
   /* micro[packed][narrow]: A in place or packed; NV vectors wide or one (the last,
    * narrow column panel, which would otherwise compute mostly padding) */
   LLVMValueRef micro[2][2] = {{NULL, NULL}, {NULL, NULL}};
-  for (int packed = 0; packed < 2 && !p->direct; packed++)
+  for (int packed = 0; packed < 2 && !p->direct && !p->dot; packed++)
     for (int narrow = 0; narrow < 2; narrow++) {
       snprintf(name, sizeof name, "kiln_gemm%u_micro%s%s", id, packed ? "_packed" : "", narrow ? "_narrow" : "");
       micro[packed][narrow] = micro_fn(c, t, name, g->ldc, packed ? 1 : g->rsa, packed ? MR : g->csa, narrow ? 1 : NV);
     }
   snprintf(name, sizeof name, "kiln_gemm%u_task", id);
   cg_fn_pos sp;
-  LLVMValueRef fn = cg_begin_fn(c, name, cg_task_type(c), &sp);
-  LLVMValueRef task = LLVMGetParam(fn, 1), worker = LLVMGetParam(fn, 2), v[CTX_FIELDS];
-  cg_task_ctx_load(c, LLVMGetParam(fn, 0), CTX_FIELDS, v);
+  LLVMValueRef task, worker, v[CTX_FIELDS];
+  LLVMValueRef fn = cg_task_begin(c, name, CTX_FIELDS, 1 << F_C | 1 << F_WS, &sp, v, &task, &worker);
   LLVMValueRef per_batch = imm(c, p->mt * p->nt), nt = imm(c, p->nt);
   LLVMValueRef bi = LLVMBuildSDiv(c->b, task, per_batch, ""), rest = LLVMBuildSRem(c->b, task, per_batch, "");
   LLVMValueRef i0 = mul(c, LLVMBuildSDiv(c->b, rest, nt, ""), imm(c, p->mc));
@@ -398,10 +459,16 @@ static LLVMValueRef task_fn(cg *c, const cg_gemm *g, const gemm_plan *p) {
   LLVMValueRef A = at(c, t, v[F_A], mul(c, bi, imm(c, g->bsa))), B = at(c, t, v[F_B], mul(c, bi, imm(c, g->bsb))),
                C = at(c, t, v[F_C], mul(c, bi, imm(c, g->bsc)));
   LLVMValueRef rsa = imm(c, g->rsa), csa = imm(c, g->csa), rsb = imm(c, g->rsb), csb = imm(c, g->csb), ldc = imm(c, g->ldc);
+  if (p->dot) {
+    LLVMValueRef ifull = whole(c, i0, i1, DOT_ROWS);
+    dot_rows(c, t, DOT_ROWS, A, g->rsa, B, C, g->ldc, g->K, i0, ifull);
+    dot_rows(c, t, 1, A, g->rsa, B, C, g->ldc, g->K, ifull, i1);
+    cg_task_end(c, &sp);
+    return fn;
+  }
   if (p->direct) {
     direct_block(c, t, A, rsa, csa, B, rsb, C, ldc, imm(c, g->K), i0, i1, j0, j1);
-    LLVMBuildRetVoid(c->b);
-    cg_end_fn(c, &sp);
+    cg_task_end(c, &sp);
     return fn;
   }
   LLVMValueRef ws = LLVMBuildGEP2(c->b, c->i8, v[F_WS],
@@ -442,8 +509,7 @@ static LLVMValueRef task_fn(cg *c, const cg_gemm *g, const gemm_plan *p) {
   cg_loop_end(c, &lj);
   cg_loop_end(c, &li);
   cg_loop_end(c, &lp);
-  LLVMBuildRetVoid(c->b);
-  cg_end_fn(c, &sp);
+  cg_task_end(c, &sp);
   return fn;
 }
 

@@ -4,6 +4,7 @@
  * A task function is `void task(ctx, int64 task, int32 worker)`, the signature of
  * kiln_parallel's run (runtime/thread_pool.h); ctx is a struct of pointers on the
  * kernel's stack. The worker index selects the task's private scratch. */
+#include <stdio.h>
 #include "codegen/cg.h"
 
 LLVMValueRef cg_entry_alloca(cg *c, LLVMTypeRef ty, unsigned align) {
@@ -54,9 +55,39 @@ LLVMValueRef cg_task_ctx(cg *c, const LLVMValueRef *ptrs, unsigned n) {
   return ctx;
 }
 
-void cg_task_ctx_load(cg *c, LLVMValueRef ctx, unsigned n, LLVMValueRef *ptrs) {
-  LLVMTypeRef ty = ctx_type(c, n);
-  for (unsigned i = 0; i < n; i++) ptrs[i] = LLVMBuildLoad2(c->b, c->ptr, LLVMBuildStructGEP2(c->b, ty, ctx, i, ""), "");
+LLVMValueRef cg_task_begin(cg *c, const char *name, unsigned n, unsigned written, cg_fn_pos *saved, LLVMValueRef *ptrs,
+                           LLVMValueRef *index, LLVMValueRef *worker) {
+  /* The thunk: void name(ctx, task, worker) { name_body(ctx[0], ..., ctx[n-1], task, worker); } */
+  LLVMValueRef thunk = cg_begin_fn(c, name, cg_task_type(c), saved);
+  LLVMTypeRef ps[CG_TASK_CTX_MAX + 2], ty = ctx_type(c, n);
+  LLVMValueRef args[CG_TASK_CTX_MAX + 2];
+  for (unsigned i = 0; i < n; i++) {
+    ps[i] = c->ptr;
+    args[i] = LLVMBuildLoad2(c->b, c->ptr, LLVMBuildStructGEP2(c->b, ty, LLVMGetParam(thunk, 0), i, ""), "");
+  }
+  ps[n] = c->i64, ps[n + 1] = c->i32;
+  args[n] = LLVMGetParam(thunk, 1), args[n + 1] = LLVMGetParam(thunk, 2);
+  char body_name[96];
+  snprintf(body_name, sizeof body_name, "%s_body", name);
+  LLVMTypeRef bty = LLVMFunctionType(c->void_t, ps, n + 2, 0);
+  LLVMValueRef body = LLVMAddFunction(c->mod, body_name, bty);
+  LLVMSetLinkage(body, LLVMInternalLinkage);
+  unsigned noalias = LLVMGetEnumAttributeKindForName("noalias", 7);
+  for (unsigned i = 0; i < n; i++)
+    if (written & (1u << i)) LLVMAddAttributeAtIndex(body, i + 1, LLVMCreateEnumAttribute(c->ctx, noalias, 0));
+  LLVMBuildCall2(c->b, bty, body, args, n + 2, "");
+  LLVMBuildRetVoid(c->b);
+  c->fn = body;
+  LLVMPositionBuilderAtEnd(c->b, LLVMAppendBasicBlockInContext(c->ctx, body, "entry"));
+  for (unsigned i = 0; i < n; i++) ptrs[i] = LLVMGetParam(body, i);
+  *index = LLVMGetParam(body, n);
+  *worker = LLVMGetParam(body, n + 1);
+  return thunk;
+}
+
+void cg_task_end(cg *c, const cg_fn_pos *saved) {
+  LLVMBuildRetVoid(c->b);
+  cg_end_fn(c, saved);
 }
 
 static void serial_tasks(cg *c, LLVMValueRef task, LLVMValueRef ctx, int64_t ntasks) {

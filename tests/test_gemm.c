@@ -50,6 +50,7 @@ static void test_matmul_edges_and_transposes(void **s) {
   static const int64_t shapes[][3] = {
       {1, 1, 1},    {1, 300, 784}, {3, 40, 5},     {5, 17, 3},     {11, 33, 7},  {12, 32, 256},
       {13, 31, 257}, {25, 100, 300}, {24, 64, 512}, {130, 65, 513}, {37, 129, 2}, {200, 7, 40}, {7, 260, 33},
+      {37, 1, 300}, {5, 1, 7},  {1, 1, 40},   {203, 1, 64}, /* one column: the dot path (K tails, row remainders) */
   };
   trng r = {7};
   for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
@@ -60,6 +61,8 @@ static void test_matmul_edges_and_transposes(void **s) {
     check_matmul(&r, KILN_F32, 4, 2, 17, 9, tr & 1, tr & 2);
     check_matmul(&r, KILN_F64, 2, 29, 19, 300, tr & 1, tr & 2);
     check_matmul(&r, KILN_I32, 2, 13, 33, 11, tr & 1, tr & 2);
+    check_matmul(&r, KILN_F64, 2, 29, 1, 35, tr & 1, tr & 2);
+    check_matmul(&r, KILN_I32, 3, 13, 1, 33, tr & 1, tr & 2);
   }
 }
 
