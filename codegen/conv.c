@@ -9,18 +9,16 @@
  *  - conv2d: out[chunk rows] = col * w, group by group; chunks are independent
  *    tasks. 1x1/stride-1/unpadded convolutions skip im2col: one GEMM over every
  *    pixel.
- *  - conv2d_filter_grad: dw = sum over chunks of col^T * dy[chunk rows]. A sum
- *    over chunks must not depend on the thread count, so the chunks are grouped
- *    into at most FGRAD_PARTS parts fixed by the shapes alone; a task accumulates
- *    its part's chunks in order into the part's buffer (part 0: the output), and
- *    the parts are added in order at the end.
+ *  - conv2d_filter_grad: dw = sum over chunks of col^T * dy[chunk rows]. The
+ *    chunks are grouped into parts (conv.h); a task accumulates its part's
+ *    chunks in order into the part's buffer.
+ * Small filters (a first layer's) take the direct kernels of conv_direct.c.
  * Chunk GEMMs are always packed: the direct path groups K differently, and a
  * chunk's row count (conv2d) depends on the thread count. */
 #include <stdio.h>
-#include "codegen/cg.h"
+#include "codegen/conv.h"
 
-enum { IM2COL_BYTES = 512 << 10, CHUNK_ALIGN = 12, FGRAD_PARTS = 8 };
-/* Below this much arithmetic a convolution is not worth waking the other threads. */
+enum { IM2COL_BYTES = 512 << 10, CHUNK_ALIGN = 12 };
 #define THREADED_FLOPS 2e6
 
 static LLVMValueRef add(cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildAdd(c->b, a, b, ""); }
@@ -35,19 +33,11 @@ static uint64_t align64(uint64_t x) { return (x + 63) & ~(uint64_t)63; }
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
-typedef struct {
-  kiln_dtype t;
-  int64_t H, W, C, icg, KH, KW, s[2], d[2], p[4], OH, OW, OC, groups, Kc;
-  int64_t pixels; /* output pixels of the batch: im2col rows */
-  bool pointwise;
-} conv_geom;
-
-/* conv2d(x, w) -> y, or conv2d_filter_grad(x, dy) -> dw: the same convolution. */
-static conv_geom conv_geometry(cg *c, const kiln_node *n) {
+conv_geom cg_conv_geometry(cg *c, const kiln_node *n) {
   bool fgrad = n->op == KILN_OP_CONV2D_FILTER_GRAD;
   const kiln_node *x = &c->g->nodes[n->inputs[0]];
   const kiln_node *w = fgrad ? n : &c->g->nodes[n->inputs[1]], *y = fgrad ? &c->g->nodes[n->inputs[1]] : n;
-  conv_geom q = {.t = (kiln_dtype)n->dtype, .H = x->dims[1], .W = x->dims[2], .C = x->dims[3], .icg = w->dims[2],
+  conv_geom q = {.t = (kiln_dtype)n->dtype, .N = x->dims[0], .H = x->dims[1], .W = x->dims[2], .C = x->dims[3], .icg = w->dims[2],
                  .KH = w->dims[0], .KW = w->dims[1], .OH = y->dims[1], .OW = y->dims[2], .OC = y->dims[3],
                  .groups = kiln_attr_int(n, KILN_ATTR_GROUPS, 1)};
   kiln_attr_ints(n, KILN_ATTR_STRIDES, q.s);
@@ -65,7 +55,7 @@ static int64_t max_chunk_rows(const conv_geom *q) {
   return rows < CHUNK_ALIGN ? CHUNK_ALIGN : rows;
 }
 
-static bool worth_threads(cg *c, const conv_geom *q) {
+bool cg_conv_worth_threads(cg *c, const conv_geom *q) {
   return c->threads > 1 && 2.0 * (double)q->pixels * (double)q->Kc * (double)q->OC >= THREADED_FLOPS;
 }
 
@@ -192,7 +182,7 @@ typedef struct {
 
 /* As many chunks as fit IM2COL_BYTES, rounded up to a multiple of the threads. */
 static fwd_plan plan_fwd(cg *c, const conv_geom *q) {
-  fwd_plan p = {.threaded = worth_threads(c, q)};
+  fwd_plan p = {.threaded = cg_conv_worth_threads(c, q)};
   int64_t chunks = ceil_div(q->pixels, max_chunk_rows(q));
   if (p.threaded) chunks = ceil_div(chunks, c->threads) * c->threads;
   p.k = chunks_of(q, ceil_div(q->pixels, chunks));
@@ -226,11 +216,15 @@ static LLVMValueRef fwd_task(cg *c, const conv_geom *q, const fwd_plan *p) {
 }
 
 void cg_conv2d(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch) {
-  conv_geom q = conv_geometry(c, n);
+  conv_geom q = cg_conv_geometry(c, n);
   if (kiln_shape_numel(4, n->dims) == 0) return;
   if (q.pointwise) {
     cg_gemm mm = fwd_gemm(&q, 0);
     cg_gemm_emit(c, &mm, in[0], in[1], out, scratch);
+    return;
+  }
+  if (cg_conv_direct_fits(c, &q)) {
+    cg_conv_direct(c, &q, out, in, scratch);
     return;
   }
   fwd_plan p = plan_fwd(c, &q);
@@ -248,31 +242,45 @@ static cg_gemm fgrad_gemm(const conv_geom *q, int64_t rows) {
 
 typedef struct {
   chunking k;
-  int64_t per_part, nparts;
+  int64_t per_part;
+  conv_parts parts;
   bool threaded;
-  uint64_t part_bytes, worker_bytes;
+  uint64_t worker_bytes;
 } fgrad_plan;
 
 /* Scratch: parts 1.. (part 0 is the output), then each worker's. */
 static fgrad_plan plan_fgrad(cg *c, const conv_geom *q) {
-  fgrad_plan p = {.threaded = worth_threads(c, q)};
-  p.k = chunks_of(q, min64(max_chunk_rows(q), ceil_div(q->pixels, FGRAD_PARTS)));
-  p.per_part = ceil_div(p.k.nchunks, FGRAD_PARTS);
-  p.nparts = ceil_div(p.k.nchunks, p.per_part);
-  p.part_bytes = align64((uint64_t)(q->Kc * q->OC) * kiln_dtype_size(q->t));
+  fgrad_plan p = {.threaded = cg_conv_worth_threads(c, q)};
+  p.k = chunks_of(q, min64(max_chunk_rows(q), ceil_div(q->pixels, CONV_FGRAD_PARTS)));
+  p.per_part = ceil_div(p.k.nchunks, CONV_FGRAD_PARTS);
+  p.parts = cg_conv_parts(q, ceil_div(p.k.nchunks, p.per_part));
   cg_gemm whole = fgrad_gemm(q, p.k.rows), rest = fgrad_gemm(q, p.k.rest);
   uint64_t a = cg_gemm_scratch_bytes(c, &whole), b = cg_gemm_scratch_bytes(c, &rest);
   p.worker_bytes = p.k.col_bytes + align64(a > b ? a : b);
   return p;
 }
 
-static uint64_t fgrad_parts_bytes(const fgrad_plan *p) { return (uint64_t)(p->nparts - 1) * p->part_bytes; }
+conv_parts cg_conv_parts(const conv_geom *q, int64_t n) {
+  return (conv_parts){.n = n, .bytes = align64((uint64_t)(q->Kc * q->OC) * kiln_dtype_size(q->t))};
+}
 
-/* The buffer part `part` accumulates into. */
-static LLVMValueRef part_buffer(cg *c, const fgrad_plan *p, LLVMValueRef out, LLVMValueRef scratch, LLVMValueRef part) {
+uint64_t cg_conv_parts_bytes(const conv_parts *p) { return (uint64_t)(p->n - 1) * p->bytes; }
+
+LLVMValueRef cg_conv_part_buffer(cg *c, const conv_parts *p, LLVMValueRef out, LLVMValueRef scratch, LLVMValueRef part) {
   LLVMValueRef first = LLVMBuildICmp(c->b, LLVMIntEQ, part, cg_i64(c, 0), "");
-  LLVMValueRef other = byte_offset(c, scratch, mul(c, LLVMBuildSub(c->b, part, cg_i64(c, 1), ""), cg_i64(c, (int64_t)p->part_bytes)));
+  LLVMValueRef other = byte_offset(c, scratch, mul(c, LLVMBuildSub(c->b, part, cg_i64(c, 1), ""), cg_i64(c, (int64_t)p->bytes)));
   return LLVMBuildSelect(c->b, first, out, other, "");
+}
+
+void cg_conv_add_parts(cg *c, const conv_geom *q, const conv_parts *p, LLVMValueRef out, LLVMValueRef scratch) {
+  int64_t elems = q->Kc * q->OC;
+  cg_loop lp, le;
+  LLVMValueRef part = cg_loop_begin(c, &lp, cg_i64(c, 1), cg_i64(c, p->n), cg_i64(c, 1));
+  LLVMValueRef src = cg_conv_part_buffer(c, p, out, scratch, part);
+  LLVMValueRef e = cg_loop_begin(c, &le, cg_i64(c, 0), cg_i64(c, elems), cg_i64(c, 1));
+  cg_store(c, q->t, cg_binary(c, KILN_OP_ADD, q->t, cg_load(c, q->t, out, e), cg_load(c, q->t, src, e)), out, e);
+  cg_loop_end(c, &le);
+  cg_loop_end(c, &lp);
 }
 
 /* Task i: part i, zeroed, then += each of its chunks in order, group by group. */
@@ -282,10 +290,10 @@ static LLVMValueRef fgrad_task(cg *c, const conv_geom *q, const fgrad_plan *p) {
   cg_fn_pos sp;
   LLVMValueRef v[CTX_FIELDS], part, worker;
   LLVMValueRef fn = cg_task_begin(c, name, CTX_FIELDS, CTX_WRITTEN, &sp, v, &part, &worker);
-  LLVMValueRef col = worker_scratch(c, byte_offset(c, v[CTX_SCRATCH], cg_i64(c, (int64_t)fgrad_parts_bytes(p))),
+  LLVMValueRef col = worker_scratch(c, byte_offset(c, v[CTX_SCRATCH], cg_i64(c, (int64_t)cg_conv_parts_bytes(&p->parts))),
                                     worker, p->worker_bytes);
   LLVMValueRef ws = byte_offset(c, col, cg_i64(c, (int64_t)p->k.col_bytes));
-  LLVMValueRef acc = part_buffer(c, p, v[CTX_OUT], v[CTX_SCRATCH], part);
+  LLVMValueRef acc = cg_conv_part_buffer(c, &p->parts, v[CTX_OUT], v[CTX_SCRATCH], part);
   LLVMBuildMemSet(c->b, acc, LLVMConstInt(c->i8, 0, 0), cg_i64(c, q->Kc * q->OC * (int64_t)kiln_dtype_size(q->t)), 4);
   LLVMValueRef first = mul(c, part, cg_i64(c, p->per_part));
   LLVMValueRef end = LLVMBuildSelect(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, add(c, first, cg_i64(c, p->per_part)), cg_i64(c, p->k.nchunks), ""),
@@ -307,32 +315,31 @@ static LLVMValueRef fgrad_task(cg *c, const conv_geom *q, const fgrad_plan *p) {
 }
 
 void cg_conv2d_filter_grad(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch) {
-  conv_geom q = conv_geometry(c, n);
+  conv_geom q = cg_conv_geometry(c, n);
   int64_t elems = kiln_shape_numel(4, n->dims);
   if (elems == 0) return;
   if (q.pixels == 0) { /* an empty batch: an empty sum */
     LLVMBuildMemSet(c->b, out, LLVMConstInt(c->i8, 0, 0), cg_i64(c, elems * (int64_t)kiln_dtype_size(q.t)), 4);
     return;
   }
+  if (cg_conv_direct_fits(c, &q)) {
+    cg_conv_direct_filter_grad(c, &q, out, in, scratch);
+    return;
+  }
   fgrad_plan p = plan_fgrad(c, &q);
   LLVMValueRef vals[CTX_FIELDS] = {in[0], in[1], out, scratch};
-  cg_parallel_for(c, fgrad_task(c, &q, &p), cg_task_ctx(c, vals, CTX_FIELDS), p.nparts, p.threaded);
-  /* out += part 1, part 2, ... in order */
-  cg_loop lp, le;
-  LLVMValueRef part = cg_loop_begin(c, &lp, cg_i64(c, 1), cg_i64(c, p.nparts), cg_i64(c, 1));
-  LLVMValueRef src = part_buffer(c, &p, out, scratch, part);
-  LLVMValueRef e = cg_loop_begin(c, &le, cg_i64(c, 0), cg_i64(c, elems), cg_i64(c, 1));
-  cg_store(c, q.t, cg_binary(c, KILN_OP_ADD, q.t, cg_load(c, q.t, out, e), cg_load(c, q.t, src, e)), out, e);
-  cg_loop_end(c, &le);
-  cg_loop_end(c, &lp);
+  cg_parallel_for(c, fgrad_task(c, &q, &p), cg_task_ctx(c, vals, CTX_FIELDS), p.parts.n, p.threaded);
+  cg_conv_add_parts(c, &q, &p.parts, out, scratch);
 }
 
 uint64_t cg_conv_scratch_bytes(cg *c, const kiln_node *n) {
-  conv_geom q = conv_geometry(c, n);
+  conv_geom q = cg_conv_geometry(c, n);
   if (kiln_shape_numel(4, n->dims) == 0 || q.pixels == 0) return 0;
-  if (n->op == KILN_OP_CONV2D_FILTER_GRAD) {
+  bool fgrad = n->op == KILN_OP_CONV2D_FILTER_GRAD;
+  if (cg_conv_direct_fits(c, &q)) return cg_conv_direct_scratch_bytes(c, &q, fgrad);
+  if (fgrad) {
     fgrad_plan p = plan_fgrad(c, &q);
-    return fgrad_parts_bytes(&p) + p.worker_bytes * (uint64_t)(p.threaded ? c->threads : 1);
+    return cg_conv_parts_bytes(&p.parts) + p.worker_bytes * (uint64_t)(p.threaded ? c->threads : 1);
   }
   if (q.pointwise) {
     cg_gemm g = fwd_gemm(&q, 0);

@@ -122,6 +122,20 @@ static void test_conv_threads(void **s) {
   check_conv(&r, (int64_t[]){1, 64, 64, 128}, (int64_t[]){3, 3, 128, 4}, &(kiln_conv2d_opts){.padding = KILN_PAD_SAME});
 }
 
+/* Small filters (kh*kw*in-channels <= 24) convolve directly from a zero-padded copy:
+ * a first layer on grey images, stride and dilation with out-channel blocks of 2
+ * vectors and a 1-vector tail (48 channels, 9 taps), no padding (no copy), and 24
+ * taps (one vector per block). */
+static void test_conv_small_filters(void **s) {
+  (void)s;
+  trng r = {13};
+  check_conv(&r, (int64_t[]){9, 28, 28, 1}, (int64_t[]){3, 3, 1, 32}, &(kiln_conv2d_opts){.padding = KILN_PAD_SAME});
+  kiln_conv2d_opts strided = {.strides = {2, 1}, .dilations = {1, 2}, .padding = KILN_PAD_EXPLICIT, .pads = {2, 0, 1, 3}};
+  check_conv(&r, (int64_t[]){3, 17, 15, 1}, (int64_t[]){3, 3, 1, 48}, &strided);
+  check_conv(&r, (int64_t[]){2, 12, 13, 3}, (int64_t[]){2, 3, 3, 16}, &(kiln_conv2d_opts){.padding = KILN_PAD_VALID});
+  check_conv(&r, (int64_t[]){2, 9, 10, 6}, (int64_t[]){2, 2, 6, 32}, &(kiln_conv2d_opts){.padding = KILN_PAD_SAME});
+}
+
 static void count_task(void *ctx, int64_t i, int32_t worker) {
   int *counts = ctx;
   __atomic_fetch_add(&counts[i], 1 + 1000 * worker, __ATOMIC_RELAXED);
@@ -194,7 +208,7 @@ static void test_run_into(void **s) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_matmul_edges_and_transposes), cmocka_unit_test(test_conv_threads),
+      cmocka_unit_test(test_matmul_edges_and_transposes), cmocka_unit_test(test_conv_threads), cmocka_unit_test(test_conv_small_filters),
       cmocka_unit_test(test_pool_runs_each_task_once),    cmocka_unit_test(test_thread_count_errors),
       cmocka_unit_test(test_run_into),
   };

@@ -1,0 +1,45 @@
+/* What conv.c (im2col + GEMM) and conv_direct.c (small filters) share. */
+#ifndef KILN_CODEGEN_CONV_H
+#define KILN_CODEGEN_CONV_H
+
+#include "codegen/cg.h"
+
+typedef struct {
+  kiln_dtype t;
+  int64_t N, H, W, C, icg, KH, KW, s[2], d[2], p[4], OH, OW, OC, groups, Kc;
+  int64_t pixels; /* output pixels of the batch: im2col rows */
+  bool pointwise;
+} conv_geom;
+
+/* conv2d(x, w) -> y, or conv2d_filter_grad(x, dy) -> dw: the same convolution. */
+KILN_INTERNAL conv_geom cg_conv_geometry(cg *c, const kiln_node *n);
+
+/* A filter gradient is a sum over every output pixel. So that its bits do not
+ * depend on the thread count, the pixels are cut into `n` parts by the shapes
+ * alone; each part sums into its own filter-sized buffer (part 0: the output,
+ * the rest `bytes` apart at the scratch's start), and the parts are added in
+ * order at the end. */
+enum { CONV_FGRAD_PARTS = 8 };
+typedef struct {
+  int64_t n;
+  uint64_t bytes;
+} conv_parts;
+KILN_INTERNAL conv_parts cg_conv_parts(const conv_geom *q, int64_t n);
+/* Scratch bytes before anything else the kernel keeps there. */
+KILN_INTERNAL uint64_t cg_conv_parts_bytes(const conv_parts *p);
+KILN_INTERNAL LLVMValueRef cg_conv_part_buffer(cg *c, const conv_parts *p, LLVMValueRef out, LLVMValueRef scratch,
+                                               LLVMValueRef part);
+/* out += part 1, part 2, ... */
+KILN_INTERNAL void cg_conv_add_parts(cg *c, const conv_geom *q, const conv_parts *p, LLVMValueRef out, LLVMValueRef scratch);
+
+/* conv_direct.c: filters of at most a few dozen taps x channels (a first layer
+ * on grey or RGB images), for which im2col + GEMM is all copying. */
+KILN_INTERNAL bool cg_conv_direct_fits(cg *c, const conv_geom *q);
+KILN_INTERNAL uint64_t cg_conv_direct_scratch_bytes(cg *c, const conv_geom *q, bool filter_grad);
+KILN_INTERNAL void cg_conv_direct(cg *c, const conv_geom *q, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch);
+KILN_INTERNAL void cg_conv_direct_filter_grad(cg *c, const conv_geom *q, LLVMValueRef out, const LLVMValueRef *in,
+                                              LLVMValueRef scratch);
+/* Below this much arithmetic a convolution is not worth waking the other threads. */
+KILN_INTERNAL bool cg_conv_worth_threads(cg *c, const conv_geom *q);
+
+#endif
