@@ -133,9 +133,11 @@ typedef struct cg_gemm {
 KILN_INTERNAL uint64_t cg_gemm_scratch_bytes(cg *c, const cg_gemm *g);
 KILN_INTERNAL void cg_gemm_emit(cg *c, const cg_gemm *g, LLVMValueRef A, LLVMValueRef B, LLVMValueRef C, LLVMValueRef scratch);
 
-/* ---- kernels.c: matmul and pooling ---- */
+/* ---- kernels.c: matmul, pooling and its gradient ---- */
 KILN_INTERNAL void cg_matmul(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch);
 KILN_INTERNAL void cg_pool2d(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in);
+/* false (c->err set) for a window too large to unroll */
+KILN_INTERNAL bool cg_max_pool2d_grad(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in);
 /* Scratch bytes a node needs beyond its output (packing, im2col). */
 KILN_INTERNAL uint64_t cg_scratch_bytes(cg *c, const kiln_node *n);
 

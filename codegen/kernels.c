@@ -3,7 +3,11 @@
  * Matmul maps onto gemm.c with strides for the transposes and the batch.
  * Pooling loops over output pixels with the channel loop innermost, so it
  * vectorizes over channels. */
+#include <stdio.h>
 #include "codegen/cg.h"
+
+/* Pooling kernels smaller than this are not worth waking the other threads for. */
+enum { POOL_THREADED_ELEMS = 1 << 16 };
 
 static LLVMValueRef add(cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildAdd(c->b, a, b, ""); }
 static LLVMValueRef mul(cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildMul(c->b, a, b, ""); }
@@ -89,4 +93,118 @@ void cg_pool2d(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *
   kiln_attr_ints(n, KILN_ATTR_STRIDES, q.s);
   kiln_attr_ints(n, KILN_ATTR_PADS, q.p);
   cg_nest(c, 3, n->dims, pool_body, &q);
+}
+
+/* ---- max_pool2d_grad ---- */
+
+/* dx = 0, then per window in order (overlapping windows add up the same way every
+ * time), per channel: the window's maximum m over its taps (padding taps are
+ * -inf), and dy added to the first tap equal to m. Interior windows read every
+ * tap unguarded, so the channel loop vectorizes; border windows guard each tap.
+ * Images are independent tasks. */
+typedef struct {
+  kiln_dtype t;
+  LLVMValueRef x, dy, dx, image;
+  int64_t H, W, C, OH, OW, k[2], s[2], p[4];
+} pool_grad_ctx;
+
+enum { POOL_GRAD_MAX_TAPS = 64 };
+
+static void pool_grad_window(cg *c, const pool_grad_ctx *q, LLVMValueRef oh, LLVMValueRef ow, bool interior) {
+  int64_t taps = q->k[0] * q->k[1];
+  LLVMValueRef valid[POOL_GRAD_MAX_TAPS], at[POOL_GRAD_MAX_TAPS];
+  LLVMValueRef img = mul(c, q->image, cg_i64(c, q->H * q->W * q->C));
+  for (int64_t t = 0; t < taps; t++) {
+    LLVMValueRef ih = LLVMBuildSub(c->b, add(c, mul(c, oh, cg_i64(c, q->s[0])), cg_i64(c, t / q->k[1])), cg_i64(c, q->p[0]), "");
+    LLVMValueRef iw = LLVMBuildSub(c->b, add(c, mul(c, ow, cg_i64(c, q->s[1])), cg_i64(c, t % q->k[1])), cg_i64(c, q->p[1]), "");
+    at[t] = add(c, img, mul(c, add(c, mul(c, ih, cg_i64(c, q->W)), iw), cg_i64(c, q->C)));
+    valid[t] = NULL;
+    if (!interior) {
+      valid[t] = LLVMBuildAnd(c->b, LLVMBuildICmp(c->b, LLVMIntULT, ih, cg_i64(c, q->H), ""),
+                              LLVMBuildICmp(c->b, LLVMIntULT, iw, cg_i64(c, q->W), ""), "");
+      at[t] = LLVMBuildSelect(c->b, valid[t], at[t], img, ""); /* a padding tap reads its image's first pixel */
+    }
+  }
+  LLVMValueRef drow = mul(c, add(c, mul(c, add(c, mul(c, q->image, cg_i64(c, q->OH)), oh), cg_i64(c, q->OW)), ow), cg_i64(c, q->C));
+  cg_loop lc;
+  LLVMValueRef ch = cg_loop_begin(c, &lc, cg_i64(c, 0), cg_i64(c, q->C), cg_i64(c, 1));
+  LLVMValueRef v[POOL_GRAD_MAX_TAPS], m = cg_const(c, q->t, -__builtin_inf());
+  for (int64_t t = 0; t < taps; t++) {
+    v[t] = cg_load(c, q->t, q->x, add(c, at[t], ch));
+    if (valid[t]) v[t] = LLVMBuildSelect(c->b, valid[t], v[t], cg_const(c, q->t, -__builtin_inf()), "");
+    m = cg_binary(c, KILN_OP_MAX, q->t, m, v[t]);
+  }
+  LLVMValueRef g = cg_load(c, q->t, q->dy, add(c, drow, ch)), zero = cg_const(c, q->t, 0);
+  LLVMValueRef taken = LLVMConstInt(c->i1, 0, 0);
+  for (int64_t t = 0; t < taps; t++) {
+    LLVMValueRef hit = LLVMBuildAnd(c->b, LLVMBuildFCmp(c->b, LLVMRealOEQ, v[t], m, ""), LLVMBuildNot(c->b, taken, ""), "");
+    taken = LLVMBuildOr(c->b, taken, hit, "");
+    if (valid[t]) hit = LLVMBuildAnd(c->b, hit, valid[t], "");
+    LLVMValueRef i = add(c, at[t], ch);
+    cg_store(c, q->t, LLVMBuildFAdd(c->b, cg_load(c, q->t, q->dx, i), LLVMBuildSelect(c->b, hit, g, zero, ""), ""), q->dx, i);
+  }
+  cg_loop_end(c, &lc);
+}
+
+/* Windows [lo, hi) along one axis lie inside the input: o*s - p >= 0 and o*s - p + k <= size. */
+static void interior_range(int64_t size, int64_t outs, int64_t k, int64_t s, int64_t p, int64_t *lo, int64_t *hi) {
+  *lo = (p + s - 1) / s;
+  *hi = size - k + p >= 0 ? (size - k + p) / s + 1 : 0;
+  if (*hi > outs) *hi = outs;
+  if (*lo > *hi) *lo = *hi;
+}
+
+static void pool_grad_image(cg *c, const pool_grad_ctx *q) {
+  int64_t hlo, hhi, wlo, whi;
+  interior_range(q->H, q->OH, q->k[0], q->s[0], q->p[0], &hlo, &hhi);
+  interior_range(q->W, q->OW, q->k[1], q->s[1], q->p[1], &wlo, &whi);
+  int64_t size = (int64_t)kiln_dtype_size(q->t) * q->H * q->W * q->C;
+  LLVMValueRef first = cg_gep(c, c->i8, q->dx, mul(c, q->image, cg_i64(c, size)));
+  LLVMBuildMemSet(c->b, first, LLVMConstInt(c->i8, 0, 0), cg_i64(c, size), 4);
+  cg_loop lh, lw;
+  LLVMValueRef oh = cg_loop_begin(c, &lh, cg_i64(c, 0), cg_i64(c, q->OH), cg_i64(c, 1));
+  LLVMValueRef ow = cg_loop_begin(c, &lw, cg_i64(c, 0), cg_i64(c, q->OW), cg_i64(c, 1));
+  LLVMValueRef in_h = LLVMBuildAnd(c->b, LLVMBuildICmp(c->b, LLVMIntSGE, oh, cg_i64(c, hlo), ""),
+                                   LLVMBuildICmp(c->b, LLVMIntSLT, oh, cg_i64(c, hhi), ""), "");
+  LLVMValueRef in_w = LLVMBuildAnd(c->b, LLVMBuildICmp(c->b, LLVMIntSGE, ow, cg_i64(c, wlo), ""),
+                                   LLVMBuildICmp(c->b, LLVMIntSLT, ow, cg_i64(c, whi), ""), "");
+  LLVMBasicBlockRef inside = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "interior"),
+                    border = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "border"),
+                    join = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "window.done");
+  LLVMBuildCondBr(c->b, LLVMBuildAnd(c->b, in_h, in_w, ""), inside, border);
+  LLVMPositionBuilderAtEnd(c->b, inside);
+  pool_grad_window(c, q, oh, ow, true);
+  LLVMBuildBr(c->b, join);
+  LLVMPositionBuilderAtEnd(c->b, border);
+  pool_grad_window(c, q, oh, ow, false);
+  LLVMBuildBr(c->b, join);
+  LLVMPositionBuilderAtEnd(c->b, join);
+  cg_loop_end(c, &lw);
+  cg_loop_end(c, &lh);
+}
+
+bool cg_max_pool2d_grad(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in) {
+  const kiln_node *dy = &c->g->nodes[n->inputs[1]];
+  pool_grad_ctx q = {.t = (kiln_dtype)n->dtype, .H = n->dims[1], .W = n->dims[2], .C = n->dims[3], .OH = dy->dims[1],
+                     .OW = dy->dims[2]};
+  kiln_attr_ints(n, KILN_ATTR_WINDOW, q.k);
+  kiln_attr_ints(n, KILN_ATTR_STRIDES, q.s);
+  kiln_attr_ints(n, KILN_ATTR_PADS, q.p);
+  if (q.k[0] * q.k[1] > POOL_GRAD_MAX_TAPS) {
+    snprintf(c->err, sizeof c->err, "codegen: max_pool2d_grad supports windows of at most %d taps, got %lldx%lld",
+             POOL_GRAD_MAX_TAPS, (long long)q.k[0], (long long)q.k[1]);
+    return false;
+  }
+  if (kiln_shape_numel(4, n->dims) == 0) return true;
+  bool threaded = c->threads > 1 && kiln_shape_numel(4, n->dims) >= POOL_THREADED_ELEMS;
+  cg_fn_pos sp;
+  char name[48];
+  snprintf(name, sizeof name, "kiln_pool%u_grad_task", c->nconv++);
+  LLVMValueRef v[3], image, worker;
+  LLVMValueRef fn = cg_task_begin(c, name, 3, 1 << 2, &sp, v, &image, &worker);
+  q.x = v[0], q.dy = v[1], q.dx = v[2], q.image = image;
+  pool_grad_image(c, &q);
+  cg_task_end(c, &sp);
+  cg_parallel_for(c, fn, cg_task_ctx(c, (LLVMValueRef[]){in[0], in[1], out}, 3), n->dims[0], threaded);
+  return true;
 }

@@ -446,6 +446,7 @@ static bool lower_node(cg *c, node_ctx *k) {
   case KILN_OP_CONV2D_FILTER_GRAD: cg_conv2d_filter_grad(c, n, k->out, k->in, k->scratch); return true;
   case KILN_OP_MAX_POOL2D:
   case KILN_OP_AVG_POOL2D: cg_pool2d(c, n, k->out, k->in); return true;
+  case KILN_OP_MAX_POOL2D_GRAD: return cg_max_pool2d_grad(c, n, k->out, k->in);
   case KILN_OP_ONE_HOT: flat(c, k, numel, one_hot_body); return true;
   default: break;
   }

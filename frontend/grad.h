@@ -28,6 +28,7 @@ KILN_INTERNAL bool kiln_grad_flows(kiln_op op, uint32_t i);
 KILN_INTERNAL void kiln_grad_conv2d(grad_ctx *c, kiln_value *dx);
 KILN_INTERNAL void kiln_grad_conv2d_filter_grad(grad_ctx *c, kiln_value *dx);
 KILN_INTERNAL void kiln_grad_max_pool2d(grad_ctx *c, kiln_value *dx);
+KILN_INTERNAL void kiln_grad_max_pool2d_grad(grad_ctx *c, kiln_value *dx);
 KILN_INTERNAL void kiln_grad_avg_pool2d(grad_ctx *c, kiln_value *dx);
 
 /* Shared helpers. */

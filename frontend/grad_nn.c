@@ -6,9 +6,11 @@
  *    every output position of every image that a composition would have to
  *    materialise as a whole-batch im2col); its gradients are a conv2d (for dy)
  *    and a conv input gradient (for x);
- *  - pooling: one strided slice per window tap; each tap's share of dy is
- *    unsliced back into the padded input. Max pooling gives each window's
- *    gradient to its first maximum (row-major), like TensorFlow and PyTorch. */
+ *  - max pooling: its own op, max_pool2d_grad (each window's gradient goes to its
+ *    first maximum, row-major, like TensorFlow and PyTorch), whose gradient for dy
+ *    gathers G at those maxima through one strided slice per window tap;
+ *  - average pooling: one strided slice per window tap; each tap's share of dy is
+ *    unsliced back into the padded input. */
 #include <math.h>
 #include <string.h>
 #include "frontend/grad.h"
@@ -30,10 +32,9 @@ static window window_of(grad_ctx *c, const kiln_node *x) {
     kiln_attr_ints(&c->n, KILN_ATTR_DILATIONS, w.d);
     w.k[0] = f->dims[0], w.k[1] = f->dims[1];
   } else {
-    if (c->n.op == KILN_OP_CONV2D_FILTER_GRAD) {
-      kiln_attr_ints(&c->n, KILN_ATTR_DILATIONS, w.d);
-      y = &c->g->nodes[c->n.inputs[1]]; /* the convolution's output is dy's shape */
-    }
+    if (c->n.op == KILN_OP_CONV2D_FILTER_GRAD) kiln_attr_ints(&c->n, KILN_ATTR_DILATIONS, w.d);
+    /* a gradient op's forward output has dy's shape */
+    if (c->n.op == KILN_OP_CONV2D_FILTER_GRAD || c->n.op == KILN_OP_MAX_POOL2D_GRAD) y = &c->g->nodes[c->n.inputs[1]];
     kiln_attr_ints(&c->n, KILN_ATTR_WINDOW, w.k);
   }
   w.in[0] = x->dims[1], w.in[1] = x->dims[2];
@@ -144,29 +145,46 @@ void kiln_grad_conv2d_filter_grad(grad_ctx *c, kiln_value *dx) {
 
 /* ---- pooling ---- */
 
+static kiln_pool2d_opts pool_opts(const window *w) {
+  kiln_pool2d_opts o = {.layout = KILN_NHWC, .padding = KILN_PAD_EXPLICIT};
+  for (int i = 0; i < 2; i++) o.window[i] = w->k[i], o.strides[i] = w->s[i];
+  memcpy(o.pads, w->pads, sizeof o.pads);
+  return o;
+}
+
 void kiln_grad_max_pool2d(grad_ctx *c, kiln_value *dx) {
+  kiln_node x = c->g->nodes[c->n.inputs[0]];
+  window w = window_of(c, &x);
+  kiln_pool2d_opts o = pool_opts(&w);
+  dx[0] = kiln_max_pool2d_grad(c->g, grad_input(c, 0), c->dy, &o);
+}
+
+/* dx = max_pool2d_grad(x, dy) is linear in dy: with G = dL/ddx, each window's dL/ddy
+ * is G at the window's first maximum, the tap whose x equals max_pool2d(x) first. */
+void kiln_grad_max_pool2d_grad(grad_ctx *c, kiln_value *dx) {
   kiln_graph *g = c->g;
   kiln_node x = g->nodes[c->n.inputs[0]];
   window w = window_of(c, &x);
-  kiln_shape ps = padded_shape(&x, &w);
-  kiln_value xp = pad_spatial(g, grad_input(c, 0), &w, -INFINITY);
+  kiln_pool2d_opts o = pool_opts(&w);
+  kiln_value y = kiln_max_pool2d(g, grad_input(c, 0), &o);
+  kiln_value xp = pad_spatial(g, grad_input(c, 0), &w, -INFINITY), gp = pad_spatial(g, c->dy, &w, 0);
   kiln_value zero = kiln_scalar(g, (kiln_dtype)x.dtype, 0);
   kiln_value taken = {KILN_NONE}, acc = {KILN_NONE};
   for (int64_t a = 0; a < w.k[0]; a++)
     for (int64_t b = 0; b < w.k[1]; b++) {
       int64_t st[4], en[4], sp[4];
       tap_slice(&w, a, b, st, en, sp);
-      kiln_value hit = kiln_equal(g, kiln_slice(g, xp, st, en, sp, 4), c->y);
+      kiln_value hit = kiln_equal(g, kiln_slice(g, xp, st, en, sp, 4), y);
       if (taken.id != KILN_NONE) {
         hit = kiln_logical_and(g, hit, kiln_logical_not(g, taken));
         taken = kiln_logical_or(g, taken, hit);
       } else {
         taken = hit;
       }
-      kiln_value share = kiln_unslice(g, kiln_select(g, hit, c->dy, zero), ps, st, en, sp, 4);
+      kiln_value share = kiln_select(g, hit, kiln_slice(g, gp, st, en, sp, 4), zero);
       acc = acc.id == KILN_NONE ? share : kiln_add(g, acc, share);
     }
-  dx[0] = unpad_spatial(g, acc, &w);
+  dx[1] = acc;
 }
 
 void kiln_grad_avg_pool2d(grad_ctx *c, kiln_value *dx) {

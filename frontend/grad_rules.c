@@ -244,6 +244,7 @@ const kiln_grad_rule kiln_grad_rules[KILN_OP_COUNT] = {
     [KILN_OP_CONV2D] = kiln_grad_conv2d,
     [KILN_OP_CONV2D_FILTER_GRAD] = kiln_grad_conv2d_filter_grad,
     [KILN_OP_MAX_POOL2D] = kiln_grad_max_pool2d,
+    [KILN_OP_MAX_POOL2D_GRAD] = kiln_grad_max_pool2d_grad,
     [KILN_OP_AVG_POOL2D] = kiln_grad_avg_pool2d,
     [KILN_OP_RESHAPE] = g_reshape, [KILN_OP_TRANSPOSE] = g_transpose,
     [KILN_OP_BROADCAST_TO] = g_broadcast_to,
@@ -257,5 +258,6 @@ bool kiln_grad_flows(kiln_op op, uint32_t i) {
   if (op == KILN_OP_SELECT) return i > 0;
   if (op == KILN_OP_GATHER) return i == 0;
   if (op == KILN_OP_SCATTER_ADD) return i == 1;
+  if (op == KILN_OP_MAX_POOL2D_GRAD) return i == 1; /* piecewise constant in x */
   return true;
 }

@@ -101,6 +101,18 @@ kiln_value kiln_conv2d_filter_grad(kiln_graph *g, kiln_value x, kiln_value dy, i
   return nchw ? kiln_transpose(g, dw, HWIO_TO_OIHW, 4) : dw;
 }
 
+/* A pooling window's attributes for an NHWC input x. */
+static bool pool_attrs(kiln_graph *g, const char *name, kiln_value x, const kiln_pool2d_opts *o, kiln_attrs *a) {
+  int64_t k[2] = {o->window[0], o->window[1]};
+  int64_t s[2] = {o->strides[0] ? o->strides[0] : k[0], o->strides[1] ? o->strides[1] : k[1]};
+  int64_t d[2] = {1, 1}, pads[4];
+  if (!resolve_pads(g, name, o->padding, o->pads, g->nodes[x.id].dims + 1, k, s, d, pads)) return false;
+  kiln_attrs_ints(a, KILN_ATTR_WINDOW, k, 2);
+  kiln_attrs_ints(a, KILN_ATTR_STRIDES, s, 2);
+  kiln_attrs_ints(a, KILN_ATTR_PADS, pads, 4);
+  return true;
+}
+
 static kiln_value pool(kiln_graph *g, kiln_op op, kiln_value x, const kiln_pool2d_opts *o) {
   const char *name = kiln_ops[op].name;
   if (!g || !rank4(g, x, name, "input")) return (kiln_value){KILN_NONE};
@@ -108,15 +120,8 @@ static kiln_value pool(kiln_graph *g, kiln_op op, kiln_value x, const kiln_pool2
   bool nchw = o->layout == KILN_NCHW;
   if (nchw) x = kiln_transpose(g, x, TO_NHWC, 4);
   if (g->status != KILN_OK) return (kiln_value){KILN_NONE};
-  int64_t k[2] = {o->window[0], o->window[1]};
-  int64_t s[2] = {o->strides[0] ? o->strides[0] : k[0], o->strides[1] ? o->strides[1] : k[1]};
-  int64_t d[2] = {1, 1}, pads[4];
-  if (!resolve_pads(g, name, o->padding, o->pads, g->nodes[x.id].dims + 1, k, s, d, pads))
-    return (kiln_value){KILN_NONE};
   kiln_attrs a = {0};
-  kiln_attrs_ints(&a, KILN_ATTR_WINDOW, k, 2);
-  kiln_attrs_ints(&a, KILN_ATTR_STRIDES, s, 2);
-  kiln_attrs_ints(&a, KILN_ATTR_PADS, pads, 4);
+  if (!pool_attrs(g, name, x, o, &a)) return (kiln_value){KILN_NONE};
   kiln_value y = kiln_node_make(g, op, &x.id, 1, &a, NULL, NULL, 0);
   return nchw ? kiln_transpose(g, y, TO_NCHW, 4) : y;
 }
@@ -126,6 +131,23 @@ kiln_value kiln_max_pool2d(kiln_graph *g, kiln_value x, const kiln_pool2d_opts *
 }
 kiln_value kiln_avg_pool2d(kiln_graph *g, kiln_value x, const kiln_pool2d_opts *o) {
   return pool(g, KILN_OP_AVG_POOL2D, x, o);
+}
+
+kiln_value kiln_max_pool2d_grad(kiln_graph *g, kiln_value x, kiln_value dy, const kiln_pool2d_opts *o) {
+  const char *name = "max_pool2d_grad";
+  if (!g || !rank4(g, x, name, "input") || !rank4(g, dy, name, "output gradient")) return (kiln_value){KILN_NONE};
+  if (!o) return kiln_graph_fail(g, KILN_ERR_INVALID, "%s: options are required (window size)", name);
+  bool nchw = o->layout == KILN_NCHW;
+  if (nchw) {
+    x = kiln_transpose(g, x, TO_NHWC, 4);
+    dy = kiln_transpose(g, dy, TO_NHWC, 4);
+  }
+  if (g->status != KILN_OK) return (kiln_value){KILN_NONE};
+  kiln_attrs a = {0};
+  if (!pool_attrs(g, name, x, o, &a)) return (kiln_value){KILN_NONE};
+  uint32_t ids[2] = {x.id, dy.id};
+  kiln_value dx = kiln_node_make(g, KILN_OP_MAX_POOL2D_GRAD, ids, 2, &a, NULL, NULL, 0);
+  return nchw ? kiln_transpose(g, dx, TO_NCHW, 4) : dx;
 }
 
 /* x - max(x) keeps exp() in range; the max is along the same axis. */

@@ -392,6 +392,41 @@ static void eval_conv_filter_grad(ev *e) {
         }
 }
 
+/* Each window's dy goes to the first of its taps (row-major, padding taps being
+ * -inf) equal to its maximum; a padding tap's share is dropped. */
+static void eval_max_pool_grad(ev *e) {
+  const kiln_node *n = e->n;
+  const kiln_tensor *x = e->in[0], *dy = e->in[1];
+  kiln_tensor *o = e->out;
+  int64_t s[2], p[4], k[2];
+  kiln_attr_ints(n, KILN_ATTR_STRIDES, s);
+  kiln_attr_ints(n, KILN_ATTR_PADS, p);
+  kiln_attr_ints(n, KILN_ATTR_WINDOW, k);
+  int64_t H = x->dims[1], W = x->dims[2], C = x->dims[3], OH = dy->dims[1], OW = dy->dims[2];
+  for (int64_t i = 0; i < kiln_shape_numel(4, o->dims); i++) setf(o, i, 0);
+  for (int64_t b = 0; b < x->dims[0]; b++)
+    for (int64_t oh = 0; oh < OH; oh++)
+      for (int64_t ow = 0; ow < OW; ow++)
+        for (int64_t c = 0; c < C; c++) {
+          double m = -INFINITY;
+          for (int64_t kh = 0; kh < k[0]; kh++)
+            for (int64_t kw = 0; kw < k[1]; kw++) {
+              int64_t ih = oh * s[0] + kh - p[0], iw = ow * s[1] + kw - p[1];
+              if (ih >= 0 && ih < H && iw >= 0 && iw < W) m = fmax(m, getf(x, ((b * H + ih) * W + iw) * C + c));
+            }
+          for (int64_t t = 0; t < k[0] * k[1]; t++) {
+            int64_t ih = oh * s[0] + t / k[1] - p[0], iw = ow * s[1] + t % k[1] - p[1];
+            bool in = ih >= 0 && ih < H && iw >= 0 && iw < W;
+            if ((in ? getf(x, ((b * H + ih) * W + iw) * C + c) : -INFINITY) != m) continue;
+            if (in) {
+              int64_t i = ((b * H + ih) * W + iw) * C + c;
+              setf(o, i, getf(o, i) + getf(dy, ((b * OH + oh) * OW + ow) * C + c));
+            }
+            break;
+          }
+        }
+}
+
 /* Offset (strides st) of position idx of a slice starting at first with the given steps. */
 static int64_t strided_offset(int rank, const int64_t *idx, const int64_t *first, const int64_t *step, const int64_t *st) {
   int64_t off = 0;
@@ -604,6 +639,7 @@ kiln_status kiln_eval_graph(const kiln_graph *g, const kiln_tensor *const *input
     else if (n->op == KILN_OP_MATMUL) eval_matmul(&e);
     else if (n->op == KILN_OP_CONV2D || n->op == KILN_OP_MAX_POOL2D || n->op == KILN_OP_AVG_POOL2D) eval_window(&e);
     else if (n->op == KILN_OP_CONV2D_FILTER_GRAD) eval_conv_filter_grad(&e);
+    else if (n->op == KILN_OP_MAX_POOL2D_GRAD) eval_max_pool_grad(&e);
     else if (n->op == KILN_OP_GATHER) st = eval_gather(&e);
     else if (n->op == KILN_OP_ONE_HOT) eval_one_hot(&e);
     else if (n->op == KILN_OP_UNSLICE) eval_unslice(&e);

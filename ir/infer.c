@@ -235,6 +235,21 @@ static bool infer_window(kiln_graph *g, kiln_node *n) {
   return true;
 }
 
+/* max_pool2d_grad(x, dy): dy must be the shape max_pool2d(x) has; the result is x's. */
+static bool infer_max_pool_grad(kiln_graph *g, kiln_node *n) {
+  if (!infer_window(g, n)) return false; /* n's type is now the pooling's output */
+  const kiln_node *x = in(g, n, 0), *dy = in(g, n, 1);
+  if (dy->rank != 4 || dy->dtype != x->dtype) return fail(g, n, "output gradient must be %s of rank 4", kiln_dtype_name(x->dtype));
+  for (int i = 0; i < 4; i++)
+    if (dy->dims[i] != n->dims[i]) {
+      char a[96], b[96];
+      return fail(g, n, "output gradient is %s, the pooling's output %s", kiln_shape_str(a, sizeof a, 4, dy->dims),
+                  kiln_shape_str(b, sizeof b, 4, n->dims));
+    }
+  set_type(n, x->dtype, 4, x->dims);
+  return true;
+}
+
 /* conv2d_filter_grad(x, dy): dy must be the shape conv2d(x, w) has for a `window` filter. */
 static bool infer_conv_filter_grad(kiln_graph *g, kiln_node *n) {
   const kiln_node *x = in(g, n, 0), *dy = in(g, n, 1);
@@ -510,6 +525,7 @@ bool kiln_infer(kiln_graph *g, kiln_node *n) {
   case KILN_OP_MAX_POOL2D:
   case KILN_OP_AVG_POOL2D: return infer_window(g, n);
   case KILN_OP_CONV2D_FILTER_GRAD: return infer_conv_filter_grad(g, n);
+  case KILN_OP_MAX_POOL2D_GRAD: return infer_max_pool_grad(g, n);
   case KILN_OP_RESHAPE: return infer_reshape(g, n);
   case KILN_OP_TRANSPOSE: return infer_transpose(g, n);
   case KILN_OP_BROADCAST_TO: return infer_broadcast(g, n);

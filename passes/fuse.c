@@ -13,7 +13,7 @@
 
 static bool reads_by_element(kiln_op op) {
   return op != KILN_OP_MATMUL && op != KILN_OP_CONV2D && op != KILN_OP_CONV2D_FILTER_GRAD && op != KILN_OP_MAX_POOL2D &&
-         op != KILN_OP_AVG_POOL2D;
+         op != KILN_OP_AVG_POOL2D && op != KILN_OP_MAX_POOL2D_GRAD;
 }
 
 static bool visits_once(kiln_op op) {

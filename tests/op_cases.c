@@ -241,6 +241,14 @@ static kiln_value b_pool(tc *c, kiln_op op) {
   bool nchw = o.layout == KILN_NCHW;
   int64_t xd[4] = {N, nchw ? C : H, nchw ? H : W, nchw ? W : C};
   kiln_value x = ph(c, c->t, 4, xd, -5, 5);
+  if (op == KILN_OP_MAX_POOL2D_GRAD) { /* dy has the pooling's output shape, found by building it on the side */
+    kiln_graph *side = kiln_graph_new();
+    kiln_shape xs = {4, {xd[0], xd[1], xd[2], xd[3]}};
+    kiln_shape ys = kiln_value_shape(side, kiln_max_pool2d(side, kiln_placeholder(side, "x", c->t, xs), &o));
+    assert_int_equal(kiln_graph_status(side), KILN_OK);
+    kiln_graph_free(side);
+    return kiln_max_pool2d_grad(c->g, x, ph(c, c->t, 4, ys.dims, -1, 1), &o);
+  }
   return op == KILN_OP_MAX_POOL2D ? kiln_max_pool2d(c->g, x, &o) : kiln_avg_pool2d(c->g, x, &o);
 }
 
@@ -394,6 +402,7 @@ const op_case CASES[KILN_OP_COUNT] = {
     [KILN_OP_CONV2D_FILTER_GRAD] = {b_conv_filter_grad, FLOATS, 1e-5, 3e-5},
     [KILN_OP_MAX_POOL2D] = {b_pool, FLOATS, 0, 0},
     [KILN_OP_AVG_POOL2D] = {b_pool, FLOATS, 1e-6, 1e-6},
+    [KILN_OP_MAX_POOL2D_GRAD] = {b_pool, FLOATS, 1e-6, 1e-6},
     [KILN_OP_RESHAPE] = {b_movement, ALL, 0, 0},
     [KILN_OP_TRANSPOSE] = {b_movement, ALL, 0, 0},
     [KILN_OP_BROADCAST_TO] = {b_movement, ALL, 0, 0},

@@ -136,6 +136,43 @@ static void test_conv_small_filters(void **s) {
   check_conv(&r, (int64_t[]){2, 9, 10, 6}, (int64_t[]){2, 2, 6, 32}, &(kiln_conv2d_opts){.padding = KILN_PAD_SAME});
 }
 
+/* Max-pool gradients with ties (x in {0, 1}: the first maximum, row-major, takes the
+ * window's gradient), overlapping windows and padding, against the evaluator and
+ * across thread counts; a 2x2/2 pooling of a CNN-sized map. */
+static void check_pool_grad(trng *r, const int64_t xd[4], const kiln_pool2d_opts *o) {
+  kiln_graph *side = kiln_graph_new();
+  kiln_shape ys = kiln_value_shape(side, kiln_max_pool2d(side, kiln_placeholder(side, "x", KILN_F32, shape4(xd)), o));
+  kiln_graph_free(side);
+  kiln_graph *g = kiln_graph_new();
+  kiln_value x = kiln_placeholder(g, "x", KILN_F32, shape4(xd)), dy = kiln_placeholder(g, "dy", KILN_F32, ys);
+  kiln_output(g, "dx", kiln_max_pool2d_grad(g, x, dy, o));
+  assert_int_equal(kiln_graph_status(g), KILN_OK);
+  int64_t n = xd[0] * xd[1] * xd[2] * xd[3];
+  float *xs = malloc(sizeof *xs * (size_t)n);
+  for (int64_t i = 0; i < n; i++) xs[i] = (float)trng_int(r, 0, 1);
+  kiln_tensor *in[2] = {kiln_tensor_from_data(KILN_F32, 4, xd, xs, sizeof *xs * (size_t)n),
+                        random_tensor(r, KILN_F32, 4, ys.dims, -1, 1)};
+  free(xs);
+  kiln_tensor *ref = NULL, *one = NULL, *two = NULL;
+  assert_int_equal(kiln_evaluate(g, (const kiln_tensor *const *)in, 2, &ref, 1), KILN_OK);
+  run_threads(g, 1, in, 2, &one);
+  run_threads(g, 2, in, 2, &two);
+  assert_int_equal(compare_tensors("max_pool2d_grad", one, ref, 1e-6, 1e-6), 0);
+  assert_memory_equal(kiln_tensor_cdata(one), kiln_tensor_cdata(two), kiln_tensor_nbytes(one));
+  kiln_tensor_free(in[0]), kiln_tensor_free(in[1]);
+  kiln_tensor_free(ref), kiln_tensor_free(one), kiln_tensor_free(two);
+  kiln_graph_free(g);
+}
+
+static void test_max_pool_grad(void **s) {
+  (void)s;
+  trng r = {17};
+  check_pool_grad(&r, (int64_t[]){3, 9, 8, 5}, &(kiln_pool2d_opts){.window = {3, 3}, .strides = {1, 1}, .padding = KILN_PAD_SAME});
+  check_pool_grad(&r, (int64_t[]){2, 7, 9, 3},
+                  &(kiln_pool2d_opts){.window = {2, 3}, .strides = {2, 2}, .padding = KILN_PAD_EXPLICIT, .pads = {1, 0, 0, 1}});
+  check_pool_grad(&r, (int64_t[]){4, 28, 28, 32}, &(kiln_pool2d_opts){.window = {2, 2}, .strides = {2, 2}});
+}
+
 static void count_task(void *ctx, int64_t i, int32_t worker) {
   int *counts = ctx;
   __atomic_fetch_add(&counts[i], 1 + 1000 * worker, __ATOMIC_RELAXED);
@@ -208,7 +245,7 @@ static void test_run_into(void **s) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_matmul_edges_and_transposes), cmocka_unit_test(test_conv_threads), cmocka_unit_test(test_conv_small_filters),
+      cmocka_unit_test(test_matmul_edges_and_transposes), cmocka_unit_test(test_conv_threads), cmocka_unit_test(test_conv_small_filters), cmocka_unit_test(test_max_pool_grad),
       cmocka_unit_test(test_pool_runs_each_task_once),    cmocka_unit_test(test_thread_count_errors),
       cmocka_unit_test(test_run_into),
   };

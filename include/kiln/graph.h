@@ -152,6 +152,9 @@ typedef struct kiln_pool2d_opts {
   kiln_padding padding;
   int64_t pads[4];
 } kiln_pool2d_opts;
+/* The input gradient of y = max_pool2d(x, o) given dy = dL/dy (TensorFlow's max_pool_grad):
+ * each window's dy goes to its first maximum, row-major. */
+KILN_API kiln_value kiln_max_pool2d_grad(kiln_graph *g, kiln_value x, kiln_value dy, const kiln_pool2d_opts *o);
 /* Average pooling divides by the number of non-padding elements in each window. */
 KILN_API kiln_value kiln_max_pool2d(kiln_graph *g, kiln_value x, const kiln_pool2d_opts *o);
 KILN_API kiln_value kiln_avg_pool2d(kiln_graph *g, kiln_value x, const kiln_pool2d_opts *o);
