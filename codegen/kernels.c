@@ -41,7 +41,7 @@ void cg_matmul(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *
 typedef struct {
   const kiln_node *n;
   kiln_dtype t;
-  LLVMValueRef x, out;
+  LLVMValueRef x, out, image;
   int64_t H, W, C, k[2], s[2], p[4];
 } pool_ctx;
 
@@ -55,7 +55,7 @@ static LLVMValueRef smax(cg *c, LLVMValueRef a, LLVMValueRef b) {
 static void pool_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
   pool_ctx *q = vctx;
   bool is_max = q->n->op == KILN_OP_MAX_POOL2D;
-  LLVMValueRef nb = ivs[0], oh = ivs[1], ow = ivs[2], one = cg_i64(c, 1), zero = cg_i64(c, 0);
+  LLVMValueRef nb = q->image, oh = ivs[0], ow = ivs[1], one = cg_i64(c, 1), zero = cg_i64(c, 0);
   int64_t OH = q->n->dims[1], OW = q->n->dims[2];
   LLVMValueRef obase = mul(c, add(c, mul(c, add(c, mul(c, nb, cg_i64(c, OH)), oh), cg_i64(c, OW)), ow), cg_i64(c, q->C));
   /* The window clipped to the input: [h0, h1) x [w0, w1). */
@@ -88,11 +88,22 @@ static void pool_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
 
 void cg_pool2d(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in) {
   const kiln_node *x = &c->g->nodes[n->inputs[0]];
-  pool_ctx q = {.n = n, .t = (kiln_dtype)n->dtype, .x = in[0], .out = out, .H = x->dims[1], .W = x->dims[2], .C = x->dims[3]};
+  pool_ctx q = {.n = n, .t = (kiln_dtype)n->dtype, .H = x->dims[1], .W = x->dims[2], .C = x->dims[3]};
   kiln_attr_ints(n, KILN_ATTR_WINDOW, q.k);
   kiln_attr_ints(n, KILN_ATTR_STRIDES, q.s);
   kiln_attr_ints(n, KILN_ATTR_PADS, q.p);
-  cg_nest(c, 3, n->dims, pool_body, &q);
+  if (kiln_shape_numel(4, n->dims) == 0) return;
+  /* a task per image */
+  cg_fn_pos sp;
+  char name[48];
+  snprintf(name, sizeof name, "kiln_pool%u_task", c->nconv++);
+  LLVMValueRef v[2], worker;
+  LLVMValueRef fn = cg_task_begin(c, name, 2, 1 << 1, &sp, v, &q.image, &worker);
+  q.x = v[0], q.out = v[1];
+  cg_nest(c, 2, n->dims + 1, pool_body, &q);
+  cg_task_end(c, &sp);
+  bool threaded = c->threads > 1 && kiln_shape_numel(4, x->dims) >= POOL_THREADED_ELEMS;
+  cg_parallel_for(c, fn, cg_task_ctx(c, (LLVMValueRef[]){in[0], out}, 2), n->dims[0], threaded);
 }
 
 /* ---- max_pool2d_grad ---- */

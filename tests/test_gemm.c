@@ -138,7 +138,8 @@ static void test_conv_small_filters(void **s) {
 
 /* Max-pool gradients with ties (x in {0, 1}: the first maximum, row-major, takes the
  * window's gradient), overlapping windows and padding, against the evaluator and
- * across thread counts; a 2x2/2 pooling of a CNN-sized map. */
+ * across thread counts; a 2x2/2 pooling of a CNN-sized map (large enough for
+ * threads). Then the same windows' max and average pooling. */
 static void check_pool_grad(trng *r, const int64_t xd[4], const kiln_pool2d_opts *o) {
   kiln_graph *side = kiln_graph_new();
   kiln_shape ys = kiln_value_shape(side, kiln_max_pool2d(side, kiln_placeholder(side, "x", KILN_F32, shape4(xd)), o));
@@ -161,6 +162,13 @@ static void check_pool_grad(trng *r, const int64_t xd[4], const kiln_pool2d_opts
   assert_memory_equal(kiln_tensor_cdata(one), kiln_tensor_cdata(two), kiln_tensor_nbytes(one));
   kiln_tensor_free(in[0]), kiln_tensor_free(in[1]);
   kiln_tensor_free(ref), kiln_tensor_free(one), kiln_tensor_free(two);
+  kiln_graph_free(g);
+  /* the forward poolings, a task per image */
+  g = kiln_graph_new();
+  kiln_value a = kiln_placeholder(g, "a", KILN_F32, shape4(xd)), b = kiln_placeholder(g, "b", KILN_F32, shape4(xd));
+  kiln_output(g, "y", kiln_add(g, kiln_max_pool2d(g, a, o), kiln_avg_pool2d(g, b, o)));
+  assert_int_equal(kiln_graph_status(g), KILN_OK);
+  check_threads(r, g, xd, xd, "pooling", 1e-6);
   kiln_graph_free(g);
 }
 
