@@ -102,7 +102,7 @@ KILN_INTERNAL void cg_end_fn(cg *c, const cg_fn_pos *saved);
 /* void task(ptr ctx, i64 task, i32 worker) */
 KILN_INTERNAL LLVMTypeRef cg_task_type(cg *c);
 /* A task context: n pointers in a struct on the kernel's stack. */
-enum { CG_TASK_CTX_MAX = 8 };
+enum { CG_TASK_CTX_MAX = 72 };
 KILN_INTERNAL LLVMValueRef cg_task_ctx(cg *c, const LLVMValueRef *ptrs, unsigned n);
 /* Starts a task function `name` over an n-pointer context and returns it; the
  * builder is left in its body, which gets the pointers as arguments (ptrs), the

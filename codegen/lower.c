@@ -39,14 +39,44 @@ typedef struct {
 static LLVMValueRef add(cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildAdd(c->b, a, b, ""); }
 static LLVMValueRef mul(cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildMul(c->b, a, b, ""); }
 
-/* A flat loop over n elements; body gets the index. */
+/* A flat loop over n elements; body gets the index. Every element is independent
+ * (a pure function of its index and the kernel's reads), so large loops are cut
+ * into ranges that the threads run: a few per thread, whole cache lines each. */
 typedef void (*flat_body)(cg *c, node_ctx *k, LLVMValueRef i);
-static void flat(cg *c, node_ctx *k, int64_t n, flat_body body) {
-  if (n <= 0) return;
+enum { FLAT_THREADED_ELEMS = 1 << 16, FLAT_TASKS_PER_THREAD = 4, FLAT_ALIGN = 16 };
+
+static void flat_range(cg *c, node_ctx *k, LLVMValueRef lo, LLVMValueRef hi, flat_body body) {
   cg_loop l;
-  LLVMValueRef i = cg_loop_begin(c, &l, cg_i64(c, 0), cg_i64(c, n), cg_i64(c, 1));
+  LLVMValueRef i = cg_loop_begin(c, &l, lo, hi, cg_i64(c, 1));
   body(c, k, i);
   cg_loop_end(c, &l);
+}
+
+static void flat(cg *c, node_ctx *k, int64_t n, flat_body body) {
+  if (n <= 0) return;
+  if (c->threads < 2 || !c->par || n < FLAT_THREADED_ELEMS || k->nleaves + 1 > CG_TASK_CTX_MAX) {
+    flat_range(c, k, cg_i64(c, 0), cg_i64(c, n), body);
+    return;
+  }
+  int64_t tasks = (int64_t)c->threads * FLAT_TASKS_PER_THREAD;
+  int64_t per = ((n + tasks - 1) / tasks + FLAT_ALIGN - 1) / FLAT_ALIGN * FLAT_ALIGN;
+  tasks = (n + per - 1) / per;
+  /* the task sees the kernel's output and reads as its own arguments */
+  LLVMValueRef ptrs[CG_TASK_CTX_MAX], v[CG_TASK_CTX_MAX], task, worker;
+  ptrs[0] = k->out;
+  for (uint32_t l = 0; l < k->nleaves; l++) ptrs[l + 1] = k->leaf_ptr[l];
+  char name[48];
+  snprintf(name, sizeof name, "node%u_task", k->id);
+  cg_fn_pos sp;
+  LLVMValueRef fn = cg_task_begin(c, name, k->nleaves + 1, 1, &sp, v, &task, &worker);
+  node_ctx t = *k;
+  t.out = v[0];
+  for (uint32_t l = 0; l < k->nleaves; l++) t.leaf_ptr[l] = v[l + 1];
+  LLVMValueRef lo = mul(c, task, cg_i64(c, per)), end = add(c, lo, cg_i64(c, per));
+  LLVMValueRef hi = LLVMBuildSelect(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, end, cg_i64(c, n), ""), end, cg_i64(c, n), "");
+  flat_range(c, &t, lo, hi, body);
+  cg_task_end(c, &sp);
+  cg_parallel_for(c, fn, cg_task_ctx(c, ptrs, k->nleaves + 1), tasks, true);
 }
 
 static kiln_dtype dt(const kiln_node *n) { return (kiln_dtype)n->dtype; }

@@ -181,6 +181,20 @@ static void test_max_pool_grad(void **s) {
   check_pool_grad(&r, (int64_t[]){4, 28, 28, 32}, &(kiln_pool2d_opts){.window = {2, 2}, .strides = {2, 2}});
 }
 
+/* Large element-wise kernels (a fused chain with a broadcast operand) run as ranges
+ * of elements on the threads: 128,000 elements, not a whole number of ranges. */
+static void test_elementwise_threads(void **s) {
+  (void)s;
+  trng r = {19};
+  int64_t xd[4] = {4, 50, 40, 16}, wd[4] = {1, 1, 1, 16};
+  kiln_graph *g = kiln_graph_new();
+  kiln_value x = kiln_placeholder(g, "x", KILN_F32, shape4(xd)), w = kiln_placeholder(g, "w", KILN_F32, shape4(wd));
+  kiln_output(g, "y", kiln_tanh(g, kiln_add(g, kiln_mul(g, x, w), kiln_relu(g, x))));
+  assert_int_equal(kiln_graph_status(g), KILN_OK);
+  check_threads(&r, g, xd, wd, "element-wise", 1e-6);
+  kiln_graph_free(g);
+}
+
 static void count_task(void *ctx, int64_t i, int32_t worker) {
   int *counts = ctx;
   __atomic_fetch_add(&counts[i], 1 + 1000 * worker, __ATOMIC_RELAXED);
@@ -253,7 +267,7 @@ static void test_run_into(void **s) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_matmul_edges_and_transposes), cmocka_unit_test(test_conv_threads), cmocka_unit_test(test_conv_small_filters), cmocka_unit_test(test_max_pool_grad),
+      cmocka_unit_test(test_matmul_edges_and_transposes), cmocka_unit_test(test_conv_threads), cmocka_unit_test(test_conv_small_filters), cmocka_unit_test(test_max_pool_grad), cmocka_unit_test(test_elementwise_threads),
       cmocka_unit_test(test_pool_runs_each_task_once),    cmocka_unit_test(test_thread_count_errors),
       cmocka_unit_test(test_run_into),
   };
