@@ -18,7 +18,7 @@ typedef struct cg {
   LLVMValueRef fn;         /* function being emitted */
   int threads;             /* workers the kernels may use (per-worker scratch); 1: serial code */
   unsigned ngemm;          /* GEMM call sites emitted (each gets its own specialised functions) */
-  unsigned nconv;          /* convolution and pooling task functions emitted */
+  unsigned ntask_fns;      /* task functions emitted outside gemm.c (names stay unique) */
   LLVMValueRef par;        /* in a kernel with threads > 1: its kiln_parallel pointer (may be NULL at run time) */
   bool no_memory_plan;     /* a buffer per node (the "memory-plan" pass disabled) */
   bool no_fusion;          /* a kernel per node (the "fuse" pass disabled) */

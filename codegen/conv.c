@@ -195,7 +195,7 @@ static fwd_plan plan_fwd(cg *c, const conv_geom *q) {
 /* Task i: chunk i, group by group its im2col rows, then their GEMM. */
 static LLVMValueRef fwd_task(cg *c, const conv_geom *q, const fwd_plan *p) {
   char name[48];
-  snprintf(name, sizeof name, "kiln_conv%u_task", c->nconv++);
+  snprintf(name, sizeof name, "kiln_conv%u_task", c->ntask_fns++);
   cg_fn_pos sp;
   LLVMValueRef v[CTX_FIELDS], chunk, worker;
   LLVMValueRef fn = cg_task_begin(c, name, CTX_FIELDS, CTX_WRITTEN, &sp, v, &chunk, &worker);
@@ -286,7 +286,7 @@ void cg_conv_add_parts(cg *c, const conv_geom *q, const conv_parts *p, LLVMValue
 /* Task i: part i, zeroed, then += each of its chunks in order, group by group. */
 static LLVMValueRef fgrad_task(cg *c, const conv_geom *q, const fgrad_plan *p) {
   char name[48];
-  snprintf(name, sizeof name, "kiln_conv%u_filter_grad_task", c->nconv++);
+  snprintf(name, sizeof name, "kiln_conv%u_filter_grad_task", c->ntask_fns++);
   cg_fn_pos sp;
   LLVMValueRef v[CTX_FIELDS], part, worker;
   LLVMValueRef fn = cg_task_begin(c, name, CTX_FIELDS, CTX_WRITTEN, &sp, v, &part, &worker);

@@ -74,7 +74,7 @@ static void pad_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
 /* xp[n] = x[n] inside its zero border; a task per image. */
 static void pad_input(cg *c, const conv_geom *q, LLVMValueRef x, LLVMValueRef xp, bool threaded) {
   char name[48];
-  snprintf(name, sizeof name, "kiln_conv%u_pad_task", c->nconv++);
+  snprintf(name, sizeof name, "kiln_conv%u_pad_task", c->ntask_fns++);
   cg_fn_pos sp;
   LLVMValueRef v[2], image, worker;
   LLVMValueRef fn = cg_task_begin(c, name, 2, 1 << 1, &sp, v, &image, &worker);
@@ -164,7 +164,7 @@ void cg_conv_direct(cg *c, const conv_geom *q, LLVMValueRef out, const LLVMValue
   int64_t chunks = threaded ? 4 * c->threads : 1, rows = ceil_div(q->pixels, chunks);
   chunks = ceil_div(q->pixels, rows);
   char name[48];
-  snprintf(name, sizeof name, "kiln_conv%u_direct_task", c->nconv++);
+  snprintf(name, sizeof name, "kiln_conv%u_direct_task", c->ntask_fns++);
   cg_fn_pos sp;
   LLVMValueRef v[3], chunk, worker;
   LLVMValueRef fn = cg_task_begin(c, name, 3, 1 << 2, &sp, v, &chunk, &worker);
@@ -221,7 +221,7 @@ void cg_conv_direct_filter_grad(cg *c, const conv_geom *q, LLVMValueRef out, con
   }
   int64_t per_part = ceil_div(q->pixels, parts.n);
   char name[48];
-  snprintf(name, sizeof name, "kiln_conv%u_direct_filter_grad_task", c->nconv++);
+  snprintf(name, sizeof name, "kiln_conv%u_direct_filter_grad_task", c->ntask_fns++);
   cg_fn_pos sp;
   LLVMValueRef v[4], part, worker;
   LLVMValueRef fn = cg_task_begin(c, name, 4, 1 << 2 | 1 << 3, &sp, v, &part, &worker);

@@ -96,7 +96,7 @@ void cg_pool2d(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *
   /* a task per image */
   cg_fn_pos sp;
   char name[48];
-  snprintf(name, sizeof name, "kiln_pool%u_task", c->nconv++);
+  snprintf(name, sizeof name, "kiln_pool%u_task", c->ntask_fns++);
   LLVMValueRef v[2], worker;
   LLVMValueRef fn = cg_task_begin(c, name, 2, 1 << 1, &sp, v, &q.image, &worker);
   q.x = v[0], q.out = v[1];
@@ -210,7 +210,7 @@ bool cg_max_pool2d_grad(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMV
   bool threaded = c->threads > 1 && kiln_shape_numel(4, n->dims) >= POOL_THREADED_ELEMS;
   cg_fn_pos sp;
   char name[48];
-  snprintf(name, sizeof name, "kiln_pool%u_grad_task", c->nconv++);
+  snprintf(name, sizeof name, "kiln_pool%u_grad_task", c->ntask_fns++);
   LLVMValueRef v[3], image, worker;
   LLVMValueRef fn = cg_task_begin(c, name, 3, 1 << 2, &sp, v, &image, &worker);
   q.x = v[0], q.dy = v[1], q.dx = v[2], q.image = image;

@@ -66,7 +66,7 @@ static void flat(cg *c, node_ctx *k, int64_t n, flat_body body) {
   ptrs[0] = k->out;
   for (uint32_t l = 0; l < k->nleaves; l++) ptrs[l + 1] = k->leaf_ptr[l];
   char name[48];
-  snprintf(name, sizeof name, "node%u_task", k->id);
+  snprintf(name, sizeof name, "node%u_task%u", k->id, c->ntask_fns++);
   cg_fn_pos sp;
   LLVMValueRef fn = cg_task_begin(c, name, k->nleaves + 1, 1, &sp, v, &task, &worker);
   node_ctx t = *k;
@@ -256,6 +256,103 @@ static void mean_body(cg *c, node_ctx *k, LLVMValueRef i) {
   cg_store(c, dt(n), v, k->out, i);
 }
 
+/* Large reductions split the input's first dim into at most RED_PARTS parts, by
+ * the shapes alone, so that a build for any thread count (AOT objects included)
+ * sums in the same order. When that dim is kept, the parts own disjoint outputs
+ * and each output sums exactly as a single loop would; when it is reduced, part p
+ * accumulates into its own buffer (part 0: the output, the rest in scratch) and
+ * the parts are combined in order at the end. */
+enum { RED_PARTS = 8, RED_SPLIT_ELEMS = 1 << 16 };
+
+static int64_t red_parts(const kiln_node *n, const kiln_node *x) {
+  if (n->op == KILN_OP_ARGMAX || x->rank == 0 || kiln_shape_numel(x->rank, x->dims) < RED_SPLIT_ELEMS || x->dims[0] < 2)
+    return 1;
+  int64_t per = (x->dims[0] + RED_PARTS - 1) / RED_PARTS;
+  return (x->dims[0] + per - 1) / per;
+}
+
+static bool red_first_dim_reduced(const kiln_node *n) {
+  int64_t axes[KILN_MAX_RANK];
+  int na = kiln_attr_ints(n, KILN_ATTR_AXES, axes);
+  for (int i = 0; i < na; i++)
+    if (axes[i] == 0) return true;
+  return false;
+}
+
+static uint64_t red_scratch_bytes(const kiln_node *n, const kiln_node *x) {
+  int64_t parts = red_parts(n, x);
+  if (parts < 2 || !red_first_dim_reduced(n)) return 0;
+  return (uint64_t)(parts - 1) * (uint64_t)kiln_shape_numel(n->rank, n->dims) * kiln_dtype_size((kiln_dtype)n->dtype);
+}
+
+/* cg_nest over dims with the first dim limited to [lo, hi). */
+typedef struct {
+  LLVMValueRef first;
+  int rank;
+  cg_nest_body body;
+  void *ctx;
+} nest_rest_ctx;
+static void nest_rest_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
+  nest_rest_ctx *m = vctx;
+  LLVMValueRef all[KILN_MAX_RANK];
+  all[0] = m->first;
+  for (int d = 1; d < m->rank; d++) all[d] = ivs[d - 1];
+  m->body(c, all, m->ctx);
+}
+static void nest_from(cg *c, int rank, const int64_t *dims, LLVMValueRef lo, LLVMValueRef hi, cg_nest_body body, void *ctx) {
+  cg_loop l;
+  nest_rest_ctx m = {.rank = rank, .body = body, .ctx = ctx};
+  m.first = cg_loop_begin(c, &l, lo, hi, cg_i64(c, 1));
+  if (rank > 1) cg_nest(c, rank - 1, dims + 1, nest_rest_body, &m);
+  else body(c, &m.first, ctx);
+  cg_loop_end(c, &l);
+}
+
+static void reduce_in_parts(cg *c, node_ctx *k, red_ctx *r, int64_t parts) {
+  const kiln_node *n = k->n, *x = input(c, k, 0);
+  bool own_buffers = red_first_dim_reduced(n);
+  int64_t on = kiln_shape_numel(n->rank, n->dims), per = (x->dims[0] + parts - 1) / parts;
+  int64_t part_bytes = on * (int64_t)kiln_dtype_size(dt(n));
+  LLVMValueRef ptrs[CG_TASK_CTX_MAX], v[CG_TASK_CTX_MAX], part, worker;
+  ptrs[0] = k->out, ptrs[1] = k->scratch;
+  for (uint32_t l = 0; l < k->nleaves; l++) ptrs[l + 2] = k->leaf_ptr[l];
+  char name[48];
+  snprintf(name, sizeof name, "node%u_task%u", k->id, c->ntask_fns++);
+  cg_fn_pos sp;
+  LLVMValueRef fn = cg_task_begin(c, name, k->nleaves + 2, 1 << 0 | 1 << 1, &sp, v, &part, &worker);
+  node_ctx t = *k;
+  t.out = v[0], t.scratch = v[1];
+  for (uint32_t l = 0; l < k->nleaves; l++) t.leaf_ptr[l] = v[l + 2];
+  if (own_buffers) { /* parts after the first start from the identity in scratch */
+    LLVMValueRef mine = LLVMBuildGEP2(c->b, c->i8, v[1], (LLVMValueRef[]){mul(c, LLVMBuildSub(c->b, part, cg_i64(c, 1), ""), cg_i64(c, part_bytes))}, 1, "");
+    t.out = LLVMBuildSelect(c->b, LLVMBuildICmp(c->b, LLVMIntEQ, part, cg_i64(c, 0), ""), v[0], mine, "");
+    LLVMBasicBlockRef init = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "part.init"),
+                      go = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "part.sum");
+    LLVMBuildCondBr(c->b, LLVMBuildICmp(c->b, LLVMIntSGT, part, cg_i64(c, 0), ""), init, go);
+    LLVMPositionBuilderAtEnd(c->b, init);
+    flat_range(c, &t, cg_i64(c, 0), cg_i64(c, on), red_init_body);
+    LLVMBuildBr(c->b, go);
+    LLVMPositionBuilderAtEnd(c->b, go);
+  }
+  red_ctx rt = *r;
+  rt.k = &t;
+  LLVMValueRef lo = mul(c, part, cg_i64(c, per)), end = add(c, lo, cg_i64(c, per));
+  LLVMValueRef hi = LLVMBuildSelect(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, end, cg_i64(c, x->dims[0]), ""), end, cg_i64(c, x->dims[0]), "");
+  nest_from(c, x->rank, x->dims, lo, hi, red_body, &rt);
+  cg_task_end(c, &sp);
+  cg_parallel_for(c, fn, cg_task_ctx(c, ptrs, k->nleaves + 2), parts, c->threads > 1);
+  if (!own_buffers) return;
+  /* out = combine(out, part 1), then part 2, ... */
+  kiln_op combine = n->op == KILN_OP_REDUCE_MAX ? KILN_OP_MAX : n->op == KILN_OP_REDUCE_MIN ? KILN_OP_MIN : KILN_OP_ADD;
+  cg_loop lp, le;
+  LLVMValueRef p = cg_loop_begin(c, &lp, cg_i64(c, 1), cg_i64(c, parts), cg_i64(c, 1));
+  LLVMValueRef src = LLVMBuildGEP2(c->b, c->i8, k->scratch, (LLVMValueRef[]){mul(c, LLVMBuildSub(c->b, p, cg_i64(c, 1), ""), cg_i64(c, part_bytes))}, 1, "");
+  LLVMValueRef e = cg_loop_begin(c, &le, cg_i64(c, 0), cg_i64(c, on), cg_i64(c, 1));
+  cg_store(c, dt(n), cg_binary(c, combine, dt(n), cg_load(c, dt(n), k->out, e), cg_load(c, dt(n), src, e)), k->out, e);
+  cg_loop_end(c, &le);
+  cg_loop_end(c, &lp);
+}
+
 static void lower_reduce(cg *c, node_ctx *k) {
   const kiln_node *n = k->n, *x = input(c, k, 0);
   red_ctx r = {.k = k, .xt = dt(x)};
@@ -268,9 +365,10 @@ static void lower_reduce(cg *c, node_ctx *k) {
   }
   for (int d = 0; d < x->rank; d++) kept[d] = r.red[d] ? 1 : x->dims[d];
   kiln_strides(x->rank, kept, r.kept_st);
-  int64_t on = kiln_shape_numel(n->rank, n->dims);
+  int64_t on = kiln_shape_numel(n->rank, n->dims), parts = red_parts(n, x);
   flat(c, k, on, red_init_body);
-  cg_nest(c, x->rank, x->dims, red_body, &r);
+  if (parts > 1 && on > 0 && k->nleaves + 2 <= CG_TASK_CTX_MAX) reduce_in_parts(c, k, &r, parts);
+  else cg_nest(c, x->rank, x->dims, red_body, &r);
   if (n->op == KILN_OP_REDUCE_MEAN) flat(c, k, on, mean_body);
 }
 
@@ -499,6 +597,7 @@ static bool lower_node(cg *c, node_ctx *k) {
 static uint64_t scratch_bytes(cg *c, const kiln_node *n) {
   if (n->op == KILN_OP_ARGMAX)
     return (uint64_t)kiln_shape_numel(n->rank, n->dims) * kiln_dtype_size((kiln_dtype)c->g->nodes[n->inputs[0]].dtype);
+  if (kiln_ops[n->op].flags & RED) return red_scratch_bytes(n, &c->g->nodes[n->inputs[0]]);
   return cg_scratch_bytes(c, n);
 }
 

@@ -195,6 +195,33 @@ static void test_elementwise_threads(void **s) {
   kiln_graph_free(g);
 }
 
+/* Large reductions sum in shape-fixed parts of their first dim: reduced (parts in
+ * their own buffers, 9 rows in 5 parts), kept (disjoint outputs), max and mean. */
+static void check_reduce(trng *r, const int64_t xd[4], kiln_op op, const int64_t *axes, int naxes) {
+  int64_t wd[4] = {1, 1, 1, xd[3]};
+  kiln_graph *g = kiln_graph_new();
+  kiln_value x = kiln_placeholder(g, "x", KILN_F32, shape4(xd)), w = kiln_placeholder(g, "w", KILN_F32, shape4(wd));
+  kiln_value s = kiln_add(g, x, w), y;
+  if (op == KILN_OP_REDUCE_SUM) y = kiln_reduce_sum(g, s, axes, naxes, false);
+  else if (op == KILN_OP_REDUCE_MAX) y = kiln_reduce_max(g, s, axes, naxes, false);
+  else y = kiln_reduce_mean(g, s, axes, naxes, true);
+  kiln_output(g, "y", y);
+  assert_int_equal(kiln_graph_status(g), KILN_OK);
+  double terms = (double)(xd[0] * xd[1] * xd[2] * xd[3]) / (double)kiln_shape_numel(kiln_value_shape(g, y).rank, kiln_value_shape(g, y).dims);
+  /* f32 sums of `terms` values of magnitude <= 2: error up to terms * eps * 2 */
+  check_threads(r, g, xd, wd, kiln_ops[op].name, terms * 1.2e-7);
+  kiln_graph_free(g);
+}
+
+static void test_reduce_threads(void **s) {
+  (void)s;
+  trng r = {23};
+  check_reduce(&r, (int64_t[]){4, 50, 40, 16}, KILN_OP_REDUCE_SUM, (int64_t[]){0, 1, 2}, 3);
+  check_reduce(&r, (int64_t[]){9, 40, 20, 16}, KILN_OP_REDUCE_SUM, (int64_t[]){0, 2}, 2);
+  check_reduce(&r, (int64_t[]){4, 50, 40, 16}, KILN_OP_REDUCE_MAX, (int64_t[]){1, 2}, 2);
+  check_reduce(&r, (int64_t[]){9, 40, 20, 16}, KILN_OP_REDUCE_MEAN, (int64_t[]){0, 3}, 2);
+}
+
 static void count_task(void *ctx, int64_t i, int32_t worker) {
   int *counts = ctx;
   __atomic_fetch_add(&counts[i], 1 + 1000 * worker, __ATOMIC_RELAXED);
@@ -267,7 +294,7 @@ static void test_run_into(void **s) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_matmul_edges_and_transposes), cmocka_unit_test(test_conv_threads), cmocka_unit_test(test_conv_small_filters), cmocka_unit_test(test_max_pool_grad), cmocka_unit_test(test_elementwise_threads),
+      cmocka_unit_test(test_matmul_edges_and_transposes), cmocka_unit_test(test_conv_threads), cmocka_unit_test(test_conv_small_filters), cmocka_unit_test(test_max_pool_grad), cmocka_unit_test(test_elementwise_threads), cmocka_unit_test(test_reduce_threads),
       cmocka_unit_test(test_pool_runs_each_task_once),    cmocka_unit_test(test_thread_count_errors),
       cmocka_unit_test(test_run_into),
   };
