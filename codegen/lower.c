@@ -508,6 +508,37 @@ static void one_hot_body(cg *c, node_ctx *k, LLVMValueRef i) {
   cg_store(c, dt(n), cg_cast(c, KILN_BOOL, dt(n), LLVMBuildZExt(c->b, hot, c->i8, "")), k->out, i);
 }
 
+/* A gather-style movement (each output element read from one place) over dims:
+ * large ones run ranges of the first dim on the threads; m->k is rebound to the
+ * task's arguments inside. */
+static void movement_nest(cg *c, node_ctx *k, mov_ctx *m, int rank, const int64_t *dims, cg_nest_body body) {
+  int64_t numel = kiln_shape_numel(rank, dims);
+  if (c->threads < 2 || !c->par || rank == 0 || dims[0] < 2 || numel < FLAT_THREADED_ELEMS ||
+      k->nleaves + 1 > CG_TASK_CTX_MAX) {
+    cg_nest(c, rank, dims, body, m);
+    return;
+  }
+  int64_t tasks = (int64_t)c->threads * FLAT_TASKS_PER_THREAD, per = (dims[0] + tasks - 1) / tasks;
+  tasks = (dims[0] + per - 1) / per;
+  LLVMValueRef ptrs[CG_TASK_CTX_MAX], v[CG_TASK_CTX_MAX], task, worker;
+  ptrs[0] = k->out;
+  for (uint32_t l = 0; l < k->nleaves; l++) ptrs[l + 1] = k->leaf_ptr[l];
+  char name[48];
+  snprintf(name, sizeof name, "node%u_task%u", k->id, c->ntask_fns++);
+  cg_fn_pos sp;
+  LLVMValueRef fn = cg_task_begin(c, name, k->nleaves + 1, 1, &sp, v, &task, &worker);
+  node_ctx t = *k;
+  t.out = v[0];
+  for (uint32_t l = 0; l < k->nleaves; l++) t.leaf_ptr[l] = v[l + 1];
+  mov_ctx mt = *m;
+  mt.k = &t;
+  LLVMValueRef lo = mul(c, task, cg_i64(c, per)), end = add(c, lo, cg_i64(c, per));
+  LLVMValueRef hi = LLVMBuildSelect(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, end, cg_i64(c, dims[0]), ""), end, cg_i64(c, dims[0]), "");
+  nest_from(c, rank, dims, lo, hi, body, &mt);
+  cg_task_end(c, &sp);
+  cg_parallel_for(c, fn, cg_task_ctx(c, ptrs, k->nleaves + 1), tasks, true);
+}
+
 static void lower_movement(cg *c, node_ctx *k) {
   const kiln_node *n = k->n, *x = input(c, k, 0);
   mov_ctx m = {.k = k};
@@ -517,9 +548,9 @@ static void lower_movement(cg *c, node_ctx *k) {
   case KILN_OP_RESHAPE: flat(c, k, numel, copy_body); return;
   case KILN_OP_TRANSPOSE:
     kiln_attr_ints(n, KILN_ATTR_PERM, m.a);
-    cg_nest(c, n->rank, n->dims, transpose_body, &m);
+    movement_nest(c, k, &m, n->rank, n->dims, transpose_body);
     return;
-  case KILN_OP_BROADCAST_TO: cg_nest(c, n->rank, n->dims, broadcast_body, &m); return;
+  case KILN_OP_BROADCAST_TO: movement_nest(c, k, &m, n->rank, n->dims, broadcast_body); return;
   case KILN_OP_CONCAT: {
     int64_t axis = kiln_attr_int(n, KILN_ATTR_AXIS, 0);
     for (m.which = 0; m.which < n->ninputs; m.which++) {
@@ -531,11 +562,11 @@ static void lower_movement(cg *c, node_ctx *k) {
   }
   case KILN_OP_SLICE:
     kiln_slice_map(n, x->rank, x->dims, m.a, m.s);
-    cg_nest(c, n->rank, n->dims, slice_body, &m);
+    movement_nest(c, k, &m, n->rank, n->dims, slice_body);
     return;
   case KILN_OP_PAD:
     kiln_attr_ints(n, KILN_ATTR_PADS_LO, m.a);
-    cg_nest(c, n->rank, n->dims, pad_body, &m);
+    movement_nest(c, k, &m, n->rank, n->dims, pad_body);
     return;
   case KILN_OP_GATHER:
     m.fail = fail_block(c, k);

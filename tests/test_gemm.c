@@ -182,7 +182,8 @@ static void test_max_pool_grad(void **s) {
 }
 
 /* Large element-wise kernels (a fused chain with a broadcast operand) run as ranges
- * of elements on the threads: 128,000 elements, not a whole number of ranges. */
+ * of elements on the threads: 128,000 elements, not a whole number of ranges; large
+ * movements as ranges of their first dim. */
 static void test_elementwise_threads(void **s) {
   (void)s;
   trng r = {19};
@@ -193,6 +194,21 @@ static void test_elementwise_threads(void **s) {
   assert_int_equal(kiln_graph_status(g), KILN_OK);
   check_threads(&r, g, xd, wd, "element-wise", 1e-6);
   kiln_graph_free(g);
+  /* large movements run ranges of their first dim: transpose, strided slice, pad, broadcast */
+  for (int kind = 0; kind < 4; kind++) {
+    g = kiln_graph_new();
+    x = kiln_placeholder(g, "x", KILN_F32, shape4(xd)), w = kiln_placeholder(g, "w", KILN_F32, shape4(wd));
+    kiln_value xw = kiln_add(g, x, w), y;
+    int64_t st[4] = {1, 3, 0, 2}, en[4] = {4, 50, 40, 16}, sp[4] = {1, 2, 1, 3}, lo[4] = {0, 1, 2, 0}, hi[4] = {1, 0, 3, 1};
+    if (kind == 0) y = kiln_transpose(g, xw, (int64_t[]){2, 0, 3, 1}, 4);
+    else if (kind == 1) y = kiln_slice(g, xw, st, en, sp, 4);
+    else if (kind == 2) y = kiln_pad(g, xw, lo, hi, -1.5);
+    else y = kiln_broadcast_to(g, kiln_reduce_sum(g, w, (int64_t[]){0}, 1, false), (kiln_shape){4, {6, 40, 50, 16}});
+    kiln_output(g, "y", y);
+    assert_int_equal(kiln_graph_status(g), KILN_OK);
+    check_threads(&r, g, xd, wd, "movement", 1e-6);
+    kiln_graph_free(g);
+  }
 }
 
 /* Large reductions sum in shape-fixed parts of their first dim: reduced (parts in
