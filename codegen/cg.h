@@ -76,6 +76,9 @@ KILN_INTERNAL void cg_nest(cg *c, int rank, const int64_t *dims, cg_nest_body bo
 /* Row-major linear index of ivs in dims. */
 KILN_INTERNAL LLVMValueRef cg_linear(cg *c, int rank, const int64_t *dims, const LLVMValueRef *ivs);
 KILN_INTERNAL LLVMValueRef cg_splat(cg *c, LLVMValueRef scalar, unsigned n);
+/* Signed minimum / maximum of two integers. */
+KILN_INTERNAL LLVMValueRef cg_smin(cg *c, LLVMValueRef a, LLVMValueRef b);
+KILN_INTERNAL LLVMValueRef cg_smax(cg *c, LLVMValueRef a, LLVMValueRef b);
 /* Marks fp ops as contractable (FMA) and, with reassoc, reorderable (vectorizable reductions). */
 KILN_INTERNAL LLVMValueRef cg_fast(LLVMValueRef inst, bool reassoc);
 
@@ -112,6 +115,8 @@ KILN_INTERNAL LLVMValueRef cg_task_ctx(cg *c, const LLVMValueRef *ptrs, unsigned
 KILN_INTERNAL LLVMValueRef cg_task_begin(cg *c, const char *name, unsigned n, unsigned written, cg_fn_pos *saved,
                                          LLVMValueRef *ptrs, LLVMValueRef *index, LLVMValueRef *worker);
 KILN_INTERNAL void cg_task_end(cg *c, const cg_fn_pos *saved);
+/* Task `task`'s piece of [0, n) cut into pieces of `per`: [*lo, the result). */
+KILN_INTERNAL LLVMValueRef cg_task_range(cg *c, LLVMValueRef task, int64_t per, int64_t n, LLVMValueRef *lo);
 /* Runs task(ctx, i, worker) for i < ntasks: through the kernel's kiln_parallel when
  * threaded and there is one at run time, else in order on worker 0. */
 KILN_INTERNAL void cg_parallel_for(cg *c, LLVMValueRef task, LLVMValueRef ctx, int64_t ntasks, bool threaded);

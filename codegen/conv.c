@@ -151,8 +151,7 @@ static void chunk_gemm(cg *c, const chunking *k, LLVMValueRef chunk, const cg_ge
 
 /* Rows [r0, r0 + count) of chunk `chunk`: count = min(rows, pixels - r0). */
 static LLVMValueRef chunk_rows(cg *c, const conv_geom *q, const chunking *k, LLVMValueRef r0) {
-  LLVMValueRef left = LLVMBuildSub(c->b, cg_i64(c, q->pixels), r0, "");
-  return LLVMBuildSelect(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, left, cg_i64(c, k->rows), ""), left, cg_i64(c, k->rows), "");
+  return cg_smin(c, LLVMBuildSub(c->b, cg_i64(c, q->pixels), r0, ""), cg_i64(c, k->rows));
 }
 
 /* The task's worker: its im2col rows, then its GEMM packing buffers. */
@@ -295,9 +294,7 @@ static LLVMValueRef fgrad_task(cg *c, const conv_geom *q, const fgrad_plan *p) {
   LLVMValueRef ws = byte_offset(c, col, cg_i64(c, (int64_t)p->k.col_bytes));
   LLVMValueRef acc = cg_conv_part_buffer(c, &p->parts, v[CTX_OUT], v[CTX_SCRATCH], part);
   LLVMBuildMemSet(c->b, acc, LLVMConstInt(c->i8, 0, 0), cg_i64(c, q->Kc * q->OC * (int64_t)kiln_dtype_size(q->t)), 4);
-  LLVMValueRef first = mul(c, part, cg_i64(c, p->per_part));
-  LLVMValueRef end = LLVMBuildSelect(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, add(c, first, cg_i64(c, p->per_part)), cg_i64(c, p->k.nchunks), ""),
-                                     add(c, first, cg_i64(c, p->per_part)), cg_i64(c, p->k.nchunks), "");
+  LLVMValueRef first, end = cg_task_range(c, part, p->per_part, p->k.nchunks, &first);
   int64_t ocg = q->OC / q->groups;
   cg_gemm whole = fgrad_gemm(q, p->k.rows), rest = fgrad_gemm(q, p->k.rest);
   cg_loop lc, lg;

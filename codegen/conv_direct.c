@@ -168,8 +168,7 @@ void cg_conv_direct(cg *c, const conv_geom *q, LLVMValueRef out, const LLVMValue
   cg_fn_pos sp;
   LLVMValueRef v[3], chunk, worker;
   LLVMValueRef fn = cg_task_begin(c, name, 3, 1 << 2, &sp, v, &chunk, &worker);
-  LLVMValueRef p0 = mul(c, chunk, imm(c, rows)), end = add(c, p0, imm(c, rows));
-  LLVMValueRef p1 = LLVMBuildSelect(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, end, imm(c, q->pixels), ""), end, imm(c, q->pixels), "");
+  LLVMValueRef p0, p1 = cg_task_range(c, chunk, rows, q->pixels, &p0);
   fwd_ctx m = {.q = q, .xp = v[0], .w = v[1], .out = v[2], .p0 = p0, .p1 = p1, .w_lanes = vec_w(c, q)};
   for_blocks(c, q->OC / m.w_lanes, block_vectors(c, q), fwd_block, &m);
   cg_task_end(c, &sp);
@@ -225,8 +224,7 @@ void cg_conv_direct_filter_grad(cg *c, const conv_geom *q, LLVMValueRef out, con
   cg_fn_pos sp;
   LLVMValueRef v[4], part, worker;
   LLVMValueRef fn = cg_task_begin(c, name, 4, 1 << 2 | 1 << 3, &sp, v, &part, &worker);
-  LLVMValueRef p0 = mul(c, part, imm(c, per_part)), end = add(c, p0, imm(c, per_part));
-  LLVMValueRef p1 = LLVMBuildSelect(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, end, imm(c, q->pixels), ""), end, imm(c, q->pixels), "");
+  LLVMValueRef p0, p1 = cg_task_range(c, part, per_part, q->pixels, &p0);
   fgrad_ctx m = {.q = q, .xp = v[0], .dy = v[1], .acc_out = cg_conv_part_buffer(c, &parts, v[2], v[3], part), .p0 = p0,
                  .p1 = p1, .w_lanes = vec_w(c, q)};
   for_blocks(c, q->OC / m.w_lanes, block_vectors(c, q), fgrad_block, &m);

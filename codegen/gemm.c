@@ -111,9 +111,6 @@ static LLVMValueRef add(cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuil
 static LLVMValueRef sub(cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildSub(c->b, a, b, ""); }
 static LLVMValueRef mul(cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildMul(c->b, a, b, ""); }
 static LLVMValueRef imm(cg *c, int64_t v) { return cg_i64(c, v); }
-static LLVMValueRef smin(cg *c, LLVMValueRef a, LLVMValueRef b) {
-  return LLVMBuildSelect(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, a, b, ""), a, b, "");
-}
 static LLVMValueRef at(cg *c, kiln_dtype t, LLVMValueRef base, LLVMValueRef idx) { return cg_gep(c, cg_type(c, t), base, idx); }
 
 static LLVMValueRef vload(cg *c, LLVMTypeRef vt, kiln_dtype t, LLVMValueRef base, LLVMValueRef idx, unsigned align) {
@@ -455,7 +452,7 @@ static LLVMValueRef task_fn(cg *c, const cg_gemm *g, const gemm_plan *p) {
   LLVMValueRef bi = LLVMBuildSDiv(c->b, task, per_batch, ""), rest = LLVMBuildSRem(c->b, task, per_batch, "");
   LLVMValueRef i0 = mul(c, LLVMBuildSDiv(c->b, rest, nt, ""), imm(c, p->mc));
   LLVMValueRef j0 = mul(c, LLVMBuildSRem(c->b, rest, nt, ""), imm(c, p->nc));
-  LLVMValueRef i1 = smin(c, imm(c, g->M), add(c, i0, imm(c, p->mc))), j1 = smin(c, imm(c, g->N), add(c, j0, imm(c, p->nc)));
+  LLVMValueRef i1 = cg_smin(c, imm(c, g->M), add(c, i0, imm(c, p->mc))), j1 = cg_smin(c, imm(c, g->N), add(c, j0, imm(c, p->nc)));
   LLVMValueRef A = at(c, t, v[F_A], mul(c, bi, imm(c, g->bsa))), B = at(c, t, v[F_B], mul(c, bi, imm(c, g->bsb))),
                C = at(c, t, v[F_C], mul(c, bi, imm(c, g->bsc)));
   LLVMValueRef rsa = imm(c, g->rsa), csa = imm(c, g->csa), rsb = imm(c, g->rsb), csb = imm(c, g->csb), ldc = imm(c, g->ldc);
@@ -480,11 +477,11 @@ static LLVMValueRef task_fn(cg *c, const cg_gemm *g, const gemm_plan *p) {
   /* K in equal slices of at most KC: no short last slice paying a full pass over C */
   int64_t kstep = ceil_div(g->K, ceil_div(g->K, KC));
   LLVMValueRef pc = cg_loop_begin(c, &lp, imm(c, 0), imm(c, g->K), imm(c, kstep));
-  LLVMValueRef kc = smin(c, imm(c, kstep), sub(c, imm(c, g->K), pc));
+  LLVMValueRef kc = cg_smin(c, imm(c, kstep), sub(c, imm(c, g->K), pc));
   pack_b(c, t, NR, Bp, at(c, t, B, mul(c, pc, rsb)), rsb, csb, j0, j1, kc);
   LLVMValueRef accum = g->accumulate ? LLVMConstInt(c->i1, 1, 0) : LLVMBuildICmp(c->b, LLVMIntSGT, pc, imm(c, 0), "");
   LLVMValueRef i = cg_loop_begin(c, &li, i0, i1, imm(c, MR));
-  LLVMValueRef mr = smin(c, imm(c, MR), sub(c, i1, i));
+  LLVMValueRef mr = cg_smin(c, imm(c, MR), sub(c, i1, i));
   LLVMValueRef Ai = at(c, t, A, add(c, mul(c, i, rsa), mul(c, pc, csa)));
   /* Full strips read A in place; the ragged last one is packed with zero rows. */
   LLVMValueRef full = LLVMBuildICmp(c->b, LLVMIntEQ, mr, imm(c, MR), "");
@@ -494,7 +491,7 @@ static LLVMValueRef task_fn(cg *c, const cg_gemm *g, const gemm_plan *p) {
   if_end(c, &f);
   LLVMValueRef a_src = LLVMBuildSelect(c->b, full, Ai, Ap, "");
   LLVMValueRef j = cg_loop_begin(c, &lj, j0, j1, imm(c, NR));
-  LLVMValueRef nr = smin(c, imm(c, NR), sub(c, j1, j));
+  LLVMValueRef nr = cg_smin(c, imm(c, NR), sub(c, j1, j));
   LLVMValueRef panel = mul(c, LLVMBuildSDiv(c->b, sub(c, j, j0), imm(c, NR), ""), mul(c, kc, imm(c, NR)));
   LLVMValueRef margs[7] = {kc, a_src, at(c, t, Bp, panel), at(c, t, C, add(c, mul(c, i, ldc), j)), mr, nr, accum};
   LLVMValueRef narrow = LLVMBuildICmp(c->b, LLVMIntSLE, nr, imm(c, w), "");

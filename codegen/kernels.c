@@ -45,12 +45,6 @@ typedef struct {
   int64_t H, W, C, k[2], s[2], p[4];
 } pool_ctx;
 
-static LLVMValueRef smin(cg *c, LLVMValueRef a, LLVMValueRef b) {
-  return LLVMBuildSelect(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, a, b, ""), a, b, "");
-}
-static LLVMValueRef smax(cg *c, LLVMValueRef a, LLVMValueRef b) {
-  return LLVMBuildSelect(c->b, LLVMBuildICmp(c->b, LLVMIntSGT, a, b, ""), a, b, "");
-}
 
 static void pool_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
   pool_ctx *q = vctx;
@@ -61,8 +55,8 @@ static void pool_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
   /* The window clipped to the input: [h0, h1) x [w0, w1). */
   LLVMValueRef hs = LLVMBuildSub(c->b, mul(c, oh, cg_i64(c, q->s[0])), cg_i64(c, q->p[0]), "");
   LLVMValueRef ws = LLVMBuildSub(c->b, mul(c, ow, cg_i64(c, q->s[1])), cg_i64(c, q->p[1]), "");
-  LLVMValueRef h0 = smax(c, hs, zero), h1 = smin(c, add(c, hs, cg_i64(c, q->k[0])), cg_i64(c, q->H));
-  LLVMValueRef w0 = smax(c, ws, zero), w1 = smin(c, add(c, ws, cg_i64(c, q->k[1])), cg_i64(c, q->W));
+  LLVMValueRef h0 = cg_smax(c, hs, zero), h1 = cg_smin(c, add(c, hs, cg_i64(c, q->k[0])), cg_i64(c, q->H));
+  LLVMValueRef w0 = cg_smax(c, ws, zero), w1 = cg_smin(c, add(c, ws, cg_i64(c, q->k[1])), cg_i64(c, q->W));
   cg_loop l, lh, lw;
   LLVMValueRef ch = cg_loop_begin(c, &l, zero, cg_i64(c, q->C), one);
   cg_store(c, q->t, cg_const(c, q->t, is_max ? -__builtin_inf() : 0.0), q->out, add(c, obase, ch));

@@ -115,6 +115,13 @@ LLVMValueRef cg_linear(cg *c, int rank, const int64_t *dims, const LLVMValueRef 
   return idx;
 }
 
+LLVMValueRef cg_smin(cg *c, LLVMValueRef a, LLVMValueRef b) {
+  return LLVMBuildSelect(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, a, b, ""), a, b, "");
+}
+LLVMValueRef cg_smax(cg *c, LLVMValueRef a, LLVMValueRef b) {
+  return LLVMBuildSelect(c->b, LLVMBuildICmp(c->b, LLVMIntSGT, a, b, ""), a, b, "");
+}
+
 LLVMValueRef cg_splat(cg *c, LLVMValueRef scalar, unsigned n) {
   LLVMTypeRef vt = LLVMVectorType(LLVMTypeOf(scalar), n);
   LLVMValueRef v = LLVMBuildInsertElement(c->b, LLVMGetUndef(vt), scalar, LLVMConstInt(c->i32, 0, 0), "");

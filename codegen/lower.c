@@ -52,6 +52,45 @@ static void flat_range(cg *c, node_ctx *k, LLVMValueRef lo, LLVMValueRef hi, fla
   cg_loop_end(c, &l);
 }
 
+/* A task function for kernel k whose body sees the kernel's output (and scratch,
+ * when asked) and reads as its own arguments: *t is k rebound to them, and the
+ * builder is left in the body. node_task_run closes it and runs ntasks tasks. */
+typedef struct {
+  cg_fn_pos sp;
+  LLVMValueRef fn, index;
+  bool scratch;
+} node_task;
+
+static unsigned node_task_ptrs(const node_ctx *k, bool scratch, LLVMValueRef *ptrs) {
+  unsigned n = 0;
+  ptrs[n++] = k->out;
+  if (scratch) ptrs[n++] = k->scratch;
+  for (uint32_t l = 0; l < k->nleaves; l++) ptrs[n++] = k->leaf_ptr[l];
+  return n;
+}
+
+static node_task node_task_begin(cg *c, const node_ctx *k, bool scratch, node_ctx *t) {
+  node_task nt = {.scratch = scratch};
+  LLVMValueRef ptrs[CG_TASK_CTX_MAX], v[CG_TASK_CTX_MAX], worker;
+  unsigned n = node_task_ptrs(k, scratch, ptrs);
+  char name[48];
+  snprintf(name, sizeof name, "node%u_task%u", k->id, c->ntask_fns++);
+  /* out and scratch are the only buffers the kernel writes */
+  nt.fn = cg_task_begin(c, name, n, scratch ? 1 << 0 | 1 << 1 : 1 << 0, &nt.sp, v, &nt.index, &worker);
+  *t = *k;
+  t->out = v[0];
+  if (scratch) t->scratch = v[1];
+  for (uint32_t l = 0; l < k->nleaves; l++) t->leaf_ptr[l] = v[l + 1 + scratch];
+  return nt;
+}
+
+static void node_task_run(cg *c, const node_ctx *k, node_task *nt, int64_t ntasks, bool threaded) {
+  cg_task_end(c, &nt->sp);
+  LLVMValueRef ptrs[CG_TASK_CTX_MAX];
+  unsigned n = node_task_ptrs(k, nt->scratch, ptrs);
+  cg_parallel_for(c, nt->fn, cg_task_ctx(c, ptrs, n), ntasks, threaded);
+}
+
 static void flat(cg *c, node_ctx *k, int64_t n, flat_body body) {
   if (n <= 0) return;
   if (c->threads < 2 || !c->par || n < FLAT_THREADED_ELEMS || k->nleaves + 1 > CG_TASK_CTX_MAX) {
@@ -61,22 +100,11 @@ static void flat(cg *c, node_ctx *k, int64_t n, flat_body body) {
   int64_t tasks = (int64_t)c->threads * FLAT_TASKS_PER_THREAD;
   int64_t per = ((n + tasks - 1) / tasks + FLAT_ALIGN - 1) / FLAT_ALIGN * FLAT_ALIGN;
   tasks = (n + per - 1) / per;
-  /* the task sees the kernel's output and reads as its own arguments */
-  LLVMValueRef ptrs[CG_TASK_CTX_MAX], v[CG_TASK_CTX_MAX], task, worker;
-  ptrs[0] = k->out;
-  for (uint32_t l = 0; l < k->nleaves; l++) ptrs[l + 1] = k->leaf_ptr[l];
-  char name[48];
-  snprintf(name, sizeof name, "node%u_task%u", k->id, c->ntask_fns++);
-  cg_fn_pos sp;
-  LLVMValueRef fn = cg_task_begin(c, name, k->nleaves + 1, 1, &sp, v, &task, &worker);
-  node_ctx t = *k;
-  t.out = v[0];
-  for (uint32_t l = 0; l < k->nleaves; l++) t.leaf_ptr[l] = v[l + 1];
-  LLVMValueRef lo = mul(c, task, cg_i64(c, per)), end = add(c, lo, cg_i64(c, per));
-  LLVMValueRef hi = LLVMBuildSelect(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, end, cg_i64(c, n), ""), end, cg_i64(c, n), "");
+  node_ctx t;
+  node_task nt = node_task_begin(c, k, false, &t);
+  LLVMValueRef lo, hi = cg_task_range(c, nt.index, per, n, &lo);
   flat_range(c, &t, lo, hi, body);
-  cg_task_end(c, &sp);
-  cg_parallel_for(c, fn, cg_task_ctx(c, ptrs, k->nleaves + 1), tasks, true);
+  node_task_run(c, k, &nt, tasks, true);
 }
 
 static kiln_dtype dt(const kiln_node *n) { return (kiln_dtype)n->dtype; }
@@ -313,19 +341,12 @@ static void reduce_in_parts(cg *c, node_ctx *k, red_ctx *r, int64_t parts) {
   bool own_buffers = red_first_dim_reduced(n);
   int64_t on = kiln_shape_numel(n->rank, n->dims), per = (x->dims[0] + parts - 1) / parts;
   int64_t part_bytes = on * (int64_t)kiln_dtype_size(dt(n));
-  LLVMValueRef ptrs[CG_TASK_CTX_MAX], v[CG_TASK_CTX_MAX], part, worker;
-  ptrs[0] = k->out, ptrs[1] = k->scratch;
-  for (uint32_t l = 0; l < k->nleaves; l++) ptrs[l + 2] = k->leaf_ptr[l];
-  char name[48];
-  snprintf(name, sizeof name, "node%u_task%u", k->id, c->ntask_fns++);
-  cg_fn_pos sp;
-  LLVMValueRef fn = cg_task_begin(c, name, k->nleaves + 2, 1 << 0 | 1 << 1, &sp, v, &part, &worker);
-  node_ctx t = *k;
-  t.out = v[0], t.scratch = v[1];
-  for (uint32_t l = 0; l < k->nleaves; l++) t.leaf_ptr[l] = v[l + 2];
+  node_ctx t;
+  node_task nt = node_task_begin(c, k, true, &t);
+  LLVMValueRef part = nt.index;
   if (own_buffers) { /* parts after the first start from the identity in scratch */
-    LLVMValueRef mine = LLVMBuildGEP2(c->b, c->i8, v[1], (LLVMValueRef[]){mul(c, LLVMBuildSub(c->b, part, cg_i64(c, 1), ""), cg_i64(c, part_bytes))}, 1, "");
-    t.out = LLVMBuildSelect(c->b, LLVMBuildICmp(c->b, LLVMIntEQ, part, cg_i64(c, 0), ""), v[0], mine, "");
+    LLVMValueRef mine = LLVMBuildGEP2(c->b, c->i8, t.scratch, (LLVMValueRef[]){mul(c, LLVMBuildSub(c->b, part, cg_i64(c, 1), ""), cg_i64(c, part_bytes))}, 1, "");
+    t.out = LLVMBuildSelect(c->b, LLVMBuildICmp(c->b, LLVMIntEQ, part, cg_i64(c, 0), ""), t.out, mine, "");
     LLVMBasicBlockRef init = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "part.init"),
                       go = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "part.sum");
     LLVMBuildCondBr(c->b, LLVMBuildICmp(c->b, LLVMIntSGT, part, cg_i64(c, 0), ""), init, go);
@@ -336,11 +357,9 @@ static void reduce_in_parts(cg *c, node_ctx *k, red_ctx *r, int64_t parts) {
   }
   red_ctx rt = *r;
   rt.k = &t;
-  LLVMValueRef lo = mul(c, part, cg_i64(c, per)), end = add(c, lo, cg_i64(c, per));
-  LLVMValueRef hi = LLVMBuildSelect(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, end, cg_i64(c, x->dims[0]), ""), end, cg_i64(c, x->dims[0]), "");
+  LLVMValueRef lo, hi = cg_task_range(c, part, per, x->dims[0], &lo);
   nest_from(c, x->rank, x->dims, lo, hi, red_body, &rt);
-  cg_task_end(c, &sp);
-  cg_parallel_for(c, fn, cg_task_ctx(c, ptrs, k->nleaves + 2), parts, c->threads > 1);
+  node_task_run(c, k, &nt, parts, c->threads > 1);
   if (!own_buffers) return;
   /* out = combine(out, part 1), then part 2, ... */
   kiln_op combine = n->op == KILN_OP_REDUCE_MAX ? KILN_OP_MAX : n->op == KILN_OP_REDUCE_MIN ? KILN_OP_MIN : KILN_OP_ADD;
@@ -520,23 +539,13 @@ static void movement_nest(cg *c, node_ctx *k, mov_ctx *m, int rank, const int64_
   }
   int64_t tasks = (int64_t)c->threads * FLAT_TASKS_PER_THREAD, per = (dims[0] + tasks - 1) / tasks;
   tasks = (dims[0] + per - 1) / per;
-  LLVMValueRef ptrs[CG_TASK_CTX_MAX], v[CG_TASK_CTX_MAX], task, worker;
-  ptrs[0] = k->out;
-  for (uint32_t l = 0; l < k->nleaves; l++) ptrs[l + 1] = k->leaf_ptr[l];
-  char name[48];
-  snprintf(name, sizeof name, "node%u_task%u", k->id, c->ntask_fns++);
-  cg_fn_pos sp;
-  LLVMValueRef fn = cg_task_begin(c, name, k->nleaves + 1, 1, &sp, v, &task, &worker);
-  node_ctx t = *k;
-  t.out = v[0];
-  for (uint32_t l = 0; l < k->nleaves; l++) t.leaf_ptr[l] = v[l + 1];
+  node_ctx t;
+  node_task nt = node_task_begin(c, k, false, &t);
   mov_ctx mt = *m;
   mt.k = &t;
-  LLVMValueRef lo = mul(c, task, cg_i64(c, per)), end = add(c, lo, cg_i64(c, per));
-  LLVMValueRef hi = LLVMBuildSelect(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, end, cg_i64(c, dims[0]), ""), end, cg_i64(c, dims[0]), "");
+  LLVMValueRef lo, hi = cg_task_range(c, nt.index, per, dims[0], &lo);
   nest_from(c, rank, dims, lo, hi, body, &mt);
-  cg_task_end(c, &sp);
-  cg_parallel_for(c, fn, cg_task_ctx(c, ptrs, k->nleaves + 1), tasks, true);
+  node_task_run(c, k, &nt, tasks, true);
 }
 
 static void lower_movement(cg *c, node_ctx *k) {

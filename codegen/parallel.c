@@ -90,6 +90,11 @@ void cg_task_end(cg *c, const cg_fn_pos *saved) {
   cg_end_fn(c, saved);
 }
 
+LLVMValueRef cg_task_range(cg *c, LLVMValueRef task, int64_t per, int64_t n, LLVMValueRef *lo) {
+  *lo = LLVMBuildMul(c->b, task, cg_i64(c, per), "");
+  return cg_smin(c, LLVMBuildAdd(c->b, *lo, cg_i64(c, per), ""), cg_i64(c, n));
+}
+
 static void serial_tasks(cg *c, LLVMValueRef task, LLVMValueRef ctx, int64_t ntasks) {
   cg_loop lt;
   LLVMValueRef ti = cg_loop_begin(c, &lt, cg_i64(c, 0), cg_i64(c, ntasks), cg_i64(c, 1));
