@@ -121,4 +121,18 @@ static inline int bench_alternate_processes(int n, const char *const *contenders
   return rc;
 }
 
+/* What every bench program's main does first: parse the command line (*a); as a
+ * child, run the one contender asked for; as the parent, time the n contenders
+ * alternately into out (as bench_alternate_processes). Returns -1 when the caller
+ * should print its table from out, else the exit status. */
+typedef int (*bench_contender_fn)(const char *who, int threads);
+static inline int bench_run(int argc, char **argv, int n, const char *const *contenders, bench_contender_fn run,
+                            int ncases, double *out, bench_args *a) {
+  if (bench_parse_args(argc, argv, a)) return 2;
+  if (a->only) return run(a->only, a->threads);
+  if (bench_alternate_processes(n, contenders, a->threads, ncases, a->rounds, out))
+    return fprintf(stderr, "a benchmark process failed\n"), 1;
+  return -1;
+}
+
 #endif

@@ -226,12 +226,10 @@ static int run_contender(const char *who, int threads) {
 
 int main(int argc, char **argv) {
   bench_args a;
-  if (bench_parse_args(argc, argv, &a)) return 2;
-  if (a.only) return run_contender(a.only, a.threads);
-  int threads = a.threads, rounds = a.rounds;
   double t[NCASES * 2];
-  if (bench_alternate_processes(2, contenders, threads, NCASES, rounds, t))
-    return fprintf(stderr, "a benchmark process failed\n"), 1;
+  int status = bench_run(argc, argv, 2, contenders, run_contender, NCASES, t, &a);
+  if (status >= 0) return status;
+  int threads = a.threads, rounds = a.rounds;
   printf("conv2d 3x3 \"same\", %d thread%s: ms (median of %d rounds), kiln's speed as a ratio to oneDNN\n", threads,
          threads > 1 ? "s" : "", rounds);
   printf("%-30s %-16s %9s %9s %12s\n", "layer", "pass", "kiln", "oneDNN", "kiln/oneDNN");

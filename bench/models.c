@@ -114,14 +114,12 @@ static int run_contender(const char *who, int threads) {
 }
 
 int main(int argc, char **argv) {
-  bench_args a;
-  if (bench_parse_args(argc, argv, &a)) return 2;
-  if (a.only) return run_contender(a.only, a.threads);
-  int threads = a.threads, rounds = a.rounds;
   static const char *const contenders[] = {"kiln", "torch"};
+  bench_args a;
   double t[NCASES * 2];
-  if (bench_alternate_processes(2, contenders, threads, NCASES, rounds, t))
-    return fprintf(stderr, "a benchmark process failed\n"), 1;
+  int status = bench_run(argc, argv, 2, contenders, run_contender, NCASES, t, &a);
+  if (status >= 0) return status;
+  int threads = a.threads, rounds = a.rounds;
   printf("models vs PyTorch %s, %d thread%s (median of %d rounds)\n", "(Debian python3-torch)", threads,
          threads > 1 ? "s" : "", rounds);
   printf("%-28s %12s %12s %16s\n", "case", "kiln ms", "PyTorch ms", "kiln speed-up");

@@ -106,12 +106,10 @@ static int run_contender(const char *who, int threads) {
 int main(int argc, char **argv) {
   bench_fix_openblas(argv);
   bench_args a;
-  if (bench_parse_args(argc, argv, &a)) return 2;
-  if (a.only) return run_contender(a.only, a.threads);
-  int threads = a.threads, rounds = a.rounds;
   double t[NSHAPES * 3];
-  if (bench_alternate_processes(3, contenders, threads, NSHAPES, rounds, t))
-    return fprintf(stderr, "a benchmark process failed\n"), 1;
+  int status = bench_run(argc, argv, 3, contenders, run_contender, NSHAPES, t, &a);
+  if (status >= 0) return status;
+  int threads = a.threads, rounds = a.rounds;
   printf("sgemm, %d thread%s: GFLOP/s (median of %d rounds), kiln's speed as a ratio\n", threads, threads > 1 ? "s" : "",
          rounds);
   printf("%6s %6s %6s %9s %9s %9s %12s %14s\n", "M", "N", "K", "kiln", "oneDNN", "OpenBLAS", "kiln/oneDNN",
