@@ -121,6 +121,24 @@ KILN_INTERNAL LLVMValueRef cg_task_range(cg *c, LLVMValueRef task, int64_t per, 
  * threaded and there is one at run time, else in order on worker 0. */
 KILN_INTERNAL void cg_parallel_for(cg *c, LLVMValueRef task, LLVMValueRef ctx, int64_t ntasks, bool threaded);
 
+/* An epilogue: what a matmul or convolution kernel runs over each piece of its
+ * output once the piece is final, while it is still in cache (lower.c builds it
+ * from the element-wise nodes fused after the product): out[i] = f(out[i], the
+ * buffers in ptrs at i) for flat indices i in [lo, hi). Kernels that run tasks
+ * pass ptrs through the task context. */
+enum { CG_EPILOGUE_PTRS = 32 };
+typedef struct cg_epilogue cg_epilogue;
+struct cg_epilogue {
+  void (*apply)(cg *c, const cg_epilogue *e, LLVMValueRef out, LLVMValueRef lo, LLVMValueRef hi);
+  const void *ctx;
+  unsigned nptrs;
+  LLVMValueRef ptrs[CG_EPILOGUE_PTRS];
+};
+/* Appends e's pointers (none when e is NULL) to the n context pointers in ptrs; returns the new count. */
+KILN_INTERNAL unsigned cg_epilogue_ctx(const cg_epilogue *e, LLVMValueRef *ptrs, unsigned n);
+/* e as a task body sees it: its pointers are the body's arguments from args on. */
+KILN_INTERNAL cg_epilogue cg_epilogue_in_task(const cg_epilogue *e, const LLVMValueRef *args);
+
 /* ---- gemm.c ---- */
 /* C[b] = A[b] * B[b] for b < batch, all strides in elements: A[b][i][k] is at
  * b*bsa + i*rsa + k*csa, B[b][k][j] at b*bsb + k*rsb + j*csb, C[b][i][j] at b*bsc + i*ldc + j. */
@@ -134,12 +152,16 @@ typedef struct cg_gemm {
    * over a slice of rows whose size depends on the thread count. */
   bool packed;
   bool accumulate; /* C[b] += A[b] * B[b] (always packed) */
+  /* Run over rows of C as they are finished; C is then the epilogue's out, whole
+   * (ldc == N, bsc == M * N). NULL: none. */
+  const cg_epilogue *epilogue;
 } cg_gemm;
 KILN_INTERNAL uint64_t cg_gemm_scratch_bytes(cg *c, const cg_gemm *g);
 KILN_INTERNAL void cg_gemm_emit(cg *c, const cg_gemm *g, LLVMValueRef A, LLVMValueRef B, LLVMValueRef C, LLVMValueRef scratch);
 
 /* ---- kernels.c: matmul, pooling and its gradient ---- */
-KILN_INTERNAL void cg_matmul(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch);
+KILN_INTERNAL void cg_matmul(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch,
+                             const cg_epilogue *ep);
 KILN_INTERNAL void cg_pool2d(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in);
 /* false (c->err set) for a window too large to unroll */
 KILN_INTERNAL bool cg_max_pool2d_grad(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in);
@@ -147,7 +169,8 @@ KILN_INTERNAL bool cg_max_pool2d_grad(cg *c, const kiln_node *n, LLVMValueRef ou
 KILN_INTERNAL uint64_t cg_scratch_bytes(cg *c, const kiln_node *n);
 
 /* ---- conv.c: conv2d and conv2d_filter_grad ---- */
-KILN_INTERNAL void cg_conv2d(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch);
+KILN_INTERNAL void cg_conv2d(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch,
+                             const cg_epilogue *ep);
 KILN_INTERNAL void cg_conv2d_filter_grad(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in,
                                          LLVMValueRef scratch);
 KILN_INTERNAL uint64_t cg_conv_scratch_bytes(cg *c, const kiln_node *n);

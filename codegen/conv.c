@@ -192,12 +192,13 @@ static fwd_plan plan_fwd(cg *c, const conv_geom *q) {
 }
 
 /* Task i: chunk i, group by group its im2col rows, then their GEMM. */
-static LLVMValueRef fwd_task(cg *c, const conv_geom *q, const fwd_plan *p) {
+static LLVMValueRef fwd_task(cg *c, const conv_geom *q, const fwd_plan *p, const cg_epilogue *ep) {
   char name[48];
   snprintf(name, sizeof name, "kiln_conv%u_task", c->ntask_fns++);
   cg_fn_pos sp;
-  LLVMValueRef v[CTX_FIELDS], chunk, worker;
-  LLVMValueRef fn = cg_task_begin(c, name, CTX_FIELDS, CTX_WRITTEN, &sp, v, &chunk, &worker);
+  LLVMValueRef v[CG_TASK_CTX_MAX], chunk, worker;
+  unsigned nctx = CTX_FIELDS + (ep ? ep->nptrs : 0);
+  LLVMValueRef fn = cg_task_begin(c, name, nctx, CTX_WRITTEN, &sp, v, &chunk, &worker);
   LLVMValueRef col = worker_scratch(c, v[CTX_SCRATCH], worker, p->worker_bytes);
   LLVMValueRef ws = byte_offset(c, col, cg_i64(c, (int64_t)p->k.col_bytes));
   LLVMValueRef r0 = mul(c, chunk, cg_i64(c, p->k.rows)), count = chunk_rows(c, q, &p->k, r0);
@@ -210,25 +211,33 @@ static LLVMValueRef fwd_task(cg *c, const conv_geom *q, const fwd_plan *p) {
   LLVMValueRef C = offset(c, q->t, v[CTX_OUT], add(c, mul(c, r0, cg_i64(c, q->OC)), mul(c, g, cg_i64(c, ocg))));
   chunk_gemm(c, &p->k, chunk, &whole, &rest, col, B, C, ws);
   cg_loop_end(c, &lg);
+  if (ep) { /* the chunk's rows are final, and still cached */
+    cg_epilogue in_task = cg_epilogue_in_task(ep, v + CTX_FIELDS);
+    LLVMValueRef lo = mul(c, r0, cg_i64(c, q->OC));
+    in_task.apply(c, &in_task, v[CTX_OUT], lo, add(c, lo, mul(c, count, cg_i64(c, q->OC))));
+  }
   cg_task_end(c, &sp);
   return fn;
 }
 
-void cg_conv2d(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch) {
+void cg_conv2d(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch,
+               const cg_epilogue *ep) {
   conv_geom q = cg_conv_geometry(c, n);
   if (kiln_shape_numel(4, n->dims) == 0) return;
   if (q.pointwise) {
     cg_gemm mm = fwd_gemm(&q, 0);
+    mm.epilogue = ep;
     cg_gemm_emit(c, &mm, in[0], in[1], out, scratch);
     return;
   }
   if (cg_conv_direct_fits(c, &q)) {
-    cg_conv_direct(c, &q, out, in, scratch);
+    cg_conv_direct(c, &q, out, in, scratch, ep);
     return;
   }
   fwd_plan p = plan_fwd(c, &q);
-  LLVMValueRef vals[CTX_FIELDS] = {in[0], in[1], out, scratch};
-  cg_parallel_for(c, fwd_task(c, &q, &p), cg_task_ctx(c, vals, CTX_FIELDS), p.k.nchunks, p.threaded);
+  LLVMValueRef vals[CG_TASK_CTX_MAX] = {in[0], in[1], out, scratch};
+  unsigned nctx = cg_epilogue_ctx(ep, vals, CTX_FIELDS);
+  cg_parallel_for(c, fwd_task(c, &q, &p, ep), cg_task_ctx(c, vals, nctx), p.k.nchunks, p.threaded);
 }
 
 /* ---- conv2d_filter_grad ---- */

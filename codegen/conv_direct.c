@@ -16,7 +16,7 @@
 #include <stdio.h>
 #include "codegen/conv.h"
 
-enum { DIRECT_REGS = 24 };
+enum { DIRECT_REGS = 24, EPILOGUE_PIXELS = 256 };
 
 static LLVMValueRef add(cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildAdd(c->b, a, b, ""); }
 static LLVMValueRef mul(cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildMul(c->b, a, b, ""); }
@@ -156,7 +156,8 @@ static void fwd_block(cg *c, void *vctx, LLVMValueRef first, int64_t nv) {
   cg_loop_end(c, &lp);
 }
 
-void cg_conv_direct(cg *c, const conv_geom *q, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch) {
+void cg_conv_direct(cg *c, const conv_geom *q, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch,
+                    const cg_epilogue *ep) {
   bool threaded = cg_conv_worth_threads(c, q);
   LLVMValueRef xp = in[0];
   if (padded(q)) pad_input(c, q, in[0], xp = scratch, threaded);
@@ -166,13 +167,24 @@ void cg_conv_direct(cg *c, const conv_geom *q, LLVMValueRef out, const LLVMValue
   char name[48];
   snprintf(name, sizeof name, "kiln_conv%u_direct_task", c->ntask_fns++);
   cg_fn_pos sp;
-  LLVMValueRef v[3], chunk, worker;
-  LLVMValueRef fn = cg_task_begin(c, name, 3, 1 << 2, &sp, v, &chunk, &worker);
+  LLVMValueRef v[CG_TASK_CTX_MAX] = {xp, in[1], out}, chunk, worker;
+  unsigned nctx = cg_epilogue_ctx(ep, v, 3);
+  LLVMValueRef ctx = cg_task_ctx(c, v, nctx);
+  LLVMValueRef fn = cg_task_begin(c, name, nctx, 1 << 2, &sp, v, &chunk, &worker);
   LLVMValueRef p0, p1 = cg_task_range(c, chunk, rows, q->pixels, &p0);
-  fwd_ctx m = {.q = q, .xp = v[0], .w = v[1], .out = v[2], .p0 = p0, .p1 = p1, .w_lanes = vec_w(c, q)};
+  /* with an epilogue, pieces of the chunk small enough to finish while cached */
+  cg_loop lp;
+  LLVMValueRef s0 = cg_loop_begin(c, &lp, p0, p1, imm(c, ep ? EPILOGUE_PIXELS : rows));
+  LLVMValueRef s1 = cg_smin(c, add(c, s0, imm(c, ep ? EPILOGUE_PIXELS : rows)), p1);
+  fwd_ctx m = {.q = q, .xp = v[0], .w = v[1], .out = v[2], .p0 = s0, .p1 = s1, .w_lanes = vec_w(c, q)};
   for_blocks(c, q->OC / m.w_lanes, block_vectors(c, q), fwd_block, &m);
+  if (ep) {
+    cg_epilogue in_task = cg_epilogue_in_task(ep, v + 3);
+    in_task.apply(c, &in_task, v[2], mul(c, s0, imm(c, q->OC)), mul(c, s1, imm(c, q->OC)));
+  }
+  cg_loop_end(c, &lp);
   cg_task_end(c, &sp);
-  cg_parallel_for(c, fn, cg_task_ctx(c, (LLVMValueRef[]){xp, in[1], out}, 3), chunks, threaded);
+  cg_parallel_for(c, fn, ctx, chunks, threaded);
 }
 
 /* ---- conv2d_filter_grad ---- */

@@ -430,6 +430,23 @@ static void dot_rows(cg *c, kiln_dtype t, int rows, LLVMValueRef A, int64_t rsa,
 
 /* ---- the task ---- */
 
+/* The epilogue over rows [i0, i1) x columns [j0, j1) of batch entry bi, out being
+ * C's base: one range when tasks hold whole rows. */
+static void finish_rows(cg *c, const cg_gemm *g, const gemm_plan *p, const cg_epilogue *ep, LLVMValueRef out,
+                        LLVMValueRef bi, LLVMValueRef i0, LLVMValueRef i1, LLVMValueRef j0, LLVMValueRef j1) {
+  KILN_ASSERT(g->ldc == g->N && (g->batch == 1 || g->bsc == g->M * g->N));
+  LLVMValueRef base = mul(c, bi, imm(c, g->bsc));
+  if (p->nt == 1) {
+    ep->apply(c, ep, out, add(c, base, mul(c, i0, imm(c, g->N))), add(c, base, mul(c, i1, imm(c, g->N))));
+    return;
+  }
+  cg_loop lr;
+  LLVMValueRef r = cg_loop_begin(c, &lr, i0, i1, imm(c, 1));
+  LLVMValueRef lo = add(c, add(c, base, mul(c, r, imm(c, g->N))), j0);
+  ep->apply(c, ep, out, lo, add(c, lo, sub(c, j1, j0)));
+  cg_loop_end(c, &lr);
+}
+
 /* The call site's task function: all sizes and strides are constants. */
 static LLVMValueRef task_fn(cg *c, const cg_gemm *g, const gemm_plan *p) {
   kiln_dtype t = g->t;
@@ -446,8 +463,11 @@ static LLVMValueRef task_fn(cg *c, const cg_gemm *g, const gemm_plan *p) {
     }
   snprintf(name, sizeof name, "kiln_gemm%u_task", id);
   cg_fn_pos sp;
-  LLVMValueRef task, worker, v[CTX_FIELDS];
-  LLVMValueRef fn = cg_task_begin(c, name, CTX_FIELDS, 1 << F_C | 1 << F_WS, &sp, v, &task, &worker);
+  LLVMValueRef task, worker, v[CG_TASK_CTX_MAX];
+  unsigned nctx = CTX_FIELDS + (g->epilogue ? g->epilogue->nptrs : 0);
+  LLVMValueRef fn = cg_task_begin(c, name, nctx, 1 << F_C | 1 << F_WS, &sp, v, &task, &worker);
+  cg_epilogue ep = {0};
+  if (g->epilogue) ep = cg_epilogue_in_task(g->epilogue, v + CTX_FIELDS);
   LLVMValueRef per_batch = imm(c, p->mt * p->nt), nt = imm(c, p->nt);
   LLVMValueRef bi = LLVMBuildSDiv(c->b, task, per_batch, ""), rest = LLVMBuildSRem(c->b, task, per_batch, "");
   LLVMValueRef i0 = mul(c, LLVMBuildSDiv(c->b, rest, nt, ""), imm(c, p->mc));
@@ -460,11 +480,13 @@ static LLVMValueRef task_fn(cg *c, const cg_gemm *g, const gemm_plan *p) {
     LLVMValueRef ifull = whole(c, i0, i1, DOT_ROWS);
     dot_rows(c, t, DOT_ROWS, A, g->rsa, B, C, g->ldc, g->K, i0, ifull);
     dot_rows(c, t, 1, A, g->rsa, B, C, g->ldc, g->K, ifull, i1);
+    if (g->epilogue) finish_rows(c, g, p, &ep, v[F_C], bi, i0, i1, j0, j1);
     cg_task_end(c, &sp);
     return fn;
   }
   if (p->direct) {
     direct_block(c, t, A, rsa, csa, B, rsb, C, ldc, imm(c, g->K), i0, i1, j0, j1);
+    if (g->epilogue) finish_rows(c, g, p, &ep, v[F_C], bi, i0, i1, j0, j1);
     cg_task_end(c, &sp);
     return fn;
   }
@@ -504,6 +526,12 @@ static LLVMValueRef task_fn(cg *c, const cg_gemm *g, const gemm_plan *p) {
       if_end(c, &f2);
     }
   cg_loop_end(c, &lj);
+  if (g->epilogue) { /* the strip is final after the last K slice */
+    cg_if last;
+    if_begin(c, &last, LLVMBuildICmp(c->b, LLVMIntEQ, add(c, pc, kc), imm(c, g->K), ""));
+    finish_rows(c, g, p, &ep, v[F_C], bi, i, add(c, i, mr), j0, j1);
+    if_end(c, &last);
+  }
   cg_loop_end(c, &li);
   cg_loop_end(c, &lp);
   cg_task_end(c, &sp);
@@ -523,10 +551,12 @@ void cg_gemm_emit(cg *c, const cg_gemm *g, LLVMValueRef A, LLVMValueRef B, LLVMV
     cg_loop_end(c, &lj);
     cg_loop_end(c, &li);
     cg_loop_end(c, &lb);
+    if (g->epilogue) g->epilogue->apply(c, g->epilogue, C, imm(c, 0), imm(c, g->batch * g->M * g->N));
     return;
   }
   gemm_plan p = plan_gemm(c, g);
   LLVMValueRef task = task_fn(c, g, &p);
-  LLVMValueRef vals[CTX_FIELDS] = {A, B, C, scratch ? scratch : LLVMConstPointerNull(c->ptr)};
-  cg_parallel_for(c, task, cg_task_ctx(c, vals, CTX_FIELDS), p.ntasks, threads_of(c, g) > 1);
+  LLVMValueRef vals[CG_TASK_CTX_MAX] = {A, B, C, scratch ? scratch : LLVMConstPointerNull(c->ptr)};
+  unsigned nctx = cg_epilogue_ctx(g->epilogue, vals, CTX_FIELDS);
+  cg_parallel_for(c, task, cg_task_ctx(c, vals, nctx), p.ntasks, threads_of(c, g) > 1);
 }

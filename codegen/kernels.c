@@ -31,8 +31,10 @@ uint64_t cg_scratch_bytes(cg *c, const kiln_node *n) {
   return 0;
 }
 
-void cg_matmul(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch) {
+void cg_matmul(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch,
+               const cg_epilogue *ep) {
   cg_gemm g = matmul_gemm(c, n);
+  g.epilogue = ep;
   cg_gemm_emit(c, &g, in[0], in[1], out, scratch);
 }
 

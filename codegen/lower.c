@@ -31,6 +31,7 @@ typedef struct {
   LLVMValueRef out, scratch;
   LLVMValueRef in[64];    /* n's inputs as pointers (for the matmul/conv/pool kernels) */
   const bool *inlined;    /* per node */
+  uint32_t host;          /* the matmul/conv the kernel runs into out before the rest, or UINT32_MAX */
   uint32_t nleaves;
   uint32_t leaf[MAX_LEAVES];
   LLVMValueRef leaf_ptr[MAX_LEAVES];
@@ -156,6 +157,7 @@ static LLVMValueRef broadcast_source(cg *c, const kiln_node *n, LLVMValueRef i) 
  * or computed when the node is fused into the kernel. */
 static LLVMValueRef value_of(cg *c, node_ctx *k, uint32_t id, LLVMValueRef i) {
   const kiln_node *n = &c->g->nodes[id];
+  if (id == k->host) return cg_load(c, dt(n), k->out, i); /* the epilogue runs in place */
   if (!k->inlined || !k->inlined[id]) {
     for (uint32_t l = 0; l < k->nleaves; l++)
       if (k->leaf[l] == id) return cg_load(c, dt(n), k->leaf_ptr[l], i);
@@ -599,18 +601,52 @@ static void lower_movement(cg *c, node_ctx *k) {
   }
 }
 
+/* ---- epilogues ---- */
+
+/* Kernel k's element-wise body over [lo, hi), run in place on the host's result
+ * (cg_epilogue): e->ctx is k, e->ptrs its leaves as the caller sees them. */
+static void epilogue_apply(cg *c, const cg_epilogue *e, LLVMValueRef out, LLVMValueRef lo, LLVMValueRef hi) {
+  node_ctx t = *(const node_ctx *)e->ctx;
+  t.out = out;
+  for (uint32_t l = 0; l < t.nleaves; l++) t.leaf_ptr[l] = e->ptrs[l];
+  flat_range(c, &t, lo, hi, ew_body);
+}
+
+static LLVMValueRef leaf_ptr_of(const node_ctx *k, uint32_t id) {
+  for (uint32_t l = 0; l < k->nleaves; l++)
+    if (k->leaf[l] == id) return k->leaf_ptr[l];
+  KILN_ASSERT(!"a host's input is not among its kernel's reads");
+  return NULL;
+}
+
+/* Kernel k = its host (a matmul or convolution) into k->out, finished by k's
+ * element-wise nodes piece by piece. */
+static void lower_hosted(cg *c, node_ctx *k) {
+  _Static_assert(KILN_MAX_EPILOGUE_READS <= CG_EPILOGUE_PTRS, "an epilogue carries every read of its kernel");
+  const kiln_node *h = &c->g->nodes[k->host];
+  cg_epilogue ep = {.apply = epilogue_apply, .ctx = k, .nptrs = k->nleaves};
+  memcpy(ep.ptrs, k->leaf_ptr, sizeof(LLVMValueRef) * k->nleaves);
+  LLVMValueRef in[2] = {leaf_ptr_of(k, h->inputs[0]), leaf_ptr_of(k, h->inputs[1])};
+  if (h->op == KILN_OP_MATMUL) cg_matmul(c, h, k->out, in, k->scratch, &ep);
+  else cg_conv2d(c, h, k->out, in, k->scratch, &ep);
+}
+
 /* Emits node k's body; false if the op has no lowering (reported, never silent). */
 static bool lower_node(cg *c, node_ctx *k) {
   const kiln_node *n = k->n;
   unsigned f = kiln_ops[n->op].flags;
   int64_t numel = kiln_shape_numel(n->rank, n->dims);
+  if (k->host != UINT32_MAX) {
+    lower_hosted(c, k);
+    return true;
+  }
   switch ((kiln_op)n->op) {
   case KILN_OP_CONST: flat(c, k, numel, fill_body); return true;
   case KILN_OP_IOTA: flat(c, k, numel, iota_body); return true;
   case KILN_OP_RNG_UNIFORM:
   case KILN_OP_RNG_NORMAL: flat(c, k, numel, rng_body); return true;
-  case KILN_OP_MATMUL: cg_matmul(c, n, k->out, k->in, k->scratch); return true;
-  case KILN_OP_CONV2D: cg_conv2d(c, n, k->out, k->in, k->scratch); return true;
+  case KILN_OP_MATMUL: cg_matmul(c, n, k->out, k->in, k->scratch, NULL); return true;
+  case KILN_OP_CONV2D: cg_conv2d(c, n, k->out, k->in, k->scratch, NULL); return true;
   case KILN_OP_CONV2D_FILTER_GRAD: cg_conv2d_filter_grad(c, n, k->out, k->in, k->scratch); return true;
   case KILN_OP_MAX_POOL2D:
   case KILN_OP_AVG_POOL2D: cg_pool2d(c, n, k->out, k->in); return true;
@@ -732,8 +768,8 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
   ws = mem.peak;
   plan->buffers_unplanned = mem.unplanned;
   for (uint32_t i = 0; i < g->nnodes; i++)
-    if (live[i] && !inlined[i]) {
-      uint64_t s = scratch_bytes(c, &g->nodes[i]);
+    if (live[i] && (!inlined[i] || g->nodes[i].op == KILN_OP_MATMUL || g->nodes[i].op == KILN_OP_CONV2D)) {
+      uint64_t s = scratch_bytes(c, &g->nodes[i]); /* hosts' scratch too */
       if (s > scratch) scratch = s;
     }
   uint64_t scratch_off = ws;
@@ -783,7 +819,7 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
     unsigned scratch_arg = kern->nreads + 1;
     c->par = threaded ? LLVMGetParam(fn, scratch_arg + 1) : NULL;
     node_ctx k = {.n = n, .id = i, .out = LLVMGetParam(fn, 0), .scratch = LLVMGetParam(fn, scratch_arg), .inlined = inlined,
-                  .nleaves = kern->nreads};
+                  .host = sched.host[i], .nleaves = kern->nreads};
     memcpy(k.leaf, kern->reads, sizeof(uint32_t) * kern->nreads);
     for (uint32_t q = 0; q < k.nleaves; q++) k.leaf_ptr[q] = LLVMGetParam(fn, q + 1);
     for (uint32_t j = 0; j < n->ninputs; j++)

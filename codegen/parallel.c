@@ -123,3 +123,14 @@ void cg_parallel_for(cg *c, LLVMValueRef task, LLVMValueRef ctx, int64_t ntasks,
   LLVMBuildBr(c->b, join);
   LLVMPositionBuilderAtEnd(c->b, join);
 }
+
+unsigned cg_epilogue_ctx(const cg_epilogue *e, LLVMValueRef *ptrs, unsigned n) {
+  for (unsigned i = 0; e && i < e->nptrs; i++) ptrs[n++] = e->ptrs[i];
+  return n;
+}
+
+cg_epilogue cg_epilogue_in_task(const cg_epilogue *e, const LLVMValueRef *args) {
+  cg_epilogue in = *e;
+  for (unsigned i = 0; i < e->nptrs; i++) in.ptrs[i] = args[i];
+  return in;
+}

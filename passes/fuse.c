@@ -8,7 +8,12 @@
  *    element once (element-wise, reshape, reductions, transpose, slice, concat; x * x
  *    counts as one reader: LLVM computes the repeated value once) are inlined,
  *    so chains become one loop nest and element-wise producers fuse into reductions;
- *    with several readers they are computed once and stored. */
+ *    with several readers they are computed once and stored;
+ *  - a matmul or convolution whose only reader is such a chain (element-wise ops and
+ *    reshapes up to an element-wise kernel of the same dtype) is that kernel's host:
+ *    the kernel runs the matmul or convolution into its own output and finishes
+ *    each piece of it in place while it is still in cache (bias, activation,
+ *    residual add, scale: the epilogue), so the product is never stored. */
 #include "passes/passes.h"
 
 static bool reads_by_element(kiln_op op) {
@@ -21,17 +26,42 @@ static bool visits_once(kiln_op op) {
   return op == KILN_OP_RESHAPE || op == KILN_OP_TRANSPOSE || op == KILN_OP_SLICE || op == KILN_OP_CONCAT;
 }
 
-size_t kiln_fuse(const kiln_graph *g, const bool *live, const bool *stored, uint32_t max_reads, bool *inlined) {
+static bool keeps_index(kiln_op op) { return (kiln_ops[op].flags & EW) || op == KILN_OP_RESHAPE; }
+
+/* Makes matmuls and convolutions the hosts of the element-wise kernels that are
+ * their only readers (see the top), within the epilogue's bound on reads. */
+static void choose_hosts(const kiln_graph *g, const bool *stored, const uint32_t *uses, const uint32_t *reader,
+                         bool *inlined, uint32_t *host) {
+  for (uint32_t i = 0; i < g->nnodes; i++) {
+    kiln_op op = (kiln_op)g->nodes[i].op;
+    if ((op != KILN_OP_MATMUL && op != KILN_OP_CONV2D) || stored[i] || reader[i] == UINT32_MAX) continue;
+    uint32_t root = reader[i];
+    bool ok = keeps_index((kiln_op)g->nodes[root].op);
+    while (ok && inlined[root]) {
+      root = reader[root];
+      ok = root != UINT32_MAX && keeps_index((kiln_op)g->nodes[root].op);
+    }
+    if (!ok || !(kiln_ops[g->nodes[root].op].flags & EW) || g->nodes[root].dtype != g->nodes[i].dtype ||
+        host[root] != UINT32_MAX || uses[root] + g->nodes[i].ninputs - 1 > KILN_MAX_EPILOGUE_READS)
+      continue;
+    host[root] = i;
+    inlined[i] = true;
+  }
+}
+
+size_t kiln_fuse(const kiln_graph *g, const bool *live, const bool *stored, uint32_t max_reads, bool *inlined,
+                 uint32_t *host) {
   uint32_t n = g->nnodes;
-  uint32_t *uses = calloc(n + 1, sizeof *uses);
+  uint32_t *uses = calloc(n + 1, sizeof *uses), *reader = malloc((n + 1) * sizeof *reader);
   bool *all_by_element = malloc(n + 1), *once = malloc(n + 1);
   size_t count = 0;
-  if (!uses || !all_by_element || !once) {
-    free(uses), free(all_by_element), free(once);
+  for (uint32_t i = 0; i < n; i++) host[i] = UINT32_MAX;
+  if (!uses || !reader || !all_by_element || !once) {
+    free(uses), free(reader), free(all_by_element), free(once);
     for (uint32_t i = 0; i < n; i++) inlined[i] = false; /* no fusion is always correct */
     return 0;
   }
-  for (uint32_t i = 0; i < n; i++) all_by_element[i] = once[i] = true;
+  for (uint32_t i = 0; i < n; i++) all_by_element[i] = once[i] = true, reader[i] = UINT32_MAX;
   for (uint32_t i = 0; i < n; i++) {
     if (!live[i]) continue;
     const kiln_node *c = &g->nodes[i];
@@ -41,6 +71,7 @@ size_t kiln_fuse(const kiln_graph *g, const bool *live, const bool *stored, uint
       for (uint32_t q = 0; q < j; q++) again |= c->inputs[q] == p;
       if (again) continue;
       uses[p]++;
+      reader[p] = uses[p] == 1 ? i : UINT32_MAX; /* the only reader, while there is one */
       all_by_element[p] &= reads_by_element((kiln_op)c->op);
       once[p] &= visits_once((kiln_op)c->op);
     }
@@ -69,7 +100,8 @@ size_t kiln_fuse(const kiln_graph *g, const bool *live, const bool *stored, uint
       inlined[worst] = false;
     }
   }
+  choose_hosts(g, stored, uses, reader, inlined, host);
   for (uint32_t i = 0; i < n; i++) count += inlined[i];
-  free(uses), free(all_by_element), free(once);
+  free(uses), free(reader), free(all_by_element), free(once);
   return count;
 }

@@ -19,10 +19,12 @@ KILN_INTERNAL kiln_status kiln_plan_memory(const kiln_graph *g, const uint64_t *
 
 /* Marks inlined[i] for the live nodes computed inside the kernels that read them
  * (never those with stored[i]: inputs, constants with data, outputs), keeping every
- * kernel's distinct buffers at most max_reads; returns how many (passes/fuse.c
- * explains the rules). */
+ * kernel's distinct buffers at most max_reads; host[k] is the matmul or convolution
+ * (inlined too) that kernel k runs before finishing its output element-wise, or
+ * UINT32_MAX. Returns how many nodes are inlined (passes/fuse.c explains the rules). */
 KILN_INTERNAL size_t kiln_fuse(const kiln_graph *g, const bool *live, const bool *stored, uint32_t max_reads,
-                               bool *inlined);
+                               bool *inlined, uint32_t *host);
+#define KILN_MAX_EPILOGUE_READS 32 /* buffers a kernel with a host may read (they ride in its task contexts) */
 
 /* ---- schedule.c ---- */
 #define KILN_MAX_READS 62 /* stored buffers one kernel may read */
@@ -36,6 +38,7 @@ typedef struct kiln_kernel {
 typedef struct kiln_schedule {
   bool *live;          /* per node: an output depends on it */
   bool *inlined;       /* per node: computed inside the kernels that read it */
+  uint32_t *host;      /* per node: the matmul/conv its kernel runs first (kiln_fuse), or UINT32_MAX */
   uint32_t *last;      /* per node: the last kernel's node reading its buffer (itself if none) */
   uint32_t *kernel_of; /* per node: its kernel's index, or UINT32_MAX */
   kiln_kernel *kernels; /* in node order */
@@ -74,6 +77,6 @@ KILN_INTERNAL bool kiln_pass_stats_on(void);               /* KILN_PASS_STATS is
 KILN_INTERNAL bool kiln_node_is_stored(const kiln_graph *g, uint32_t i);
 KILN_INTERNAL kiln_status kiln_schedule_build(const kiln_graph *g, bool fuse, kiln_schedule *s);
 KILN_INTERNAL void kiln_schedule_free(kiln_schedule *s);
-/* "N kernels, M nodes fused" and a line per kernel: "kernel %i op fuses %j op, ...; reads %k, ...". */
+/* "N kernels, M nodes fused" and a line per kernel: "kernel %i op [after %h op] fuses %j op, ...; reads %k, ...". */
 KILN_INTERNAL kiln_status kiln_schedule_to_text(const kiln_graph *g, const kiln_schedule *s, char **text);
 #endif

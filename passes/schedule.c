@@ -7,7 +7,7 @@
 #include "passes/passes.h"
 
 void kiln_schedule_free(kiln_schedule *s) {
-  free(s->live), free(s->inlined), free(s->last), free(s->kernel_of), free(s->kernels);
+  free(s->live), free(s->inlined), free(s->host), free(s->last), free(s->kernel_of), free(s->kernels);
   memset(s, 0, sizeof *s);
 }
 
@@ -40,11 +40,11 @@ bool kiln_node_is_stored(const kiln_graph *g, uint32_t i) {
 kiln_status kiln_schedule_build(const kiln_graph *g, bool fuse, kiln_schedule *s) {
   uint32_t n = g->nnodes;
   memset(s, 0, sizeof *s);
-  s->live = calloc(n + 1, 1), s->inlined = calloc(n + 1, 1);
+  s->live = calloc(n + 1, 1), s->inlined = calloc(n + 1, 1), s->host = calloc(n + 1, sizeof *s->host);
   s->last = calloc(n + 1, sizeof *s->last), s->kernel_of = calloc(n + 1, sizeof *s->kernel_of);
   s->kernels = calloc(n + 1, sizeof *s->kernels);
   bool *stored = calloc(n + 1, 1);
-  if (!s->live || !s->inlined || !s->last || !s->kernel_of || !s->kernels || !stored) {
+  if (!s->live || !s->inlined || !s->host || !s->last || !s->kernel_of || !s->kernels || !stored) {
     free(stored);
     kiln_schedule_free(s);
     return kiln_set_error(KILN_ERR_NOMEM, "schedule: out of memory");
@@ -55,7 +55,8 @@ kiln_status kiln_schedule_build(const kiln_graph *g, bool fuse, kiln_schedule *s
     if (s->live[i])
       for (uint32_t j = 0; j < g->nodes[i].ninputs; j++) s->live[g->nodes[i].inputs[j]] = true;
   for (uint32_t i = 0; i < n; i++) stored[i] = kiln_node_is_stored(g, i);
-  if (fuse) s->fused = kiln_fuse(g, s->live, stored, KILN_MAX_READS, s->inlined);
+  for (uint32_t i = 0; i < n; i++) s->host[i] = UINT32_MAX;
+  if (fuse) s->fused = kiln_fuse(g, s->live, stored, KILN_MAX_READS, s->inlined, s->host);
   kiln_status st = KILN_OK;
   for (uint32_t i = 0; i < n && st == KILN_OK; i++) {
     const kiln_node *nd = &g->nodes[i];
@@ -100,8 +101,11 @@ kiln_status kiln_schedule_to_text(const kiln_graph *g, const kiln_schedule *s, c
   for (size_t k = 0; k < s->nkernels; k++) {
     const kiln_kernel *kk = &s->kernels[k];
     fprintf(f, "kernel %%%u %s", kk->node, kiln_ops[g->nodes[kk->node].op].name);
+    uint32_t host = s->host[kk->node];
+    if (host != UINT32_MAX) fprintf(f, " after %%%u %s", host, kiln_ops[g->nodes[host].op].name);
     memset(mark, 0, g->nnodes + 1);
     list_fused(g, s->inlined, kk->node, mark);
+    if (host != UINT32_MAX) mark[host] = false;
     const char *sep = " fuses";
     for (uint32_t i = 0; i < g->nnodes; i++)
       if (mark[i]) fprintf(f, "%s %%%u %s", sep, i, kiln_ops[g->nodes[i].op].name), sep = ",";

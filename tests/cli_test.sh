@@ -130,11 +130,12 @@ done
 if "$kiln" dump "$golden/passes/mse.kir" --kernels --disable fusion 2> "$tmp/err"; then fail "an unknown pass was accepted"; fi
 grep -q "no pass named 'fusion'" "$tmp/err" || fail "unclear message: $(cat "$tmp/err")"
 # KILN_DUMP / KILN_PASS_STATS: what the passes decided, on stderr
-KILN_PASS_STATS=1 KILN_DUMP=after:fuse,after:memory-plan "$kiln" compile "$golden/passes/dense_relu.kir" -o "$tmp/dr.o" \
+KILN_PASS_STATS=1 KILN_DUMP=after:fuse,after:memory-plan "$kiln" compile "$golden/passes/softmax.kir" -o "$tmp/sm.o" \
   2> "$tmp/err" > /dev/null || fail "compile with KILN_DUMP failed"
-grep -q "^kernel %6 relu fuses %4 broadcast_to, %5 add; reads %3, %2" "$tmp/err" || fail "no after:fuse dump: $(cat "$tmp/err")"
-grep -q "^%3 matmul: offset 0, 48 bytes" "$tmp/err" || fail "no after:memory-plan dump: $(cat "$tmp/err")"
-grep -q "^kiln: fuse: 2 kernels, 2 nodes fused" "$tmp/err" || fail "no pass stats: $(cat "$tmp/err")"
+grep -q "^kernel %4 exp fuses %2 broadcast_to, %3 sub; reads %0, %1" "$tmp/err" || fail "no after:fuse dump: $(cat "$tmp/err")"
+# the row sums reuse the row maxima's bytes
+grep -q "^%5 reduce_sum: offset 0, 16 bytes" "$tmp/err" || fail "no after:memory-plan dump: $(cat "$tmp/err")"
+grep -q "^kiln: fuse: 4 kernels, 3 nodes fused" "$tmp/err" || fail "no pass stats: $(cat "$tmp/err")"
 # kiln bench: a table of the four variants; unknown names list the built-ins
 "$kiln" bench mlp --batch 4 --runs 2 > "$tmp/bench" || fail "kiln bench mlp failed"
 grep -q "^all passes  *[0-9]" "$tmp/bench" && grep -q "^no passes  *[0-9]" "$tmp/bench" || fail "no bench table: $(cat "$tmp/bench")"

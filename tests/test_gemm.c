@@ -66,20 +66,25 @@ static void test_matmul_edges_and_transposes(void **s) {
   }
 }
 
-/* Runs g (inputs x and a second operand of shape d1) on 1, 2 and 3 threads: equal to the
- * reference evaluator and bit-identical across thread counts. */
-static void check_threads(trng *r, kiln_graph *g, const int64_t xd[4], const int64_t d1[4], const char *what, double atol) {
-  kiln_tensor *in[2] = {random_tensor(r, KILN_F32, 4, xd, -1, 1), random_tensor(r, KILN_F32, 4, d1, -1, 1)};
+/* Runs g on its nin inputs (freed here) on 1, 2 and 3 threads: equal to the reference
+ * evaluator and bit-identical across thread counts. */
+static void check_inputs_threads(kiln_graph *g, kiln_tensor **in, size_t nin, const char *what, double atol) {
   kiln_tensor *ref = NULL, *one = NULL, *two = NULL, *three = NULL;
-  assert_int_equal(kiln_evaluate(g, (const kiln_tensor *const *)in, 2, &ref, 1), KILN_OK);
-  run_threads(g, 1, in, 2, &one);
-  run_threads(g, 2, in, 2, &two);
-  run_threads(g, 3, in, 2, &three);
+  assert_int_equal(kiln_evaluate(g, (const kiln_tensor *const *)in, nin, &ref, 1), KILN_OK);
+  run_threads(g, 1, in, nin, &one);
+  run_threads(g, 2, in, nin, &two);
+  run_threads(g, 3, in, nin, &three);
   assert_int_equal(compare_tensors(what, one, ref, 1e-5, atol), 0);
   assert_memory_equal(kiln_tensor_cdata(one), kiln_tensor_cdata(two), kiln_tensor_nbytes(one));
   assert_memory_equal(kiln_tensor_cdata(one), kiln_tensor_cdata(three), kiln_tensor_nbytes(one));
-  kiln_tensor_free(in[0]), kiln_tensor_free(in[1]);
+  for (size_t i = 0; i < nin; i++) kiln_tensor_free(in[i]);
   kiln_tensor_free(ref), kiln_tensor_free(one), kiln_tensor_free(two), kiln_tensor_free(three);
+}
+
+/* check_inputs_threads for inputs x and a second operand of shape d1. */
+static void check_threads(trng *r, kiln_graph *g, const int64_t xd[4], const int64_t d1[4], const char *what, double atol) {
+  kiln_tensor *in[2] = {random_tensor(r, KILN_F32, 4, xd, -1, 1), random_tensor(r, KILN_F32, 4, d1, -1, 1)};
+  check_inputs_threads(g, in, 2, what, atol);
 }
 
 static kiln_shape shape4(const int64_t d[4]) { return (kiln_shape){.rank = 4, .dims = {d[0], d[1], d[2], d[3]}}; }
@@ -238,6 +243,60 @@ static void test_reduce_threads(void **s) {
   check_reduce(&r, (int64_t[]){9, 40, 20, 16}, KILN_OP_REDUCE_MEAN, (int64_t[]){0, 3}, 2);
 }
 
+/* ---- epilogues ---- */
+
+/* y = relu(p + bias) + 0.5 * res for the product p = matmul(a, b) or conv2d(a, b)
+ * (b_dims[rank-1] channels: bias broadcast along the last dim), which the compiler
+ * must run as one kernel: the product followed by its epilogue, piece by piece. */
+static void check_epilogue(trng *r, int rank, const int64_t *ad, const int64_t *bd, const kiln_conv2d_opts *conv, bool ta,
+                           bool tb, const char *what) {
+  kiln_graph *g = kiln_graph_new();
+  kiln_shape as = {.rank = rank}, bs = {.rank = rank};
+  memcpy(as.dims, ad, sizeof(int64_t) * (size_t)rank);
+  memcpy(bs.dims, bd, sizeof(int64_t) * (size_t)rank);
+  kiln_value a = kiln_placeholder(g, "a", KILN_F32, as), b = kiln_placeholder(g, "b", KILN_F32, bs);
+  kiln_value p = conv ? kiln_conv2d(g, a, b, conv) : kiln_matmul(g, a, b, ta, tb);
+  kiln_shape ps = kiln_value_shape(g, p);
+  int64_t ch = ps.dims[ps.rank - 1];
+  kiln_value bias = kiln_placeholder(g, "bias", KILN_F32, KILN_SHAPE(ch)), res = kiln_placeholder(g, "res", KILN_F32, ps);
+  kiln_value y = kiln_relu(g, kiln_add(g, p, kiln_broadcast_to(g, bias, ps)));
+  kiln_output(g, "y", kiln_add(g, y, kiln_mul(g, res, kiln_scalar(g, KILN_F32, 0.5))));
+  assert_int_equal(kiln_graph_status(g), KILN_OK);
+  char *text = NULL;
+  assert_int_equal(kiln_schedule_text(g, NULL, &text), KILN_OK);
+  if (!strstr(text, "1 kernels,") || !strstr(text, conv ? "after %2 conv2d" : "after %2 matmul"))
+    fail_msg("%s: not one kernel with an epilogue:\n%s", what, text);
+  free(text);
+  kiln_tensor *in[4] = {random_tensor(r, KILN_F32, rank, ad, -1, 1), random_tensor(r, KILN_F32, rank, bd, -1, 1),
+                        random_tensor(r, KILN_F32, 1, &ch, -1, 1), random_tensor(r, KILN_F32, ps.rank, ps.dims, -1, 1)};
+  int64_t k = conv ? bd[0] * bd[1] * bd[2] : (ta ? ad[rank - 2] : ad[rank - 1]);
+  check_inputs_threads(g, in, 4, what, 1e-6 * (double)(k + 1));
+  kiln_graph_free(g);
+}
+
+/* Every GEMM path finishes its pieces: packed strips after the last of several K
+ * slices (and column blocks: 2050 columns are 3 tasks' worth), the few-row direct
+ * path split by columns, the one-column dot path, batches; convolutions by im2col
+ * chunks (groups too), the small-filter direct kernel and the pointwise GEMM. */
+static void test_epilogues(void **s) {
+  (void)s;
+  trng r = {17};
+  static const int64_t mm[][3] = {{130, 65, 513}, {24, 2050, 64}, {5, 300, 40}, {7, 260, 33}, {37, 1, 300}, {1, 1, 3}};
+  for (size_t i = 0; i < sizeof mm / sizeof *mm; i++)
+    for (int tr = 0; tr < 4; tr++) {
+      bool ta = tr & 1, tb = tr & 2;
+      int64_t M = mm[i][0], N = mm[i][1], K = mm[i][2];
+      check_epilogue(&r, 2, (int64_t[]){ta ? K : M, ta ? M : K}, (int64_t[]){tb ? N : K, tb ? K : N}, NULL, ta, tb, "matmul");
+    }
+  check_epilogue(&r, 3, (int64_t[]){3, 14, 20}, (int64_t[]){3, 20, 35}, NULL, false, false, "batched matmul");
+  kiln_conv2d_opts same = {.padding = KILN_PAD_SAME};
+  kiln_conv2d_opts odd = {.strides = {2, 1}, .padding = KILN_PAD_EXPLICIT, .pads = {1, 1, 1, 0}, .groups = 2};
+  check_epilogue(&r, 4, (int64_t[]){4, 34, 34, 16}, (int64_t[]){3, 3, 16, 8}, &same, false, false, "conv");
+  check_epilogue(&r, 4, (int64_t[]){3, 13, 11, 6}, (int64_t[]){3, 3, 3, 10}, &odd, false, false, "grouped conv");
+  check_epilogue(&r, 4, (int64_t[]){9, 28, 28, 1}, (int64_t[]){3, 3, 1, 32}, &same, false, false, "direct conv");
+  check_epilogue(&r, 4, (int64_t[]){2, 9, 7, 16}, (int64_t[]){1, 1, 16, 24}, &same, false, false, "pointwise conv");
+}
+
 static void count_task(void *ctx, int64_t i, int32_t worker) {
   int *counts = ctx;
   __atomic_fetch_add(&counts[i], 1 + 1000 * worker, __ATOMIC_RELAXED);
@@ -311,6 +370,7 @@ static void test_run_into(void **s) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_matmul_edges_and_transposes), cmocka_unit_test(test_conv_threads), cmocka_unit_test(test_conv_small_filters), cmocka_unit_test(test_max_pool_grad), cmocka_unit_test(test_elementwise_threads), cmocka_unit_test(test_reduce_threads),
+      cmocka_unit_test(test_epilogues),
       cmocka_unit_test(test_pool_runs_each_task_once),    cmocka_unit_test(test_thread_count_errors),
       cmocka_unit_test(test_run_into),
   };
