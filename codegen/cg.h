@@ -22,6 +22,7 @@ typedef struct cg {
   LLVMValueRef par;        /* in a kernel with threads > 1: its kiln_parallel pointer (may be NULL at run time) */
   bool no_memory_plan;     /* a buffer per node (the "memory-plan" pass disabled) */
   bool no_fusion;          /* a kernel per node (the "fuse" pass disabled) */
+  bool no_epilogue;        /* no element-wise nodes fused into matmul/conv kernels ("epilogue" disabled) */
   char err[512];
 } cg;
 

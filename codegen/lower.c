@@ -700,7 +700,7 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
   kiln_schedule sched;
   if (!plan->locs || !plan->out_node || !plan->out_direct) return kiln_set_error(KILN_ERR_NOMEM, "codegen: out of memory");
   double t0 = kiln_pass_clock_ms();
-  kiln_status sst = kiln_schedule_build(g, !c->no_fusion, &sched);
+  kiln_status sst = kiln_schedule_build(g, !c->no_fusion, !c->no_epilogue, &sched);
   if (sst != KILN_OK) return sst;
   double t_fuse = kiln_pass_clock_ms() - t0;
   if (kiln_pass_dump_after("fuse")) {

@@ -32,6 +32,7 @@ static bool keeps_index(kiln_op op) { return (kiln_ops[op].flags & EW) || op == 
  * their only readers (see the top), within the epilogue's bound on reads. */
 static void choose_hosts(const kiln_graph *g, const bool *stored, const uint32_t *uses, const uint32_t *reader,
                          bool *inlined, uint32_t *host) {
+  for (uint32_t i = 0; i < g->nnodes; i++) host[i] = UINT32_MAX;
   for (uint32_t i = 0; i < g->nnodes; i++) {
     kiln_op op = (kiln_op)g->nodes[i].op;
     if ((op != KILN_OP_MATMUL && op != KILN_OP_CONV2D) || stored[i] || reader[i] == UINT32_MAX) continue;
@@ -55,7 +56,6 @@ size_t kiln_fuse(const kiln_graph *g, const bool *live, const bool *stored, uint
   uint32_t *uses = calloc(n + 1, sizeof *uses), *reader = malloc((n + 1) * sizeof *reader);
   bool *all_by_element = malloc(n + 1), *once = malloc(n + 1);
   size_t count = 0;
-  for (uint32_t i = 0; i < n; i++) host[i] = UINT32_MAX;
   if (!uses || !reader || !all_by_element || !once) {
     free(uses), free(reader), free(all_by_element), free(once);
     for (uint32_t i = 0; i < n; i++) inlined[i] = false; /* no fusion is always correct */
@@ -100,7 +100,7 @@ size_t kiln_fuse(const kiln_graph *g, const bool *live, const bool *stored, uint
       inlined[worst] = false;
     }
   }
-  choose_hosts(g, stored, uses, reader, inlined, host);
+  if (host) choose_hosts(g, stored, uses, reader, inlined, host);
   for (uint32_t i = 0; i < n; i++) count += inlined[i];
   free(uses), free(reader), free(all_by_element), free(once);
   return count;

@@ -21,7 +21,7 @@ KILN_INTERNAL kiln_status kiln_plan_memory(const kiln_graph *g, const uint64_t *
  * (never those with stored[i]: inputs, constants with data, outputs), keeping every
  * kernel's distinct buffers at most max_reads; host[k] is the matmul or convolution
  * (inlined too) that kernel k runs before finishing its output element-wise, or
- * UINT32_MAX. Returns how many nodes are inlined (passes/fuse.c explains the rules). */
+ * UINT32_MAX (always when host is NULL). Returns how many nodes are inlined (passes/fuse.c explains the rules). */
 KILN_INTERNAL size_t kiln_fuse(const kiln_graph *g, const bool *live, const bool *stored, uint32_t max_reads,
                                bool *inlined, uint32_t *host);
 #define KILN_MAX_EPILOGUE_READS 32 /* buffers a kernel with a host may read (they ride in its task contexts) */
@@ -46,7 +46,7 @@ typedef struct kiln_schedule {
 } kiln_schedule;
 
 typedef struct kiln_pass_switches {
-  bool no_fold, no_simplify, no_fusion, no_memory_plan;
+  bool no_fold, no_simplify, no_fusion, no_epilogue, no_memory_plan;
 } kiln_pass_switches;
 
 /* ---- simplify.c ---- */
@@ -75,7 +75,8 @@ KILN_INTERNAL bool kiln_pass_stats_on(void);               /* KILN_PASS_STATS is
 
 /* Inputs, constants with data and outputs are stored, whatever fusion decides. */
 KILN_INTERNAL bool kiln_node_is_stored(const kiln_graph *g, uint32_t i);
-KILN_INTERNAL kiln_status kiln_schedule_build(const kiln_graph *g, bool fuse, kiln_schedule *s);
+/* fuse: run kiln_fuse; epilogues: let it give kernels hosts. */
+KILN_INTERNAL kiln_status kiln_schedule_build(const kiln_graph *g, bool fuse, bool epilogues, kiln_schedule *s);
 KILN_INTERNAL void kiln_schedule_free(kiln_schedule *s);
 /* "N kernels, M nodes fused" and a line per kernel: "kernel %i op [after %h op] fuses %j op, ...; reads %k, ...". */
 KILN_INTERNAL kiln_status kiln_schedule_to_text(const kiln_graph *g, const kiln_schedule *s, char **text);

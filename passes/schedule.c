@@ -37,7 +37,7 @@ bool kiln_node_is_stored(const kiln_graph *g, uint32_t i) {
   return false;
 }
 
-kiln_status kiln_schedule_build(const kiln_graph *g, bool fuse, kiln_schedule *s) {
+kiln_status kiln_schedule_build(const kiln_graph *g, bool fuse, bool epilogues, kiln_schedule *s) {
   uint32_t n = g->nnodes;
   memset(s, 0, sizeof *s);
   s->live = calloc(n + 1, 1), s->inlined = calloc(n + 1, 1), s->host = calloc(n + 1, sizeof *s->host);
@@ -56,7 +56,7 @@ kiln_status kiln_schedule_build(const kiln_graph *g, bool fuse, kiln_schedule *s
       for (uint32_t j = 0; j < g->nodes[i].ninputs; j++) s->live[g->nodes[i].inputs[j]] = true;
   for (uint32_t i = 0; i < n; i++) stored[i] = kiln_node_is_stored(g, i);
   for (uint32_t i = 0; i < n; i++) s->host[i] = UINT32_MAX;
-  if (fuse) s->fused = kiln_fuse(g, s->live, stored, KILN_MAX_READS, s->inlined, s->host);
+  if (fuse) s->fused = kiln_fuse(g, s->live, stored, KILN_MAX_READS, s->inlined, epilogues ? s->host : NULL);
   kiln_status st = KILN_OK;
   for (uint32_t i = 0; i < n && st == KILN_OK; i++) {
     const kiln_node *nd = &g->nodes[i];
@@ -127,10 +127,11 @@ static kiln_status parse_switches(const char *list, kiln_pass_switches *out) {
     size_t len = strcspn(p, ",");
     if (len == 11 && !strncmp(p, "memory-plan", len)) out->no_memory_plan = true;
     else if (len == 4 && !strncmp(p, "fuse", len)) out->no_fusion = true;
+    else if (len == 8 && !strncmp(p, "epilogue", len)) out->no_epilogue = true;
     else if (len == 4 && !strncmp(p, "fold", len)) out->no_fold = true;
     else if (len == 8 && !strncmp(p, "simplify", len)) out->no_simplify = true;
     else if (len)
-      return kiln_set_error(KILN_ERR_INVALID, "no pass named '%.*s' to disable (known: fold, simplify, fuse, memory-plan)", (int)len, p);
+      return kiln_set_error(KILN_ERR_INVALID, "no pass named '%.*s' to disable (known: fold, simplify, fuse, epilogue, memory-plan)", (int)len, p);
     p += len + (p[len] == ',');
   }
   return KILN_OK;
@@ -164,7 +165,7 @@ static kiln_status compiled_schedule(const kiln_graph *g, const char *disable_pa
   kiln_status st = kiln_passes_disabled(disable_passes, &sw);
   if (st != KILN_OK) return st;
   if (!(*use = as_compiled(g, &sw))) return kiln_set_error(KILN_ERR_INVALID, "%s: %s", what, kiln_errmsg());
-  st = kiln_schedule_build(*use, !sw.no_fusion, s);
+  st = kiln_schedule_build(*use, !sw.no_fusion, !sw.no_epilogue, s);
   if (st != KILN_OK) kiln_graph_free(*use);
   return st;
 }

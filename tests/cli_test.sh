@@ -111,14 +111,15 @@ if "$kiln" run "$t/model.onnx" --input data="$t/test_data_set_0/input_0.pb" --in
 fi
 grep -q "bad.onnx" "$tmp/err" || fail "unclear message: $(cat "$tmp/err")"
 # Golden schedules: the kernels (and fused nodes) each graph compiles to, so a change in
-# fusion decisions shows in review (name.nofuse.kernels: with fusion disabled)
+# fusion decisions shows in review (name.no<pass>.kernels: with that pass disabled)
 for kir in "$golden"/passes/*.kir; do
   "$kiln" dump "$kir" --kernels > "$tmp/kernels" || fail "dump --kernels $kir"
   diff -u "${kir%.kir}.kernels" "$tmp/kernels" || fail "schedule of $kir differs from ${kir%.kir}.kernels"
-  if [ -e "${kir%.kir}.nofuse.kernels" ]; then
-    "$kiln" dump "$kir" --kernels --disable fuse > "$tmp/kernels" || fail "dump --kernels --disable fuse $kir"
-    diff -u "${kir%.kir}.nofuse.kernels" "$tmp/kernels" || fail "unfused schedule of $kir differs"
-  fi
+  for pass in fuse epilogue; do
+    [ -e "${kir%.kir}.no$pass.kernels" ] || continue
+    "$kiln" dump "$kir" --kernels --disable $pass > "$tmp/kernels" || fail "dump --kernels --disable $pass $kir"
+    diff -u "${kir%.kir}.no$pass.kernels" "$tmp/kernels" || fail "schedule of $kir without $pass differs"
+  done
 done
 # Graphviz: every golden graph parses with dot (package graphviz), one cluster per kernel
 for kir in "$golden"/passes/*.kir; do

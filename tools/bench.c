@@ -12,10 +12,11 @@ static const struct {
 } VARIANTS[] = {
     {"all passes", NULL},
     {"no memory-plan", "memory-plan"},
+    {"no epilogue", "epilogue"},
     {"no fuse", "fuse"},
     {"no passes", "fold,simplify,fuse,memory-plan"},
 };
-enum { NVAR = sizeof VARIANTS / sizeof VARIANTS[0], BASELINE = 2 };
+enum { NVAR = sizeof VARIANTS / sizeof VARIANTS[0], BASELINE = 3 };
 
 static double now_ms(void) {
   struct timespec t;

@@ -25,8 +25,9 @@ typedef struct kiln_compile_options {
   bool keep_ir;         /* keep the optimized LLVM IR text (kiln_exec_llvm_ir) */
   /* Comma-separated passes to skip, for comparisons: "fold" (constant folding),
    * "simplify" (the algebraic rules), "fuse" (one kernel per node, every
-   * intermediate stored) and "memory-plan" (every intermediate buffer gets its own
-   * bytes). NULL: all passes run. */
+   * intermediate stored), "epilogue" (only the fusion of element-wise nodes into the
+   * matmul/convolution they follow) and "memory-plan" (every intermediate buffer gets
+   * its own bytes). NULL: all passes run. */
   const char *disable_passes;
   /* Threads the generated kernels use (the caller's plus a pool's); 0: $KILN_NUM_THREADS,
    * else every CPU this process may run on. Results are bit-identical for any count. */
