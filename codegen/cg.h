@@ -71,6 +71,10 @@ typedef struct {
 } cg_loop;
 KILN_INTERNAL LLVMValueRef cg_loop_begin(cg *c, cg_loop *l, LLVMValueRef start, LLVMValueRef end, LLVMValueRef step);
 KILN_INTERNAL void cg_loop_end(cg *c, cg_loop *l);
+/* cg_loop_end for a short inner loop with a constant trip count that must stay the
+ * loop LLVM vectorizes: not unrolled away first (which would leave the loop around
+ * it to be vectorized with gathers). */
+KILN_INTERNAL void cg_loop_end_vector(cg *c, cg_loop *l);
 /* Nested loops over dims (row-major, last innermost); ivs receives the induction values. */
 typedef void (*cg_nest_body)(cg *c, const LLVMValueRef *ivs, void *ctx);
 KILN_INTERNAL void cg_nest(cg *c, int rank, const int64_t *dims, cg_nest_body body, void *ctx);

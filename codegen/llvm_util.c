@@ -2,6 +2,7 @@
  * All trip counts of graph kernels are compile-time constants, so LLVM sees
  * simple counted loops it can unroll and vectorize. */
 #include <string.h>
+#include <llvm-c/DebugInfo.h>
 #include "codegen/cg.h"
 
 void cg_init_types(cg *c) {
@@ -84,12 +85,28 @@ LLVMValueRef cg_loop_begin(cg *c, cg_loop *l, LLVMValueRef start, LLVMValueRef e
   return l->iv;
 }
 
-void cg_loop_end(cg *c, cg_loop *l) {
+static LLVMValueRef loop_latch(cg *c, cg_loop *l) {
   LLVMValueRef next = LLVMBuildAdd(c->b, l->phi, l->step, "");
   LLVMBasicBlockRef latch = LLVMGetInsertBlock(c->b);
   LLVMAddIncoming(l->phi, &next, &latch, 1);
-  LLVMBuildCondBr(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, next, l->end, ""), l->head, l->exit);
+  LLVMValueRef br = LLVMBuildCondBr(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, next, l->end, ""), l->head, l->exit);
   LLVMPositionBuilderAtEnd(c->b, l->exit);
+  return br;
+}
+
+void cg_loop_end(cg *c, cg_loop *l) { loop_latch(c, l); }
+
+void cg_loop_end_vector(cg *c, cg_loop *l) {
+  /* !llvm.loop !0, !0 = distinct !{!0, !{!"llvm.loop.unroll.disable"}}: a loop must
+   * name itself, hence the temporary node replaced by the loop's own */
+  LLVMValueRef br = loop_latch(c, l);
+  static const char key[] = "llvm.loop.unroll.disable";
+  LLVMMetadataRef self = LLVMTemporaryMDNode(c->ctx, NULL, 0);
+  LLVMMetadataRef hint = LLVMMDStringInContext2(c->ctx, key, sizeof key - 1);
+  LLVMMetadataRef opts = LLVMMDNodeInContext2(c->ctx, &hint, 1);
+  LLVMMetadataRef loop = LLVMMDNodeInContext2(c->ctx, (LLVMMetadataRef[]){self, opts}, 2);
+  LLVMMetadataReplaceAllUsesWith(self, loop);
+  LLVMSetMetadata(br, LLVMGetMDKindIDInContext(c->ctx, "llvm.loop", 9), LLVMMetadataAsValue(c->ctx, loop));
 }
 
 static void nest_rec(cg *c, int d, int rank, const int64_t *dims, LLVMValueRef *ivs, cg_nest_body body, void *ctx) {

@@ -32,6 +32,12 @@ typedef struct {
   LLVMValueRef in[64];    /* n's inputs as pointers (for the matmul/conv/pool kernels) */
   const bool *inlined;    /* per node */
   uint32_t host;          /* the matmul/conv the kernel runs into out before the rest, or UINT32_MAX */
+  /* inner > 0: flat loops run as rows of `inner` elements (the output's last dim), so
+   * that broadcasts find their source from the row (hoisted) and the column (a
+   * contiguous run) instead of dividing every index; at flat index flat_i they set
+   * row and col. */
+  int64_t inner;
+  LLVMValueRef flat_i, row, col;
   uint32_t nleaves;
   uint32_t leaf[MAX_LEAVES];
   LLVMValueRef leaf_ptr[MAX_LEAVES];
@@ -48,9 +54,38 @@ enum { FLAT_THREADED_ELEMS = 1 << 16, FLAT_TASKS_PER_THREAD = 4, FLAT_ALIGN = 16
 
 static void flat_range(cg *c, node_ctx *k, LLVMValueRef lo, LLVMValueRef hi, flat_body body) {
   cg_loop l;
-  LLVMValueRef i = cg_loop_begin(c, &l, lo, hi, cg_i64(c, 1));
-  body(c, k, i);
+  if (!k->inner) {
+    LLVMValueRef i = cg_loop_begin(c, &l, lo, hi, cg_i64(c, 1));
+    body(c, k, i);
+    cg_loop_end(c, &l);
+    return;
+  }
+  /* Whole rows [f0, f1) with a constant inner trip count (vectorized without
+   * remainders), then the pieces of rows before and after them: [lo, f0 * inner) and
+   * [f1 * inner, hi), or [lo, hi) alone when it lies inside one row. */
+  LLVMValueRef inner = cg_i64(c, k->inner), one = cg_i64(c, 1);
+  LLVMValueRef f0 = LLVMBuildSDiv(c->b, add(c, lo, cg_i64(c, k->inner - 1)), inner, ""), f1 = LLVMBuildSDiv(c->b, hi, inner, "");
+  node_ctx t = *k;
+  cg_loop lr, ls;
+  t.row = cg_loop_begin(c, &lr, f0, cg_smax(c, f0, f1), one);
+  LLVMValueRef base = mul(c, t.row, inner);
+  t.col = cg_loop_begin(c, &l, cg_i64(c, 0), inner, one);
+  t.flat_i = add(c, base, t.col);
+  body(c, &t, t.flat_i);
+  cg_loop_end_vector(c, &l);
+  cg_loop_end(c, &lr);
+  LLVMValueRef head_end = cg_smin(c, hi, mul(c, f0, inner));
+  LLVMValueRef s = cg_loop_begin(c, &ls, cg_i64(c, 0), cg_i64(c, 2), one);
+  LLVMValueRef tail = LLVMBuildICmp(c->b, LLVMIntEQ, s, one, "");
+  LLVMValueRef a = LLVMBuildSelect(c->b, tail, cg_smax(c, mul(c, f1, inner), head_end), lo, "");
+  LLVMValueRef b = LLVMBuildSelect(c->b, tail, hi, head_end, "");
+  t.row = LLVMBuildSDiv(c->b, a, inner, "");
+  base = mul(c, t.row, inner);
+  t.col = cg_loop_begin(c, &l, LLVMBuildSub(c->b, a, base, ""), LLVMBuildSub(c->b, b, base, ""), one);
+  t.flat_i = add(c, base, t.col);
+  body(c, &t, t.flat_i);
   cg_loop_end(c, &l);
+  cg_loop_end(c, &ls);
 }
 
 /* A task function for kernel k whose body sees the kernel's output (and scratch,
@@ -137,20 +172,43 @@ static LLVMValueRef iota_at(cg *c, const kiln_node *n, LLVMValueRef i) {
   return cg_cast(c, KILN_I64, dt(n), v);
 }
 
-/* The flat index into broadcast_to n's input of n's element i. */
-static LLVMValueRef broadcast_source(cg *c, const kiln_node *n, LLVMValueRef i) {
+/* The flat index into broadcast_to n's input of n's element i (kernel k's rows
+ * when i is their flat index and n's rows are as long). */
+static LLVMValueRef broadcast_source(cg *c, const node_ctx *k, const kiln_node *n, LLVMValueRef i) {
   const kiln_node *x = &c->g->nodes[n->inputs[0]];
   int64_t ost[KILN_MAX_RANK], xst[KILN_MAX_RANK];
   kiln_strides(n->rank, n->dims, ost);
   kiln_strides(x->rank, x->dims, xst);
+  bool rows = k->inner && i == k->flat_i && n->dims[n->rank - 1] == k->inner;
   LLVMValueRef xi = cg_i64(c, 0);
   for (int d = 0; d < x->rank; d++) {
     int od = n->rank - x->rank + d;
     if (x->dims[d] == 1) continue;
-    LLVMValueRef iv = LLVMBuildURem(c->b, LLVMBuildUDiv(c->b, i, cg_i64(c, ost[od]), ""), cg_i64(c, n->dims[od]), "");
+    LLVMValueRef iv;
+    if (rows && od == n->rank - 1) iv = k->col;
+    else if (rows) iv = LLVMBuildURem(c->b, LLVMBuildUDiv(c->b, k->row, cg_i64(c, ost[od] / k->inner), ""), cg_i64(c, n->dims[od]), "");
+    else iv = LLVMBuildURem(c->b, LLVMBuildUDiv(c->b, i, cg_i64(c, ost[od]), ""), cg_i64(c, n->dims[od]), "");
     xi = add(c, xi, mul(c, iv, cg_i64(c, xst[d])));
   }
   return xi;
+}
+
+/* Whether node id's value in kernel k goes through a fused broadcast. */
+static bool fuses_broadcast(cg *c, const node_ctx *k, uint32_t id) {
+  const kiln_node *n = &c->g->nodes[id];
+  for (uint32_t j = 0; j < n->ninputs; j++) {
+    uint32_t p = n->inputs[j];
+    if (!k->inlined || !k->inlined[p] || p == k->host) continue;
+    if (c->g->nodes[p].op == KILN_OP_BROADCAST_TO || fuses_broadcast(c, k, p)) return true;
+  }
+  return false;
+}
+
+/* Rows for kernel k's flat loops when it broadcasts along rows of at least a vector. */
+static void use_rows(cg *c, node_ctx *k) {
+  const kiln_node *n = k->n;
+  int64_t last = n->rank ? n->dims[n->rank - 1] : 0;
+  if (n->rank >= 2 && last >= c->vec_bytes / (int64_t)kiln_dtype_size(dt(n)) && fuses_broadcast(c, k, k->id)) k->inner = last;
 }
 
 /* The value of node id at flat index i inside kernel k: loaded from a leaf buffer,
@@ -167,7 +225,7 @@ static LLVMValueRef value_of(cg *c, node_ctx *k, uint32_t id, LLVMValueRef i) {
   case KILN_OP_CONST: return cg_fill_value(c, dt(n), kiln_attr_float(n, KILN_ATTR_VALUE, 0));
   case KILN_OP_IOTA: return iota_at(c, n, i);
   case KILN_OP_RESHAPE: return value_of(c, k, n->inputs[0], i);
-  case KILN_OP_BROADCAST_TO: return value_of(c, k, n->inputs[0], broadcast_source(c, n, i));
+  case KILN_OP_BROADCAST_TO: return value_of(c, k, n->inputs[0], broadcast_source(c, k, n, i));
   default: {
     LLVMValueRef v[3];
     for (uint32_t j = 0; j < n->ninputs; j++) v[j] = value_of(c, k, n->inputs[j], i);
@@ -636,6 +694,7 @@ static bool lower_node(cg *c, node_ctx *k) {
   const kiln_node *n = k->n;
   unsigned f = kiln_ops[n->op].flags;
   int64_t numel = kiln_shape_numel(n->rank, n->dims);
+  if (f & EW) use_rows(c, k);
   if (k->host != UINT32_MAX) {
     lower_hosted(c, k);
     return true;

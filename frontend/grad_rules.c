@@ -33,8 +33,10 @@ static void g_tanh(grad_ctx *c, kiln_value *dx) {
 static void g_sigmoid(grad_ctx *c, kiln_value *dx) {
   dx[0] = kiln_mul(G(c), c->dy, kiln_mul(G(c), c->y, kiln_sub(G(c), sc(c, 1), c->y)));
 }
+/* From the output (y > 0 exactly where x > 0), as tanh and sigmoid do: the forward
+ * pre-activation then has no reader but relu and fuses into the matmul/conv before it. */
 static void g_relu(grad_ctx *c, kiln_value *dx) {
-  dx[0] = zero_where(c, kiln_greater(G(c), grad_input(c, 0), sc(c, 0)), c->dy, true);
+  dx[0] = zero_where(c, kiln_greater(G(c), c->y, sc(c, 0)), c->dy, true);
 }
 static void g_sin(grad_ctx *c, kiln_value *dx) { dx[0] = kiln_mul(G(c), c->dy, kiln_cos(G(c), grad_input(c, 0))); }
 static void g_cos(grad_ctx *c, kiln_value *dx) {
