@@ -237,10 +237,13 @@ static void emit_with(wrap *w, const aot_entry *e, LLVMValueRef entry) {
   if (aot_has_targets(e)) itg = na++;
   iout = na++;
   iws = na++;
+  bool threaded = kiln_aot_threaded(u);
+  unsigned ipar = threaded ? na++ : 0;
   LLVMValueRef fn = add_function(c, name, c->i32, na, true);
   LLVMBasicBlockRef start = LLVMGetInsertBlock(c->b);
   uint32_t np = kiln_graph_num_params(e->g), nall = e->g->noutputs;
-  LLVMValueRef args = LLVMBuildArrayAlloca(c->b, c->ptr, cg_i64(c, np + nall + 1), "args");
+  /* the entry's args: inputs, outputs, workspace and, threaded, the parallel runner */
+  LLVMValueRef args = LLVMBuildArrayAlloca(c->b, c->ptr, cg_i64(c, np + nall + 1 + threaded), "args");
   LLVMValueRef ws_in = LLVMGetParam(fn, iws);
   LLVMValueRef none = LLVMBuildICmp(c->b, LLVMIntEQ, ws_in, LLVMConstPointerNull(c->ptr), "");
   LLVMBasicBlockRef do_alloc = LLVMAppendBasicBlockInContext(c->ctx, fn, "alloc"),
@@ -276,6 +279,7 @@ static void emit_with(wrap *w, const aot_entry *e, LLVMValueRef entry) {
     store_ptr(c, pp[np + j], args, np + j);
   }
   store_ptr(c, ws, args, np + nall);
+  if (threaded) store_ptr(c, LLVMGetParam(fn, ipar), args, np + nall + 1);
   LLVMValueRef rc = LLVMBuildCall2(c->b, LLVMFunctionType(c->i32, &c->ptr, 1, 0), entry, &args, 1, "rc");
   LLVMBasicBlockRef commit = LLVMAppendBasicBlockInContext(c->ctx, fn, "commit"),
                     done = LLVMAppendBasicBlockInContext(c->ctx, fn, "done");
@@ -323,7 +327,8 @@ static void emit_simple(wrap *w, const aot_entry *e) {
     LLVMBuildStore(c->b, LLVMGetParam(fn, p), box);
     cargs[k++] = box;
   }
-  cargs[k++] = LLVMConstPointerNull(c->ptr);
+  cargs[k++] = LLVMConstPointerNull(c->ptr); /* workspace: allocated inside */
+  if (kiln_aot_threaded(u)) cargs[k++] = LLVMConstPointerNull(c->ptr); /* tasks on the caller */
   LLVMValueRef target = LLVMGetNamedFunction(c->mod, with);
   LLVMTypeRef ps[8];
   for (unsigned i = 0; i < k; i++) ps[i] = c->ptr;
@@ -387,7 +392,7 @@ static kiln_status emit_object(aot_unit *u) {
   snprintf(u->triple, sizeof u->triple, "%s", triple);
   LLVMDisposeMessage(triple);
   LLVMContextRef ctx = LLVMContextCreate();
-  cg c = {.ctx = ctx, .vec_bytes = vec_bytes};
+  cg c = {.ctx = ctx, .vec_bytes = vec_bytes, .threads = kiln_aot_threaded(u) ? u->o->threads : 1};
   c.mod = LLVMModuleCreateWithNameInContext(u->o->name, ctx);
   c.b = LLVMCreateBuilderInContext(ctx);
   cg_init_types(&c);
@@ -468,6 +473,8 @@ static kiln_status check_options(const kiln_aot_options *o) {
   if (o->weights == KILN_AOT_EXTERNAL && !o->weights_path)
     return kiln_set_error(KILN_ERR_INVALID, "aot: external weights need a weights path");
   if (o->batch < 0) return kiln_set_error(KILN_ERR_INVALID, "aot: batch %lld is negative", (long long)o->batch);
+  if (o->threads < 0 || o->threads > KILN_AOT_MAX_THREADS)
+    return kiln_set_error(KILN_ERR_INVALID, "aot: threads %d is not in [0, %d]", o->threads, KILN_AOT_MAX_THREADS);
   return KILN_OK;
 }
 

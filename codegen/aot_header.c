@@ -126,6 +126,117 @@ static void weights_loader(out *o, const aot_unit *u, const char *name, const ch
       name, NAME, NAME, NAME, name, name, NAME, NAME);
 }
 
+/* Threaded objects: the runner type the _with functions take, and a pthread pool
+ * behind NAME_WITH_POOL for programs that have no pool of their own. The pool's
+ * workers sleep between runs; tasks are claimed one at a time under its lock
+ * (a kernel has a few per worker), and a run returns when every worker has
+ * finished with it, so the next run cannot start under a worker still busy. */
+static void parallel_api(out *o, const aot_unit *u, const char *name, const char *NAME) {
+  put(o, "/* ---- threads ---- */\n"
+         "#define %s_THREADS %d /* workers the kernels are cut for */\n\n", NAME, u->o->threads);
+  put(o, "/* Runs the kernels' tasks: run(pool, task, ctx, n) calls task(ctx, i, worker) once for every\n"
+         " * i < n, in any order and on any threads, and returns when all have returned. worker is in\n"
+         " * [0, %s_THREADS), and tasks running at the same time have different workers (each has\n"
+         " * its own scratch in the workspace). A NULL runner runs the tasks on the caller. */\n", NAME);
+  put(o, "typedef struct %s_parallel {\n"
+         "  void (*run)(void *pool, void (*task)(void *ctx, int64_t i, int32_t worker), void *ctx, int64_t n);\n"
+         "  void *pool;\n"
+         "} %s_parallel;\n\n", name, name);
+  put(o, "#ifdef %s_WITH_POOL\n"
+         "/* A pool of %s_THREADS - 1 threads plus the caller (link with -pthread):\n"
+         " *   %s_pool pool;  if (%s_pool_start(&pool)) ...;\n"
+         " *   %s_parallel par = %s_pool_parallel(&pool);  ... %s_run_with(..., &par) ...;\n"
+         " *   %s_pool_stop(&pool);\n"
+         " * One run at a time: give each calling thread its own pool and workspace. */\n"
+         "#include <pthread.h>\n\n", NAME, NAME, name, name, name, name, name, name);
+  put(o, "typedef struct %s_pool {\n"
+         "  pthread_t thread[%s_THREADS];\n"
+         "  int started, stop, active;\n"
+         "  unsigned long generation;\n"
+         "  pthread_mutex_t lock;\n"
+         "  pthread_cond_t wake, done;\n"
+         "  void (*task)(void *, int64_t, int32_t);\n"
+         "  void *ctx;\n"
+         "  int64_t next, n;\n"
+         "} %s_pool;\n\n", name, NAME, name);
+  put(o, "static inline void %s_pool_work_(%s_pool *p, int32_t worker) {\n"
+         "  for (;;) {\n"
+         "    pthread_mutex_lock(&p->lock);\n"
+         "    int64_t i = p->next < p->n ? p->next++ : -1;\n"
+         "    pthread_mutex_unlock(&p->lock);\n"
+         "    if (i < 0) return;\n"
+         "    p->task(p->ctx, i, worker);\n"
+         "  }\n"
+         "}\n\n", name, name);
+  put(o, "typedef struct %s_pool_arg_ {\n  %s_pool *pool;\n  int32_t worker;\n} %s_pool_arg_;\n\n", name, name, name);
+  put(o, "static inline void *%s_pool_main_(void *arg) {\n"
+         "  %s_pool_arg_ a = *(%s_pool_arg_ *)arg;\n"
+         "  %s_pool *p = a.pool;\n"
+         "  unsigned long seen = 0;\n"
+         "  free(arg);\n"
+         "  for (;;) {\n"
+         "    pthread_mutex_lock(&p->lock);\n"
+         "    while (!p->stop && p->generation == seen) pthread_cond_wait(&p->wake, &p->lock);\n"
+         "    if (p->stop) {\n"
+         "      pthread_mutex_unlock(&p->lock);\n"
+         "      return NULL;\n"
+         "    }\n"
+         "    seen = p->generation;\n"
+         "    pthread_mutex_unlock(&p->lock);\n"
+         "    %s_pool_work_(p, a.worker);\n"
+         "    pthread_mutex_lock(&p->lock);\n"
+         "    if (--p->active == 0) pthread_cond_signal(&p->done);\n"
+         "    pthread_mutex_unlock(&p->lock);\n"
+         "  }\n"
+         "}\n\n", name, name, name, name, name);
+  put(o, "static inline void %s_pool_run_(void *pool, void (*task)(void *, int64_t, int32_t), void *ctx, int64_t n) {\n"
+         "  %s_pool *p = (%s_pool *)pool;\n"
+         "  pthread_mutex_lock(&p->lock);\n"
+         "  p->task = task, p->ctx = ctx, p->next = 0, p->n = n;\n"
+         "  p->active = p->started;\n"
+         "  p->generation++;\n"
+         "  pthread_cond_broadcast(&p->wake);\n"
+         "  pthread_mutex_unlock(&p->lock);\n"
+         "  %s_pool_work_(p, 0);\n"
+         "  pthread_mutex_lock(&p->lock);\n"
+         "  while (p->active > 0) pthread_cond_wait(&p->done, &p->lock);\n"
+         "  pthread_mutex_unlock(&p->lock);\n"
+         "}\n\n", name, name, name, name);
+  put(o, "static inline void %s_pool_stop(%s_pool *p) {\n"
+         "  pthread_mutex_lock(&p->lock);\n"
+         "  p->stop = 1;\n"
+         "  pthread_cond_broadcast(&p->wake);\n"
+         "  pthread_mutex_unlock(&p->lock);\n"
+         "  for (int i = 0; i < p->started; i++) pthread_join(p->thread[i], NULL);\n"
+         "  pthread_mutex_destroy(&p->lock);\n"
+         "  pthread_cond_destroy(&p->wake);\n"
+         "  pthread_cond_destroy(&p->done);\n"
+         "}\n\n", name, name);
+  put(o, "/* Starts the workers; 0 on success, -1 (nothing left running) when a thread could not start. */\n"
+         "static inline int %s_pool_start(%s_pool *p) {\n"
+         "  memset(p, 0, sizeof *p);\n"
+         "  pthread_mutex_init(&p->lock, NULL);\n"
+         "  pthread_cond_init(&p->wake, NULL);\n"
+         "  pthread_cond_init(&p->done, NULL);\n"
+         "  for (int32_t w = 1; w < %s_THREADS; w++) {\n"
+         "    %s_pool_arg_ *a = (%s_pool_arg_ *)malloc(sizeof *a);\n"
+         "    if (a) a->pool = p, a->worker = w;\n"
+         "    if (!a || pthread_create(&p->thread[p->started], NULL, %s_pool_main_, a)) {\n"
+         "      free(a);\n"
+         "      %s_pool_stop(p);\n"
+         "      return -1;\n"
+         "    }\n"
+         "    p->started++;\n"
+         "  }\n"
+         "  return 0;\n"
+         "}\n\n", name, name, NAME, name, name, name, name);
+  put(o, "static inline %s_parallel %s_pool_parallel(%s_pool *p) {\n"
+         "  %s_parallel par = {%s_pool_run_, p};\n"
+         "  return par;\n"
+         "}\n"
+         "#endif /* %s_WITH_POOL */\n\n", name, name, name, name, name, NAME);
+}
+
 static void signature(out *o, const aot_unit *u, const aot_entry *e, bool with) {
   const char *name = u->o->name;
   bool params_const = !e->writes[AOT_PARAMS];
@@ -138,7 +249,8 @@ static void signature(out *o, const aot_unit *u, const aot_entry *e, bool with) 
     if (aot_has_targets(e)) put(o, ", const %s_targets *targets", name);
     if (e->out_direct_arg) put(o, ", %s *%s", kiln_aot_ctype(e->out[0].dtype), e->out[0].field);
     else put(o, ", const %s_outputs *out", name);
-    put(o, ", void *workspace);\n");
+    if (kiln_aot_threaded(u)) put(o, ", void *workspace, const %s_parallel *par);\n", name);
+    else put(o, ", void *workspace);\n");
     return;
   }
   for (uint32_t i = 0; i < e->nin; i++) put(o, "%sconst %s *%s", sep, kiln_aot_ctype(e->in[i].dtype), e->in[i].field), sep = ", ";
@@ -153,6 +265,9 @@ kiln_status kiln_aot_write_header(const aot_unit *u, const char *path) {
   put(&o, "/* %s.h: the API of %s.o, generated by kiln %s. Do not edit.\n *\n", name, name, KILN_VERSION);
   put(&o, " * Target %s, CPU %s, batch %lld. Link with: cc main.c %s.o -lm\n", u->triple,
       u->o->cpu ? u->o->cpu : "generic", (long long)(u->o->batch > 0 ? u->o->batch : 1), name);
+  if (kiln_aot_threaded(u))
+    put(&o, " * Kernels are cut into tasks for %d workers: the _with functions take a %s_parallel\n"
+            " * that runs them (\"threads\" below; -pthread for the pool there).\n", u->o->threads, name);
   put(&o, " *\n"
           " * Tensors are dense, row-major arrays of the shapes below. Every function returns 0 on\n"
           " * success, -1 when it could not allocate a workspace (only when `workspace` is NULL),\n"
@@ -165,6 +280,7 @@ kiln_status kiln_aot_write_header(const aot_unit *u, const char *path) {
         NAME, name, u->o->weights == KILN_AOT_EXTERNAL ? "load_params from the weights file" : "params_init");
   put(&o, " */\n#ifndef %s_H_\n#define %s_H_\n\n#include <stddef.h>\n#include <stdint.h>\n", NAME, NAME);
   if (u->o->weights == KILN_AOT_EXTERNAL) put(&o, "#include <stdio.h>\n#include <string.h>\n");
+  if (kiln_aot_threaded(u)) put(&o, "#include <stdlib.h>\n#include <string.h>\n");
   put(&o, "\n#ifdef __cplusplus\nextern \"C\" {\n#endif\n\n");
   put(&o, "#define %s_VERSION \"kiln %s\"\n#define %s_BATCH %lld\n", NAME, KILN_VERSION, NAME,
       (long long)(u->o->batch > 0 ? u->o->batch : 1));
@@ -187,6 +303,7 @@ kiln_status kiln_aot_write_header(const aot_unit *u, const char *path) {
     if (u->o->weights == KILN_AOT_EXTERNAL) weights_loader(&o, u, name, NAME);
     else put(&o, "/* Writes the parameters the model was compiled with into params. */\nvoid %s_params_init(void *params);\n\n", name);
   }
+  if (kiln_aot_threaded(u)) parallel_api(&o, u, name, NAME);
   put(&o, "/* Runs the model: in and out point at one array per input and output. */\n");
   signature(&o, u, run, true);
   if (aot_has_simple_form(run)) {

@@ -76,6 +76,10 @@ typedef struct aot_unit {
   char triple[128];
 } aot_unit;
 
+/* Objects compiled for more than one worker take a NAME_parallel. */
+enum { KILN_AOT_MAX_THREADS = 256 };
+static inline bool kiln_aot_threaded(const aot_unit *u) { return u->o->threads > 1; }
+
 KILN_INTERNAL kiln_status kiln_aot_compile_requests(const aot_request *req, size_t n, kiln_variables *vs,
                                                     const kiln_aot_options *o);
 KILN_INTERNAL kiln_status kiln_aot_write_header(const aot_unit *u, const char *path);

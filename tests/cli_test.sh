@@ -60,6 +60,11 @@ ref=$(awk -v a="$got" 'BEGIN { split(a, s, " "); printf "%.3f", s[1] + s[2] }')
 "$kiln" compile "$golden/mlp.kir" --name mlp -o "$tmp/mlp.o" --batch 2 > /dev/null || fail "compile of a .kir graph"
 grep -q "int mlp_run_with(const mlp_inputs \*in, const mlp_outputs \*out, void \*workspace);" "$tmp/mlp.h" ||
   fail "mlp.h lacks mlp_run_with"
+"$kiln" compile "$golden/mlp.kir" --name mlpt -o "$tmp/mlpt.o" --threads 2 > /dev/null || fail "compile --threads 2"
+grep -q "int mlpt_run_with(const mlpt_inputs \*in, const mlpt_outputs \*out, void \*workspace, const mlpt_parallel \*par);" \
+  "$tmp/mlpt.h" || fail "mlpt.h lacks the threaded mlpt_run_with"
+if "$kiln" compile "$golden/mlp.kir" -o "$tmp/bad.o" --threads 0 2> "$tmp/err"; then fail "--threads 0 compiled"; fi
+grep -q "threads needs an integer" "$tmp/err" || fail "unclear --threads message: $(cat "$tmp/err")"
 # --train: the exported train step lowers the loss on a repeated batch
 "$kiln" compile "$golden/small.kiln" --train sgd --lr 0.5 -o "$tmp/st.o" > /dev/null || fail "compile --train"
 cat > "$tmp/train.c" <<'EOF_C'

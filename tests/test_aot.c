@@ -2,7 +2,8 @@
  * libm), run as separate programs, and checked against the JIT: inference of a
  * trained model from its model file, the exported train step against JIT fit,
  * several named inputs/outputs with external weights, a cross-compiled aarch64
- * object under qemu, byte-identical rebuilds, and bad options. */
+ * object under qemu, a threaded object with the header's pool, byte-identical
+ * rebuilds, and bad options. */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -443,6 +444,69 @@ static void test_onnx_model_to_object(void **state) {
   remove_dir();
 }
 
+/* A threaded object: its tasks go through the caller's runner (the header's pthread
+ * pool here, counted), give the bits of the serial run (NULL runner) every time, and
+ * match the reference evaluator; the object itself still needs only libc and libm. */
+static const char par_main[] =
+    "#define PAR_WITH_POOL\n#include <stdio.h>\n#include \"par.h\"\n"
+    "static par_pool pool;\nstatic int calls;\n"
+    "static void counted(void *p, void (*task)(void *, int64_t, int32_t), void *ctx, int64_t n) {\n"
+    "  calls++;\n  par_pool_parallel(&pool).run(p, task, ctx, n);\n}\n"
+    "static int load(const char *file, void *p, size_t n) {\n"
+    "  FILE *f = fopen(file, \"rb\");\n  int ok = f && fread(p, 1, n, f) == n;\n  if (f) fclose(f);\n  return ok;\n}\n"
+    "int main(void) {\n"
+    "  static float x[PAR_IN_X_SIZE], w[PAR_IN_W_SIZE], b[PAR_IN_B_SIZE], y[PAR_OUT_Y_SIZE], s[PAR_OUT_S_SIZE],\n"
+    "      y2[PAR_OUT_Y_SIZE], s2[PAR_OUT_S_SIZE];\n"
+    "  if (!load(\"x.bin\", x, sizeof x) || !load(\"w.bin\", w, sizeof w) || !load(\"b.bin\", b, sizeof b)) return 2;\n"
+    "  par_inputs in = {x, w, b};\n  par_outputs serial = {y, s}, threaded = {y2, s2};\n"
+    "  if (par_run_with(&in, &serial, NULL, NULL)) return 3;\n"
+    "  if (par_pool_start(&pool)) return 4;\n"
+    "  par_parallel run = {counted, &pool};\n"
+    "  for (int k = 0; k < 20; k++)\n"
+    "    if (par_run_with(&in, &threaded, NULL, &run) || memcmp(y, y2, sizeof y) || memcmp(s, s2, sizeof s)) return 5;\n"
+    "  par_pool_stop(&pool);\n"
+    "  if (calls < 20) return 6;\n"
+    "  FILE *f = fopen(\"y.bin\", \"wb\");\n"
+    "  return !f || fwrite(y, sizeof y, 1, f) != 1 || fwrite(s, sizeof s, 1, f) != 1 || fclose(f);\n"
+    "}\n";
+
+static void test_threaded_object(void **state) {
+  (void)state;
+  make_dir();
+  kiln_graph *g = kiln_graph_new();
+  kiln_value x = kiln_placeholder(g, "x", KILN_F32, KILN_SHAPE(256, 300)), w = kiln_placeholder(g, "w", KILN_F32, KILN_SHAPE(300, 400));
+  kiln_value b = kiln_placeholder(g, "b", KILN_F32, KILN_SHAPE(400));
+  kiln_value y = kiln_relu(g, kiln_add(g, kiln_matmul(g, x, w, false, false), kiln_broadcast_to(g, b, KILN_SHAPE(256, 400))));
+  kiln_output(g, "y", y);
+  kiln_output(g, "s", kiln_reduce_sum(g, y, (int64_t[]){1}, 1, false)); /* a threaded reduction */
+  trng r = {23};
+  kiln_tensor *in[3] = {random_tensor(&r, KILN_F32, 2, (int64_t[]){256, 300}, -1, 1),
+                        random_tensor(&r, KILN_F32, 2, (int64_t[]){300, 400}, -1, 1), random_tensor(&r, KILN_F32, 1, (int64_t[]){400}, -1, 1)};
+  write_file("x.bin", kiln_tensor_cdata(in[0]), kiln_tensor_nbytes(in[0]));
+  write_file("w.bin", kiln_tensor_cdata(in[1]), kiln_tensor_nbytes(in[1]));
+  write_file("b.bin", kiln_tensor_cdata(in[2]), kiln_tensor_nbytes(in[2]));
+  kiln_aot_options o = {.name = "par", .object_path = in_dir("par.o"), .header_path = in_dir("par.h"), .threads = 3};
+  if (kiln_aot_compile(g, &o) != KILN_OK) fail_msg("%s", kiln_errmsg());
+  check_only_libc("par.o");
+  write_file("main.c", par_main, strlen(par_main));
+  if (sh("cc -std=c99 -pedantic -Wall -Wextra -Werror -O1 -I. main.c par.o -lm -pthread -o main"))
+    fail_msg("linking main.c with par.o failed");
+  assert_int_equal(sh("./main"), 0);
+  kiln_tensor *want[2] = {NULL, NULL};
+  assert_int_equal(kiln_evaluate(g, (const kiln_tensor *const *)in, 3, want, 2), KILN_OK);
+  static float got[256 * 400 + 256];
+  read_exact("y.bin", got, sizeof got);
+  expect_close("threaded y", got, kiln_tensor_cdata(want[0]), 256 * 400, 1e-4);
+  expect_close("threaded s", got + 256 * 400, kiln_tensor_cdata(want[1]), 256, 0.02); /* sums near 1000 */
+  o.threads = -1;
+  assert_int_equal(kiln_aot_compile(g, &o), KILN_ERR_INVALID);
+  assert_non_null(strstr(kiln_errmsg(), "threads -1"));
+  for (int i = 0; i < 3; i++) kiln_tensor_free(in[i]);
+  kiln_tensor_free(want[0]), kiln_tensor_free(want[1]);
+  kiln_graph_free(g);
+  remove_dir();
+}
+
 static void test_bad_options_are_named(void **state) {
   make_dir();
   kiln_model *m = kiln_sequential_new("m", 1);
@@ -478,6 +542,7 @@ int main(void) {
       cmocka_unit_test(test_multi_io_with_external_weights),
       cmocka_unit_test(test_cross_compiled_aarch64_matches_jit),
       cmocka_unit_test(test_onnx_model_to_object),
+      cmocka_unit_test(test_threaded_object),
       cmocka_unit_test(test_bad_options_are_named),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -24,7 +24,7 @@ static int usage(void) {
           "                [--format npy|pb] [--reference]\n"
           "       kiln inspect FILE.ckpt|FILE.kiln\n"
           "       kiln compile MODEL.kiln|GRAPH.kir|MODEL.onnx [-o NAME.o] [--header NAME.h] [--name NAME]\n"
-          "                    [--target TRIPLE] [--cpu generic|native|CPU] [--batch N]\n"
+          "                    [--target TRIPLE] [--cpu generic|native|CPU] [--batch N] [--threads N]\n"
           "                    [--weights embed|external] [--weights-file FILE]\n"
           "                    [--train OPTIMIZER [--loss LOSS] [--lr RATE]]\n"
           "       kiln bench NAME [--batch N] [--runs R]   (NAME: mlp, mlp-train, cnn, cnn-train,\n"
@@ -267,6 +267,15 @@ static int cmd_compile(int argc, char **argv) {
         fprintf(stderr, "kiln: compile: --batch needs a positive integer, got '%s'\n", v);
         return 2;
       }
+    }
+    else if (!strcmp(a, "--threads")) {
+      char *end;
+      long t = strtol(v, &end, 10);
+      if (*end || t < 1 || t > 256) {
+        fprintf(stderr, "kiln: compile: --threads needs an integer in [1, 256], got '%s'\n", v);
+        return 2;
+      }
+      o.threads = (int)t;
     }
     else if (!strcmp(a, "--weights-file")) o.weights_path = v;
     else if (!strcmp(a, "--train")) train = v;

@@ -13,7 +13,8 @@
  * shapes and sizes as constants, `NAME_run` (one input, one output),
  * `NAME_run_with` (a struct of pointers per direction, and a caller-owned
  * workspace so threads can share one model), `NAME_workspace_size`, and with
- * `train` the compiled training step. The same inputs give byte-identical files.
+ * `train` the compiled training step; with `threads`, the parallel runner type
+ * and an optional pthread pool (`#define NAME_WITH_POOL`, link with -pthread). The same inputs give byte-identical files.
  *
  * Variables whose names start with "optimizer/" (the slots kiln_model_compile's
  * optimizer makes) are optimizer state; all other variables are parameters. */
@@ -43,6 +44,12 @@ typedef struct kiln_aot_options {
   /* kiln_aot_compile_model: also export NAME_train_step (forward, backward and the
    * optimizer update of the model's kiln_model_compile settings). */
   bool train;
+  /* 2 or more: kernels cut their work into tasks for up to this many workers, and
+   * the _with functions take a last argument, a NAME_parallel that runs the tasks
+   * (the header has a pthread pool for it; NULL runs them on the caller). 0 or 1:
+   * serial code and no such argument. Results are bit-identical either way. The
+   * object itself never depends on pthreads. */
+  int threads;
 } kiln_aot_options;
 
 /* Compiles g: inputs are its placeholders, outputs its kiln_output values. Variables
