@@ -23,6 +23,10 @@ typedef struct cg {
   bool no_memory_plan;     /* a buffer per node (the "memory-plan" pass disabled) */
   bool no_fusion;          /* a kernel per node (the "fuse" pass disabled) */
   bool no_epilogue;        /* no element-wise nodes fused into matmul/conv kernels ("epilogue" disabled) */
+  /* JIT profiling: the entry adds each kernel's nanoseconds (read with profile_clock,
+   * a host function) and calls to profile[2k] and profile[2k + 1]. NULL: off. */
+  uint64_t *profile;
+  uint64_t (*profile_clock)(void);
   char err[512];
 } cg;
 
@@ -46,6 +50,8 @@ typedef struct cg_plan {
   buf_loc *locs;           /* per node */
   int32_t *out_node;       /* per output: node index */
   bool *out_direct;        /* per output: written by generated code */
+  uint32_t *kernel_node;   /* per kernel, in call order: its node */
+  uint32_t *kernel_host;   /* per kernel: the matmul/conv it runs first, or UINT32_MAX */
 } cg_plan;
 
 /* ---- llvm_util.c ---- */
@@ -193,5 +199,9 @@ KILN_INTERNAL kiln_status cg_llvm_error(LLVMErrorRef e, const char *what);
  * Returns 0 (ok) or a status with c->err set. */
 KILN_INTERNAL kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan);
 KILN_INTERNAL void cg_plan_free(cg_plan *p);
+
+/* ---- profile.c ---- */
+/* The profile of plan's kernels from counters (cg.profile's layout) as a table, slowest first. */
+KILN_INTERNAL kiln_status cg_profile_text(const kiln_graph *g, const cg_plan *plan, const uint64_t *counters, char **text);
 
 #endif

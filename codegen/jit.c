@@ -8,6 +8,9 @@
 #include <llvm-c/Error.h>
 #include <llvm-c/LLJIT.h>
 #include <llvm-c/Orc.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
 #include <string.h>
 #include "codegen/cg.h"
 #include "passes/passes.h"
@@ -23,11 +26,13 @@ typedef struct spec {
   entry_fn entry;
   cg_plan plan;
   void *workspace;
+  uint64_t *profile; /* per kernel: nanoseconds, calls (when profiling) */
 } spec;
 
 struct kiln_exec {
   kiln_graph *g;
   bool generic_cpu, keep_ir;
+  bool profile, print_profile; /* print_profile: KILN_PROFILE asked, report at free */
   kiln_pass_switches passes;
   size_t last_spec; /* the most recently built, for kiln_exec_get_stats */
   int threads;
@@ -45,6 +50,13 @@ static void spec_free(spec *s) {
   cg_plan_free(&s->plan);
   kiln_graph_free(s->g);
   free(s->workspace);
+  free(s->profile);
+}
+
+static uint64_t clock_ns(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
 }
 
 static kiln_status build_spec(kiln_exec *e, int64_t batch, spec *s) {
@@ -56,8 +68,11 @@ static kiln_status build_spec(kiln_exec *e, int64_t batch, spec *s) {
     if (kiln_shape_numel(s->g->nodes[i].rank, s->g->nodes[i].dims) < 0)
       return kiln_set_error(KILN_ERR_INVALID, "compile: %%%u has a symbolic dim that no input binds", i);
 
+  if (e->profile && !(s->profile = calloc(2 * ((size_t)s->g->nnodes + 1), sizeof *s->profile)))
+    return kiln_set_error(KILN_ERR_NOMEM, "compile: out of memory");
   cg c = {.g = s->g, .no_memory_plan = e->passes.no_memory_plan, .no_fusion = e->passes.no_fusion,
-          .no_epilogue = e->passes.no_epilogue, .threads = e->threads};
+          .no_epilogue = e->passes.no_epilogue, .threads = e->threads, .profile = s->profile,
+          .profile_clock = s->profile ? clock_ns : NULL};
   LLVMTargetMachineRef tm = cg_target_machine(NULL, e->generic_cpu ? "generic" : "native", &c.vec_bytes);
   if (!tm) return KILN_ERR_BACKEND;
   LLVMOrcThreadSafeContextRef tsc = LLVMOrcCreateNewThreadSafeContext();
@@ -131,6 +146,9 @@ kiln_status kiln_compile(const kiln_graph *g, const kiln_compile_options *opts, 
     free(e);
     return KILN_ERR_INVALID;
   }
+  const char *env = getenv("KILN_PROFILE");
+  e->print_profile = env && *env && strcmp(env, "0");
+  e->profile = e->print_profile || (opts && opts->profile);
   if (opts) {
     e->keep_ir = opts->keep_ir;
     if (opts->cpu && strcmp(opts->cpu, "native")) {
@@ -192,6 +210,12 @@ kiln_status kiln_compile(const kiln_graph *g, const kiln_compile_options *opts, 
 
 void kiln_exec_free(kiln_exec *e) {
   if (!e) return;
+  for (size_t i = 0; e->print_profile && i < e->nspecs; i++) {
+    char *text = NULL;
+    if (cg_profile_text(e->specs[i].g, &e->specs[i].plan, e->specs[i].profile, &text) == KILN_OK)
+      fprintf(stderr, "%s", text);
+    free(text);
+  }
   for (size_t i = 0; i < e->nspecs; i++) spec_free(&e->specs[i]);
   free(e->specs);
   free(e->ir);
@@ -218,6 +242,15 @@ kiln_status kiln_exec_get_stats(const kiln_exec *e, kiln_exec_stats *out) {
   *out = (kiln_exec_stats){.kernels = p->kernels, .fused_nodes = p->fused, .workspace_bytes = p->workspace,
                            .unplanned_bytes = p->buffers_unplanned, .bytes_moved = p->bytes_moved};
   return KILN_OK;
+}
+
+kiln_status kiln_exec_profile(const kiln_exec *e, char **text) {
+  if (!e || !text) return kiln_set_error(KILN_ERR_INVALID, "exec_profile: NULL argument");
+  *text = NULL;
+  if (!e->profile) return kiln_set_error(KILN_ERR_INVALID, "exec_profile: compiled without profile (kiln_compile_options.profile or KILN_PROFILE=1)");
+  if (!e->nspecs) return kiln_set_error(KILN_ERR_INVALID, "exec_profile: nothing compiled yet (the batch size is not known before a run)");
+  const spec *s = &e->specs[e->last_spec];
+  return cg_profile_text(s->g, &s->plan, s->profile, text);
 }
 
 static kiln_status find_spec(kiln_exec *e, int64_t batch, spec **out) {

@@ -193,13 +193,17 @@ static LLVMValueRef broadcast_source(cg *c, const node_ctx *k, const kiln_node *
   return xi;
 }
 
-/* Whether node id's value in kernel k goes through a fused broadcast. */
+/* Whether node id's value in kernel k goes through a fused broadcast that divides
+ * the index (not one of a scalar). */
 static bool fuses_broadcast(cg *c, const node_ctx *k, uint32_t id) {
   const kiln_node *n = &c->g->nodes[id];
   for (uint32_t j = 0; j < n->ninputs; j++) {
     uint32_t p = n->inputs[j];
     if (!k->inlined || !k->inlined[p] || p == k->host) continue;
-    if (c->g->nodes[p].op == KILN_OP_BROADCAST_TO || fuses_broadcast(c, k, p)) return true;
+    const kiln_node *b = &c->g->nodes[p];
+    if (b->op == KILN_OP_BROADCAST_TO && kiln_shape_numel(c->g->nodes[b->inputs[0]].rank, c->g->nodes[b->inputs[0]].dims) > 1)
+      return true;
+    if (fuses_broadcast(c, k, p)) return true;
   }
   return false;
 }
@@ -736,6 +740,25 @@ static uint64_t scratch_bytes(cg *c, const kiln_node *n) {
   return cg_scratch_bytes(c, n);
 }
 
+/* ---- profiling (JIT only: host addresses are constants of the code) ---- */
+
+static LLVMValueRef host_ptr(cg *c, const void *p) { return LLVMConstIntToPtr(cg_i64(c, (int64_t)(uintptr_t)p), c->ptr); }
+
+static LLVMValueRef profile_clock(cg *c, LLVMBuilderRef b) {
+  LLVMTypeRef ty = LLVMFunctionType(c->i64, NULL, 0, 0);
+  return LLVMBuildCall2(b, ty, host_ptr(c, (const void *)(uintptr_t)c->profile_clock), NULL, 0, "");
+}
+
+/* profile[2k] += now - t0, profile[2k + 1] += 1 */
+static void profile_add(cg *c, LLVMBuilderRef b, size_t k, LLVMValueRef t0) {
+  LLVMValueRef spent = LLVMBuildSub(b, profile_clock(c, b), t0, "");
+  for (int f = 0; f < 2; f++) {
+    LLVMValueRef slot = host_ptr(c, c->profile + 2 * k + (size_t)f);
+    LLVMValueRef old = LLVMBuildLoad2(b, c->i64, slot, "");
+    LLVMBuildStore(b, LLVMBuildAdd(b, old, f ? cg_i64(c, 1) : spent, ""), slot);
+  }
+}
+
 static uint64_t align64(uint64_t x) { return (x + 63) & ~(uint64_t)63; }
 static uint64_t node_bytes(const kiln_node *n) {
   return (uint64_t)kiln_shape_numel(n->rank, n->dims) * kiln_dtype_size((kiln_dtype)n->dtype);
@@ -745,6 +768,8 @@ void cg_plan_free(cg_plan *p) {
   free(p->locs);
   free(p->out_node);
   free(p->out_direct);
+  free(p->kernel_node);
+  free(p->kernel_host);
   memset(p, 0, sizeof *p);
 }
 
@@ -756,8 +781,11 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
   plan->locs = calloc(g->nnodes + 1, sizeof *plan->locs);
   plan->out_node = calloc(g->noutputs + 1, sizeof *plan->out_node);
   plan->out_direct = calloc(g->noutputs + 1, sizeof *plan->out_direct);
+  plan->kernel_node = calloc(g->nnodes + 1, sizeof *plan->kernel_node);
+  plan->kernel_host = calloc(g->nnodes + 1, sizeof *plan->kernel_host);
   kiln_schedule sched;
-  if (!plan->locs || !plan->out_node || !plan->out_direct) return kiln_set_error(KILN_ERR_NOMEM, "codegen: out of memory");
+  if (!plan->locs || !plan->out_node || !plan->out_direct || !plan->kernel_node || !plan->kernel_host)
+    return kiln_set_error(KILN_ERR_NOMEM, "codegen: out of memory");
   double t0 = kiln_pass_clock_ms();
   kiln_status sst = kiln_schedule_build(g, !c->no_fusion, !c->no_epilogue, &sched);
   if (sst != KILN_OK) return sst;
@@ -889,6 +917,8 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
       break;
     }
     LLVMBuildRet(c->b, LLVMConstInt(c->i32, 0, 0));
+    plan->kernel_node[plan->kernels] = i;
+    plan->kernel_host[plan->kernels] = sched.host[i];
     plan->kernels++;
     plan->bytes_moved += node_bytes(n);
     for (uint32_t q = 0; q < k.nleaves; q++) plan->bytes_moved += node_bytes(&g->nodes[k.leaf[q]]);
@@ -897,7 +927,9 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
     for (uint32_t q = 0; q < k.nleaves; q++) cargs[q + 1] = ptrs[k.leaf[q]];
     cargs[scratch_arg] = scratch_p;
     if (threaded) cargs[scratch_arg + 1] = par_p;
+    LLVMValueRef started = c->profile ? profile_clock(c, eb) : NULL;
     LLVMValueRef rc = LLVMBuildCall2(eb, fty, fn, cargs, np, "");
+    if (c->profile) profile_add(c, eb, plan->kernels - 1, started);
     if (n->op == KILN_OP_GATHER || n->op == KILN_OP_SCATTER_ADD) {
       LLVMBasicBlockRef bad = LLVMAppendBasicBlockInContext(c->ctx, entry, "fail"),
                         good = LLVMAppendBasicBlockInContext(c->ctx, entry, "ok");

@@ -198,6 +198,44 @@ static void test_fusion_merges_kernels(void **s) {
   kiln_graph_free(g);
 }
 
+/* A profiled exec counts every run of every kernel and names them (the dense layer,
+ * an output, is one kernel after its matmul; its row sum another); without profile
+ * it is an error. */
+static void test_profile_counts_kernels(void **s) {
+  (void)s;
+  kiln_graph *g = kiln_graph_new();
+  kiln_value x = kiln_placeholder(g, "x", KILN_F32, KILN_SHAPE(KILN_DYN, 64)), w = kiln_placeholder(g, "w", KILN_F32, KILN_SHAPE(64, 32));
+  kiln_value b = kiln_placeholder(g, "b", KILN_F32, KILN_SHAPE(32));
+  kiln_value h = kiln_relu(g, kiln_add(g, kiln_matmul(g, x, w, false, false), kiln_broadcast_to(g, b, KILN_SHAPE(KILN_DYN, 32))));
+  kiln_output(g, "h", h);
+  kiln_output(g, "s", kiln_reduce_sum(g, h, (int64_t[]){1}, 1, false));
+  trng r = {3};
+  kiln_tensor *in[3] = {random_tensor(&r, KILN_F32, 2, (int64_t[]){8, 64}, -1, 1), random_tensor(&r, KILN_F32, 2, (int64_t[]){64, 32}, -1, 1),
+                        random_tensor(&r, KILN_F32, 1, (int64_t[]){32}, -1, 1)};
+  kiln_exec *e = NULL;
+  char *text = NULL;
+  assert_int_equal(kiln_compile(g, NULL, &e), KILN_OK);
+  assert_int_equal(kiln_exec_profile(e, &text), KILN_ERR_INVALID);
+  assert_non_null(strstr(kiln_errmsg(), "without profile"));
+  kiln_exec_free(e);
+  kiln_compile_options o = {.profile = true};
+  assert_int_equal(kiln_compile(g, &o, &e), KILN_OK);
+  assert_int_equal(kiln_exec_profile(e, &text), KILN_ERR_INVALID); /* batch not known yet */
+  for (int i = 0; i < 3; i++) {
+    kiln_tensor *y[2] = {NULL, NULL};
+    assert_int_equal(kiln_exec_run(e, (const kiln_tensor *const *)in, 3, y, 2), KILN_OK);
+    kiln_tensor_free(y[0]), kiln_tensor_free(y[1]);
+  }
+  assert_int_equal(kiln_exec_profile(e, &text), KILN_OK);
+  if (!strstr(text, "kiln profile: 2 kernels, 3 runs") || !strstr(text, " matmul f32[8,32]") || !strstr(text, "relu after %") ||
+      !strstr(text, "reduce_sum f32[8]"))
+    fail_msg("unexpected profile:\n%s", text);
+  free(text);
+  for (int i = 0; i < 3; i++) kiln_tensor_free(in[i]);
+  kiln_exec_free(e);
+  kiln_graph_free(g);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_loops_vectorize_with_fma),
@@ -207,6 +245,7 @@ int main(void) {
       cmocka_unit_test(test_generic_cpu),
       cmocka_unit_test(test_memory_plan_reuses_buffers),
       cmocka_unit_test(test_fusion_merges_kernels),
+      cmocka_unit_test(test_profile_counts_kernels),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -32,6 +32,10 @@ typedef struct kiln_compile_options {
   /* Threads the generated kernels use (the caller's plus a pool's); 0: $KILN_NUM_THREADS,
    * else every CPU this process may run on. Results are bit-identical for any count. */
   int threads;
+  /* Time every kernel of every run (kiln_exec_profile). The environment variable
+   * KILN_PROFILE=1 turns it on for every compile (models and kiln_function too) and
+   * prints each profile to stderr when its kiln_exec is freed. */
+  bool profile;
 } kiln_compile_options;
 
 /* What the compiler produced for the most recently compiled specialization. */
@@ -68,6 +72,11 @@ KILN_API size_t kiln_exec_num_inputs(const kiln_exec *e);
 KILN_API size_t kiln_exec_num_outputs(const kiln_exec *e);
 KILN_API const char *kiln_exec_input_name(const kiln_exec *e, size_t i);
 KILN_API const char *kiln_exec_output_name(const kiln_exec *e, size_t i);
+/* Where the runs' time went (needs profile): for the most recently compiled
+ * specialization, "kiln profile: N kernels, R runs, T ms per run in kernels" and a
+ * line per kernel, slowest first: milliseconds per run, share, node, op (with the
+ * matmul/convolution it runs first), output type. *text is the caller's (free). */
+KILN_API kiln_status kiln_exec_profile(const kiln_exec *e, char **text);
 /* Optimized LLVM IR of the most recent specialization (needs keep_ir), or NULL. */
 KILN_API const char *kiln_exec_llvm_ir(const kiln_exec *e);
 
