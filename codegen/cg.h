@@ -22,7 +22,7 @@ typedef struct cg {
   LLVMValueRef par;        /* in a kernel with threads > 1: its kiln_parallel pointer (may be NULL at run time) */
   bool no_memory_plan;     /* a buffer per node (the "memory-plan" pass disabled) */
   bool no_fusion;          /* a kernel per node (the "fuse" pass disabled) */
-  bool no_epilogue;        /* no element-wise nodes fused into matmul/conv kernels ("epilogue" disabled) */
+  bool no_epilogue;        /* no element-wise nodes fused after matmul/conv/pool-gradient kernels ("epilogue" off) */
   /* JIT profiling: the entry adds each kernel's nanoseconds (read with profile_clock,
    * a host function) and calls to profile[2k] and profile[2k + 1]. NULL: off. */
   uint64_t *profile;
@@ -51,7 +51,7 @@ typedef struct cg_plan {
   int32_t *out_node;       /* per output: node index */
   bool *out_direct;        /* per output: written by generated code */
   uint32_t *kernel_node;   /* per kernel, in call order: its node */
-  uint32_t *kernel_host;   /* per kernel: the matmul/conv it runs first, or UINT32_MAX */
+  uint32_t *kernel_host;   /* per kernel: the matmul/conv/pool gradient it runs first, or UINT32_MAX */
 } cg_plan;
 
 /* ---- llvm_util.c ---- */
@@ -175,7 +175,8 @@ KILN_INTERNAL void cg_matmul(cg *c, const kiln_node *n, LLVMValueRef out, const 
                              const cg_epilogue *ep);
 KILN_INTERNAL void cg_pool2d(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in);
 /* false (c->err set) for a window too large to unroll */
-KILN_INTERNAL bool cg_max_pool2d_grad(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in);
+KILN_INTERNAL bool cg_max_pool2d_grad(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in,
+                                      const cg_epilogue *ep);
 /* Scratch bytes a node needs beyond its output (packing, im2col). */
 KILN_INTERNAL uint64_t cg_scratch_bytes(cg *c, const kiln_node *n);
 

@@ -190,7 +190,7 @@ static void pool_grad_image(cg *c, const pool_grad_ctx *q) {
   cg_loop_end(c, &lh);
 }
 
-bool cg_max_pool2d_grad(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in) {
+bool cg_max_pool2d_grad(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in, const cg_epilogue *ep) {
   const kiln_node *dy = &c->g->nodes[n->inputs[1]];
   pool_grad_ctx q = {.t = (kiln_dtype)n->dtype, .H = n->dims[1], .W = n->dims[2], .C = n->dims[3], .OH = dy->dims[1],
                      .OW = dy->dims[2]};
@@ -207,11 +207,18 @@ bool cg_max_pool2d_grad(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMV
   cg_fn_pos sp;
   char name[48];
   snprintf(name, sizeof name, "kiln_pool%u_grad_task", c->ntask_fns++);
-  LLVMValueRef v[3], image, worker;
-  LLVMValueRef fn = cg_task_begin(c, name, 3, 1 << 2, &sp, v, &image, &worker);
+  LLVMValueRef v[CG_TASK_CTX_MAX] = {in[0], in[1], out}, image, worker;
+  unsigned nctx = cg_epilogue_ctx(ep, v, 3);
+  LLVMValueRef ctx = cg_task_ctx(c, v, nctx);
+  LLVMValueRef fn = cg_task_begin(c, name, nctx, 1 << 2, &sp, v, &image, &worker);
   q.x = v[0], q.dy = v[1], q.dx = v[2], q.image = image;
   pool_grad_image(c, &q);
+  if (ep) { /* the image's gradient is final */
+    cg_epilogue in_task = cg_epilogue_in_task(ep, v + 3);
+    LLVMValueRef lo = mul(c, image, cg_i64(c, q.H * q.W * q.C));
+    in_task.apply(c, &in_task, q.dx, lo, add(c, lo, cg_i64(c, q.H * q.W * q.C)));
+  }
   cg_task_end(c, &sp);
-  cg_parallel_for(c, fn, cg_task_ctx(c, (LLVMValueRef[]){in[0], in[1], out}, 3), n->dims[0], threaded);
+  cg_parallel_for(c, fn, ctx, n->dims[0], threaded);
   return true;
 }

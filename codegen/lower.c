@@ -31,7 +31,7 @@ typedef struct {
   LLVMValueRef out, scratch;
   LLVMValueRef in[64];    /* n's inputs as pointers (for the matmul/conv/pool kernels) */
   const bool *inlined;    /* per node */
-  uint32_t host;          /* the matmul/conv the kernel runs into out before the rest, or UINT32_MAX */
+  uint32_t host;          /* the matmul/conv/pool gradient the kernel runs into out first, or UINT32_MAX */
   /* inner > 0: flat loops run as rows of `inner` elements (the output's last dim), so
    * that broadcasts find their source from the row (hoisted) and the column (a
    * contiguous run) instead of dividing every index; at flat index flat_i they set
@@ -681,16 +681,21 @@ static LLVMValueRef leaf_ptr_of(const node_ctx *k, uint32_t id) {
   return NULL;
 }
 
-/* Kernel k = its host (a matmul or convolution) into k->out, finished by k's
- * element-wise nodes piece by piece. */
-static void lower_hosted(cg *c, node_ctx *k) {
+/* Kernel k = its host (a matmul, convolution or max-pool gradient) into k->out,
+ * finished by k's element-wise nodes piece by piece; false (c->err set) when the
+ * host has no lowering. */
+static bool lower_hosted(cg *c, node_ctx *k) {
   _Static_assert(KILN_MAX_EPILOGUE_READS <= CG_EPILOGUE_PTRS, "an epilogue carries every read of its kernel");
   const kiln_node *h = &c->g->nodes[k->host];
   cg_epilogue ep = {.apply = epilogue_apply, .ctx = k, .nptrs = k->nleaves};
   memcpy(ep.ptrs, k->leaf_ptr, sizeof(LLVMValueRef) * k->nleaves);
   LLVMValueRef in[2] = {leaf_ptr_of(k, h->inputs[0]), leaf_ptr_of(k, h->inputs[1])};
-  if (h->op == KILN_OP_MATMUL) cg_matmul(c, h, k->out, in, k->scratch, &ep);
-  else cg_conv2d(c, h, k->out, in, k->scratch, &ep);
+  switch ((kiln_op)h->op) {
+  case KILN_OP_MATMUL: cg_matmul(c, h, k->out, in, k->scratch, &ep); return true;
+  case KILN_OP_CONV2D: cg_conv2d(c, h, k->out, in, k->scratch, &ep); return true;
+  case KILN_OP_MAX_POOL2D_GRAD: return cg_max_pool2d_grad(c, h, k->out, in, &ep);
+  default: KILN_ASSERT(!"not a host op"); return false;
+  }
 }
 
 /* Emits node k's body; false if the op has no lowering (reported, never silent). */
@@ -699,10 +704,7 @@ static bool lower_node(cg *c, node_ctx *k) {
   unsigned f = kiln_ops[n->op].flags;
   int64_t numel = kiln_shape_numel(n->rank, n->dims);
   if (f & EW) use_rows(c, k);
-  if (k->host != UINT32_MAX) {
-    lower_hosted(c, k);
-    return true;
-  }
+  if (k->host != UINT32_MAX) return lower_hosted(c, k);
   switch ((kiln_op)n->op) {
   case KILN_OP_CONST: flat(c, k, numel, fill_body); return true;
   case KILN_OP_IOTA: flat(c, k, numel, iota_body); return true;
@@ -713,7 +715,7 @@ static bool lower_node(cg *c, node_ctx *k) {
   case KILN_OP_CONV2D_FILTER_GRAD: cg_conv2d_filter_grad(c, n, k->out, k->in, k->scratch); return true;
   case KILN_OP_MAX_POOL2D:
   case KILN_OP_AVG_POOL2D: cg_pool2d(c, n, k->out, k->in); return true;
-  case KILN_OP_MAX_POOL2D_GRAD: return cg_max_pool2d_grad(c, n, k->out, k->in);
+  case KILN_OP_MAX_POOL2D_GRAD: return cg_max_pool2d_grad(c, n, k->out, k->in, NULL);
   case KILN_OP_ONE_HOT: flat(c, k, numel, one_hot_body); return true;
   default: break;
   }
@@ -855,7 +857,7 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
   ws = mem.peak;
   plan->buffers_unplanned = mem.unplanned;
   for (uint32_t i = 0; i < g->nnodes; i++)
-    if (live[i] && (!inlined[i] || g->nodes[i].op == KILN_OP_MATMUL || g->nodes[i].op == KILN_OP_CONV2D)) {
+    if (live[i] && (!inlined[i] || kiln_can_host((kiln_op)g->nodes[i].op))) {
       uint64_t s = scratch_bytes(c, &g->nodes[i]); /* hosts' scratch too */
       if (s > scratch) scratch = s;
     }

@@ -9,11 +9,12 @@
  *    counts as one reader: LLVM computes the repeated value once) are inlined,
  *    so chains become one loop nest and element-wise producers fuse into reductions;
  *    with several readers they are computed once and stored;
- *  - a matmul or convolution whose only reader is such a chain (element-wise ops and
- *    reshapes up to an element-wise kernel of the same dtype) is that kernel's host:
- *    the kernel runs the matmul or convolution into its own output and finishes
- *    each piece of it in place while it is still in cache (bias, activation,
- *    residual add, scale: the epilogue), so the product is never stored. */
+ *  - a matmul, convolution or max-pool gradient whose only reader is such a chain
+ *    (element-wise ops and reshapes up to an element-wise kernel of the same dtype)
+ *    is that kernel's host: the kernel runs it into its own output and finishes
+ *    each piece in place while it is still in cache (bias, activation, residual
+ *    add, scale, the ReLU mask of a backward pass: the epilogue), so the host's
+ *    result is never stored. */
 #include "passes/passes.h"
 
 static bool reads_by_element(kiln_op op) {
@@ -28,14 +29,14 @@ static bool visits_once(kiln_op op) {
 
 static bool keeps_index(kiln_op op) { return (kiln_ops[op].flags & EW) || op == KILN_OP_RESHAPE; }
 
-/* Makes matmuls and convolutions the hosts of the element-wise kernels that are
+/* Makes matmuls, convolutions and max-pool gradients the hosts of the element-wise kernels that are
  * their only readers (see the top), within the epilogue's bound on reads. */
 static void choose_hosts(const kiln_graph *g, const bool *stored, const uint32_t *uses, const uint32_t *reader,
                          bool *inlined, uint32_t *host) {
   for (uint32_t i = 0; i < g->nnodes; i++) host[i] = UINT32_MAX;
   for (uint32_t i = 0; i < g->nnodes; i++) {
     kiln_op op = (kiln_op)g->nodes[i].op;
-    if ((op != KILN_OP_MATMUL && op != KILN_OP_CONV2D) || stored[i] || reader[i] == UINT32_MAX) continue;
+    if (!kiln_can_host(op) || stored[i] || reader[i] == UINT32_MAX) continue;
     uint32_t root = reader[i];
     bool ok = keeps_index((kiln_op)g->nodes[root].op);
     while (ok && inlined[root]) {

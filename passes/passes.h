@@ -19,12 +19,16 @@ KILN_INTERNAL kiln_status kiln_plan_memory(const kiln_graph *g, const uint64_t *
 
 /* Marks inlined[i] for the live nodes computed inside the kernels that read them
  * (never those with stored[i]: inputs, constants with data, outputs), keeping every
- * kernel's distinct buffers at most max_reads; host[k] is the matmul or convolution
+ * kernel's distinct buffers at most max_reads; host[k] is the kiln_can_host node
  * (inlined too) that kernel k runs before finishing its output element-wise, or
  * UINT32_MAX (always when host is NULL). Returns how many nodes are inlined (passes/fuse.c explains the rules). */
 KILN_INTERNAL size_t kiln_fuse(const kiln_graph *g, const bool *live, const bool *stored, uint32_t max_reads,
                                bool *inlined, uint32_t *host);
 #define KILN_MAX_EPILOGUE_READS 32 /* buffers a kernel with a host may read (they ride in its task contexts) */
+/* Ops whose kernels finish pieces of their output in order and can run an epilogue. */
+static inline bool kiln_can_host(kiln_op op) {
+  return op == KILN_OP_MATMUL || op == KILN_OP_CONV2D || op == KILN_OP_MAX_POOL2D_GRAD;
+}
 
 /* ---- schedule.c ---- */
 #define KILN_MAX_READS 62 /* stored buffers one kernel may read */
@@ -38,7 +42,7 @@ typedef struct kiln_kernel {
 typedef struct kiln_schedule {
   bool *live;          /* per node: an output depends on it */
   bool *inlined;       /* per node: computed inside the kernels that read it */
-  uint32_t *host;      /* per node: the matmul/conv its kernel runs first (kiln_fuse), or UINT32_MAX */
+  uint32_t *host;      /* per node: the kiln_can_host node its kernel runs first (kiln_fuse), or UINT32_MAX */
   uint32_t *last;      /* per node: the last kernel's node reading its buffer (itself if none) */
   uint32_t *kernel_of; /* per node: its kernel's index, or UINT32_MAX */
   kiln_kernel *kernels; /* in node order */

@@ -144,32 +144,40 @@ static void test_conv_small_filters(void **s) {
 /* Max-pool gradients with ties (x in {0, 1}: the first maximum, row-major, takes the
  * window's gradient), overlapping windows and padding, against the evaluator and
  * across thread counts; a 2x2/2 pooling of a CNN-sized map (large enough for
- * threads). Then the same windows' max and average pooling. */
+ * threads); then 3 * it + x, which the compiler runs after each image's gradient (an
+ * epilogue, as a ReLU mask is in a train step). Then the same windows' max and average pooling. */
 static void check_pool_grad(trng *r, const int64_t xd[4], const kiln_pool2d_opts *o) {
   kiln_graph *side = kiln_graph_new();
   kiln_shape ys = kiln_value_shape(side, kiln_max_pool2d(side, kiln_placeholder(side, "x", KILN_F32, shape4(xd)), o));
   kiln_graph_free(side);
-  kiln_graph *g = kiln_graph_new();
-  kiln_value x = kiln_placeholder(g, "x", KILN_F32, shape4(xd)), dy = kiln_placeholder(g, "dy", KILN_F32, ys);
-  kiln_output(g, "dx", kiln_max_pool2d_grad(g, x, dy, o));
-  assert_int_equal(kiln_graph_status(g), KILN_OK);
-  int64_t n = xd[0] * xd[1] * xd[2] * xd[3];
-  float *xs = malloc(sizeof *xs * (size_t)n);
-  for (int64_t i = 0; i < n; i++) xs[i] = (float)trng_int(r, 0, 1);
-  kiln_tensor *in[2] = {kiln_tensor_from_data(KILN_F32, 4, xd, xs, sizeof *xs * (size_t)n),
-                        random_tensor(r, KILN_F32, 4, ys.dims, -1, 1)};
-  free(xs);
-  kiln_tensor *ref = NULL, *one = NULL, *two = NULL;
-  assert_int_equal(kiln_evaluate(g, (const kiln_tensor *const *)in, 2, &ref, 1), KILN_OK);
-  run_threads(g, 1, in, 2, &one);
-  run_threads(g, 2, in, 2, &two);
-  assert_int_equal(compare_tensors("max_pool2d_grad", one, ref, 1e-6, 1e-6), 0);
-  assert_memory_equal(kiln_tensor_cdata(one), kiln_tensor_cdata(two), kiln_tensor_nbytes(one));
-  kiln_tensor_free(in[0]), kiln_tensor_free(in[1]);
-  kiln_tensor_free(ref), kiln_tensor_free(one), kiln_tensor_free(two);
-  kiln_graph_free(g);
+  for (int then = 0; then < 2; then++) { /* then: 3 * the gradient + x, an epilogue */
+    kiln_graph *g = kiln_graph_new();
+    kiln_value x = kiln_placeholder(g, "x", KILN_F32, shape4(xd)), dy = kiln_placeholder(g, "dy", KILN_F32, ys);
+    kiln_value dx = kiln_max_pool2d_grad(g, x, dy, o);
+    kiln_output(g, "dx", then ? kiln_add(g, kiln_mul(g, dx, kiln_scalar(g, KILN_F32, 3)), x) : dx);
+    assert_int_equal(kiln_graph_status(g), KILN_OK);
+    char *text = NULL;
+    assert_int_equal(kiln_schedule_text(g, NULL, &text), KILN_OK);
+    if (then && !strstr(text, "after %2 max_pool2d_grad")) fail_msg("no epilogue after the pool gradient:\n%s", text);
+    free(text);
+    int64_t n = xd[0] * xd[1] * xd[2] * xd[3];
+    float *xs = malloc(sizeof *xs * (size_t)n);
+    for (int64_t i = 0; i < n; i++) xs[i] = (float)trng_int(r, 0, 1);
+    kiln_tensor *in[2] = {kiln_tensor_from_data(KILN_F32, 4, xd, xs, sizeof *xs * (size_t)n),
+                          random_tensor(r, KILN_F32, 4, ys.dims, -1, 1)};
+    free(xs);
+    kiln_tensor *ref = NULL, *one = NULL, *two = NULL;
+    assert_int_equal(kiln_evaluate(g, (const kiln_tensor *const *)in, 2, &ref, 1), KILN_OK);
+    run_threads(g, 1, in, 2, &one);
+    run_threads(g, 2, in, 2, &two);
+    assert_int_equal(compare_tensors("max_pool2d_grad", one, ref, 1e-6, 1e-6), 0);
+    assert_memory_equal(kiln_tensor_cdata(one), kiln_tensor_cdata(two), kiln_tensor_nbytes(one));
+    kiln_tensor_free(in[0]), kiln_tensor_free(in[1]);
+    kiln_tensor_free(ref), kiln_tensor_free(one), kiln_tensor_free(two);
+    kiln_graph_free(g);
+  }
   /* the forward poolings, a task per image */
-  g = kiln_graph_new();
+  kiln_graph *g = kiln_graph_new();
   kiln_value a = kiln_placeholder(g, "a", KILN_F32, shape4(xd)), b = kiln_placeholder(g, "b", KILN_F32, shape4(xd));
   kiln_output(g, "y", kiln_add(g, kiln_max_pool2d(g, a, o), kiln_avg_pool2d(g, b, o)));
   assert_int_equal(kiln_graph_status(g), KILN_OK);
