@@ -215,15 +215,22 @@ static void use_rows(cg *c, node_ctx *k) {
   if (n->rank >= 2 && last >= c->vec_bytes / (int64_t)kiln_dtype_size(dt(n)) && fuses_broadcast(c, k, k->id)) k->inner = last;
 }
 
+/* Kernel k's pointer to stored node id, or NULL when id is not among its reads. */
+static LLVMValueRef leaf_ptr_of(const node_ctx *k, uint32_t id) {
+  for (uint32_t l = 0; l < k->nleaves; l++)
+    if (k->leaf[l] == id) return k->leaf_ptr[l];
+  return NULL;
+}
+
 /* The value of node id at flat index i inside kernel k: loaded from a leaf buffer,
  * or computed when the node is fused into the kernel. */
 static LLVMValueRef value_of(cg *c, node_ctx *k, uint32_t id, LLVMValueRef i) {
   const kiln_node *n = &c->g->nodes[id];
   if (id == k->host) return cg_load(c, dt(n), k->out, i); /* the epilogue runs in place */
   if (!k->inlined || !k->inlined[id]) {
-    for (uint32_t l = 0; l < k->nleaves; l++)
-      if (k->leaf[l] == id) return cg_load(c, dt(n), k->leaf_ptr[l], i);
-    KILN_ASSERT(!"a kernel reads a node that is neither fused nor among its parameters");
+    LLVMValueRef p = leaf_ptr_of(k, id);
+    KILN_ASSERT(p && "a kernel reads a node that is neither fused nor among its parameters");
+    return cg_load(c, dt(n), p, i);
   }
   switch ((kiln_op)n->op) {
   case KILN_OP_CONST: return cg_fill_value(c, dt(n), kiln_attr_float(n, KILN_ATTR_VALUE, 0));
@@ -674,13 +681,6 @@ static void epilogue_apply(cg *c, const cg_epilogue *e, LLVMValueRef out, LLVMVa
   flat_range(c, &t, lo, hi, ew_body);
 }
 
-static LLVMValueRef leaf_ptr_of(const node_ctx *k, uint32_t id) {
-  for (uint32_t l = 0; l < k->nleaves; l++)
-    if (k->leaf[l] == id) return k->leaf_ptr[l];
-  KILN_ASSERT(!"a host's input is not among its kernel's reads");
-  return NULL;
-}
-
 /* Kernel k = its host (a matmul, convolution or max-pool gradient) into k->out,
  * finished by k's element-wise nodes piece by piece; false (c->err set) when the
  * host has no lowering. */
@@ -690,6 +690,7 @@ static bool lower_hosted(cg *c, node_ctx *k) {
   cg_epilogue ep = {.apply = epilogue_apply, .ctx = k, .nptrs = k->nleaves};
   memcpy(ep.ptrs, k->leaf_ptr, sizeof(LLVMValueRef) * k->nleaves);
   LLVMValueRef in[2] = {leaf_ptr_of(k, h->inputs[0]), leaf_ptr_of(k, h->inputs[1])};
+  KILN_ASSERT(in[0] && in[1] && "a host's inputs are among its kernel's reads");
   switch ((kiln_op)h->op) {
   case KILN_OP_MATMUL: cg_matmul(c, h, k->out, in, k->scratch, &ep); return true;
   case KILN_OP_CONV2D: cg_conv2d(c, h, k->out, in, k->scratch, &ep); return true;
@@ -911,9 +912,7 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
                   .host = sched.host[i], .nleaves = kern->nreads};
     memcpy(k.leaf, kern->reads, sizeof(uint32_t) * kern->nreads);
     for (uint32_t q = 0; q < k.nleaves; q++) k.leaf_ptr[q] = LLVMGetParam(fn, q + 1);
-    for (uint32_t j = 0; j < n->ninputs; j++)
-      for (uint32_t q = 0; q < k.nleaves; q++)
-        if (k.leaf[q] == n->inputs[j]) k.in[j] = k.leaf_ptr[q];
+    for (uint32_t j = 0; j < n->ninputs; j++) k.in[j] = leaf_ptr_of(&k, n->inputs[j]); /* NULL when fused */
     if (!lower_node(c, &k)) {
       st = kiln_set_error(KILN_ERR_UNSUPPORTED, "%s", c->err);
       break;
