@@ -2,8 +2,8 @@
  * being written to memory. Every kernel emitted by codegen/lower.c (all but the
  * matmul / convolution / pooling kernels) reads its inputs element by element, so a
  * producer it reads can be evaluated at that element on the fly:
- *  - constant fills, iotas and broadcasts cost an index computation and are inlined
- *    into every such reader;
+ *  - constant fills, iotas, broadcasts and reshapes (of what is not itself fused)
+ *    cost an index computation and are inlined into every such reader;
  *  - element-wise ops and reshapes with a single reader node that visits each
  *    element once (element-wise, reshape, reductions, transpose, slice, concat; x * x
  *    counts as one reader: LLVM computes the repeated value once) are inlined,
@@ -55,10 +55,10 @@ size_t kiln_fuse(const kiln_graph *g, const bool *live, const bool *stored, uint
                  uint32_t *host) {
   uint32_t n = g->nnodes;
   uint32_t *uses = calloc(n + 1, sizeof *uses), *reader = malloc((n + 1) * sizeof *reader);
-  bool *all_by_element = malloc(n + 1), *once = malloc(n + 1);
+  bool *all_by_element = malloc(n + 1), *once = malloc(n + 1), *index_only = malloc(n + 1);
   size_t count = 0;
-  if (!uses || !reader || !all_by_element || !once) {
-    free(uses), free(reader), free(all_by_element), free(once);
+  if (!uses || !reader || !all_by_element || !once || !index_only) {
+    free(uses), free(reader), free(all_by_element), free(once), free(index_only);
     for (uint32_t i = 0; i < n; i++) inlined[i] = false; /* no fusion is always correct */
     return 0;
   }
@@ -80,7 +80,11 @@ size_t kiln_fuse(const kiln_graph *g, const bool *live, const bool *stored, uint
   for (uint32_t i = 0; i < n; i++) {
     const kiln_node *p = &g->nodes[i];
     kiln_op op = (kiln_op)p->op;
-    bool cheap = (op == KILN_OP_CONST && !p->data) || op == KILN_OP_IOTA || op == KILN_OP_BROADCAST_TO;
+    /* a reshape is an index remap: free in any number of readers unless it would
+     * recompute a fused producer in each */
+    bool cheap = (op == KILN_OP_CONST && !p->data) || op == KILN_OP_IOTA || op == KILN_OP_BROADCAST_TO ||
+                 (op == KILN_OP_RESHAPE && (!inlined[p->inputs[0]] || index_only[p->inputs[0]]));
+    index_only[i] = cheap;
     bool single = ((kiln_ops[op].flags & EW) || op == KILN_OP_RESHAPE) && uses[i] == 1 && once[i];
     inlined[i] = live[i] && !stored[i] && uses[i] > 0 && all_by_element[i] && (cheap || single);
   }
@@ -103,6 +107,6 @@ size_t kiln_fuse(const kiln_graph *g, const bool *live, const bool *stored, uint
   }
   if (host) choose_hosts(g, stored, uses, reader, inlined, host);
   for (uint32_t i = 0; i < n; i++) count += inlined[i];
-  free(uses), free(reader), free(all_by_element), free(once);
+  free(uses), free(reader), free(all_by_element), free(once), free(index_only);
   return count;
 }

@@ -50,7 +50,7 @@ typedef struct kiln_schedule {
 } kiln_schedule;
 
 typedef struct kiln_pass_switches {
-  bool no_fold, no_simplify, no_fusion, no_epilogue, no_memory_plan;
+  bool no_fold, no_simplify, no_layout, no_fusion, no_epilogue, no_memory_plan;
 } kiln_pass_switches;
 
 /* ---- simplify.c ---- */
@@ -66,8 +66,26 @@ typedef struct kiln_simplify_stats {
  * NULL with the error set on failure. */
 KILN_INTERNAL kiln_graph *kiln_simplify(const kiln_graph *g, bool fold, bool rules, kiln_simplify_stats *stats);
 KILN_INTERNAL const char *kiln_rule_name(int rule);
+/* n (op, attributes, name, data) made in dst on the inputs in[]. */
+KILN_INTERNAL uint32_t kiln_copy_node(kiln_graph *dst, const kiln_node *n, const uint32_t *in);
+/* src's outputs and assignments, and its variables, on dst through map (src node -> dst node). */
+KILN_INTERNAL kiln_status kiln_copy_ports(kiln_graph *dst, const kiln_graph *src, const uint32_t *map);
+/* Dead-code elimination: a copy of g without the nodes no output or assignment reads
+ * (inputs all stay: they are positional); *removed counts the dropped nodes. */
+KILN_INTERNAL kiln_graph *kiln_without_dead(const kiln_graph *g, size_t *removed);
 /* Parses "fuse,memory-plan"-style lists (kiln_compile_options.disable_passes). */
 KILN_INTERNAL kiln_status kiln_passes_disabled(const char *list, kiln_pass_switches *out);
+
+/* ---- layout.c ---- */
+typedef struct kiln_layout_stats {
+  size_t moved;                           /* transposes sunk below an op */
+  size_t cancelled;                       /* transpose pairs that met and cancelled */
+  size_t before, after;                   /* transposes in the graph */
+  int64_t elements_before, elements_after; /* elements they move per run */
+} kiln_layout_stats;
+/* g rebuilt with its transposes sunk through layout-agnostic ops (layout.c explains
+ * when); NULL with the error set on failure. */
+KILN_INTERNAL kiln_graph *kiln_choose_layout(const kiln_graph *g, kiln_layout_stats *stats);
 
 /* ---- pipeline.c ---- */
 /* Runs the graph-level passes on g (consumed) and returns the result; NULL with the

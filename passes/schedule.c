@@ -130,8 +130,9 @@ static kiln_status parse_switches(const char *list, kiln_pass_switches *out) {
     else if (len == 8 && !strncmp(p, "epilogue", len)) out->no_epilogue = true;
     else if (len == 4 && !strncmp(p, "fold", len)) out->no_fold = true;
     else if (len == 8 && !strncmp(p, "simplify", len)) out->no_simplify = true;
+    else if (len == 6 && !strncmp(p, "layout", len)) out->no_layout = true;
     else if (len)
-      return kiln_set_error(KILN_ERR_INVALID, "no pass named '%.*s' to disable (known: fold, simplify, fuse, epilogue, memory-plan)", (int)len, p);
+      return kiln_set_error(KILN_ERR_INVALID, "no pass named '%.*s' to disable (known: fold, simplify, layout, fuse, epilogue, memory-plan)", (int)len, p);
     p += len + (p[len] == ',');
   }
   return KILN_OK;

@@ -46,15 +46,13 @@ static void attrs_of(const kiln_node *n, kiln_attrs *a) {
   if (n->nattrs) memcpy(a->a, n->attrs, sizeof(kiln_attr) * n->nattrs);
 }
 
-/* n (op, attributes, name, data) made in dst on the inputs in[]. */
-static uint32_t copy_node(kiln_graph *dst, const kiln_node *n, const uint32_t *in) {
+uint32_t kiln_copy_node(kiln_graph *dst, const kiln_node *n, const uint32_t *in) {
   kiln_attrs a;
   attrs_of(n, &a);
   return kiln_node_make(dst, (kiln_op)n->op, in, n->ninputs, &a, n->name, n->data, n->nbytes).id;
 }
 
-/* src's outputs and assignments, and its variables, on dst through map. */
-static kiln_status copy_ports(kiln_graph *dst, const kiln_graph *src, const uint32_t *map) {
+kiln_status kiln_copy_ports(kiln_graph *dst, const kiln_graph *src, const uint32_t *map) {
   kiln_status st = KILN_OK;
   for (uint32_t j = 0; j < src->noutputs && st == KILN_OK; j++)
     st = kiln_graph_add_output(dst, src->outputs[j].name, (kiln_value){map[src->outputs[j].node]});
@@ -98,12 +96,12 @@ static uint32_t rewrite(rw *r, const kiln_node *n, const uint32_t *in) {
   case KILN_OP_RESHAPE:
     RULE(RULE_NOOP, kiln_same_shape(a->rank, a->dims, n->rank, n->dims), in[0]);
     RULE(RULE_FILL, a->op == KILN_OP_CONST && !a->data, reshaped_fill(r, a, n));
-    RULE(RULE_CHAIN, a->op == KILN_OP_RESHAPE, copy_node(r->g, n, &a->inputs[0]));
+    RULE(RULE_CHAIN, a->op == KILN_OP_RESHAPE, kiln_copy_node(r->g, n, &a->inputs[0]));
     break;
   case KILN_OP_BROADCAST_TO:
     RULE(RULE_NOOP, kiln_same_shape(a->rank, a->dims, n->rank, n->dims), in[0]);
     RULE(RULE_FILL, a->op == KILN_OP_CONST && !a->data && a->rank > 0, reshaped_fill(r, a, n));
-    RULE(RULE_CHAIN, a->op == KILN_OP_BROADCAST_TO, copy_node(r->g, n, &a->inputs[0]));
+    RULE(RULE_CHAIN, a->op == KILN_OP_BROADCAST_TO, kiln_copy_node(r->g, n, &a->inputs[0]));
     break;
   case KILN_OP_TRANSPOSE: {
     int64_t q[KILN_MAX_RANK], p[KILN_MAX_RANK], c[KILN_MAX_RANK];
@@ -190,9 +188,7 @@ static uint32_t fold(rw *r, const kiln_node *n, const uint32_t *in) {
   return out;
 }
 
-/* Dead-code elimination: a copy of g without the nodes no output or assignment reads
- * (inputs all stay: they are positional). */
-static kiln_graph *without_dead(const kiln_graph *g, size_t *removed) {
+kiln_graph *kiln_without_dead(const kiln_graph *g, size_t *removed) {
   uint32_t n = g->nnodes;
   bool *live = calloc(n + 1, 1);
   uint32_t *map = calloc(n + 1, sizeof *map);
@@ -218,10 +214,10 @@ static kiln_graph *without_dead(const kiln_graph *g, size_t *removed) {
     }
     uint32_t in[64];
     for (uint32_t j = 0; j < nd0->ninputs && j < 64; j++) in[j] = map[nd0->inputs[j]];
-    map[i] = copy_node(out, nd0, in);
+    map[i] = kiln_copy_node(out, nd0, in);
     if (map[i] == KILN_NONE) st = kiln_set_error(KILN_ERR_INVALID, "simplify: %s", out->errmsg);
   }
-  if (st == KILN_OK) st = copy_ports(out, g, map);
+  if (st == KILN_OK) st = kiln_copy_ports(out, g, map);
   free(live), free(map);
   if (st != KILN_OK) {
     kiln_graph_free(out);
@@ -253,17 +249,17 @@ kiln_graph *kiln_simplify(const kiln_graph *src, bool fold_constants, bool rules
     for (uint32_t j = 0; j < n->ninputs; j++) in[j] = map[n->inputs[j]];
     uint32_t v = rules && n->op != KILN_OP_PARAM ? rewrite(&r, n, in) : KILN_NONE;
     if (v == KILN_NONE && fold_constants) v = fold(&r, n, in);
-    if (v == KILN_NONE) v = copy_node(r.g, n, in);
+    if (v == KILN_NONE) v = kiln_copy_node(r.g, n, in);
     if (v == KILN_NONE || r.g->status != KILN_OK) st = kiln_set_error(KILN_ERR_INVALID, "simplify: %s", r.g->errmsg);
     map[i] = v;
   }
-  if (st == KILN_OK) st = copy_ports(r.g, src, map);
+  if (st == KILN_OK) st = kiln_copy_ports(r.g, src, map);
   free(map);
   if (st != KILN_OK) {
     kiln_graph_free(r.g);
     return NULL;
   }
-  kiln_graph *live = without_dead(r.g, &r.stats->removed);
+  kiln_graph *live = kiln_without_dead(r.g, &r.stats->removed);
   kiln_graph_free(r.g);
   return live;
 }

@@ -120,7 +120,7 @@ grep -q "bad.onnx" "$tmp/err" || fail "unclear message: $(cat "$tmp/err")"
 for kir in "$golden"/passes/*.kir; do
   "$kiln" dump "$kir" --kernels > "$tmp/kernels" || fail "dump --kernels $kir"
   diff -u "${kir%.kir}.kernels" "$tmp/kernels" || fail "schedule of $kir differs from ${kir%.kir}.kernels"
-  for pass in fuse epilogue; do
+  for pass in layout fuse epilogue; do
     [ -e "${kir%.kir}.no$pass.kernels" ] || continue
     "$kiln" dump "$kir" --kernels --disable $pass > "$tmp/kernels" || fail "dump --kernels --disable $pass $kir"
     diff -u "${kir%.kir}.no$pass.kernels" "$tmp/kernels" || fail "schedule of $kir without $pass differs"
@@ -142,6 +142,9 @@ grep -q "^kernel %4 exp fuses %2 broadcast_to, %3 sub; reads %0, %1" "$tmp/err" 
 # the row sums reuse the row maxima's bytes
 grep -q "^%5 reduce_sum: offset 0, 16 bytes" "$tmp/err" || fail "no after:memory-plan dump: $(cat "$tmp/err")"
 grep -q "^kiln: fuse: 4 kernels, 3 nodes fused" "$tmp/err" || fail "no pass stats: $(cat "$tmp/err")"
+# the layout pass keeps conv_nchw.kir NHWC between its convolutions
+KILN_PASS_STATS=1 "$kiln" dump "$golden/passes/conv_nchw.kir" --kernels 2> "$tmp/err" > /dev/null || fail "dump conv_nchw.kir"
+grep -q "^kiln: layout: 4 transposes moved, 2 pairs cancelled; 8 -> 4 transposes" "$tmp/err" || fail "no layout stats: $(cat "$tmp/err")"
 # kiln bench: a table of the four variants; unknown names list the built-ins
 "$kiln" bench mlp --batch 4 --runs 2 > "$tmp/bench" || fail "kiln bench mlp failed"
 grep -q "^all passes  *[0-9]" "$tmp/bench" && grep -q "^no passes  *[0-9]" "$tmp/bench" || fail "no bench table: $(cat "$tmp/bench")"

@@ -198,6 +198,69 @@ static void test_fusion_merges_kernels(void **s) {
   kiln_graph_free(g);
 }
 
+/* The transpose kernels of g's schedule with the passes in `disable` off. */
+static int transpose_kernels(const kiln_graph *g, const char *disable) {
+  char *text;
+  assert_int_equal(kiln_schedule_text(g, disable, &text), KILN_OK);
+  int count = 0;
+  for (const char *p = text; (p = strstr(p, " transpose;")) != NULL; p++) count++;
+  free(text);
+  return count;
+}
+
+/* An NCHW network's train step (convolutions with bias and ReLU, pooling, a channel
+ * concat, a global average, a dense layer, cross-entropy and every gradient): the
+ * layout pass keeps the activations NHWC between the convolutions (only the input,
+ * the filters, the flatten and their gradients keep transposes) and the results
+ * equal the evaluator's and the build without the pass. */
+static void test_layout_keeps_conv_chains_nhwc(void **s) {
+  (void)s;
+  kiln_graph *g = kiln_graph_new();
+  kiln_value x = kiln_placeholder(g, "x", KILN_F32, KILN_SHAPE(2, 3, 8, 8));
+  kiln_value w[6] = {kiln_placeholder(g, "w1", KILN_F32, KILN_SHAPE(4, 3, 3, 3)), kiln_placeholder(g, "b1", KILN_F32, KILN_SHAPE(4, 1, 1)),
+                     kiln_placeholder(g, "w2", KILN_F32, KILN_SHAPE(5, 8, 3, 3)), kiln_placeholder(g, "b2", KILN_F32, KILN_SHAPE(5, 1, 1)),
+                     kiln_placeholder(g, "wd", KILN_F32, KILN_SHAPE(25, 3)), kiln_placeholder(g, "labels", KILN_F32, KILN_SHAPE(2, 3))};
+  kiln_conv2d_opts co = {.layout = KILN_NCHW, .padding = KILN_PAD_SAME};
+  kiln_pool2d_opts po = {.layout = KILN_NCHW, .window = {2, 2}};
+  kiln_value h = kiln_relu(g, kiln_add(g, kiln_conv2d(g, x, w[0], &co), w[1]));
+  h = kiln_concat(g, (kiln_value[]){h, kiln_sigmoid(g, h)}, 2, 1);
+  h = kiln_max_pool2d(g, h, &po);
+  h = kiln_tanh(g, kiln_add(g, kiln_conv2d(g, h, w[2], &co), w[3]));
+  kiln_value gap = kiln_reduce_mean(g, h, (int64_t[]){2, 3}, 2, false); /* [2, 5] */
+  h = kiln_reshape(g, kiln_max_pool2d(g, h, &po), KILN_SHAPE(2, 20));
+  kiln_value logits = kiln_matmul(g, kiln_concat(g, (kiln_value[]){h, gap}, 2, 1), w[4], false, false);
+  kiln_value loss = kiln_neg(g, kiln_reduce_mean(g, kiln_mul(g, w[5], kiln_log_softmax(g, logits, -1)), NULL, 0, false));
+  kiln_value grads[5];
+  assert_int_equal(kiln_gradients(g, loss, w, 5, grads), KILN_OK);
+  kiln_output(g, "loss", loss);
+  const char *names[5] = {"dw1", "db1", "dw2", "db2", "dwd"};
+  for (int i = 0; i < 5; i++) kiln_output(g, names[i], grads[i]);
+  kiln_output(g, "dx", kiln_tanh(g, h)); /* an activation read after the flatten's transpose */
+  assert_int_equal(kiln_graph_status(g), KILN_OK);
+  int with = transpose_kernels(g, NULL), without = transpose_kernels(g, "layout");
+  printf("    transpose kernels: %d with the layout pass, %d without\n", with, without);
+  if (with > 8 || without < 2 * with) fail_msg("layout left %d transpose kernels (%d without)", with, without);
+  trng r = {21};
+  kiln_tensor *in[7];
+  const kiln_graph *gc = g;
+  for (int i = 0; i < 7; i++) {
+    const kiln_node *n = &gc->nodes[i];
+    in[i] = random_tensor(&r, KILN_F32, n->rank, n->dims, -1, 1);
+  }
+  assert_int_equal(check_graph("layout", g, in, 7, 1e-4, 1e-5), 0);
+  kiln_exec *a, *b;
+  kiln_compile_options off = {.disable_passes = "layout"};
+  assert_int_equal(kiln_compile(g, NULL, &a), KILN_OK);
+  assert_int_equal(kiln_compile(g, &off, &b), KILN_OK);
+  kiln_tensor *ya[7], *yb[7];
+  assert_int_equal(kiln_exec_run(a, (const kiln_tensor *const *)in, 7, ya, 7), KILN_OK);
+  assert_int_equal(kiln_exec_run(b, (const kiln_tensor *const *)in, 7, yb, 7), KILN_OK);
+  for (int i = 0; i < 7; i++) assert_int_equal(compare_tensors("layout vs none", ya[i], yb[i], 1e-5, 1e-6), 0);
+  for (int i = 0; i < 7; i++) kiln_tensor_free(ya[i]), kiln_tensor_free(yb[i]), kiln_tensor_free(in[i]);
+  kiln_exec_free(a), kiln_exec_free(b);
+  kiln_graph_free(g);
+}
+
 /* A profiled exec counts every run of every kernel and names them (the dense layer,
  * an output, is one kernel after its matmul; its row sum another); without profile
  * it is an error. */
@@ -245,6 +308,7 @@ int main(void) {
       cmocka_unit_test(test_generic_cpu),
       cmocka_unit_test(test_memory_plan_reuses_buffers),
       cmocka_unit_test(test_fusion_merges_kernels),
+      cmocka_unit_test(test_layout_keeps_conv_chains_nhwc),
       cmocka_unit_test(test_profile_counts_kernels),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

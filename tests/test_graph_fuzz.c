@@ -154,7 +154,7 @@ static void build(gen *s, uint64_t seed) {
 
 /* The optimized build against the unoptimized one (passes off). */
 static int compare_pipelines(gen *s, const char *what) {
-  kiln_compile_options off = {.disable_passes = "fold,simplify,fuse,memory-plan"};
+  kiln_compile_options off = {.disable_passes = "fold,simplify,layout,fuse,memory-plan"};
   kiln_exec *a = NULL, *b = NULL;
   kiln_tensor *ya[8] = {0}, *yb[8] = {0};
   size_t nout = s->g->noutputs;

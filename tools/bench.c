@@ -12,11 +12,12 @@ static const struct {
 } VARIANTS[] = {
     {"all passes", NULL},
     {"no memory-plan", "memory-plan"},
+    {"no layout", "layout"},
     {"no epilogue", "epilogue"},
     {"no fuse", "fuse"},
-    {"no passes", "fold,simplify,fuse,memory-plan"},
+    {"no passes", "fold,simplify,layout,fuse,memory-plan"},
 };
-enum { NVAR = sizeof VARIANTS / sizeof VARIANTS[0], BASELINE = 3 };
+enum { NVAR = sizeof VARIANTS / sizeof VARIANTS[0], BASELINE = 4 };
 
 static double now_ms(void) {
   struct timespec t;

@@ -1,5 +1,6 @@
 /* The built-in graphs of `kiln bench`: the Fashion-MNIST MLP and CNN (forward, and a
- * train step: forward, loss, gradients and the SGD update of every weight) and a
+ * train step: forward, loss, gradients and the SGD update of every weight), the CNN
+ * also written NCHW as PyTorch and ONNX models are, and a
  * transformer block (layernorm, 4-head self-attention with softmax, GELU MLP,
  * residuals). Weights are graph inputs, so nothing is folded into constants. */
 #include <math.h>
@@ -12,6 +13,7 @@ typedef struct builder {
   bench_graph *out;
   kiln_value weights[16];
   int nweights;
+  bool nchw; /* convolutions written PyTorch-style: NCHW activations, OIHW filters */
 } builder;
 
 static kiln_value input(builder *b, const char *name, kiln_dtype t, kiln_shape s) {
@@ -37,10 +39,11 @@ static kiln_value dense(builder *b, kiln_value x, int64_t in, int64_t out, bool 
 }
 
 static kiln_value conv_relu_pool(builder *b, kiln_value x, int64_t cin, int64_t cout) {
-  kiln_conv2d_opts co = {.padding = KILN_PAD_SAME};
-  kiln_value y = kiln_conv2d(b->g, x, weight(b, KILN_SHAPE(3, 3, cin, cout)), &co);
-  y = kiln_relu(b->g, kiln_add(b->g, y, weight(b, KILN_SHAPE(cout))));
-  kiln_pool2d_opts po = {.window = {2, 2}};
+  kiln_layout layout = b->nchw ? KILN_NCHW : KILN_NHWC;
+  kiln_conv2d_opts co = {.layout = layout, .padding = KILN_PAD_SAME};
+  kiln_value y = kiln_conv2d(b->g, x, weight(b, b->nchw ? KILN_SHAPE(cout, cin, 3, 3) : KILN_SHAPE(3, 3, cin, cout)), &co);
+  y = kiln_relu(b->g, kiln_add(b->g, y, weight(b, b->nchw ? KILN_SHAPE(cout, 1, 1) : KILN_SHAPE(cout))));
+  kiln_pool2d_opts po = {.layout = layout, .window = {2, 2}};
   return kiln_max_pool2d(b->g, y, &po);
 }
 
@@ -71,7 +74,7 @@ static void mlp(builder *b, int64_t batch, bool train) {
 }
 
 static void cnn(builder *b, int64_t batch, bool train) {
-  kiln_value x = input(b, "x", KILN_F32, KILN_SHAPE(batch, 28, 28, 1));
+  kiln_value x = input(b, "x", KILN_F32, b->nchw ? KILN_SHAPE(batch, 1, 28, 28) : KILN_SHAPE(batch, 28, 28, 1));
   x = conv_relu_pool(b, conv_relu_pool(b, x, 1, 32), 32, 64);
   x = kiln_reshape(b->g, x, KILN_SHAPE(batch, 7 * 7 * 64));
   finish(b, dense(b, dense(b, x, 7 * 7 * 64, 128, true), 128, 10, false), batch, train);
@@ -118,6 +121,11 @@ static void transformer(builder *b, int64_t batch, bool train) {
   }
 }
 
+static void cnn_nchw(builder *b, int64_t batch, bool train) {
+  b->nchw = true;
+  cnn(b, batch, train);
+}
+
 static const struct {
   const char *name;
   void (*build)(builder *b, int64_t batch, bool train);
@@ -129,6 +137,8 @@ static const struct {
     {"mlp-train", mlp, true, 128, "the MLP's train step (cross-entropy, gradients, SGD update)"},
     {"cnn", cnn, false, 128, "Fashion-MNIST CNN (2 x conv 3x3 + pool, dense 128), forward"},
     {"cnn-train", cnn, true, 32, "the CNN's train step"},
+    {"cnn-nchw", cnn_nchw, false, 128, "the CNN written NCHW with OIHW filters (as from PyTorch or ONNX), forward"},
+    {"cnn-nchw-train", cnn_nchw, true, 32, "the NCHW CNN's train step"},
     {"transformer", transformer, false, 8, "transformer block: 64 tokens x 128, 4 heads, GELU MLP 512"},
     {"transformer-train", transformer, true, 8, "the transformer block's train step (mean-square loss)"},
 };

@@ -24,7 +24,8 @@ typedef struct kiln_compile_options {
   const char *cpu;      /* NULL or "native": host CPU and features; "generic": portable */
   bool keep_ir;         /* keep the optimized LLVM IR text (kiln_exec_llvm_ir) */
   /* Comma-separated passes to skip, for comparisons: "fold" (constant folding),
-   * "simplify" (the algebraic rules), "fuse" (one kernel per node, every
+   * "simplify" (the algebraic rules), "layout" (transposes around NCHW convolutions
+   * stay where the model put them), "fuse" (one kernel per node, every
    * intermediate stored), "epilogue" (only the fusion of element-wise nodes into the
    * matmul/convolution they follow) and "memory-plan" (every intermediate buffer gets
    * its own bytes). NULL: all passes run. */
