@@ -140,7 +140,7 @@ static kiln_status build_entry(aot_unit *u, const aot_request *r, aot_entry *e) 
     if (kiln_shape_numel(g->nodes[i].rank, g->nodes[i].dims) < 0)
       return kiln_set_error(KILN_ERR_INVALID, "aot: %%%u has a symbolic dim that no input binds", i);
   uint32_t np = kiln_graph_num_params(g);
-  e->nin = kiln_graph_num_inputs(g);
+  e->nin = (uint32_t)kiln_graph_num_inputs(g);
   e->nmain = r->nmain < e->nin ? r->nmain : e->nin;
   e->nout = r->g->noutputs;
   uint32_t nassign = g->noutputs - e->nout;

@@ -172,7 +172,7 @@ kiln_status kiln_compile(const kiln_graph *g, const kiln_compile_options *opts, 
     }
     e->par = kiln_pool_parallel(e->pool);
   }
-  uint32_t np = kiln_graph_num_inputs(e->g), k = 0;
+  uint32_t np = (uint32_t)kiln_graph_num_inputs(e->g), k = 0;
   e->in_names = calloc(np + 1, sizeof *e->in_names);
   if (!e->in_names) {
     kiln_exec_free(e);

@@ -286,10 +286,18 @@ bool kiln_node_is_variable(const kiln_node *n) {
   return n->op == KILN_OP_PARAM && kiln_attr_int(n, KILN_ATTR_VARIABLE, 0) != 0;
 }
 
-uint32_t kiln_graph_num_inputs(const kiln_graph *g) {
-  uint32_t n = 0;
-  for (uint32_t i = 0; i < g->nnodes; i++) n += g->nodes[i].op == KILN_OP_PARAM && !kiln_node_is_variable(&g->nodes[i]);
+static bool is_input(const kiln_node *n) { return n->op == KILN_OP_PARAM && !kiln_node_is_variable(n); }
+
+size_t kiln_graph_num_inputs(const kiln_graph *g) {
+  size_t n = 0;
+  for (uint32_t i = 0; g && i < g->nnodes; i++) n += is_input(&g->nodes[i]);
   return n;
+}
+
+kiln_value kiln_graph_input(const kiln_graph *g, size_t k) {
+  for (uint32_t i = 0; g && i < g->nnodes; i++)
+    if (is_input(&g->nodes[i]) && k-- == 0) return (kiln_value){i};
+  return (kiln_value){KILN_NONE};
 }
 
 kiln_status kiln_graph_add_assign(kiln_graph *g, const char *name, uint32_t node) {

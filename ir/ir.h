@@ -194,8 +194,6 @@ KILN_INTERNAL uint32_t kiln_graph_num_params(const kiln_graph *g);
 /* ---- graph.c: variables in graphs ---- */
 /* A param with attribute variable=1 reads the variable of that name. */
 KILN_INTERNAL bool kiln_node_is_variable(const kiln_node *n);
-/* Params the caller passes (those that are not variables). */
-KILN_INTERNAL uint32_t kiln_graph_num_inputs(const kiln_graph *g);
 /* kiln_output without the reserved-name check. */
 KILN_INTERNAL kiln_status kiln_graph_add_output(kiln_graph *g, const char *name, kiln_value v);
 KILN_INTERNAL kiln_status kiln_graph_add_assign(kiln_graph *g, const char *name, uint32_t node);

@@ -275,7 +275,7 @@ static kiln_status lookup(const kiln_graph *g, const char *name, const kiln_node
 }
 
 kiln_status kiln_bind_inputs(const kiln_graph *g, const kiln_tensor *const *user, size_t nuser, const kiln_tensor **full) {
-  uint32_t want = kiln_graph_num_inputs(g);
+  uint32_t want = (uint32_t)kiln_graph_num_inputs(g);
   if (nuser != want) return kiln_set_error(KILN_ERR_INVALID, "the graph has %u inputs, %zu given", want, nuser);
   if (nuser && !user) return kiln_set_error(KILN_ERR_INVALID, "the inputs array is NULL");
   size_t k = 0, j = 0;

@@ -242,11 +242,13 @@ static void test_layout_keeps_conv_chains_nhwc(void **s) {
   if (with > 8 || without < 2 * with) fail_msg("layout left %d transpose kernels (%d without)", with, without);
   trng r = {21};
   kiln_tensor *in[7];
-  const kiln_graph *gc = g;
+  assert_int_equal(kiln_graph_num_inputs(g), 7);
+  assert_int_equal(kiln_graph_input(g, 7).id, KILN_NONE);
   for (int i = 0; i < 7; i++) {
-    const kiln_node *n = &gc->nodes[i];
-    in[i] = random_tensor(&r, KILN_F32, n->rank, n->dims, -1, 1);
+    kiln_shape sh = kiln_value_shape(g, kiln_graph_input(g, (size_t)i));
+    in[i] = random_tensor(&r, KILN_F32, sh.rank, sh.dims, -1, 1);
   }
+  assert_true(kiln_tensor_rank(in[6]) == 2 && kiln_tensor_dims(in[6])[1] == 3); /* the labels */
   assert_int_equal(check_graph("layout", g, in, 7, 1e-4, 1e-5), 0);
   kiln_exec *a, *b;
   kiln_compile_options off = {.disable_passes = "layout"};

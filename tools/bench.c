@@ -1,4 +1,5 @@
-/* kiln bench NAME [--batch N] [--runs R]: compiles a built-in graph with every pass
+/* kiln bench NAME|MODEL [--batch N] [--runs R]: compiles a built-in graph (or a .kir
+ * graph or .onnx model) with every pass
  * and with the fusion-related passes disabled in turn, runs the variants interleaved
  * (round-robin, so machine noise hits all alike) and prints kernels, bytes moved,
  * peak working memory, the median time and the speed-up against the unfused build. */
@@ -38,6 +39,29 @@ static kiln_tensor *random_input(kiln_dtype t, kiln_shape s, unsigned *seed) {
   return x;
 }
 
+static bool has_model_ext(const char *name) {
+  size_t n = strlen(name);
+  return (n > 4 && !strcmp(name + n - 4, ".kir")) || (n > 5 && !strcmp(name + n - 5, ".onnx"));
+}
+
+/* A .kir graph or .onnx model, its symbolic batch bound to batch (default 1). */
+static kiln_status load_model(const char *path, int64_t batch, bench_graph *out) {
+  memset(out, 0, sizeof *out);
+  size_t n = strlen(path);
+  kiln_status st = !strcmp(path + n - 5, ".onnx") ? kiln_onnx_load(path, &out->g) : kiln_graph_load(path, &out->g);
+  if (st != KILN_OK) return st;
+  size_t nin = kiln_graph_num_inputs(out->g), cap = sizeof out->shapes / sizeof out->shapes[0];
+  out->ninputs = (int)(nin < cap ? nin : cap + 1); /* more than cap: refused by the caller */
+  for (size_t i = 0; i < nin && i < cap; i++) {
+    kiln_value v = kiln_graph_input(out->g, i);
+    out->shapes[i] = kiln_value_shape(out->g, v);
+    out->dtypes[i] = kiln_value_dtype(out->g, v);
+    for (int d = 0; d < out->shapes[i].rank; d++)
+      if (out->shapes[i].dims[d] == KILN_DYN) out->shapes[i].dims[d] = batch > 0 ? batch : 1;
+  }
+  return KILN_OK;
+}
+
 static void print_mb(uint64_t bytes) { printf(" %10.2f MB", (double)bytes / 1e6); }
 
 int cmd_bench(int argc, char **argv) {
@@ -51,12 +75,12 @@ int cmd_bench(int argc, char **argv) {
     else name = NULL, i = argc;
   }
   if (!name || runs < 1 || runs > 100000 || batch < 0) {
-    fprintf(stderr, "usage: kiln bench NAME [--batch N] [--runs R]; NAME is one of\n");
+    fprintf(stderr, "usage: kiln bench NAME|MODEL.kir|MODEL.onnx [--batch N] [--runs R]; NAME is one of\n");
     bench_list(stderr);
     return 2;
   }
   bench_graph bg;
-  kiln_status st = bench_builtin(name, batch, &bg);
+  kiln_status st = has_model_ext(name) ? load_model(name, batch, &bg) : bench_builtin(name, batch, &bg);
   if (st != KILN_OK) {
     kiln_graph_free(bg.g);
     if (st == KILN_ERR_INVALID && !bg.g) {
@@ -65,6 +89,11 @@ int cmd_bench(int argc, char **argv) {
       return 2;
     }
     fprintf(stderr, "kiln: bench: %s\n", kiln_errmsg());
+    return 1;
+  }
+  if (bg.ninputs > 32) {
+    fprintf(stderr, "kiln: bench: %s has more than 32 inputs\n", name);
+    kiln_graph_free(bg.g);
     return 1;
   }
   kiln_tensor *ins[32] = {0};

@@ -7,7 +7,7 @@
  *                                           or a model file's inputs, outputs and weights
  *   kiln compile MODEL -o NAME.o ...        ahead-of-time: a standalone object and header
  *                                           (MODEL: model file, .kir graph or .onnx)
- *   kiln bench NAME [--batch N] [--runs R]  a built-in graph with and without the
+ *   kiln bench NAME|MODEL [--batch N] [--runs R]  a built-in graph or a model with and without the
  *                                           fusion-related passes (tools/bench.c) */
 #include <errno.h>
 #include <stdio.h>
@@ -27,8 +27,9 @@ static int usage(void) {
           "                    [--target TRIPLE] [--cpu generic|native|CPU] [--batch N] [--threads N]\n"
           "                    [--weights embed|external] [--weights-file FILE]\n"
           "                    [--train OPTIMIZER [--loss LOSS] [--lr RATE]]\n"
-          "       kiln bench NAME [--batch N] [--runs R]   (NAME: mlp, mlp-train, cnn, cnn-train,\n"
-          "                                                transformer, transformer-train)\n"
+          "       kiln bench NAME|GRAPH.kir|MODEL.onnx [--batch N] [--runs R]\n"
+          "                  (NAME: mlp, mlp-train, cnn, cnn-train, cnn-nchw, cnn-nchw-train,\n"
+          "                   transformer, transformer-train)\n"
           "Inputs are .npy files or ONNX TensorProto .pb files (f32, f64, i32, i64, bool); outputs\n"
           "are written as DIR/NAME.npy or DIR/output_N.pb (the default for .onnx models), or\n"
           "summarised on stdout without --output-dir.\n");

@@ -55,6 +55,10 @@ KILN_API kiln_status kiln_graph_status(const kiln_graph *g);
 KILN_API const char *kiln_graph_errmsg(const kiln_graph *g);
 KILN_API kiln_dtype kiln_value_dtype(const kiln_graph *g, kiln_value v);
 KILN_API kiln_shape kiln_value_shape(const kiln_graph *g, kiln_value v);
+/* The placeholders a caller passes to a run, in order (variables excluded): their
+ * count, and the i-th (KILN_NONE past the end); kiln_value_shape gives its signature. */
+KILN_API size_t kiln_graph_num_inputs(const kiln_graph *g);
+KILN_API kiln_value kiln_graph_input(const kiln_graph *g, size_t i);
 /* Check structural invariants (types, shapes, topological order, outputs). */
 KILN_API kiln_status kiln_graph_verify(const kiln_graph *g);
 
