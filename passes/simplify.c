@@ -14,6 +14,7 @@
 typedef struct rw {
   kiln_graph *g;
   kiln_simplify_stats *stats;
+  const uint32_t *readers; /* per source node: how many nodes read it */
 } rw;
 
 static const kiln_node *nd(rw *r, uint32_t id) { return &r->g->nodes[id]; }
@@ -146,9 +147,12 @@ static uint32_t fold(rw *r, const kiln_node *n, const uint32_t *in) {
     if (nd(r, in[j])->op != KILN_OP_CONST) return KILN_NONE;
   int64_t numel = kiln_shape_numel(n->rank, n->dims);
   if (numel < 0) return KILN_NONE;
-  /* a big result can only fold when uniform: not worth evaluating from stored data (weights) */
+  /* a big result from stored data (weights) folds only when it takes their place: a
+   * transpose, reshape or slice that is their only reader stores them in the layout
+   * their reader wants (an ONNX model's OIHW filters become HWIO once, not per run) */
+  bool relayout = (op == KILN_OP_TRANSPOSE || op == KILN_OP_RESHAPE || op == KILN_OP_SLICE) && r->readers[n->inputs[0]] == 1;
   for (uint32_t j = 0; numel > FOLD_MAX_ELEMS && j < n->ninputs; j++)
-    if (nd(r, in[j])->data) return KILN_NONE;
+    if (nd(r, in[j])->data && !relayout) return KILN_NONE;
   /* evaluate in a scratch graph */
   kiln_graph *s = kiln_graph_new();
   kiln_tensor *y = NULL;
@@ -182,7 +186,7 @@ static uint32_t fold(rw *r, const kiln_node *n, const uint32_t *in) {
   kiln_shape sh = {.rank = n->rank};
   memcpy(sh.dims, n->dims, sizeof(int64_t) * (size_t)n->rank);
   if (uniform) out = kiln_fill(r->g, (kiln_dtype)n->dtype, sh, first).id;
-  else if (numel <= FOLD_MAX_ELEMS) out = kiln_constant(r->g, (kiln_dtype)n->dtype, sh, kiln_tensor_cdata(y)).id;
+  else if (numel <= FOLD_MAX_ELEMS || relayout) out = kiln_constant(r->g, (kiln_dtype)n->dtype, sh, kiln_tensor_cdata(y)).id;
   kiln_tensor_free(y);
   if (out != KILN_NONE) r->stats->folded++;
   return out;
@@ -230,14 +234,19 @@ kiln_graph *kiln_simplify(const kiln_graph *src, bool fold_constants, bool rules
   kiln_simplify_stats local;
   rw r = {.g = kiln_graph_new(), .stats = stats ? stats : &local};
   memset(r.stats, 0, sizeof *r.stats);
-  uint32_t *map = calloc(src->nnodes + 1, sizeof *map);
-  if (!r.g || !map) {
+  uint32_t *map = calloc(src->nnodes + 1, sizeof *map), *readers = calloc(src->nnodes + 1, sizeof *readers);
+  r.readers = readers;
+  if (!r.g || !map || !readers) {
     kiln_graph_free(r.g);
-    free(map);
+    free(map), free(readers);
     kiln_set_error(KILN_ERR_NOMEM, "simplify: out of memory");
     return NULL;
   }
   r.g->batch = src->batch;
+  for (uint32_t i = 0; i < src->nnodes; i++)
+    for (uint32_t j = 0; j < src->nodes[i].ninputs; j++) readers[src->nodes[i].inputs[j]]++;
+  for (uint32_t j = 0; j < src->noutputs; j++) readers[src->outputs[j].node]++;
+  for (uint32_t j = 0; j < src->nassigns; j++) readers[src->assigns[j].node]++;
   kiln_status st = KILN_OK;
   for (uint32_t i = 0; i < src->nnodes && st == KILN_OK; i++) {
     const kiln_node *n = &src->nodes[i];
@@ -254,7 +263,7 @@ kiln_graph *kiln_simplify(const kiln_graph *src, bool fold_constants, bool rules
     map[i] = v;
   }
   if (st == KILN_OK) st = kiln_copy_ports(r.g, src, map);
-  free(map);
+  free(map), free(readers);
   if (st != KILN_OK) {
     kiln_graph_free(r.g);
     return NULL;

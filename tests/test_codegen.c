@@ -263,6 +263,24 @@ static void test_layout_keeps_conv_chains_nhwc(void **s) {
   kiln_graph_free(g);
 }
 
+/* Constant OIHW filters (an ONNX model's) too big to fold as values are still stored
+ * once in the HWIO layout the convolution reads: no per-run weight transpose. */
+static void test_constant_filters_fold_to_hwio(void **s) {
+  (void)s;
+  trng r = {5};
+  kiln_tensor *w = random_tensor(&r, KILN_F32, 4, (int64_t[]){32, 16, 3, 3}, -1, 1);
+  kiln_graph *g = kiln_graph_new();
+  kiln_value x = kiln_placeholder(g, "x", KILN_F32, KILN_SHAPE(2, 16, 6, 6));
+  kiln_conv2d_opts co = {.layout = KILN_NCHW, .padding = KILN_PAD_SAME};
+  kiln_output(g, "y", kiln_conv2d(g, x, kiln_constant(g, KILN_F32, KILN_SHAPE(32, 16, 3, 3), kiln_tensor_cdata(w)), &co));
+  int folded = transpose_kernels(g, NULL), unfolded = transpose_kernels(g, "fold");
+  if (folded != 2 || unfolded != 3) fail_msg("%d transpose kernels (%d without folding): want the input's and the output's", folded, unfolded);
+  kiln_tensor *in = random_tensor(&r, KILN_F32, 4, (int64_t[]){2, 16, 6, 6}, -1, 1);
+  assert_int_equal(check_graph("constant filters", g, &in, 1, 1e-5, 1e-5), 0);
+  kiln_tensor_free(in), kiln_tensor_free(w);
+  kiln_graph_free(g);
+}
+
 /* A profiled exec counts every run of every kernel and names them (the dense layer,
  * an output, is one kernel after its matmul; its row sum another); without profile
  * it is an error. */
@@ -311,6 +329,7 @@ int main(void) {
       cmocka_unit_test(test_memory_plan_reuses_buffers),
       cmocka_unit_test(test_fusion_merges_kernels),
       cmocka_unit_test(test_layout_keeps_conv_chains_nhwc),
+      cmocka_unit_test(test_constant_filters_fold_to_hwio),
       cmocka_unit_test(test_profile_counts_kernels),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
