@@ -131,11 +131,6 @@ static uint32_t make_like(lay *L, const kiln_node *n, const uint32_t *in, const 
   return kiln_node_make(L->g, (kiln_op)n->op, in, n->ninputs, a, NULL, NULL, 0).id;
 }
 
-static void attrs_of(const kiln_node *n, kiln_attrs *a) {
-  a->n = (int)n->nattrs;
-  if (n->nattrs) memcpy(a->a, n->attrs, sizeof(kiln_attr) * n->nattrs);
-}
-
 /* Element-wise n on in[] where some operand is a transpose and the rest are cheap
  * to permute back: the op on untransposed operands, transposed after. */
 static uint32_t sink_elementwise(lay *L, const kiln_node *n, const uint32_t *in) {
@@ -149,7 +144,7 @@ static uint32_t sink_elementwise(lay *L, const kiln_node *n, const uint32_t *in)
     if (!cheap(L, in[j], inv)) return KILN_NONE;
   for (j = 0; j < n->ninputs; j++) x[j] = permuted(L, in[j], inv);
   kiln_attrs a;
-  attrs_of(n, &a);
+  kiln_attrs_of(n, &a);
   L->stats->moved++;
   return transposed(L, make_like(L, n, x, &a), p);
 }
@@ -204,7 +199,7 @@ static uint32_t sink_movement(lay *L, const kiln_node *n, const uint32_t *in) {
   }
   inverse(p, k, inv);
   kiln_attrs a;
-  attrs_of(n, &a);
+  kiln_attrs_of(n, &a);
   for (int i = 0; i < a.n; i++) {
     kiln_attr *at = &a.a[i];
     if (at->key == KILN_ATTR_AXIS) at->v.i[0] = p[at->v.i[0]];
@@ -245,42 +240,19 @@ static void count_transposes(const kiln_graph *g, size_t *count, int64_t *elemen
     if (g->nodes[i].op == KILN_OP_TRANSPOSE) ++*count, *elements += size_of(&g->nodes[i]);
 }
 
+static uint32_t layout_node(void *ctx, kiln_graph *dst, const kiln_node *n, const uint32_t *in) {
+  lay *L = ctx;
+  L->g = dst;
+  return sink(L, n, in);
+}
+
 kiln_graph *kiln_choose_layout(const kiln_graph *src, kiln_layout_stats *stats) {
   kiln_layout_stats local;
-  lay L = {.g = kiln_graph_new(), .stats = stats ? stats : &local};
+  lay L = {.stats = stats ? stats : &local};
   memset(L.stats, 0, sizeof *L.stats);
-  uint32_t *map = calloc(src->nnodes + 1, sizeof *map);
-  if (!L.g || !map) {
-    kiln_graph_free(L.g);
-    free(map);
-    kiln_set_error(KILN_ERR_NOMEM, "layout: out of memory");
-    return NULL;
-  }
-  L.g->batch = src->batch;
   count_transposes(src, &L.stats->before, &L.stats->elements_before);
-  kiln_status st = KILN_OK;
-  for (uint32_t i = 0; i < src->nnodes && st == KILN_OK; i++) {
-    const kiln_node *n = &src->nodes[i];
-    uint32_t in[64];
-    if (n->ninputs > 64) {
-      st = kiln_set_error(KILN_ERR_UNSUPPORTED, "layout: %u inputs", n->ninputs);
-      break;
-    }
-    for (uint32_t j = 0; j < n->ninputs; j++) in[j] = map[n->inputs[j]];
-    uint32_t v = n->op == KILN_OP_PARAM ? KILN_NONE : sink(&L, n, in);
-    if (v == KILN_NONE && L.g->status == KILN_OK) v = kiln_copy_node(L.g, n, in);
-    if (v == KILN_NONE || L.g->status != KILN_OK) st = kiln_set_error(KILN_ERR_INVALID, "layout: %s", L.g->errmsg);
-    map[i] = v;
-  }
-  if (st == KILN_OK) st = kiln_copy_ports(L.g, src, map);
-  free(map);
-  if (st != KILN_OK) {
-    kiln_graph_free(L.g);
-    return NULL;
-  }
   size_t removed;
-  kiln_graph *live = kiln_without_dead(L.g, &removed);
-  kiln_graph_free(L.g);
+  kiln_graph *live = kiln_rebuild(src, "layout", layout_node, &L, &removed);
   if (live) count_transposes(live, &L.stats->after, &L.stats->elements_after);
   return live;
 }

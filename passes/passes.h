@@ -66,6 +66,8 @@ typedef struct kiln_simplify_stats {
  * NULL with the error set on failure. */
 KILN_INTERNAL kiln_graph *kiln_simplify(const kiln_graph *g, bool fold, bool rules, kiln_simplify_stats *stats);
 KILN_INTERNAL const char *kiln_rule_name(int rule);
+/* n's attributes as a list to edit and make a node with. */
+KILN_INTERNAL void kiln_attrs_of(const kiln_node *n, kiln_attrs *a);
 /* n (op, attributes, name, data) made in dst on the inputs in[]. */
 KILN_INTERNAL uint32_t kiln_copy_node(kiln_graph *dst, const kiln_node *n, const uint32_t *in);
 /* src's outputs and assignments, and its variables, on dst through map (src node -> dst node). */
@@ -73,6 +75,13 @@ KILN_INTERNAL kiln_status kiln_copy_ports(kiln_graph *dst, const kiln_graph *src
 /* Dead-code elimination: a copy of g without the nodes no output or assignment reads
  * (inputs all stay: they are positional); *removed counts the dropped nodes. */
 KILN_INTERNAL kiln_graph *kiln_without_dead(const kiln_graph *g, size_t *removed);
+/* A node's replacement in dst (its inputs in[] already mapped), or KILN_NONE to copy it. */
+typedef uint32_t (*kiln_rewrite_fn)(void *ctx, kiln_graph *dst, const kiln_node *n, const uint32_t *in);
+/* What simplify and layout share: src rebuilt node by node, every node but the inputs
+ * offered to replace first; outputs, assignments and variables carried over, then dead
+ * nodes dropped (*removed counts them). NULL with the error set ("PASS: ...") on failure. */
+KILN_INTERNAL kiln_graph *kiln_rebuild(const kiln_graph *src, const char *pass, kiln_rewrite_fn replace, void *ctx,
+                                       size_t *removed);
 /* Parses "fuse,memory-plan"-style lists (kiln_compile_options.disable_passes). */
 KILN_INTERNAL kiln_status kiln_passes_disabled(const char *list, kiln_pass_switches *out);
 

@@ -42,14 +42,14 @@ static uint32_t make(rw *r, kiln_op op, const uint32_t *in, uint32_t nin, const 
   return kiln_node_make(r->g, op, in, nin, a, NULL, NULL, 0).id;
 }
 
-static void attrs_of(const kiln_node *n, kiln_attrs *a) {
+void kiln_attrs_of(const kiln_node *n, kiln_attrs *a) {
   a->n = (int)n->nattrs;
   if (n->nattrs) memcpy(a->a, n->attrs, sizeof(kiln_attr) * n->nattrs);
 }
 
 uint32_t kiln_copy_node(kiln_graph *dst, const kiln_node *n, const uint32_t *in) {
   kiln_attrs a;
-  attrs_of(n, &a);
+  kiln_attrs_of(n, &a);
   return kiln_node_make(dst, (kiln_op)n->op, in, n->ninputs, &a, n->name, n->data, n->nbytes).id;
 }
 
@@ -131,7 +131,7 @@ static uint32_t rewrite(rw *r, const kiln_node *n, const uint32_t *in) {
  * dims (the shape attribute is the output shape): the evaluator binds the batch
  * from inputs, and a folded node has none. */
 static void concrete_attrs(const kiln_node *n, kiln_attrs *at) {
-  attrs_of(n, at);
+  kiln_attrs_of(n, at);
   for (int i = 0; i < at->n; i++)
     if (at->a[i].key == KILN_ATTR_SHAPE)
       for (int d = 0; d < at->a[i].n && d < n->rank; d++) at->a[i].v.i[d] = n->dims[d];
@@ -230,47 +230,69 @@ kiln_graph *kiln_without_dead(const kiln_graph *g, size_t *removed) {
   return out;
 }
 
-kiln_graph *kiln_simplify(const kiln_graph *src, bool fold_constants, bool rules, kiln_simplify_stats *stats) {
-  kiln_simplify_stats local;
-  rw r = {.g = kiln_graph_new(), .stats = stats ? stats : &local};
-  memset(r.stats, 0, sizeof *r.stats);
-  uint32_t *map = calloc(src->nnodes + 1, sizeof *map), *readers = calloc(src->nnodes + 1, sizeof *readers);
-  r.readers = readers;
-  if (!r.g || !map || !readers) {
-    kiln_graph_free(r.g);
-    free(map), free(readers);
-    kiln_set_error(KILN_ERR_NOMEM, "simplify: out of memory");
+kiln_graph *kiln_rebuild(const kiln_graph *src, const char *pass, kiln_rewrite_fn replace, void *ctx, size_t *removed) {
+  kiln_graph *dst = kiln_graph_new();
+  uint32_t *map = calloc(src->nnodes + 1, sizeof *map);
+  if (!dst || !map) {
+    kiln_graph_free(dst);
+    free(map);
+    kiln_set_error(KILN_ERR_NOMEM, "%s: out of memory", pass);
     return NULL;
   }
-  r.g->batch = src->batch;
-  for (uint32_t i = 0; i < src->nnodes; i++)
-    for (uint32_t j = 0; j < src->nodes[i].ninputs; j++) readers[src->nodes[i].inputs[j]]++;
-  for (uint32_t j = 0; j < src->noutputs; j++) readers[src->outputs[j].node]++;
-  for (uint32_t j = 0; j < src->nassigns; j++) readers[src->assigns[j].node]++;
+  dst->batch = src->batch;
   kiln_status st = KILN_OK;
   for (uint32_t i = 0; i < src->nnodes && st == KILN_OK; i++) {
     const kiln_node *n = &src->nodes[i];
     uint32_t in[64];
     if (n->ninputs > 64) {
-      st = kiln_set_error(KILN_ERR_UNSUPPORTED, "simplify: %u inputs", n->ninputs);
+      st = kiln_set_error(KILN_ERR_UNSUPPORTED, "%s: %u inputs", pass, n->ninputs);
       break;
     }
     for (uint32_t j = 0; j < n->ninputs; j++) in[j] = map[n->inputs[j]];
-    uint32_t v = rules && n->op != KILN_OP_PARAM ? rewrite(&r, n, in) : KILN_NONE;
-    if (v == KILN_NONE && fold_constants) v = fold(&r, n, in);
-    if (v == KILN_NONE) v = kiln_copy_node(r.g, n, in);
-    if (v == KILN_NONE || r.g->status != KILN_OK) st = kiln_set_error(KILN_ERR_INVALID, "simplify: %s", r.g->errmsg);
+    uint32_t v = n->op == KILN_OP_PARAM ? KILN_NONE : replace(ctx, dst, n, in);
+    if (v == KILN_NONE && dst->status == KILN_OK) v = kiln_copy_node(dst, n, in);
+    if (v == KILN_NONE || dst->status != KILN_OK) st = kiln_set_error(KILN_ERR_INVALID, "%s: %s", pass, dst->errmsg);
     map[i] = v;
   }
-  if (st == KILN_OK) st = kiln_copy_ports(r.g, src, map);
-  free(map), free(readers);
+  if (st == KILN_OK) st = kiln_copy_ports(dst, src, map);
+  free(map);
   if (st != KILN_OK) {
-    kiln_graph_free(r.g);
+    kiln_graph_free(dst);
     return NULL;
   }
-  kiln_graph *live = kiln_without_dead(r.g, &r.stats->removed);
-  kiln_graph_free(r.g);
+  kiln_graph *live = kiln_without_dead(dst, removed);
+  kiln_graph_free(dst);
   return live;
+}
+
+typedef struct simplify_ctx {
+  rw r;
+  bool fold_constants, rules;
+} simplify_ctx;
+
+static uint32_t simplify_node(void *ctx, kiln_graph *dst, const kiln_node *n, const uint32_t *in) {
+  simplify_ctx *s = ctx;
+  s->r.g = dst;
+  uint32_t v = s->rules ? rewrite(&s->r, n, in) : KILN_NONE;
+  return v == KILN_NONE && s->fold_constants ? fold(&s->r, n, in) : v;
+}
+
+kiln_graph *kiln_simplify(const kiln_graph *src, bool fold_constants, bool rules, kiln_simplify_stats *stats) {
+  kiln_simplify_stats local;
+  uint32_t *readers = calloc(src->nnodes + 1, sizeof *readers);
+  simplify_ctx s = {.r = {.stats = stats ? stats : &local, .readers = readers}, .fold_constants = fold_constants, .rules = rules};
+  memset(s.r.stats, 0, sizeof *s.r.stats);
+  if (!readers) {
+    kiln_set_error(KILN_ERR_NOMEM, "simplify: out of memory");
+    return NULL;
+  }
+  for (uint32_t i = 0; i < src->nnodes; i++)
+    for (uint32_t j = 0; j < src->nodes[i].ninputs; j++) readers[src->nodes[i].inputs[j]]++;
+  for (uint32_t j = 0; j < src->noutputs; j++) readers[src->outputs[j].node]++;
+  for (uint32_t j = 0; j < src->nassigns; j++) readers[src->assigns[j].node]++;
+  kiln_graph *out = kiln_rebuild(src, "simplify", simplify_node, &s, &s.r.stats->removed);
+  free(readers);
+  return out;
 }
 
 static const char *const RULE_NAMES[RULE_COUNT] = {"x*1, x/1", "x+0, x-0", "-(-x)", "log(exp(x))",
