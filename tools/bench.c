@@ -39,16 +39,10 @@ static kiln_tensor *random_input(kiln_dtype t, kiln_shape s, unsigned *seed) {
   return x;
 }
 
-static bool has_model_ext(const char *name) {
-  size_t n = strlen(name);
-  return (n > 4 && !strcmp(name + n - 4, ".kir")) || (n > 5 && !strcmp(name + n - 5, ".onnx"));
-}
-
 /* A .kir graph or .onnx model, its symbolic batch bound to batch (default 1). */
 static kiln_status load_model(const char *path, int64_t batch, bench_graph *out) {
   memset(out, 0, sizeof *out);
-  size_t n = strlen(path);
-  kiln_status st = !strcmp(path + n - 5, ".onnx") ? kiln_onnx_load(path, &out->g) : kiln_graph_load(path, &out->g);
+  kiln_status st = has_ext(path, ".onnx") ? kiln_onnx_load(path, &out->g) : kiln_graph_load(path, &out->g);
   if (st != KILN_OK) return st;
   size_t nin = kiln_graph_num_inputs(out->g), cap = sizeof out->shapes / sizeof out->shapes[0];
   out->ninputs = (int)(nin < cap ? nin : cap + 1); /* more than cap: refused by the caller */
@@ -80,7 +74,7 @@ int cmd_bench(int argc, char **argv) {
     return 2;
   }
   bench_graph bg;
-  kiln_status st = has_model_ext(name) ? load_model(name, batch, &bg) : bench_builtin(name, batch, &bg);
+  kiln_status st = has_ext(name, ".kir") || has_ext(name, ".onnx") ? load_model(name, batch, &bg) : bench_builtin(name, batch, &bg);
   if (st != KILN_OK) {
     kiln_graph_free(bg.g);
     if (st == KILN_ERR_INVALID && !bg.g) {

@@ -16,5 +16,7 @@ typedef struct bench_graph {
 kiln_status bench_builtin(const char *name, int64_t batch, bench_graph *out);
 void bench_list(FILE *f);
 int cmd_bench(int argc, char **argv);
+/* Does path end in ext (".onnx")? (tools/kiln.c) */
+bool has_ext(const char *path, const char *ext);
 
 #endif

@@ -131,7 +131,7 @@ static void summarise(const char *name, const kiln_tensor *t) {
   printf("%s]\n", n > shown ? ", ..." : "");
 }
 
-static bool has_ext(const char *path, const char *ext) {
+bool has_ext(const char *path, const char *ext) {
   size_t n = strlen(path), k = strlen(ext);
   return n > k && !strcmp(path + n - k, ext);
 }
@@ -322,8 +322,7 @@ static int cmd_compile(int argc, char **argv) {
     rc = 1;
   } else {
     kiln_graph *g = NULL;
-    size_t plen = strlen(path);
-    bool onnx = plen > 5 && !strcmp(path + plen - 5, ".onnx");
+    bool onnx = has_ext(path, ".onnx");
     st = onnx ? kiln_onnx_load(path, &g) : kiln_graph_load(path, &g);
     if (st != KILN_OK && !onnx) {
       fprintf(stderr, "kiln: compile: %s is neither a kiln model file nor a text-IR graph (%s)\n", path, kiln_errmsg());
