@@ -17,12 +17,17 @@ typedef struct cg {
   const kiln_graph *g;
   LLVMValueRef fn;         /* function being emitted */
   int threads;             /* workers the kernels may use (per-worker scratch); 1: serial code */
-  unsigned ngemm;          /* GEMM call sites emitted (each gets its own specialised functions) */
+  unsigned ngemm;          /* GEMM call sites emitted (each gets its own task function) */
   unsigned ntask_fns;      /* task functions emitted outside gemm.c (names stay unique) */
   LLVMValueRef par;        /* in a kernel with threads > 1: its kiln_parallel pointer (may be NULL at run time) */
   bool no_memory_plan;     /* a buffer per node (the "memory-plan" pass disabled) */
   bool no_fusion;          /* a kernel per node (the "fuse" pass disabled) */
   bool no_epilogue;        /* no element-wise nodes fused after matmul/conv/pool-gradient kernels ("epilogue" off) */
+  /* JIT: constants larger than CG_CONST_EMBED_MAX bytes are entry arguments (after
+   * the workspace and the kiln_parallel), not data in the module: the code then does
+   * not depend on weights, LLVM never copies or emits them, and compiled code can be
+   * cached by the module's contents. AOT objects embed every constant. */
+  bool const_args;
   /* JIT profiling: the entry adds each kernel's nanoseconds (read with profile_clock,
    * a host function) and calls to profile[2k] and profile[2k + 1]. NULL: off. */
   uint64_t *profile;
@@ -32,9 +37,10 @@ typedef struct cg {
 
 /* How the compiled entry point sees a node's storage. */
 typedef enum { BUF_INPUT, BUF_OUTPUT, BUF_CONST, BUF_WORK } buf_kind;
+enum { CG_CONST_EMBED_MAX = 64 };
 typedef struct {
   buf_kind kind;
-  uint32_t index;   /* input/output slot */
+  uint32_t index;   /* input/output slot; a constant argument's number (global NULL) */
   uint64_t offset;  /* workspace offset */
   LLVMValueRef global;
 } buf_loc;
@@ -42,6 +48,8 @@ typedef struct {
 /* The lowering's result: what kiln_exec needs to call the entry point. */
 typedef struct cg_plan {
   uint32_t nin, nout;
+  uint32_t nconst_args;    /* constants passed at run time (cg.const_args) */
+  uint32_t *const_node;    /* per constant argument: its node */
   uint64_t workspace;      /* bytes */
   uint64_t buffers_unplanned; /* intermediate bytes without memory planning (for stats) */
   size_t kernels;          /* node functions emitted */
@@ -68,8 +76,11 @@ KILN_INTERNAL LLVMValueRef cg_call_intrinsic(cg *c, const char *name, LLVMTypeRe
 KILN_INTERNAL LLVMValueRef cg_call_intrinsic2(cg *c, const char *name, LLVMTypeRef overload, LLVMTypeRef overload2,
                                               LLVMValueRef *args, unsigned nargs);
 KILN_INTERNAL LLVMValueRef cg_call_libm(cg *c, const char *name, LLVMTypeRef t, LLVMValueRef *args, unsigned nargs);
-/* Counted loop: for (iv = start; iv < end; iv += step). Trip counts may be dynamic. */
+/* Counted loop: for (iv = start; iv < end; iv += step). Trip counts may be dynamic.
+ * cg_loop_end keeps loops of more than 16 (or unknown) iterations from being
+ * unrolled (llvm_util.c says why). */
 typedef struct {
+  int64_t trips; /* -1: not a constant */
   LLVMValueRef iv, end, step;
   LLVMBasicBlockRef head, exit;
   LLVMValueRef phi;
@@ -81,6 +92,13 @@ KILN_INTERNAL void cg_loop_end(cg *c, cg_loop *l);
  * loop LLVM vectorizes: not unrolled away first (which would leave the loop around
  * it to be vectorized with gathers). */
 KILN_INTERNAL void cg_loop_end_vector(cg *c, cg_loop *l);
+/* cg_loop_end for a loop that is already as wide as it should be (a register tile's
+ * k loop) or too rare to be worth more code (edge tiles): neither unrolled nor
+ * vectorized, which also keeps compile time down. */
+KILN_INTERNAL void cg_loop_end_scalar(cg *c, cg_loop *l);
+/* cg_loop_end leaving unrolling to LLVM whatever the trip count: for latency-bound
+ * loops with few independent chains (a one-row register tile), where unrolling pays. */
+KILN_INTERNAL void cg_loop_end_free(cg *c, cg_loop *l);
 /* Nested loops over dims (row-major, last innermost); ivs receives the induction values. */
 typedef void (*cg_nest_body)(cg *c, const LLVMValueRef *ivs, void *ctx);
 KILN_INTERNAL void cg_nest(cg *c, int rank, const int64_t *dims, cg_nest_body body, void *ctx);
@@ -113,6 +131,12 @@ typedef struct {
 } cg_fn_pos;
 KILN_INTERNAL LLVMValueRef cg_begin_fn(cg *c, const char *name, LLVMTypeRef fty, cg_fn_pos *saved);
 KILN_INTERNAL void cg_end_fn(cg *c, const cg_fn_pos *saved);
+/* A helper shared by every kernel that needs it (GEMM micro-kernels, packing): the
+ * module's function `name` if there is one; else NULL, and the caller emits it with
+ * cg_begin_shared_fn, which marks it noinline so that LLVM optimises and compiles it
+ * once per module instead of once per call site. */
+KILN_INTERNAL LLVMValueRef cg_shared_fn(cg *c, const char *name);
+KILN_INTERNAL LLVMValueRef cg_begin_shared_fn(cg *c, const char *name, LLVMTypeRef fty, cg_fn_pos *saved);
 /* void task(ptr ctx, i64 task, i32 worker) */
 KILN_INTERNAL LLVMTypeRef cg_task_type(cg *c);
 /* A task context: n pointers in a struct on the kernel's stack. */
@@ -193,10 +217,33 @@ KILN_INTERNAL uint64_t cg_conv_scratch_bytes(cg *c, const kiln_node *n);
 KILN_INTERNAL LLVMTargetMachineRef cg_target_machine(const char *triple, const char *cpu, int *vec_bytes);
 /* Verifies mod, sets its target and data layout from tm, optimises it (default<O3>). */
 KILN_INTERNAL kiln_status cg_finish_module(LLVMModuleRef mod, LLVMTargetMachineRef tm);
+/* cg_finish_module in two steps: verify and set the target, then optimise. */
+KILN_INTERNAL kiln_status cg_prepare_module(LLVMModuleRef mod, LLVMTargetMachineRef tm);
+KILN_INTERNAL kiln_status cg_optimize_module(LLVMModuleRef mod, LLVMTargetMachineRef tm);
+extern const char cg_pipeline[]; /* the LLVM pass pipeline every module gets */
+/* Functions with a body and their instructions. */
+KILN_INTERNAL void cg_module_size(LLVMModuleRef mod, size_t *functions, size_t *instructions);
 KILN_INTERNAL kiln_status cg_llvm_error(LLVMErrorRef e, const char *what);
 
+/* ---- compile_cache.c: machine code on disk, keyed by the module (see the file) ---- */
+typedef struct {
+  uint64_t lo, hi;
+} cg_cache_key;
+KILN_INTERNAL bool cg_cache_enabled(void); /* KILN_CACHE is not 0 */
+/* The key of mod (not yet optimised) compiled by tm through `pipeline`. */
+KILN_INTERNAL kiln_status cg_cache_key_of(LLVMModuleRef mod, LLVMTargetMachineRef tm, const char *pipeline,
+                                          cg_cache_key *key);
+/* true: *data (the caller's, free) holds the object stored under key. A corrupt entry
+ * is removed with one line on stderr and counted as rejected. */
+KILN_INTERNAL bool cg_cache_load(cg_cache_key key, void **data, size_t *size);
+KILN_INTERNAL void cg_cache_store(cg_cache_key key, const void *data, size_t size);
+/* An entry that loaded but that the JIT could not link: removed like a corrupt one. */
+KILN_INTERNAL void cg_cache_reject(cg_cache_key key, const char *why);
+KILN_INTERNAL void cg_cache_count_miss(void);
+
 /* ---- lower.c ---- */
-/* Emits `int32_t kiln_entry(void **args)` (args: inputs, outputs, workspace) into c->mod.
+/* Emits `int32_t kiln_entry(void **args)` (args: inputs, outputs, workspace, kiln_parallel,
+ * constant arguments) into c->mod.
  * Returns 0 (ok) or a status with c->err set. */
 KILN_INTERNAL kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan);
 KILN_INTERNAL void cg_plan_free(cg_plan *p);

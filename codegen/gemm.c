@@ -175,7 +175,9 @@ static void tile_sum(cg *c, kiln_dtype t, unsigned w, int rows, int nv, LLVMValu
   LLVMBasicBlockRef latch = LLVMGetInsertBlock(c->b);
   for (int r = 0; r < rows; r++)
     for (int v = 0; v < nv; v++) LLVMAddIncoming(acc[r][v], &next[r][v], &latch, 1);
-  cg_loop_end(c, &lk);
+  /* 12 or more independent FMA chains hide the FMA latency; fewer gain from unrolling */
+  if (rows * nv >= 12) cg_loop_end_scalar(c, &lk);
+  else cg_loop_end_free(c, &lk);
   for (int r = 0; r < rows; r++) /* exit phis must head the block */
     for (int v = 0; v < nv; v++) {
       fin[r][v] = LLVMBuildPhi(c->b, vt, "");
@@ -203,15 +205,26 @@ static LLVMValueRef packed_b(cg *c, void *vctx, LLVMValueRef k, int v) {
   return vload(c, q->vt, q->t, q->Bp, add(c, mul(c, k, imm(c, q->NR)), imm(c, v * q->w)), (unsigned)c->vec_bytes);
 }
 
-/* micro(kc, A, Bp, C, mr, nr, accumulate): C[mr x nr] (+)= A panel * Bp panel, where
- * A[r][k] is at r*a_rs + k*a_cs: the matrix itself (constant strides become
- * addressing-mode displacements, so no packing) or a zero-padded packed panel. */
-static LLVMValueRef micro_fn(cg *c, kiln_dtype t, const char *name, int64_t ldc_c, int64_t a_rs, int64_t a_cs, int nv) {
-  LLVMTypeRef ps[7] = {c->i64, c->ptr, c->ptr, c->ptr, c->i64, c->i64, c->i1};
+enum { MICRO_ARGS = 8 };
+static LLVMTypeRef micro_type(cg *c) {
+  LLVMTypeRef ps[MICRO_ARGS] = {c->i64, c->ptr, c->ptr, c->ptr, c->i64, c->i64, c->i1, c->i64};
+  return LLVMFunctionType(c->void_t, ps, MICRO_ARGS, 0);
+}
+
+/* micro(kc, A, Bp, C, mr, nr, accumulate, ldc): C[mr x nr] (+)= A panel * Bp panel,
+ * where A[r][k] is at r*a_rs + k*a_cs: the matrix itself (constant strides become
+ * addressing-mode displacements, so no packing) or a zero-padded packed panel.
+ * C's row stride is an argument (it is used once per tile, not per k), so call
+ * sites that differ only in C share one function. */
+static LLVMValueRef micro_fn(cg *c, kiln_dtype t, int64_t a_rs, int64_t a_cs, int nv) {
+  char name[96];
+  snprintf(name, sizeof name, "kiln_micro_%s_%d_%lld_%lld", kiln_dtype_name(t), nv, (long long)a_rs, (long long)a_cs);
+  LLVMValueRef fn = cg_shared_fn(c, name);
+  if (fn) return fn;
   cg_fn_pos sp;
-  LLVMValueRef fn = cg_begin_fn(c, name, LLVMFunctionType(c->void_t, ps, 7, 0), &sp);
+  fn = cg_begin_shared_fn(c, name, micro_type(c), &sp);
   int64_t MR = mr_of(c), NR = nr_of(c, t), w = vec_w(c, t);
-  LLVMValueRef kc = LLVMGetParam(fn, 0), C = LLVMGetParam(fn, 3), ldc = imm(c, ldc_c), mr = LLVMGetParam(fn, 4),
+  LLVMValueRef kc = LLVMGetParam(fn, 0), C = LLVMGetParam(fn, 3), ldc = LLVMGetParam(fn, 7), mr = LLVMGetParam(fn, 4),
                nr = LLVMGetParam(fn, 5), accum = LLVMGetParam(fn, 6);
   packed_ctx q = {t, LLVMVectorType(cg_type(c, t), (unsigned)w), LLVMGetParam(fn, 1), LLVMGetParam(fn, 2), a_rs, a_cs, NR, w};
   LLVMValueRef fin[16][TILE_NV];
@@ -251,8 +264,8 @@ static LLVMValueRef micro_fn(cg *c, kiln_dtype t, const char *name, int64_t ldc_
   LLVMValueRef val = cg_load(c, t, tile, add(c, mul(c, r, imm(c, NR)), j));
   LLVMValueRef old = cg_load(c, t, C, ci);
   cg_store(c, t, LLVMBuildSelect(c->b, accum, plus(c, t, old, val), val, ""), C, ci);
-  cg_loop_end(c, &lj);
-  cg_loop_end(c, &lr);
+  cg_loop_end_scalar(c, &lj);
+  cg_loop_end_scalar(c, &lr);
   LLVMBuildRetVoid(c->b);
   cg_end_fn(c, &sp);
   return fn;
@@ -307,6 +320,57 @@ static void pack_a(cg *c, kiln_dtype t, int64_t MR, LLVMValueRef Ap, LLVMValueRe
   cg_loop_end(c, &lr);
 }
 
+/* The packing loops as functions shared by the module's call sites: packing is
+ * memory-bound, so only a unit stride (contiguous vector copies) is worth a
+ * constant; other strides are arguments. */
+enum { PACK_ARGS = 7 };
+static LLVMTypeRef pack_type(cg *c) {
+  LLVMTypeRef ps[PACK_ARGS] = {c->ptr, c->ptr, c->i64, c->i64, c->i64, c->i64, c->i64};
+  return LLVMFunctionType(c->void_t, ps, PACK_ARGS, 0);
+}
+
+static LLVMValueRef stride_arg(cg *c, LLVMValueRef fn, unsigned i, bool unit) {
+  return unit ? imm(c, 1) : LLVMGetParam(fn, i);
+}
+
+/* pack_b_shared(Bp, B, rsb, csb, j0, j1, kc) */
+static void call_pack_b(cg *c, kiln_dtype t, int64_t NR, LLVMValueRef Bp, LLVMValueRef B, int64_t rsb, int64_t csb,
+                        LLVMValueRef j0, LLVMValueRef j1, LLVMValueRef kc) {
+  char name[64];
+  snprintf(name, sizeof name, "kiln_pack_b_%s_%lld%s%s", kiln_dtype_name(t), (long long)NR, rsb == 1 ? "_r1" : "",
+           csb == 1 ? "_c1" : "");
+  LLVMValueRef fn = cg_shared_fn(c, name);
+  if (!fn) {
+    cg_fn_pos sp;
+    fn = cg_begin_shared_fn(c, name, pack_type(c), &sp);
+    pack_b(c, t, NR, LLVMGetParam(fn, 0), LLVMGetParam(fn, 1), stride_arg(c, fn, 2, rsb == 1),
+           stride_arg(c, fn, 3, csb == 1), LLVMGetParam(fn, 4), LLVMGetParam(fn, 5), LLVMGetParam(fn, 6));
+    LLVMBuildRetVoid(c->b);
+    cg_end_fn(c, &sp);
+  }
+  LLVMValueRef args[PACK_ARGS] = {Bp, B, imm(c, rsb), imm(c, csb), j0, j1, kc};
+  LLVMBuildCall2(c->b, pack_type(c), fn, args, PACK_ARGS, "");
+}
+
+/* pack_a_shared(Ap, A, rsa, csa, mr, kc, unused) */
+static void call_pack_a(cg *c, kiln_dtype t, int64_t MR, LLVMValueRef Ap, LLVMValueRef A, int64_t rsa, int64_t csa,
+                        LLVMValueRef mr, LLVMValueRef kc) {
+  char name[64];
+  snprintf(name, sizeof name, "kiln_pack_a_%s_%lld%s%s", kiln_dtype_name(t), (long long)MR, rsa == 1 ? "_r1" : "",
+           csa == 1 ? "_c1" : "");
+  LLVMValueRef fn = cg_shared_fn(c, name);
+  if (!fn) {
+    cg_fn_pos sp;
+    fn = cg_begin_shared_fn(c, name, pack_type(c), &sp);
+    pack_a(c, t, MR, LLVMGetParam(fn, 0), LLVMGetParam(fn, 1), stride_arg(c, fn, 2, rsa == 1),
+           stride_arg(c, fn, 3, csa == 1), LLVMGetParam(fn, 4), LLVMGetParam(fn, 5));
+    LLVMBuildRetVoid(c->b);
+    cg_end_fn(c, &sp);
+  }
+  LLVMValueRef args[PACK_ARGS] = {Ap, A, imm(c, rsa), imm(c, csa), mr, kc, imm(c, 0)};
+  LLVMBuildCall2(c->b, pack_type(c), fn, args, PACK_ARGS, "");
+}
+
 /* ---- the direct (unpacked) path ---- */
 
 typedef struct {
@@ -334,15 +398,15 @@ static void direct_rows(cg *c, kiln_dtype t, LLVMValueRef A, LLVMValueRef rsa, L
   LLVMValueRef crow = mul(c, i, ldc);
   LLVMValueRef j = cg_loop_begin(c, &lj, ja, jb, imm(c, 1));
   cg_store(c, t, cg_const(c, t, 0), C, add(c, crow, j));
-  cg_loop_end(c, &lj);
+  cg_loop_end_free(c, &lj);
   LLVMValueRef k = cg_loop_begin(c, &lk, imm(c, 0), K, imm(c, 1));
   LLVMValueRef a = cg_load(c, t, A, add(c, mul(c, i, rsa), mul(c, k, csa)));
   LLVMValueRef brow = mul(c, k, rsb);
   j = cg_loop_begin(c, &lj, ja, jb, imm(c, 1));
   LLVMValueRef ci = add(c, crow, j);
   cg_store(c, t, cg_fast(madd(c, t, a, cg_load(c, t, B, add(c, brow, j)), cg_load(c, t, C, ci)), false), C, ci);
-  cg_loop_end(c, &lj);
-  cg_loop_end(c, &lk);
+  cg_loop_end_free(c, &lj);
+  cg_loop_end_free(c, &lk);
   cg_loop_end(c, &li);
 }
 
@@ -457,10 +521,8 @@ static LLVMValueRef task_fn(cg *c, const cg_gemm *g, const gemm_plan *p) {
    * narrow column panel, which would otherwise compute mostly padding) */
   LLVMValueRef micro[2][2] = {{NULL, NULL}, {NULL, NULL}};
   for (int packed = 0; packed < 2 && !p->direct && !p->dot; packed++)
-    for (int narrow = 0; narrow < 2; narrow++) {
-      snprintf(name, sizeof name, "kiln_gemm%u_micro%s%s", id, packed ? "_packed" : "", narrow ? "_narrow" : "");
-      micro[packed][narrow] = micro_fn(c, t, name, g->ldc, packed ? 1 : g->rsa, packed ? MR : g->csa, narrow ? 1 : NV);
-    }
+    for (int narrow = 0; narrow < 2; narrow++)
+      micro[packed][narrow] = micro_fn(c, t, packed ? 1 : g->rsa, packed ? MR : g->csa, narrow ? 1 : NV);
   snprintf(name, sizeof name, "kiln_gemm%u_task", id);
   cg_fn_pos sp;
   LLVMValueRef task, worker, v[CG_TASK_CTX_MAX];
@@ -475,7 +537,7 @@ static LLVMValueRef task_fn(cg *c, const cg_gemm *g, const gemm_plan *p) {
   LLVMValueRef i1 = cg_smin(c, imm(c, g->M), add(c, i0, imm(c, p->mc))), j1 = cg_smin(c, imm(c, g->N), add(c, j0, imm(c, p->nc)));
   LLVMValueRef A = at(c, t, v[F_A], mul(c, bi, imm(c, g->bsa))), B = at(c, t, v[F_B], mul(c, bi, imm(c, g->bsb))),
                C = at(c, t, v[F_C], mul(c, bi, imm(c, g->bsc)));
-  LLVMValueRef rsa = imm(c, g->rsa), csa = imm(c, g->csa), rsb = imm(c, g->rsb), csb = imm(c, g->csb), ldc = imm(c, g->ldc);
+  LLVMValueRef rsa = imm(c, g->rsa), csa = imm(c, g->csa), rsb = imm(c, g->rsb), ldc = imm(c, g->ldc);
   if (p->dot) {
     LLVMValueRef ifull = whole(c, i0, i1, DOT_ROWS);
     dot_rows(c, t, DOT_ROWS, A, g->rsa, B, C, g->ldc, g->K, i0, ifull);
@@ -493,14 +555,13 @@ static LLVMValueRef task_fn(cg *c, const cg_gemm *g, const gemm_plan *p) {
   LLVMValueRef ws = LLVMBuildGEP2(c->b, c->i8, v[F_WS],
                                   (LLVMValueRef[]){mul(c, LLVMBuildSExt(c->b, worker, c->i64, ""), imm(c, (int64_t)p->worker_bytes))}, 1, "");
   LLVMValueRef Ap = ws, Bp = at(c, t, ws, imm(c, KC * MR));
-  LLVMTypeRef mps[7] = {c->i64, c->ptr, c->ptr, c->ptr, c->i64, c->i64, c->i1};
-  LLVMTypeRef mty = LLVMFunctionType(c->void_t, mps, 7, 0);
+  LLVMTypeRef mty = micro_type(c);
   cg_loop lp, li, lj;
   /* K in equal slices of at most KC: no short last slice paying a full pass over C */
   int64_t kstep = ceil_div(g->K, ceil_div(g->K, KC));
   LLVMValueRef pc = cg_loop_begin(c, &lp, imm(c, 0), imm(c, g->K), imm(c, kstep));
   LLVMValueRef kc = cg_smin(c, imm(c, kstep), sub(c, imm(c, g->K), pc));
-  pack_b(c, t, NR, Bp, at(c, t, B, mul(c, pc, rsb)), rsb, csb, j0, j1, kc);
+  call_pack_b(c, t, NR, Bp, at(c, t, B, mul(c, pc, rsb)), g->rsb, g->csb, j0, j1, kc);
   LLVMValueRef accum = g->accumulate ? LLVMConstInt(c->i1, 1, 0) : LLVMBuildICmp(c->b, LLVMIntSGT, pc, imm(c, 0), "");
   LLVMValueRef i = cg_loop_begin(c, &li, i0, i1, imm(c, MR));
   LLVMValueRef mr = cg_smin(c, imm(c, MR), sub(c, i1, i));
@@ -509,20 +570,20 @@ static LLVMValueRef task_fn(cg *c, const cg_gemm *g, const gemm_plan *p) {
   LLVMValueRef full = LLVMBuildICmp(c->b, LLVMIntEQ, mr, imm(c, MR), "");
   cg_if f;
   if_begin(c, &f, LLVMBuildNot(c->b, full, ""));
-  pack_a(c, t, MR, Ap, Ai, rsa, csa, mr, kc);
+  call_pack_a(c, t, MR, Ap, Ai, g->rsa, g->csa, mr, kc);
   if_end(c, &f);
   LLVMValueRef a_src = LLVMBuildSelect(c->b, full, Ai, Ap, "");
   LLVMValueRef j = cg_loop_begin(c, &lj, j0, j1, imm(c, NR));
   LLVMValueRef nr = cg_smin(c, imm(c, NR), sub(c, j1, j));
   LLVMValueRef panel = mul(c, LLVMBuildSDiv(c->b, sub(c, j, j0), imm(c, NR), ""), mul(c, kc, imm(c, NR)));
-  LLVMValueRef margs[7] = {kc, a_src, at(c, t, Bp, panel), at(c, t, C, add(c, mul(c, i, ldc), j)), mr, nr, accum};
+  LLVMValueRef margs[MICRO_ARGS] = {kc, a_src, at(c, t, Bp, panel), at(c, t, C, add(c, mul(c, i, ldc), j)), mr, nr, accum, ldc};
   LLVMValueRef narrow = LLVMBuildICmp(c->b, LLVMIntSLE, nr, imm(c, w), "");
   for (int packed = 0; packed < 2; packed++)
     for (int nw = 0; nw < 2; nw++) {
       cg_if f2;
       LLVMValueRef is_packed = packed ? LLVMBuildNot(c->b, full, "") : full;
       if_begin(c, &f2, LLVMBuildAnd(c->b, is_packed, nw ? narrow : LLVMBuildNot(c->b, narrow, ""), ""));
-      LLVMBuildCall2(c->b, mty, micro[packed][nw], margs, 7, "");
+      LLVMBuildCall2(c->b, mty, micro[packed][nw], margs, MICRO_ARGS, "");
       if_end(c, &f2);
     }
   cg_loop_end(c, &lj);

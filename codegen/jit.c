@@ -27,11 +27,12 @@ typedef struct spec {
   cg_plan plan;
   void *workspace;
   uint64_t *profile; /* per kernel: nanoseconds, calls (when profiling) */
+  kiln_exec_stats times; /* the compile's timings, size and cache outcome */
 } spec;
 
 struct kiln_exec {
   kiln_graph *g;
-  bool generic_cpu, keep_ir;
+  bool generic_cpu, keep_ir, use_cache;
   bool profile, print_profile; /* print_profile: KILN_PROFILE asked, report at free */
   kiln_pass_switches passes;
   size_t last_spec; /* the most recently built, for kiln_exec_get_stats */
@@ -59,71 +60,144 @@ static uint64_t clock_ns(void) {
   return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
 }
 
+/* An LLJIT holding `obj` (consumed), resolving libc/libm from the process, and its entry. */
+static kiln_status load_object(LLVMTargetMachineRef tm, LLVMMemoryBufferRef obj, LLVMOrcLLJITRef *jit, entry_fn *entry) {
+  *jit = NULL;
+  LLVMOrcLLJITBuilderRef jb = LLVMOrcCreateLLJITBuilder();
+  LLVMOrcLLJITBuilderSetJITTargetMachineBuilder(jb, LLVMOrcJITTargetMachineBuilderCreateFromTargetMachine(tm));
+  LLVMErrorRef err = LLVMOrcCreateLLJIT(jit, jb);
+  if (err) {
+    LLVMDisposeMemoryBuffer(obj);
+    return cg_llvm_error(err, "LLJIT");
+  }
+  LLVMOrcJITDylibRef dylib = LLVMOrcLLJITGetMainJITDylib(*jit);
+  LLVMOrcDefinitionGeneratorRef gen;
+  err = LLVMOrcCreateDynamicLibrarySearchGeneratorForProcess(&gen, LLVMOrcLLJITGetGlobalPrefix(*jit), NULL, NULL);
+  if (err) {
+    LLVMDisposeMemoryBuffer(obj);
+    return cg_llvm_error(err, "LLJIT process symbols");
+  }
+  LLVMOrcJITDylibAddGenerator(dylib, gen);
+  if ((err = LLVMOrcLLJITAddObjectFile(*jit, dylib, obj))) return cg_llvm_error(err, "LLJIT add object");
+  LLVMOrcExecutorAddress addr;
+  if ((err = LLVMOrcLLJITLookup(*jit, &addr, "kiln_entry"))) return cg_llvm_error(err, "LLJIT lookup");
+  *entry = (entry_fn)(uintptr_t)addr;
+  return KILN_OK;
+}
+
+/* Optimises mod and emits its object file (*obj, the caller's). */
+static kiln_status compile_object(LLVMModuleRef mod, LLVMTargetMachineRef tm, kiln_exec_stats *t,
+                                  LLVMMemoryBufferRef *obj) {
+  double t0 = kiln_pass_clock_ms();
+  kiln_status st = cg_optimize_module(mod, tm);
+  double t1 = kiln_pass_clock_ms();
+  t->llvm_opt_ms = t1 - t0;
+  if (st != KILN_OK) return st;
+  char *msg = NULL;
+  if (LLVMTargetMachineEmitToMemoryBuffer(tm, mod, LLVMObjectFile, &msg, obj)) {
+    st = kiln_set_error(KILN_ERR_BACKEND, "LLVM code generation: %s", msg ? msg : "failed");
+    LLVMDisposeMessage(msg);
+    return st;
+  }
+  t->llvm_codegen_ms = kiln_pass_clock_ms() - t1;
+  return KILN_OK;
+}
+
+static void print_compile_stats(const spec *s) {
+  const kiln_exec_stats *t = &s->times;
+  static const char *const outcome[] = {"off", "miss", "hit"};
+  fprintf(stderr, "kiln: compile: %.1f ms (passes %.1f, lower %.1f, llvm opt %.1f, codegen %.1f, jit load %.1f); "
+                  "%zu functions, %zu instructions, %llu bytes of code; cache %s\n",
+          t->compile_ms, t->passes_ms, t->lower_ms, t->llvm_opt_ms, t->llvm_codegen_ms, t->jit_load_ms,
+          t->llvm_functions, t->llvm_instructions, (unsigned long long)t->object_bytes, outcome[t->cache]);
+}
+
 static kiln_status build_spec(kiln_exec *e, int64_t batch, spec *s) {
   memset(s, 0, sizeof *s);
   s->batch = batch;
+  kiln_exec_stats *t = &s->times;
+  double t0 = kiln_pass_clock_ms();
   s->g = kiln_optimize_graph(kiln_graph_specialize(e->g, batch), &e->passes);
   if (!s->g) return KILN_ERR_INVALID;
   for (uint32_t i = 0; i < s->g->nnodes; i++)
     if (kiln_shape_numel(s->g->nodes[i].rank, s->g->nodes[i].dims) < 0)
       return kiln_set_error(KILN_ERR_INVALID, "compile: %%%u has a symbolic dim that no input binds", i);
+  double t1 = kiln_pass_clock_ms();
+  t->passes_ms = t1 - t0;
 
   if (e->profile && !(s->profile = calloc(2 * ((size_t)s->g->nnodes + 1), sizeof *s->profile)))
     return kiln_set_error(KILN_ERR_NOMEM, "compile: out of memory");
   cg c = {.g = s->g, .no_memory_plan = e->passes.no_memory_plan, .no_fusion = e->passes.no_fusion,
-          .no_epilogue = e->passes.no_epilogue, .threads = e->threads, .profile = s->profile,
+          .no_epilogue = e->passes.no_epilogue, .const_args = true, .threads = e->threads, .profile = s->profile,
           .profile_clock = s->profile ? clock_ns : NULL};
   LLVMTargetMachineRef tm = cg_target_machine(NULL, e->generic_cpu ? "generic" : "native", &c.vec_bytes);
   if (!tm) return KILN_ERR_BACKEND;
-  LLVMOrcThreadSafeContextRef tsc = LLVMOrcCreateNewThreadSafeContext();
-  c.ctx = LLVMOrcThreadSafeContextGetContext(tsc);
+  LLVMContextRef ctx = LLVMContextCreate();
+  c.ctx = ctx;
   c.mod = LLVMModuleCreateWithNameInContext("kiln", c.ctx);
   c.b = LLVMCreateBuilderInContext(c.ctx);
   cg_init_types(&c);
   kiln_status st = cg_lower(&c, "kiln_entry", &s->plan);
   LLVMDisposeBuilder(c.b);
-  if (st == KILN_OK) st = cg_finish_module(c.mod, tm);
-  if (st == KILN_OK && e->keep_ir) {
-    char *ir = LLVMPrintModuleToString(c.mod);
-    free(e->ir);
-    e->ir = strdup(ir);
-    LLVMDisposeMessage(ir);
+  if (st == KILN_OK) st = cg_prepare_module(c.mod, tm);
+  double t2 = kiln_pass_clock_ms();
+  t->lower_ms = t2 - t1;
+  cg_module_size(c.mod, &t->llvm_functions, &t->llvm_instructions);
+
+  /* Host addresses in profiling code and the IR text asked for rule the cache out. */
+  bool use_cache = st == KILN_OK && e->use_cache && !s->profile && !e->keep_ir;
+  cg_cache_key key = {0, 0};
+  if (use_cache && cg_cache_key_of(c.mod, tm, cg_pipeline, &key) != KILN_OK) use_cache = false;
+  t->cache = use_cache ? KILN_CACHE_MISS : KILN_CACHE_OFF;
+  LLVMMemoryBufferRef obj = NULL;
+  void *cached = NULL;
+  size_t cached_size = 0;
+  if (use_cache && cg_cache_load(key, &cached, &cached_size)) {
+    obj = LLVMCreateMemoryBufferWithMemoryRangeCopy(cached, cached_size, "kiln_entry");
+    free(cached);
+    t->cache = KILN_CACHE_HIT;
+  } else if (st == KILN_OK) {
+    if (use_cache) cg_cache_count_miss();
+    st = compile_object(c.mod, tm, t, &obj);
+    if (st == KILN_OK && e->keep_ir) {
+      char *ir = LLVMPrintModuleToString(c.mod);
+      free(e->ir);
+      e->ir = strdup(ir);
+      LLVMDisposeMessage(ir);
+    }
+    if (st == KILN_OK && use_cache) cg_cache_store(key, LLVMGetBufferStart(obj), LLVMGetBufferSize(obj));
   }
   if (st != KILN_OK) {
     LLVMDisposeModule(c.mod);
-    LLVMOrcDisposeThreadSafeContext(tsc);
+    LLVMContextDispose(ctx);
     LLVMDisposeTargetMachine(tm);
     return st;
   }
+  t->object_bytes = LLVMGetBufferSize(obj);
+  double t3 = kiln_pass_clock_ms();
   /* The JIT gets its own target machine configured like the one used for optimisation. */
-  LLVMOrcLLJITBuilderRef jb = LLVMOrcCreateLLJITBuilder();
-  LLVMOrcLLJITBuilderSetJITTargetMachineBuilder(jb, LLVMOrcJITTargetMachineBuilderCreateFromTargetMachine(tm));
-  LLVMErrorRef err = LLVMOrcCreateLLJIT(&s->jit, jb);
-  if (err) {
-    LLVMDisposeModule(c.mod);
-    LLVMOrcDisposeThreadSafeContext(tsc);
-    return cg_llvm_error(err, "LLJIT");
+  LLVMTargetMachineRef jit_tm = cg_target_machine(NULL, e->generic_cpu ? "generic" : "native", NULL);
+  st = jit_tm ? load_object(jit_tm, obj, &s->jit, &s->entry) : KILN_ERR_BACKEND;
+  if (st != KILN_OK && t->cache == KILN_CACHE_HIT) {
+    /* an entry that passed its checksum but does not link: compile it afresh */
+    cg_cache_reject(key, "does not load");
+    if (s->jit) LLVMOrcDisposeLLJIT(s->jit), s->jit = NULL;
+    t->cache = KILN_CACHE_MISS;
+    st = compile_object(c.mod, tm, t, &obj);
+    if (st == KILN_OK) {
+      cg_cache_store(key, LLVMGetBufferStart(obj), LLVMGetBufferSize(obj));
+      jit_tm = cg_target_machine(NULL, e->generic_cpu ? "generic" : "native", NULL);
+      st = jit_tm ? load_object(jit_tm, obj, &s->jit, &s->entry) : KILN_ERR_BACKEND;
+    }
   }
-  LLVMOrcJITDylibRef dylib = LLVMOrcLLJITGetMainJITDylib(s->jit);
-  LLVMOrcDefinitionGeneratorRef gen;
-  err = LLVMOrcCreateDynamicLibrarySearchGeneratorForProcess(&gen, LLVMOrcLLJITGetGlobalPrefix(s->jit), NULL, NULL);
-  if (err) {
-    LLVMDisposeModule(c.mod);
-    LLVMOrcDisposeThreadSafeContext(tsc);
-    return cg_llvm_error(err, "LLJIT process symbols");
-  }
-  LLVMOrcJITDylibAddGenerator(dylib, gen);
-  LLVMOrcThreadSafeModuleRef tsm = LLVMOrcCreateNewThreadSafeModule(c.mod, tsc);
-  LLVMOrcDisposeThreadSafeContext(tsc); /* the module holds a reference */
-  err = LLVMOrcLLJITAddLLVMIRModule(s->jit, dylib, tsm);
-  if (err) {
-    LLVMOrcDisposeThreadSafeModule(tsm);
-    return cg_llvm_error(err, "LLJIT add module");
-  }
-  LLVMOrcExecutorAddress addr;
-  err = LLVMOrcLLJITLookup(s->jit, &addr, "kiln_entry");
-  if (err) return cg_llvm_error(err, "LLJIT lookup");
-  s->entry = (entry_fn)(uintptr_t)addr;
+  LLVMDisposeModule(c.mod);
+  LLVMContextDispose(ctx);
+  LLVMDisposeTargetMachine(tm);
+  if (st != KILN_OK) return st;
+  double t4 = kiln_pass_clock_ms();
+  t->jit_load_ms = t4 - t3;
+  t->compile_ms = t4 - t0;
+  if (kiln_pass_stats_on()) print_compile_stats(s);
   s->workspace = aligned_alloc(64, (s->plan.workspace + 63) & ~(uint64_t)63);
   if (!s->workspace)
     return kiln_set_error(KILN_ERR_NOMEM, "compile: cannot allocate a workspace of %llu bytes", (unsigned long long)s->plan.workspace);
@@ -149,6 +223,7 @@ kiln_status kiln_compile(const kiln_graph *g, const kiln_compile_options *opts, 
   const char *env = getenv("KILN_PROFILE");
   e->print_profile = env && *env && strcmp(env, "0");
   e->profile = e->print_profile || (opts && opts->profile);
+  e->use_cache = cg_cache_enabled() && !(opts && opts->no_cache);
   if (opts) {
     e->keep_ir = opts->keep_ir;
     if (opts->cpu && strcmp(opts->cpu, "native")) {
@@ -239,8 +314,9 @@ kiln_status kiln_exec_get_stats(const kiln_exec *e, kiln_exec_stats *out) {
   if (!e || !out) return kiln_set_error(KILN_ERR_INVALID, "exec_get_stats: NULL argument");
   if (!e->nspecs) return kiln_set_error(KILN_ERR_INVALID, "exec_get_stats: nothing compiled yet (the batch size is not known before a run)");
   const cg_plan *p = &e->specs[e->last_spec].plan;
-  *out = (kiln_exec_stats){.kernels = p->kernels, .fused_nodes = p->fused, .workspace_bytes = p->workspace,
-                           .unplanned_bytes = p->buffers_unplanned, .bytes_moved = p->bytes_moved};
+  *out = e->specs[e->last_spec].times;
+  out->kernels = p->kernels, out->fused_nodes = p->fused, out->workspace_bytes = p->workspace;
+  out->unplanned_bytes = p->buffers_unplanned, out->bytes_moved = p->bytes_moved;
   return KILN_OK;
 }
 
@@ -288,7 +364,7 @@ static kiln_status run_bound(kiln_exec *e, const kiln_tensor *const *inputs, siz
   st = find_spec(e, batch, &s);
   if (st != KILN_OK) return st;
   const kiln_graph *g = s->g;
-  void **args = calloc(nin + nout + 2, sizeof *args);
+  void **args = calloc(nin + nout + 2 + s->plan.nconst_args, sizeof *args);
   if (!args) return kiln_set_error(KILN_ERR_NOMEM, "run: out of memory");
   for (size_t i = 0; i < nin; i++) args[i] = inputs[i]->data;
   for (size_t j = 0; j < nout && st == KILN_OK; j++) {
@@ -306,6 +382,7 @@ static kiln_status run_bound(kiln_exec *e, const kiln_tensor *const *inputs, siz
   }
   args[nin + nout] = s->workspace;
   args[nin + nout + 1] = e->pool ? &e->par : NULL;
+  for (uint32_t k = 0; k < s->plan.nconst_args; k++) args[nin + nout + 2 + k] = (void *)g->nodes[s->plan.const_node[k]].data; /* read only */
   if (st == KILN_OK) {
     int32_t rc = s->entry(args);
     if (rc) {

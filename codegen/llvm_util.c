@@ -1,6 +1,7 @@
 /* Thin helpers over the LLVM C API: types, constants, element access, loops.
  * All trip counts of graph kernels are compile-time constants, so LLVM sees
  * simple counted loops it can unroll and vectorize. */
+#include <stdlib.h>
 #include <string.h>
 #include <llvm-c/DebugInfo.h>
 #include "codegen/cg.h"
@@ -72,6 +73,11 @@ LLVMValueRef cg_call_libm(cg *c, const char *name, LLVMTypeRef t, LLVMValueRef *
 }
 
 LLVMValueRef cg_loop_begin(cg *c, cg_loop *l, LLVMValueRef start, LLVMValueRef end, LLVMValueRef step) {
+  l->trips = -1;
+  if (LLVMIsAConstantInt(start) && LLVMIsAConstantInt(end) && LLVMIsAConstantInt(step)) {
+    int64_t a = LLVMConstIntGetSExtValue(start), b = LLVMConstIntGetSExtValue(end), s = LLVMConstIntGetSExtValue(step);
+    l->trips = b <= a || s <= 0 ? 0 : (b - a + s - 1) / s;
+  }
   l->end = end;
   l->step = step;
   l->pre = LLVMGetInsertBlock(c->b);
@@ -94,20 +100,35 @@ static LLVMValueRef loop_latch(cg *c, cg_loop *l) {
   return br;
 }
 
-void cg_loop_end(cg *c, cg_loop *l) { loop_latch(c, l); }
-
-void cg_loop_end_vector(cg *c, cg_loop *l) {
-  /* !llvm.loop !0, !0 = distinct !{!0, !{!"llvm.loop.unroll.disable"}}: a loop must
-   * name itself, hence the temporary node replaced by the loop's own */
-  LLVMValueRef br = loop_latch(c, l);
-  static const char key[] = "llvm.loop.unroll.disable";
+/* !llvm.loop !0, !0 = distinct !{!0, !{!"llvm.loop.unroll.disable"}, ...}: a loop must
+ * name itself, hence the temporary node replaced by the loop's own */
+static void loop_hints(cg *c, LLVMValueRef br, bool no_vectorize) {
+  static const char unroll[] = "llvm.loop.unroll.disable", vectorize[] = "llvm.loop.vectorize.enable";
   LLVMMetadataRef self = LLVMTemporaryMDNode(c->ctx, NULL, 0);
-  LLVMMetadataRef hint = LLVMMDStringInContext2(c->ctx, key, sizeof key - 1);
-  LLVMMetadataRef opts = LLVMMDNodeInContext2(c->ctx, &hint, 1);
-  LLVMMetadataRef loop = LLVMMDNodeInContext2(c->ctx, (LLVMMetadataRef[]){self, opts}, 2);
+  LLVMMetadataRef hint = LLVMMDStringInContext2(c->ctx, unroll, sizeof unroll - 1);
+  LLVMMetadataRef off[2] = {LLVMMDStringInContext2(c->ctx, vectorize, sizeof vectorize - 1),
+                            LLVMValueAsMetadata(LLVMConstInt(c->i1, 0, 0))};
+  LLVMMetadataRef ops[3] = {self, LLVMMDNodeInContext2(c->ctx, &hint, 1), LLVMMDNodeInContext2(c->ctx, off, 2)};
+  LLVMMetadataRef loop = LLVMMDNodeInContext2(c->ctx, ops, no_vectorize ? 3 : 2);
   LLVMMetadataReplaceAllUsesWith(self, loop);
   LLVMSetMetadata(br, LLVMGetMDKindIDInContext(c->ctx, "llvm.loop", 9), LLVMMetadataAsValue(c->ctx, loop));
 }
+
+/* Loops with more than this many iterations, or an unknown count, are not unrolled:
+ * the vectorizer's interleaving already gives vector loops their parallelism, and
+ * fully unrolled long loops (a 1,280-element scale becomes 20 copies of a 64-lane
+ * body) cost compile time for nothing. Short constant loops (filter taps, tile rows)
+ * stay LLVM's to unroll. */
+enum { UNROLL_MAX_TRIPS = 16 };
+
+void cg_loop_end(cg *c, cg_loop *l) {
+  LLVMValueRef br = loop_latch(c, l);
+  if (l->trips < 0 || l->trips > UNROLL_MAX_TRIPS) loop_hints(c, br, false);
+}
+
+void cg_loop_end_free(cg *c, cg_loop *l) { loop_latch(c, l); }
+void cg_loop_end_vector(cg *c, cg_loop *l) { loop_hints(c, loop_latch(c, l), false); }
+void cg_loop_end_scalar(cg *c, cg_loop *l) { loop_hints(c, loop_latch(c, l), true); }
 
 static void nest_rec(cg *c, int d, int rank, const int64_t *dims, LLVMValueRef *ivs, cg_nest_body body, void *ctx) {
   if (d == rank) {

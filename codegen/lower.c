@@ -773,6 +773,7 @@ void cg_plan_free(cg_plan *p) {
   free(p->out_direct);
   free(p->kernel_node);
   free(p->kernel_host);
+  free(p->const_node);
   memset(p, 0, sizeof *p);
 }
 
@@ -786,8 +787,9 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
   plan->out_direct = calloc(g->noutputs + 1, sizeof *plan->out_direct);
   plan->kernel_node = calloc(g->nnodes + 1, sizeof *plan->kernel_node);
   plan->kernel_host = calloc(g->nnodes + 1, sizeof *plan->kernel_host);
+  plan->const_node = calloc(g->nnodes + 1, sizeof *plan->const_node);
   kiln_schedule sched;
-  if (!plan->locs || !plan->out_node || !plan->out_direct || !plan->kernel_node || !plan->kernel_host)
+  if (!plan->locs || !plan->out_node || !plan->out_direct || !plan->kernel_node || !plan->kernel_host || !plan->const_node)
     return kiln_set_error(KILN_ERR_NOMEM, "codegen: out of memory");
   double t0 = kiln_pass_clock_ms();
   kiln_status sst = kiln_schedule_build(g, !c->no_fusion, !c->no_epilogue, &sched);
@@ -808,6 +810,10 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
     if (n->op == KILN_OP_PARAM) {
       l->kind = BUF_INPUT;
       l->index = pi++;
+    } else if (n->op == KILN_OP_CONST && n->data && c->const_args && n->nbytes > CG_CONST_EMBED_MAX) {
+      l->kind = BUF_CONST;
+      l->index = plan->nconst_args;
+      plan->const_node[plan->nconst_args++] = i;
     } else if (n->op == KILN_OP_CONST && n->data) {
       l->kind = BUF_CONST;
       l->global = LLVMAddGlobal(c->mod, LLVMArrayType(c->i8, (unsigned)n->nbytes), "");
@@ -887,7 +893,7 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
     switch (l->kind) {
     case BUF_INPUT: ptrs[i] = ARG(l->index); break;
     case BUF_OUTPUT: ptrs[i] = ARG(plan->nin + l->index); break;
-    case BUF_CONST: ptrs[i] = l->global; break;
+    case BUF_CONST: ptrs[i] = l->global ? l->global : ARG(plan->nin + plan->nout + 2 + l->index); break;
     case BUF_WORK: ptrs[i] = LLVMBuildGEP2(eb, c->i8, wsp, (LLVMValueRef[]){cg_i64(c, (int64_t)l->offset)}, 1, ""); break;
     }
     if (l->kind == BUF_INPUT || l->kind == BUF_CONST) continue;

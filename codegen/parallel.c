@@ -31,6 +31,15 @@ LLVMValueRef cg_begin_fn(cg *c, const char *name, LLVMTypeRef fty, cg_fn_pos *sa
   return fn;
 }
 
+LLVMValueRef cg_shared_fn(cg *c, const char *name) { return LLVMGetNamedFunction(c->mod, name); }
+
+LLVMValueRef cg_begin_shared_fn(cg *c, const char *name, LLVMTypeRef fty, cg_fn_pos *saved) {
+  LLVMValueRef fn = cg_begin_fn(c, name, fty, saved);
+  LLVMAddAttributeAtIndex(fn, LLVMAttributeFunctionIndex,
+                          LLVMCreateEnumAttribute(c->ctx, LLVMGetEnumAttributeKindForName("noinline", 8), 0));
+  return fn;
+}
+
 void cg_end_fn(cg *c, const cg_fn_pos *saved) {
   c->fn = saved->fn;
   c->par = saved->par;

@@ -66,7 +66,9 @@ LLVMTargetMachineRef cg_target_machine(const char *triple_in, const char *cpu_in
   return tm;
 }
 
-kiln_status cg_finish_module(LLVMModuleRef mod, LLVMTargetMachineRef tm) {
+const char cg_pipeline[] = "default<O3>";
+
+kiln_status cg_prepare_module(LLVMModuleRef mod, LLVMTargetMachineRef tm) {
   char *msg = NULL;
   kiln_status st = KILN_OK;
   if (LLVMVerifyModule(mod, LLVMReturnStatusAction, &msg))
@@ -79,8 +81,27 @@ kiln_status cg_finish_module(LLVMModuleRef mod, LLVMTargetMachineRef tm) {
   LLVMTargetDataRef dl = LLVMCreateTargetDataLayout(tm);
   LLVMSetModuleDataLayout(mod, dl);
   LLVMDisposeTargetData(dl);
+  return KILN_OK;
+}
+
+kiln_status cg_optimize_module(LLVMModuleRef mod, LLVMTargetMachineRef tm) {
   LLVMPassBuilderOptionsRef po = LLVMCreatePassBuilderOptions();
-  LLVMErrorRef err = LLVMRunPasses(mod, "default<O3>", tm, po);
+  LLVMErrorRef err = LLVMRunPasses(mod, cg_pipeline, tm, po);
   LLVMDisposePassBuilderOptions(po);
   return err ? cg_llvm_error(err, "LLVM optimisation") : KILN_OK;
+}
+
+kiln_status cg_finish_module(LLVMModuleRef mod, LLVMTargetMachineRef tm) {
+  kiln_status st = cg_prepare_module(mod, tm);
+  return st == KILN_OK ? cg_optimize_module(mod, tm) : st;
+}
+
+void cg_module_size(LLVMModuleRef mod, size_t *functions, size_t *instructions) {
+  *functions = *instructions = 0;
+  for (LLVMValueRef f = LLVMGetFirstFunction(mod); f; f = LLVMGetNextFunction(f)) {
+    if (LLVMIsDeclaration(f)) continue;
+    ++*functions;
+    for (LLVMBasicBlockRef bb = LLVMGetFirstBasicBlock(f); bb; bb = LLVMGetNextBasicBlock(bb))
+      for (LLVMValueRef i = LLVMGetFirstInstruction(bb); i; i = LLVMGetNextInstruction(i)) ++*instructions;
+  }
 }

@@ -152,5 +152,8 @@ grep -q "^all passes  *[0-9]" "$tmp/bench" && grep -q "^no passes  *[0-9]" "$tmp
 "$kiln" bench "$golden/passes/conv_nchw.kir" --runs 2 > "$tmp/bench" || fail "kiln bench conv_nchw.kir failed"
 grep -q "^all passes  *10 " "$tmp/bench" && grep -q "^no layout  *14 " "$tmp/bench" || fail "bench of a .kir: $(cat "$tmp/bench")"
 if "$kiln" bench resnet9000 2> "$tmp/err"; then fail "an unknown built-in ran"; fi
+# kiln bench --compile: each phase's median for every variant
+"$kiln" bench mlp --batch 2 --runs 1 --compile > "$tmp/bench" || fail "kiln bench --compile failed"
+grep -q "^all passes  *[0-9.]*  *[0-9.]*  *[0-9.]*  *[0-9.]*" "$tmp/bench" && grep -q "llvm opt" "$tmp/bench" || fail "no compile table: $(cat "$tmp/bench")"
 grep -q "transformer-train" "$tmp/err" || fail "unclear message: $(cat "$tmp/err")"
 echo "1 passed, 0 failed"

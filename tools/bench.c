@@ -1,8 +1,10 @@
-/* kiln bench NAME|MODEL [--batch N] [--runs R]: compiles a built-in graph (or a .kir
- * graph or .onnx model) with every pass
+/* kiln bench NAME|MODEL [--batch N] [--runs R] [--compile]: compiles a built-in graph
+ * (or a .kir graph or .onnx model) with every pass
  * and with the fusion-related passes disabled in turn, runs the variants interleaved
  * (round-robin, so machine noise hits all alike) and prints kernels, bytes moved,
- * peak working memory, the median time and the speed-up against the unfused build. */
+ * peak working memory, the median time and the speed-up against the unfused build.
+ * --compile times compilation instead: each variant compiled R times past the
+ * compile cache, the median of each phase. */
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -58,18 +60,58 @@ static kiln_status load_model(const char *path, int64_t batch, bench_graph *out)
 
 static void print_mb(uint64_t bytes) { printf(" %10.2f MB", (double)bytes / 1e6); }
 
+static double median(double *t, int n) {
+  qsort(t, (size_t)n, sizeof *t, cmp_double);
+  return n % 2 ? t[n / 2] : (t[n / 2 - 1] + t[n / 2]) / 2;
+}
+
+/* Each variant compiled `runs` times without the cache; medians per phase. */
+static int bench_compile(const char *name, const bench_graph *bg, int runs) {
+  enum { PHASES = 6 };
+  static const char *const phase[PHASES] = {"passes", "lower", "llvm opt", "codegen", "jit load", "total"};
+  double *t = calloc((size_t)(PHASES * runs), sizeof *t);
+  if (!t) return fprintf(stderr, "kiln: bench: out of memory\n"), 1;
+  printf("kiln bench %s --compile: %d compiles per variant past the cache, median ms\n", name, runs);
+  printf("%-16s", "variant");
+  for (int p = 0; p < PHASES; p++) printf(" %9s", phase[p]);
+  printf(" %9s %12s %11s\n", "functions", "instructions", "code bytes");
+  int rc = 0;
+  for (int v = 0; v < NVAR && !rc; v++) {
+    kiln_exec_stats st = {0};
+    for (int r = 0; r < runs && !rc; r++) {
+      kiln_compile_options o = {.disable_passes = VARIANTS[v].disable, .no_cache = true};
+      kiln_exec *e = NULL;
+      if (kiln_compile(bg->g, &o, &e) != KILN_OK || kiln_exec_get_stats(e, &st) != KILN_OK) {
+        fprintf(stderr, "kiln: bench: %s: %s\n", VARIANTS[v].name, kiln_errmsg());
+        rc = 1;
+      }
+      kiln_exec_free(e);
+      double ph[PHASES] = {st.passes_ms, st.lower_ms, st.llvm_opt_ms, st.llvm_codegen_ms, st.jit_load_ms, st.compile_ms};
+      for (int p = 0; p < PHASES; p++) t[p * runs + r] = ph[p];
+    }
+    if (rc) break;
+    printf("%-16s", VARIANTS[v].name);
+    for (int p = 0; p < PHASES; p++) printf(" %9.1f", median(t + p * runs, runs));
+    printf(" %9zu %12zu %11llu\n", st.llvm_functions, st.llvm_instructions, (unsigned long long)st.object_bytes);
+  }
+  free(t);
+  return rc;
+}
+
 int cmd_bench(int argc, char **argv) {
   const char *name = NULL;
   int64_t batch = 0;
   int runs = 30;
+  bool compile_only = false;
   for (int i = 0; i < argc; i++) {
     if (!strcmp(argv[i], "--batch") && i + 1 < argc) batch = atoll(argv[++i]);
     else if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--compile")) compile_only = true;
     else if (argv[i][0] != '-' && !name) name = argv[i];
     else name = NULL, i = argc;
   }
   if (!name || runs < 1 || runs > 100000 || batch < 0) {
-    fprintf(stderr, "usage: kiln bench NAME|MODEL.kir|MODEL.onnx [--batch N] [--runs R]; NAME is one of\n");
+    fprintf(stderr, "usage: kiln bench NAME|MODEL.kir|MODEL.onnx [--batch N] [--runs R] [--compile]; NAME is one of\n");
     bench_list(stderr);
     return 2;
   }
@@ -89,6 +131,11 @@ int cmd_bench(int argc, char **argv) {
     fprintf(stderr, "kiln: bench: %s has more than 32 inputs\n", name);
     kiln_graph_free(bg.g);
     return 1;
+  }
+  if (compile_only) {
+    int crc = bench_compile(name, &bg, runs);
+    kiln_graph_free(bg.g);
+    return crc;
   }
   kiln_tensor *ins[32] = {0};
   unsigned seed = 1;
@@ -121,22 +168,20 @@ int cmd_bench(int argc, char **argv) {
     }
   if (!rc) {
     double med[NVAR];
-    for (int v = 0; v < NVAR; v++) {
-      double *t = times + v * (runs + 2) + 2;
-      qsort(t, (size_t)runs, sizeof *t, cmp_double);
-      med[v] = runs % 2 ? t[runs / 2] : (t[runs / 2 - 1] + t[runs / 2]) / 2;
-    }
+    for (int v = 0; v < NVAR; v++) med[v] = median(times + v * (runs + 2) + 2, runs);
     printf("kiln bench %s: %d interleaved runs per variant, median wall time\n", name, runs);
-    printf("%-16s %8s %7s %13s %13s %11s %9s\n", "variant", "kernels", "fused", "bytes moved", "peak memory", "median ms",
-           "speed-up");
+    printf("%-16s %8s %7s %13s %13s %11s %9s %11s\n", "variant", "kernels", "fused", "bytes moved", "peak memory",
+           "median ms", "speed-up", "compile ms");
+    static const char *const outcome[] = {"", " (hit)", " (miss)"};
     for (int v = 0; v < NVAR; v++) {
       printf("%-16s %8zu %7zu", VARIANTS[v].name, stats[v].kernels, stats[v].fused_nodes);
       print_mb(stats[v].bytes_moved);
       print_mb(stats[v].workspace_bytes);
-      printf(" %11.3f %8.2fx\n", med[v], med[BASELINE] / med[v]);
+      printf(" %11.3f %8.2fx %11.1f%s\n", med[v], med[BASELINE] / med[v], stats[v].compile_ms,
+             outcome[stats[v].cache == KILN_CACHE_HIT ? 1 : stats[v].cache == KILN_CACHE_MISS ? 2 : 0]);
     }
     printf("speed-up: median time of \"%s\" / the variant's; peak memory: the workspace "
-           "(intermediates and kernel scratch)\n", VARIANTS[BASELINE].name);
+           "(intermediates and kernel scratch); compile ms: with the compile cache's outcome\n", VARIANTS[BASELINE].name);
   }
   free(times);
   free(outs);

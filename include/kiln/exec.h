@@ -37,7 +37,28 @@ typedef struct kiln_compile_options {
    * KILN_PROFILE=1 turns it on for every compile (models and kiln_function too) and
    * prints each profile to stderr when its kiln_exec is freed. */
   bool profile;
+  /* Skip the persistent compile cache for this compile (see kiln_cache_stats). */
+  bool no_cache;
 } kiln_compile_options;
+
+/* The persistent compile cache. Machine code of every JIT compile is kept on disk
+ * and reused by later compiles of the same code in any process: the key hashes the
+ * lowered module (shapes, kernels, tiles, threads; not the weights, which the code
+ * takes at run time), LLVM's version and the target CPU and features. Where:
+ * $KILN_CACHE_DIR, else $XDG_CACHE_HOME/kiln, else ~/.cache/kiln; KILN_CACHE=0 turns it
+ * off; KILN_CACHE_MAX_MB bounds it (default 1024, least recently used entries go
+ * first). Entries are written atomically; one that fails its checksum or does not
+ * load is recompiled and replaced (one line on stderr). Compiles with profiling or
+ * keep_ir bypass it. */
+typedef enum { KILN_CACHE_OFF = 0, KILN_CACHE_MISS = 1, KILN_CACHE_HIT = 2 } kiln_cache_outcome;
+typedef struct kiln_cache_stats {
+  uint64_t hits;     /* compiles served from the cache */
+  uint64_t misses;   /* compiles that looked and compiled */
+  uint64_t stores;   /* entries written */
+  uint64_t rejected; /* entries that failed their checks or did not load */
+} kiln_cache_stats;
+/* Counters of this process since it started (global, updated atomically). */
+KILN_API void kiln_cache_get_stats(kiln_cache_stats *out);
 
 /* What the compiler produced for the most recently compiled specialization. */
 typedef struct kiln_exec_stats {
@@ -46,6 +67,14 @@ typedef struct kiln_exec_stats {
   uint64_t workspace_bytes; /* intermediate buffers + kernel scratch, as allocated */
   uint64_t unplanned_bytes; /* intermediate buffers if each had its own bytes */
   uint64_t bytes_moved;     /* per run, estimated: each kernel's output plus every buffer it reads once */
+  /* Compile time of that specialization, milliseconds: kiln's graph passes, lowering
+   * to LLVM IR (fusion and memory planning included), LLVM's optimisation pipeline,
+   * machine-code generation, loading into the JIT; all of it in compile_ms. A cache
+   * hit spends no time in the two LLVM steps. */
+  double passes_ms, lower_ms, llvm_opt_ms, llvm_codegen_ms, jit_load_ms, compile_ms;
+  size_t llvm_functions, llvm_instructions; /* the module as lowered, before optimisation */
+  uint64_t object_bytes;                    /* machine code and its data */
+  kiln_cache_outcome cache;
 } kiln_exec_stats;
 /* KILN_ERR_INVALID while nothing is compiled yet (a symbolic batch before its first run). */
 KILN_API kiln_status kiln_exec_get_stats(const kiln_exec *e, kiln_exec_stats *out);
