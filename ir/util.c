@@ -9,6 +9,7 @@
 static _Thread_local char last_error[1024];
 
 const char *kiln_errmsg(void) { return last_error; }
+const char *kiln_version(void) { return KILN_VERSION; }
 
 /* Formats through a scratch buffer: callers often wrap the previous message
  * (kiln_set_error(s, "%s: %s", path, kiln_errmsg())), which is last_error itself. */

@@ -10,6 +10,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include "kiln/version.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -22,7 +23,6 @@ extern "C" {
 #endif
 
 #define KILN_MAX_RANK 8
-#define KILN_VERSION "0.1.0"
 
 typedef enum kiln_status {
   KILN_OK = 0,
@@ -46,6 +46,9 @@ typedef enum kiln_dtype {
 
 /* Message of the last failed kiln call on this thread ("" if none). */
 KILN_API const char *kiln_errmsg(void);
+/* The version of the kiln library in use ("MAJOR.MINOR.PATCH"), which may differ
+ * from the headers' KILN_VERSION when a program runs with another libkiln.so. */
+KILN_API const char *kiln_version(void);
 KILN_API const char *kiln_status_name(kiln_status s);
 KILN_API const char *kiln_dtype_name(kiln_dtype t);
 /* Bytes per element; 0 for an invalid dtype. */
