@@ -33,6 +33,7 @@ typedef struct spec {
 struct kiln_exec {
   kiln_graph *g;
   bool generic_cpu, keep_ir, use_cache;
+  bool running; /* a run is in progress (exec_run) */
   bool profile, print_profile; /* print_profile: KILN_PROFILE asked, report at free */
   kiln_pass_switches passes;
   size_t last_spec; /* the most recently built, for kiln_exec_get_stats */
@@ -413,9 +414,24 @@ static kiln_status run_bound(kiln_exec *e, const kiln_tensor *const *inputs, siz
   return st;
 }
 
+static kiln_status exec_run_owned(kiln_exec *e, const kiln_tensor *const *inputs, size_t nin, kiln_tensor **outputs,
+                                  size_t nout, bool into);
+
+/* One run at a time per kiln_exec: its workspace, specialisations and pool are its
+ * own. A second thread gets an error instead of a data race. */
 static kiln_status exec_run(kiln_exec *e, const kiln_tensor *const *inputs, size_t nin, kiln_tensor **outputs,
                             size_t nout, bool into) {
   if (!e) return kiln_set_error(KILN_ERR_INVALID, "run: null exec");
+  if (__atomic_exchange_n(&e->running, true, __ATOMIC_ACQUIRE))
+    return kiln_set_error(KILN_ERR_INVALID, "run: this kiln_exec is already running on another thread; a kiln_exec "
+                                            "runs one call at a time (compile one per thread, or serialize the calls)");
+  kiln_status st = exec_run_owned(e, inputs, nin, outputs, nout, into);
+  __atomic_store_n(&e->running, false, __ATOMIC_RELEASE);
+  return st;
+}
+
+static kiln_status exec_run_owned(kiln_exec *e, const kiln_tensor *const *inputs, size_t nin, kiln_tensor **outputs,
+                                  size_t nout, bool into) {
   if (nout != e->nuser_out)
     return kiln_set_error(KILN_ERR_INVALID, "run: the graph has %u outputs, %zu requested", e->nuser_out, nout);
   if (!outputs) return kiln_set_error(KILN_ERR_INVALID, "run: the outputs array is NULL");

@@ -875,11 +875,14 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
   LLVMTypeRef entry_ty = LLVMFunctionType(c->i32, &c->ptr, 1, 0);
   LLVMValueRef entry = LLVMAddFunction(c->mod, entry_name, entry_ty);
   LLVMBasicBlockRef entry_bb = LLVMAppendBasicBlockInContext(c->ctx, entry, "entry");
+  LLVMValueRef *ptrs = calloc(g->nnodes + 1, sizeof *ptrs);
+  if (!ptrs) {
+    kiln_schedule_free(&sched);
+    return kiln_set_error(KILN_ERR_NOMEM, "codegen: out of memory");
+  }
   LLVMBuilderRef eb = LLVMCreateBuilderInContext(c->ctx);
   LLVMPositionBuilderAtEnd(eb, entry_bb);
   LLVMValueRef args = LLVMGetParam(entry, 0);
-  LLVMValueRef *ptrs = calloc(g->nnodes + 1, sizeof *ptrs);
-  KILN_ASSERT(ptrs);
 #define ARG(k) LLVMBuildLoad2(eb, c->ptr, LLVMBuildGEP2(eb, c->ptr, args, (LLVMValueRef[]){cg_i64(c, (int64_t)(k))}, 1, ""), "")
   LLVMValueRef wsp = ARG(plan->nin + plan->nout);
   LLVMValueRef scratch_p = LLVMBuildGEP2(eb, c->i8, wsp, (LLVMValueRef[]){cg_i64(c, (int64_t)scratch_off)}, 1, "");

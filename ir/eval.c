@@ -207,7 +207,7 @@ static void eval_elementwise(ev *e) {
   }
 }
 
-static void eval_reduce(ev *e) {
+static kiln_status eval_reduce(ev *e) {
   const kiln_node *n = e->n;
   const kiln_tensor *x = e->in[0];
   kiln_tensor *o = e->out;
@@ -231,7 +231,11 @@ static void eval_reduce(ev *e) {
   double *accf = calloc((size_t)o->numel + 1, sizeof(double));
   int64_t *acci = calloc((size_t)o->numel + 1, sizeof(int64_t));
   int64_t *arg = calloc((size_t)o->numel + 1, sizeof(int64_t));
-  KILN_ASSERT(accf && acci && arg);
+  bool *seen = calloc((size_t)o->numel + 1, 1);
+  if (!accf || !acci || !arg || !seen) {
+    free(accf), free(acci), free(arg), free(seen);
+    return kiln_set_error(KILN_ERR_NOMEM, "evaluate: out of memory reducing %s", kiln_ops[n->op].name);
+  }
   kiln_op op = (kiln_op)n->op;
   int64_t imin = x->dtype == KILN_I32 ? INT32_MIN : INT64_MIN, imax = x->dtype == KILN_I32 ? INT32_MAX : INT64_MAX;
   for (int64_t j = 0; j < o->numel; j++) {
@@ -240,8 +244,6 @@ static void eval_reduce(ev *e) {
     arg[j] = 0;
   }
   int64_t idx[KILN_MAX_RANK], redpos[KILN_MAX_RANK];
-  bool *seen = calloc((size_t)o->numel + 1, 1);
-  KILN_ASSERT(seen);
   for (int64_t i = 0; i < x->numel; i++) {
     unravel(i, x->rank, x->dims, idx);
     int64_t j = 0;
@@ -289,6 +291,7 @@ static void eval_reduce(ev *e) {
   free(acci);
   free(arg);
   free(seen);
+  return KILN_OK;
 }
 
 static void eval_matmul(ev *e) {
@@ -622,20 +625,20 @@ kiln_status kiln_eval_graph(const kiln_graph *g, const kiln_tensor *const *input
   for (uint32_t i = 0; i < g->nnodes && st == KILN_OK; i++) {
     const kiln_node *n = &g->nodes[i];
     vals[i] = kiln_tensor_new((kiln_dtype)n->dtype, n->rank, n->dims);
-    if (!vals[i]) {
-      st = KILN_ERR_NOMEM;
-      break;
-    }
     kiln_tensor *ins[KILN_MAX_RANK * 4];
     kiln_tensor **inp = n->ninputs <= sizeof ins / sizeof ins[0] ? ins : malloc(sizeof(kiln_tensor *) * n->ninputs);
-    KILN_ASSERT(inp);
+    if (!vals[i] || !inp) {
+      if (inp && inp != ins) free(inp);
+      st = kiln_set_error(KILN_ERR_NOMEM, "evaluate: out of memory at %%%u (%s)", i, kiln_ops[n->op].name);
+      break;
+    }
     for (uint32_t j = 0; j < n->ninputs; j++) inp[j] = vals[n->inputs[j]];
     ev e = {g, n, vals[i], inp};
     unsigned f = kiln_ops[n->op].flags;
     if (n->op == KILN_OP_PARAM) memcpy(vals[i]->data, inputs[k++]->data, vals[i]->nbytes);
     else if (f & SRC) eval_source(&e);
     else if (f & EW) eval_elementwise(&e);
-    else if (f & RED) eval_reduce(&e);
+    else if (f & RED) st = eval_reduce(&e);
     else if (n->op == KILN_OP_MATMUL) eval_matmul(&e);
     else if (n->op == KILN_OP_CONV2D || n->op == KILN_OP_MAX_POOL2D || n->op == KILN_OP_AVG_POOL2D) eval_window(&e);
     else if (n->op == KILN_OP_CONV2D_FILTER_GRAD) eval_conv_filter_grad(&e);

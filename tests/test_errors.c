@@ -1,5 +1,6 @@
 /* Bad input gets a clear error naming the problem — never a crash or a silent
  * wrong answer. Each case checks the status and the words the message must hold. */
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include "harness.h"
@@ -133,6 +134,60 @@ static void test_parse_errors_name_the_line(void **s) {
   }
 }
 
+/* Threads sharing one kiln_exec: every call either succeeds with the serial result
+ * or is refused with a message naming the rule; never a race or a wrong answer. */
+typedef struct {
+  kiln_exec *e;
+  const kiln_tensor *x, *want;
+  int ok, refused, wrong;
+} shared_run;
+
+static void *run_many(void *arg) {
+  shared_run *r = arg;
+  for (int i = 0; i < 300; i++) {
+    kiln_tensor *y = NULL;
+    kiln_status st = kiln_exec_run(r->e, &r->x, 1, &y, 1);
+    if (st == KILN_OK) {
+      __atomic_fetch_add(memcmp(kiln_tensor_cdata(y), kiln_tensor_cdata(r->want), kiln_tensor_nbytes(y)) ? &r->wrong : &r->ok, 1,
+                         __ATOMIC_RELAXED);
+    } else if (st == KILN_ERR_INVALID && strstr(kiln_errmsg(), "already running on another thread")) {
+      __atomic_fetch_add(&r->refused, 1, __ATOMIC_RELAXED);
+    } else {
+      __atomic_fetch_add(&r->wrong, 1, __ATOMIC_RELAXED);
+    }
+    kiln_tensor_free(y);
+  }
+  return NULL;
+}
+
+static void test_concurrent_runs_refused(void **state) {
+  (void)state;
+  kiln_graph *g = kiln_graph_new();
+  kiln_value x = kiln_placeholder(g, "x", KILN_F32, KILN_SHAPE(64, 96));
+  kiln_value w = kiln_random_normal(g, KILN_F32, KILN_SHAPE(96, 80), 3, 0, 0.5);
+  kiln_output(g, "y", kiln_tanh(g, kiln_matmul(g, x, w, false, false)));
+  trng rng = {5};
+  kiln_tensor *in = random_tensor(&rng, KILN_F32, 2, (int64_t[]){64, 96}, -1, 1), *want = NULL;
+  kiln_exec *e;
+  assert_int_equal(kiln_compile(g, NULL, &e), KILN_OK);
+  assert_int_equal(kiln_exec_run(e, (const kiln_tensor *[]){in}, 1, &want, 1), KILN_OK);
+  shared_run r = {e, in, want, 0, 0, 0};
+  pthread_t th[8];
+  for (int i = 0; i < 8; i++) assert_int_equal(pthread_create(&th[i], NULL, run_many, &r), 0);
+  for (int i = 0; i < 8; i++) pthread_join(th[i], NULL);
+  assert_int_equal(r.wrong, 0);
+  assert_int_equal(r.ok + r.refused, 8 * 300);
+  assert_true(r.ok > 0);
+  kiln_tensor *y = NULL; /* still usable afterwards */
+  assert_int_equal(kiln_exec_run(e, (const kiln_tensor *[]){in}, 1, &y, 1), KILN_OK);
+  assert_memory_equal(kiln_tensor_cdata(y), kiln_tensor_cdata(want), kiln_tensor_nbytes(y));
+  kiln_tensor_free(y);
+  kiln_tensor_free(want);
+  kiln_tensor_free(in);
+  kiln_exec_free(e);
+  kiln_graph_free(g);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_broadcast_mismatch_names_op_and_shapes),
@@ -142,6 +197,7 @@ int main(void) {
       cmocka_unit_test(test_compile_needs_outputs),
       cmocka_unit_test(test_bad_npy_files),
       cmocka_unit_test(test_parse_errors_name_the_line),
+      cmocka_unit_test(test_concurrent_runs_refused),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -8,7 +8,9 @@
  *
  * Inputs are given in placeholder creation order, outputs in kiln_output order.
  * A graph with a KILN_DYN batch dim is specialised (and JIT-compiled) once per
- * batch size seen. A kiln_exec is not safe for concurrent kiln_exec_run calls. */
+ * batch size seen. A kiln_exec runs one call at a time: a kiln_exec_run from a second
+ * thread while one is in progress returns KILN_ERR_INVALID (compile one kiln_exec per
+ * thread; with a warm compile cache that costs milliseconds). */
 #ifndef KILN_EXEC_H
 #define KILN_EXEC_H
 
