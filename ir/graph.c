@@ -91,10 +91,10 @@ double kiln_attr_float(const kiln_node *n, kiln_attr_key k, double dflt) {
   return a ? a->v.f : dflt;
 }
 
-int kiln_attr_ints(const kiln_node *n, kiln_attr_key k, int64_t *out) {
+int kiln_attr_ints_cap(const kiln_node *n, kiln_attr_key k, int64_t *out, size_t cap) {
   const kiln_attr *a = kiln_attr_find(n, k);
   if (!a) return 0;
-  memcpy(out, a->v.i, sizeof(int64_t) * (size_t)a->n);
+  memcpy(out, a->v.i, sizeof(int64_t) * ((size_t)a->n < cap ? (size_t)a->n : cap));
   return a->n;
 }
 
@@ -164,6 +164,7 @@ kiln_value kiln_node_make(kiln_graph *g, kiln_op op, const uint32_t *inputs, uin
   if (!g) return (kiln_value){KILN_NONE};
   if (g->status != KILN_OK) return (kiln_value){KILN_NONE};
   const kiln_op_info *info = &kiln_ops[op];
+  if (op == KILN_OP_PARAM && !name) return kiln_graph_fail(g, KILN_ERR_INVALID, "param: a graph input needs a name");
   if (info->arity >= 0 ? nin != (uint32_t)info->arity : nin == 0)
     return kiln_graph_fail(g, KILN_ERR_INVALID, "%s: takes %d inputs, got %u", info->name, info->arity, nin);
   for (uint32_t i = 0; i < nin; i++)

@@ -185,10 +185,10 @@ int64_t kiln_window_out(int64_t inn, int64_t k, int64_t stride, int64_t dil, int
 
 /* Conv and pool share the window attributes: strides, dilations, pads (t,l,b,r). */
 static bool window_attrs(kiln_graph *g, kiln_node *n, int64_t *strides, int64_t *dil, int64_t *pads) {
-  if (kiln_attr_ints(n, KILN_ATTR_STRIDES, strides) != 2) return fail(g, n, "needs 2 strides");
-  if (kiln_attr_ints(n, KILN_ATTR_PADS, pads) != 4) return fail(g, n, "needs 4 pads (top, left, bottom, right)");
+  if (kiln_attr_ints_cap(n, KILN_ATTR_STRIDES, strides, 2) != 2) return fail(g, n, "needs 2 strides");
+  if (kiln_attr_ints_cap(n, KILN_ATTR_PADS, pads, 4) != 4) return fail(g, n, "needs 4 pads (top, left, bottom, right)");
   if (n->op == KILN_OP_CONV2D || n->op == KILN_OP_CONV2D_FILTER_GRAD) {
-    if (kiln_attr_ints(n, KILN_ATTR_DILATIONS, dil) != 2) return fail(g, n, "needs 2 dilations");
+    if (kiln_attr_ints_cap(n, KILN_ATTR_DILATIONS, dil, 2) != 2) return fail(g, n, "needs 2 dilations");
   } else {
     dil[0] = dil[1] = 1;
   }
@@ -395,7 +395,7 @@ void kiln_slice_map(const kiln_node *n, int rank, const int64_t *full, int64_t *
   int64_t st[KILN_MAX_RANK], en[KILN_MAX_RANK];
   kiln_attr_ints(n, KILN_ATTR_STARTS, st);
   kiln_attr_ints(n, KILN_ATTR_ENDS, en);
-  kiln_attr_ints(n, KILN_ATTR_STEPS, step);
+  kiln_attr_ints_cap(n, KILN_ATTR_STEPS, step, KILN_MAX_RANK); /* step: the caller's KILN_MAX_RANK */
   for (int d = 0; d < rank; d++) kiln_slice_dim(full[d], st[d], en[d], step[d], &first[d]);
 }
 

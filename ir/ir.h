@@ -159,7 +159,18 @@ KILN_INTERNAL const kiln_attr *kiln_attr_find(const kiln_node *n, kiln_attr_key 
 KILN_INTERNAL int64_t kiln_attr_int(const kiln_node *n, kiln_attr_key k, int64_t dflt);
 KILN_INTERNAL double kiln_attr_float(const kiln_node *n, kiln_attr_key k, double dflt);
 /* Copies n values of attribute k into out (returns count, 0 if absent). */
-KILN_INTERNAL int kiln_attr_ints(const kiln_node *n, kiln_attr_key k, int64_t *out);
+/* The attribute's values (count returned), at most cap of them copied into out: a
+ * parsed graph may carry any number, so callers compare the count with what they need. */
+KILN_INTERNAL int kiln_attr_ints_cap(const kiln_node *n, kiln_attr_key k, int64_t *out, size_t cap);
+/* kiln_attr_ints_cap into an array, its length taken from its type (pointers refused at compile time). */
+#define kiln_attr_ints(n, k, out)                                                                                      \
+  kiln_attr_ints_cap(n, k, out,                                                                                        \
+                     sizeof(out) / sizeof((out)[0]) +                                                                  \
+                         0 * sizeof(struct {                                                                           \
+                           _Static_assert(!__builtin_types_compatible_p(__typeof__(out), __typeof__(&(out)[0])),       \
+                                          "kiln_attr_ints needs an array, not a pointer");                             \
+                           int unused;                                                                                 \
+                         }))
 KILN_INTERNAL void kiln_attrs_int(kiln_attrs *a, kiln_attr_key k, int64_t v);
 KILN_INTERNAL void kiln_attrs_ints(kiln_attrs *a, kiln_attr_key k, const int64_t *v, int n);
 KILN_INTERNAL void kiln_attrs_float(kiln_attrs *a, kiln_attr_key k, double v);

@@ -404,6 +404,10 @@ static bool parse_node(parser *ps) {
     free(data);
     return false;
   }
+  if (op == KILN_OP_PARAM && !has_name) {
+    free(data);
+    return perr(ps, "param needs a name (param \"x\" {...})");
+  }
   kiln_value v = kiln_node_make(ps->g, (kiln_op)op, inputs, nin, &a, has_name ? name : NULL, data, nbytes);
   free(data);
   if (v.id == KILN_NONE) return perr(ps, "%s", ps->g->errmsg);

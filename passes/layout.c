@@ -63,7 +63,7 @@ static bool order_kept(int rank, const int64_t *dims, const int64_t *perm) {
 
 /* The transpose perm of v, or false. */
 static bool transpose_perm(lay *L, uint32_t v, int64_t *perm) {
-  return nd(L, v)->op == KILN_OP_TRANSPOSE && kiln_attr_ints(nd(L, v), KILN_ATTR_PERM, perm) == nd(L, v)->rank;
+  return nd(L, v)->op == KILN_OP_TRANSPOSE && kiln_attr_ints_cap(nd(L, v), KILN_ATTR_PERM, perm, KILN_MAX_RANK) == nd(L, v)->rank;
 }
 
 /* v transposed by perm (v.rank entries), composed with a transpose v already is,

@@ -93,15 +93,24 @@ kiln_status kiln_idx_load(const char *path, kiln_dtype t, kiln_tensor **out) {
     }
     n *= dims[i];
   }
-  raw = malloc((size_t)n * es + 1);
-  if (!raw) {
-    st = kiln_set_error(KILN_ERR_NOMEM, "%s: out of memory for %lld elements", path, (long long)n);
-    goto done;
-  }
-  if (!read_all(f, raw, (size_t)n * es)) {
-    st = kiln_set_error(KILN_ERR_PARSE, "%s: truncated: the header promises %lld elements of %zu bytes", path,
-                        (long long)n, es);
-    goto done;
+  /* The buffer grows with the data actually read, so a short (or hostile) file whose
+   * header promises gigabytes fails as truncated instead of allocating them. */
+  size_t total = (size_t)n * es, have = 0, cap = total < ((size_t)1 << 26) ? total : (size_t)1 << 26;
+  for (;;) {
+    unsigned char *grown = realloc(raw, cap + 1);
+    if (!grown) {
+      st = kiln_set_error(KILN_ERR_NOMEM, "%s: out of memory for %lld elements", path, (long long)n);
+      goto done;
+    }
+    raw = grown;
+    if (!read_all(f, raw + have, cap - have)) {
+      st = kiln_set_error(KILN_ERR_PARSE, "%s: truncated: the header promises %lld elements of %zu bytes", path,
+                          (long long)n, es);
+      goto done;
+    }
+    have = cap;
+    if (have == total) break;
+    cap = total - cap < cap ? total : 2 * cap;
   }
   unsigned char extra;
   if (gzread(f, &extra, 1) > 0) {

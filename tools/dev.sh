@@ -5,6 +5,10 @@
 #                       then again built with AddressSanitizer + UndefinedBehaviorSanitizer
 #   tools/dev.sh bench  also install PyTorch, build, run bench/ against oneDNN, OpenBLAS
 #                       and PyTorch at 1 and 2 threads (about 15 minutes)
+#   tools/dev.sh fuzz [SECONDS] [TARGET...]
+#                       build the libFuzzer targets (libfuzz_TARGET) with clang-19 in build-fuzz/, run each
+#                       for SECONDS (default 60) from its seeds; crashes land in
+#                       tests/fuzz/regressions/TARGET/, which the test suite replays
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +16,8 @@ PACKAGES=(gcc make cmake pkg-config llvm-19-dev libprotobuf-c-dev protobuf-c-com
           dataset-fashion-mnist libonnx-dev libonnx-testdata gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user graphviz
           libopenblas-dev libdnnl-dev)
 BENCH_PACKAGES=(python3-torch)
+FUZZ_PACKAGES=(clang-19 libclang-rt-19-dev)
+FUZZ_TARGETS=(onnx tensor npy kir checkpoint model idx csv)
 
 install_missing() { # [packages...] (default: PACKAGES)
   local missing=() wanted=("$@")
@@ -57,8 +63,25 @@ bench)
     build/bin/bench_models --threads "$t"
   done
   ;;
+fuzz)
+  install_missing
+  install_missing "${FUZZ_PACKAGES[@]}"
+  seconds=${2:-60}
+  targets=("${@:3}")
+  [ ${#targets[@]} -eq 0 ] && targets=("${FUZZ_TARGETS[@]}")
+  CC=clang-19 build build-fuzz -DKILN_FUZZ=ON
+  for t in "${targets[@]}"; do
+    corpus=build-fuzz/corpus/$t
+    [ -d "$corpus" ] || bash tests/fuzz/seeds.sh "$PWD" "$t" "$corpus"
+    mkdir -p "tests/fuzz/regressions/$t"
+    echo "== libfuzz_$t for ${seconds}s"
+    # -rss_limit_mb: a hostile model may ask for any size; kiln refuses sizes it cannot allocate
+    build-fuzz/bin/libfuzz_"$t" "$corpus" -max_total_time="$seconds" -rss_limit_mb=4096 -print_final_stats=1 \
+      -artifact_prefix="tests/fuzz/regressions/$t/" 2>&1 | grep -E "^#[0-9]+ *DONE|^stat::number_of_executed_units|ERROR|SUMMARY" || true
+  done
+  ;;
 *)
-  echo "usage: tools/dev.sh main|test|bench" >&2
+  echo "usage: tools/dev.sh main|test|bench|fuzz" >&2
   exit 2
   ;;
 esac
