@@ -219,6 +219,7 @@ static bool string(parser *ps, char *out, size_t cap) {
   while (*ps->p && *ps->p != '"' && *ps->p != '\n') {
     char c = *ps->p++;
     if (c == '\\') {
+      if (!*ps->p) break; /* a backslash at the very end: unterminated, never past the NUL */
       c = *ps->p++;
       if (c == 'n') c = '\n';
       else if (c != '"' && c != '\\') return perr(ps, "bad escape in string");

@@ -57,9 +57,14 @@ out=$(KILN_CACHE_DIR=$tmp/cache "$tmp/app/readme_pc") || fail "the pkg-config bu
 [ "$(PKG_CONFIG_PATH=$prefix/lib/pkgconfig pkg-config --modversion kiln)" = "$(sed -n 's/^#define KILN_VERSION_\(MAJOR\|MINOR\|PATCH\) //p' "$prefix/include/kiln/version.h" | paste -sd.)" ] ||
   fail "pkg-config's version is not version.h's"
 
-# The deploy flow with the installed CLI and a trainer built against the installed library.
-ln -s "$prefix/bin/kiln" "$tmp/app/build/bin/kiln"
-out=$(BUILD="$tmp/app/build" WORK="$tmp/deploy" KILN_CACHE_DIR=$tmp/cache bash "$src/samples/deploy/run.sh" --epochs 1 2>&1) ||
-  fail "deploy flow: $out"
-grep -q "^accuracy 0\.[89][0-9]* on 10000 images" <<<"$out" || fail "deploy flow printed: $out"
-echo "install OK: $prefix, find_package (shared, static), pkg-config, deploy"
+# The deploy flow with the installed CLI and a trainer built against the installed
+# library, once through find_package and once through pkg-config.
+mkdir -p "$tmp/pc/bin"
+cc -std=gnu11 -O2 -Wall -Werror "$tmp/app/fashion_mnist.c" $flags -lm -o "$tmp/pc/bin/fashion_mnist" || fail "cc fashion_mnist with pkg-config"
+for dir in "$tmp/app/build" "$tmp/pc"; do
+  ln -s "$prefix/bin/kiln" "$dir/bin/kiln"
+  out=$(BUILD="$dir" WORK="$dir/deploy" KILN_CACHE_DIR=$tmp/cache bash "$src/samples/deploy/run.sh" --epochs 1 2>&1) ||
+    fail "deploy flow ($dir): $out"
+  grep -q "^accuracy 0\.[89][0-9]* on 10000 images" <<<"$out" || fail "deploy flow ($dir) printed: $out"
+done
+echo "install OK: $prefix, find_package (shared, static), pkg-config, deploy with both"
