@@ -6,7 +6,8 @@
  * arguments, so weights never change the code) and of what LLVM makes of it (LLVM's
  * version, the target triple, CPU, features and pipeline). An entry is the object
  * file behind a header with the key, its size and a hash of its bytes; it is
- * written to a temporary file and renamed, so readers never see half of one, and
+ * written with kiln_write_atomic (temporary file, fsync, rename), so readers never
+ * see half of one, and
  * an entry that fails its check (or that the JIT cannot load) is replaced.
  *
  * Where: $KILN_CACHE_DIR, else $XDG_CACHE_HOME/kiln, else ~/.cache/kiln. KILN_CACHE=0
@@ -25,6 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "codegen/cg.h"
+#include "runtime/checkpoint_impl.h"
 
 enum { ENTRY_FORMAT = 1 };
 static const char MAGIC[8] = {'K', 'I', 'L', 'N', 'J', 'I', 'T', '0' + ENTRY_FORMAT};
@@ -158,15 +160,6 @@ static bool read_all(int fd, void *buf, size_t n) {
   return true;
 }
 
-static bool write_all(int fd, const void *buf, size_t n) {
-  for (const char *p = buf; n;) {
-    ssize_t k = write(fd, p, n);
-    if (k <= 0) return false;
-    p += k, n -= (size_t)k;
-  }
-  return true;
-}
-
 static void reject(const char *path, const char *why) {
   count(&stat_rejected);
   fprintf(stderr, "kiln: compile cache entry %s %s; recompiling it\n", path, why);
@@ -244,8 +237,9 @@ static void evict(const char *dir, uint64_t limit) {
   while ((de = readdir(d))) {
     size_t len = strlen(de->d_name);
     struct stat tst;
-    /* a temporary file an hour old belongs to a process that died writing it */
-    if (!strncmp(de->d_name, ".tmp.", 5) && !fstatat(dirfd(d), de->d_name, &tst, 0) && now - tst.st_mtime > 3600)
+    /* a temporary file (kiln_write_atomic's NAME.tmp-XXXXXX) an hour old belongs to a
+     * process that died writing it */
+    if (strstr(de->d_name, ".kjit.tmp-") && !fstatat(dirfd(d), de->d_name, &tst, 0) && now - tst.st_mtime > 3600)
       unlinkat(dirfd(d), de->d_name, 0);
     if (len < 6 || len >= sizeof e->name || strcmp(de->d_name + len - 5, ".kjit")) continue;
     struct stat st;
@@ -270,23 +264,22 @@ static void evict(const char *dir, uint64_t limit) {
 }
 
 void cg_cache_store(cg_cache_key key, const void *data, size_t size) {
-  char path[4200], tmp[4300], dir[4096];
+  char path[4200], dir[4096];
   if (!cache_dir(dir, sizeof dir) || !entry_path(key, path, sizeof path)) return;
-  static unsigned serial;
-  snprintf(tmp, sizeof tmp, "%s/.tmp.%ld.%u", dir, (long)getpid(), __atomic_fetch_add(&serial, 1, __ATOMIC_RELAXED));
-  int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  if (fd < 0) return; /* a read-only or full disk only costs the next process a compile */
   entry_header h = {.key_lo = key.lo, .key_hi = key.hi, .size = size};
   memcpy(h.magic, MAGIC, sizeof MAGIC);
   cg_cache_key sum = {0, 0};
   hash_into(&sum, data, size);
   h.sum_lo = sum.lo, h.sum_hi = sum.hi;
-  bool ok = write_all(fd, &h, sizeof h) && write_all(fd, data, size);
-  ok = !close(fd) && ok;
-  if (ok && !rename(tmp, path)) {
+  const unsigned char *parts[2] = {(const unsigned char *)&h, data};
+  size_t sizes[2] = {sizeof h, size};
+  /* A read-only or full disk only costs the next process a compile: the compile that
+   * produced this object still succeeds, so its message is not kept either. */
+  char saved[1024]; /* kiln_errmsg's size (ir/util.c) */
+  snprintf(saved, sizeof saved, "%s", kiln_errmsg());
+  if (kiln_write_atomic(path, parts, sizes, 2) == KILN_OK) {
     count(&stat_stores);
     evict(dir, max_bytes());
-  } else {
-    unlink(tmp);
   }
+  kiln_set_error(KILN_OK, "%s", saved);
 }

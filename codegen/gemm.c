@@ -333,42 +333,46 @@ static LLVMValueRef stride_arg(cg *c, LLVMValueRef fn, unsigned i, bool unit) {
   return unit ? imm(c, 1) : LLVMGetParam(fn, i);
 }
 
-/* pack_b_shared(Bp, B, rsb, csb, j0, j1, kc) */
-static void call_pack_b(cg *c, kiln_dtype t, int64_t NR, LLVMValueRef Bp, LLVMValueRef B, int64_t rsb, int64_t csb,
-                        LLVMValueRef j0, LLVMValueRef j1, LLVMValueRef kc) {
+/* The shared function's body: pack_b or pack_a over its parameters, a unit stride
+ * made a constant. */
+typedef void (*pack_body)(cg *c, kiln_dtype t, int64_t R, LLVMValueRef fn, LLVMValueRef rs, LLVMValueRef cs);
+/* (Bp, B, rsb, csb, j0, j1, kc) */
+static void pack_b_body(cg *c, kiln_dtype t, int64_t NR, LLVMValueRef fn, LLVMValueRef rs, LLVMValueRef cs) {
+  pack_b(c, t, NR, LLVMGetParam(fn, 0), LLVMGetParam(fn, 1), rs, cs, LLVMGetParam(fn, 4), LLVMGetParam(fn, 5),
+         LLVMGetParam(fn, 6));
+}
+/* (Ap, A, rsa, csa, mr, kc, unused) */
+static void pack_a_body(cg *c, kiln_dtype t, int64_t MR, LLVMValueRef fn, LLVMValueRef rs, LLVMValueRef cs) {
+  pack_a(c, t, MR, LLVMGetParam(fn, 0), LLVMGetParam(fn, 1), rs, cs, LLVMGetParam(fn, 4), LLVMGetParam(fn, 5));
+}
+
+/* Calls the module's `what` packing function for dtype t, panel size R and these
+ * strides (emitting it first if needed) with args, whose [2] and [3] are the strides. */
+static void call_pack(cg *c, const char *what, pack_body body, kiln_dtype t, int64_t R, int64_t rs, int64_t cs,
+                      LLVMValueRef *args) {
   char name[64];
-  snprintf(name, sizeof name, "kiln_pack_b_%s_%lld%s%s", kiln_dtype_name(t), (long long)NR, rsb == 1 ? "_r1" : "",
-           csb == 1 ? "_c1" : "");
+  snprintf(name, sizeof name, "kiln_pack_%s_%s_%lld%s%s", what, kiln_dtype_name(t), (long long)R, rs == 1 ? "_r1" : "",
+           cs == 1 ? "_c1" : "");
   LLVMValueRef fn = cg_shared_fn(c, name);
   if (!fn) {
     cg_fn_pos sp;
     fn = cg_begin_shared_fn(c, name, pack_type(c), &sp);
-    pack_b(c, t, NR, LLVMGetParam(fn, 0), LLVMGetParam(fn, 1), stride_arg(c, fn, 2, rsb == 1),
-           stride_arg(c, fn, 3, csb == 1), LLVMGetParam(fn, 4), LLVMGetParam(fn, 5), LLVMGetParam(fn, 6));
+    body(c, t, R, fn, stride_arg(c, fn, 2, rs == 1), stride_arg(c, fn, 3, cs == 1));
     LLVMBuildRetVoid(c->b);
     cg_end_fn(c, &sp);
   }
-  LLVMValueRef args[PACK_ARGS] = {Bp, B, imm(c, rsb), imm(c, csb), j0, j1, kc};
+  args[2] = imm(c, rs), args[3] = imm(c, cs);
   LLVMBuildCall2(c->b, pack_type(c), fn, args, PACK_ARGS, "");
 }
 
-/* pack_a_shared(Ap, A, rsa, csa, mr, kc, unused) */
+static void call_pack_b(cg *c, kiln_dtype t, int64_t NR, LLVMValueRef Bp, LLVMValueRef B, int64_t rsb, int64_t csb,
+                        LLVMValueRef j0, LLVMValueRef j1, LLVMValueRef kc) {
+  call_pack(c, "b", pack_b_body, t, NR, rsb, csb, (LLVMValueRef[PACK_ARGS]){Bp, B, NULL, NULL, j0, j1, kc});
+}
+
 static void call_pack_a(cg *c, kiln_dtype t, int64_t MR, LLVMValueRef Ap, LLVMValueRef A, int64_t rsa, int64_t csa,
                         LLVMValueRef mr, LLVMValueRef kc) {
-  char name[64];
-  snprintf(name, sizeof name, "kiln_pack_a_%s_%lld%s%s", kiln_dtype_name(t), (long long)MR, rsa == 1 ? "_r1" : "",
-           csa == 1 ? "_c1" : "");
-  LLVMValueRef fn = cg_shared_fn(c, name);
-  if (!fn) {
-    cg_fn_pos sp;
-    fn = cg_begin_shared_fn(c, name, pack_type(c), &sp);
-    pack_a(c, t, MR, LLVMGetParam(fn, 0), LLVMGetParam(fn, 1), stride_arg(c, fn, 2, rsa == 1),
-           stride_arg(c, fn, 3, csa == 1), LLVMGetParam(fn, 4), LLVMGetParam(fn, 5));
-    LLVMBuildRetVoid(c->b);
-    cg_end_fn(c, &sp);
-  }
-  LLVMValueRef args[PACK_ARGS] = {Ap, A, imm(c, rsa), imm(c, csa), mr, kc, imm(c, 0)};
-  LLVMBuildCall2(c->b, pack_type(c), fn, args, PACK_ARGS, "");
+  call_pack(c, "a", pack_a_body, t, MR, rsa, csa, (LLVMValueRef[PACK_ARGS]){Ap, A, NULL, NULL, mr, kc, imm(c, 0)});
 }
 
 /* ---- the direct (unpacked) path ---- */

@@ -104,6 +104,31 @@ static kiln_status compile_object(LLVMModuleRef mod, LLVMTargetMachineRef tm, ki
   return KILN_OK;
 }
 
+/* compile_object, the IR text when asked for, and the object stored under *key (NULL: no cache). */
+static kiln_status compile_and_store(kiln_exec *e, LLVMModuleRef mod, LLVMTargetMachineRef tm, const cg_cache_key *key,
+                                     kiln_exec_stats *t, LLVMMemoryBufferRef *obj) {
+  kiln_status st = compile_object(mod, tm, t, obj);
+  if (st == KILN_OK && e->keep_ir) {
+    char *ir = LLVMPrintModuleToString(mod);
+    free(e->ir);
+    e->ir = strdup(ir);
+    LLVMDisposeMessage(ir);
+  }
+  if (st == KILN_OK && key) cg_cache_store(*key, LLVMGetBufferStart(*obj), LLVMGetBufferSize(*obj));
+  return st;
+}
+
+/* obj (consumed) into s's JIT, which gets its own target machine configured like the
+ * one used for optimisation. */
+static kiln_status jit_load(const kiln_exec *e, LLVMMemoryBufferRef obj, spec *s) {
+  LLVMTargetMachineRef jit_tm = cg_target_machine(NULL, e->generic_cpu ? "generic" : "native", NULL);
+  if (!jit_tm) {
+    LLVMDisposeMemoryBuffer(obj);
+    return KILN_ERR_BACKEND;
+  }
+  return load_object(jit_tm, obj, &s->jit, &s->entry);
+}
+
 static void print_compile_stats(const spec *s) {
   const kiln_exec_stats *t = &s->times;
   static const char *const outcome[] = {"off", "miss", "hit"};
@@ -159,37 +184,20 @@ static kiln_status build_spec(kiln_exec *e, int64_t batch, spec *s) {
     t->cache = KILN_CACHE_HIT;
   } else if (st == KILN_OK) {
     if (use_cache) cg_cache_count_miss();
-    st = compile_object(c.mod, tm, t, &obj);
-    if (st == KILN_OK && e->keep_ir) {
-      char *ir = LLVMPrintModuleToString(c.mod);
-      free(e->ir);
-      e->ir = strdup(ir);
-      LLVMDisposeMessage(ir);
-    }
-    if (st == KILN_OK && use_cache) cg_cache_store(key, LLVMGetBufferStart(obj), LLVMGetBufferSize(obj));
+    st = compile_and_store(e, c.mod, tm, use_cache ? &key : NULL, t, &obj);
   }
-  if (st != KILN_OK) {
-    LLVMDisposeModule(c.mod);
-    LLVMContextDispose(ctx);
-    LLVMDisposeTargetMachine(tm);
-    return st;
-  }
-  t->object_bytes = LLVMGetBufferSize(obj);
   double t3 = kiln_pass_clock_ms();
-  /* The JIT gets its own target machine configured like the one used for optimisation. */
-  LLVMTargetMachineRef jit_tm = cg_target_machine(NULL, e->generic_cpu ? "generic" : "native", NULL);
-  st = jit_tm ? load_object(jit_tm, obj, &s->jit, &s->entry) : KILN_ERR_BACKEND;
+  if (st == KILN_OK) {
+    t->object_bytes = LLVMGetBufferSize(obj);
+    st = jit_load(e, obj, s);
+  }
   if (st != KILN_OK && t->cache == KILN_CACHE_HIT) {
     /* an entry that passed its checksum but does not link: compile it afresh */
     cg_cache_reject(key, "does not load");
     if (s->jit) LLVMOrcDisposeLLJIT(s->jit), s->jit = NULL;
     t->cache = KILN_CACHE_MISS;
-    st = compile_object(c.mod, tm, t, &obj);
-    if (st == KILN_OK) {
-      cg_cache_store(key, LLVMGetBufferStart(obj), LLVMGetBufferSize(obj));
-      jit_tm = cg_target_machine(NULL, e->generic_cpu ? "generic" : "native", NULL);
-      st = jit_tm ? load_object(jit_tm, obj, &s->jit, &s->entry) : KILN_ERR_BACKEND;
-    }
+    st = compile_and_store(e, c.mod, tm, &key, t, &obj);
+    if (st == KILN_OK) t->object_bytes = LLVMGetBufferSize(obj), st = jit_load(e, obj, s);
   }
   LLVMDisposeModule(c.mod);
   LLVMContextDispose(ctx);

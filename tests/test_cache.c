@@ -31,7 +31,7 @@ static int remove_dir(void **state) {
   struct dirent *de;
   char path[600];
   while (d && (de = readdir(d)))
-    if (de->d_name[0] != '.' || strncmp(de->d_name, ".tmp", 4) == 0) {
+    if (de->d_name[0] != '.') {
       snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
       unlink(path);
     }
@@ -50,7 +50,7 @@ static int entries(uint64_t *bytes, int *tmp, char *first, size_t cap) {
   struct dirent *de;
   while ((de = readdir(d))) {
     size_t len = strlen(de->d_name);
-    if (!strncmp(de->d_name, ".tmp", 4) && tmp) ++*tmp;
+    if (strstr(de->d_name, ".tmp") && tmp) ++*tmp; /* kiln_write_atomic's NAME.tmp-XXXXXX */
     if (len < 5 || strcmp(de->d_name + len - 5, ".kjit")) continue;
     char path[600];
     snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
