@@ -1,7 +1,6 @@
 /* Thin helpers over the LLVM C API: types, constants, element access, loops.
- * All trip counts of graph kernels are compile-time constants, so LLVM sees
- * simple counted loops it can unroll and vectorize. */
-#include <stdlib.h>
+ * Trip counts of graph kernels are mostly compile-time constants, so LLVM sees
+ * simple counted loops it can vectorize (and, when short, unroll: cg_loop_end). */
 #include <string.h>
 #include <llvm-c/DebugInfo.h>
 #include "codegen/cg.h"

@@ -172,13 +172,13 @@ int cmd_bench(int argc, char **argv) {
     printf("kiln bench %s: %d interleaved runs per variant, median wall time\n", name, runs);
     printf("%-16s %8s %7s %13s %13s %11s %9s %11s\n", "variant", "kernels", "fused", "bytes moved", "peak memory",
            "median ms", "speed-up", "compile ms");
-    static const char *const outcome[] = {"", " (hit)", " (miss)"};
+    static const char *const outcome[] = {"", " (miss)", " (hit)"}; /* by kiln_cache_outcome */
     for (int v = 0; v < NVAR; v++) {
       printf("%-16s %8zu %7zu", VARIANTS[v].name, stats[v].kernels, stats[v].fused_nodes);
       print_mb(stats[v].bytes_moved);
       print_mb(stats[v].workspace_bytes);
       printf(" %11.3f %8.2fx %11.1f%s\n", med[v], med[BASELINE] / med[v], stats[v].compile_ms,
-             outcome[stats[v].cache == KILN_CACHE_HIT ? 1 : stats[v].cache == KILN_CACHE_MISS ? 2 : 0]);
+             outcome[stats[v].cache]);
     }
     printf("speed-up: median time of \"%s\" / the variant's; peak memory: the workspace "
            "(intermediates and kernel scratch); compile ms: with the compile cache's outcome\n", VARIANTS[BASELINE].name);
