@@ -167,30 +167,39 @@ static kiln_value objectives(kiln_model *m, kiln_graph *g, const kiln_value *in,
   return mean;
 }
 
-/* Appends the gradient of loss and the optimizer's update of every trainable weight. */
-static void train_updates(kiln_model *m, kiln_graph *g, kiln_value loss) {
+/* The weights training updates: trainable layer weights in layer order, or a loaded
+ * model's trainable weights in store order. vars has room for every variable. */
+static size_t trainable_weights(kiln_model *m, kiln_variable **vars) {
+  size_t n = 0;
+  for (size_t l = 0; l < m->nlayers; l++)
+    for (size_t w = 0; w < m->layers[l]->nweights; w++)
+      if (kiln_variable_trainable(m->layers[l]->weights[w])) vars[n++] = m->layers[l]->weights[w];
+  for (size_t i = 0; m->loaded && i < kiln_variables_count(m->vars); i++) {
+    kiln_variable *v = kiln_variables_at(m->vars, i);
+    if (kiln_variable_trainable(v) && kiln_model_is_weight(v, NULL)) vars[n++] = v;
+  }
+  return n;
+}
+
+/* The gradient of loss for every trainable weight; then, when `apply`, the optimizer's
+ * update of each, otherwise the gradients as outputs "grad<i>" (the distributed step). */
+static void train_updates(kiln_model *m, kiln_graph *g, kiln_value loss, bool apply) {
   size_t nv = kiln_variables_count(m->vars), n = 0;
   kiln_variable **vars = calloc(nv + 1, sizeof *vars);
   kiln_value *reads = calloc(nv + 1, sizeof *reads), *grads = calloc(nv + 1, sizeof *grads);
   if (!vars || !reads || !grads) {
     kiln_graph_fail(g, KILN_ERR_NOMEM, "train step: out of memory");
   } else if (kiln_graph_status(g) == KILN_OK) {
-    for (size_t l = 0; l < m->nlayers; l++)
-      for (size_t w = 0; w < m->layers[l]->nweights; w++) {
-        kiln_variable *v = m->layers[l]->weights[w];
-        if (!kiln_variable_trainable(v)) continue;
-        vars[n] = v;
-        reads[n++] = kiln_variable_read(g, v);
-      }
-    for (size_t i = 0; m->loaded && i < nv; i++) { /* a loaded model's weights are its store's */
-      kiln_variable *v = kiln_variables_at(m->vars, i);
-      if (!kiln_variable_trainable(v) || !kiln_model_is_weight(v, NULL)) continue;
-      vars[n] = v;
-      reads[n++] = kiln_variable_read(g, v);
-    }
+    n = trainable_weights(m, vars);
+    for (size_t i = 0; i < n; i++) reads[i] = kiln_variable_read(g, vars[i]);
     if (n && kiln_gradients(g, loss, reads, n, grads) != KILN_OK) kiln_graph_fail(g, KILN_ERR_INVALID, "%s", kiln_errmsg());
-    if (n && kiln_graph_status(g) == KILN_OK && kiln_optimizer_apply(m->opt, g, vars, grads, n) != KILN_OK)
+    if (apply && n && kiln_graph_status(g) == KILN_OK && kiln_optimizer_apply(m->opt, g, vars, grads, n) != KILN_OK)
       kiln_graph_fail(g, KILN_ERR_INVALID, "%s", kiln_errmsg());
+    for (size_t i = 0; !apply && i < n && kiln_graph_status(g) == KILN_OK; i++) {
+      char name[32];
+      snprintf(name, sizeof name, "grad%zu", i);
+      kiln_output(g, name, grads[i]);
+    }
   }
   free(vars);
   free(reads);
@@ -198,8 +207,26 @@ static void train_updates(kiln_model *m, kiln_graph *g, kiln_value loss) {
 }
 
 static void trace_train(kiln_graph *g, const kiln_value *in, size_t nin, void *ud) {
-  train_updates(ud, g, objectives(ud, g, in, true, true));
+  train_updates(ud, g, objectives(ud, g, in, true, true), true);
 }
+
+static void trace_grads(kiln_graph *g, const kiln_value *in, size_t nin, void *ud) {
+  train_updates(ud, g, objectives(ud, g, in, true, true), false);
+}
+
+/* in: one gradient per trainable weight, in trainable_weights' order. */
+static void trace_apply(kiln_graph *g, const kiln_value *in, size_t nin, void *ud) {
+  kiln_model *m = ud;
+  kiln_variable **vars = calloc(kiln_variables_count(m->vars) + 1, sizeof *vars);
+  size_t n = vars ? trainable_weights(m, vars) : 0;
+  if (!vars) kiln_graph_fail(g, KILN_ERR_NOMEM, "apply step: out of memory");
+  else if (n != nin) kiln_graph_fail(g, KILN_ERR_INVALID, "apply step: %zu gradients for %zu trainable weights", nin, n);
+  else if (n && kiln_optimizer_apply(m->opt, g, vars, in, n) != KILN_OK) kiln_graph_fail(g, KILN_ERR_INVALID, "%s", kiln_errmsg());
+  else kiln_output(g, "iterations", kiln_variable_read(g, kiln_optimizer_iterations(m->opt)));
+  free(vars);
+}
+
+size_t kiln_model_trainable_weights(kiln_model *m, kiln_variable **vars) { return trainable_weights(m, vars); }
 
 static void trace_eval(kiln_graph *g, const kiln_value *in, size_t nin, void *ud) { objectives(ud, g, in, false, true); }
 
@@ -229,7 +256,7 @@ kiln_graph *kiln_model_train_graph(kiln_model *m) {
   in[m->ninputs + m->nheads] = kiln_fill(g, KILN_F32, KILN_SHAPE(KILN_DYN), 1.0);
   kiln_value loss = objectives(m, g, in, true, false);
   kiln_output(g, "loss", loss);
-  if (kiln_graph_status(g) == KILN_OK) train_updates(m, g, loss);
+  if (kiln_graph_status(g) == KILN_OK) train_updates(m, g, loss, true);
   if (kiln_graph_status(g) != KILN_OK) {
     kiln_set_error(kiln_graph_status(g), "model '%s': %s", m->name, kiln_graph_errmsg(g));
     kiln_graph_free(g);
@@ -259,5 +286,12 @@ kiln_status kiln_model_ensure_functions(kiln_model *m) {
   if (!m->compiled) return KILN_OK;
   if (!m->train_fn && !(m->train_fn = kiln_function_new(trace_train, m, &fo))) return KILN_ERR_NOMEM;
   if (!m->eval_fn && !(m->eval_fn = kiln_function_new(trace_eval, m, &fo))) return KILN_ERR_NOMEM;
+  return KILN_OK;
+}
+
+kiln_status kiln_model_ensure_split_step(kiln_model *m) {
+  kiln_function_options batched = {.dynamic_batch = true}, fixed = {0};
+  if (!m->grads_fn && !(m->grads_fn = kiln_function_new(trace_grads, m, &batched))) return KILN_ERR_NOMEM;
+  if (!m->apply_fn && !(m->apply_fn = kiln_function_new(trace_apply, m, &fixed))) return KILN_ERR_NOMEM;
   return KILN_OK;
 }

@@ -44,7 +44,9 @@ void kiln_model_drop_compiled(kiln_model *m) {
   m->nheads = m->nmetrics = m->nresults = 0;
   kiln_function_free(m->train_fn);
   kiln_function_free(m->eval_fn);
-  m->train_fn = m->eval_fn = NULL;
+  kiln_function_free(m->grads_fn);
+  kiln_function_free(m->apply_fn);
+  m->train_fn = m->eval_fn = m->grads_fn = m->apply_fn = NULL;
   kiln_optimizer_free(m->opt);
   m->opt = NULL;
   m->compiled = false;

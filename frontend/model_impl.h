@@ -89,6 +89,7 @@ struct kiln_model {
   char **result_names; /* "loss", head losses (several heads), metrics */
   size_t nresults;
   kiln_function *train_fn, *eval_fn, *predict_fn;
+  kiln_function *grads_fn, *apply_fn; /* the train step split around an allreduce */
   bool stop_training;
 };
 
@@ -115,6 +116,14 @@ KILN_INTERNAL kiln_status kiln_model_save_checkpoint(kiln_model *m, const char *
 KILN_INTERNAL kiln_status kiln_model_ensure_built(kiln_model *m, const kiln_tensor *const *x, size_t nx);
 KILN_INTERNAL kiln_status kiln_model_ensure_functions(kiln_model *m);
 KILN_INTERNAL void kiln_model_drop_compiled(kiln_model *m);
+/* compile.c: the train step in two functions for data-parallel training. grads_fn takes
+ * what train_fn takes and returns its results, then the gradient of the mean loss for
+ * each weight of kiln_model_trainable_weights; apply_fn takes those gradients and runs
+ * the optimizer's update. */
+KILN_INTERNAL kiln_status kiln_model_ensure_split_step(kiln_model *m);
+/* The weights training updates, in the order of grads_fn's outputs; vars has room for
+ * every variable of the store. */
+KILN_INTERNAL size_t kiln_model_trainable_weights(kiln_model *m, kiln_variable **vars);
 /* A model weight, as opposed to the compiled optimizer's state ("optimizer/..."); the
  * signature of kiln_pack_store's filter. */
 KILN_INTERNAL bool kiln_model_is_weight(const kiln_variable *v, void *ud);

@@ -6,7 +6,8 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-#include "frontend/model_impl.h"
+#include "runtime/dist_impl.h"
+#include "runtime/fit_impl.h"
 #include "runtime/tensor_impl.h"
 
 /* ---- history ---- */
@@ -76,13 +77,6 @@ static double now(void) {
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* What one compiled call reads: inputs, targets per head, example weights [n] f32. */
-typedef struct feed {
-  const kiln_tensor *t[72];
-  size_t nt; /* inputs + heads; the weights come last */
-  kiln_tensor *w;
-  int64_t n;
-} feed;
 
 static kiln_status check_data(kiln_model *m, const kiln_arrays *d, bool targets, const char *what, feed *f) {
   memset(f, 0, sizeof *f);
@@ -142,7 +136,7 @@ static kiln_status make_weights(const kiln_arrays *d, const double *cw, size_t n
 
 /* ---- accumulators: the loss sum, head loss sums, then each metric's vector ---- */
 
-static size_t acc_size(const kiln_model *m) {
+size_t kiln_fit_acc_size(const kiln_model *m) {
   size_t n = 1 + (m->nheads > 1 ? m->nheads : 0);
   for (size_t i = 0; i < m->nmetrics; i++) n += (size_t)kiln_metric_acc_size(m->metrics[i].kind);
   return n;
@@ -165,8 +159,8 @@ static void results_of(const kiln_model *m, const double *acc, int64_t seen, dou
   }
 }
 
-/* Runs fn on rows idx[0..cnt) of the feed and adds its outputs to acc. */
-static kiln_status run_batch(kiln_model *m, kiln_function *fn, const feed *f, const int64_t *idx, int64_t cnt, double *acc) {
+kiln_status kiln_fit_run_batch(kiln_model *m, kiln_function *fn, const feed *f, const int64_t *idx, int64_t cnt,
+                               double *acc, kiln_tensor **extra, size_t nextra) {
   const kiln_tensor *in[73];
   kiln_tensor *owned[73] = {0}, *out[200] = {0};
   kiln_status st = KILN_OK;
@@ -178,18 +172,21 @@ static kiln_status run_batch(kiln_model *m, kiln_function *fn, const feed *f, co
     if (!(in[i] = owned[i])) st = kiln_set_error(KILN_ERR_NOMEM, "out of memory");
   }
   size_t nout = m->nresults;
-  if (st == KILN_OK) st = kiln_function_call(fn, in, f->nt + 1, out, nout);
-  if (st == KILN_OK) accumulate(acc, out, nout);
+  kiln_tensor **all = nextra ? calloc(nout + nextra, sizeof *all) : out;
+  if (!all) st = kiln_set_error(KILN_ERR_NOMEM, "out of memory");
+  if (st == KILN_OK) st = kiln_function_call(fn, in, f->nt + 1, all, nout + nextra);
+  if (st == KILN_OK) accumulate(acc, all, nout);
   for (size_t i = 0; i <= f->nt; i++) kiln_tensor_free(owned[i]);
-  for (size_t j = 0; j < nout; j++) kiln_tensor_free(out[j]);
+  for (size_t j = 0; all && j < nout; j++) kiln_tensor_free(all[j]);
+  for (size_t j = 0; all && j < nextra; j++) extra[j] = all[nout + j];
+  if (all != out) free(all);
   return st;
 }
 
-/* Accumulators of the eval function over rows idx[0..n). */
-static kiln_status eval_rows(kiln_model *m, const feed *f, const int64_t *idx, int64_t n, int64_t bs, double *acc) {
-  memset(acc, 0, sizeof *acc * acc_size(m));
+kiln_status kiln_fit_eval_rows(kiln_model *m, const feed *f, const int64_t *idx, int64_t n, int64_t bs, double *acc) {
+  memset(acc, 0, sizeof *acc * kiln_fit_acc_size(m));
   for (int64_t start = 0; start < n; start += bs) {
-    kiln_status st = run_batch(m, m->eval_fn, f, idx + start, n - start < bs ? n - start : bs, acc);
+    kiln_status st = kiln_fit_run_batch(m, m->eval_fn, f, idx + start, n - start < bs ? n - start : bs, acc, NULL, 0);
     if (st != KILN_OK) return st;
   }
   return KILN_OK;
@@ -287,7 +284,7 @@ static kiln_status fit_prepare(kiln_model *m, const kiln_arrays *data, const kil
   s->perm = malloc(sizeof *s->perm * (size_t)(s->ntrain + 1));
   s->vidx = malloc(sizeof *s->vidx * (size_t)(s->nval + 1));
   s->keys = calloc(s->nkeys, sizeof *s->keys);
-  s->acc = calloc(acc_size(m), sizeof *s->acc);
+  s->acc = calloc(kiln_fit_acc_size(m), sizeof *s->acc);
   s->logs = calloc(s->nkeys, sizeof *s->logs);
   if (!s->perm || !s->vidx || !s->keys || !s->acc || !s->logs) return kiln_set_error(KILN_ERR_NOMEM, "fit: out of memory");
   for (size_t i = 0; i < s->nkeys; i++) {
@@ -310,47 +307,95 @@ static void shuffle(const kiln_model *m, int64_t *perm, int64_t n, int epoch, bo
     }
 }
 
+/* With o->distributed: every rank checks it trains the same model on the same data,
+ * takes weights from rank 0 and then its shard of each global batch; callbacks and
+ * the progress bar run on rank 0, whose stop_training every rank follows. */
+static kiln_status dist_begin(kiln_model *m, kiln_fit_options *o, const fit_state *s, dist_fit *df) {
+  int64_t facts[] = {s->ntrain, s->nval, o->batch_size, o->epochs, o->initial_epoch, o->shuffle, (int64_t)(m->seed >> 1),
+                     (int64_t)m->nresults};
+  const char *names[] = {"training examples", "validation examples", "batch_size", "epochs", "initial_epoch", "shuffle",
+                         "model seed", "number of results"};
+  bool has_callbacks = o->ncallbacks > 0;
+  if (kiln_dist_rank(o->distributed) != 0) o->ncallbacks = 0, o->verbose = 0;
+  kiln_status st = kiln_fit_dist_begin(df, m, o->distributed, facts, names, sizeof facts / sizeof *facts, has_callbacks);
+  if (st == KILN_OK && s->ntrain < kiln_dist_size(o->distributed))
+    st = kiln_set_error(KILN_ERR_INVALID, "fit: %lld training examples for %d ranks", (long long)s->ntrain,
+                        kiln_dist_size(o->distributed));
+  return st;
+}
+
+/* The epoch's accumulators summed over ranks; then validation, each rank on its share. */
+static kiln_status dist_epoch_results(kiln_model *m, dist_fit *df, fit_state *s, int64_t seen, int64_t bs) {
+  size_t nr = m->nresults, na = kiln_fit_acc_size(m);
+  kiln_status st = kiln_fit_dist_sum_acc(df, s->acc, na);
+  if (st != KILN_OK) return st;
+  results_of(m, s->acc, seen, s->logs);
+  if (!s->nval) return KILN_OK;
+  int64_t lo, hi;
+  kiln_fit_dist_shard(df, s->nval, &lo, &hi);
+  if ((st = kiln_fit_eval_rows(m, &s->val, s->vidx + lo, hi - lo, bs, s->acc)) != KILN_OK) return st;
+  if ((st = kiln_fit_dist_sum_acc(df, s->acc, na)) != KILN_OK) return st;
+  results_of(m, s->acc, s->nval, s->logs + nr);
+  return KILN_OK;
+}
+
 kiln_status kiln_model_fit_arrays(kiln_model *m, const kiln_arrays *data, const kiln_fit_options *opts,
                                   kiln_history **history) {
   if (history) *history = NULL;
   if (!m) return kiln_set_error(KILN_ERR_INVALID, "fit: null model");
   kiln_fit_options o = opts ? *opts : kiln_fit_defaults();
   fit_state s = {0};
+  dist_fit df = {0};
   kiln_status st = fit_prepare(m, data, &o, &s);
+  kiln_dist *dist = o.distributed;
+  if (st == KILN_OK && dist) st = dist_begin(m, &o, &s, &df);
   const char *const *keys = (const char *const *)s.keys;
   size_t nr = m->nresults;
   bool tty = isatty(fileno(stderr)) && o.verbose == 1;
   m->stop_training = false;
   if (st == KILN_OK) st = notify(&o, m, KILN_ON_TRAIN_BEGIN, o.initial_epoch, 0, keys, NULL, 0);
-  int64_t steps = (s.ntrain + o.batch_size - 1) / o.batch_size;
+  int64_t global_batch = o.batch_size * (dist ? kiln_dist_size(dist) : 1);
+  int64_t steps = (s.ntrain + global_batch - 1) / global_batch;
   char fig[1024];
   for (int epoch = o.initial_epoch; st == KILN_OK && epoch < o.epochs; epoch++) {
     shuffle(m, s.perm, s.ntrain, epoch, o.shuffle);
     if (tty) fprintf(stderr, "Epoch %d/%d\n", epoch + 1, o.epochs);
     if ((st = notify(&o, m, KILN_ON_EPOCH_BEGIN, epoch, 0, keys, NULL, 0)) != KILN_OK) break;
     double t0 = now();
-    int64_t seen = 0;
-    memset(s.acc, 0, sizeof *s.acc * acc_size(m));
+    int64_t seen = 0, seen_all = 0; /* by this rank, by all */
+    memset(s.acc, 0, sizeof *s.acc * kiln_fit_acc_size(m));
     for (int64_t b = 0; st == KILN_OK && b < steps; b++) {
-      int64_t start = b * o.batch_size, cnt = s.ntrain - start < o.batch_size ? s.ntrain - start : o.batch_size;
+      int64_t start = b * global_batch, cnt = s.ntrain - start < global_batch ? s.ntrain - start : global_batch;
       if (o.ncallbacks && (st = notify(&o, m, KILN_ON_BATCH_BEGIN, epoch, b, keys, NULL, 0)) != KILN_OK) break;
-      if ((st = run_batch(m, m->train_fn, &s.train, s.perm + start, cnt, s.acc)) != KILN_OK) break;
-      seen += cnt;
-      if (o.ncallbacks || (tty && (b % 20 == 0 || b + 1 == steps))) results_of(m, s.acc, seen, s.logs);
-      if (o.ncallbacks) {
-        if ((st = notify(&o, m, KILN_ON_BATCH_END, epoch, b, keys, s.logs, nr)) != KILN_OK) break;
-        if (m->stop_training) break;
+      if (dist) {
+        int64_t lo, hi;
+        kiln_dist_where(dist, epoch, b);
+        if ((st = kiln_fit_dist_step(&df, m, &s.train, s.perm + start, cnt, s.acc)) != KILN_OK) break;
+        kiln_fit_dist_shard(&df, cnt, &lo, &hi);
+        seen += hi - lo;
+        seen_all += cnt;
+      } else {
+        if ((st = kiln_fit_run_batch(m, m->train_fn, &s.train, s.perm + start, cnt, s.acc, NULL, 0)) != KILN_OK) break;
+        seen += cnt;
       }
+      if (o.ncallbacks || (tty && (b % 20 == 0 || b + 1 == steps))) results_of(m, s.acc, seen, s.logs);
+      if (o.ncallbacks && (st = notify(&o, m, KILN_ON_BATCH_END, epoch, b, keys, s.logs, nr)) != KILN_OK) break;
+      if (dist && df.stop_each_step && (st = kiln_fit_dist_agree_stop(&df, m)) != KILN_OK) break;
+      if (m->stop_training) break;
       if (tty && (b % 20 == 0 || b + 1 == steps) && b + 1 < steps) {
         figures(fig, sizeof fig, keys, s.logs, nr);
         progress(stderr, true, epoch + 1, o.epochs, b + 1, steps, now() - t0, fig, false);
       }
     }
     if (st != KILN_OK) break;
-    results_of(m, s.acc, seen, s.logs); /* seen < ntrain if stopped */
-    if (s.nval) {
-      if ((st = eval_rows(m, &s.val, s.vidx, s.nval, o.batch_size, s.acc)) != KILN_OK) break;
-      results_of(m, s.acc, s.nval, s.logs + nr);
+    if (dist) {
+      if ((st = dist_epoch_results(m, &df, &s, seen_all, o.batch_size)) != KILN_OK) break;
+    } else {
+      results_of(m, s.acc, seen, s.logs); /* seen < ntrain if stopped */
+      if (s.nval) {
+        if ((st = kiln_fit_eval_rows(m, &s.val, s.vidx, s.nval, o.batch_size, s.acc)) != KILN_OK) break;
+        results_of(m, s.acc, s.nval, s.logs + nr);
+      }
     }
     size_t e = (size_t)(epoch - o.initial_epoch);
     for (size_t k = 0; k < s.nkeys; k++) s.h->vals[k][e] = s.logs[k];
@@ -360,11 +405,13 @@ kiln_status kiln_model_fit_arrays(kiln_model *m, const kiln_arrays *data, const 
       progress(stderr, tty, epoch + 1, o.epochs, steps, steps, now() - t0, fig, true);
     }
     if ((st = notify(&o, m, KILN_ON_EPOCH_END, epoch, steps, keys, s.logs, s.nkeys)) != KILN_OK) break;
+    if (dist && (st = kiln_fit_dist_agree_stop(&df, m)) != KILN_OK) break;
     if (m->stop_training) break;
   }
   if (st == KILN_OK) st = notify(&o, m, KILN_ON_TRAIN_END, o.epochs, 0, keys, NULL, 0);
   if (st == KILN_OK && history) *history = s.h;
   else kiln_history_free(s.h);
+  if (dist) kiln_fit_dist_end(&df);
   fit_state_free(&s);
   return st;
 }
@@ -386,10 +433,10 @@ kiln_status kiln_model_evaluate_arrays(kiln_model *m, const kiln_arrays *data, i
   kiln_status st = check_data(m, data, true, "evaluate", &f);
   if (st == KILN_OK) st = make_weights(data, NULL, 0, &f);
   int64_t *idx = st == KILN_OK ? calloc((size_t)f.n + 1, sizeof *idx) : NULL;
-  double *acc = st == KILN_OK ? calloc(acc_size(m), sizeof *acc) : NULL, *res = st == KILN_OK ? calloc(m->nresults, sizeof *res) : NULL;
+  double *acc = st == KILN_OK ? calloc(kiln_fit_acc_size(m), sizeof *acc) : NULL, *res = st == KILN_OK ? calloc(m->nresults, sizeof *res) : NULL;
   if (st == KILN_OK && (!idx || !acc || !res)) st = kiln_set_error(KILN_ERR_NOMEM, "evaluate: out of memory");
   for (int64_t i = 0; st == KILN_OK && i < f.n; i++) idx[i] = i;
-  if (st == KILN_OK) st = eval_rows(m, &f, idx, f.n, batch_size, acc);
+  if (st == KILN_OK) st = kiln_fit_eval_rows(m, &f, idx, f.n, batch_size, acc);
   if (st == KILN_OK) results_of(m, acc, f.n, res);
   for (size_t j = 0; st == KILN_OK && j < nresults && j < m->nresults; j++) results[j] = f.n ? res[j] : NAN;
   kiln_tensor_free(f.w);

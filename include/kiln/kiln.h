@@ -6,6 +6,7 @@
 #include "kiln/exec.h"
 #include "kiln/train.h"
 #include "kiln/data.h"
+#include "kiln/distributed.h"
 #include "kiln/model.h"
 #include "kiln/aot.h"
 #include "kiln/onnx.h"

@@ -20,6 +20,7 @@
 #define KILN_MODEL_H
 
 #include <stdio.h>
+#include "kiln/distributed.h"
 #include "kiln/train.h"
 
 #ifdef __cplusplus
@@ -306,6 +307,9 @@ typedef struct kiln_fit_options {
   const double *class_weight;
   size_t nclass_weight;
   int verbose; /* 0 silent, 1 progress bar (one line per epoch when stderr is not a terminal), 2 one line per epoch */
+  /* Data-parallel training over MPI (kiln/distributed.h): batch_size is per rank, the
+   * global batch batch_size * ranks; NULL trains in this process alone. */
+  kiln_dist *distributed;
 } kiln_fit_options;
 /* Keras' defaults: 1 epoch, batch 32, shuffle, verbose 1. */
 KILN_API kiln_fit_options kiln_fit_defaults(void);

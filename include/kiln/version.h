@@ -5,7 +5,7 @@
 #define KILN_VERSION_H
 
 #define KILN_VERSION_MAJOR 0
-#define KILN_VERSION_MINOR 2
+#define KILN_VERSION_MINOR 3
 #define KILN_VERSION_PATCH 0
 
 #define KILN_VERSION_STR_(a, b, c) #a "." #b "." #c
