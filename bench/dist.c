@@ -8,7 +8,7 @@
 #include "bench/bench_util.h"
 #include "kiln/kiln.h"
 
-static int child(int argc, char **argv, int64_t batch, int64_t rows, int epochs) {
+static int child(int argc, char **argv, int64_t batch, int64_t rows, int epochs, bool local) {
   kiln_dist *d = NULL;
   if (kiln_dist_init(&argc, &argv, &d) != KILN_OK) return fprintf(stderr, "bench_dist: %s\n", kiln_errmsg()), 1;
   int p = kiln_dist_size(d);
@@ -21,7 +21,7 @@ static int child(int argc, char **argv, int64_t batch, int64_t rows, int epochs)
   kiln_model_add(m, kiln_layer_dense(10, KILN_ACT_SOFTMAX));
   kiln_model_compile_options co = {.optimizer = "sgd", .loss = "sparse_categorical_crossentropy"};
   kiln_fit_options fo = kiln_fit_defaults();
-  fo.batch_size = batch / p, fo.verbose = 0, fo.distributed = d;
+  fo.batch_size = batch / p, fo.verbose = 0, fo.distributed = local ? NULL : d;
   kiln_status st = kiln_model_compile(m, &co);
   if (st == KILN_OK) st = kiln_model_fit(m, x, y, &fo, NULL); /* compiles; not timed */
   kiln_dist_stats s0 = kiln_dist_get_stats(d);
@@ -34,7 +34,7 @@ static int child(int argc, char **argv, int64_t batch, int64_t rows, int epochs)
   if (st != KILN_OK) fprintf(stderr, "bench_dist: %s\n", kiln_errmsg());
   else if (kiln_dist_rank(d) == 0)
     printf("%.6f %.6f %lld\n", secs / (double)steps, (s1.allreduce_seconds - s0.allreduce_seconds) / (double)steps,
-           (long long)((s1.bytes - s0.bytes) / (s1.allreduces - s0.allreduces)));
+           (long long)(s1.allreduces > s0.allreduces ? (s1.bytes - s0.bytes) / (s1.allreduces - s0.allreduces) : 0));
   kiln_model_free(m);
   kiln_tensor_free(x);
   kiln_tensor_free(y);
@@ -45,14 +45,15 @@ static int child(int argc, char **argv, int64_t batch, int64_t rows, int epochs)
 typedef struct contender {
   const char *name;
   int ranks, threads;
+  bool local; /* fit without the distributed strategy: the fused train step */
   double step[64], reduce[64];
   long long bytes;
 } contender;
 
 static int run(contender *c, int round, const char *self, int64_t batch, int64_t rows, int epochs) {
   char cmd[2048];
-  snprintf(cmd, sizeof cmd, "KILN_NUM_THREADS=%d mpirun -np %d --bind-to none %s --child --batch %lld --rows %lld --epochs %d",
-           c->threads, c->ranks, self, (long long)batch, (long long)rows, epochs);
+  snprintf(cmd, sizeof cmd, "KILN_NUM_THREADS=%d mpirun -np %d --bind-to none %s --child%s --batch %lld --rows %lld --epochs %d",
+           c->threads, c->ranks, self, c->local ? " --local" : "", (long long)batch, (long long)rows, epochs);
   FILE *p = popen(cmd, "r");
   if (!p) return 1;
   int got = fscanf(p, "%lf %lf %lld", &c->step[round], &c->reduce[round], &c->bytes);
@@ -62,10 +63,11 @@ static int run(contender *c, int round, const char *self, int64_t batch, int64_t
 int main(int argc, char **argv) {
   int rounds = 5, epochs = 2;
   int64_t batch = 64, rows = 8192;
-  bool is_child = false;
+  bool is_child = false, local = false;
   for (int i = 1; i < argc; i++) {
     const char *v = i + 1 < argc ? argv[i + 1] : "0";
     if (!strcmp(argv[i], "--child")) is_child = true;
+    else if (!strcmp(argv[i], "--local")) local = true;
     else if (!strcmp(argv[i], "--rounds")) rounds = atoi(v), i++;
     else if (!strcmp(argv[i], "--batch")) batch = atoll(v), i++;
     else if (!strcmp(argv[i], "--rows")) rows = atoll(v), i++;
@@ -73,7 +75,7 @@ int main(int argc, char **argv) {
   }
   if (rounds < 1 || rounds > 64 || batch < 2 || batch % 2 || rows < batch || epochs < 1)
     return fprintf(stderr, "bench_dist: bad arguments\n"), 2;
-  if (is_child) return child(argc, argv, batch, rows, epochs);
+  if (is_child) return child(argc, argv, batch, rows, epochs, local);
   if (!kiln_dist_available()) return printf("bench_dist: this kiln was built without MPI\n"), 0;
   if (getuid() == 0) setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1), setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
   setenv("OMPI_MCA_rmaps_base_oversubscribe", "1", 1);
@@ -81,9 +83,10 @@ int main(int argc, char **argv) {
   ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
   if (n <= 0) return 1;
   self[n] = 0;
-  contender cs[] = {{"1 rank, 1 thread", 1, 1, {0}, {0}, 0},
-                    {"2 ranks, 1 thread each", 2, 1, {0}, {0}, 0},
-                    {"1 rank, 2 threads", 1, 2, {0}, {0}, 0}};
+  contender cs[] = {{"1 process, 1 thread", 1, 1, true, {0}, {0}, 0},
+                    {"2 ranks, 1 thread each", 2, 1, false, {0}, {0}, 0},
+                    {"1 rank, 1 thread", 1, 1, false, {0}, {0}, 0},
+                    {"1 process, 2 threads", 1, 2, true, {0}, {0}, 0}};
   size_t nc = sizeof cs / sizeof *cs;
   for (int r = 0; r < rounds; r++)
     for (size_t c = 0; c < nc; c++)

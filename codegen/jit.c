@@ -423,39 +423,39 @@ static kiln_status run_bound(kiln_exec *e, const kiln_tensor *const *inputs, siz
 }
 
 static kiln_status exec_run_owned(kiln_exec *e, const kiln_tensor *const *inputs, size_t nin, kiln_tensor **outputs,
-                                  size_t nout, bool into);
+                                  size_t nout, size_t given);
 
 /* One run at a time per kiln_exec: its workspace, specialisations and pool are its
  * own. A second thread gets an error instead of a data race. */
 static kiln_status exec_run(kiln_exec *e, const kiln_tensor *const *inputs, size_t nin, kiln_tensor **outputs,
-                            size_t nout, bool into) {
+                            size_t nout, size_t given) {
   if (!e) return kiln_set_error(KILN_ERR_INVALID, "run: null exec");
   if (__atomic_exchange_n(&e->running, true, __ATOMIC_ACQUIRE))
     return kiln_set_error(KILN_ERR_INVALID, "run: this kiln_exec is already running on another thread; a kiln_exec "
                                             "runs one call at a time (compile one per thread, or serialize the calls)");
-  kiln_status st = exec_run_owned(e, inputs, nin, outputs, nout, into);
+  kiln_status st = exec_run_owned(e, inputs, nin, outputs, nout, given);
   __atomic_store_n(&e->running, false, __ATOMIC_RELEASE);
   return st;
 }
 
+/* outputs[0, given) are the caller's tensors; the rest are made here. */
 static kiln_status exec_run_owned(kiln_exec *e, const kiln_tensor *const *inputs, size_t nin, kiln_tensor **outputs,
-                                  size_t nout, bool into) {
+                                  size_t nout, size_t given) {
   if (nout != e->nuser_out)
     return kiln_set_error(KILN_ERR_INVALID, "run: the graph has %u outputs, %zu requested", e->nuser_out, nout);
   if (!outputs) return kiln_set_error(KILN_ERR_INVALID, "run: the outputs array is NULL");
-  if (!into)
-    for (size_t j = 0; j < nout; j++) outputs[j] = NULL;
+  for (size_t j = given; j < nout; j++) outputs[j] = NULL;
   uint32_t np = kiln_graph_num_params(e->g), nall = e->g->noutputs;
   const kiln_tensor **full = calloc(np + 1, sizeof *full);
   kiln_tensor **all = calloc(nall + 1, sizeof *all);
   kiln_status st = full && all ? KILN_OK : kiln_set_error(KILN_ERR_NOMEM, "run: out of memory");
-  if (st == KILN_OK && into) memcpy(all, outputs, nout * sizeof *all);
+  if (st == KILN_OK) memcpy(all, outputs, given * sizeof *all);
   if (st == KILN_OK) st = kiln_bind_inputs(e->g, inputs, nin, full);
-  if (st == KILN_OK) st = run_bound(e, full, np, all, nall, into ? nout : 0);
+  if (st == KILN_OK) st = run_bound(e, full, np, all, nall, given);
   /* Variables change only after the whole step succeeded. */
   if (st == KILN_OK) st = kiln_apply_assigns(e->g, all + nout);
   for (size_t j = 0; all && j < nall; j++) {
-    if (j < nout && into) continue;
+    if (j < given) continue;
     if (j < nout && st == KILN_OK) outputs[j] = all[j];
     else kiln_tensor_free(all[j]);
   }
@@ -465,10 +465,15 @@ static kiln_status exec_run_owned(kiln_exec *e, const kiln_tensor *const *inputs
 }
 
 kiln_status kiln_exec_run(kiln_exec *e, const kiln_tensor *const *inputs, size_t nin, kiln_tensor **outputs, size_t nout) {
-  return exec_run(e, inputs, nin, outputs, nout, false);
+  return exec_run(e, inputs, nin, outputs, nout, 0);
+}
+
+kiln_status kiln_exec_run_given(kiln_exec *e, const kiln_tensor *const *inputs, size_t nin, kiln_tensor **outputs,
+                                size_t nout, size_t given) {
+  return exec_run(e, inputs, nin, outputs, nout, given < nout ? given : nout);
 }
 
 kiln_status kiln_exec_run_into(kiln_exec *e, const kiln_tensor *const *inputs, size_t nin, kiln_tensor *const *outputs,
                                size_t nout) {
-  return exec_run(e, inputs, nin, (kiln_tensor **)outputs, nout, true);
+  return exec_run(e, inputs, nin, (kiln_tensor **)outputs, nout, nout);
 }

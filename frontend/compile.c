@@ -131,12 +131,21 @@ static kiln_value per_example(kiln_graph *g, kiln_value l) {
   return kiln_reduce_mean(g, l, axes, r - 1, false);
 }
 
-/* in: inputs..., a target per head, example weights. Emits the outputs described at the
- * top (when `results`) and returns the weighted mean loss (what training minimises). */
-static kiln_value objectives(kiln_model *m, kiln_graph *g, const kiln_value *in, bool training, bool results) {
-  kiln_value pred[64], sum = {KILN_NONE}, mean = {KILN_NONE}, heads[64];
-  if (m->noutputs > 64 || m->nheads > 64) return kiln_graph_fail(g, KILN_ERR_INVALID, "model: at most 64 outputs");
-  if (kiln_model_call_multi(m, g, in, pred, training) != KILN_OK) return (kiln_value){KILN_NONE};
+/* What one batch computes: the weighted mean loss (what training minimises), the
+ * weighted loss sum, each head's sum and each metric's accumulator vector. */
+typedef struct objective {
+  kiln_value mean, sum, heads[64], metrics[256];
+} objective;
+
+/* in: inputs..., a target per head, example weights. */
+static objective objectives(kiln_model *m, kiln_graph *g, const kiln_value *in, bool training) {
+  objective o = {.mean = {KILN_NONE}, .sum = {KILN_NONE}};
+  kiln_value pred[64];
+  if (m->noutputs > 64 || m->nheads > 64 || m->nmetrics > 256) {
+    kiln_graph_fail(g, KILN_ERR_INVALID, "model: at most 64 outputs and 256 metrics");
+    return o;
+  }
+  if (kiln_model_call_multi(m, g, in, pred, training) != KILN_OK) return o;
   kiln_value w = in[m->ninputs + m->nheads];
   for (size_t h = 0; h < m->nheads; h++) {
     const model_head *hd = &m->heads[h];
@@ -146,25 +155,32 @@ static kiln_value objectives(kiln_model *m, kiln_graph *g, const kiln_value *in,
     kiln_value l = per_example(g, hd->custom.fn ? hd->custom.fn(g, yt, p, hd->custom.ud)
                                                 : kiln_loss_per_example(g, hd->loss, hd->from_logits, yt, p));
     kiln_value wl = kiln_mul(g, l, kiln_cast(g, w, t)), c = kiln_scalar(g, t, hd->weight);
-    heads[h] = kiln_reduce_sum(g, wl, NULL, 0, false);
-    kiln_value hs = kiln_mul(g, c, heads[h]), hm = kiln_mul(g, c, kiln_reduce_mean(g, wl, NULL, 0, false));
-    sum = h ? kiln_add(g, sum, hs) : hs;
-    mean = h ? kiln_add(g, mean, hm) : hm;
-  }
-  if (!results) return mean;
-  kiln_output(g, "loss", sum);
-  for (size_t h = 0; m->nheads > 1 && h < m->nheads; h++) {
-    char name[32];
-    snprintf(name, sizeof name, "head%zu", h);
-    kiln_output(g, name, heads[h]);
+    o.heads[h] = kiln_reduce_sum(g, wl, NULL, 0, false);
+    kiln_value hs = kiln_mul(g, c, o.heads[h]), hm = kiln_mul(g, c, kiln_reduce_mean(g, wl, NULL, 0, false));
+    o.sum = h ? kiln_add(g, o.sum, hs) : hs;
+    o.mean = h ? kiln_add(g, o.mean, hm) : hm;
   }
   for (size_t i = 0; i < m->nmetrics; i++) {
     const model_metric *mt = &m->metrics[i];
+    o.metrics[i] = kiln_metric_accumulate(g, mt, in[m->ninputs + mt->head], pred[m->heads[mt->head].output], w);
+  }
+  return o;
+}
+
+/* The outputs described at the top: the loss sum, head sums (several heads), metrics. */
+static void emit_results(kiln_model *m, kiln_graph *g, const objective *o) {
+  if (kiln_graph_status(g) != KILN_OK) return;
+  kiln_output(g, "loss", o->sum);
+  for (size_t h = 0; m->nheads > 1 && h < m->nheads; h++) {
+    char name[32];
+    snprintf(name, sizeof name, "head%zu", h);
+    kiln_output(g, name, o->heads[h]);
+  }
+  for (size_t i = 0; i < m->nmetrics; i++) {
     char name[32];
     snprintf(name, sizeof name, "metric%zu", i);
-    kiln_output(g, name, kiln_metric_accumulate(g, mt, in[m->ninputs + mt->head], pred[m->heads[mt->head].output], w));
+    kiln_output(g, name, o->metrics[i]);
   }
-  return mean;
 }
 
 /* The weights training updates: trainable layer weights in layer order, or a loaded
@@ -207,11 +223,16 @@ static void train_updates(kiln_model *m, kiln_graph *g, kiln_value loss, bool ap
 }
 
 static void trace_train(kiln_graph *g, const kiln_value *in, size_t nin, void *ud) {
-  train_updates(ud, g, objectives(ud, g, in, true, true), true);
+  objective o = objectives(ud, g, in, true);
+  emit_results(ud, g, &o);
+  train_updates(ud, g, o.mean, true);
 }
 
+/* Gradients first: the distributed step has them written into its allreduce buffer. */
 static void trace_grads(kiln_graph *g, const kiln_value *in, size_t nin, void *ud) {
-  train_updates(ud, g, objectives(ud, g, in, true, true), false);
+  objective o = objectives(ud, g, in, true);
+  train_updates(ud, g, o.mean, false);
+  emit_results(ud, g, &o);
 }
 
 /* in: one gradient per trainable weight, in trainable_weights' order. */
@@ -228,7 +249,10 @@ static void trace_apply(kiln_graph *g, const kiln_value *in, size_t nin, void *u
 
 size_t kiln_model_trainable_weights(kiln_model *m, kiln_variable **vars) { return trainable_weights(m, vars); }
 
-static void trace_eval(kiln_graph *g, const kiln_value *in, size_t nin, void *ud) { objectives(ud, g, in, false, true); }
+static void trace_eval(kiln_graph *g, const kiln_value *in, size_t nin, void *ud) {
+  objective o = objectives(ud, g, in, false);
+  emit_results(ud, g, &o);
+}
 
 kiln_graph *kiln_model_train_graph(kiln_model *m) {
   if (!m->compiled) {
@@ -254,7 +278,7 @@ kiln_graph *kiln_model_train_graph(kiln_model *m) {
     in[m->ninputs + h] = kiln_placeholder(g, name, t, s);
   }
   in[m->ninputs + m->nheads] = kiln_fill(g, KILN_F32, KILN_SHAPE(KILN_DYN), 1.0);
-  kiln_value loss = objectives(m, g, in, true, false);
+  kiln_value loss = objectives(m, g, in, true).mean;
   kiln_output(g, "loss", loss);
   if (kiln_graph_status(g) == KILN_OK) train_updates(m, g, loss, true);
   if (kiln_graph_status(g) != KILN_OK) {

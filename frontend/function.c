@@ -110,6 +110,11 @@ static kiln_status new_trace(kiln_function *f, const kiln_tensor *const *in, siz
 
 kiln_status kiln_function_call(kiln_function *f, const kiln_tensor *const *inputs, size_t nin, kiln_tensor **outputs,
                                size_t nout) {
+  return kiln_function_call_given(f, inputs, nin, outputs, nout, 0);
+}
+
+kiln_status kiln_function_call_given(kiln_function *f, const kiln_tensor *const *inputs, size_t nin, kiln_tensor **outputs,
+                                     size_t nout, size_t given) {
   if (!f) return kiln_set_error(KILN_ERR_INVALID, "function_call: null function");
   if (nin && !inputs) return kiln_set_error(KILN_ERR_INVALID, "function_call: the inputs array is NULL");
   for (size_t k = 0; k < nin; k++)
@@ -120,5 +125,5 @@ kiln_status kiln_function_call(kiln_function *f, const kiln_tensor *const *input
     if (st != KILN_OK) return st;
   }
   f->last = t;
-  return kiln_exec_run(t->e, inputs, nin, outputs, nout);
+  return kiln_exec_run_given(t->e, inputs, nin, outputs, nout, given);
 }

@@ -117,9 +117,9 @@ KILN_INTERNAL kiln_status kiln_model_ensure_built(kiln_model *m, const kiln_tens
 KILN_INTERNAL kiln_status kiln_model_ensure_functions(kiln_model *m);
 KILN_INTERNAL void kiln_model_drop_compiled(kiln_model *m);
 /* compile.c: the train step in two functions for data-parallel training. grads_fn takes
- * what train_fn takes and returns its results, then the gradient of the mean loss for
- * each weight of kiln_model_trainable_weights; apply_fn takes those gradients and runs
- * the optimizer's update. */
+ * what train_fn takes and returns the gradient of the mean loss for each weight of
+ * kiln_model_trainable_weights, then train_fn's results; apply_fn takes those
+ * gradients and runs the optimizer's update. */
 KILN_INTERNAL kiln_status kiln_model_ensure_split_step(kiln_model *m);
 /* The weights training updates, in the order of grads_fn's outputs; vars has room for
  * every variable of the store. */

@@ -227,5 +227,11 @@ KILN_INTERNAL kiln_status kiln_bind_inputs(const kiln_graph *g, const kiln_tenso
                                            const kiln_tensor **full);
 /* Copies vals[i] (the value of assignment i) into its variable. */
 KILN_INTERNAL kiln_status kiln_apply_assigns(const kiln_graph *g, kiln_tensor *const *vals);
+/* kiln_exec_run / kiln_function_call with outputs[0, given) the caller's tensors
+ * (dtype and shape of those outputs), written in place; the rest are new. */
+KILN_INTERNAL kiln_status kiln_exec_run_given(kiln_exec *e, const kiln_tensor *const *inputs, size_t nin,
+                                              kiln_tensor **outputs, size_t nout, size_t given);
+KILN_INTERNAL kiln_status kiln_function_call_given(kiln_function *f, const kiln_tensor *const *inputs, size_t nin,
+                                                   kiln_tensor **outputs, size_t nout, size_t given);
 
 #endif

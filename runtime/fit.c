@@ -160,9 +160,9 @@ static void results_of(const kiln_model *m, const double *acc, int64_t seen, dou
 }
 
 kiln_status kiln_fit_run_batch(kiln_model *m, kiln_function *fn, const feed *f, const int64_t *idx, int64_t cnt,
-                               double *acc, kiln_tensor **extra, size_t nextra) {
+                               double *acc, kiln_tensor *const *given, size_t ngiven) {
   const kiln_tensor *in[73];
-  kiln_tensor *owned[73] = {0}, *out[200] = {0};
+  kiln_tensor *owned[73] = {0}, *out[330] = {0};
   kiln_status st = KILN_OK;
   for (size_t i = 0; i <= f->nt && st == KILN_OK; i++) {
     if (i < f->nt) owned[i] = gather_rows(f->t[i], idx, cnt);
@@ -171,18 +171,19 @@ kiln_status kiln_fit_run_batch(kiln_model *m, kiln_function *fn, const feed *f, 
       for (int64_t j = 0; j < cnt; j++) ((float *)owned[i]->data)[j] = 1.0f;
     if (!(in[i] = owned[i])) st = kiln_set_error(KILN_ERR_NOMEM, "out of memory");
   }
-  size_t nout = m->nresults;
-  kiln_tensor **all = nextra ? calloc(nout + nextra, sizeof *all) : out;
+  size_t nout = ngiven + m->nresults;
+  kiln_tensor **all = nout <= 330 ? out : calloc(nout, sizeof *all);
   if (!all) st = kiln_set_error(KILN_ERR_NOMEM, "out of memory");
-  if (st == KILN_OK) st = kiln_function_call(fn, in, f->nt + 1, all, nout + nextra);
-  if (st == KILN_OK) accumulate(acc, all, nout);
+  for (size_t j = 0; all && j < ngiven; j++) all[j] = given[j];
+  if (st == KILN_OK) st = kiln_function_call_given(fn, in, f->nt + 1, all, nout, ngiven);
+  if (st == KILN_OK) accumulate(acc, all + ngiven, m->nresults);
   for (size_t i = 0; i <= f->nt; i++) kiln_tensor_free(owned[i]);
-  for (size_t j = 0; all && j < nout; j++) kiln_tensor_free(all[j]);
-  for (size_t j = 0; all && j < nextra; j++) extra[j] = all[nout + j];
+  for (size_t j = ngiven; all && j < nout; j++) kiln_tensor_free(all[j]);
   if (all != out) free(all);
   return st;
 }
 
+/* Accumulators of the eval function over rows idx[0..n). */
 kiln_status kiln_fit_eval_rows(kiln_model *m, const feed *f, const int64_t *idx, int64_t n, int64_t bs, double *acc) {
   memset(acc, 0, sizeof *acc * kiln_fit_acc_size(m));
   for (int64_t start = 0; start < n; start += bs) {

@@ -13,6 +13,29 @@ void kiln_fit_dist_shard(const dist_fit *df, int64_t n, int64_t *lo, int64_t *hi
   *hi = n * (df->rank + 1) / df->size;
 }
 
+/* The gradients' views into the buffers, sized for gradients then state. */
+static kiln_status layout(dist_fit *df) {
+  size_t n32 = 0, n64 = 0;
+  for (size_t i = 0; i < df->nweights + df->nstate; i++) {
+    const kiln_tensor *t = kiln_variable_value(i < df->nweights ? df->weights[i] : df->state[i - df->nweights]);
+    *(t->dtype == KILN_F32 ? &n32 : &n64) += (size_t)t->numel;
+  }
+  float *b32 = realloc(df->b32, sizeof *b32 * (n32 + 1));
+  if (b32) df->b32 = b32;
+  double *b64 = b32 ? realloc(df->b64, sizeof *b64 * (n64 + 1)) : NULL;
+  if (b64) df->b64 = b64;
+  if (!b32 || !b64) return kiln_set_error(KILN_ERR_NOMEM, "fit: out of memory");
+  df->n32 = n32, df->n64 = n64;
+  size_t k32 = 0, k64 = 0;
+  for (size_t i = 0; i < df->nweights; i++) {
+    kiln_tensor *v = &df->views[i];
+    *v = *kiln_variable_value(df->weights[i]);
+    v->data = v->dtype == KILN_F32 ? (void *)(df->b32 + k32) : (void *)(df->b64 + k64);
+    *(v->dtype == KILN_F32 ? &k32 : &k64) += (size_t)v->numel;
+  }
+  return KILN_OK;
+}
+
 kiln_status kiln_fit_dist_begin(dist_fit *df, kiln_model *m, kiln_dist *d, const int64_t *facts, const char *const *names,
                                 size_t nfacts, bool has_callbacks) {
   memset(df, 0, sizeof *df);
@@ -24,8 +47,8 @@ kiln_status kiln_fit_dist_begin(dist_fit *df, kiln_model *m, kiln_dist *d, const
   size_t nv = kiln_variables_count(m->vars);
   df->weights = calloc(nv + 1, sizeof *df->weights);
   df->state = calloc(nv + 1, sizeof *df->state);
-  df->grads = calloc(nv + 1, sizeof *df->grads);
-  if (!df->weights || !df->state || !df->grads) return kiln_set_error(KILN_ERR_NOMEM, "fit: out of memory");
+  df->views = calloc(nv + 1, sizeof *df->views);
+  if (!df->weights || !df->state || !df->views) return kiln_set_error(KILN_ERR_NOMEM, "fit: out of memory");
   df->nweights = kiln_model_trainable_weights(m, df->weights);
   for (size_t i = 0; i < df->nweights; i++) {
     const kiln_tensor *v = kiln_variable_value(df->weights[i]);
@@ -33,6 +56,7 @@ kiln_status kiln_fit_dist_begin(dist_fit *df, kiln_model *m, kiln_dist *d, const
       return kiln_set_error(KILN_ERR_UNSUPPORTED, "fit: distributed training reduces f32 and f64 gradients; '%s' is %s",
                             kiln_variable_name(df->weights[i]), kiln_dtype_name(v->dtype));
   }
+  if ((st = layout(df)) != KILN_OK) return st;
   int64_t all[16];
   if (nfacts + 2 > 16) return kiln_set_error(KILN_ERR_INVALID, "fit: too many facts to agree on");
   const char *allnames[16];
@@ -49,8 +73,7 @@ kiln_status kiln_fit_dist_begin(dist_fit *df, kiln_model *m, kiln_dist *d, const
 }
 
 void kiln_fit_dist_end(dist_fit *df) {
-  for (size_t i = 0; df->grads && i < df->nweights; i++) kiln_tensor_free(df->grads[i]);
-  free(df->grads);
+  free(df->views);
   free(df->weights);
   free(df->state);
   free(df->b32);
@@ -58,40 +81,52 @@ void kiln_fit_dist_end(dist_fit *df) {
   memset(df, 0, sizeof *df);
 }
 
-/* Once grads_fn is traced: the float variables its run assigns, and the buffers. */
-static kiln_status plan_buffers(dist_fit *df, kiln_model *m) {
+/* Once grads_fn is traced: the float variables its run assigns get room after the gradients. */
+static kiln_status add_state(dist_fit *df, kiln_model *m) {
   const kiln_graph *g = kiln_function_graph(m->grads_fn);
-  if (!g) return kiln_set_error(KILN_ERR_INVALID, "fit: the gradients step was not traced");
-  for (uint32_t i = 0; i < g->nassigns; i++) {
+  for (uint32_t i = 0; g && i < g->nassigns; i++) {
     kiln_variable *v = kiln_variables_find(m->vars, g->assigns[i].name);
     const kiln_tensor *t = v ? kiln_variable_value(v) : NULL;
     if (t && (t->dtype == KILN_F32 || t->dtype == KILN_F64)) df->state[df->nstate++] = v;
   }
-  for (size_t i = 0; i < df->nweights + df->nstate; i++) {
-    const kiln_tensor *t = kiln_variable_value(i < df->nweights ? df->weights[i] : df->state[i - df->nweights]);
-    *(t->dtype == KILN_F32 ? &df->n32 : &df->n64) += (size_t)t->numel;
-  }
-  df->b32 = malloc(sizeof *df->b32 * (df->n32 + 1));
-  df->b64 = malloc(sizeof *df->b64 * (df->n64 + 1));
-  if (!df->b32 || !df->b64) return kiln_set_error(KILN_ERR_NOMEM, "fit: out of memory");
-  return KILN_OK;
+  df->state_known = true;
+  return df->nstate ? layout(df) : KILN_OK;
 }
 
-/* Gradients then state into the buffers, times scale; a rank with no rows adds zeros. */
-static void pack(dist_fit *df, double scale, bool have) {
-  size_t k32 = 0, k64 = 0;
-  for (size_t i = 0; i < df->nweights + df->nstate; i++) {
-    const kiln_tensor *t = i < df->nweights ? df->grads[i] : kiln_variable_value(df->state[i - df->nweights]);
-    for (int64_t j = 0; j < t->numel; j++)
-      if (t->dtype == KILN_F32) df->b32[k32++] = have ? (float)(((const float *)t->data)[j] * scale) : 0.0f;
-      else df->b64[k64++] = have ? ((const double *)t->data)[j] * scale : 0.0;
+static void scale_in_place(void *buf, size_t n, bool f32, double scale) {
+  if (scale == 1) return;
+  if (scale == 0) {
+    memset(buf, 0, n * (f32 ? sizeof(float) : sizeof(double)));
+  } else if (f32) {
+    float *restrict b = buf, s = (float)scale;
+    for (size_t j = 0; j < n; j++) b[j] *= s;
+  } else {
+    double *restrict b = buf;
+    for (size_t j = 0; j < n; j++) b[j] *= scale;
   }
 }
 
-static void unpack(dist_fit *df) {
+/* Gradients (in place) and state, times scale; a rank with no rows adds zeros. */
+static void scale_and_pack(dist_fit *df, double scale) {
+  size_t g32 = 0, g64 = 0;
+  for (size_t i = 0; i < df->nweights; i++) *(df->views[i].dtype == KILN_F32 ? &g32 : &g64) += (size_t)df->views[i].numel;
+  scale_in_place(df->b32, g32, true, scale);
+  scale_in_place(df->b64, g64, false, scale);
+  for (size_t i = 0; i < df->nstate; i++) {
+    const kiln_tensor *t = kiln_variable_value(df->state[i]);
+    bool f32 = t->dtype == KILN_F32;
+    void *dst = f32 ? (void *)(df->b32 + g32) : (void *)(df->b64 + g64);
+    memcpy(dst, t->data, t->nbytes);
+    scale_in_place(dst, (size_t)t->numel, f32, scale);
+    *(f32 ? &g32 : &g64) += (size_t)t->numel;
+  }
+}
+
+static void unpack_state(dist_fit *df) {
   size_t k32 = 0, k64 = 0;
-  for (size_t i = 0; i < df->nweights + df->nstate; i++) {
-    kiln_tensor *t = i < df->nweights ? df->grads[i] : kiln_variable_value(df->state[i - df->nweights]);
+  for (size_t i = 0; i < df->nweights; i++) *(df->views[i].dtype == KILN_F32 ? &k32 : &k64) += (size_t)df->views[i].numel;
+  for (size_t i = 0; i < df->nstate; i++) {
+    kiln_tensor *t = kiln_variable_value(df->state[i]);
     if (t->dtype == KILN_F32) memcpy(t->data, df->b32 + k32, t->nbytes), k32 += (size_t)t->numel;
     else memcpy(t->data, df->b64 + k64, t->nbytes), k64 += (size_t)t->numel;
   }
@@ -101,25 +136,27 @@ kiln_status kiln_fit_dist_step(dist_fit *df, kiln_model *m, const feed *f, const
   int64_t lo, hi;
   kiln_fit_dist_shard(df, n, &lo, &hi);
   kiln_status st = KILN_OK;
-  for (size_t i = 0; i < df->nweights; i++) kiln_tensor_free(df->grads[i]), df->grads[i] = NULL;
-  if (hi > lo) st = kiln_fit_run_batch(m, m->grads_fn, f, idx + lo, hi - lo, acc, df->grads, df->nweights);
-  if (st == KILN_OK && !df->b32) {
+  kiln_tensor *given[1024], **views = df->nweights <= 1024 ? given : calloc(df->nweights, sizeof *views);
+  if (!views) return kiln_set_error(KILN_ERR_NOMEM, "fit: out of memory");
+  for (size_t i = 0; i < df->nweights; i++) views[i] = &df->views[i];
+  if (hi > lo) st = kiln_fit_run_batch(m, m->grads_fn, f, idx + lo, hi - lo, acc, views, df->nweights);
+  if (st == KILN_OK && !df->state_known) {
     if (hi == lo) /* the first step gives every rank a row, so it traces grads_fn everywhere */
-      return kiln_set_error(KILN_ERR_INVALID, "fit: distributed: a batch of %lld rows for %d ranks", (long long)n, df->size);
-    st = plan_buffers(df, m);
+      st = kiln_set_error(KILN_ERR_INVALID, "fit: distributed: a batch of %lld rows for %d ranks", (long long)n, df->size);
+    else
+      st = add_state(df, m);
   }
-  if (st != KILN_OK) return st;
-  pack(df, (double)(hi - lo) / (double)n, hi > lo);
-  if ((st = kiln_dist_sum(df->d, df->b32, df->n32, df->b64, df->n64, true)) != KILN_OK) return st;
-  for (size_t i = 0; i < df->nweights; i++) {
-    if (df->grads[i]) continue;
-    const kiln_tensor *v = kiln_variable_value(df->weights[i]);
-    if (!(df->grads[i] = kiln_tensor_new(v->dtype, v->rank, v->dims))) return kiln_set_error(KILN_ERR_NOMEM, "fit: out of memory");
+  if (st == KILN_OK) {
+    scale_and_pack(df, (double)(hi - lo) / (double)n);
+    st = kiln_dist_sum(df->d, df->b32, df->n32, df->b64, df->n64, true);
   }
-  unpack(df);
-  kiln_tensor *iterations = NULL;
-  st = kiln_function_call(m->apply_fn, (const kiln_tensor *const *)df->grads, df->nweights, &iterations, 1);
-  kiln_tensor_free(iterations);
+  if (st == KILN_OK) {
+    unpack_state(df);
+    kiln_tensor *iterations = NULL;
+    st = kiln_function_call(m->apply_fn, (const kiln_tensor *const *)views, df->nweights, &iterations, 1);
+    kiln_tensor_free(iterations);
+  }
+  if (views != given) free(views);
   return st;
 }
 

@@ -16,10 +16,10 @@ typedef struct feed {
 
 /* Accumulators: the loss sum, head loss sums, then each metric's vector. */
 KILN_INTERNAL size_t kiln_fit_acc_size(const kiln_model *m);
-/* Runs fn on rows idx[0..cnt) of the feed and adds its first m->nresults outputs to
- * acc; the nextra outputs after them go to extra (owned by the caller). */
+/* Runs fn on rows idx[0..cnt) of the feed: its first ngiven outputs are written into
+ * the caller's tensors `given`, the m->nresults after them are added to acc. */
 KILN_INTERNAL kiln_status kiln_fit_run_batch(kiln_model *m, kiln_function *fn, const feed *f, const int64_t *idx,
-                                             int64_t cnt, double *acc, kiln_tensor **extra, size_t nextra);
+                                             int64_t cnt, double *acc, kiln_tensor *const *given, size_t ngiven);
 /* Accumulators of the eval function over rows idx[0..n), in batches of bs. */
 KILN_INTERNAL kiln_status kiln_fit_eval_rows(kiln_model *m, const feed *f, const int64_t *idx, int64_t n, int64_t bs,
                                              double *acc);
@@ -33,8 +33,9 @@ typedef struct dist_fit {
   size_t nweights;
   kiln_variable **state; /* float variables the forward pass assigns: averaged after each step */
   size_t nstate;
-  kiln_tensor **grads;
-  float *b32;
+  bool state_known; /* grads_fn has been traced and state listed */
+  kiln_tensor *views; /* one per weight: its gradient, inside b32 or b64 */
+  float *b32; /* gradients, then state: what the allreduce sums */
   double *b64;
   size_t n32, n64;
   bool stop_each_step; /* rank 0 has callbacks, which may stop training after any batch */

@@ -192,6 +192,11 @@ kiln_status kiln_thread_count(int requested, int *out) {
   }
   cpu_set_t set;
   int n = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : (int)sysconf(_SC_NPROCESSORS_ONLN);
+  /* Ranks of an MPI job on this host share its cores (Open MPI, then MPICH's name). */
+  const char *local = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+  if (!local) local = getenv("MPI_LOCALNRANKS");
+  long ranks = local ? strtol(local, NULL, 10) : 1;
+  if (ranks > 1) n = (int)(n / ranks);
   *out = n < 1 ? 1 : n > MAX_THREADS ? MAX_THREADS : n;
   return KILN_OK;
 }

@@ -5,7 +5,10 @@
 # an error instead of a hang. Usage: dist_test.sh DIST_CHECK LSAN_SUPPRESSIONS
 set -euo pipefail
 bin=$1
+# Under ASan, Open MPI's leaks are suppressed by library name, which needs whole stacks
+# (its libraries have no frame pointers) and its components kept loaded to the end.
 export LSAN_OPTIONS="suppressions=$2:print_suppressions=0${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
+export ASAN_OPTIONS="fast_unwind_on_malloc=0${ASAN_OPTIONS:+:$ASAN_OPTIONS}" OMPI_MCA_mca_base_component_disable_dlclose=1
 export KILN_NUM_THREADS=1 OMPI_MCA_rmaps_base_oversubscribe=1
 [ "$(id -u)" -eq 0 ] && export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 dir=$(mktemp -d)

@@ -4,7 +4,8 @@
 #   tools/dev.sh test   install what is missing, build, run the whole test suite,
 #                       then again built with AddressSanitizer + UndefinedBehaviorSanitizer
 #   tools/dev.sh bench  also install PyTorch, build, run bench/ against oneDNN, OpenBLAS
-#                       and PyTorch at 1 and 2 threads (about 15 minutes)
+#                       and PyTorch at 1 and 2 threads, and data-parallel scaling over MPI
+#                       (about 15 minutes)
 #   tools/dev.sh fuzz [SECONDS] [TARGET...]
 #                       build the libFuzzer targets (libfuzz_TARGET) with clang-19 in build-fuzz/, run each
 #                       for SECONDS (default 60) from its seeds; crashes land in
@@ -62,6 +63,7 @@ bench)
     build/bin/bench_conv --threads "$t"
     build/bin/bench_models --threads "$t"
   done
+  build/bin/bench_dist
   ;;
 fuzz)
   install_missing
