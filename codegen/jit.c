@@ -8,6 +8,7 @@
 #include <llvm-c/Error.h>
 #include <llvm-c/LLJIT.h>
 #include <llvm-c/Orc.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -26,6 +27,7 @@ typedef struct spec {
   entry_fn entry;
   cg_plan plan;
   void *workspace;
+  bool workspace_busy; /* a run holds workspace; a concurrent one allocates its own */
   uint64_t *profile; /* per kernel: nanoseconds, calls (when profiling) */
   kiln_exec_stats times; /* the compile's timings, size and cache outcome */
 } spec;
@@ -33,14 +35,17 @@ typedef struct spec {
 struct kiln_exec {
   kiln_graph *g;
   bool generic_cpu, keep_ir, use_cache;
-  bool running; /* a run is in progress (exec_run) */
+  bool running; /* an exclusive run is in progress (exec_run) */
+  bool concurrent; /* no assignments, no profile: runs from several threads may overlap */
+  bool pool_busy;  /* a run holds the thread pool; a concurrent one runs its tasks itself */
+  pthread_mutex_t specs_lock; /* specs, nspecs, last_spec; held while a specialisation compiles */
   bool profile, print_profile; /* print_profile: KILN_PROFILE asked, report at free */
   kiln_pass_switches passes;
   size_t last_spec; /* the most recently built, for kiln_exec_get_stats */
   int threads;
   kiln_pool *pool;  /* NULL when single-threaded */
   kiln_parallel par;
-  spec *specs;
+  spec **specs; /* pointers: a run keeps its spec while another thread adds one */
   size_t nspecs;
   char *ir;
   const char **in_names;
@@ -213,6 +218,8 @@ static kiln_status build_spec(kiln_exec *e, int64_t batch, spec *s) {
   return KILN_OK;
 }
 
+static kiln_status add_spec(kiln_exec *e, int64_t batch, spec **out);
+
 kiln_status kiln_compile(const kiln_graph *g, const kiln_compile_options *opts, kiln_exec **out) {
   if (!out) return kiln_set_error(KILN_ERR_INVALID, "compile: out is NULL");
   *out = NULL;
@@ -223,6 +230,7 @@ kiln_status kiln_compile(const kiln_graph *g, const kiln_compile_options *opts, 
   if (st != KILN_OK) return st;
   kiln_exec *e = calloc(1, sizeof *e);
   if (!e) return kiln_set_error(KILN_ERR_NOMEM, "compile: out of memory");
+  pthread_mutex_init(&e->specs_lock, NULL);
   e->g = kiln_graph_for_run(g, -1);
   e->nuser_out = g->noutputs;
   if (!e->g) {
@@ -233,6 +241,8 @@ kiln_status kiln_compile(const kiln_graph *g, const kiln_compile_options *opts, 
   e->print_profile = env && *env && strcmp(env, "0");
   e->profile = e->print_profile || (opts && opts->profile);
   e->use_cache = cg_cache_enabled() && !(opts && opts->no_cache);
+  /* Assignments change variables after a run; two runs at once would race on them. */
+  e->concurrent = !e->profile && e->g->noutputs == e->nuser_out;
   if (opts) {
     e->keep_ir = opts->keep_ir;
     if (opts->cpu && strcmp(opts->cpu, "native")) {
@@ -272,21 +282,11 @@ kiln_status kiln_compile(const kiln_graph *g, const kiln_compile_options *opts, 
   }
   /* A static graph is compiled now, so compile errors surface from kiln_compile. */
   if (!symbolic) {
-    spec s;
-    st = build_spec(e, -1, &s);
-    if (st != KILN_OK) {
-      spec_free(&s);
+    spec *s;
+    if ((st = add_spec(e, -1, &s)) != KILN_OK) {
       kiln_exec_free(e);
       return st;
     }
-    e->specs = malloc(sizeof s);
-    if (!e->specs) {
-      spec_free(&s);
-      kiln_exec_free(e);
-      return kiln_set_error(KILN_ERR_NOMEM, "compile: out of memory");
-    }
-    e->specs[0] = s;
-    e->nspecs = 1;
   }
   *out = e;
   return KILN_OK;
@@ -296,12 +296,13 @@ void kiln_exec_free(kiln_exec *e) {
   if (!e) return;
   for (size_t i = 0; e->print_profile && i < e->nspecs; i++) {
     char *text = NULL;
-    if (cg_profile_text(e->specs[i].g, &e->specs[i].plan, e->specs[i].profile, &text) == KILN_OK)
+    if (cg_profile_text(e->specs[i]->g, &e->specs[i]->plan, e->specs[i]->profile, &text) == KILN_OK)
       fprintf(stderr, "%s", text);
     free(text);
   }
-  for (size_t i = 0; i < e->nspecs; i++) spec_free(&e->specs[i]);
+  for (size_t i = 0; i < e->nspecs; i++) spec_free(e->specs[i]), free(e->specs[i]);
   free(e->specs);
+  pthread_mutex_destroy(&e->specs_lock);
   free(e->ir);
   free(e->in_names);
   kiln_pool_free(e->pool);
@@ -322,8 +323,10 @@ const char *kiln_exec_llvm_ir(const kiln_exec *e) { return e->ir; }
 kiln_status kiln_exec_get_stats(const kiln_exec *e, kiln_exec_stats *out) {
   if (!e || !out) return kiln_set_error(KILN_ERR_INVALID, "exec_get_stats: NULL argument");
   if (!e->nspecs) return kiln_set_error(KILN_ERR_INVALID, "exec_get_stats: nothing compiled yet (the batch size is not known before a run)");
-  const cg_plan *p = &e->specs[e->last_spec].plan;
-  *out = e->specs[e->last_spec].times;
+  pthread_mutex_lock((pthread_mutex_t *)&e->specs_lock);
+  const cg_plan *p = &e->specs[e->last_spec]->plan;
+  *out = e->specs[e->last_spec]->times;
+  pthread_mutex_unlock((pthread_mutex_t *)&e->specs_lock);
   out->kernels = p->kernels, out->fused_nodes = p->fused, out->workspace_bytes = p->workspace;
   out->unplanned_bytes = p->buffers_unplanned, out->bytes_moved = p->bytes_moved;
   return KILN_OK;
@@ -334,32 +337,39 @@ kiln_status kiln_exec_profile(const kiln_exec *e, char **text) {
   *text = NULL;
   if (!e->profile) return kiln_set_error(KILN_ERR_INVALID, "exec_profile: compiled without profile (kiln_compile_options.profile or KILN_PROFILE=1)");
   if (!e->nspecs) return kiln_set_error(KILN_ERR_INVALID, "exec_profile: nothing compiled yet (the batch size is not known before a run)");
-  const spec *s = &e->specs[e->last_spec];
+  const spec *s = e->specs[e->last_spec];
   return cg_profile_text(s->g, &s->plan, s->profile, text);
 }
 
-static kiln_status find_spec(kiln_exec *e, int64_t batch, spec **out) {
-  for (size_t i = 0; i < e->nspecs; i++)
-    if (e->specs[i].batch == batch) {
-      *out = &e->specs[i];
-      return KILN_OK;
-    }
-  spec s;
-  kiln_status st = build_spec(e, batch, &s);
-  if (st != KILN_OK) {
-    spec_free(&s);
-    return st;
-  }
-  spec *ns = realloc(e->specs, sizeof *ns * (e->nspecs + 1));
+/* Compiles the specialisation for batch and appends it (specs_lock held or no other thread). */
+static kiln_status add_spec(kiln_exec *e, int64_t batch, spec **out) {
+  spec *s = calloc(1, sizeof *s), **ns = s ? realloc(e->specs, sizeof *ns * (e->nspecs + 1)) : NULL;
+  if (ns) e->specs = ns;
   if (!ns) {
-    spec_free(&s);
+    free(s);
     return kiln_set_error(KILN_ERR_NOMEM, "run: out of memory");
   }
-  e->specs = ns;
-  e->specs[e->nspecs] = s;
+  kiln_status st = build_spec(e, batch, s);
+  if (st != KILN_OK) {
+    spec_free(s);
+    free(s);
+    return st;
+  }
   e->last_spec = e->nspecs;
-  *out = &e->specs[e->nspecs++];
+  e->specs[e->nspecs++] = s;
+  *out = s;
   return KILN_OK;
+}
+
+static kiln_status find_spec(kiln_exec *e, int64_t batch, spec **out) {
+  pthread_mutex_lock(&e->specs_lock);
+  kiln_status st = KILN_OK;
+  *out = NULL;
+  for (size_t i = 0; i < e->nspecs && !*out; i++)
+    if (e->specs[i]->batch == batch) *out = e->specs[i];
+  if (!*out) st = add_spec(e, batch, out);
+  pthread_mutex_unlock(&e->specs_lock);
+  return st;
 }
 
 /* Runs with every param bound (inputs) and every output, assignments included, requested. */
@@ -389,8 +399,14 @@ static kiln_status run_bound(kiln_exec *e, const kiln_tensor *const *inputs, siz
     }
     if (st == KILN_OK) args[nin + j] = outputs[j]->data;
   }
-  args[nin + nout] = s->workspace;
-  args[nin + nout + 1] = e->pool ? &e->par : NULL;
+  /* A concurrent run gets its own workspace (one allocation per such run) and runs
+   * its tasks on its own thread when another run holds the pool. */
+  bool own_ws = !__atomic_exchange_n(&s->workspace_busy, true, __ATOMIC_ACQUIRE);
+  void *ws = own_ws ? s->workspace : aligned_alloc(64, (s->plan.workspace + 63) & ~(uint64_t)63);
+  bool own_pool = e->pool && !__atomic_exchange_n(&e->pool_busy, true, __ATOMIC_ACQUIRE);
+  if (!ws) st = kiln_set_error(KILN_ERR_NOMEM, "run: cannot allocate a workspace of %llu bytes", (unsigned long long)s->plan.workspace);
+  args[nin + nout] = ws;
+  args[nin + nout + 1] = own_pool ? &e->par : NULL;
   for (uint32_t k = 0; k < s->plan.nconst_args; k++) args[nin + nout + 2 + k] = (void *)g->nodes[s->plan.const_node[k]].data; /* read only */
   if (st == KILN_OK) {
     int32_t rc = s->entry(args);
@@ -403,6 +419,9 @@ static kiln_status run_bound(kiln_exec *e, const kiln_tensor *const *inputs, siz
                           kiln_ops[n->op].name, rc - 1, (long long)axis, (long long)size);
     }
   }
+  if (own_pool) __atomic_store_n(&e->pool_busy, false, __ATOMIC_RELEASE);
+  if (own_ws) __atomic_store_n(&s->workspace_busy, false, __ATOMIC_RELEASE);
+  else free(ws);
   /* Outputs the generated code does not write: params, constants, repeated values. */
   for (size_t j = 0; j < nout && st == KILN_OK; j++) {
     if (s->plan.out_direct[j]) continue;
@@ -425,14 +444,18 @@ static kiln_status run_bound(kiln_exec *e, const kiln_tensor *const *inputs, siz
 static kiln_status exec_run_owned(kiln_exec *e, const kiln_tensor *const *inputs, size_t nin, kiln_tensor **outputs,
                                   size_t nout, size_t given);
 
-/* One run at a time per kiln_exec: its workspace, specialisations and pool are its
- * own. A second thread gets an error instead of a data race. */
+/* An inference exec runs from any number of threads at once (the first run holds the
+ * workspace and the pool, later ones allocate a workspace and run serially). An exec
+ * that assigns variables or profiles runs one call at a time: a second thread gets an
+ * error instead of a data race. */
 static kiln_status exec_run(kiln_exec *e, const kiln_tensor *const *inputs, size_t nin, kiln_tensor **outputs,
                             size_t nout, size_t given) {
   if (!e) return kiln_set_error(KILN_ERR_INVALID, "run: null exec");
+  if (e->concurrent) return exec_run_owned(e, inputs, nin, outputs, nout, given);
   if (__atomic_exchange_n(&e->running, true, __ATOMIC_ACQUIRE))
     return kiln_set_error(KILN_ERR_INVALID, "run: this kiln_exec is already running on another thread; a kiln_exec "
-                                            "runs one call at a time (compile one per thread, or serialize the calls)");
+                                            "that assigns variables (a train step) or profiles runs one call at a time "
+                                            "(compile one per thread, or serialize the calls)");
   kiln_status st = exec_run_owned(e, inputs, nin, outputs, nout, given);
   __atomic_store_n(&e->running, false, __ATOMIC_RELEASE);
   return st;

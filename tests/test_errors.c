@@ -134,8 +134,8 @@ static void test_parse_errors_name_the_line(void **s) {
   }
 }
 
-/* Threads sharing one kiln_exec: every call either succeeds with the serial result
- * or is refused with a message naming the rule; never a race or a wrong answer. */
+/* Threads sharing one kiln_exec: every call succeeds with the serial result (or is
+ * refused with a message naming the rule); never a race or a wrong answer. */
 typedef struct {
   kiln_exec *e;
   const kiln_tensor *x, *want;
@@ -160,7 +160,7 @@ static void *run_many(void *arg) {
   return NULL;
 }
 
-static void test_concurrent_runs_refused(void **state) {
+static void test_concurrent_runs_agree(void **state) {
   (void)state;
   kiln_graph *g = kiln_graph_new();
   kiln_value x = kiln_placeholder(g, "x", KILN_F32, KILN_SHAPE(64, 96));
@@ -176,8 +176,8 @@ static void test_concurrent_runs_refused(void **state) {
   for (int i = 0; i < 8; i++) assert_int_equal(pthread_create(&th[i], NULL, run_many, &r), 0);
   for (int i = 0; i < 8; i++) pthread_join(th[i], NULL);
   assert_int_equal(r.wrong, 0);
-  assert_int_equal(r.ok + r.refused, 8 * 300);
-  assert_true(r.ok > 0);
+  assert_int_equal(r.ok, 8 * 300); /* an inference exec serves concurrent calls (test_concurrency has more) */
+  assert_int_equal(r.refused, 0);
   kiln_tensor *y = NULL; /* still usable afterwards */
   assert_int_equal(kiln_exec_run(e, (const kiln_tensor *[]){in}, 1, &y, 1), KILN_OK);
   assert_memory_equal(kiln_tensor_cdata(y), kiln_tensor_cdata(want), kiln_tensor_nbytes(y));
@@ -197,7 +197,7 @@ int main(void) {
       cmocka_unit_test(test_compile_needs_outputs),
       cmocka_unit_test(test_bad_npy_files),
       cmocka_unit_test(test_parse_errors_name_the_line),
-      cmocka_unit_test(test_concurrent_runs_refused),
+      cmocka_unit_test(test_concurrent_runs_agree),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -2,7 +2,8 @@
 # kiln's two entry points on a fresh Debian 12 machine (see README.md):
 #   tools/dev.sh main   install what is missing, build, run the main job
 #   tools/dev.sh test   install what is missing, build, run the whole test suite,
-#                       then again built with AddressSanitizer + UndefinedBehaviorSanitizer
+#                       then again built with AddressSanitizer + UndefinedBehaviorSanitizer,
+#                       then the concurrency test built with ThreadSanitizer
 #   tools/dev.sh bench  also install PyTorch, build, run bench/ against oneDNN, OpenBLAS
 #                       and PyTorch at 1 and 2 threads, and data-parallel scaling over MPI
 #                       (about 15 minutes)
@@ -53,6 +54,10 @@ test)
   ctest --test-dir build --output-on-failure
   build build-asan -DKILN_SANITIZE=ON
   ctest --test-dir build-asan --output-on-failure
+  # ThreadSanitizer: the library and the concurrency test only (8 threads sharing one model)
+  cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKILN_TSAN=ON >/dev/null
+  cmake --build build-tsan -j"$(nproc)" --target test_concurrency
+  ctest --test-dir build-tsan --output-on-failure -R '^test_concurrency$'
   ;;
 bench)
   install_missing

@@ -93,7 +93,9 @@ KILN_API kiln_status kiln_graph_to_dot(const kiln_graph *g, const char *disable_
 /* Compiles a copy of g: the caller may free g afterwards. */
 KILN_API kiln_status kiln_compile(const kiln_graph *g, const kiln_compile_options *opts, kiln_exec **out);
 KILN_API void kiln_exec_free(kiln_exec *e);
-/* outputs[i] receive new tensors owned by the caller. */
+/* outputs[i] receive new tensors owned by the caller. An exec without variable
+ * assignments (inference) may be run from several threads at once; one that assigns
+ * variables or profiles refuses a call while another is running (KILN_ERR_INVALID). */
 KILN_API kiln_status kiln_exec_run(kiln_exec *e, const kiln_tensor *const *inputs, size_t nin,
                                    kiln_tensor **outputs, size_t nout);
 /* The same into the caller's tensors (dtype and shape must match the outputs), so a
