@@ -1,5 +1,6 @@
 /* Layers: the generic layer object (weights, freezing, custom classes),
  * activations, and the built-in layer classes. */
+#include <ctype.h>
 #include <math.h>
 #include <string.h>
 #include <strings.h>
@@ -68,9 +69,94 @@ kiln_layer *kiln_layer_new(const kiln_layer_class *cls, const char *name, void *
 void kiln_layer_free(kiln_layer *l) {
   if (!l) return;
   if (l->cls->destroy) l->cls->destroy(l->state);
+  for (size_t i = 0; i < l->nchildren; i++) kiln_layer_free(l->children[i]);
+  free(l->children);
   free(l->weights);
   free(l->name);
+  free(l->local);
   free(l);
+}
+
+void kiln_layer_type_base(const char *type, char *base, size_t cap) {
+  size_t k = 0;
+  for (size_t i = 0; type[i] && k + 2 < cap; i++) {
+    if (isupper((unsigned char)type[i]) && i && islower((unsigned char)type[i - 1])) base[k++] = '_';
+    base[k++] = (char)tolower((unsigned char)type[i]);
+  }
+  base[k] = 0;
+}
+
+static bool has_child(const kiln_layer *l, const char *local) {
+  for (size_t i = 0; i < l->nchildren; i++)
+    if (!strcmp(l->children[i]->local, local)) return true;
+  return false;
+}
+
+static uint64_t name_hash(const char *s) {
+  uint64_t h = 1469598103934665603ull;
+  for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
+  return h;
+}
+
+kiln_status kiln_layer_bind_children(kiln_layer *l) {
+  for (size_t i = 0; i < l->nchildren; i++) {
+    kiln_layer *c = l->children[i];
+    if (c->vars) continue;
+    size_t n = strlen(l->name) + strlen(c->local) + 2;
+    char *full = malloc(n);
+    if (!full) return kiln_set_error(KILN_ERR_NOMEM, "layer '%s': out of memory", l->name);
+    snprintf(full, n, "%s/%s", l->name, c->local);
+    free(c->name);
+    c->name = full;
+    c->vars = l->vars;
+    c->seed = l->seed ^ name_hash(c->local);
+    kiln_status st = kiln_layer_bind_children(c);
+    if (st != KILN_OK) return st;
+  }
+  return KILN_OK;
+}
+
+kiln_layer *kiln_layer_track(kiln_layer *l, kiln_layer *child) {
+  const char *why = !l || !child ? "NULL layer (did a constructor fail? see the previous error)"
+                    : child == l || child->parent || child->vars ? "the layer already has a parent or a model"
+                                                                 : NULL;
+  char local[160];
+  if (!why && child->name && has_child(l, child->name)) why = "a sub-layer of that name exists";
+  if (!why && child->name) snprintf(local, sizeof local, "%s", child->name);
+  if (!why && !child->name) {
+    char base[128];
+    kiln_layer_type_base(child->cls->type, base, sizeof base);
+    snprintf(local, sizeof local, "%s", base);
+    for (int k = 1; has_child(l, local); k++) snprintf(local, sizeof local, "%s_%d", base, k);
+  }
+  if (!why && l->nchildren == l->children_cap) {
+    size_t cap = l->children_cap ? 2 * l->children_cap : 4;
+    kiln_layer **c = realloc(l->children, sizeof *c * cap);
+    if (c) l->children = c, l->children_cap = cap;
+    else why = "out of memory";
+  }
+  if (!why && !(child->local = strdup(local))) why = "out of memory";
+  if (why) {
+    kiln_set_error(!l || !child ? KILN_ERR_INVALID : strcmp(why, "out of memory") ? KILN_ERR_INVALID : KILN_ERR_NOMEM,
+                   "layer_track: %s", why);
+    if (child && !child->parent && !child->vars && child != l) kiln_layer_free(child);
+    return NULL;
+  }
+  child->parent = l;
+  child->frozen |= l->frozen;
+  l->children[l->nchildren++] = child;
+  if (l->vars && kiln_layer_bind_children(l) != KILN_OK) return NULL; /* owned by l now */
+  return child;
+}
+
+kiln_value kiln_layer_call(kiln_layer *l, kiln_graph *g, const kiln_value *x, size_t n, bool training) {
+  if (!l) return kiln_graph_fail(g, KILN_ERR_INVALID, "layer_call: NULL layer");
+  if (!l->vars)
+    return kiln_graph_fail(g, KILN_ERR_INVALID, "layer_call: layer '%s' is in no model (track it in a layer of one)",
+                           l->name ? l->name : l->cls->type);
+  kiln_value y = kiln_layer_invoke(l, g, x, n, training);
+  if (y.id != KILN_NONE && l->out_shape.rank == 0) l->out_shape = kiln_value_shape(g, y);
+  return y;
 }
 
 void *kiln_layer_state(kiln_layer *l) { return l ? l->state : NULL; }
@@ -110,6 +196,19 @@ void kiln_layer_set_trainable(kiln_layer *l, bool trainable) {
   if (!l) return;
   l->frozen = !trainable;
   for (size_t i = 0; i < l->nweights; i++) kiln_variable_set_trainable(l->weights[i], trainable);
+  for (size_t i = 0; i < l->nchildren; i++) kiln_layer_set_trainable(l->children[i], trainable);
+}
+
+static kiln_status list_weight(kiln_layer *l, kiln_variable *v) {
+  if (l->nweights == l->cap) {
+    size_t cap = l->cap ? l->cap * 2 : 4;
+    kiln_variable **w = realloc(l->weights, sizeof *w * cap);
+    if (!w) return kiln_set_error(KILN_ERR_NOMEM, "layer '%s': out of memory", l->name);
+    l->weights = w;
+    l->cap = cap;
+  }
+  l->weights[l->nweights++] = v;
+  return KILN_OK;
 }
 
 kiln_status kiln_layer_add_weight(kiln_layer *l, const char *name, kiln_dtype t, kiln_shape s, kiln_initializer init,
@@ -118,15 +217,8 @@ kiln_status kiln_layer_add_weight(kiln_layer *l, const char *name, kiln_dtype t,
   if (!l->vars) return kiln_set_error(KILN_ERR_INVALID, "layer '%s': add it to a model before building", l->name);
   char full[512];
   snprintf(full, sizeof full, "%s/%s", l->name, name);
-  if (l->nweights == l->cap) {
-    size_t cap = l->cap ? l->cap * 2 : 4;
-    kiln_variable **w = realloc(l->weights, sizeof *w * cap);
-    if (!w) return kiln_set_error(KILN_ERR_NOMEM, "layer '%s': out of memory", l->name);
-    l->weights = w;
-    l->cap = cap;
-  }
   kiln_status st = kiln_variable_new(l->vars, full, t, s, init, trainable && !l->frozen, out);
-  if (st == KILN_OK) l->weights[l->nweights++] = *out;
+  for (kiln_layer *a = l; st == KILN_OK && a; a = a->parent) st = list_weight(a, *out);
   return st;
 }
 

@@ -125,12 +125,7 @@ static kiln_status model_error(const kiln_model *m) {
 /* Keras' automatic names: "MaxPooling2D" -> "max_pooling2d", then "_1", "_2" for repeats. */
 static char *auto_name(const kiln_model *m, const char *type) {
   char base[128], name[160];
-  size_t k = 0;
-  for (size_t i = 0; type[i] && k + 2 < sizeof base; i++) {
-    if (isupper((unsigned char)type[i]) && i && islower((unsigned char)type[i - 1])) base[k++] = '_';
-    base[k++] = (char)tolower((unsigned char)type[i]);
-  }
-  base[k] = 0;
+  kiln_layer_type_base(type, base, sizeof base);
   snprintf(name, sizeof name, "%s", base);
   for (int n = 1; kiln_model_find_layer(m, name); n++) snprintf(name, sizeof name, "%s_%d", base, n);
   return strdup(name);
@@ -174,7 +169,7 @@ static kiln_status adopt(kiln_model *m, kiln_layer *l, const char *what) {
   l->vars = m->vars;
   l->seed = m->seed ^ name_hash(l->name);
   m->layers[m->nlayers++] = l;
-  return KILN_OK;
+  return kiln_layer_bind_children(l);
 }
 
 kiln_status kiln_model_add(kiln_model *m, kiln_layer *l) {
@@ -283,6 +278,31 @@ kiln_ktensor kiln_model_apply(kiln_model *m, kiln_layer *l, const kiln_ktensor *
 }
 
 kiln_ktensor kiln_model_apply1(kiln_model *m, kiln_layer *l, kiln_ktensor in) { return kiln_model_apply(m, l, &in, 1); }
+
+kiln_model *kiln_model_subclassed(const char *name, uint64_t seed, kiln_layer *body, const kiln_input_spec *inputs,
+                                  size_t ninputs, const char *output) {
+  kiln_model *m = kiln_model_new(name, seed);
+  if (!m || !body || (ninputs && !inputs) || ninputs > 64) {
+    if (m && body) kiln_set_error(KILN_ERR_INVALID, "model_subclassed: %s", ninputs > 64 ? "at most 64 inputs" : "inputs is NULL");
+    else if (m) kiln_set_error(KILN_ERR_INVALID, "model_subclassed: the body layer is NULL (did its constructor fail?)");
+    kiln_model_free(m);
+    if (!m || !body) kiln_layer_free(body);
+    return NULL;
+  }
+  /* Like keras.Model subclassing: the body's weights are "<model>/<sub-layer>/<weight>". */
+  if (!body->name && !(body = kiln_layer_named(body, m->name))) {
+    kiln_model_free(m);
+    return NULL;
+  }
+  kiln_ktensor in[64];
+  for (size_t i = 0; i < ninputs; i++) in[i] = kiln_model_input(m, inputs[i].name, inputs[i].dtype, inputs[i].shape);
+  kiln_ktensor y = kiln_model_apply(m, body, in, ninputs);
+  if (kiln_model_output(m, output, y) != KILN_OK) { /* the first error of the inputs or the body, set by it */
+    kiln_model_free(m);
+    return NULL;
+  }
+  return m;
+}
 
 kiln_status kiln_model_output(kiln_model *m, const char *name, kiln_ktensor t) {
   if (!m) return kiln_set_error(KILN_ERR_INVALID, "model_output: null model");
@@ -508,6 +528,22 @@ static const char *producer_name(const kiln_model *m, int32_t kt) {
 }
 
 static void summary_row(FILE *out, bool functional, const char *name, const char *type, kiln_shape s, int64_t params,
+                        const char *connected);
+
+/* Sub-layers under their parent, indented by depth; their parameters are already in
+ * the parent's count. */
+static void summary_children(FILE *out, bool functional, const kiln_layer *l, int depth) {
+  for (size_t i = 0; i < l->nchildren; i++) {
+    const kiln_layer *c = l->children[i];
+    char name[160];
+    int64_t unused = 0;
+    snprintf(name, sizeof name, "%*s%s", 2 * depth, "", c->local);
+    summary_row(out, functional, name, c->cls->type, c->out_shape, weight_count(c, &unused), "");
+    summary_children(out, functional, c, depth + 1);
+  }
+}
+
+static void summary_row(FILE *out, bool functional, const char *name, const char *type, kiln_shape s, int64_t params,
                         const char *connected) {
   char col[160], shape[128];
   snprintf(col, sizeof col, " %s (%s)", name, type);
@@ -561,6 +597,7 @@ kiln_status kiln_model_summary(kiln_model *m, FILE *out) {
     total += n;
     fprintf(out, "%s", rows++ ? "\n" : "");
     summary_row(out, fn, l->name, l->cls->type, l->out_shape, n, connected);
+    summary_children(out, fn, l, 1);
   }
   fprintf(out, "%s", dbl);
   fprintf(out, "Total params: %lld\nTrainable params: %lld\nNon-trainable params: %lld\n%s", (long long)total,

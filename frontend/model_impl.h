@@ -16,6 +16,13 @@ struct kiln_layer {
   size_t nweights, cap;
   bool built, frozen;
   kiln_shape out_shape; /* of its first call */
+  /* A layer made of layers: sub-layers are owned by their parent, named
+   * "<parent>/<local>" once the parent is in a model, and their weights are listed in
+   * every ancestor's weights too (training, freezing and summary see them there). */
+  kiln_layer *parent;
+  kiln_layer **children;
+  size_t nchildren, children_cap;
+  char *local; /* a sub-layer's name inside its parent */
 };
 
 typedef enum loss_kind { LOSS_SCCE, LOSS_CCE, LOSS_BCE, LOSS_MSE, LOSS_MAE, LOSS_HUBER, LOSS_KLD, LOSS_COSINE } loss_kind;
@@ -141,6 +148,11 @@ KILN_INTERNAL kiln_status kiln_layer_kernel_and_bias(kiln_layer *l, kiln_shape k
                                                      kiln_variable **b);
 KILN_INTERNAL kiln_value kiln_layer_bias_act(kiln_graph *g, kiln_value y, kiln_variable *bias, kiln_activation act);
 KILN_INTERNAL kiln_layer *kiln_layer_with_state(const kiln_layer_class *cls, void *state, size_t size, const char *what);
+/* layers.c: Keras' automatic name base of a layer type ("MaxPooling2D" -> "max_pooling2d"). */
+KILN_INTERNAL void kiln_layer_type_base(const char *type, char *base, size_t cap);
+/* layers.c: gives l's sub-layers (recursively) their names, store and seeds; l must have
+ * its own (a layer just adopted by a model, or a bound parent). */
+KILN_INTERNAL kiln_status kiln_layer_bind_children(kiln_layer *l);
 /* layers.c: build on first use, then call; failures go to g. */
 KILN_INTERNAL kiln_value kiln_layer_invoke(kiln_layer *l, kiln_graph *g, const kiln_value *x, size_t n, bool training);
 #endif

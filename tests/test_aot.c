@@ -181,6 +181,55 @@ static void test_inference_object_matches_jit(void **state) {
   remove_dir();
 }
 
+/* A subclassed model (a body layer made of tracked sub-layers, trained) compiles to an
+ * object whose outputs equal predict. */
+typedef struct body {
+  kiln_layer *conv, *pool, *flat, *hidden, *out;
+} body;
+
+static kiln_status body_build(kiln_layer *l, const kiln_shape *in, size_t n) {
+  body *b = kiln_layer_state(l);
+  b->conv = kiln_layer_track(l, kiln_layer_conv2d(3, 3, 3, KILN_PAD_SAME, KILN_ACT_RELU));
+  b->pool = kiln_layer_track(l, kiln_layer_max_pooling2d(2, 2));
+  b->flat = kiln_layer_track(l, kiln_layer_flatten());
+  b->hidden = kiln_layer_track(l, kiln_layer_dense(8, KILN_ACT_RELU));
+  b->out = kiln_layer_track(l, kiln_layer_dense(5, KILN_ACT_SOFTMAX));
+  return b->conv && b->pool && b->flat && b->hidden && b->out ? KILN_OK : KILN_ERR_NOMEM;
+}
+
+static kiln_value body_call(kiln_layer *l, kiln_graph *g, const kiln_value *x, size_t n, bool training) {
+  body *b = kiln_layer_state(l);
+  kiln_value h = x[0];
+  kiln_layer *seq[] = {b->conv, b->pool, b->flat, b->hidden, b->out};
+  for (int i = 0; i < 5; i++) h = kiln_layer_call(seq[i], g, &h, 1, training);
+  return h;
+}
+
+static const kiln_layer_class BODY = {"SmallCnn", 0, body_build, body_call, free};
+
+static void test_subclassed_model_object_matches_predict(void **state) {
+  make_dir();
+  kiln_input_spec in = {"image", KILN_F32, KILN_SHAPE(6, 6, 1)};
+  kiln_model *m = kiln_model_subclassed("cnn", 3, kiln_layer_new(&BODY, NULL, calloc(1, sizeof(body))), &in, 1, "probs");
+  if (!m) fail_msg("%s", kiln_errmsg());
+  kiln_model_compile_options co = {.optimizer = "adam", .loss = "sparse_categorical_crossentropy"};
+  assert_int_equal(kiln_model_compile(m, &co), KILN_OK);
+  trng r = {12};
+  kiln_tensor *x = random_tensor(&r, KILN_F32, 4, (int64_t[]){32, 6, 6, 1}, -1, 1);
+  kiln_tensor *y = random_tensor(&r, KILN_I32, 1, (int64_t[]){32}, 0, 4);
+  kiln_fit_options fo = kiln_fit_defaults();
+  fo.epochs = 2, fo.batch_size = 8, fo.verbose = 0;
+  if (kiln_model_fit(m, x, y, &fo, NULL) != KILN_OK) fail_msg("%s", kiln_errmsg());
+  assert_non_null(kiln_variables_find(kiln_model_variables(m), "cnn/conv2d/kernel"));
+  kiln_aot_options o = {.name = "cnn", .object_path = in_dir("cnn.o"), .header_path = in_dir("cnn.h"), .batch = 4};
+  check_cnn_object(m, &o, "cc", "./main");
+  check_only_libc("cnn.o");
+  kiln_tensor_free(x);
+  kiln_tensor_free(y);
+  kiln_model_free(m);
+  remove_dir();
+}
+
 static void test_cross_compiled_aarch64_matches_jit(void **state) {
   make_dir();
   if (sh("command -v aarch64-linux-gnu-gcc && command -v qemu-aarch64") != 0)
@@ -538,6 +587,7 @@ static void test_bad_options_are_named(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_inference_object_matches_jit),
+      cmocka_unit_test(test_subclassed_model_object_matches_predict),
       cmocka_unit_test(test_train_step_object_matches_jit_fit),
       cmocka_unit_test(test_multi_io_with_external_weights),
       cmocka_unit_test(test_cross_compiled_aarch64_matches_jit),

@@ -80,8 +80,18 @@ KILN_API kiln_status kiln_layer_add_weight(kiln_layer *l, const char *name, kiln
  * A frozen BatchNormalization also runs in inference mode, as in Keras. */
 KILN_API void kiln_layer_set_trainable(kiln_layer *l, bool trainable);
 KILN_API bool kiln_layer_trainable(const kiln_layer *l);
-/* Only for a layer that was never added to a model. */
+/* Only for a layer that was never added to a model (or tracked by another layer). */
 KILN_API void kiln_layer_free(kiln_layer *l);
+
+/* Layers made of layers (a Keras layer whose __init__ or build creates layers): in the
+ * state's constructor or in build, kiln_layer_track(l, child) makes child a sub-layer of
+ * l, owned by l and named "<l>/<child>" (automatic names per type inside l: "dense",
+ * "dense_1"), so its weights are "<l>/<child>/kernel"; they count as l's weights too, so
+ * training updates them, freezing l freezes them and summary shows the sub-layers under
+ * l. In l's call, kiln_layer_call(child, ...) builds child on first use and applies it.
+ * Returns child, or NULL (child freed) on failure. */
+KILN_API kiln_layer *kiln_layer_track(kiln_layer *l, kiln_layer *child);
+KILN_API kiln_value kiln_layer_call(kiln_layer *l, kiln_graph *g, const kiln_value *x, size_t n, bool training);
 
 /* Built-in layers (Keras defaults: glorot_uniform kernels, zero biases). NULL on bad
  * arguments, with the reason in kiln_errmsg(). Spatial layers take channels-last input. */
@@ -159,6 +169,21 @@ KILN_API kiln_ktensor kiln_model_apply(kiln_model *m, kiln_layer *l, const kiln_
 KILN_API kiln_ktensor kiln_model_apply1(kiln_model *m, kiln_layer *l, kiln_ktensor in);
 /* name NULL: the producing layer's name. */
 KILN_API kiln_status kiln_model_output(kiln_model *m, const char *name, kiln_ktensor t);
+
+/* Keras model subclassing: a model whose forward pass is the layer `body` — a class that
+ * tracks its sub-layers (kiln_layer_track) and composes them in its call — applied to
+ * inputs of these names, dtypes and per-example shapes; its output is named `output`
+ * (NULL: the body's name, which defaults to the model's, so weights are
+ * "<model>/<sub-layer>/<weight>"). It compiles, fits, evaluates, predicts, checkpoints,
+ * saves and compiles to a .o like a functional model. Takes body, also on failure;
+ * NULL with the reason in kiln_errmsg() on failure. */
+typedef struct kiln_input_spec {
+  const char *name;
+  kiln_dtype dtype;
+  kiln_shape shape; /* per example */
+} kiln_input_spec;
+KILN_API kiln_model *kiln_model_subclassed(const char *name, uint64_t seed, kiln_layer *body,
+                                           const kiln_input_spec *inputs, size_t ninputs, const char *output);
 
 KILN_API void kiln_model_free(kiln_model *m);
 /* Sequential models: append a layer. The model takes ownership of l, also when this fails. */
