@@ -374,7 +374,10 @@ static bool parse_type_check(parser *ps, const kiln_node *n) {
 static bool parse_node(parser *ps) {
   int64_t id;
   if (!integer(ps, &id)) return false;
-  if (id < 0 || id > (int64_t)1 << 30) return perr(ps, "bad value id %lld", (long long)id);
+  /* Ids number the values in order; a gap is allowed, a huge one would size the id table. */
+  if (id < 0 || id > (int64_t)ps->g->nnodes + 65536)
+    return perr(ps, "value id %%%lld is out of range (ids count the values in order; at most 65536 past the %u so far)",
+                (long long)id, ps->g->nnodes);
   if ((size_t)id < ps->nids && ps->ids[id] != KILN_NONE) return perr(ps, "%%%lld is defined twice", (long long)id);
   if (!expect(ps, '=')) return false;
   char opname[32];

@@ -39,6 +39,13 @@ static bool improved(const monitor *m, double current, double best, double min_d
   return m->maximize ? current - min_delta > best : current + min_delta < best;
 }
 
+/* Absent, not NaN: a diverged run's NaN loss is a value that never improves (Keras). */
+static bool logged(const kiln_callback_info *info, const char *key) {
+  for (size_t i = 0; info && i < info->nvalues; i++)
+    if (!strcmp(info->keys[i], key)) return true;
+  return false;
+}
+
 static kiln_status missing_monitor(const monitor *m) {
   return kiln_set_error(KILN_ERR_INVALID, "callback: the monitored value '%s' is not in the epoch's logs", m->name);
 }
@@ -93,7 +100,7 @@ static kiln_status early_fn(const kiln_callback_info *info, void *state) {
   }
   if (info->event != KILN_ON_EPOCH_END) return KILN_OK;
   double current = kiln_callback_log(info, e->mon.name);
-  if (isnan(current)) return missing_monitor(&e->mon);
+  if (!logged(info, e->mon.name)) return missing_monitor(&e->mon);
   e->wait++;
   if (improved(&e->mon, current, e->best, e->min_delta)) {
     e->best = current;
@@ -152,7 +159,7 @@ static kiln_status ckpt_fn(const kiln_callback_info *info, void *state) {
   if (info->event != KILN_ON_EPOCH_END) return KILN_OK;
   if (c->best_only) {
     double current = kiln_callback_log(info, c->mon.name);
-    if (isnan(current)) return missing_monitor(&c->mon);
+    if (!logged(info, c->mon.name)) return missing_monitor(&c->mon);
     if (!improved(&c->mon, current, c->best, 0)) return KILN_OK;
     c->best = current;
   }
@@ -197,7 +204,7 @@ static kiln_status plateau_fn(const kiln_callback_info *info, void *state) {
   if (info->event == KILN_ON_TRAIN_BEGIN) p->wait = 0, p->best = p->mon.maximize ? -INFINITY : INFINITY;
   if (info->event != KILN_ON_EPOCH_END) return KILN_OK;
   double current = kiln_callback_log(info, p->mon.name);
-  if (isnan(current)) return missing_monitor(&p->mon);
+  if (!logged(info, p->mon.name)) return missing_monitor(&p->mon);
   if (improved(&p->mon, current, p->best, 1e-4)) {
     p->best = current;
     p->wait = 0;

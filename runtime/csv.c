@@ -32,7 +32,7 @@ kiln_status kiln_csv_load(const char *path, const kiln_csv_options *opts, kiln_t
     char *stop = eol > p && eol[-1] == '\r' ? eol - 1 : eol;
     bool blank = true;
     for (char *q = p; q < stop; q++) blank &= *q == ' ' || *q == '\t';
-    if ((line == 1 && o.header) || blank) {
+    if (line <= (size_t)(o.skip_lines > 0 ? o.skip_lines : 0) + (o.header ? 1 : 0) || blank) {
       p = eol + 1;
       continue;
     }

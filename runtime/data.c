@@ -173,3 +173,86 @@ kiln_status kiln_standardizer_apply(const kiln_standardizer *s, kiln_tensor *x) 
   }
   return KILN_OK;
 }
+
+/* ---- per-feature scaling and seeded splits ---- */
+
+struct kiln_scaler {
+  int64_t features;
+  double *mean, *inv_std;
+};
+
+void kiln_scaler_free(kiln_scaler *s) {
+  if (!s) return;
+  free(s->mean);
+  free(s->inv_std);
+  free(s);
+}
+
+kiln_status kiln_scaler_fit(const kiln_tensor *x, kiln_scaler **out) {
+  if (!x || !out) return kiln_set_error(KILN_ERR_INVALID, "scaler_fit: NULL argument");
+  *out = NULL;
+  if (!kiln_dtype_is_float(x->dtype) || x->rank < 1 || !x->numel)
+    return kiln_set_error(KILN_ERR_INVALID, "scaler_fit: x must be a non-empty f32 or f64 tensor");
+  int64_t f = x->dims[x->rank - 1], rows = x->numel / f;
+  kiln_scaler *s = calloc(1, sizeof *s);
+  if (s) s->mean = calloc((size_t)f, sizeof *s->mean), s->inv_std = calloc((size_t)f, sizeof *s->inv_std);
+  if (!s || !s->mean || !s->inv_std) {
+    kiln_scaler_free(s);
+    return kiln_set_error(KILN_ERR_NOMEM, "scaler_fit: out of memory");
+  }
+  s->features = f;
+  for (int64_t j = 0; j < f; j++) { /* Welford per column */
+    double mean = 0, m2 = 0;
+    for (int64_t i = 0; i < rows; i++) {
+      double v = kiln_tensor_get_f64(x, i * f + j), d = v - mean;
+      mean += d / (double)(i + 1);
+      m2 += d * (v - mean);
+    }
+    double sd = sqrt(m2 / (double)rows);
+    s->mean[j] = mean;
+    s->inv_std[j] = sd > 0 ? 1.0 / sd : 1.0;
+  }
+  *out = s;
+  return KILN_OK;
+}
+
+kiln_status kiln_scaler_apply(const kiln_scaler *s, kiln_tensor *x) {
+  if (!s || !x) return kiln_set_error(KILN_ERR_INVALID, "scaler_apply: NULL argument");
+  if (!kiln_dtype_is_float(x->dtype) || x->rank < 1 || x->dims[x->rank - 1] != s->features)
+    return kiln_set_error(KILN_ERR_INVALID, "scaler_apply: x must be float with %lld features (the fitted count)",
+                          (long long)s->features);
+  for (int64_t i = 0; i < x->numel; i++) {
+    int64_t j = i % s->features;
+    kiln_tensor_set_f64(x, i, (kiln_tensor_get_f64(x, i) - s->mean[j]) * s->inv_std[j]);
+  }
+  return KILN_OK;
+}
+
+kiln_tensor *kiln_tensor_shuffled_rows(const kiln_tensor *t, uint64_t seed, int64_t from, int64_t to) {
+  if (!t || t->rank < 1 || from < 0 || to < from || to > t->dims[0]) {
+    kiln_set_error(KILN_ERR_INVALID, "shuffled_rows: rows [%lld, %lld) are not within the tensor's %lld", (long long)from,
+                   (long long)to, t && t->rank ? (long long)t->dims[0] : 0LL);
+    return NULL;
+  }
+  int64_t n = t->dims[0];
+  int64_t *perm = malloc(sizeof *perm * (size_t)(n + 1));
+  int64_t dims[KILN_MAX_RANK];
+  memcpy(dims, t->dims, sizeof dims);
+  dims[0] = to - from;
+  kiln_tensor *out = perm ? kiln_tensor_new(t->dtype, t->rank, dims) : NULL;
+  if (!out) {
+    free(perm);
+    kiln_set_error(KILN_ERR_NOMEM, "shuffled_rows: out of memory");
+    return NULL;
+  }
+  for (int64_t i = 0; i < n; i++) perm[i] = i;
+  for (int64_t i = n - 1; i > 0; i--) { /* Fisher-Yates from the counter RNG */
+    int64_t j = (int64_t)(kiln_rng_uniform01(seed ^ 0x53504c4954ull, (uint64_t)i) * (double)(i + 1));
+    int64_t k = perm[i];
+    perm[i] = perm[j], perm[j] = k;
+  }
+  size_t row = n ? t->nbytes / (size_t)n : 0;
+  for (int64_t i = from; i < to; i++) memcpy((char *)out->data + (size_t)(i - from) * row, (const char *)t->data + (size_t)perm[i] * row, row);
+  free(perm);
+  return out;
+}

@@ -20,4 +20,17 @@ jit=$(echo "$out" | sed -n 's/^test loss .*, test accuracy \([0-9.]*\)$/\1/p')
 aot=$(echo "$out" | sed -n 's/^accuracy \([0-9.]*\) on 10000 images.*/\1/p')
 [ -n "$jit" ] && [ "$jit" = "$aot" ] || fail "deploy: JIT test accuracy '$jit', compiled classifier '$aot': $out"
 echo "$out" | grep -q "^image 0: " || fail "deploy: no single-image line: $out"
+# Seed 002's regression samples on the housing table (python3-sklearn's CSV), short runs.
+out=$("$bin/regression" --epochs 100)
+mlp=$(echo "$out" | sed -n 's/^test MSE: MLP \([0-9.]*\), linear least squares \([0-9.]*\)$/\1/p')
+lin=$(echo "$out" | sed -n 's/^test MSE: MLP \([0-9.]*\), linear least squares \([0-9.]*\)$/\2/p')
+[ -n "$mlp" ] && awk -v a="$mlp" -v b="$lin" 'BEGIN { exit !(a < b) }' || fail "regression: the MLP does not beat least squares: $out"
+out=$("$bin/wide_deep" --epochs 20) || fail "wide_deep: $out"
+echo "$out" | grep -q "^functional and subclassed forms agree: yes" || fail "wide_deep: $out"
+# The search: the best trial retrains to the same loss (exit status), and 2 worker
+# processes find exactly what 1 does.
+one=$("$bin/hparam_search" --trials 6 --epochs 20 --jobs 1) || fail "hparam_search: $one"
+two=$("$bin/hparam_search" --trials 6 --epochs 20 --jobs 2) || fail "hparam_search --jobs 2: $two"
+strip() { sed 's/ (compiled .*//; s/ in [0-9.]* s with .*//'; }
+[ "$(strip <<<"$one")" = "$(strip <<<"$two")" ] || fail "hparam_search: --jobs 2 differs from --jobs 1: $one / $two"
 echo "samples OK"

@@ -408,6 +408,23 @@ static void test_early_stopping(void **state) {
   assert_int_equal(kiln_model_fit(m, x, y, &fo, NULL), KILN_ERR_INVALID);
   assert_non_null(strstr(kiln_errmsg(), "val_auc"));
   kiln_callback_free(&cbs[0]);
+  /* A diverged run logs NaN: it never improves, so training stops after `patience`
+   * epochs (Keras), instead of failing as if the value were not logged. */
+  cbs[0] = kiln_early_stopping("loss", 0, 2, false);
+  const char *keys[] = {"loss"};
+  double nan_loss[] = {NAN};
+  int stops = 0;
+  for (int epoch = 0; epoch < 5; epoch++) {
+    kiln_callback_info info = {KILN_ON_EPOCH_END, m, epoch, 0, keys, nan_loss, 1};
+    if (epoch == 0) {
+      kiln_callback_info begin = {KILN_ON_TRAIN_BEGIN, m, 0, 0, keys, NULL, 0};
+      assert_int_equal(cbs[0].fn(&begin, cbs[0].state), KILN_OK);
+    }
+    assert_int_equal(cbs[0].fn(&info, cbs[0].state), KILN_OK);
+    stops += m->stop_training;
+  }
+  assert_true(stops > 0);
+  kiln_callback_free(&cbs[0]);
   kiln_model_free(m);
   kiln_tensor_free(x);
   kiln_tensor_free(y);

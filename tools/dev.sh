@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(gcc make cmake pkg-config llvm-19-dev libprotobuf-c-dev protobuf-c-compiler libcmocka-dev zlib1g-dev
           dataset-fashion-mnist libonnx-dev libonnx-testdata gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user graphviz
-          libopenblas-dev libdnnl-dev libopenmpi-dev openmpi-bin)
+          libopenblas-dev libdnnl-dev libopenmpi-dev openmpi-bin python3-sklearn)
 BENCH_PACKAGES=(python3-torch)
 FUZZ_PACKAGES=(clang-19 libclang-rt-19-dev)
 FUZZ_TARGETS=(onnx tensor npy kir checkpoint model idx csv)

@@ -450,6 +450,9 @@ static kiln_value clipped(onnx_ctx *c, const rnn_spec *s, kiln_value x) {
 /* Row d of a [dirs, ...] parameter, without the leading axis. */
 static kiln_value take_dir(onnx_ctx *c, kiln_value p, int64_t d) {
   kiln_shape s = shape_of(c, p), r = {.rank = s.rank - 1};
+  if (s.rank < 1 || s.dims[0] <= d) /* a malformed W, R or B (or an earlier failure) */
+    return kiln_graph_fail(G, KILN_ERR_INVALID, "recurrent op: a parameter of shape rank %d has no row for direction %lld",
+                           s.rank, (long long)d);
   memcpy(r.dims, s.dims + 1, sizeof(int64_t) * (size_t)r.rank);
   return kiln_reshape(G, slice_axis(c, p, 0, d, d + 1, 1), r);
 }
