@@ -507,7 +507,12 @@ static kiln_status op_Unsqueeze(onnx_ctx *c, const Onnx__NodeProto *n, const kil
   kiln_shape xs = kiln_value_shape(G, in[0]), s = {.rank = xs.rank + (na > 0 ? na : 0)};
   if (na <= 0 || s.rank > KILN_MAX_RANK) return onnx_fail(c, n, KILN_ERR_INVALID, "bad axes");
   bool ins[KILN_MAX_RANK] = {0};
-  for (int j = 0; j < na; j++) ins[norm_axis(axes[j], s.rank)] = true;
+  for (int j = 0; j < na; j++) {
+    int a = norm_axis(axes[j], s.rank);
+    if (a < 0 || a >= s.rank || ins[a])
+      return onnx_fail(c, n, KILN_ERR_INVALID, "axis %lld is out of range for rank %d or repeated", (long long)axes[j], s.rank);
+    ins[a] = true;
+  }
   for (int i = 0, k = 0; i < s.rank; i++) s.dims[i] = ins[i] ? 1 : xs.dims[k++];
   out[0] = kiln_reshape(G, in[0], s);
   return KILN_OK;
