@@ -19,7 +19,7 @@ PACKAGES=(gcc make cmake pkg-config llvm-19-dev libprotobuf-c-dev protobuf-c-com
           libopenblas-dev libdnnl-dev libopenmpi-dev openmpi-bin python3-sklearn)
 BENCH_PACKAGES=(python3-torch)
 FUZZ_PACKAGES=(clang-19 libclang-rt-19-dev)
-FUZZ_TARGETS=(onnx tensor npy kir checkpoint model idx csv)
+FUZZ_TARGETS=(onnx tensor npy kir checkpoint model idx csv weights)
 
 install_missing() { # [packages...] (default: PACKAGES)
   local missing=() wanted=("$@")
@@ -79,7 +79,7 @@ fuzz)
   CC=clang-19 build build-fuzz -DKILN_FUZZ=ON
   for t in "${targets[@]}"; do
     corpus=build-fuzz/corpus/$t
-    [ -d "$corpus" ] || bash tests/fuzz/seeds.sh "$PWD" "$t" "$corpus"
+    [ -d "$corpus" ] || KILN_FUZZ_GEN=build-fuzz/fuzzgen bash tests/fuzz/seeds.sh "$PWD" "$t" "$corpus"
     mkdir -p "tests/fuzz/regressions/$t"
     echo "== libfuzz_$t for ${seconds}s"
     # -rss_limit_mb: a hostile model may ask for any size; kiln refuses sizes it cannot allocate

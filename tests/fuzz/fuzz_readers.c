@@ -1,8 +1,9 @@
 /* One fuzz target per reader of outside data, selected at compile time with
  * -DFUZZ_<NAME>: onnx (ModelProto), tensor (ONNX TensorProto), npy, kir (text IR:
  * parse, then evaluate a small input-free graph), checkpoint (restore), model (model
- * file load), idx, csv. Every input must either load or fail with a status and a
- * message; the sanitizers and libFuzzer catch the rest.
+ * file load), idx, csv, weights (the NAME_load_params an AOT header carries, from a
+ * header the build generates). Every input must either load or fail with a status and a
+ * message (the weights loader: 0 or -1); the sanitizers and libFuzzer catch the rest.
  *
  * Built two ways: with clang's -fsanitize=fuzzer (tools/dev.sh fuzz, coverage-guided)
  * and, with FUZZ_REPLAY, as a plain program that feeds it the files named on its
@@ -13,6 +14,9 @@
 #include <string.h>
 #include <unistd.h>
 #include "ir/ir.h" /* the graph's outputs, for the kir target */
+#ifdef FUZZ_WEIGHTS
+#include "fuzzw.h" /* generated: kiln compile tests/golden/small.kiln --weights external */
+#endif
 
 /* Readers take paths: the input goes to a file of this process's own. */
 static const char *as_file(const uint8_t *data, size_t size) {
@@ -26,7 +30,7 @@ static const char *as_file(const uint8_t *data, size_t size) {
 }
 
 /* A failure must leave a message. */
-static void check(kiln_status st) {
+static __attribute__((unused)) void check(kiln_status st) {
   if (st != KILN_OK && !*kiln_errmsg()) {
     fprintf(stderr, "a reader failed (status %d) without a message\n", (int)st);
     abort();
@@ -91,6 +95,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                       &x, &y));
   kiln_tensor_free(x);
   kiln_tensor_free(y);
+#elif defined(FUZZ_WEIGHTS)
+  static unsigned char params[FUZZW_PARAMS_SIZE];
+  int rc = fuzzw_load_params(path, params);
+  if (rc != 0 && rc != -1) abort();
 #else
 #error "define one FUZZ_<TARGET>"
 #endif

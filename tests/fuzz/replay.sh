@@ -6,6 +6,7 @@ set -euo pipefail
 shopt -s nullglob
 bin=$1 src=$2
 shift 2
+export KILN_FUZZ_GEN=${KILN_FUZZ_GEN:-$bin/../fuzzgen}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 for t in "$@"; do

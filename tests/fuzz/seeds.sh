@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # seeds.sh SOURCE_DIR TARGET OUT_DIR: writes the seed inputs of one fuzz target (real
-# files of its format) into OUT_DIR. Shared by tests/fuzz/replay.sh and tools/dev.sh fuzz.
+# files of its format) into OUT_DIR. Shared by tests/fuzz/replay.sh and tools/dev.sh fuzz
+# (the weights target also needs KILN_FUZZ_GEN, the build's fuzzgen/ directory).
 set -euo pipefail
 src=$1 t=$2 out=$3
 mkdir -p "$out"
@@ -36,5 +37,8 @@ csv)
   printf 'a,b,label\n1,2.5,0\n-3,4e2,1\n' > "$out/header.csv"
   printf '1,2,3\n4,5,6\n7,8,9\n' > "$out/plain.csv"
   printf '1;2\n3;x\n' > "$out/bad.csv" ;;
+weights) # KILN_FUZZ_GEN: the build's fuzzgen/ (the generated header's weights file)
+  cp "${KILN_FUZZ_GEN:?set KILN_FUZZ_GEN to the fuzzgen directory of the build}/fuzzw.weights" "$out/good.weights"
+  head -c 40 "$out/good.weights" > "$out/short.weights" ;;
 *) echo "seeds.sh: unknown target $t" >&2; exit 2 ;;
 esac
