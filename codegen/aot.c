@@ -225,7 +225,7 @@ static LLVMValueRef add_function(cg *c, const char *name, LLVMTypeRef ret, unsig
 
 /* NAME_<fn>_with([params,] [opt_state,] in, [targets,] out, workspace) -> i32; out is
  * the outputs struct, or the only output's pointer (train_step's loss). */
-static void emit_with(wrap *w, const aot_entry *e, LLVMValueRef entry) {
+static kiln_status emit_with(wrap *w, const aot_entry *e, LLVMValueRef entry) {
   cg *c = w->c;
   const aot_unit *u = w->u;
   char name[160];
@@ -262,7 +262,7 @@ static void emit_with(wrap *w, const aot_entry *e, LLVMValueRef entry) {
   LLVMValueRef blob[2] = {u->params_arg ? LLVMGetParam(fn, ip) : w->params_global,
                           aot_takes_opt(e) ? LLVMGetParam(fn, io) : NULL};
   LLVMValueRef *pp = calloc(np + nall + 1, sizeof *pp);
-  KILN_ASSERT(pp);
+  if (!pp) return kiln_set_error(KILN_ERR_NOMEM, "aot: out of memory"); /* the caller drops the module */
   for (uint32_t k = 0; k < np; k++) {
     int32_t s = e->param_slot[k];
     if (s >= 0) {
@@ -303,6 +303,7 @@ static void emit_with(wrap *w, const aot_entry *e, LLVMValueRef entry) {
   LLVMBuildCall2(c->b, w->free_ty, w->free_fn, &owned, 1, "");
   LLVMBuildRet(c->b, rc);
   free(pp);
+  return KILN_OK;
 }
 
 /* NAME_<fn>([params,] [opt_state,] x, [y,] out): one pointer per port, no workspace. */
@@ -423,7 +424,7 @@ static kiln_status emit_object(aot_unit *u) {
     LLVMSetLinkage(entry, LLVMInternalLinkage);
     finish_entry(e, u);
     if (u->workspace < e->workspace) u->workspace = e->workspace;
-    emit_with(&w, e, entry);
+    if ((st = emit_with(&w, e, entry)) != KILN_OK) break;
     if (aot_has_simple_form(e)) emit_simple(&w, e);
     any_opt |= aot_takes_opt(e);
   }

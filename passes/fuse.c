@@ -59,8 +59,9 @@ size_t kiln_fuse(const kiln_graph *g, const bool *live, const bool *stored, uint
   size_t count = 0;
   if (!uses || !reader || !all_by_element || !once || !index_only) {
     free(uses), free(reader), free(all_by_element), free(once), free(index_only);
-    for (uint32_t i = 0; i < n; i++) inlined[i] = false; /* no fusion is always correct */
-    return 0;
+    /* An error rather than unfused code: the same graph must compile to the same code
+     * (AOT objects are byte-identical), or not at all. */
+    return SIZE_MAX;
   }
   for (uint32_t i = 0; i < n; i++) all_by_element[i] = once[i] = true, reader[i] = UINT32_MAX;
   for (uint32_t i = 0; i < n; i++) {

@@ -21,7 +21,8 @@ KILN_INTERNAL kiln_status kiln_plan_memory(const kiln_graph *g, const uint64_t *
  * (never those with stored[i]: inputs, constants with data, outputs), keeping every
  * kernel's distinct buffers at most max_reads; host[k] is the kiln_can_host node
  * (inlined too) that kernel k runs before finishing its output element-wise, or
- * UINT32_MAX (always when host is NULL). Returns how many nodes are inlined (passes/fuse.c explains the rules). */
+ * UINT32_MAX (always when host is NULL). Returns how many nodes are inlined (passes/fuse.c explains the rules),
+ * SIZE_MAX when out of memory. */
 KILN_INTERNAL size_t kiln_fuse(const kiln_graph *g, const bool *live, const bool *stored, uint32_t max_reads,
                                bool *inlined, uint32_t *host);
 #define KILN_MAX_EPILOGUE_READS 32 /* buffers a kernel with a host may read (they ride in its task contexts) */

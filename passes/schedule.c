@@ -57,7 +57,7 @@ kiln_status kiln_schedule_build(const kiln_graph *g, bool fuse, bool epilogues, 
   for (uint32_t i = 0; i < n; i++) stored[i] = kiln_node_is_stored(g, i);
   for (uint32_t i = 0; i < n; i++) s->host[i] = UINT32_MAX;
   if (fuse) s->fused = kiln_fuse(g, s->live, stored, KILN_MAX_READS, s->inlined, epilogues ? s->host : NULL);
-  kiln_status st = KILN_OK;
+  kiln_status st = s->fused == SIZE_MAX ? kiln_set_error(KILN_ERR_NOMEM, "fusion: out of memory") : KILN_OK;
   for (uint32_t i = 0; i < n && st == KILN_OK; i++) {
     const kiln_node *nd = &g->nodes[i];
     s->last[i] = i;

@@ -8,6 +8,7 @@
  * allocations counted are kiln's own (and this file's); LLVM and protobuf-c allocate
  * through their shared libraries and are not failed here.
  *   test_alloc_faults [SCENARIO...]   (default: all; KILN_CACHE_DIR keeps compiles warm) */
+#include <execinfo.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +30,10 @@ static bool should_fail(void) {
   long at = atomic_load(&fail_at);
   if (at && k == at) {
     atomic_store(&fired, true);
+    if (getenv("KILN_ALLOC_TRACE")) { /* where the failing allocation is, for debugging a finding */
+      void *frames[16];
+      backtrace_symbols_fd(frames, backtrace(frames, 16), 2);
+    }
     return true;
   }
   return false;
@@ -95,6 +100,23 @@ static kiln_status compile_run_with(bool cold) {
 
 static kiln_status compile_and_run(void) { return compile_run_with(false); }
 static kiln_status compile_cold(void) { return compile_run_with(true); } /* lowering and LLVM, no cache */
+
+/* An object and header from the small graph; the result is a checksum of the object's bytes. */
+static kiln_status aot_compile(void) {
+  char obj[1024], hdr[1024];
+  snprintf(obj, sizeof obj, "%s/alloc_faults.o", tmpdir);
+  snprintf(hdr, sizeof hdr, "%s/alloc_faults.h", tmpdir);
+  remove(obj);
+  kiln_graph *g = small_graph();
+  kiln_aot_options o = {.name = "faulty", .object_path = obj, .header_path = hdr};
+  kiln_status st = g ? kiln_aot_compile(g, &o) : KILN_ERR_NOMEM;
+  kiln_graph_free(g);
+  result = 0;
+  FILE *f = st == KILN_OK ? fopen(obj, "rb") : NULL;
+  for (int c, i = 1; f && (c = fgetc(f)) != EOF; i++) result += (double)c * i;
+  if (f) fclose(f);
+  return st;
+}
 
 static kiln_status evaluate(void) {
   kiln_graph *g = small_graph();
@@ -187,7 +209,8 @@ typedef struct scenario {
 
 static const scenario scenarios[] = {
     {"onnx_load", onnx_load},     {"evaluate", evaluate},
-    {"compile_run", compile_and_run}, {"compile_cold", compile_cold}, {"checkpoint", checkpoint_save_restore},
+    {"compile_run", compile_and_run}, {"compile_cold", compile_cold}, {"aot_compile", aot_compile},
+    {"checkpoint", checkpoint_save_restore},
     {"fit_epoch", fit_one_epoch}, {"model_load", model_file_load},
 };
 
