@@ -293,8 +293,8 @@ static bool infer_reshape(kiln_graph *g, kiln_node *n) {
       infer_at = i;
     } else if (dims[i] < 0) {
       return fail(g, n, "dim %d is %lld", i, (long long)dims[i]);
-    } else {
-      known_out *= dims[i];
+    } else if (__builtin_mul_overflow(known_out, dims[i], &known_out)) {
+      return fail(g, n, "the target shape has more than 2^63 elements");
     }
   }
   for (int i = 0; i < x->rank; i++) {

@@ -13,7 +13,12 @@ kiln_status onnx_const_ints(onnx_ctx *c, const Onnx__NodeProto *n, size_t i, int
   if (!t) return onnx_fail(c, n, KILN_ERR_UNSUPPORTED, "input %zu must be a constant (computed at run time here)", i);
   int64_t k = kiln_tensor_numel(t);
   if (k > cap) return onnx_fail(c, n, KILN_ERR_UNSUPPORTED, "input %zu has %lld values (at most %d)", i, (long long)k, cap);
-  for (int64_t j = 0; j < k; j++) out[j] = (int64_t)kiln_tensor_get_f64(t, j);
+  for (int64_t j = 0; j < k; j++) {
+    double v = kiln_tensor_get_f64(t, j);
+    if (!(v >= -9.2e18 && v <= 9.2e18)) /* NaN or beyond int64: converting would be undefined */
+      return onnx_fail(c, n, KILN_ERR_INVALID, "input %zu holds %g, not an integer in range", i, v);
+    out[j] = (int64_t)v;
+  }
   *count = (int)k;
   return KILN_OK;
 }
