@@ -52,6 +52,9 @@ struct kiln_exec {
   uint32_t nuser_out; /* e->g's outputs are the user's, then one per variable assignment */
 };
 
+/* A workspace for the specialisation's plan (aligned_alloc wants a multiple of 64). */
+static void *workspace_new(const spec *s) { return aligned_alloc(64, (s->plan.workspace + 63) & ~(uint64_t)63); }
+
 static void spec_free(spec *s) {
   if (s->jit) LLVMOrcDisposeLLJIT(s->jit);
   cg_plan_free(&s->plan);
@@ -212,7 +215,7 @@ static kiln_status build_spec(kiln_exec *e, int64_t batch, spec *s) {
   t->jit_load_ms = t4 - t3;
   t->compile_ms = t4 - t0;
   if (kiln_pass_stats_on()) print_compile_stats(s);
-  s->workspace = aligned_alloc(64, (s->plan.workspace + 63) & ~(uint64_t)63);
+  s->workspace = workspace_new(s);
   if (!s->workspace)
     return kiln_set_error(KILN_ERR_NOMEM, "compile: cannot allocate a workspace of %llu bytes", (unsigned long long)s->plan.workspace);
   return KILN_OK;
@@ -402,7 +405,7 @@ static kiln_status run_bound(kiln_exec *e, const kiln_tensor *const *inputs, siz
   /* A concurrent run gets its own workspace (one allocation per such run) and runs
    * its tasks on its own thread when another run holds the pool. */
   bool own_ws = !__atomic_exchange_n(&s->workspace_busy, true, __ATOMIC_ACQUIRE);
-  void *ws = own_ws ? s->workspace : aligned_alloc(64, (s->plan.workspace + 63) & ~(uint64_t)63);
+  void *ws = own_ws ? s->workspace : workspace_new(s);
   bool own_pool = e->pool && !__atomic_exchange_n(&e->pool_busy, true, __ATOMIC_ACQUIRE);
   if (!ws) st = kiln_set_error(KILN_ERR_NOMEM, "run: cannot allocate a workspace of %llu bytes", (unsigned long long)s->plan.workspace);
   args[nin + nout] = ws;

@@ -92,7 +92,7 @@ static bool has_child(const kiln_layer *l, const char *local) {
   return false;
 }
 
-static uint64_t name_hash(const char *s) {
+uint64_t kiln_layer_name_hash(const char *s) {
   uint64_t h = 1469598103934665603ull;
   for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
   return h;
@@ -109,7 +109,7 @@ kiln_status kiln_layer_bind_children(kiln_layer *l) {
     free(c->name);
     c->name = full;
     c->vars = l->vars;
-    c->seed = l->seed ^ name_hash(c->local);
+    c->seed = l->seed ^ kiln_layer_name_hash(c->local);
     kiln_status st = kiln_layer_bind_children(c);
     if (st != KILN_OK) return st;
   }

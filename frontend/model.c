@@ -137,12 +137,6 @@ static bool owns(const kiln_model *m, const kiln_layer *l) {
   return false;
 }
 
-static uint64_t name_hash(const char *s) {
-  uint64_t h = 1469598103934665603ull;
-  for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
-  return h;
-}
-
 static bool grow(void **p, size_t *cap, size_t n, size_t size) {
   if (n < *cap) return true;
   size_t c = *cap ? *cap * 2 : 8;
@@ -167,7 +161,7 @@ static kiln_status adopt(kiln_model *m, kiln_layer *l, const char *what) {
     return st;
   }
   l->vars = m->vars;
-  l->seed = m->seed ^ name_hash(l->name);
+  l->seed = m->seed ^ kiln_layer_name_hash(l->name);
   m->layers[m->nlayers++] = l;
   return kiln_layer_bind_children(l);
 }

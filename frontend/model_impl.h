@@ -148,6 +148,8 @@ KILN_INTERNAL kiln_status kiln_layer_kernel_and_bias(kiln_layer *l, kiln_shape k
                                                      kiln_variable **b);
 KILN_INTERNAL kiln_value kiln_layer_bias_act(kiln_graph *g, kiln_value y, kiln_variable *bias, kiln_activation act);
 KILN_INTERNAL kiln_layer *kiln_layer_with_state(const kiln_layer_class *cls, void *state, size_t size, const char *what);
+/* layers.c: FNV-1a of a layer's name, mixed into its seed (the model's, or its parent's). */
+KILN_INTERNAL uint64_t kiln_layer_name_hash(const char *s);
 /* layers.c: Keras' automatic name base of a layer type ("MaxPooling2D" -> "max_pooling2d"). */
 KILN_INTERNAL void kiln_layer_type_base(const char *type, char *base, size_t cap);
 /* layers.c: gives l's sub-layers (recursively) their names, store and seeds; l must have

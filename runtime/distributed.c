@@ -30,13 +30,51 @@ uint64_t kiln_variables_signature(const kiln_variables *vs) {
 #ifndef KILN_HAVE_MPI
 
 bool kiln_dist_available(void) { return false; }
-kiln_status kiln_dist_init(int *argc, char ***argv, kiln_dist **out) {
-  (void)argc, (void)argv;
-  if (out) *out = NULL;
-  return kiln_set_error(KILN_ERR_UNSUPPORTED,
-                        "distributed training: this kiln was built without MPI (install libopenmpi-dev and configure "
-                        "with -DKILN_MPI=ON)");
+/* Undoes a kiln_dist_init that failed (st is set, with its message); MPI stays as it is:
+ * finalising after a failed exchange could wait for a rank that is not there. */
+static kiln_status init_failed(kiln_dist *d, kiln_status st) {
+  if (d) free(d->peers), free(d);
+  atomic_fetch_sub(&live_dists, 1);
+  return st;
 }
+
+kiln_status kiln_dist_init(int *argc, char ***argv, kiln_dist **out) {
+  if (!out) return kiln_set_error(KILN_ERR_INVALID, "dist_init: out is NULL");
+  *out = NULL;
+  if (atomic_fetch_add(&live_dists, 1))
+    return init_failed(NULL, kiln_set_error(KILN_ERR_INVALID, "dist_init: this process already has a kiln_dist"));
+  kiln_dist *d = calloc(1, sizeof *d);
+  if (!d) return init_failed(NULL, kiln_set_error(KILN_ERR_NOMEM, "dist_init: out of memory"));
+  int inited = 0, finalized = 0;
+  MPI_Initialized(&inited);
+  MPI_Finalized(&finalized);
+  if (finalized) return init_failed(d, kiln_set_error(KILN_ERR_INVALID, "dist_init: MPI was already finalised in this process"));
+  if (!inited) {
+    int provided;
+    if (MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
+      return init_failed(d, kiln_set_error(KILN_ERR_RUNTIME, "dist_init: MPI_Init failed"));
+    d->we_initialised = true;
+  }
+  MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+  MPI_Comm_rank(MPI_COMM_WORLD, &d->rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &d->size);
+  d->timeout = env_double("KILN_DIST_TIMEOUT", 120);
+  d->bucket_elems = (size_t)(env_double("KILN_DIST_BUCKET_MB", 16) * (1 << 20)) / sizeof(float);
+  if (d->bucket_elems < 1024) d->bucket_elems = 1024;
+  peer me = {.pid = (int)getpid()};
+  gethostname(me.host, sizeof me.host - 1);
+  if (!(d->peers = calloc((size_t)d->size, sizeof *d->peers)))
+    return init_failed(d, kiln_set_error(KILN_ERR_NOMEM, "dist_init: out of memory"));
+  if (MPI_Allgather(&me, sizeof me, MPI_BYTE, d->peers, sizeof me, MPI_BYTE, MPI_COMM_WORLD) != MPI_SUCCESS)
+    return init_failed(d, kiln_set_error(KILN_ERR_RUNTIME, "dist_init: could not reach the other ranks"));
+  /* Only now, so a failed init leaves the program's SIGTERM handler alone. */
+  struct sigaction sa = {.sa_handler = on_sigterm};
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, &d->old_term);
+  *out = d;
+  return KILN_OK;
+}
+
 void kiln_dist_free(kiln_dist *d) { (void)d; }
 int kiln_dist_rank(const kiln_dist *d) { return (void)d, 0; }
 int kiln_dist_size(const kiln_dist *d) { return (void)d, 1; }
@@ -233,6 +271,16 @@ static kiln_status usable(kiln_dist *d, const char *what) {
   return KILN_OK;
 }
 
+/* One in-place Iallreduce per bucket of n elements of buf, appended to q[*k]. */
+static bool start_buckets(kiln_dist *d, void *buf, size_t n, MPI_Datatype type, size_t elem, MPI_Request *q, size_t *k) {
+  for (size_t i = 0; i < n; i += d->bucket_elems) {
+    int cnt = (int)(n - i < d->bucket_elems ? n - i : d->bucket_elems);
+    if (MPI_Iallreduce(MPI_IN_PLACE, (char *)buf + i * elem, cnt, type, MPI_SUM, MPI_COMM_WORLD, &q[(*k)++]) != MPI_SUCCESS)
+      return false;
+  }
+  return true;
+}
+
 kiln_status kiln_dist_sum(kiln_dist *d, float *f32, size_t n32, double *f64, size_t n64, bool counted) {
   kiln_status st = usable(d, "allreduce");
   if (st != KILN_OK) return st;
@@ -241,21 +289,9 @@ kiln_status kiln_dist_sum(kiln_dist *d, float *f32, size_t n32, double *f64, siz
   MPI_Request *q = calloc(nq + 1, sizeof *q);
   if (!q) return kiln_set_error(KILN_ERR_NOMEM, "allreduce: out of memory");
   size_t k = 0;
-  for (size_t i = 0; i < n32; i += d->bucket_elems) {
-    int cnt = (int)(n32 - i < d->bucket_elems ? n32 - i : d->bucket_elems);
-    if (MPI_Iallreduce(MPI_IN_PLACE, f32 + i, cnt, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &q[k++]) != MPI_SUCCESS) {
-      free(q);
-      return fail(d, "the gradient allreduce", "could not start");
-    }
-  }
-  for (size_t i = 0; i < n64; i += d->bucket_elems) {
-    int cnt = (int)(n64 - i < d->bucket_elems ? n64 - i : d->bucket_elems);
-    if (MPI_Iallreduce(MPI_IN_PLACE, f64 + i, cnt, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD, &q[k++]) != MPI_SUCCESS) {
-      free(q);
-      return fail(d, "the gradient allreduce", "could not start");
-    }
-  }
-  st = wait_all(d, q, (int)k, "the allreduce");
+  bool started = start_buckets(d, f32, n32, MPI_FLOAT, sizeof *f32, q, &k) &&
+                 start_buckets(d, f64, n64, MPI_DOUBLE, sizeof *f64, q, &k);
+  st = started ? wait_all(d, q, (int)k, "the allreduce") : fail(d, "the gradient allreduce", "could not start");
   free(q);
   if (st == KILN_OK && counted) {
     d->stats.allreduces++;

@@ -325,17 +325,19 @@ static kiln_status dist_begin(kiln_model *m, kiln_fit_options *o, const fit_stat
   return st;
 }
 
-/* The epoch's accumulators summed over ranks; then validation, each rank on its share. */
-static kiln_status dist_epoch_results(kiln_model *m, dist_fit *df, fit_state *s, int64_t seen, int64_t bs) {
+/* The epoch's results from its accumulators over `seen` examples (fewer than ntrain if
+ * stopped), then validation's. Distributed (df set): accumulators are summed over ranks
+ * and each rank validates its share. */
+static kiln_status epoch_results(kiln_model *m, dist_fit *df, fit_state *s, int64_t seen, int64_t bs) {
   size_t nr = m->nresults, na = kiln_fit_acc_size(m);
-  kiln_status st = kiln_fit_dist_sum_acc(df, s->acc, na);
+  kiln_status st = df ? kiln_fit_dist_sum_acc(df, s->acc, na) : KILN_OK;
   if (st != KILN_OK) return st;
   results_of(m, s->acc, seen, s->logs);
   if (!s->nval) return KILN_OK;
-  int64_t lo, hi;
-  kiln_fit_dist_shard(df, s->nval, &lo, &hi);
+  int64_t lo = 0, hi = s->nval;
+  if (df) kiln_fit_dist_shard(df, s->nval, &lo, &hi);
   if ((st = kiln_fit_eval_rows(m, &s->val, s->vidx + lo, hi - lo, bs, s->acc)) != KILN_OK) return st;
-  if ((st = kiln_fit_dist_sum_acc(df, s->acc, na)) != KILN_OK) return st;
+  if (df && (st = kiln_fit_dist_sum_acc(df, s->acc, na)) != KILN_OK) return st;
   results_of(m, s->acc, s->nval, s->logs + nr);
   return KILN_OK;
 }
@@ -363,7 +365,7 @@ kiln_status kiln_model_fit_arrays(kiln_model *m, const kiln_arrays *data, const 
     if (tty) fprintf(stderr, "Epoch %d/%d\n", epoch + 1, o.epochs);
     if ((st = notify(&o, m, KILN_ON_EPOCH_BEGIN, epoch, 0, keys, NULL, 0)) != KILN_OK) break;
     double t0 = now();
-    int64_t seen = 0, seen_all = 0; /* by this rank, by all */
+    int64_t seen = 0, seen_all = 0; /* by this rank (its accumulators so far), by all ranks */
     memset(s.acc, 0, sizeof *s.acc * kiln_fit_acc_size(m));
     for (int64_t b = 0; st == KILN_OK && b < steps; b++) {
       int64_t start = b * global_batch, cnt = s.ntrain - start < global_batch ? s.ntrain - start : global_batch;
@@ -374,11 +376,11 @@ kiln_status kiln_model_fit_arrays(kiln_model *m, const kiln_arrays *data, const 
         if ((st = kiln_fit_dist_step(&df, m, &s.train, s.perm + start, cnt, s.acc)) != KILN_OK) break;
         kiln_fit_dist_shard(&df, cnt, &lo, &hi);
         seen += hi - lo;
-        seen_all += cnt;
       } else {
         if ((st = kiln_fit_run_batch(m, m->train_fn, &s.train, s.perm + start, cnt, s.acc, NULL, 0)) != KILN_OK) break;
         seen += cnt;
       }
+      seen_all += cnt;
       if (o.ncallbacks || (tty && (b % 20 == 0 || b + 1 == steps))) results_of(m, s.acc, seen, s.logs);
       if (o.ncallbacks && (st = notify(&o, m, KILN_ON_BATCH_END, epoch, b, keys, s.logs, nr)) != KILN_OK) break;
       if (dist && df.stop_each_step && (st = kiln_fit_dist_agree_stop(&df, m)) != KILN_OK) break;
@@ -389,15 +391,7 @@ kiln_status kiln_model_fit_arrays(kiln_model *m, const kiln_arrays *data, const 
       }
     }
     if (st != KILN_OK) break;
-    if (dist) {
-      if ((st = dist_epoch_results(m, &df, &s, seen_all, o.batch_size)) != KILN_OK) break;
-    } else {
-      results_of(m, s.acc, seen, s.logs); /* seen < ntrain if stopped */
-      if (s.nval) {
-        if ((st = kiln_fit_eval_rows(m, &s.val, s.vidx, s.nval, o.batch_size, s.acc)) != KILN_OK) break;
-        results_of(m, s.acc, s.nval, s.logs + nr);
-      }
-    }
+    if ((st = epoch_results(m, dist ? &df : NULL, &s, seen_all, o.batch_size)) != KILN_OK) break;
     size_t e = (size_t)(epoch - o.initial_epoch);
     for (size_t k = 0; k < s.nkeys; k++) s.h->vals[k][e] = s.logs[k];
     s.h->epochs = e + 1;

@@ -32,7 +32,9 @@ static kiln_status layout(dist_fit *df) {
     *v = *kiln_variable_value(df->weights[i]);
     v->data = v->dtype == KILN_F32 ? (void *)(df->b32 + k32) : (void *)(df->b64 + k64);
     *(v->dtype == KILN_F32 ? &k32 : &k64) += (size_t)v->numel;
+    df->view_ptrs[i] = v;
   }
+  df->g32 = k32, df->g64 = k64;
   return KILN_OK;
 }
 
@@ -48,7 +50,8 @@ kiln_status kiln_fit_dist_begin(dist_fit *df, kiln_model *m, kiln_dist *d, const
   df->weights = calloc(nv + 1, sizeof *df->weights);
   df->state = calloc(nv + 1, sizeof *df->state);
   df->views = calloc(nv + 1, sizeof *df->views);
-  if (!df->weights || !df->state || !df->views) return kiln_set_error(KILN_ERR_NOMEM, "fit: out of memory");
+  df->view_ptrs = calloc(nv + 1, sizeof *df->view_ptrs);
+  if (!df->weights || !df->state || !df->views || !df->view_ptrs) return kiln_set_error(KILN_ERR_NOMEM, "fit: out of memory");
   df->nweights = kiln_model_trainable_weights(m, df->weights);
   for (size_t i = 0; i < df->nweights; i++) {
     const kiln_tensor *v = kiln_variable_value(df->weights[i]);
@@ -74,6 +77,7 @@ kiln_status kiln_fit_dist_begin(dist_fit *df, kiln_model *m, kiln_dist *d, const
 
 void kiln_fit_dist_end(dist_fit *df) {
   free(df->views);
+  free(df->view_ptrs);
   free(df->weights);
   free(df->state);
   free(df->b32);
@@ -108,8 +112,7 @@ static void scale_in_place(void *buf, size_t n, bool f32, double scale) {
 
 /* Gradients (in place) and state, times scale; a rank with no rows adds zeros. */
 static void scale_and_pack(dist_fit *df, double scale) {
-  size_t g32 = 0, g64 = 0;
-  for (size_t i = 0; i < df->nweights; i++) *(df->views[i].dtype == KILN_F32 ? &g32 : &g64) += (size_t)df->views[i].numel;
+  size_t g32 = df->g32, g64 = df->g64;
   scale_in_place(df->b32, g32, true, scale);
   scale_in_place(df->b64, g64, false, scale);
   for (size_t i = 0; i < df->nstate; i++) {
@@ -123,8 +126,7 @@ static void scale_and_pack(dist_fit *df, double scale) {
 }
 
 static void unpack_state(dist_fit *df) {
-  size_t k32 = 0, k64 = 0;
-  for (size_t i = 0; i < df->nweights; i++) *(df->views[i].dtype == KILN_F32 ? &k32 : &k64) += (size_t)df->views[i].numel;
+  size_t k32 = df->g32, k64 = df->g64;
   for (size_t i = 0; i < df->nstate; i++) {
     kiln_tensor *t = kiln_variable_value(df->state[i]);
     if (t->dtype == KILN_F32) memcpy(t->data, df->b32 + k32, t->nbytes), k32 += (size_t)t->numel;
@@ -136,9 +138,7 @@ kiln_status kiln_fit_dist_step(dist_fit *df, kiln_model *m, const feed *f, const
   int64_t lo, hi;
   kiln_fit_dist_shard(df, n, &lo, &hi);
   kiln_status st = KILN_OK;
-  kiln_tensor *given[1024], **views = df->nweights <= 1024 ? given : calloc(df->nweights, sizeof *views);
-  if (!views) return kiln_set_error(KILN_ERR_NOMEM, "fit: out of memory");
-  for (size_t i = 0; i < df->nweights; i++) views[i] = &df->views[i];
+  kiln_tensor **views = df->view_ptrs;
   if (hi > lo) st = kiln_fit_run_batch(m, m->grads_fn, f, idx + lo, hi - lo, acc, views, df->nweights);
   if (st == KILN_OK && !df->state_known) {
     if (hi == lo) /* the first step gives every rank a row, so it traces grads_fn everywhere */
@@ -156,7 +156,6 @@ kiln_status kiln_fit_dist_step(dist_fit *df, kiln_model *m, const feed *f, const
     st = kiln_function_call(m->apply_fn, (const kiln_tensor *const *)views, df->nweights, &iterations, 1);
     kiln_tensor_free(iterations);
   }
-  if (views != given) free(views);
   return st;
 }
 

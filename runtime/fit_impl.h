@@ -34,10 +34,12 @@ typedef struct dist_fit {
   kiln_variable **state; /* float variables the forward pass assigns: averaged after each step */
   size_t nstate;
   bool state_known; /* grads_fn has been traced and state listed */
-  kiln_tensor *views; /* one per weight: its gradient, inside b32 or b64 */
-  float *b32; /* gradients, then state: what the allreduce sums */
+  kiln_tensor *views;      /* one per weight: its gradient, inside b32 or b64 */
+  kiln_tensor **view_ptrs; /* &views[i]: grads_fn's given outputs and apply_fn's inputs */
+  float *b32;              /* gradients, then state: what the allreduce sums */
   double *b64;
-  size_t n32, n64;
+  size_t n32, n64;         /* elements in each */
+  size_t g32, g64;         /* of which gradients (the state follows) */
   bool stop_each_step; /* rank 0 has callbacks, which may stop training after any batch */
 } dist_fit;
 

@@ -7,6 +7,8 @@
 #define KILN_SAMPLES_HOUSING_H
 #include <kiln/kiln.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #define HOUSING_CSV "/usr/lib/python3/dist-packages/sklearn/datasets/data/boston_house_prices.csv"
 #define HOUSING_FEATURES 13
@@ -15,12 +17,24 @@ typedef struct housing {
   kiln_tensor *x_train, *y_train, *x_valid, *y_valid, *x_test, *y_test; /* y: [rows, 1] */
 } housing;
 
-static void housing_free(housing *h) {
+/* The options of regression and wide_deep: --epochs N, --seed S, --data CSV. False
+ * (after printing the usage) on anything else. */
+static inline bool housing_args(int argc, char **argv, const char *prog, int *epochs, unsigned long long *seed, const char **path) {
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--epochs") && i + 1 < argc) *epochs = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--seed") && i + 1 < argc) *seed = strtoull(argv[++i], NULL, 10);
+    else if (!strcmp(argv[i], "--data") && i + 1 < argc) *path = argv[++i];
+    else return fprintf(stderr, "usage: %s [--epochs N] [--seed S] [--data CSV]\n", prog), false;
+  }
+  return true;
+}
+
+static inline void housing_free(housing *h) {
   kiln_tensor *all[] = {h->x_train, h->y_train, h->x_valid, h->y_valid, h->x_test, h->y_test};
   for (size_t i = 0; i < sizeof all / sizeof *all; i++) kiln_tensor_free(all[i]);
 }
 
-static kiln_status housing_load(const char *path, unsigned long long seed, housing *h) {
+static inline kiln_status housing_load(const char *path, unsigned long long seed, housing *h) {
   /* The file's first line is a preamble ("506,13,..."), the second the column names. */
   kiln_csv_options co = {.header = true, .skip_lines = 1, .label_column = HOUSING_FEATURES, .label_dtype = KILN_F32};
   kiln_tensor *x, *y;

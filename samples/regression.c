@@ -60,12 +60,7 @@ int main(int argc, char **argv) {
   int epochs = 300;
   unsigned long long seed = 42;
   const char *path = NULL;
-  for (int i = 1; i < argc; i++) {
-    if (!strcmp(argv[i], "--epochs") && i + 1 < argc) epochs = atoi(argv[++i]);
-    else if (!strcmp(argv[i], "--seed") && i + 1 < argc) seed = strtoull(argv[++i], NULL, 10);
-    else if (!strcmp(argv[i], "--data") && i + 1 < argc) path = argv[++i];
-    else return fprintf(stderr, "usage: regression [--epochs N] [--seed S] [--data CSV]\n"), 2;
-  }
+  if (!housing_args(argc, argv, "regression", &epochs, &seed, &path)) return 2;
   housing d;
   if (housing_load(path, seed, &d) != KILN_OK) return fail("load (apt-get install python3-sklearn)");
   kiln_tensor *x_train = d.x_train, *y_train = d.y_train, *x_test = d.x_test, *y_test = d.y_test;

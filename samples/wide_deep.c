@@ -105,12 +105,7 @@ int main(int argc, char **argv) {
   int epochs = 300;
   unsigned long long seed = 42;
   const char *path = NULL;
-  for (int i = 1; i < argc; i++) {
-    if (!strcmp(argv[i], "--epochs") && i + 1 < argc) epochs = atoi(argv[++i]);
-    else if (!strcmp(argv[i], "--seed") && i + 1 < argc) seed = strtoull(argv[++i], NULL, 10);
-    else if (!strcmp(argv[i], "--data") && i + 1 < argc) path = argv[++i];
-    else return fprintf(stderr, "usage: wide_deep [--epochs N] [--seed S] [--data CSV]\n"), 2;
-  }
+  if (!housing_args(argc, argv, "wide_deep", &epochs, &seed, &path)) return 2;
   housing d;
   if (housing_load(path, seed, &d) != KILN_OK) return fail("load (apt-get install python3-sklearn)");
   kiln_tensor *xs[6] = {columns(d.x_train, 0, WIDE), columns(d.x_train, WIDE, HOUSING_FEATURES),
