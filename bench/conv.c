@@ -1,6 +1,8 @@
 /* Convolutions: kiln against oneDNN, forward and both backward passes (input
- * gradient, filter gradient), on the Fashion-MNIST CNN's two layers (batch 128)
- * and a ResNet-style 3x3 layer (56x56x64 -> 64, batch 8), "same" padding, stride 1.
+ * gradient, filter gradient), on the Fashion-MNIST CNN's two layers (batch 128),
+ * a ResNet-style 3x3 layer (56x56x64 -> 64, batch 8) and MobileNetV2-style
+ * depthwise 3x3 layers (groups = channels, stride 1 and 2, batch 8); padding
+ * K/2 on every side.
  *
  * kiln gets NHWC activations and an HWIO filter and computes the gradients with
  * kiln_gradients, as a training step does. oneDNN gets NHWC activations and
@@ -20,22 +22,26 @@ void omp_set_num_threads(int n); /* libgomp, which Debian's oneDNN runs on */
 
 typedef struct {
   const char *name;
-  int64_t N, H, W, C, OC, K;
+  int64_t N, H, W, C, OC, K, groups, stride;
 } conv_layer;
 
 static const conv_layer layers[] = {
-    {"CNN conv1 128x28x28x1 -> 32", 128, 28, 28, 1, 32, 3},
-    {"CNN conv2 128x14x14x32 -> 64", 128, 14, 14, 32, 64, 3},
-    {"ResNet 8x56x56x64 -> 64", 8, 56, 56, 64, 64, 3},
+    {"CNN conv1 128x28x28x1 -> 32", 128, 28, 28, 1, 32, 3, 1, 1},
+    {"CNN conv2 128x14x14x32 -> 64", 128, 14, 14, 32, 64, 3, 1, 1},
+    {"ResNet 8x56x56x64 -> 64", 8, 56, 56, 64, 64, 3, 1, 1},
+    {"depthwise 8x56x56x144", 8, 56, 56, 144, 144, 3, 144, 1},
+    {"depthwise 8x56x56x144 /2", 8, 56, 56, 144, 144, 3, 144, 2},
+    {"depthwise 8x14x14x576", 8, 14, 14, 576, 576, 3, 576, 1},
 };
 enum { NLAYERS = sizeof layers / sizeof *layers, NPASSES = 3, NCASES = NLAYERS * NPASSES };
 typedef enum { FWD, BWD_DATA, BWD_WEIGHTS } conv_pass;
 static const char *const pass_names[NPASSES] = {"forward", "input gradient", "filter gradient"};
 static const char *const contenders[] = {"kiln", "onednn"};
 
+static int64_t out_size(const conv_layer *l, int64_t in) { return (in + 2 * (l->K / 2) - l->K) / l->stride + 1; }
 static int64_t numel_x(const conv_layer *l) { return l->N * l->H * l->W * l->C; }
-static int64_t numel_y(const conv_layer *l) { return l->N * l->H * l->W * l->OC; }
-static int64_t numel_w(const conv_layer *l) { return l->K * l->K * l->C * l->OC; }
+static int64_t numel_y(const conv_layer *l) { return l->N * out_size(l, l->H) * out_size(l, l->W) * l->OC; }
+static int64_t numel_w(const conv_layer *l) { return l->K * l->K * l->C / l->groups * l->OC; }
 
 static void die(const char *what) {
   fprintf(stderr, "bench_conv: %s\n", what);
@@ -59,9 +65,12 @@ static void kiln_setup(kiln_case *k, const conv_layer *l, conv_pass p, int threa
                        const float *dy) {
   kiln_graph *g = kiln_graph_new();
   kiln_value vx = kiln_placeholder(g, "x", KILN_F32, KILN_SHAPE(l->N, l->H, l->W, l->C));
-  kiln_value vw = kiln_placeholder(g, "w", KILN_F32, KILN_SHAPE(l->K, l->K, l->C, l->OC));
-  kiln_value vdy = kiln_placeholder(g, "dy", KILN_F32, KILN_SHAPE(l->N, l->H, l->W, l->OC));
-  kiln_value y = kiln_conv2d(g, vx, vw, &(kiln_conv2d_opts){.padding = KILN_PAD_SAME});
+  int64_t oh = out_size(l, l->H), ow = out_size(l, l->W), icg = l->C / l->groups, pad = l->K / 2;
+  kiln_value vw = kiln_placeholder(g, "w", KILN_F32, KILN_SHAPE(l->K, l->K, icg, l->OC));
+  kiln_value vdy = kiln_placeholder(g, "dy", KILN_F32, KILN_SHAPE(l->N, oh, ow, l->OC));
+  kiln_conv2d_opts o = {.padding = KILN_PAD_EXPLICIT, .pads = {pad, pad, pad, pad}, .strides = {l->stride, l->stride},
+                        .groups = l->groups};
+  kiln_value y = kiln_conv2d(g, vx, vw, &o);
   if (p == FWD) {
     kiln_output(g, "y", y);
   } else {
@@ -73,9 +82,9 @@ static void kiln_setup(kiln_case *k, const conv_layer *l, conv_pass p, int threa
   if (kiln_compile(g, &(kiln_compile_options){.threads = threads}, &k->exec) != KILN_OK) die(kiln_errmsg());
   kiln_graph_free(g);
   k->in[0] = kiln_tensor_from_data(KILN_F32, 4, (int64_t[]){l->N, l->H, l->W, l->C}, x, sizeof(float) * (size_t)numel_x(l));
-  k->in[1] = kiln_tensor_from_data(KILN_F32, 4, (int64_t[]){l->K, l->K, l->C, l->OC}, w, sizeof(float) * (size_t)numel_w(l));
-  k->in[2] = kiln_tensor_from_data(KILN_F32, 4, (int64_t[]){l->N, l->H, l->W, l->OC}, dy, sizeof(float) * (size_t)numel_y(l));
-  int64_t out_dims[3][4] = {{l->N, l->H, l->W, l->OC}, {l->N, l->H, l->W, l->C}, {l->K, l->K, l->C, l->OC}};
+  k->in[1] = kiln_tensor_from_data(KILN_F32, 4, (int64_t[]){l->K, l->K, icg, l->OC}, w, sizeof(float) * (size_t)numel_w(l));
+  k->in[2] = kiln_tensor_from_data(KILN_F32, 4, (int64_t[]){l->N, oh, ow, l->OC}, dy, sizeof(float) * (size_t)numel_y(l));
+  int64_t out_dims[3][4] = {{l->N, oh, ow, l->OC}, {l->N, l->H, l->W, l->C}, {l->K, l->K, icg, l->OC}};
   k->out = kiln_tensor_new(KILN_F32, 4, out_dims[p]);
 }
 
@@ -113,10 +122,15 @@ static void dnnl_setup(dnnl_case *d, const conv_layer *l, conv_pass p, bool plai
                        float *out) {
   DNNL_CHECK(dnnl_engine_create(&d->engine, dnnl_cpu, 0));
   DNNL_CHECK(dnnl_stream_create(&d->stream, d->engine, dnnl_stream_default_flags));
-  dnnl_dims_t xd = {l->N, l->C, l->H, l->W}, yd = {l->N, l->OC, l->H, l->W}, wd = {l->OC, l->C, l->K, l->K};
-  dnnl_dims_t strides = {1, 1}, pad = {l->K / 2, l->K / 2};
-  dnnl_memory_desc_t xmd = md_of(xd, dnnl_nhwc), ymd = md_of(yd, dnnl_nhwc),
-                     wmd = md_of(wd, plain ? dnnl_hwio : dnnl_format_tag_any);
+  dnnl_dims_t xd = {l->N, l->C, l->H, l->W}, yd = {l->N, l->OC, out_size(l, l->H), out_size(l, l->W)};
+  dnnl_dims_t strides = {l->stride, l->stride}, pad = {l->K / 2, l->K / 2};
+  dnnl_memory_desc_t xmd = md_of(xd, dnnl_nhwc), ymd = md_of(yd, dnnl_nhwc), wmd;
+  if (l->groups == 1) {
+    wmd = md_of((dnnl_dims_t){l->OC, l->C, l->K, l->K}, plain ? dnnl_hwio : dnnl_format_tag_any);
+  } else { /* goihw dims; kiln's HWIO [K][K][C/G][OC] is hwigo with o = OC/G */
+    dnnl_dims_t wd = {l->groups, l->OC / l->groups, l->C / l->groups, l->K, l->K};
+    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&wmd, 5, wd, dnnl_f32, plain ? dnnl_hwigo : dnnl_format_tag_any));
+  }
   dnnl_convolution_desc_t fd, bd;
   dnnl_primitive_desc_t fwd, pd;
   DNNL_CHECK(dnnl_convolution_forward_desc_init(&fd, dnnl_forward_training, dnnl_convolution_direct, &xmd, &wmd, NULL,
@@ -230,11 +244,11 @@ int main(int argc, char **argv) {
   int status = bench_run(argc, argv, 2, contenders, run_contender, NCASES, t, &a);
   if (status >= 0) return status;
   int threads = a.threads, rounds = a.rounds;
-  printf("conv2d 3x3 \"same\", %d thread%s: ms (median of %d rounds), kiln's speed as a ratio to oneDNN\n", threads,
+  printf("conv2d 3x3, padding 1, %d thread%s: ms (median of %d rounds), kiln's speed as a ratio to oneDNN\n", threads,
          threads > 1 ? "s" : "", rounds);
-  printf("%-30s %-16s %9s %9s %12s\n", "layer", "pass", "kiln", "oneDNN", "kiln/oneDNN");
+  printf("%-32s %-16s %9s %9s %12s\n", "layer", "pass", "kiln", "oneDNN", "kiln/oneDNN");
   for (int c = 0; c < NCASES; c++)
-    printf("%-30s %-16s %9.3f %9.3f %11.2fx\n", layers[c / NPASSES].name, pass_names[c % NPASSES], t[2 * c] * 1e3,
+    printf("%-32s %-16s %9.3f %9.3f %11.2fx\n", layers[c / NPASSES].name, pass_names[c % NPASSES], t[2 * c] * 1e3,
            t[2 * c + 1] * 1e3, t[2 * c + 1] / t[2 * c]);
   return 0;
 }

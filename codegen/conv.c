@@ -12,7 +12,8 @@
  *  - conv2d_filter_grad: dw = sum over chunks of col^T * dy[chunk rows]. The
  *    chunks are grouped into parts (conv.h); a task accumulates its part's
  *    chunks in order into the part's buffer.
- * Small filters (a first layer's) take the direct kernels of conv_direct.c.
+ * Small filters (a first layer's) take the direct kernels of conv_direct.c,
+ * depthwise convolutions those of conv_depthwise.c.
  * Chunk GEMMs are always packed: the direct path groups K differently, and a
  * chunk's row count (conv2d) depends on the thread count. */
 #include <stdio.h>
@@ -230,6 +231,10 @@ void cg_conv2d(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *
     cg_gemm_emit(c, &mm, in[0], in[1], out, scratch);
     return;
   }
+  if (cg_conv_depthwise_fits(c, &q)) {
+    cg_conv_depthwise(c, &q, out, in, scratch, ep);
+    return;
+  }
   if (cg_conv_direct_fits(c, &q)) {
     cg_conv_direct(c, &q, out, in, scratch, ep);
     return;
@@ -328,6 +333,10 @@ void cg_conv2d_filter_grad(cg *c, const kiln_node *n, LLVMValueRef out, const LL
     LLVMBuildMemSet(c->b, out, LLVMConstInt(c->i8, 0, 0), cg_i64(c, elems * (int64_t)kiln_dtype_size(q.t)), 4);
     return;
   }
+  if (cg_conv_depthwise_fits(c, &q)) {
+    cg_conv_depthwise_filter_grad(c, &q, out, in, scratch);
+    return;
+  }
   if (cg_conv_direct_fits(c, &q)) {
     cg_conv_direct_filter_grad(c, &q, out, in, scratch);
     return;
@@ -342,6 +351,7 @@ uint64_t cg_conv_scratch_bytes(cg *c, const kiln_node *n) {
   conv_geom q = cg_conv_geometry(c, n);
   if (kiln_shape_numel(4, n->dims) == 0 || q.pixels == 0) return 0;
   bool fgrad = n->op == KILN_OP_CONV2D_FILTER_GRAD;
+  if (cg_conv_depthwise_fits(c, &q)) return cg_conv_depthwise_scratch_bytes(c, &q, fgrad);
   if (cg_conv_direct_fits(c, &q)) return cg_conv_direct_scratch_bytes(c, &q, fgrad);
   if (fgrad) {
     fgrad_plan p = plan_fgrad(c, &q);

@@ -40,6 +40,28 @@ KILN_INTERNAL void cg_conv_direct(cg *c, const conv_geom *q, LLVMValueRef out, c
                                   const cg_epilogue *ep);
 KILN_INTERNAL void cg_conv_direct_filter_grad(cg *c, const conv_geom *q, LLVMValueRef out, const LLVMValueRef *in,
                                               LLVMValueRef scratch);
+/* The input copied inside its zero padding (conv_direct.c), so that every tap of
+ * every output pixel is a load at a constant offset from the pixel's window
+ * corner: NHWC with padded_h x padded_w pixels per image, padded_bytes in all (0
+ * when there is no padding: the input is used as it is). pad_input fills it, a
+ * task per image. */
+static inline int64_t cg_conv_padded_h(const conv_geom *q) { return q->H + q->p[0] + q->p[2]; }
+static inline int64_t cg_conv_padded_w(const conv_geom *q) { return q->W + q->p[1] + q->p[3]; }
+KILN_INTERNAL uint64_t cg_conv_padded_bytes(const conv_geom *q);
+KILN_INTERNAL void cg_conv_pad_input(cg *c, const conv_geom *q, LLVMValueRef x, LLVMValueRef xp, bool threaded);
+/* Parts of a direct filter gradient's pixel sum: one per 256 pixels, at most CONV_FGRAD_PARTS. */
+KILN_INTERNAL int64_t cg_conv_fgrad_parts(const conv_geom *q);
+
+/* conv_depthwise.c: one input channel per group and one output channel per group
+ * (MobileNet's depthwise layers), channels in vector lanes instead of one
+ * one-column GEMM per channel. */
+KILN_INTERNAL bool cg_conv_depthwise_fits(cg *c, const conv_geom *q);
+KILN_INTERNAL uint64_t cg_conv_depthwise_scratch_bytes(cg *c, const conv_geom *q, bool filter_grad);
+KILN_INTERNAL void cg_conv_depthwise(cg *c, const conv_geom *q, LLVMValueRef out, const LLVMValueRef *in,
+                                     LLVMValueRef scratch, const cg_epilogue *ep);
+KILN_INTERNAL void cg_conv_depthwise_filter_grad(cg *c, const conv_geom *q, LLVMValueRef out, const LLVMValueRef *in,
+                                                 LLVMValueRef scratch);
+
 /* Below this much arithmetic a convolution is not worth waking the other threads. */
 KILN_INTERNAL bool cg_conv_worth_threads(cg *c, const conv_geom *q);
 

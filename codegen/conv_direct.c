@@ -25,9 +25,11 @@ static uint64_t align64(uint64_t x) { return (x + 63) & ~(uint64_t)63; }
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 static int64_t vec_w(cg *c, const conv_geom *q) { return c->vec_bytes / (int64_t)kiln_dtype_size(q->t); }
 static bool padded(const conv_geom *q) { return q->p[0] || q->p[1] || q->p[2] || q->p[3]; }
-static int64_t hp_of(const conv_geom *q) { return q->H + q->p[0] + q->p[2]; }
-static int64_t wp_of(const conv_geom *q) { return q->W + q->p[1] + q->p[3]; }
-static uint64_t xp_bytes(const conv_geom *q) {
+static int64_t hp_of(const conv_geom *q) { return cg_conv_padded_h(q); }
+static int64_t wp_of(const conv_geom *q) { return cg_conv_padded_w(q); }
+static uint64_t xp_bytes(const conv_geom *q) { return cg_conv_padded_bytes(q); }
+
+uint64_t cg_conv_padded_bytes(const conv_geom *q) {
   return padded(q) ? align64((uint64_t)(q->N * hp_of(q) * wp_of(q) * q->C) * kiln_dtype_size(q->t)) : 0;
 }
 /* Out-channel vectors whose weights or sums fit in registers next to Kc taps. */
@@ -41,14 +43,14 @@ bool cg_conv_direct_fits(cg *c, const conv_geom *q) {
          q->OC % vec_w(c, q) == 0;
 }
 
-static int64_t fgrad_parts(const conv_geom *q) {
+int64_t cg_conv_fgrad_parts(const conv_geom *q) {
   int64_t n = ceil_div(q->pixels, 256);
   return n < CONV_FGRAD_PARTS ? n : CONV_FGRAD_PARTS;
 }
 
 uint64_t cg_conv_direct_scratch_bytes(cg *c, const conv_geom *q, bool filter_grad) {
   (void)c;
-  conv_parts parts = cg_conv_parts(q, fgrad_parts(q));
+  conv_parts parts = cg_conv_parts(q, cg_conv_fgrad_parts(q));
   return xp_bytes(q) + (filter_grad ? cg_conv_parts_bytes(&parts) : 0);
 }
 
@@ -71,8 +73,7 @@ static void pad_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
   cg_store(c, q->t, LLVMBuildSelect(c->b, ok, v, cg_const(c, q->t, 0), ""), m->xp, dst);
 }
 
-/* xp[n] = x[n] inside its zero border; a task per image. */
-static void pad_input(cg *c, const conv_geom *q, LLVMValueRef x, LLVMValueRef xp, bool threaded) {
+void cg_conv_pad_input(cg *c, const conv_geom *q, LLVMValueRef x, LLVMValueRef xp, bool threaded) {
   char name[48];
   snprintf(name, sizeof name, "kiln_conv%u_pad_task", c->ntask_fns++);
   cg_fn_pos sp;
@@ -160,7 +161,7 @@ void cg_conv_direct(cg *c, const conv_geom *q, LLVMValueRef out, const LLVMValue
                     const cg_epilogue *ep) {
   bool threaded = cg_conv_worth_threads(c, q);
   LLVMValueRef xp = in[0];
-  if (padded(q)) pad_input(c, q, in[0], xp = scratch, threaded);
+  if (padded(q)) cg_conv_pad_input(c, q, in[0], xp = scratch, threaded);
   /* chunks of pixels: a few per thread so a slow one does not hold the rest up */
   int64_t chunks = threaded ? 4 * c->threads : 1, rows = ceil_div(q->pixels, chunks);
   chunks = ceil_div(q->pixels, rows);
@@ -224,11 +225,11 @@ static void fgrad_block(cg *c, void *vctx, LLVMValueRef first, int64_t nv) {
 void cg_conv_direct_filter_grad(cg *c, const conv_geom *q, LLVMValueRef out, const LLVMValueRef *in,
                                 LLVMValueRef scratch) {
   bool threaded = cg_conv_worth_threads(c, q);
-  conv_parts parts = cg_conv_parts(q, fgrad_parts(q));
+  conv_parts parts = cg_conv_parts(q, cg_conv_fgrad_parts(q));
   LLVMValueRef xp = in[0];
   if (padded(q)) {
     xp = LLVMBuildGEP2(c->b, c->i8, scratch, (LLVMValueRef[]){imm(c, (int64_t)cg_conv_parts_bytes(&parts))}, 1, "");
-    pad_input(c, q, in[0], xp, threaded);
+    cg_conv_pad_input(c, q, in[0], xp, threaded);
   }
   int64_t per_part = ceil_div(q->pixels, parts.n);
   char name[48];

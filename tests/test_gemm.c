@@ -141,6 +141,44 @@ static void test_conv_small_filters(void **s) {
   check_conv(&r, (int64_t[]){2, 9, 10, 6}, (int64_t[]){2, 2, 6, 32}, &(kiln_conv2d_opts){.padding = KILN_PAD_SAME});
 }
 
+/* The input gradient of conv2d(x, w) for a dy of the output's shape, as autodiff builds it. */
+static void check_conv_input_grad(trng *r, const int64_t xd[4], const int64_t wd[4], const kiln_conv2d_opts *o) {
+  kiln_graph *g = kiln_graph_new();
+  kiln_value x = kiln_placeholder(g, "x", KILN_F32, shape4(xd)), w = kiln_placeholder(g, "w", KILN_F32, shape4(wd));
+  kiln_value y = kiln_conv2d(g, x, w, o), dx;
+  kiln_shape ys = kiln_value_shape(g, y);
+  kiln_value dy = kiln_placeholder(g, "dy", KILN_F32, ys);
+  assert_int_equal(kiln_gradients(g, kiln_reduce_sum(g, kiln_mul(g, y, dy), NULL, 0, false), &x, 1, &dx), KILN_OK);
+  kiln_output(g, "dx", dx);
+  assert_int_equal(kiln_graph_status(g), KILN_OK);
+  kiln_tensor *in[3] = {random_tensor(r, KILN_F32, 4, xd, -1, 1), random_tensor(r, KILN_F32, 4, wd, -1, 1),
+                        random_tensor(r, KILN_F32, 4, ys.dims, -1, 1)};
+  check_inputs_threads(g, in, 3, "conv input gradient", 1e-5);
+  kiln_graph_free(g);
+}
+
+/* Depthwise convolutions (groups = channels) take conv_depthwise.c: channel counts
+ * of several vectors, blocks and a part-vector tail (40, 19, 144), strides,
+ * dilations and uneven padding, a 5x5 filter (25 taps of sums for the filter
+ * gradient), no padding, a 1x1 filter, and output widths with pixel remainders;
+ * the input gradient is a depthwise convolution of dy. */
+static void test_conv_depthwise(void **s) {
+  (void)s;
+  trng r = {29};
+  kiln_conv2d_opts same = {.padding = KILN_PAD_SAME, .groups = 40};
+  check_conv(&r, (int64_t[]){2, 13, 11, 40}, (int64_t[]){3, 3, 1, 40}, &same);
+  check_conv_input_grad(&r, (int64_t[]){2, 13, 11, 40}, (int64_t[]){3, 3, 1, 40}, &same);
+  kiln_conv2d_opts odd = {.strides = {2, 1}, .dilations = {1, 2}, .padding = KILN_PAD_EXPLICIT, .pads = {2, 0, 1, 3}, .groups = 19};
+  check_conv(&r, (int64_t[]){3, 17, 15, 19}, (int64_t[]){3, 3, 1, 19}, &odd);
+  check_conv_input_grad(&r, (int64_t[]){3, 17, 15, 19}, (int64_t[]){3, 3, 1, 19}, &odd);
+  kiln_conv2d_opts valid = {.padding = KILN_PAD_VALID, .groups = 144};
+  check_conv(&r, (int64_t[]){2, 12, 9, 144}, (int64_t[]){5, 5, 1, 144}, &valid);
+  kiln_conv2d_opts stride2 = {.strides = {2, 2}, .padding = KILN_PAD_SAME, .groups = 96};
+  check_conv(&r, (int64_t[]){4, 28, 28, 96}, (int64_t[]){3, 3, 1, 96}, &stride2);
+  check_conv_input_grad(&r, (int64_t[]){4, 28, 28, 96}, (int64_t[]){3, 3, 1, 96}, &stride2);
+  check_conv(&r, (int64_t[]){1, 4, 5, 8}, (int64_t[]){1, 1, 1, 8}, &(kiln_conv2d_opts){.padding = KILN_PAD_VALID, .groups = 8});
+}
+
 /* Max-pool gradients with ties (x in {0, 1}: the first maximum, row-major, takes the
  * window's gradient), overlapping windows and padding, against the evaluator and
  * across thread counts; a 2x2/2 pooling of a CNN-sized map (large enough for
@@ -285,7 +323,8 @@ static void check_epilogue(trng *r, int rank, const int64_t *ad, const int64_t *
 /* Every GEMM path finishes its pieces: packed strips after the last of several K
  * slices (and column blocks: 2050 columns are 3 tasks' worth), the few-row direct
  * path split by columns, the one-column dot path, batches; convolutions by im2col
- * chunks (groups too), the small-filter direct kernel and the pointwise GEMM. */
+ * chunks (groups too), the small-filter direct kernel, the depthwise kernel and
+ * the pointwise GEMM. */
 static void test_epilogues(void **s) {
   (void)s;
   trng r = {17};
@@ -302,6 +341,8 @@ static void test_epilogues(void **s) {
   check_epilogue(&r, 4, (int64_t[]){4, 34, 34, 16}, (int64_t[]){3, 3, 16, 8}, &same, false, false, "conv");
   check_epilogue(&r, 4, (int64_t[]){3, 13, 11, 6}, (int64_t[]){3, 3, 3, 10}, &odd, false, false, "grouped conv");
   check_epilogue(&r, 4, (int64_t[]){9, 28, 28, 1}, (int64_t[]){3, 3, 1, 32}, &same, false, false, "direct conv");
+  kiln_conv2d_opts depthwise = {.padding = KILN_PAD_SAME, .groups = 48};
+  check_epilogue(&r, 4, (int64_t[]){3, 15, 13, 48}, (int64_t[]){3, 3, 1, 48}, &depthwise, false, false, "depthwise conv");
   check_epilogue(&r, 4, (int64_t[]){2, 9, 7, 16}, (int64_t[]){1, 1, 16, 24}, &same, false, false, "pointwise conv");
 }
 
@@ -377,7 +418,7 @@ static void test_run_into(void **s) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_matmul_edges_and_transposes), cmocka_unit_test(test_conv_threads), cmocka_unit_test(test_conv_small_filters), cmocka_unit_test(test_max_pool_grad), cmocka_unit_test(test_elementwise_threads), cmocka_unit_test(test_reduce_threads),
+      cmocka_unit_test(test_matmul_edges_and_transposes), cmocka_unit_test(test_conv_threads), cmocka_unit_test(test_conv_small_filters), cmocka_unit_test(test_conv_depthwise), cmocka_unit_test(test_max_pool_grad), cmocka_unit_test(test_elementwise_threads), cmocka_unit_test(test_reduce_threads),
       cmocka_unit_test(test_epilogues),
       cmocka_unit_test(test_pool_runs_each_task_once),    cmocka_unit_test(test_thread_count_errors),
       cmocka_unit_test(test_run_into),

@@ -1,0 +1,279 @@
+/* Depthwise convolution: every group one input and one output channel (groups =
+ * C = OC), MobileNet's 3x3 layers. Through im2col this is C GEMMs of one column
+ * and K = kh*kw, all packing and no arithmetic; here the channels, contiguous in
+ * NHWC, are the vector lanes, and the taps are unrolled:
+ *  - conv2d: per output row, blocks of PIXELS output pixels x `nv` channel
+ *    vectors of sums stay in registers while each tap's weight vectors (loaded
+ *    once per tap, used for every pixel of the block) multiply the input vectors
+ *    at the tap; rows are the tasks.
+ *  - conv2d_filter_grad: per part of the pixels (conv.h), taps x `nv` vector sums
+ *    stay in registers while each pixel adds its input vectors at every tap times
+ *    its dy vectors.
+ * The input gradient is a depthwise convolution too (autodiff builds it so).
+ * There is no padded copy of the input (for a depthwise layer it would move as
+ * many bytes as the convolution): output pixels whose window lies inside the
+ * image (the interior, a range of rows and columns known from the shapes) load
+ * every tap at a constant offset from the window's corner; the border pixels
+ * check each tap and read zeros outside. */
+#include <stdio.h>
+#include "codegen/conv.h"
+
+enum { MAX_TAPS = 49, MAX_VECTORS = 32, PIXELS = 4 };
+
+static LLVMValueRef add(cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildAdd(c->b, a, b, ""); }
+static LLVMValueRef mul(cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildMul(c->b, a, b, ""); }
+static LLVMValueRef imm(cg *c, int64_t v) { return cg_i64(c, v); }
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+static int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+static int64_t lanes_of(cg *c, const conv_geom *q) { return c->vec_bytes / (int64_t)kiln_dtype_size(q->t); }
+static int64_t taps_of(const conv_geom *q) { return q->KH * q->KW; }
+/* Vector registers: 32 with AVX-512, 16 below; a few stay free for operands. */
+static int64_t free_regs(cg *c) { return (c->vec_bytes >= 64 ? 32 : 16) - 4; }
+
+bool cg_conv_depthwise_fits(cg *c, const conv_geom *q) {
+  (void)c;
+  return kiln_dtype_is_float(q->t) && q->groups > 1 && q->icg == 1 && q->C == q->groups && q->OC == q->groups &&
+         taps_of(q) <= MAX_TAPS;
+}
+
+uint64_t cg_conv_depthwise_scratch_bytes(cg *c, const conv_geom *q, bool filter_grad) {
+  (void)c;
+  conv_parts parts = cg_conv_parts(q, cg_conv_fgrad_parts(q));
+  return filter_grad ? cg_conv_parts_bytes(&parts) : 0;
+}
+
+static LLVMValueRef vload(cg *c, const conv_geom *q, LLVMTypeRef vt, LLVMValueRef base, LLVMValueRef idx) {
+  LLVMValueRef l = LLVMBuildLoad2(c->b, vt, cg_gep(c, cg_type(c, q->t), base, idx), "");
+  LLVMSetAlignment(l, (unsigned)kiln_dtype_size(q->t));
+  return l;
+}
+static void vstore(cg *c, const conv_geom *q, LLVMValueRef v, LLVMValueRef base, LLVMValueRef idx) {
+  LLVMSetAlignment(LLVMBuildStore(c->b, v, cg_gep(c, cg_type(c, q->t), base, idx)), (unsigned)kiln_dtype_size(q->t));
+}
+static LLVMValueRef vfma(cg *c, LLVMValueRef a, LLVMValueRef b, LLVMValueRef acc) {
+  return cg_call_intrinsic(c, "llvm.fma", LLVMTypeOf(acc), (LLVMValueRef[]){a, b, acc}, 3);
+}
+
+/* Output positions [lo, hi) along one spatial axis whose window is inside the
+ * input: in = o*stride - pad + k*dilation in [0, size) for every k < taps. */
+typedef struct {
+  int64_t lo, hi;
+} interior;
+static interior interior_of(int64_t out, int64_t size, int64_t taps, int64_t stride, int64_t dilation, int64_t pad) {
+  int64_t lo = ceil_div(pad, stride), hi = floor_div(size - 1 - (taps - 1) * dilation + pad, stride) + 1;
+  if (hi > out) hi = out;
+  if (lo > out) lo = out;
+  return (interior){lo, hi < lo ? lo : hi};
+}
+static interior rows_inside(const conv_geom *q) { return interior_of(q->OH, q->H, q->KH, q->s[0], q->d[0], q->p[0]); }
+static interior cols_inside(const conv_geom *q) { return interior_of(q->OW, q->W, q->KW, q->s[1], q->d[1], q->p[1]); }
+
+/* A run of channels: `nv` vectors of `lanes` from channel `first`. */
+typedef struct {
+  LLVMValueRef first;
+  int64_t nv, lanes;
+} channels;
+
+typedef void (*channels_fn)(cg *c, void *ctx, channels ch);
+/* Calls emit for every run of `per` whole vectors of lanes, the shorter last
+ * run, and the channels left over (fewer than a vector: one narrower vector). */
+static void for_channels(cg *c, const conv_geom *q, int64_t per, channels_fn emit, void *ctx) {
+  int64_t lanes = lanes_of(c, q), all = q->C / lanes, whole = all / per * per;
+  if (whole > 0) {
+    cg_loop lb;
+    LLVMValueRef v = cg_loop_begin(c, &lb, imm(c, 0), imm(c, whole * lanes), imm(c, per * lanes));
+    emit(c, ctx, (channels){v, per, lanes});
+    cg_loop_end(c, &lb);
+  }
+  if (whole < all) emit(c, ctx, (channels){imm(c, whole * lanes), all - whole, lanes});
+  if (q->C % lanes) emit(c, ctx, (channels){imm(c, all * lanes), 1, q->C % lanes});
+}
+
+/* The input under the windows of a few output pixels (n, oh, ow + p), p < pixels. */
+typedef struct {
+  const conv_geom *q;
+  LLVMValueRef x, n, oh, ow;
+  LLVMValueRef corner; /* unchecked: the first window's corner in x (may be outside when checked) */
+  bool checked;        /* border pixels (one at a time): each tap checks it is inside the image */
+} window;
+
+static window window_at(cg *c, const conv_geom *q, LLVMValueRef x, LLVMValueRef n, LLVMValueRef oh, LLVMValueRef ow,
+                        bool checked) {
+  window win = {.q = q, .x = x, .n = n, .oh = oh, .ow = ow, .checked = checked};
+  LLVMValueRef ih = LLVMBuildSub(c->b, mul(c, oh, imm(c, q->s[0])), imm(c, q->p[0]), "");
+  LLVMValueRef iw = LLVMBuildSub(c->b, mul(c, ow, imm(c, q->s[1])), imm(c, q->p[1]), "");
+  win.corner = mul(c, add(c, mul(c, add(c, mul(c, n, imm(c, q->H)), ih), imm(c, q->W)), iw), imm(c, q->C));
+  return win;
+}
+
+/* The vector of channels ch.first + v*lanes at tap t of pixel p; zeros outside the image. */
+static LLVMValueRef tap_load(cg *c, const window *win, LLVMTypeRef vt, channels ch, int64_t t, int64_t p, int64_t v) {
+  const conv_geom *q = win->q;
+  int64_t kh = t / q->KW, kw = t % q->KW;
+  int64_t off = (kh * q->d[0] * q->W + kw * q->d[1] + p * q->s[1]) * q->C + v * ch.lanes;
+  LLVMValueRef idx = add(c, add(c, win->corner, ch.first), imm(c, off));
+  if (!win->checked) return vload(c, q, vt, win->x, idx);
+  LLVMValueRef ih = add(c, mul(c, win->oh, imm(c, q->s[0])), imm(c, kh * q->d[0] - q->p[0]));
+  LLVMValueRef iw = add(c, mul(c, win->ow, imm(c, q->s[1])), imm(c, kw * q->d[1] - q->p[1] + p * q->s[1]));
+  /* unsigned compares fold the < 0 and >= size checks into one */
+  LLVMValueRef ok = LLVMBuildAnd(c->b, LLVMBuildICmp(c->b, LLVMIntULT, ih, imm(c, q->H), ""),
+                                 LLVMBuildICmp(c->b, LLVMIntULT, iw, imm(c, q->W), ""), "");
+  LLVMValueRef safe = add(c, ch.first, imm(c, v * ch.lanes)); /* pixel 0's channels: inside x */
+  LLVMValueRef l = vload(c, q, vt, win->x, LLVMBuildSelect(c->b, ok, idx, safe, ""));
+  return LLVMBuildSelect(c->b, ok, l, LLVMConstNull(vt), "");
+}
+
+/* ---- conv2d ---- */
+
+typedef struct {
+  const conv_geom *q;
+  LLVMValueRef x, w, out;
+  LLVMValueRef n, oh, row; /* the output row's image, row in the image and first pixel */
+  window win;
+  int64_t pixels;
+} fwd_ctx;
+
+static void fwd_block(cg *c, void *vctx, channels ch) {
+  fwd_ctx *m = vctx;
+  const conv_geom *q = m->q;
+  LLVMTypeRef vt = LLVMVectorType(cg_type(c, q->t), (unsigned)ch.lanes);
+  LLVMValueRef acc[PIXELS][MAX_VECTORS];
+  for (int64_t p = 0; p < m->pixels; p++)
+    for (int64_t v = 0; v < ch.nv; v++) acc[p][v] = LLVMConstNull(vt);
+  for (int64_t t = 0; t < taps_of(q); t++) {
+    LLVMValueRef wv[MAX_VECTORS];
+    for (int64_t v = 0; v < ch.nv; v++) wv[v] = vload(c, q, vt, m->w, add(c, ch.first, imm(c, t * q->C + v * ch.lanes)));
+    for (int64_t p = 0; p < m->pixels; p++)
+      for (int64_t v = 0; v < ch.nv; v++) acc[p][v] = vfma(c, tap_load(c, &m->win, vt, ch, t, p, v), wv[v], acc[p][v]);
+  }
+  LLVMValueRef obase = add(c, mul(c, add(c, m->row, m->win.ow), imm(c, q->C)), ch.first);
+  for (int64_t p = 0; p < m->pixels; p++)
+    for (int64_t v = 0; v < ch.nv; v++) vstore(c, q, acc[p][v], m->out, add(c, obase, imm(c, p * q->C + v * ch.lanes)));
+}
+
+/* Output pixels [ow0, ow1) of the row, `pixels` at a time (ow1 - ow0 a multiple of them). */
+static void fwd_pixels(cg *c, fwd_ctx *m, LLVMValueRef ow0, LLVMValueRef ow1, int64_t pixels, bool checked) {
+  cg_loop lw;
+  LLVMValueRef ow = cg_loop_begin(c, &lw, ow0, ow1, imm(c, pixels));
+  m->win = window_at(c, m->q, m->x, m->n, m->oh, ow, checked);
+  m->pixels = pixels;
+  int64_t per = free_regs(c) / (pixels + 1);
+  for_channels(c, m->q, per < 1 ? 1 : per, fwd_block, m);
+  cg_loop_end(c, &lw);
+}
+
+void cg_conv_depthwise(cg *c, const conv_geom *q, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch,
+                       const cg_epilogue *ep) {
+  (void)scratch;
+  bool threaded = cg_conv_worth_threads(c, q);
+  /* output rows in chunks: a few per thread so a slow one does not hold the rest up */
+  int64_t rows = q->N * q->OH, chunks = threaded ? 4 * c->threads : 1, per_chunk = ceil_div(rows, chunks);
+  chunks = ceil_div(rows, per_chunk);
+  char name[48];
+  snprintf(name, sizeof name, "kiln_conv%u_depthwise_task", c->ntask_fns++);
+  cg_fn_pos sp;
+  LLVMValueRef v[CG_TASK_CTX_MAX] = {in[0], in[1], out}, chunk, worker;
+  unsigned nctx = cg_epilogue_ctx(ep, v, 3);
+  LLVMValueRef ctx = cg_task_ctx(c, v, nctx);
+  LLVMValueRef fn = cg_task_begin(c, name, nctx, 1 << 2, &sp, v, &chunk, &worker);
+  LLVMValueRef r0, r1 = cg_task_range(c, chunk, per_chunk, rows, &r0);
+  cg_loop lr;
+  LLVMValueRef r = cg_loop_begin(c, &lr, r0, r1, imm(c, 1));
+  fwd_ctx m = {.q = q, .x = v[0], .w = v[1], .out = v[2], .row = mul(c, r, imm(c, q->OW))};
+  m.n = LLVMBuildSDiv(c->b, r, imm(c, q->OH), ""), m.oh = LLVMBuildSRem(c->b, r, imm(c, q->OH), "");
+  /* the unchecked columns: the interior's, in a row of the interior; none in other rows */
+  interior ri = rows_inside(q), ci = cols_inside(q);
+  LLVMValueRef inside = LLVMBuildICmp(c->b, LLVMIntULT, LLVMBuildSub(c->b, m.oh, imm(c, ri.lo), ""), imm(c, ri.hi - ri.lo), "");
+  LLVMValueRef lo = LLVMBuildSelect(c->b, inside, imm(c, ci.lo), imm(c, q->OW), "");
+  LLVMValueRef hi = LLVMBuildSelect(c->b, inside, imm(c, ci.hi), imm(c, q->OW), "");
+  LLVMValueRef blocks_end = add(c, lo, mul(c, LLVMBuildSDiv(c->b, LLVMBuildSub(c->b, hi, lo, ""), imm(c, PIXELS), ""), imm(c, PIXELS)));
+  fwd_pixels(c, &m, imm(c, 0), lo, 1, true);
+  fwd_pixels(c, &m, lo, blocks_end, PIXELS, false);
+  fwd_pixels(c, &m, blocks_end, hi, 1, false);
+  fwd_pixels(c, &m, hi, imm(c, q->OW), 1, true);
+  if (ep) { /* the row is final, and still cached */
+    cg_epilogue in_task = cg_epilogue_in_task(ep, v + 3);
+    LLVMValueRef first = mul(c, m.row, imm(c, q->C));
+    in_task.apply(c, &in_task, v[2], first, add(c, first, imm(c, q->OW * q->C)));
+  }
+  cg_loop_end(c, &lr);
+  cg_task_end(c, &sp);
+  cg_parallel_for(c, fn, ctx, chunks, threaded);
+}
+
+/* ---- conv2d_filter_grad ---- */
+
+typedef struct {
+  const conv_geom *q;
+  LLVMValueRef x, dy, acc_out, p0, p1;
+} fgrad_ctx;
+
+/* slot[t][v] += the input at tap t times d[v], for the pixel under win. */
+static void fgrad_pixel(cg *c, const window *win, LLVMTypeRef vt, channels ch, LLVMValueRef slot[][MAX_VECTORS],
+                        const LLVMValueRef *d) {
+  for (int64_t t = 0; t < taps_of(win->q); t++)
+    for (int64_t v = 0; v < ch.nv; v++) {
+      LLVMValueRef sum = vfma(c, tap_load(c, win, vt, ch, t, 0, v), d[v], LLVMBuildLoad2(c->b, vt, slot[t][v], ""));
+      LLVMBuildStore(c->b, sum, slot[t][v]);
+    }
+}
+
+static void fgrad_block(cg *c, void *vctx, channels ch) {
+  fgrad_ctx *m = vctx;
+  const conv_geom *q = m->q;
+  LLVMTypeRef vt = LLVMVectorType(cg_type(c, q->t), (unsigned)ch.lanes);
+  int64_t taps = taps_of(q);
+  /* sums live in allocas across the pixel loop; mem2reg makes them registers */
+  LLVMValueRef slot[MAX_TAPS][MAX_VECTORS];
+  for (int64_t t = 0; t < taps; t++)
+    for (int64_t v = 0; v < ch.nv; v++) {
+      slot[t][v] = cg_entry_alloca(c, vt, 64);
+      LLVMBuildStore(c->b, LLVMConstNull(vt), slot[t][v]);
+    }
+  cg_loop lp;
+  LLVMValueRef p = cg_loop_begin(c, &lp, m->p0, m->p1, imm(c, 1)), d[MAX_VECTORS];
+  LLVMValueRef dbase = add(c, mul(c, p, imm(c, q->C)), ch.first);
+  for (int64_t v = 0; v < ch.nv; v++) d[v] = vload(c, q, vt, m->dy, add(c, dbase, imm(c, v * ch.lanes)));
+  int64_t per_image = q->OH * q->OW;
+  LLVMValueRef n = LLVMBuildSDiv(c->b, p, imm(c, per_image), ""), rem = LLVMBuildSRem(c->b, p, imm(c, per_image), "");
+  LLVMValueRef oh = LLVMBuildSDiv(c->b, rem, imm(c, q->OW), ""), ow = LLVMBuildSRem(c->b, rem, imm(c, q->OW), "");
+  interior ri = rows_inside(q), ci = cols_inside(q);
+  LLVMValueRef inside = LLVMBuildAnd(
+      c->b, LLVMBuildICmp(c->b, LLVMIntULT, LLVMBuildSub(c->b, oh, imm(c, ri.lo), ""), imm(c, ri.hi - ri.lo), ""),
+      LLVMBuildICmp(c->b, LLVMIntULT, LLVMBuildSub(c->b, ow, imm(c, ci.lo), ""), imm(c, ci.hi - ci.lo), ""), "");
+  LLVMBasicBlockRef fast = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "interior"),
+                    border = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "border"),
+                    join = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "pixel.done");
+  LLVMBuildCondBr(c->b, inside, fast, border);
+  for (int checked = 0; checked < 2; checked++) {
+    LLVMPositionBuilderAtEnd(c->b, checked ? border : fast);
+    window win = window_at(c, q, m->x, n, oh, ow, checked);
+    fgrad_pixel(c, &win, vt, ch, slot, d);
+    LLVMBuildBr(c->b, join);
+  }
+  LLVMPositionBuilderAtEnd(c->b, join);
+  cg_loop_end(c, &lp);
+  for (int64_t t = 0; t < taps; t++)
+    for (int64_t v = 0; v < ch.nv; v++)
+      vstore(c, q, LLVMBuildLoad2(c->b, vt, slot[t][v], ""), m->acc_out, add(c, ch.first, imm(c, t * q->C + v * ch.lanes)));
+}
+
+void cg_conv_depthwise_filter_grad(cg *c, const conv_geom *q, LLVMValueRef out, const LLVMValueRef *in,
+                                   LLVMValueRef scratch) {
+  bool threaded = cg_conv_worth_threads(c, q);
+  conv_parts parts = cg_conv_parts(q, cg_conv_fgrad_parts(q));
+  int64_t per_part = ceil_div(q->pixels, parts.n);
+  char name[56];
+  snprintf(name, sizeof name, "kiln_conv%u_depthwise_filter_grad_task", c->ntask_fns++);
+  cg_fn_pos sp;
+  LLVMValueRef v[4], part, worker;
+  LLVMValueRef fn = cg_task_begin(c, name, 4, 1 << 2 | 1 << 3, &sp, v, &part, &worker);
+  LLVMValueRef p0, p1 = cg_task_range(c, part, per_part, q->pixels, &p0);
+  fgrad_ctx m = {.q = q, .x = v[0], .dy = v[1], .acc_out = cg_conv_part_buffer(c, &parts, v[2], v[3], part), .p0 = p0,
+                 .p1 = p1};
+  int64_t per = free_regs(c) / taps_of(q);
+  for_channels(c, q, per < 1 ? 1 : per, fgrad_block, &m);
+  cg_task_end(c, &sp);
+  cg_parallel_for(c, fn, cg_task_ctx(c, (LLVMValueRef[]){in[0], in[1], out, scratch}, 4), parts.n, threaded);
+  cg_conv_add_parts(c, q, &parts, out, scratch);
+}
