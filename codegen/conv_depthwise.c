@@ -24,6 +24,11 @@ static LLVMValueRef add(cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuil
 static LLVMValueRef mul(cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildMul(c->b, a, b, ""); }
 static LLVMValueRef imm(cg *c, int64_t v) { return cg_i64(c, v); }
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+static int64_t pow2_floor(int64_t n) {
+  int64_t p = 1;
+  while (2 * p <= n) p *= 2;
+  return p;
+}
 static int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 static int64_t lanes_of(cg *c, const conv_geom *q) { return c->vec_bytes / (int64_t)kiln_dtype_size(q->t); }
 static int64_t taps_of(const conv_geom *q) { return q->KH * q->KW; }
@@ -93,7 +98,7 @@ static void for_channels(cg *c, const conv_geom *q, int64_t per, channels_fn emi
 typedef struct {
   const conv_geom *q;
   LLVMValueRef x, n, oh, ow;
-  LLVMValueRef corner; /* unchecked: the first window's corner in x (may be outside when checked) */
+  LLVMValueRef corner; /* the first window's corner in x (outside the image for some border pixels) */
   bool checked;        /* border pixels (one at a time): each tap checks it is inside the image */
 } window;
 
@@ -106,6 +111,17 @@ static window window_at(cg *c, const conv_geom *q, LLVMValueRef x, LLVMValueRef 
   return win;
 }
 
+/* Whether tap t of the window's first pixel is inside the image. */
+static LLVMValueRef tap_inside(cg *c, const window *win, int64_t t) {
+  const conv_geom *q = win->q;
+  int64_t kh = t / q->KW, kw = t % q->KW;
+  LLVMValueRef ih = add(c, mul(c, win->oh, imm(c, q->s[0])), imm(c, kh * q->d[0] - q->p[0]));
+  LLVMValueRef iw = add(c, mul(c, win->ow, imm(c, q->s[1])), imm(c, kw * q->d[1] - q->p[1]));
+  /* unsigned compares fold the < 0 and >= size checks into one */
+  return LLVMBuildAnd(c->b, LLVMBuildICmp(c->b, LLVMIntULT, ih, imm(c, q->H), ""),
+                      LLVMBuildICmp(c->b, LLVMIntULT, iw, imm(c, q->W), ""), "");
+}
+
 /* The vector of channels ch.first + v*lanes at tap t of pixel p; zeros outside the image. */
 static LLVMValueRef tap_load(cg *c, const window *win, LLVMTypeRef vt, channels ch, int64_t t, int64_t p, int64_t v) {
   const conv_geom *q = win->q;
@@ -113,11 +129,7 @@ static LLVMValueRef tap_load(cg *c, const window *win, LLVMTypeRef vt, channels 
   int64_t off = (kh * q->d[0] * q->W + kw * q->d[1] + p * q->s[1]) * q->C + v * ch.lanes;
   LLVMValueRef idx = add(c, add(c, win->corner, ch.first), imm(c, off));
   if (!win->checked) return vload(c, q, vt, win->x, idx);
-  LLVMValueRef ih = add(c, mul(c, win->oh, imm(c, q->s[0])), imm(c, kh * q->d[0] - q->p[0]));
-  LLVMValueRef iw = add(c, mul(c, win->ow, imm(c, q->s[1])), imm(c, kw * q->d[1] - q->p[1] + p * q->s[1]));
-  /* unsigned compares fold the < 0 and >= size checks into one */
-  LLVMValueRef ok = LLVMBuildAnd(c->b, LLVMBuildICmp(c->b, LLVMIntULT, ih, imm(c, q->H), ""),
-                                 LLVMBuildICmp(c->b, LLVMIntULT, iw, imm(c, q->W), ""), "");
+  LLVMValueRef ok = tap_inside(c, win, t);
   LLVMValueRef safe = add(c, ch.first, imm(c, v * ch.lanes)); /* pixel 0's channels: inside x */
   LLVMValueRef l = vload(c, q, vt, win->x, LLVMBuildSelect(c->b, ok, idx, safe, ""));
   return LLVMBuildSelect(c->b, ok, l, LLVMConstNull(vt), "");
@@ -125,41 +137,123 @@ static LLVMValueRef tap_load(cg *c, const window *win, LLVMTypeRef vt, channels 
 
 /* ---- conv2d ---- */
 
+/* The forward pass's arithmetic is in functions shared by every depthwise layer
+ * of the module with the same filter size and block shape (noinline, so LLVM
+ * optimises and compiles each once; MobileNetV2's 17 layers need a handful):
+ *   block(x, w, out, safe, blocks, tap_row, tap_col, pixel_step, C, mask)
+ * sums `pixels` output pixels x nv vectors of channels, for `blocks` runs of
+ * nv vectors: x is the first window's corner, tap (kh, kw) is at kh*tap_row +
+ * kw*tap_col, the next pixel's window pixel_step further, the filter's taps C
+ * apart, out's pixels C apart. The border variant (one pixel) reads tap t only
+ * if bit t of mask is set (else a zero; the load goes to `safe`, inside x). */
+enum { FA_X, FA_W, FA_OUT, FA_SAFE, FA_BLOCKS, FA_TAP_ROW, FA_TAP_COL, FA_PIXEL, FA_C, FA_MASK, FA_COUNT };
+
+static LLVMTypeRef block_fn_type(cg *c) {
+  LLVMTypeRef ps[FA_COUNT] = {c->ptr, c->ptr, c->ptr, c->ptr, c->i64, c->i64, c->i64, c->i64, c->i64, c->i64};
+  return LLVMFunctionType(c->void_t, ps, FA_COUNT, 0);
+}
+
+static LLVMValueRef block_fn(cg *c, const conv_geom *q, int64_t pixels, channels ch, bool border) {
+  char name[80];
+  snprintf(name, sizeof name, "kiln_depthwise_%s_%lldx%lld_%lldx%lldx%lld%s", kiln_dtype_name(q->t), (long long)q->KH,
+           (long long)q->KW, (long long)pixels, (long long)ch.nv, (long long)ch.lanes, border ? "_border" : "");
+  LLVMValueRef fn = cg_shared_fn(c, name);
+  if (fn) return fn;
+  cg_fn_pos sp;
+  fn = cg_begin_shared_fn(c, name, block_fn_type(c), &sp);
+  LLVMValueRef a[FA_COUNT];
+  for (unsigned i = 0; i < FA_COUNT; i++) a[i] = LLVMGetParam(fn, i);
+  LLVMTypeRef et = cg_type(c, q->t), vt = LLVMVectorType(et, (unsigned)ch.lanes);
+  cg_loop lb;
+  LLVMValueRef b = cg_loop_begin(c, &lb, imm(c, 0), a[FA_BLOCKS], imm(c, 1));
+  LLVMValueRef first = mul(c, b, imm(c, ch.nv * ch.lanes)), acc[PIXELS][MAX_VECTORS];
+  for (int64_t p = 0; p < pixels; p++)
+    for (int64_t v = 0; v < ch.nv; v++) acc[p][v] = LLVMConstNull(vt);
+  for (int64_t t = 0; t < taps_of(q); t++) {
+    LLVMValueRef tap = add(c, mul(c, imm(c, t / q->KW), a[FA_TAP_ROW]), mul(c, imm(c, t % q->KW), a[FA_TAP_COL]));
+    LLVMValueRef wrow = add(c, first, mul(c, imm(c, t), a[FA_C])), wv[MAX_VECTORS], ok = NULL;
+    for (int64_t v = 0; v < ch.nv; v++) wv[v] = vload(c, q, vt, a[FA_W], add(c, wrow, imm(c, v * ch.lanes)));
+    if (border)
+      ok = LLVMBuildTrunc(c->b, LLVMBuildLShr(c->b, a[FA_MASK], imm(c, t), ""), c->i1, "");
+    for (int64_t p = 0; p < pixels; p++)
+      for (int64_t v = 0; v < ch.nv; v++) {
+        LLVMValueRef idx = add(c, add(c, first, tap), add(c, mul(c, imm(c, p), a[FA_PIXEL]), imm(c, v * ch.lanes)));
+        LLVMValueRef src = cg_gep(c, et, a[FA_X], idx);
+        if (border) src = LLVMBuildSelect(c->b, ok, src, cg_gep(c, et, a[FA_SAFE], add(c, first, imm(c, v * ch.lanes))), "");
+        LLVMValueRef xv = LLVMBuildLoad2(c->b, vt, src, "");
+        LLVMSetAlignment(xv, (unsigned)kiln_dtype_size(q->t));
+        if (border) xv = LLVMBuildSelect(c->b, ok, xv, LLVMConstNull(vt), "");
+        acc[p][v] = vfma(c, xv, wv[v], acc[p][v]);
+      }
+  }
+  for (int64_t p = 0; p < pixels; p++)
+    for (int64_t v = 0; v < ch.nv; v++)
+      vstore(c, q, acc[p][v], a[FA_OUT], add(c, first, add(c, mul(c, imm(c, p), a[FA_C]), imm(c, v * ch.lanes))));
+  cg_loop_end_scalar(c, &lb);
+  LLVMBuildRetVoid(c->b);
+  cg_end_fn(c, &sp);
+  return fn;
+}
+
 typedef struct {
   const conv_geom *q;
   LLVMValueRef x, w, out;
-  LLVMValueRef n, oh, row; /* the output row's image, row in the image and first pixel */
+  LLVMValueRef row; /* the output row's first pixel */
   window win;
+  LLVMValueRef mask; /* border pixels: the taps inside the image */
   int64_t pixels;
 } fwd_ctx;
 
-static void fwd_block(cg *c, void *vctx, channels ch) {
-  fwd_ctx *m = vctx;
+/* Calls the block function on `blocks` runs of ch.nv vectors from channel ch.first. */
+static void fwd_call(cg *c, fwd_ctx *m, channels ch, int64_t blocks) {
   const conv_geom *q = m->q;
-  LLVMTypeRef vt = LLVMVectorType(cg_type(c, q->t), (unsigned)ch.lanes);
-  LLVMValueRef acc[PIXELS][MAX_VECTORS];
-  for (int64_t p = 0; p < m->pixels; p++)
-    for (int64_t v = 0; v < ch.nv; v++) acc[p][v] = LLVMConstNull(vt);
-  for (int64_t t = 0; t < taps_of(q); t++) {
-    LLVMValueRef wv[MAX_VECTORS];
-    for (int64_t v = 0; v < ch.nv; v++) wv[v] = vload(c, q, vt, m->w, add(c, ch.first, imm(c, t * q->C + v * ch.lanes)));
-    for (int64_t p = 0; p < m->pixels; p++)
-      for (int64_t v = 0; v < ch.nv; v++) acc[p][v] = vfma(c, tap_load(c, &m->win, vt, ch, t, p, v), wv[v], acc[p][v]);
-  }
-  LLVMValueRef obase = add(c, mul(c, add(c, m->row, m->win.ow), imm(c, q->C)), ch.first);
-  for (int64_t p = 0; p < m->pixels; p++)
-    for (int64_t v = 0; v < ch.nv; v++) vstore(c, q, acc[p][v], m->out, add(c, obase, imm(c, p * q->C + v * ch.lanes)));
+  LLVMTypeRef et = cg_type(c, q->t);
+  LLVMValueRef args[FA_COUNT] = {
+      cg_gep(c, et, m->x, add(c, m->win.corner, ch.first)),
+      cg_gep(c, et, m->w, ch.first),
+      cg_gep(c, et, m->out, add(c, mul(c, add(c, m->row, m->win.ow), imm(c, q->C)), ch.first)),
+      cg_gep(c, et, m->x, ch.first),
+      imm(c, blocks),
+      imm(c, q->d[0] * q->W * q->C),
+      imm(c, q->d[1] * q->C),
+      imm(c, q->s[1] * q->C),
+      imm(c, q->C),
+      m->mask ? m->mask : imm(c, -1)};
+  LLVMBuildCall2(c->b, block_fn_type(c), block_fn(c, q, m->pixels, ch, m->win.checked), args, FA_COUNT, "");
+}
+
+/* The whole blocks of `per` vectors (one call for them all), the rest in blocks
+ * of per/2, per/4, ... vectors (per is a power of two, so every layer shares the
+ * same few block functions), and the channels left over (fewer than a vector:
+ * one narrower vector). */
+static void fwd_channels(cg *c, fwd_ctx *m, int64_t per) {
+  const conv_geom *q = m->q;
+  int64_t lanes = lanes_of(c, q), all = q->C / lanes, whole = all / per, done = whole * per;
+  if (whole > 0) fwd_call(c, m, (channels){imm(c, 0), per, lanes}, whole);
+  for (int64_t nv = per / 2; nv > 0; nv /= 2)
+    if (all - done >= nv) {
+      fwd_call(c, m, (channels){imm(c, done * lanes), nv, lanes}, 1);
+      done += nv;
+    }
+  if (q->C % lanes) fwd_call(c, m, (channels){imm(c, all * lanes), 1, q->C % lanes}, 1);
 }
 
 /* Output pixels [ow0, ow1) of the row, `pixels` at a time (ow1 - ow0 a multiple of them). */
-static void fwd_pixels(cg *c, fwd_ctx *m, LLVMValueRef ow0, LLVMValueRef ow1, int64_t pixels, bool checked) {
+static void fwd_pixels(cg *c, fwd_ctx *m, LLVMValueRef n, LLVMValueRef oh, LLVMValueRef ow0, LLVMValueRef ow1,
+                       int64_t pixels, bool checked) {
   cg_loop lw;
   LLVMValueRef ow = cg_loop_begin(c, &lw, ow0, ow1, imm(c, pixels));
-  m->win = window_at(c, m->q, m->x, m->n, m->oh, ow, checked);
+  m->win = window_at(c, m->q, m->x, n, oh, ow, checked);
   m->pixels = pixels;
-  int64_t per = free_regs(c) / (pixels + 1);
-  for_channels(c, m->q, per < 1 ? 1 : per, fwd_block, m);
-  cg_loop_end(c, &lw);
+  m->mask = NULL;
+  if (checked) {
+    m->mask = imm(c, 0);
+    for (int64_t t = 0; t < taps_of(m->q); t++)
+      m->mask = LLVMBuildOr(c->b, m->mask, LLVMBuildShl(c->b, LLVMBuildZExt(c->b, tap_inside(c, &m->win, t), c->i64, ""),
+                                                         imm(c, t), ""), "");
+  }
+  fwd_channels(c, m, pow2_floor(free_regs(c) / (pixels + 1)));
+  cg_loop_end_scalar(c, &lw);
 }
 
 void cg_conv_depthwise(cg *c, const conv_geom *q, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch,
@@ -180,17 +274,17 @@ void cg_conv_depthwise(cg *c, const conv_geom *q, LLVMValueRef out, const LLVMVa
   cg_loop lr;
   LLVMValueRef r = cg_loop_begin(c, &lr, r0, r1, imm(c, 1));
   fwd_ctx m = {.q = q, .x = v[0], .w = v[1], .out = v[2], .row = mul(c, r, imm(c, q->OW))};
-  m.n = LLVMBuildSDiv(c->b, r, imm(c, q->OH), ""), m.oh = LLVMBuildSRem(c->b, r, imm(c, q->OH), "");
+  LLVMValueRef n = LLVMBuildSDiv(c->b, r, imm(c, q->OH), ""), oh = LLVMBuildSRem(c->b, r, imm(c, q->OH), "");
   /* the unchecked columns: the interior's, in a row of the interior; none in other rows */
   interior ri = rows_inside(q), ci = cols_inside(q);
-  LLVMValueRef inside = LLVMBuildICmp(c->b, LLVMIntULT, LLVMBuildSub(c->b, m.oh, imm(c, ri.lo), ""), imm(c, ri.hi - ri.lo), "");
+  LLVMValueRef inside = LLVMBuildICmp(c->b, LLVMIntULT, LLVMBuildSub(c->b, oh, imm(c, ri.lo), ""), imm(c, ri.hi - ri.lo), "");
   LLVMValueRef lo = LLVMBuildSelect(c->b, inside, imm(c, ci.lo), imm(c, q->OW), "");
   LLVMValueRef hi = LLVMBuildSelect(c->b, inside, imm(c, ci.hi), imm(c, q->OW), "");
   LLVMValueRef blocks_end = add(c, lo, mul(c, LLVMBuildSDiv(c->b, LLVMBuildSub(c->b, hi, lo, ""), imm(c, PIXELS), ""), imm(c, PIXELS)));
-  fwd_pixels(c, &m, imm(c, 0), lo, 1, true);
-  fwd_pixels(c, &m, lo, blocks_end, PIXELS, false);
-  fwd_pixels(c, &m, blocks_end, hi, 1, false);
-  fwd_pixels(c, &m, hi, imm(c, q->OW), 1, true);
+  /* the interior in blocks of PIXELS; everything else one pixel at a time, checked */
+  fwd_pixels(c, &m, n, oh, imm(c, 0), lo, 1, true);
+  fwd_pixels(c, &m, n, oh, lo, blocks_end, PIXELS, false);
+  fwd_pixels(c, &m, n, oh, blocks_end, imm(c, q->OW), 1, true);
   if (ep) { /* the row is final, and still cached */
     cg_epilogue in_task = cg_epilogue_in_task(ep, v + 3);
     LLVMValueRef first = mul(c, m.row, imm(c, q->C));
