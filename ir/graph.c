@@ -204,7 +204,8 @@ kiln_value kiln_node_make(kiln_graph *g, kiln_op op, const uint32_t *inputs, uin
   uint32_t *in = nin ? kiln_arena_alloc(&g->arena, sizeof(uint32_t) * nin) : NULL;
   kiln_attr *at = sorted.n ? kiln_arena_alloc(&g->arena, sizeof(kiln_attr) * (size_t)sorted.n) : NULL;
   char *nm = name ? kiln_arena_strdup(&g->arena, name) : NULL;
-  void *dt = data ? kiln_arena_alloc(&g->arena, nbytes ? nbytes : 1) : NULL;
+  /* 64-aligned like tensors: generated code reads constants (weights) with full-width vector loads */
+  void *dt = data ? kiln_arena_alloc_aligned(&g->arena, nbytes ? nbytes : 1, 64) : NULL;
   if ((nin && !in) || (sorted.n && !at) || (name && !nm) || (data && !dt))
     return kiln_graph_fail(g, KILN_ERR_NOMEM, "%s: out of memory", info->name);
   if (nin) memcpy(in, inputs, sizeof(uint32_t) * nin);

@@ -127,6 +127,8 @@ KILN_INTERNAL _Noreturn void kiln_assert_fail(const char *file, int line, const 
 KILN_INTERNAL kiln_status kiln_set_error(kiln_status s, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 KILN_INTERNAL void *kiln_arena_alloc(kiln_arena *a, size_t n); /* zeroed, 16-aligned; NULL on OOM */
+/* align: a power of two of at least 16 */
+KILN_INTERNAL void *kiln_arena_alloc_aligned(kiln_arena *a, size_t n, size_t align);
 KILN_INTERNAL char *kiln_arena_strdup(kiln_arena *a, const char *s);
 KILN_INTERNAL void kiln_arena_free(kiln_arena *a);
 KILN_INTERNAL int64_t kiln_shape_numel(int rank, const int64_t *dims); /* -1 if any dim is symbolic */

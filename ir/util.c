@@ -3,6 +3,7 @@
  * freeing the graph frees every chunk at once. */
 #include <stdarg.h>
 #include <errno.h>
+#include <stdint.h>
 #include <string.h>
 #include "ir/ir.h"
 
@@ -70,6 +71,11 @@ void *kiln_arena_alloc(kiln_arena *a, size_t n) {
   c->used += n;
   memset(p, 0, n);
   return p;
+}
+
+void *kiln_arena_alloc_aligned(kiln_arena *a, size_t n, size_t align) {
+  unsigned char *p = kiln_arena_alloc(a, n + align - 16);
+  return p ? (void *)(((uintptr_t)p + align - 1) & ~(uintptr_t)(align - 1)) : NULL;
 }
 
 char *kiln_arena_strdup(kiln_arena *a, const char *s) {

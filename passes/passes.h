@@ -55,7 +55,7 @@ typedef struct kiln_pass_switches {
 } kiln_pass_switches;
 
 /* ---- simplify.c ---- */
-enum { RULE_MUL_ONE, RULE_ADD_ZERO, RULE_NEG_NEG, RULE_LOG_EXP, RULE_NOOP, RULE_CHAIN, RULE_FILL, RULE_COUNT };
+enum { RULE_MUL_ONE, RULE_ADD_ZERO, RULE_NEG_NEG, RULE_LOG_EXP, RULE_NOOP, RULE_CHAIN, RULE_FILL, RULE_WEIGHTS_LAYOUT, RULE_COUNT };
 typedef struct kiln_simplify_stats {
   size_t folded;              /* nodes replaced by their constant value */
   size_t rewrites;            /* nodes replaced by a rule */

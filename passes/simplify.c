@@ -70,6 +70,37 @@ static uint32_t reshaped_fill(rw *r, const kiln_node *a, const kiln_node *n) {
   return kiln_fill(r->g, (kiln_dtype)a->dtype, sh, kiln_attr_float(a, KILN_ATTR_VALUE, 0)).id;
 }
 
+/* matmul(a, b, transpose_b) with b stored weights that nothing else reads:
+ * matmul(a, b') with b' the weights transposed once, here. An ONNX Gemm keeps
+ * its weights [N, K]; every GEMM path reads B row-major fastest, and the few-row
+ * path (batch-1 inference) would otherwise stride through B column by column. */
+static uint32_t untransposed_b(rw *r, const kiln_node *n, const uint32_t *in) {
+  const kiln_node *b = nd(r, in[1]);
+  int rank = b->rank;
+  int64_t rows = b->dims[rank - 2], cols = b->dims[rank - 1], per = rows * cols;
+  if (per == 0) return KILN_NONE;
+  int64_t mats = kiln_shape_numel(rank, b->dims) / per;
+  size_t es = kiln_dtype_size((kiln_dtype)b->dtype);
+  unsigned char *t = malloc(b->nbytes);
+  if (!t) return KILN_NONE;
+  const unsigned char *src = b->data;
+  for (int64_t m = 0; m < mats; m++)
+    for (int64_t i = 0; i < rows; i++)
+      for (int64_t j = 0; j < cols; j++)
+        memcpy(t + ((m * cols + j) * rows + i) * es, src + ((m * rows + i) * cols + j) * es, es);
+  kiln_shape sh = {.rank = rank};
+  memcpy(sh.dims, b->dims, sizeof(int64_t) * (size_t)rank);
+  sh.dims[rank - 2] = cols, sh.dims[rank - 1] = rows;
+  uint32_t c = kiln_constant(r->g, (kiln_dtype)b->dtype, sh, t).id;
+  free(t);
+  if (c == KILN_NONE) return KILN_NONE;
+  kiln_attrs at;
+  kiln_attrs_of(n, &at);
+  for (int i = 0; i < at.n; i++)
+    if (at.a[i].key == KILN_ATTR_TRANSPOSE_B) at.a[i].v.i[0] = 0;
+  return make(r, KILN_OP_MATMUL, (uint32_t[]){in[0], c}, 2, &at);
+}
+
 /* The rule table: returns the replacement of (op, in, attrs) of old node n, or KILN_NONE. */
 static uint32_t rewrite(rw *r, const kiln_node *n, const uint32_t *in) {
   kiln_op op = (kiln_op)n->op;
@@ -91,6 +122,11 @@ static uint32_t rewrite(rw *r, const kiln_node *n, const uint32_t *in) {
     break;
   case KILN_OP_SUB: RULE(RULE_ADD_ZERO, is_value(r, in[1], 0) && kiln_same_shape(a->rank, a->dims, n->rank, n->dims), in[0]); break;
   case KILN_OP_DIV: RULE(RULE_MUL_ONE, is_value(r, in[1], 1) && kiln_same_shape(a->rank, a->dims, n->rank, n->dims), in[0]); break;
+  case KILN_OP_MATMUL:
+    RULE(RULE_WEIGHTS_LAYOUT,
+         kiln_attr_int(n, KILN_ATTR_TRANSPOSE_B, 0) && b->op == KILN_OP_CONST && b->data && r->readers[n->inputs[1]] == 1,
+         untransposed_b(r, n, in));
+    break;
   case KILN_OP_NEG: RULE(RULE_NEG_NEG, a->op == KILN_OP_NEG, a->inputs[0]); break;
   case KILN_OP_LOG: RULE(RULE_LOG_EXP, a->op == KILN_OP_EXP, a->inputs[0]); break;
   case KILN_OP_CAST: RULE(RULE_NOOP, a->dtype == n->dtype, in[0]); break;
@@ -297,5 +333,6 @@ kiln_graph *kiln_simplify(const kiln_graph *src, bool fold_constants, bool rules
 
 static const char *const RULE_NAMES[RULE_COUNT] = {"x*1, x/1", "x+0, x-0", "-(-x)", "log(exp(x))",
                                                    "no-op reshape/broadcast/transpose/cast",
-                                                   "reshape, broadcast or transpose chain", "reshaped fill"};
+                                                   "reshape, broadcast or transpose chain", "reshaped fill",
+                                                   "matmul weights stored untransposed"};
 const char *kiln_rule_name(int rule) { return rule >= 0 && rule < RULE_COUNT ? RULE_NAMES[rule] : "?"; }

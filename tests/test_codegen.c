@@ -281,6 +281,33 @@ static void test_constant_filters_fold_to_hwio(void **s) {
   kiln_graph_free(g);
 }
 
+/* Constant weights a matmul reads transposed (an ONNX Gemm's [N, K]) are stored
+ * untransposed once, so batch-1 rows read them row-major; weights with another
+ * reader stay as they are. Both against the evaluator at 1 and 5 rows. */
+static void test_constant_weights_stored_untransposed(void **s) {
+  (void)s;
+  trng r = {6};
+  kiln_tensor *w = random_tensor(&r, KILN_F32, 2, (int64_t[]){37, 50}, -1, 1);
+  for (int shared = 0; shared < 2; shared++)
+    for (int64_t m = 1; m <= 5; m += 4) {
+      kiln_graph *g = kiln_graph_new();
+      kiln_value x = kiln_placeholder(g, "x", KILN_F32, KILN_SHAPE(m, 50));
+      kiln_value wc = kiln_constant(g, KILN_F32, KILN_SHAPE(37, 50), kiln_tensor_cdata(w));
+      kiln_output(g, "y", kiln_matmul(g, x, wc, false, true));
+      if (shared) kiln_output(g, "w2", kiln_mul(g, wc, wc));
+      char *text = NULL;
+      assert_int_equal(kiln_schedule_text(g, NULL, &text), KILN_OK);
+      if ((strstr(text, "transpose_b=1") != NULL) != shared)
+        fail_msg("%s weights: transpose_b %s:\n%s", shared ? "shared" : "own", shared ? "dropped" : "kept", text);
+      free(text);
+      kiln_tensor *in = random_tensor(&r, KILN_F32, 2, (int64_t[]){m, 50}, -1, 1);
+      assert_int_equal(check_graph("transposed constant weights", g, &in, 1, 1e-5, 1e-5), 0);
+      kiln_tensor_free(in);
+      kiln_graph_free(g);
+    }
+  kiln_tensor_free(w);
+}
+
 /* A profiled exec counts every run of every kernel and names them (the dense layer,
  * an output, is one kernel after its matmul; its row sum another); without profile
  * it is an error. */
@@ -330,6 +357,7 @@ int main(void) {
       cmocka_unit_test(test_fusion_merges_kernels),
       cmocka_unit_test(test_layout_keeps_conv_chains_nhwc),
       cmocka_unit_test(test_constant_filters_fold_to_hwio),
+      cmocka_unit_test(test_constant_weights_stored_untransposed),
       cmocka_unit_test(test_profile_counts_kernels),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
