@@ -15,6 +15,7 @@ typedef struct rw {
   kiln_graph *g;
   kiln_simplify_stats *stats;
   const uint32_t *readers; /* per source node: how many nodes read it */
+  const uint32_t *transposed_b_readers; /* ... of them, matmuls reading it as a transposed b */
 } rw;
 
 static const kiln_node *nd(rw *r, uint32_t id) { return &r->g->nodes[id]; }
@@ -70,8 +71,10 @@ static uint32_t reshaped_fill(rw *r, const kiln_node *a, const kiln_node *n) {
   return kiln_fill(r->g, (kiln_dtype)a->dtype, sh, kiln_attr_float(a, KILN_ATTR_VALUE, 0)).id;
 }
 
-/* matmul(a, b, transpose_b) with b stored weights that nothing else reads:
- * matmul(a, b') with b' the weights transposed once, here. An ONNX Gemm keeps
+/* matmul(a, b, transpose_b) with b stored weights that only such matmuls read:
+ * matmul(a, b') with b' the weights transposed once, here (one constant for
+ * every reader: equal constants are one node, as an LSTM's recurrent weights
+ * read at every step). An ONNX Gemm keeps
  * its weights [N, K]; every GEMM path reads B row-major fastest, and the few-row
  * path (batch-1 inference) would otherwise stride through B column by column. */
 static uint32_t untransposed_b(rw *r, const kiln_node *n, const uint32_t *in) {
@@ -124,7 +127,8 @@ static uint32_t rewrite(rw *r, const kiln_node *n, const uint32_t *in) {
   case KILN_OP_DIV: RULE(RULE_MUL_ONE, is_value(r, in[1], 1) && kiln_same_shape(a->rank, a->dims, n->rank, n->dims), in[0]); break;
   case KILN_OP_MATMUL:
     RULE(RULE_WEIGHTS_LAYOUT,
-         kiln_attr_int(n, KILN_ATTR_TRANSPOSE_B, 0) && b->op == KILN_OP_CONST && b->data && r->readers[n->inputs[1]] == 1,
+         kiln_attr_int(n, KILN_ATTR_TRANSPOSE_B, 0) && b->op == KILN_OP_CONST && b->data &&
+             r->readers[n->inputs[1]] == r->transposed_b_readers[n->inputs[1]],
          untransposed_b(r, n, in));
     break;
   case KILN_OP_NEG: RULE(RULE_NEG_NEG, a->op == KILN_OP_NEG, a->inputs[0]); break;
@@ -315,15 +319,20 @@ static uint32_t simplify_node(void *ctx, kiln_graph *dst, const kiln_node *n, co
 
 kiln_graph *kiln_simplify(const kiln_graph *src, bool fold_constants, bool rules, kiln_simplify_stats *stats) {
   kiln_simplify_stats local;
-  uint32_t *readers = calloc(src->nnodes + 1, sizeof *readers);
-  simplify_ctx s = {.r = {.stats = stats ? stats : &local, .readers = readers}, .fold_constants = fold_constants, .rules = rules};
+  uint32_t *readers = calloc(2 * ((size_t)src->nnodes + 1), sizeof *readers), *tb = readers + src->nnodes + 1;
+  simplify_ctx s = {.r = {.stats = stats ? stats : &local, .readers = readers, .transposed_b_readers = tb},
+                    .fold_constants = fold_constants, .rules = rules};
   memset(s.r.stats, 0, sizeof *s.r.stats);
   if (!readers) {
     kiln_set_error(KILN_ERR_NOMEM, "simplify: out of memory");
     return NULL;
   }
   for (uint32_t i = 0; i < src->nnodes; i++)
-    for (uint32_t j = 0; j < src->nodes[i].ninputs; j++) readers[src->nodes[i].inputs[j]]++;
+    for (uint32_t j = 0; j < src->nodes[i].ninputs; j++) {
+      const kiln_node *n = &src->nodes[i];
+      readers[n->inputs[j]]++;
+      tb[n->inputs[j]] += n->op == KILN_OP_MATMUL && j == 1 && kiln_attr_int(n, KILN_ATTR_TRANSPOSE_B, 0);
+    }
   for (uint32_t j = 0; j < src->noutputs; j++) readers[src->outputs[j].node]++;
   for (uint32_t j = 0; j < src->nassigns; j++) readers[src->assigns[j].node]++;
   kiln_graph *out = kiln_rebuild(src, "simplify", simplify_node, &s, &s.r.stats->removed);

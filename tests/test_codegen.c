@@ -282,8 +282,9 @@ static void test_constant_filters_fold_to_hwio(void **s) {
 }
 
 /* Constant weights a matmul reads transposed (an ONNX Gemm's [N, K]) are stored
- * untransposed once, so batch-1 rows read them row-major; weights with another
- * reader stay as they are. Both against the evaluator at 1 and 5 rows. */
+ * untransposed once, so batch-1 rows read them row-major, also when several such
+ * matmuls read them (an LSTM's steps); weights with another reader stay as they
+ * are. Against the evaluator at 1 and 5 rows. */
 static void test_constant_weights_stored_untransposed(void **s) {
   (void)s;
   trng r = {6};
@@ -294,6 +295,7 @@ static void test_constant_weights_stored_untransposed(void **s) {
       kiln_value x = kiln_placeholder(g, "x", KILN_F32, KILN_SHAPE(m, 50));
       kiln_value wc = kiln_constant(g, KILN_F32, KILN_SHAPE(37, 50), kiln_tensor_cdata(w));
       kiln_output(g, "y", kiln_matmul(g, x, wc, false, true));
+      kiln_output(g, "y2", kiln_matmul(g, kiln_sin(g, x), wc, false, true));
       if (shared) kiln_output(g, "w2", kiln_mul(g, wc, wc));
       char *text = NULL;
       assert_int_equal(kiln_schedule_text(g, NULL, &text), KILN_OK);

@@ -4,9 +4,10 @@
 #   tools/dev.sh test   install what is missing, build, run the whole test suite,
 #                       then again built with AddressSanitizer + UndefinedBehaviorSanitizer,
 #                       then the concurrency test built with ThreadSanitizer
-#   tools/dev.sh bench  also install PyTorch, build, run bench/ against oneDNN, OpenBLAS
-#                       and PyTorch at 1 and 2 threads, and data-parallel scaling over MPI
-#                       (about 15 minutes)
+#   tools/dev.sh bench  also install PyTorch, torchvision and onnxruntime-node (npm), build,
+#                       run bench/ against oneDNN, OpenBLAS and PyTorch at 1 and 2 threads,
+#                       bench/peers (ONNX models: kiln vs onnxruntime vs PyTorch) and
+#                       data-parallel scaling over MPI (about 35 minutes)
 #   tools/dev.sh fuzz [SECONDS] [TARGET...]
 #                       build the libFuzzer targets (libfuzz_TARGET) with clang-19 in build-fuzz/, run each
 #                       for SECONDS (default 60) from its seeds; crashes land in
@@ -17,7 +18,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(gcc make cmake pkg-config llvm-19-dev libprotobuf-c-dev protobuf-c-compiler libcmocka-dev zlib1g-dev
           dataset-fashion-mnist libonnx-dev libonnx-testdata gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user graphviz
           libopenblas-dev libdnnl-dev libopenmpi-dev openmpi-bin python3-sklearn)
-BENCH_PACKAGES=(python3-torch)
+BENCH_PACKAGES=(python3-torch python3-torchvision) # and node + npm, on every machine here
 FUZZ_PACKAGES=(clang-19 libclang-rt-19-dev)
 FUZZ_TARGETS=(onnx tensor npy kir checkpoint model idx csv weights)
 
@@ -69,6 +70,10 @@ bench)
     build/bin/bench_models --threads "$t"
   done
   build/bin/bench_dist
+  # onnxruntime's CPU library ships in its npm package; its install script only fetches GPU parts
+  [ -d build/node_modules/onnxruntime-node ] ||
+    (cd build && npm install --ignore-scripts --no-save --no-package-lock onnxruntime-node@1.30.0 >/dev/null)
+  /usr/bin/python3 bench/peers/peers.py build
   ;;
 fuzz)
   install_missing
