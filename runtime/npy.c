@@ -96,6 +96,7 @@ kiln_status kiln_npy_load(const char *path, kiln_tensor **out) {
     goto done;
   }
   int64_t dims[KILN_MAX_RANK];
+  long end_pos = 0;
   int rank = 0;
   const char *p = sh + 1;
   for (;;) {
@@ -114,6 +115,21 @@ kiln_status kiln_npy_load(const char *path, kiln_tensor **out) {
     }
     dims[rank++] = v;
     p = end;
+  }
+  /* the header's size against the bytes the file has, before allocating them */
+  uint64_t want = kiln_dtype_size((kiln_dtype)dt);
+  bool overflow = false;
+  for (int i = 0; i < rank; i++) overflow |= dims[i] && want > UINT64_MAX / (uint64_t)dims[i], want *= (uint64_t)dims[i];
+  long here = ftell(f);
+  if (here < 0 || fseek(f, 0, SEEK_END) || (end_pos = ftell(f)) < 0 || fseek(f, here, SEEK_SET)) {
+    kiln_set_error(KILN_ERR_IO, "%s: cannot seek: %s", path, strerror(errno));
+    st = KILN_ERR_IO;
+    goto done;
+  }
+  if (overflow || want > (uint64_t)(end_pos - here)) {
+    kiln_set_error(st, "%s: data is truncated (the header's shape needs %s%llu bytes, the file has %lld)", path,
+                   overflow ? "more than " : "", (unsigned long long)(overflow ? UINT64_MAX : want), (long long)(end_pos - here));
+    goto done;
   }
   t = kiln_tensor_new((kiln_dtype)dt, rank, dims);
   if (!t) {
