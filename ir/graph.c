@@ -125,7 +125,7 @@ static uint32_t node_hash(const kiln_node *n) {
   if (n->op == KILN_OP_PARAM) return (uint32_t)kiln_hash_bytes(h, n->name, strlen(n->name));
   h = kiln_hash_bytes(h, n->inputs, sizeof(uint32_t) * n->ninputs);
   h = kiln_hash_bytes(h, n->attrs, sizeof(kiln_attr) * n->nattrs);
-  if (n->data) h = kiln_hash_bytes(h, n->data, n->nbytes);
+  if (n->data) h = kiln_hash_words(h, n->data, n->nbytes);
   return (uint32_t)(h ^ (h >> 32));
 }
 

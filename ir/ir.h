@@ -127,7 +127,7 @@ KILN_INTERNAL _Noreturn void kiln_assert_fail(const char *file, int line, const 
 KILN_INTERNAL kiln_status kiln_set_error(kiln_status s, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 KILN_INTERNAL void *kiln_arena_alloc(kiln_arena *a, size_t n); /* zeroed, 16-aligned; NULL on OOM */
-/* align: a power of two of at least 16 */
+/* Not zeroed (the caller fills it); align: a power of two of at least 16. */
 KILN_INTERNAL void *kiln_arena_alloc_aligned(kiln_arena *a, size_t n, size_t align);
 KILN_INTERNAL char *kiln_arena_strdup(kiln_arena *a, const char *s);
 KILN_INTERNAL void kiln_arena_free(kiln_arena *a);
@@ -143,6 +143,10 @@ KILN_INTERNAL bool kiln_dtype_is_float(kiln_dtype t);
 KILN_INTERNAL bool kiln_dtype_is_int(kiln_dtype t);
 KILN_INTERNAL int kiln_dtype_from_name(const char *s); /* -1 if unknown */
 KILN_INTERNAL uint64_t kiln_hash_bytes(uint64_t h, const void *p, size_t n);
+/* A hash of n bytes eight at a time, for large buffers (constants' data) whose hash
+ * nothing stores: kiln_hash_bytes, byte by byte, also seeds variables, so its
+ * values must not change. */
+KILN_INTERNAL uint64_t kiln_hash_words(uint64_t h, const void *p, size_t n);
 /* Row-major strides (in elements) of a shape. */
 KILN_INTERNAL void kiln_strides(int rank, const int64_t *dims, int64_t *strides);
 /* Float to integer dtype t: truncate toward zero, saturate, NaN -> 0 (as llvm.fptosi.sat). */

@@ -55,7 +55,7 @@ struct kiln_arena_chunk {
   _Alignas(16) unsigned char mem[];
 };
 
-void *kiln_arena_alloc(kiln_arena *a, size_t n) {
+static void *arena_raw(kiln_arena *a, size_t n) {
   n = (n + 15) & ~(size_t)15;
   kiln_arena_chunk *c = a->head;
   if (!c || c->cap - c->used < n) {
@@ -69,12 +69,17 @@ void *kiln_arena_alloc(kiln_arena *a, size_t n) {
   }
   void *p = c->mem + c->used;
   c->used += n;
-  memset(p, 0, n);
+  return p;
+}
+
+void *kiln_arena_alloc(kiln_arena *a, size_t n) {
+  void *p = arena_raw(a, n);
+  if (p) memset(p, 0, n);
   return p;
 }
 
 void *kiln_arena_alloc_aligned(kiln_arena *a, size_t n, size_t align) {
-  unsigned char *p = kiln_arena_alloc(a, n + align - 16);
+  unsigned char *p = arena_raw(a, n + align - 16);
   return p ? (void *)(((uintptr_t)p + align - 1) & ~(uintptr_t)(align - 1)) : NULL;
 }
 
@@ -129,6 +134,18 @@ uint64_t kiln_hash_bytes(uint64_t h, const void *p, size_t n) {
   const unsigned char *b = p;
   for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull; /* FNV-1a */
   return h;
+}
+
+uint64_t kiln_hash_words(uint64_t h, const void *p, size_t n) {
+  const unsigned char *b = p;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t w;
+    memcpy(&w, b + i, 8);
+    h = (h ^ w) * 0x9E3779B97F4A7C15ull;
+    h ^= h >> 29;
+  }
+  return kiln_hash_bytes(h, b + i, n - i);
 }
 
 void kiln_strides(int rank, const int64_t *dims, int64_t *strides) {
