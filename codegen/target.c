@@ -6,6 +6,7 @@
 #include <llvm-c/Target.h>
 #include <llvm-c/Transforms/PassBuilder.h>
 #include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 #include "codegen/cg.h"
 
@@ -42,6 +43,27 @@ LLVMTargetMachineRef cg_target_machine(const char *triple_in, const char *cpu_in
     return NULL;
   }
   char *cpu = native ? LLVMGetHostCPUName() : NULL, *feat = native ? LLVMGetHostCPUFeatures() : NULL;
+  /* KILN_VECTOR_BYTES=32 or 16 narrows the host: code as for an AVX2-only (or
+   * SSE) x86 CPU, kernels tiled for its width and registers, so that one machine
+   * can test and measure the paths another host would take. */
+  const char *narrow = native ? getenv("KILN_VECTOR_BYTES") : NULL;
+  char *narrowed = NULL;
+  if (narrow && *narrow && strcmp(narrow, "64")) {
+    const char *off = !strcmp(narrow, "32") ? ",-avx512f" : !strcmp(narrow, "16") ? ",-avx" : NULL;
+    if (!off) {
+      kiln_set_error(KILN_ERR_INVALID, "KILN_VECTOR_BYTES must be 16, 32 or 64, got \"%s\"", narrow);
+      LLVMDisposeMessage(host), LLVMDisposeMessage(cpu), LLVMDisposeMessage(feat);
+      return NULL;
+    }
+    narrowed = malloc(strlen(feat) + strlen(off) + 1);
+    if (!narrowed) {
+      kiln_set_error(KILN_ERR_NOMEM, "target machine: out of memory");
+      LLVMDisposeMessage(host), LLVMDisposeMessage(cpu), LLVMDisposeMessage(feat);
+      return NULL;
+    }
+    strcat(strcpy(narrowed, feat), off);
+  }
+  const char *features = narrowed ? narrowed : feat;
   LLVMTargetRef t;
   char *err = NULL;
   if (LLVMGetTargetFromTriple(triple, &t, &err)) {
@@ -49,20 +71,23 @@ LLVMTargetMachineRef cg_target_machine(const char *triple_in, const char *cpu_in
     LLVMDisposeMessage(err);
   } else {
     const char *cpu_name = native ? cpu : cpu_in && strcmp(cpu_in, "generic") ? cpu_in : "generic";
-    tm = LLVMCreateTargetMachine(t, triple, cpu_name, native ? feat : "", LLVMCodeGenLevelAggressive, LLVMRelocPIC,
+    tm = LLVMCreateTargetMachine(t, triple, cpu_name, native ? features : "", LLVMCodeGenLevelAggressive, LLVMRelocPIC,
                                  LLVMCodeModelDefault);
     if (!tm) kiln_set_error(KILN_ERR_INVALID, "LLVM cannot make a target machine for %s (cpu %s)", triple, cpu_name);
     /* Only the host's features are known here; other CPUs get 16-byte vectors in our
      * kernels (LLVM's vectorisers still use whatever the CPU has). */
     if (vec_bytes) {
       *vec_bytes = 16;
-      if (native && strstr(feat, "+avx512f")) *vec_bytes = 64;
-      else if (native && strstr(feat, "+avx2")) *vec_bytes = 32;
+      bool avx512 = native && strstr(feat, "+avx512f"), avx2 = native && strstr(feat, "+avx2");
+      int cap = narrow && !strcmp(narrow, "32") ? 32 : narrow && !strcmp(narrow, "16") ? 16 : 64;
+      if (avx512 && cap >= 64) *vec_bytes = 64;
+      else if ((avx512 || avx2) && cap >= 32) *vec_bytes = 32;
     }
   }
   LLVMDisposeMessage(host);
   if (cpu) LLVMDisposeMessage(cpu);
   if (feat) LLVMDisposeMessage(feat);
+  free(narrowed);
   return tm;
 }
 

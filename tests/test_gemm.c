@@ -392,6 +392,13 @@ static void test_thread_count_errors(void **s) {
   kiln_compile_options o = {.threads = 100000};
   assert_int_equal(kiln_compile(g, &o, &e), KILN_ERR_INVALID);
   assert_non_null(strstr(kiln_errmsg(), "threads"));
+  char *width = getenv("KILN_VECTOR_BYTES") ? strdup(getenv("KILN_VECTOR_BYTES")) : NULL;
+  setenv("KILN_VECTOR_BYTES", "24", 1);
+  assert_int_not_equal(kiln_compile(g, &(kiln_compile_options){.no_cache = true}, &e), KILN_OK);
+  assert_non_null(strstr(kiln_errmsg(), "KILN_VECTOR_BYTES"));
+  if (width) setenv("KILN_VECTOR_BYTES", width, 1);
+  else unsetenv("KILN_VECTOR_BYTES");
+  free(width);
   kiln_graph_free(g);
 }
 
