@@ -62,6 +62,20 @@ KILN_INTERNAL void cg_conv_depthwise(cg *c, const conv_geom *q, LLVMValueRef out
 KILN_INTERNAL void cg_conv_depthwise_filter_grad(cg *c, const conv_geom *q, LLVMValueRef out, const LLVMValueRef *in,
                                                  LLVMValueRef scratch);
 
+/* Vector loads and stores of q's dtype at base[idx] (aligned to the element only)
+ * and fused multiply-adds, for the direct and depthwise kernels. */
+static inline LLVMValueRef cg_conv_vload(cg *c, const conv_geom *q, LLVMTypeRef vt, LLVMValueRef base, LLVMValueRef idx) {
+  LLVMValueRef l = LLVMBuildLoad2(c->b, vt, cg_gep(c, cg_type(c, q->t), base, idx), "");
+  LLVMSetAlignment(l, (unsigned)kiln_dtype_size(q->t));
+  return l;
+}
+static inline void cg_conv_vstore(cg *c, const conv_geom *q, LLVMValueRef v, LLVMValueRef base, LLVMValueRef idx) {
+  LLVMSetAlignment(LLVMBuildStore(c->b, v, cg_gep(c, cg_type(c, q->t), base, idx)), (unsigned)kiln_dtype_size(q->t));
+}
+static inline LLVMValueRef cg_conv_vfma(cg *c, LLVMValueRef a, LLVMValueRef b, LLVMValueRef acc) {
+  return cg_call_intrinsic(c, "llvm.fma", LLVMTypeOf(acc), (LLVMValueRef[]){a, b, acc}, 3);
+}
+
 /* Below this much arithmetic a convolution is not worth waking the other threads. */
 KILN_INTERNAL bool cg_conv_worth_threads(cg *c, const conv_geom *q);
 

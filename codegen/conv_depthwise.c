@@ -47,18 +47,6 @@ uint64_t cg_conv_depthwise_scratch_bytes(cg *c, const conv_geom *q, bool filter_
   return filter_grad ? cg_conv_parts_bytes(&parts) : 0;
 }
 
-static LLVMValueRef vload(cg *c, const conv_geom *q, LLVMTypeRef vt, LLVMValueRef base, LLVMValueRef idx) {
-  LLVMValueRef l = LLVMBuildLoad2(c->b, vt, cg_gep(c, cg_type(c, q->t), base, idx), "");
-  LLVMSetAlignment(l, (unsigned)kiln_dtype_size(q->t));
-  return l;
-}
-static void vstore(cg *c, const conv_geom *q, LLVMValueRef v, LLVMValueRef base, LLVMValueRef idx) {
-  LLVMSetAlignment(LLVMBuildStore(c->b, v, cg_gep(c, cg_type(c, q->t), base, idx)), (unsigned)kiln_dtype_size(q->t));
-}
-static LLVMValueRef vfma(cg *c, LLVMValueRef a, LLVMValueRef b, LLVMValueRef acc) {
-  return cg_call_intrinsic(c, "llvm.fma", LLVMTypeOf(acc), (LLVMValueRef[]){a, b, acc}, 3);
-}
-
 /* Output positions [lo, hi) along one spatial axis whose window is inside the
  * input: in = o*stride - pad + k*dilation in [0, size) for every k < taps. */
 typedef struct {
@@ -128,10 +116,10 @@ static LLVMValueRef tap_load(cg *c, const window *win, LLVMTypeRef vt, channels 
   int64_t kh = t / q->KW, kw = t % q->KW;
   int64_t off = (kh * q->d[0] * q->W + kw * q->d[1] + p * q->s[1]) * q->C + v * ch.lanes;
   LLVMValueRef idx = add(c, add(c, win->corner, ch.first), imm(c, off));
-  if (!win->checked) return vload(c, q, vt, win->x, idx);
+  if (!win->checked) return cg_conv_vload(c, q, vt, win->x, idx);
   LLVMValueRef ok = tap_inside(c, win, t);
   LLVMValueRef safe = add(c, ch.first, imm(c, v * ch.lanes)); /* pixel 0's channels: inside x */
-  LLVMValueRef l = vload(c, q, vt, win->x, LLVMBuildSelect(c->b, ok, idx, safe, ""));
+  LLVMValueRef l = cg_conv_vload(c, q, vt, win->x, LLVMBuildSelect(c->b, ok, idx, safe, ""));
   return LLVMBuildSelect(c->b, ok, l, LLVMConstNull(vt), "");
 }
 
@@ -172,7 +160,7 @@ static LLVMValueRef block_fn(cg *c, const conv_geom *q, int64_t pixels, channels
   for (int64_t t = 0; t < taps_of(q); t++) {
     LLVMValueRef tap = add(c, mul(c, imm(c, t / q->KW), a[FA_TAP_ROW]), mul(c, imm(c, t % q->KW), a[FA_TAP_COL]));
     LLVMValueRef wrow = add(c, first, mul(c, imm(c, t), a[FA_C])), wv[MAX_VECTORS], ok = NULL;
-    for (int64_t v = 0; v < ch.nv; v++) wv[v] = vload(c, q, vt, a[FA_W], add(c, wrow, imm(c, v * ch.lanes)));
+    for (int64_t v = 0; v < ch.nv; v++) wv[v] = cg_conv_vload(c, q, vt, a[FA_W], add(c, wrow, imm(c, v * ch.lanes)));
     if (border)
       ok = LLVMBuildTrunc(c->b, LLVMBuildLShr(c->b, a[FA_MASK], imm(c, t), ""), c->i1, "");
     for (int64_t p = 0; p < pixels; p++)
@@ -183,12 +171,12 @@ static LLVMValueRef block_fn(cg *c, const conv_geom *q, int64_t pixels, channels
         LLVMValueRef xv = LLVMBuildLoad2(c->b, vt, src, "");
         LLVMSetAlignment(xv, (unsigned)kiln_dtype_size(q->t));
         if (border) xv = LLVMBuildSelect(c->b, ok, xv, LLVMConstNull(vt), "");
-        acc[p][v] = vfma(c, xv, wv[v], acc[p][v]);
+        acc[p][v] = cg_conv_vfma(c, xv, wv[v], acc[p][v]);
       }
   }
   for (int64_t p = 0; p < pixels; p++)
     for (int64_t v = 0; v < ch.nv; v++)
-      vstore(c, q, acc[p][v], a[FA_OUT], add(c, first, add(c, mul(c, imm(c, p), a[FA_C]), imm(c, v * ch.lanes))));
+      cg_conv_vstore(c, q, acc[p][v], a[FA_OUT], add(c, first, add(c, mul(c, imm(c, p), a[FA_C]), imm(c, v * ch.lanes))));
   cg_loop_end_scalar(c, &lb);
   LLVMBuildRetVoid(c->b);
   cg_end_fn(c, &sp);
@@ -307,7 +295,7 @@ static void fgrad_pixel(cg *c, const window *win, LLVMTypeRef vt, channels ch, L
                         const LLVMValueRef *d) {
   for (int64_t t = 0; t < taps_of(win->q); t++)
     for (int64_t v = 0; v < ch.nv; v++) {
-      LLVMValueRef sum = vfma(c, tap_load(c, win, vt, ch, t, 0, v), d[v], LLVMBuildLoad2(c->b, vt, slot[t][v], ""));
+      LLVMValueRef sum = cg_conv_vfma(c, tap_load(c, win, vt, ch, t, 0, v), d[v], LLVMBuildLoad2(c->b, vt, slot[t][v], ""));
       LLVMBuildStore(c->b, sum, slot[t][v]);
     }
 }
@@ -327,7 +315,7 @@ static void fgrad_block(cg *c, void *vctx, channels ch) {
   cg_loop lp;
   LLVMValueRef p = cg_loop_begin(c, &lp, m->p0, m->p1, imm(c, 1)), d[MAX_VECTORS];
   LLVMValueRef dbase = add(c, mul(c, p, imm(c, q->C)), ch.first);
-  for (int64_t v = 0; v < ch.nv; v++) d[v] = vload(c, q, vt, m->dy, add(c, dbase, imm(c, v * ch.lanes)));
+  for (int64_t v = 0; v < ch.nv; v++) d[v] = cg_conv_vload(c, q, vt, m->dy, add(c, dbase, imm(c, v * ch.lanes)));
   int64_t per_image = q->OH * q->OW;
   LLVMValueRef n = LLVMBuildSDiv(c->b, p, imm(c, per_image), ""), rem = LLVMBuildSRem(c->b, p, imm(c, per_image), "");
   LLVMValueRef oh = LLVMBuildSDiv(c->b, rem, imm(c, q->OW), ""), ow = LLVMBuildSRem(c->b, rem, imm(c, q->OW), "");
@@ -349,7 +337,7 @@ static void fgrad_block(cg *c, void *vctx, channels ch) {
   cg_loop_end(c, &lp);
   for (int64_t t = 0; t < taps; t++)
     for (int64_t v = 0; v < ch.nv; v++)
-      vstore(c, q, LLVMBuildLoad2(c->b, vt, slot[t][v], ""), m->acc_out, add(c, ch.first, imm(c, t * q->C + v * ch.lanes)));
+      cg_conv_vstore(c, q, LLVMBuildLoad2(c->b, vt, slot[t][v], ""), m->acc_out, add(c, ch.first, imm(c, t * q->C + v * ch.lanes)));
 }
 
 void cg_conv_depthwise_filter_grad(cg *c, const conv_geom *q, LLVMValueRef out, const LLVMValueRef *in,

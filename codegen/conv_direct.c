@@ -103,18 +103,6 @@ static LLVMValueRef tap(cg *c, const conv_geom *q, LLVMValueRef xp, LLVMValueRef
   return cg_splat(c, cg_load(c, q->t, xp, add(c, base, imm(c, off))), (unsigned)w);
 }
 
-static LLVMValueRef vload(cg *c, const conv_geom *q, LLVMTypeRef vt, LLVMValueRef base, LLVMValueRef idx) {
-  LLVMValueRef l = LLVMBuildLoad2(c->b, vt, cg_gep(c, cg_type(c, q->t), base, idx), "");
-  LLVMSetAlignment(l, (unsigned)kiln_dtype_size(q->t));
-  return l;
-}
-static void vstore(cg *c, const conv_geom *q, LLVMValueRef v, LLVMValueRef base, LLVMValueRef idx) {
-  LLVMSetAlignment(LLVMBuildStore(c->b, v, cg_gep(c, cg_type(c, q->t), base, idx)), (unsigned)kiln_dtype_size(q->t));
-}
-static LLVMValueRef vfma(cg *c, LLVMValueRef a, LLVMValueRef b, LLVMValueRef acc) {
-  return cg_call_intrinsic(c, "llvm.fma", LLVMTypeOf(acc), (LLVMValueRef[]){a, b, acc}, 3);
-}
-
 /* Calls emit(first vector, vectors) for every block of `per` out-channel vectors and the short last one. */
 typedef void (*block_fn)(cg *c, void *ctx, LLVMValueRef first, int64_t vectors);
 static void for_blocks(cg *c, int64_t all, int64_t per, block_fn emit, void *ctx) {
@@ -143,17 +131,17 @@ static void fwd_block(cg *c, void *vctx, LLVMValueRef first, int64_t nv) {
   LLVMTypeRef vt = LLVMVectorType(cg_type(c, q->t), (unsigned)w);
   LLVMValueRef col = mul(c, first, imm(c, w)), wv[DIRECT_REGS][DIRECT_REGS];
   for (int64_t t = 0; t < q->Kc; t++)
-    for (int64_t v = 0; v < nv; v++) wv[t][v] = vload(c, q, vt, m->w, add(c, col, imm(c, t * q->OC + v * w)));
+    for (int64_t v = 0; v < nv; v++) wv[t][v] = cg_conv_vload(c, q, vt, m->w, add(c, col, imm(c, t * q->OC + v * w)));
   cg_loop lp;
   LLVMValueRef p = cg_loop_begin(c, &lp, m->p0, m->p1, imm(c, 1));
   LLVMValueRef base = corner(c, q, p), acc[DIRECT_REGS];
   for (int64_t v = 0; v < nv; v++) acc[v] = LLVMConstNull(vt);
   for (int64_t t = 0; t < q->Kc; t++) {
     LLVMValueRef a = tap(c, q, m->xp, base, t, w);
-    for (int64_t v = 0; v < nv; v++) acc[v] = vfma(c, a, wv[t][v], acc[v]);
+    for (int64_t v = 0; v < nv; v++) acc[v] = cg_conv_vfma(c, a, wv[t][v], acc[v]);
   }
   LLVMValueRef o = add(c, mul(c, p, imm(c, q->OC)), col);
-  for (int64_t v = 0; v < nv; v++) vstore(c, q, acc[v], m->out, add(c, o, imm(c, v * w)));
+  for (int64_t v = 0; v < nv; v++) cg_conv_vstore(c, q, acc[v], m->out, add(c, o, imm(c, v * w)));
   cg_loop_end(c, &lp);
 }
 
@@ -210,16 +198,16 @@ static void fgrad_block(cg *c, void *vctx, LLVMValueRef first, int64_t nv) {
   cg_loop lp;
   LLVMValueRef p = cg_loop_begin(c, &lp, m->p0, m->p1, imm(c, 1));
   LLVMValueRef base = corner(c, q, p), d[DIRECT_REGS], row = add(c, mul(c, p, imm(c, q->OC)), col);
-  for (int64_t v = 0; v < nv; v++) d[v] = vload(c, q, vt, m->dy, add(c, row, imm(c, v * w)));
+  for (int64_t v = 0; v < nv; v++) d[v] = cg_conv_vload(c, q, vt, m->dy, add(c, row, imm(c, v * w)));
   for (int64_t t = 0; t < q->Kc; t++) {
     LLVMValueRef a = tap(c, q, m->xp, base, t, w);
     for (int64_t v = 0; v < nv; v++)
-      LLVMBuildStore(c->b, vfma(c, a, d[v], LLVMBuildLoad2(c->b, vt, slot[t][v], "")), slot[t][v]);
+      LLVMBuildStore(c->b, cg_conv_vfma(c, a, d[v], LLVMBuildLoad2(c->b, vt, slot[t][v], "")), slot[t][v]);
   }
   cg_loop_end(c, &lp);
   for (int64_t t = 0; t < q->Kc; t++)
     for (int64_t v = 0; v < nv; v++)
-      vstore(c, q, LLVMBuildLoad2(c->b, vt, slot[t][v], ""), m->acc_out, add(c, col, imm(c, t * q->OC + v * w)));
+      cg_conv_vstore(c, q, LLVMBuildLoad2(c->b, vt, slot[t][v], ""), m->acc_out, add(c, col, imm(c, t * q->OC + v * w)));
 }
 
 void cg_conv_direct_filter_grad(cg *c, const conv_geom *q, LLVMValueRef out, const LLVMValueRef *in,
