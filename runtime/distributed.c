@@ -30,51 +30,13 @@ uint64_t kiln_variables_signature(const kiln_variables *vs) {
 #ifndef KILN_HAVE_MPI
 
 bool kiln_dist_available(void) { return false; }
-/* Undoes a kiln_dist_init that failed (st is set, with its message); MPI stays as it is:
- * finalising after a failed exchange could wait for a rank that is not there. */
-static kiln_status init_failed(kiln_dist *d, kiln_status st) {
-  if (d) free(d->peers), free(d);
-  atomic_fetch_sub(&live_dists, 1);
-  return st;
-}
-
 kiln_status kiln_dist_init(int *argc, char ***argv, kiln_dist **out) {
-  if (!out) return kiln_set_error(KILN_ERR_INVALID, "dist_init: out is NULL");
-  *out = NULL;
-  if (atomic_fetch_add(&live_dists, 1))
-    return init_failed(NULL, kiln_set_error(KILN_ERR_INVALID, "dist_init: this process already has a kiln_dist"));
-  kiln_dist *d = calloc(1, sizeof *d);
-  if (!d) return init_failed(NULL, kiln_set_error(KILN_ERR_NOMEM, "dist_init: out of memory"));
-  int inited = 0, finalized = 0;
-  MPI_Initialized(&inited);
-  MPI_Finalized(&finalized);
-  if (finalized) return init_failed(d, kiln_set_error(KILN_ERR_INVALID, "dist_init: MPI was already finalised in this process"));
-  if (!inited) {
-    int provided;
-    if (MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
-      return init_failed(d, kiln_set_error(KILN_ERR_RUNTIME, "dist_init: MPI_Init failed"));
-    d->we_initialised = true;
-  }
-  MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
-  MPI_Comm_rank(MPI_COMM_WORLD, &d->rank);
-  MPI_Comm_size(MPI_COMM_WORLD, &d->size);
-  d->timeout = env_double("KILN_DIST_TIMEOUT", 120);
-  d->bucket_elems = (size_t)(env_double("KILN_DIST_BUCKET_MB", 16) * (1 << 20)) / sizeof(float);
-  if (d->bucket_elems < 1024) d->bucket_elems = 1024;
-  peer me = {.pid = (int)getpid()};
-  gethostname(me.host, sizeof me.host - 1);
-  if (!(d->peers = calloc((size_t)d->size, sizeof *d->peers)))
-    return init_failed(d, kiln_set_error(KILN_ERR_NOMEM, "dist_init: out of memory"));
-  if (MPI_Allgather(&me, sizeof me, MPI_BYTE, d->peers, sizeof me, MPI_BYTE, MPI_COMM_WORLD) != MPI_SUCCESS)
-    return init_failed(d, kiln_set_error(KILN_ERR_RUNTIME, "dist_init: could not reach the other ranks"));
-  /* Only now, so a failed init leaves the program's SIGTERM handler alone. */
-  struct sigaction sa = {.sa_handler = on_sigterm};
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGTERM, &sa, &d->old_term);
-  *out = d;
-  return KILN_OK;
+  (void)argc, (void)argv;
+  if (out) *out = NULL;
+  return kiln_set_error(KILN_ERR_UNSUPPORTED,
+                        "distributed training: this kiln was built without MPI (install libopenmpi-dev and configure "
+                        "with -DKILN_MPI=ON)");
 }
-
 void kiln_dist_free(kiln_dist *d) { (void)d; }
 int kiln_dist_rank(const kiln_dist *d) { return (void)d, 0; }
 int kiln_dist_size(const kiln_dist *d) { return (void)d, 1; }
@@ -146,33 +108,29 @@ static double env_double(const char *name, double dflt) {
   return s && end != s && v > 0 ? v : dflt;
 }
 
+/* Undoes a kiln_dist_init that failed (st is set, with its message); MPI stays as it is:
+ * finalising after a failed exchange could wait for a rank that is not there. */
+static kiln_status init_failed(kiln_dist *d, kiln_status st) {
+  if (d) free(d->peers), free(d);
+  atomic_fetch_sub(&live_dists, 1);
+  return st;
+}
+
 kiln_status kiln_dist_init(int *argc, char ***argv, kiln_dist **out) {
   if (!out) return kiln_set_error(KILN_ERR_INVALID, "dist_init: out is NULL");
   *out = NULL;
-  if (atomic_fetch_add(&live_dists, 1)) {
-    atomic_fetch_sub(&live_dists, 1);
-    return kiln_set_error(KILN_ERR_INVALID, "dist_init: this process already has a kiln_dist");
-  }
+  if (atomic_fetch_add(&live_dists, 1))
+    return init_failed(NULL, kiln_set_error(KILN_ERR_INVALID, "dist_init: this process already has a kiln_dist"));
   kiln_dist *d = calloc(1, sizeof *d);
-  if (!d) {
-    atomic_fetch_sub(&live_dists, 1);
-    return kiln_set_error(KILN_ERR_NOMEM, "dist_init: out of memory");
-  }
+  if (!d) return init_failed(NULL, kiln_set_error(KILN_ERR_NOMEM, "dist_init: out of memory"));
   int inited = 0, finalized = 0;
   MPI_Initialized(&inited);
   MPI_Finalized(&finalized);
-  if (finalized) {
-    free(d);
-    atomic_fetch_sub(&live_dists, 1);
-    return kiln_set_error(KILN_ERR_INVALID, "dist_init: MPI was already finalised in this process");
-  }
+  if (finalized) return init_failed(d, kiln_set_error(KILN_ERR_INVALID, "dist_init: MPI was already finalised in this process"));
   if (!inited) {
     int provided;
-    if (MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) {
-      free(d);
-      atomic_fetch_sub(&live_dists, 1);
-      return kiln_set_error(KILN_ERR_RUNTIME, "dist_init: MPI_Init failed");
-    }
+    if (MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
+      return init_failed(d, kiln_set_error(KILN_ERR_RUNTIME, "dist_init: MPI_Init failed"));
     d->we_initialised = true;
   }
   MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
@@ -183,11 +141,11 @@ kiln_status kiln_dist_init(int *argc, char ***argv, kiln_dist **out) {
   if (d->bucket_elems < 1024) d->bucket_elems = 1024;
   peer me = {.pid = (int)getpid()};
   gethostname(me.host, sizeof me.host - 1);
-  d->peers = calloc((size_t)d->size, sizeof *d->peers);
-  if (!d->peers || MPI_Allgather(&me, sizeof me, MPI_BYTE, d->peers, sizeof me, MPI_BYTE, MPI_COMM_WORLD) != MPI_SUCCESS) {
-    kiln_dist_free(d);
-    return kiln_set_error(d->peers ? KILN_ERR_RUNTIME : KILN_ERR_NOMEM, "dist_init: could not reach the other ranks");
-  }
+  if (!(d->peers = calloc((size_t)d->size, sizeof *d->peers)))
+    return init_failed(d, kiln_set_error(KILN_ERR_NOMEM, "dist_init: out of memory"));
+  if (MPI_Allgather(&me, sizeof me, MPI_BYTE, d->peers, sizeof me, MPI_BYTE, MPI_COMM_WORLD) != MPI_SUCCESS)
+    return init_failed(d, kiln_set_error(KILN_ERR_RUNTIME, "dist_init: could not reach the other ranks"));
+  /* Only now, so a failed init leaves the program's SIGTERM handler alone. */
   struct sigaction sa = {.sa_handler = on_sigterm};
   sigemptyset(&sa.sa_mask);
   sigaction(SIGTERM, &sa, &d->old_term);
