@@ -85,14 +85,14 @@ static void for_channels(cg *c, const conv_geom *q, int64_t per, channels_fn emi
 /* The input under the windows of a few output pixels (n, oh, ow + p), p < pixels. */
 typedef struct {
   const conv_geom *q;
-  LLVMValueRef x, n, oh, ow;
+  LLVMValueRef x, oh, ow; /* the image is in corner */
   LLVMValueRef corner; /* the first window's corner in x (outside the image for some border pixels) */
   bool checked;        /* border pixels (one at a time): each tap checks it is inside the image */
 } window;
 
 static window window_at(cg *c, const conv_geom *q, LLVMValueRef x, LLVMValueRef n, LLVMValueRef oh, LLVMValueRef ow,
                         bool checked) {
-  window win = {.q = q, .x = x, .n = n, .oh = oh, .ow = ow, .checked = checked};
+  window win = {.q = q, .x = x, .oh = oh, .ow = ow, .checked = checked};
   LLVMValueRef ih = LLVMBuildSub(c->b, mul(c, oh, imm(c, q->s[0])), imm(c, q->p[0]), "");
   LLVMValueRef iw = LLVMBuildSub(c->b, mul(c, ow, imm(c, q->s[1])), imm(c, q->p[1]), "");
   win.corner = mul(c, add(c, mul(c, add(c, mul(c, n, imm(c, q->H)), ih), imm(c, q->W)), iw), imm(c, q->C));
