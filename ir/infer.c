@@ -30,6 +30,18 @@ static void set_type(kiln_node *n, int dtype, int rank, const int64_t *dims) {
 }
 
 /* A shape attribute, with -1 meaning the batch size (bound when specialising). */
+/* Element counts past KILN_MAX_NUMEL (a symbolic dim counted as 1) would overflow
+ * the byte sizes computed from them. */
+static bool numel_ok(kiln_graph *g, const kiln_node *n, int rank, const int64_t *dims) {
+  int64_t numel = 1;
+  for (int i = 0; i < rank; i++)
+    if (__builtin_mul_overflow(numel, dims[i] < 0 ? 1 : dims[i], &numel) || numel > KILN_MAX_NUMEL) {
+      char s[128];
+      return fail(g, n, "shape %s has more than 2^60 elements", kiln_shape_str(s, sizeof s, rank, dims));
+    }
+  return true;
+}
+
 static bool shape_attr(kiln_graph *g, kiln_node *n, int *rank, int64_t *dims) {
   const kiln_attr *a = kiln_attr_find(n, KILN_ATTR_SHAPE);
   if (!a) return fail(g, n, "missing attribute 'shape'");
@@ -39,7 +51,7 @@ static bool shape_attr(kiln_graph *g, kiln_node *n, int *rank, int64_t *dims) {
     if (dims[i] < -1) return fail(g, n, "shape dim %d is %lld; dims are >= 0 or ? (batch)", i, (long long)dims[i]);
     if (dims[i] == -1 && g->batch >= 0) dims[i] = g->batch;
   }
-  return true;
+  return numel_ok(g, n, *rank, dims);
 }
 
 static bool dtype_attr(kiln_graph *g, kiln_node *n, int *dtype) {
@@ -514,7 +526,11 @@ static bool infer_scatter_add(kiln_graph *g, kiln_node *n) {
   return true;
 }
 
-bool kiln_infer(kiln_graph *g, kiln_node *n) {
+static bool infer_rule(kiln_graph *g, kiln_node *n);
+
+bool kiln_infer(kiln_graph *g, kiln_node *n) { return infer_rule(g, n) && numel_ok(g, n, n->rank, n->dims); }
+
+static bool infer_rule(kiln_graph *g, kiln_node *n) {
   unsigned f = kiln_ops[n->op].flags;
   if (f & SRC) return infer_source(g, n);
   if (f & EW) return infer_elementwise(g, n);

@@ -131,7 +131,11 @@ KILN_INTERNAL void *kiln_arena_alloc(kiln_arena *a, size_t n); /* zeroed, 16-ali
 KILN_INTERNAL void *kiln_arena_alloc_aligned(kiln_arena *a, size_t n, size_t align);
 KILN_INTERNAL char *kiln_arena_strdup(kiln_arena *a, const char *s);
 KILN_INTERNAL void kiln_arena_free(kiln_arena *a);
-KILN_INTERNAL int64_t kiln_shape_numel(int rank, const int64_t *dims); /* -1 if any dim is symbolic */
+/* -1 if any dim is symbolic; INT64_MAX if the count overflows (inference rejects
+ * such shapes, see KILN_MAX_NUMEL) */
+KILN_INTERNAL int64_t kiln_shape_numel(int rank, const int64_t *dims);
+/* The most elements a tensor may have: its size in bytes then fits in int64 and size_t. */
+#define KILN_MAX_NUMEL (INT64_MAX / 8)
 /* Writes "[2,?,3]" into buf. */
 KILN_INTERNAL const char *kiln_shape_str(char *buf, size_t cap, int rank, const int64_t *dims);
 /* "f32[2,?,3]" */

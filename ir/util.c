@@ -100,11 +100,12 @@ void kiln_arena_free(kiln_arena *a) {
 
 int64_t kiln_shape_numel(int rank, const int64_t *dims) {
   int64_t n = 1;
+  bool over = false;
   for (int i = 0; i < rank; i++) {
     if (dims[i] < 0) return -1;
-    n *= dims[i];
+    over |= __builtin_mul_overflow(n, dims[i], &n);
   }
-  return n;
+  return over ? INT64_MAX : n;
 }
 
 bool kiln_same_shape(int ra, const int64_t *da, int rb, const int64_t *db) {
