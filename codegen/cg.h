@@ -225,6 +225,22 @@ extern const char cg_pipeline[]; /* the LLVM pass pipeline every module gets */
 KILN_INTERNAL void cg_module_size(LLVMModuleRef mod, size_t *functions, size_t *instructions);
 KILN_INTERNAL kiln_status cg_llvm_error(LLVMErrorRef e, const char *what);
 
+/* ---- compile_parts.c ---- */
+/* Threads a compile may use: KILN_COMPILE_THREADS, else the CPUs online (at most 8). */
+KILN_INTERNAL int cg_compile_threads(void);
+/* Optimises mod (prepared for tm) and emits its machine code into *obj (the caller's),
+ * split over up to `threads` threads when it is large enough; *obj is then several
+ * objects in one buffer (cg_objects_*). t gets the LLVM steps' wall times. */
+KILN_INTERNAL kiln_status cg_compile_parts(LLVMModuleRef mod, LLVMTargetMachineRef tm, bool generic_cpu, int threads,
+                                           kiln_exec_stats *t, LLVMMemoryBufferRef *obj);
+/* How many objects a compile result holds (1 for a plain object), -1 if malformed. */
+KILN_INTERNAL int cg_objects_count(const void *data, size_t size);
+/* Object q of a well-formed compile result. */
+KILN_INTERNAL void cg_objects_get(const void *data, size_t size, int q, const void **obj, size_t *obj_size);
+/* Optimises mod and emits one object (*obj, the caller's) with tm; times into t. */
+KILN_INTERNAL kiln_status cg_emit_object(LLVMModuleRef mod, LLVMTargetMachineRef tm, kiln_exec_stats *t,
+                                         LLVMMemoryBufferRef *obj);
+
 /* ---- compile_cache.c: machine code on disk, keyed by the module (see the file) ---- */
 typedef struct {
   uint64_t lo, hi;

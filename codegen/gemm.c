@@ -189,36 +189,44 @@ static void tile_sum(cg *c, kiln_dtype t, unsigned w, int rows, int nv, LLVMValu
 
 /* ---- the packed micro-kernel ---- */
 
+/* A stride: the constant 1 when unit (contiguous loads), else parameter i. */
+static LLVMValueRef stride_arg(cg *c, LLVMValueRef fn, unsigned i, bool unit) {
+  return unit ? imm(c, 1) : LLVMGetParam(fn, i);
+}
+
+
 typedef struct {
   kiln_dtype t;
   LLVMTypeRef vt;
-  LLVMValueRef A, Bp;
-  int64_t a_rs, a_cs, NR, w;
+  LLVMValueRef A, Bp, a_rs, a_cs;
+  int64_t NR, w;
 } packed_ctx;
 
 static LLVMValueRef packed_a(cg *c, void *vctx, LLVMValueRef k, int r) {
   packed_ctx *q = vctx;
-  return cg_load(c, q->t, q->A, add(c, mul(c, k, imm(c, q->a_cs)), imm(c, r * q->a_rs)));
+  return cg_load(c, q->t, q->A, add(c, mul(c, k, q->a_cs), mul(c, imm(c, r), q->a_rs)));
 }
 static LLVMValueRef packed_b(cg *c, void *vctx, LLVMValueRef k, int v) {
   packed_ctx *q = vctx;
   return vload(c, q->vt, q->t, q->Bp, add(c, mul(c, k, imm(c, q->NR)), imm(c, v * q->w)), (unsigned)c->vec_bytes);
 }
 
-enum { MICRO_ARGS = 8 };
+enum { MICRO_ARGS = 10 };
 static LLVMTypeRef micro_type(cg *c) {
-  LLVMTypeRef ps[MICRO_ARGS] = {c->i64, c->ptr, c->ptr, c->ptr, c->i64, c->i64, c->i1, c->i64};
+  LLVMTypeRef ps[MICRO_ARGS] = {c->i64, c->ptr, c->ptr, c->ptr, c->i64, c->i64, c->i1, c->i64, c->i64, c->i64};
   return LLVMFunctionType(c->void_t, ps, MICRO_ARGS, 0);
 }
 
-/* micro(kc, A, Bp, C, mr, nr, accumulate, ldc): C[mr x nr] (+)= A panel * Bp panel,
- * where A[r][k] is at r*a_rs + k*a_cs: the matrix itself (constant strides become
- * addressing-mode displacements, so no packing) or a zero-padded packed panel.
- * C's row stride is an argument (it is used once per tile, not per k), so call
- * sites that differ only in C share one function. */
+/* micro(kc, A, Bp, C, mr, nr, accumulate, ldc, a_rs, a_cs): C[mr x nr] (+)= A panel
+ * * Bp panel, where A[r][k] is at r*a_rs + k*a_cs: the matrix itself (no packing)
+ * or a zero-padded packed panel. Strides other than 1 are arguments, not constants:
+ * the k loop is FMA-bound, so a stride in a register costs nothing there, and every
+ * GEMM of a module with the same A orientation shares one function (LLVM optimises
+ * and compiles each micro-kernel once; they are most of a module's code). C's row
+ * stride is an argument for the same reason. */
 static LLVMValueRef micro_fn(cg *c, kiln_dtype t, int64_t a_rs, int64_t a_cs, int nv) {
   char name[96];
-  snprintf(name, sizeof name, "kiln_micro_%s_%d_%lld_%lld", kiln_dtype_name(t), nv, (long long)a_rs, (long long)a_cs);
+  snprintf(name, sizeof name, "kiln_micro_%s_%d%s%s", kiln_dtype_name(t), nv, a_rs == 1 ? "_r1" : "", a_cs == 1 ? "_c1" : "");
   LLVMValueRef fn = cg_shared_fn(c, name);
   if (fn) return fn;
   cg_fn_pos sp;
@@ -226,7 +234,8 @@ static LLVMValueRef micro_fn(cg *c, kiln_dtype t, int64_t a_rs, int64_t a_cs, in
   int64_t MR = mr_of(c), NR = nr_of(c, t), w = vec_w(c, t);
   LLVMValueRef kc = LLVMGetParam(fn, 0), C = LLVMGetParam(fn, 3), ldc = LLVMGetParam(fn, 7), mr = LLVMGetParam(fn, 4),
                nr = LLVMGetParam(fn, 5), accum = LLVMGetParam(fn, 6);
-  packed_ctx q = {t, LLVMVectorType(cg_type(c, t), (unsigned)w), LLVMGetParam(fn, 1), LLVMGetParam(fn, 2), a_rs, a_cs, NR, w};
+  packed_ctx q = {t, LLVMVectorType(cg_type(c, t), (unsigned)w), LLVMGetParam(fn, 1), LLVMGetParam(fn, 2),
+                  stride_arg(c, fn, 8, a_rs == 1), stride_arg(c, fn, 9, a_cs == 1), NR, w};
   LLVMValueRef fin[16][TILE_NV];
   tile_sum(c, t, (unsigned)w, (int)MR, nv, kc, packed_a, packed_b, &q, fin);
 
@@ -329,10 +338,6 @@ static LLVMTypeRef pack_type(cg *c) {
   return LLVMFunctionType(c->void_t, ps, PACK_ARGS, 0);
 }
 
-static LLVMValueRef stride_arg(cg *c, LLVMValueRef fn, unsigned i, bool unit) {
-  return unit ? imm(c, 1) : LLVMGetParam(fn, i);
-}
-
 /* The shared function's body: pack_b or pack_a over its parameters, a unit stride
  * made a constant. */
 typedef void (*pack_body)(cg *c, kiln_dtype t, int64_t R, LLVMValueRef fn, LLVMValueRef rs, LLVMValueRef cs);
@@ -346,33 +351,24 @@ static void pack_a_body(cg *c, kiln_dtype t, int64_t MR, LLVMValueRef fn, LLVMVa
   pack_a(c, t, MR, LLVMGetParam(fn, 0), LLVMGetParam(fn, 1), rs, cs, LLVMGetParam(fn, 4), LLVMGetParam(fn, 5));
 }
 
-/* Calls the module's `what` packing function for dtype t, panel size R and these
- * strides (emitting it first if needed) with args, whose [2] and [3] are the strides. */
-static void call_pack(cg *c, const char *what, pack_body body, kiln_dtype t, int64_t R, int64_t rs, int64_t cs,
-                      LLVMValueRef *args) {
+/* Calls the module's `what` packing function for dtype t, panel size R and strides
+ * rs, cs (emitting it first if needed; a unit stride selects the variant where it is
+ * a constant) with args, whose [2] and [3] become the strides. */
+static void call_pack(cg *c, const char *what, pack_body body, kiln_dtype t, int64_t R, bool rs_unit, bool cs_unit,
+                      LLVMValueRef rs, LLVMValueRef cs, LLVMValueRef *args) {
   char name[64];
-  snprintf(name, sizeof name, "kiln_pack_%s_%s_%lld%s%s", what, kiln_dtype_name(t), (long long)R, rs == 1 ? "_r1" : "",
-           cs == 1 ? "_c1" : "");
+  snprintf(name, sizeof name, "kiln_pack_%s_%s_%lld%s%s", what, kiln_dtype_name(t), (long long)R, rs_unit ? "_r1" : "",
+           cs_unit ? "_c1" : "");
   LLVMValueRef fn = cg_shared_fn(c, name);
   if (!fn) {
     cg_fn_pos sp;
     fn = cg_begin_shared_fn(c, name, pack_type(c), &sp);
-    body(c, t, R, fn, stride_arg(c, fn, 2, rs == 1), stride_arg(c, fn, 3, cs == 1));
+    body(c, t, R, fn, stride_arg(c, fn, 2, rs_unit), stride_arg(c, fn, 3, cs_unit));
     LLVMBuildRetVoid(c->b);
     cg_end_fn(c, &sp);
   }
-  args[2] = imm(c, rs), args[3] = imm(c, cs);
+  args[2] = rs, args[3] = cs;
   LLVMBuildCall2(c->b, pack_type(c), fn, args, PACK_ARGS, "");
-}
-
-static void call_pack_b(cg *c, kiln_dtype t, int64_t NR, LLVMValueRef Bp, LLVMValueRef B, int64_t rsb, int64_t csb,
-                        LLVMValueRef j0, LLVMValueRef j1, LLVMValueRef kc) {
-  call_pack(c, "b", pack_b_body, t, NR, rsb, csb, (LLVMValueRef[PACK_ARGS]){Bp, B, NULL, NULL, j0, j1, kc});
-}
-
-static void call_pack_a(cg *c, kiln_dtype t, int64_t MR, LLVMValueRef Ap, LLVMValueRef A, int64_t rsa, int64_t csa,
-                        LLVMValueRef mr, LLVMValueRef kc) {
-  call_pack(c, "a", pack_a_body, t, MR, rsa, csa, (LLVMValueRef[PACK_ARGS]){Ap, A, NULL, NULL, mr, kc, imm(c, 0)});
 }
 
 /* ---- the direct (unpacked) path ---- */
@@ -515,18 +511,122 @@ static void finish_rows(cg *c, const cg_gemm *g, const gemm_plan *p, const cg_ep
   cg_loop_end(c, &lr);
 }
 
-/* The call site's task function: all sizes and strides are constants. */
+/* The unit strides of a GEMM, which pick the packing and micro-kernel variants. */
+typedef struct {
+  bool rsa, csa, rsb, csb;
+} unit_strides;
+
+/* driver(A, B, C, ws, i0, i1, j0, j1, K, kstep, rsa, csa, rsb, csb, ldc, accumulate,
+ * epilogue, epilogue_args, bi): the packed path over C's block [i0, i1) x [j0, j1).
+ * One function per dtype and unit strides, shared by every packed GEMM of the
+ * module: sizes and strides are arguments (they bound outer loops; the work is in
+ * the micro-kernels), so a module compiles this control flow once, not once per
+ * call site. `epilogue` (NULL: none) runs over each row strip once it is final. */
+enum { DRIVER_ARGS = 19 };
+static LLVMTypeRef driver_type(cg *c) {
+  LLVMTypeRef ps[DRIVER_ARGS] = {c->ptr, c->ptr, c->ptr, c->ptr, c->i64, c->i64, c->i64, c->i64, c->i64, c->i64,
+                                 c->i64, c->i64, c->i64, c->i64, c->i64, c->i1, c->ptr, c->ptr, c->i64};
+  return LLVMFunctionType(c->void_t, ps, DRIVER_ARGS, 0);
+}
+/* epilogue(args, bi, i0, i1, j0, j1) */
+static LLVMTypeRef epilogue_type(cg *c) {
+  LLVMTypeRef ps[6] = {c->ptr, c->i64, c->i64, c->i64, c->i64, c->i64};
+  return LLVMFunctionType(c->void_t, ps, 6, 0);
+}
+
+static LLVMValueRef driver_fn(cg *c, kiln_dtype t, unit_strides u) {
+  char name[64];
+  snprintf(name, sizeof name, "kiln_gemm_%s%s%s%s%s", kiln_dtype_name(t), u.rsa ? "_ra" : "", u.csa ? "_ca" : "",
+           u.rsb ? "_rb" : "", u.csb ? "_cb" : "");
+  LLVMValueRef fn = cg_shared_fn(c, name);
+  if (fn) return fn;
+  int64_t MR = mr_of(c), NR = nr_of(c, t), w = vec_w(c, t);
+  /* micro[packed][narrow]: A in place or packed; NV vectors wide or one (the last,
+   * narrow column panel, which would otherwise compute mostly padding) */
+  LLVMValueRef micro[2][2];
+  for (int packed = 0; packed < 2; packed++)
+    for (int narrow = 0; narrow < 2; narrow++)
+      micro[packed][narrow] = micro_fn(c, t, packed || u.rsa ? 1 : 0, !packed && u.csa ? 1 : 0, narrow ? 1 : NV);
+  cg_fn_pos sp;
+  fn = cg_begin_shared_fn(c, name, driver_type(c), &sp);
+  LLVMValueRef P[DRIVER_ARGS];
+  for (unsigned i = 0; i < DRIVER_ARGS; i++) P[i] = LLVMGetParam(fn, i);
+  LLVMValueRef A = P[0], B = P[1], C = P[2], ws = P[3], i0 = P[4], i1 = P[5], j0 = P[6], j1 = P[7], K = P[8], kstep = P[9];
+  LLVMValueRef rsa = u.rsa ? imm(c, 1) : P[10], csa = u.csa ? imm(c, 1) : P[11], rsb = u.rsb ? imm(c, 1) : P[12],
+               csb = u.csb ? imm(c, 1) : P[13], ldc = P[14], epilogue = P[16];
+  LLVMValueRef Ap = ws, Bp = at(c, t, ws, imm(c, KC * MR));
+  LLVMTypeRef mty = micro_type(c);
+  cg_loop lp, li, lj;
+  LLVMValueRef pc = cg_loop_begin(c, &lp, imm(c, 0), K, kstep);
+  LLVMValueRef kc = cg_smin(c, kstep, sub(c, K, pc));
+  call_pack(c, "b", pack_b_body, t, NR, u.rsb, u.csb, rsb, csb,
+            (LLVMValueRef[PACK_ARGS]){Bp, at(c, t, B, mul(c, pc, rsb)), NULL, NULL, j0, j1, kc});
+  LLVMValueRef accum = LLVMBuildOr(c->b, P[15], LLVMBuildICmp(c->b, LLVMIntSGT, pc, imm(c, 0), ""), "");
+  LLVMValueRef i = cg_loop_begin(c, &li, i0, i1, imm(c, MR));
+  LLVMValueRef mr = cg_smin(c, imm(c, MR), sub(c, i1, i));
+  LLVMValueRef Ai = at(c, t, A, add(c, mul(c, i, rsa), mul(c, pc, csa)));
+  /* Full strips read A in place; the ragged last one is packed with zero rows. */
+  LLVMValueRef full = LLVMBuildICmp(c->b, LLVMIntEQ, mr, imm(c, MR), "");
+  cg_if f;
+  if_begin(c, &f, LLVMBuildNot(c->b, full, ""));
+  call_pack(c, "a", pack_a_body, t, MR, u.rsa, u.csa, rsa, csa, (LLVMValueRef[PACK_ARGS]){Ap, Ai, NULL, NULL, mr, kc, imm(c, 0)});
+  if_end(c, &f);
+  LLVMValueRef j = cg_loop_begin(c, &lj, j0, j1, imm(c, NR));
+  LLVMValueRef nr = cg_smin(c, imm(c, NR), sub(c, j1, j));
+  LLVMValueRef panel = mul(c, LLVMBuildSDiv(c->b, sub(c, j, j0), imm(c, NR), ""), mul(c, kc, imm(c, NR)));
+  LLVMValueRef Cij = at(c, t, C, add(c, mul(c, i, ldc), j)), Bpj = at(c, t, Bp, panel);
+  LLVMValueRef margs[2][MICRO_ARGS] = {{kc, Ai, Bpj, Cij, mr, nr, accum, ldc, rsa, csa},
+                                       {kc, Ap, Bpj, Cij, mr, nr, accum, ldc, imm(c, 1), imm(c, MR)}};
+  LLVMValueRef narrow = LLVMBuildICmp(c->b, LLVMIntSLE, nr, imm(c, w), "");
+  for (int packed = 0; packed < 2; packed++)
+    for (int nw = 0; nw < 2; nw++) {
+      cg_if f2;
+      LLVMValueRef is_packed = packed ? LLVMBuildNot(c->b, full, "") : full;
+      if_begin(c, &f2, LLVMBuildAnd(c->b, is_packed, nw ? narrow : LLVMBuildNot(c->b, narrow, ""), ""));
+      LLVMBuildCall2(c->b, mty, micro[packed][nw], margs[packed], MICRO_ARGS, "");
+      if_end(c, &f2);
+    }
+  cg_loop_end(c, &lj);
+  /* the strip is final after the last K slice */
+  cg_if last;
+  if_begin(c, &last, LLVMBuildAnd(c->b, LLVMBuildIsNotNull(c->b, epilogue, ""),
+                                  LLVMBuildICmp(c->b, LLVMIntEQ, add(c, pc, kc), K, ""), ""));
+  LLVMBuildCall2(c->b, epilogue_type(c), epilogue, (LLVMValueRef[]){P[17], P[18], i, add(c, i, mr), j0, j1}, 6, "");
+  if_end(c, &last);
+  cg_loop_end(c, &li);
+  cg_loop_end(c, &lp);
+  LLVMBuildRetVoid(c->b);
+  cg_end_fn(c, &sp);
+  return fn;
+}
+
+/* The call site's epilogue for the driver: args holds C's base and the epilogue's
+ * pointers, as the task body received them. */
+static LLVMValueRef epilogue_fn(cg *c, const cg_gemm *g, const gemm_plan *p, unsigned id) {
+  char name[48];
+  snprintf(name, sizeof name, "kiln_gemm%u_epilogue", id);
+  cg_fn_pos sp;
+  LLVMValueRef fn = cg_begin_fn(c, name, epilogue_type(c), &sp);
+  LLVMValueRef ptrs[CG_EPILOGUE_PTRS + 1];
+  for (unsigned i = 0; i <= g->epilogue->nptrs; i++)
+    ptrs[i] = LLVMBuildLoad2(c->b, c->ptr, cg_gep(c, c->ptr, LLVMGetParam(fn, 0), imm(c, i)), "");
+  cg_epilogue ep = cg_epilogue_in_task(g->epilogue, ptrs + 1);
+  finish_rows(c, g, p, &ep, ptrs[0], LLVMGetParam(fn, 1), LLVMGetParam(fn, 2), LLVMGetParam(fn, 3), LLVMGetParam(fn, 4),
+              LLVMGetParam(fn, 5));
+  LLVMBuildRetVoid(c->b);
+  cg_end_fn(c, &sp);
+  return fn;
+}
+
+/* The call site's task function: its block of C, then the dot, direct or packed path. */
 static LLVMValueRef task_fn(cg *c, const cg_gemm *g, const gemm_plan *p) {
   kiln_dtype t = g->t;
   char name[48];
   unsigned id = c->ngemm++;
-  int64_t MR = mr_of(c), NR = nr_of(c, t), w = vec_w(c, t);
-  /* micro[packed][narrow]: A in place or packed; NV vectors wide or one (the last,
-   * narrow column panel, which would otherwise compute mostly padding) */
-  LLVMValueRef micro[2][2] = {{NULL, NULL}, {NULL, NULL}};
-  for (int packed = 0; packed < 2 && !p->direct && !p->dot; packed++)
-    for (int narrow = 0; narrow < 2; narrow++)
-      micro[packed][narrow] = micro_fn(c, t, packed ? 1 : g->rsa, packed ? MR : g->csa, narrow ? 1 : NV);
+  bool packed = !p->direct && !p->dot;
+  unit_strides u = {g->rsa == 1, g->csa == 1, g->rsb == 1, g->csb == 1};
+  LLVMValueRef driver = packed ? driver_fn(c, t, u) : NULL;
+  LLVMValueRef epilogue = packed && g->epilogue ? epilogue_fn(c, g, p, id) : NULL;
   snprintf(name, sizeof name, "kiln_gemm%u_task", id);
   cg_fn_pos sp;
   LLVMValueRef task, worker, v[CG_TASK_CTX_MAX];
@@ -558,47 +658,19 @@ static LLVMValueRef task_fn(cg *c, const cg_gemm *g, const gemm_plan *p) {
   }
   LLVMValueRef ws = LLVMBuildGEP2(c->b, c->i8, v[F_WS],
                                   (LLVMValueRef[]){mul(c, LLVMBuildSExt(c->b, worker, c->i64, ""), imm(c, (int64_t)p->worker_bytes))}, 1, "");
-  LLVMValueRef Ap = ws, Bp = at(c, t, ws, imm(c, KC * MR));
-  LLVMTypeRef mty = micro_type(c);
-  cg_loop lp, li, lj;
+  LLVMValueRef epi_args = LLVMConstPointerNull(c->ptr);
+  if (epilogue) {
+    unsigned n = 1 + g->epilogue->nptrs;
+    epi_args = cg_entry_alloca(c, LLVMArrayType(c->ptr, n), 8);
+    LLVMBuildStore(c->b, v[F_C], epi_args);
+    for (unsigned i = 1; i < n; i++) LLVMBuildStore(c->b, v[CTX_FIELDS + i - 1], cg_gep(c, c->ptr, epi_args, imm(c, i)));
+  }
   /* K in equal slices of at most KC: no short last slice paying a full pass over C */
   int64_t kstep = ceil_div(g->K, ceil_div(g->K, KC));
-  LLVMValueRef pc = cg_loop_begin(c, &lp, imm(c, 0), imm(c, g->K), imm(c, kstep));
-  LLVMValueRef kc = cg_smin(c, imm(c, kstep), sub(c, imm(c, g->K), pc));
-  call_pack_b(c, t, NR, Bp, at(c, t, B, mul(c, pc, rsb)), g->rsb, g->csb, j0, j1, kc);
-  LLVMValueRef accum = g->accumulate ? LLVMConstInt(c->i1, 1, 0) : LLVMBuildICmp(c->b, LLVMIntSGT, pc, imm(c, 0), "");
-  LLVMValueRef i = cg_loop_begin(c, &li, i0, i1, imm(c, MR));
-  LLVMValueRef mr = cg_smin(c, imm(c, MR), sub(c, i1, i));
-  LLVMValueRef Ai = at(c, t, A, add(c, mul(c, i, rsa), mul(c, pc, csa)));
-  /* Full strips read A in place; the ragged last one is packed with zero rows. */
-  LLVMValueRef full = LLVMBuildICmp(c->b, LLVMIntEQ, mr, imm(c, MR), "");
-  cg_if f;
-  if_begin(c, &f, LLVMBuildNot(c->b, full, ""));
-  call_pack_a(c, t, MR, Ap, Ai, g->rsa, g->csa, mr, kc);
-  if_end(c, &f);
-  LLVMValueRef a_src = LLVMBuildSelect(c->b, full, Ai, Ap, "");
-  LLVMValueRef j = cg_loop_begin(c, &lj, j0, j1, imm(c, NR));
-  LLVMValueRef nr = cg_smin(c, imm(c, NR), sub(c, j1, j));
-  LLVMValueRef panel = mul(c, LLVMBuildSDiv(c->b, sub(c, j, j0), imm(c, NR), ""), mul(c, kc, imm(c, NR)));
-  LLVMValueRef margs[MICRO_ARGS] = {kc, a_src, at(c, t, Bp, panel), at(c, t, C, add(c, mul(c, i, ldc), j)), mr, nr, accum, ldc};
-  LLVMValueRef narrow = LLVMBuildICmp(c->b, LLVMIntSLE, nr, imm(c, w), "");
-  for (int packed = 0; packed < 2; packed++)
-    for (int nw = 0; nw < 2; nw++) {
-      cg_if f2;
-      LLVMValueRef is_packed = packed ? LLVMBuildNot(c->b, full, "") : full;
-      if_begin(c, &f2, LLVMBuildAnd(c->b, is_packed, nw ? narrow : LLVMBuildNot(c->b, narrow, ""), ""));
-      LLVMBuildCall2(c->b, mty, micro[packed][nw], margs, MICRO_ARGS, "");
-      if_end(c, &f2);
-    }
-  cg_loop_end(c, &lj);
-  if (g->epilogue) { /* the strip is final after the last K slice */
-    cg_if last;
-    if_begin(c, &last, LLVMBuildICmp(c->b, LLVMIntEQ, add(c, pc, kc), imm(c, g->K), ""));
-    finish_rows(c, g, p, &ep, v[F_C], bi, i, add(c, i, mr), j0, j1);
-    if_end(c, &last);
-  }
-  cg_loop_end(c, &li);
-  cg_loop_end(c, &lp);
+  LLVMValueRef args[DRIVER_ARGS] = {A, B, C, ws, i0, i1, j0, j1, imm(c, g->K), imm(c, kstep), rsa, csa, rsb,
+                                    imm(c, g->csb), ldc, LLVMConstInt(c->i1, g->accumulate, 0),
+                                    epilogue ? epilogue : LLVMConstPointerNull(c->ptr), epi_args, bi};
+  LLVMBuildCall2(c->b, driver_type(c), driver, args, DRIVER_ARGS, "");
   cg_task_end(c, &sp);
   return fn;
 }

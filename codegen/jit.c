@@ -69,9 +69,18 @@ static uint64_t clock_ns(void) {
   return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
 }
 
-/* An LLJIT holding `obj` (consumed), resolving libc/libm from the process, and its entry. */
+/* An LLJIT holding the objects of `obj` (a compile result, consumed), resolving
+ * libc/libm from the process, and its entry. */
 static kiln_status load_object(LLVMTargetMachineRef tm, LLVMMemoryBufferRef obj, LLVMOrcLLJITRef *jit, entry_fn *entry) {
   *jit = NULL;
+  const char *data = LLVMGetBufferStart(obj);
+  size_t size = LLVMGetBufferSize(obj);
+  int nobj = cg_objects_count(data, size);
+  if (nobj < 1) {
+    LLVMDisposeMemoryBuffer(obj);
+    LLVMDisposeTargetMachine(tm);
+    return kiln_set_error(KILN_ERR_BACKEND, "compile: a malformed set of objects");
+  }
   LLVMOrcLLJITBuilderRef jb = LLVMOrcCreateLLJITBuilder();
   LLVMOrcLLJITBuilderSetJITTargetMachineBuilder(jb, LLVMOrcJITTargetMachineBuilderCreateFromTargetMachine(tm));
   LLVMErrorRef err = LLVMOrcCreateLLJIT(jit, jb);
@@ -87,16 +96,28 @@ static kiln_status load_object(LLVMTargetMachineRef tm, LLVMMemoryBufferRef obj,
     return cg_llvm_error(err, "LLJIT process symbols");
   }
   LLVMOrcJITDylibAddGenerator(dylib, gen);
-  if ((err = LLVMOrcLLJITAddObjectFile(*jit, dylib, obj))) return cg_llvm_error(err, "LLJIT add object");
+  if (nobj == 1) {
+    if ((err = LLVMOrcLLJITAddObjectFile(*jit, dylib, obj))) return cg_llvm_error(err, "LLJIT add object");
+  } else {
+    for (int q = 0; q < nobj; q++) {
+      const void *o;
+      size_t osize;
+      cg_objects_get(data, size, q, &o, &osize);
+      LLVMMemoryBufferRef part = LLVMCreateMemoryBufferWithMemoryRangeCopy(o, osize, "kiln part");
+      if ((err = LLVMOrcLLJITAddObjectFile(*jit, dylib, part))) {
+        LLVMDisposeMemoryBuffer(obj);
+        return cg_llvm_error(err, "LLJIT add object");
+      }
+    }
+    LLVMDisposeMemoryBuffer(obj);
+  }
   LLVMOrcExecutorAddress addr;
   if ((err = LLVMOrcLLJITLookup(*jit, &addr, "kiln_entry"))) return cg_llvm_error(err, "LLJIT lookup");
   *entry = (entry_fn)(uintptr_t)addr;
   return KILN_OK;
 }
 
-/* Optimises mod and emits its object file (*obj, the caller's). */
-static kiln_status compile_object(LLVMModuleRef mod, LLVMTargetMachineRef tm, kiln_exec_stats *t,
-                                  LLVMMemoryBufferRef *obj) {
+kiln_status cg_emit_object(LLVMModuleRef mod, LLVMTargetMachineRef tm, kiln_exec_stats *t, LLVMMemoryBufferRef *obj) {
   double t0 = kiln_pass_clock_ms();
   kiln_status st = cg_optimize_module(mod, tm);
   double t1 = kiln_pass_clock_ms();
@@ -112,10 +133,18 @@ static kiln_status compile_object(LLVMModuleRef mod, LLVMTargetMachineRef tm, ki
   return KILN_OK;
 }
 
+/* Optimises mod and emits its machine code (*obj, the caller's): on the compile
+ * threads, except when the optimised IR is wanted as text (one module to print). */
+static kiln_status compile_object(const kiln_exec *e, LLVMModuleRef mod, LLVMTargetMachineRef tm, kiln_exec_stats *t,
+                                  LLVMMemoryBufferRef *obj) {
+  if (e->keep_ir) return cg_emit_object(mod, tm, t, obj);
+  return cg_compile_parts(mod, tm, e->generic_cpu, cg_compile_threads(), t, obj);
+}
+
 /* compile_object, the IR text when asked for, and the object stored under *key (NULL: no cache). */
 static kiln_status compile_and_store(kiln_exec *e, LLVMModuleRef mod, LLVMTargetMachineRef tm, const cg_cache_key *key,
                                      kiln_exec_stats *t, LLVMMemoryBufferRef *obj) {
-  kiln_status st = compile_object(mod, tm, t, obj);
+  kiln_status st = compile_object(e, mod, tm, t, obj);
   if (st == KILN_OK && e->keep_ir) {
     char *ir = LLVMPrintModuleToString(mod);
     free(e->ir);

@@ -2,6 +2,7 @@
  * what changes the key and what does not, corrupt entries, eviction, and several
  * processes compiling the same graph at once. Every result is checked against the
  * reference evaluator. */
+#define _GNU_SOURCE /* memmem */
 #include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -146,6 +147,50 @@ static void test_changes_miss(void **state) {
   kiln_graph_free(g);
 }
 
+/* relu(... relu(x @ w1 + b1) ... @ wn + bn): a module large enough for the compile
+ * to be split over threads (compile_parts.c). */
+static kiln_graph *deep_graph(int layers, int64_t rows, int64_t width) {
+  kiln_graph *g = kiln_graph_new();
+  trng r = {11};
+  kiln_value h = kiln_placeholder(g, "x", KILN_F32, KILN_SHAPE(rows, width));
+  for (int l = 0; l < layers; l++) {
+    kiln_tensor *w = random_tensor(&r, KILN_F32, 2, (int64_t[]){width, width}, -0.2, 0.2);
+    kiln_tensor *b = random_tensor(&r, KILN_F32, 1, (int64_t[]){width}, -1, 1);
+    h = kiln_matmul(g, h, kiln_constant(g, KILN_F32, KILN_SHAPE(width, width), kiln_tensor_cdata(w)), false, l % 2 == 1);
+    h = kiln_relu(g, kiln_add(g, h, kiln_constant(g, KILN_F32, KILN_SHAPE(width), kiln_tensor_cdata(b))));
+    kiln_tensor_free(w);
+    kiln_tensor_free(b);
+  }
+  kiln_output(g, "y", kiln_reduce_sum(g, h, (int64_t[]){1}, 1, false));
+  return g;
+}
+
+static bool file_contains(const char *path, const char *what, size_t n) {
+  FILE *f = fopen(path, "rb");
+  assert_non_null(f);
+  static char buf[1 << 20];
+  size_t got = fread(buf, 1, sizeof buf, f);
+  fclose(f);
+  return memmem(buf, got, what, n) != NULL;
+}
+
+/* Compiled on four threads: several objects in one entry, which loads back and
+ * computes what the one-thread compile of the same module does. */
+static void test_compile_on_threads(void **state) {
+  (void)state;
+  kiln_graph *g = deep_graph(6, 30, 48);
+  setenv("KILN_COMPILE_THREADS", "4", 1);
+  assert_int_equal(compile_check(g, &(kiln_compile_options){.threads = 1}), KILN_CACHE_MISS);
+  char first[600];
+  assert_int_equal(entries(NULL, NULL, first, sizeof first), 1);
+  assert_true(file_contains(first, "KILNOBJS", 8));
+  assert_int_equal(compile_check(g, &(kiln_compile_options){.threads = 1}), KILN_CACHE_HIT);
+  setenv("KILN_COMPILE_THREADS", "1", 1);
+  assert_int_equal(compile_check(g, &(kiln_compile_options){.threads = 1, .no_cache = true}), KILN_CACHE_OFF);
+  unsetenv("KILN_COMPILE_THREADS");
+  kiln_graph_free(g);
+}
+
 /* A damaged entry is rejected, recompiled and replaced: the next compile hits again. */
 static void damage_and_recover(void (*damage)(const char *path, long size)) {
   kiln_graph *g = dense_graph(4, 50, 17, 3);
@@ -253,6 +298,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_second_compile_hits, fresh_dir, remove_dir),
       cmocka_unit_test_setup_teardown(test_changes_miss, fresh_dir, remove_dir),
+      cmocka_unit_test_setup_teardown(test_compile_on_threads, fresh_dir, remove_dir),
       cmocka_unit_test_setup_teardown(test_truncated_entry, fresh_dir, remove_dir),
       cmocka_unit_test_setup_teardown(test_flipped_entry, fresh_dir, remove_dir),
       cmocka_unit_test_setup_teardown(test_empty_entry, fresh_dir, remove_dir),
