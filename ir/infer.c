@@ -190,8 +190,10 @@ static bool infer_matmul(kiln_graph *g, kiln_node *n) {
 }
 
 int64_t kiln_window_out(int64_t inn, int64_t k, int64_t stride, int64_t dil, int64_t lo, int64_t hi) {
-  int64_t span = (k - 1) * dil + 1;
-  int64_t padded = inn + lo + hi;
+  int64_t span, padded;
+  if (__builtin_mul_overflow(k - 1, dil, &span) || __builtin_add_overflow(span, 1, &span) ||
+      __builtin_add_overflow(inn, lo, &padded) || __builtin_add_overflow(padded, hi, &padded))
+    return -2;
   return padded < span ? -1 : (padded - span) / stride + 1;
 }
 
@@ -224,8 +226,9 @@ static bool infer_window(kiln_graph *g, kiln_node *n) {
     if (w->rank != 4) return fail(g, n, "filter must be rank 4 (HWIO)");
     if (w->dtype != x->dtype) return fail(g, n, "input and filter dtypes differ");
     int64_t groups = kiln_attr_int(n, KILN_ATTR_GROUPS, 1);
+    int64_t in_channels;
     if (groups < 1) return fail(g, n, "groups must be >= 1");
-    if (w->dims[2] * groups != x->dims[3])
+    if (__builtin_mul_overflow(w->dims[2], groups, &in_channels) || in_channels != x->dims[3])
       return fail(g, n, "filter in-channels %lld x groups %lld != input channels %lld", (long long)w->dims[2],
                   (long long)groups, (long long)x->dims[3]);
     if (w->dims[3] % groups) return fail(g, n, "filter out-channels %lld not divisible by groups %lld",
@@ -242,6 +245,7 @@ static bool infer_window(kiln_graph *g, kiln_node *n) {
   }
   int64_t oh = kiln_window_out(x->dims[1], k[0], s[0], d[0], p[0], p[2]);
   int64_t ow = kiln_window_out(x->dims[2], k[1], s[1], d[1], p[1], p[3]);
+  if (oh == -2 || ow == -2) return fail(g, n, "window, dilations or pads overflow int64");
   if (oh < 0 || ow < 0) return fail(g, n, "window is larger than the padded input");
   set_type(n, x->dtype, 4, (int64_t[]){x->dims[0], oh, ow, oc});
   return true;
@@ -283,6 +287,7 @@ static bool infer_conv_filter_grad(kiln_graph *g, kiln_node *n) {
                 (long long)x->dims[3], (long long)dy->dims[3], (long long)groups);
   int64_t oh = kiln_window_out(x->dims[1], k[0], s[0], d[0], p[0], p[2]);
   int64_t ow = kiln_window_out(x->dims[2], k[1], s[1], d[1], p[1], p[3]);
+  if (oh == -2 || ow == -2) return fail(g, n, "window, dilations or pads overflow int64");
   if (oh < 0 || ow < 0) return fail(g, n, "window is larger than the padded input");
   if (oh != dy->dims[1] || ow != dy->dims[2])
     return fail(g, n, "output gradient is %lldx%lld, the convolution's output %lldx%lld", (long long)dy->dims[1],

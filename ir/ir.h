@@ -196,7 +196,8 @@ KILN_INTERNAL bool kiln_infer(kiln_graph *g, kiln_node *n);
 KILN_INTERNAL int64_t kiln_slice_dim(int64_t dim, int64_t start, int64_t end, int64_t step, int64_t *first);
 /* For a slice/unslice node over a tensor of shape `full`: each dim's first index and step. */
 KILN_INTERNAL void kiln_slice_map(const kiln_node *n, int rank, const int64_t *full, int64_t *first, int64_t *step);
-/* Output size of a conv/pool window along one dim. */
+/* Output size of a conv/pool window along one dim; -1 if the window does not fit,
+ * -2 if the sizes overflow int64. */
 KILN_INTERNAL int64_t kiln_window_out(int64_t in, int64_t k, int64_t stride, int64_t dil, int64_t lo, int64_t hi);
 
 /* ---- rng.c: counter-based random numbers shared by evaluator and codegen ---- */
