@@ -226,7 +226,7 @@ KILN_INTERNAL void cg_module_size(LLVMModuleRef mod, size_t *functions, size_t *
 KILN_INTERNAL kiln_status cg_llvm_error(LLVMErrorRef e, const char *what);
 
 /* ---- compile_parts.c ---- */
-/* Threads a compile may use: KILN_COMPILE_THREADS (at most 8), else 1. */
+/* Threads a compile may use: KILN_COMPILE_THREADS, else the CPUs online (at most 8). */
 KILN_INTERNAL int cg_compile_threads(void);
 /* Optimises mod (prepared for tm) and emits its machine code into *obj (the caller's),
  * split over up to `threads` threads when it is large enough; *obj is then several

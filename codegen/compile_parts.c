@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include "codegen/cg.h"
 
 /* Below this many instructions a module compiles in a few tens of milliseconds and
@@ -28,13 +29,9 @@ enum { PARTS_MIN_INSTRUCTIONS = 1500, PARTS_MAX = 8 };
 
 static const char objects_magic[8] = {'K', 'I', 'L', 'N', 'O', 'B', 'J', 'S'};
 
-/* One unless asked: a process that JIT-links several objects and unwinds from
- * inside the link (ASan's slow unwinder on every allocation, as the MPI test runs
- * it) deadlocks in libgcc's frame registry, which allocates while holding its lock.
- * Until the parts are linked without that, threads are opt-in. */
 int cg_compile_threads(void) {
   const char *env = getenv("KILN_COMPILE_THREADS");
-  long n = env && *env ? strtol(env, NULL, 10) : 1;
+  long n = env && *env ? strtol(env, NULL, 10) : sysconf(_SC_NPROCESSORS_ONLN);
   return n < 1 ? 1 : n > PARTS_MAX ? PARTS_MAX : (int)n;
 }
 
