@@ -106,6 +106,12 @@ kiln_status cg_prepare_module(LLVMModuleRef mod, LLVMTargetMachineRef tm) {
   LLVMTargetDataRef dl = LLVMCreateTargetDataLayout(tm);
   LLVMSetModuleDataLayout(mod, dl);
   LLVMDisposeTargetData(dl);
+  /* Generated code never throws or unwinds: nounwind lets LLVM leave out unwind
+   * tables, so the JIT has no frames to register with libgcc, whose frame registry
+   * deadlocks when an allocation made under its lock unwinds (ASan's slow unwinder). */
+  LLVMAttributeRef nounwind = LLVMCreateEnumAttribute(LLVMGetModuleContext(mod), LLVMGetEnumAttributeKindForName("nounwind", 8), 0);
+  for (LLVMValueRef f = LLVMGetFirstFunction(mod); f; f = LLVMGetNextFunction(f))
+    if (!LLVMIsDeclaration(f)) LLVMAddAttributeAtIndex(f, LLVMAttributeFunctionIndex, nounwind);
   return KILN_OK;
 }
 
