@@ -223,6 +223,7 @@ KILN_INTERNAL kiln_status cg_optimize_module(LLVMModuleRef mod, LLVMTargetMachin
 extern const char cg_pipeline[]; /* the LLVM pass pipeline every module gets */
 /* Functions with a body and their instructions. */
 KILN_INTERNAL void cg_module_size(LLVMModuleRef mod, size_t *functions, size_t *instructions);
+KILN_INTERNAL size_t cg_fn_instructions(LLVMValueRef fn); /* 0 for a declaration */
 KILN_INTERNAL kiln_status cg_llvm_error(LLVMErrorRef e, const char *what);
 
 /* ---- compile_parts.c ---- */

@@ -39,15 +39,8 @@ static bool is_noinline(LLVMValueRef fn) {
   return LLVMGetEnumAttributeAtIndex(fn, LLVMAttributeFunctionIndex, LLVMGetEnumAttributeKindForName("noinline", 8)) != NULL;
 }
 
-static size_t fn_instructions(LLVMValueRef fn) {
-  size_t n = 0;
-  for (LLVMBasicBlockRef bb = LLVMGetFirstBasicBlock(fn); bb; bb = LLVMGetNextBasicBlock(bb))
-    for (LLVMValueRef i = LLVMGetFirstInstruction(bb); i; i = LLVMGetNextInstruction(i)) n++;
-  return n;
-}
-
 typedef struct {
-  int index, nparts;
+  int index;
   const int *owner;     /* per function in module order: its part, -1 for declarations */
   const bool *exported; /* per function: called from another part */
   size_t nfns;
@@ -162,7 +155,7 @@ static int assign_parts(LLVMModuleRef mod, int nparts, int *owner, bool *exporte
   for (i = 0; i < nfns; i++) {
     long r = root[i];
     for (int hops = 0; r >= 0 && root[r] != r && hops < 64; hops++) r = root[r];
-    if (root[i] >= 0) weight[r] += fn_instructions(fns[i]);
+    if (root[i] >= 0) weight[r] += cg_fn_instructions(fns[i]);
     owner[i] = -1;
     root[i] = root[i] >= 0 ? r : -1;
   }
@@ -220,7 +213,7 @@ static LLVMMemoryBufferRef pack_objects(part *parts, int n) {
 kiln_status cg_compile_parts(LLVMModuleRef mod, LLVMTargetMachineRef tm, bool generic_cpu, int threads, kiln_exec_stats *t, LLVMMemoryBufferRef *obj) {
   *obj = NULL;
   size_t nfns = 0, ninstr = 0;
-  for (LLVMValueRef f = LLVMGetFirstFunction(mod); f; f = LLVMGetNextFunction(f)) nfns++, ninstr += fn_instructions(f);
+  for (LLVMValueRef f = LLVMGetFirstFunction(mod); f; f = LLVMGetNextFunction(f)) nfns++, ninstr += cg_fn_instructions(f);
   if (threads > PARTS_MAX) threads = PARTS_MAX;
   int *owner = threads > 1 && ninstr >= PARTS_MIN_INSTRUCTIONS ? malloc(nfns * sizeof *owner) : NULL;
   bool *exported = owner ? malloc(nfns * sizeof *exported) : NULL;
@@ -234,7 +227,7 @@ kiln_status cg_compile_parts(LLVMModuleRef mod, LLVMTargetMachineRef tm, bool ge
   bool started[PARTS_MAX] = {false};
   LLVMMemoryBufferRef bitcode = LLVMWriteBitcodeToMemoryBuffer(mod);
   for (int q = 0; q < nparts; q++)
-    parts[q] = (part){.index = q, .nparts = nparts, .owner = owner, .exported = exported, .nfns = nfns, .bitcode = bitcode,
+    parts[q] = (part){.index = q, .owner = owner, .exported = exported, .nfns = nfns, .bitcode = bitcode,
                       .generic_cpu = generic_cpu, .tm = q ? NULL : tm, .st = KILN_OK};
   /* part 0 on this thread; a thread that cannot start runs its part here too */
   for (int q = 1; q < nparts; q++) started[q] = !pthread_create(&tid[q], NULL, compile_part, &parts[q]);
@@ -259,8 +252,13 @@ kiln_status cg_compile_parts(LLVMModuleRef mod, LLVMTargetMachineRef tm, bool ge
   return st;
 }
 
+/* A buffer of several objects, rather than one object (which starts "\177ELF"). */
+static bool is_object_set(const void *data, size_t size) {
+  return size >= 16 && !memcmp(data, objects_magic, sizeof objects_magic);
+}
+
 int cg_objects_count(const void *data, size_t size) {
-  if (size < 16 || memcmp(data, objects_magic, sizeof objects_magic)) return 1;
+  if (!is_object_set(data, size)) return 1;
   uint64_t n;
   memcpy(&n, (const char *)data + 8, 8);
   if (n < 1 || n > PARTS_MAX || size < 16 + 8 * n) return -1;
@@ -275,7 +273,7 @@ int cg_objects_count(const void *data, size_t size) {
 }
 
 void cg_objects_get(const void *data, size_t size, int q, const void **obj, size_t *obj_size) {
-  if (size < 16 || memcmp(data, objects_magic, sizeof objects_magic)) { /* a plain object */
+  if (!is_object_set(data, size)) {
     *obj = data, *obj_size = size;
     return;
   }

@@ -194,7 +194,6 @@ static LLVMValueRef stride_arg(cg *c, LLVMValueRef fn, unsigned i, bool unit) {
   return unit ? imm(c, 1) : LLVMGetParam(fn, i);
 }
 
-
 typedef struct {
   kiln_dtype t;
   LLVMTypeRef vt;

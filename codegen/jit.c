@@ -96,21 +96,16 @@ static kiln_status load_object(LLVMTargetMachineRef tm, LLVMMemoryBufferRef obj,
     return cg_llvm_error(err, "LLJIT process symbols");
   }
   LLVMOrcJITDylibAddGenerator(dylib, gen);
-  if (nobj == 1) {
-    if ((err = LLVMOrcLLJITAddObjectFile(*jit, dylib, obj))) return cg_llvm_error(err, "LLJIT add object");
-  } else {
-    for (int q = 0; q < nobj; q++) {
-      const void *o;
-      size_t osize;
-      cg_objects_get(data, size, q, &o, &osize);
-      LLVMMemoryBufferRef part = LLVMCreateMemoryBufferWithMemoryRangeCopy(o, osize, "kiln part");
-      if ((err = LLVMOrcLLJITAddObjectFile(*jit, dylib, part))) {
-        LLVMDisposeMemoryBuffer(obj);
-        return cg_llvm_error(err, "LLJIT add object");
-      }
+  for (int q = 0; q < nobj; q++) { /* the JIT takes each buffer it is given */
+    const void *o;
+    size_t osize;
+    cg_objects_get(data, size, q, &o, &osize);
+    if ((err = LLVMOrcLLJITAddObjectFile(*jit, dylib, LLVMCreateMemoryBufferWithMemoryRangeCopy(o, osize, "kiln")))) {
+      LLVMDisposeMemoryBuffer(obj);
+      return cg_llvm_error(err, "LLJIT add object");
     }
-    LLVMDisposeMemoryBuffer(obj);
   }
+  LLVMDisposeMemoryBuffer(obj);
   LLVMOrcExecutorAddress addr;
   if ((err = LLVMOrcLLJITLookup(*jit, &addr, "kiln_entry"))) return cg_llvm_error(err, "LLJIT lookup");
   *entry = (entry_fn)(uintptr_t)addr;

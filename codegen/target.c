@@ -127,12 +127,18 @@ kiln_status cg_finish_module(LLVMModuleRef mod, LLVMTargetMachineRef tm) {
   return st == KILN_OK ? cg_optimize_module(mod, tm) : st;
 }
 
+size_t cg_fn_instructions(LLVMValueRef fn) {
+  size_t n = 0;
+  for (LLVMBasicBlockRef bb = LLVMGetFirstBasicBlock(fn); bb; bb = LLVMGetNextBasicBlock(bb))
+    for (LLVMValueRef i = LLVMGetFirstInstruction(bb); i; i = LLVMGetNextInstruction(i)) n++;
+  return n;
+}
+
 void cg_module_size(LLVMModuleRef mod, size_t *functions, size_t *instructions) {
   *functions = *instructions = 0;
   for (LLVMValueRef f = LLVMGetFirstFunction(mod); f; f = LLVMGetNextFunction(f)) {
     if (LLVMIsDeclaration(f)) continue;
     ++*functions;
-    for (LLVMBasicBlockRef bb = LLVMGetFirstBasicBlock(f); bb; bb = LLVMGetNextBasicBlock(bb))
-      for (LLVMValueRef i = LLVMGetFirstInstruction(bb); i; i = LLVMGetNextInstruction(i)) ++*instructions;
+    *instructions += cg_fn_instructions(f);
   }
 }
