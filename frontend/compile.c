@@ -131,6 +131,15 @@ static kiln_value per_example(kiln_graph *g, kiln_value l) {
   return kiln_reduce_mean(g, l, axes, r - 1, false);
 }
 
+/* Folds one trace's verdict on values (ir/rows.c) into *v. */
+static void note_rows(rows_verdict *v, kiln_graph *g, const uint32_t *values, size_t n) {
+  if (kiln_graph_status(g) == KILN_OK && kiln_graph_rows_independent(g, values, n)) {
+    if (*v == ROWS_UNKNOWN) *v = ROWS_APART;
+  } else {
+    *v = ROWS_MIXED;
+  }
+}
+
 /* What one batch computes: the weighted mean loss (what training minimises), the
  * weighted loss sum, each head's sum and each metric's accumulator vector. */
 typedef struct objective {
@@ -147,6 +156,7 @@ static objective objectives(kiln_model *m, kiln_graph *g, const kiln_value *in, 
   }
   if (kiln_model_call_multi(m, g, in, pred, training) != KILN_OK) return o;
   kiln_value w = in[m->ninputs + m->nheads];
+  uint32_t rows[128];
   for (size_t h = 0; h < m->nheads; h++) {
     const model_head *hd = &m->heads[h];
     kiln_value p = pred[hd->output];
@@ -155,11 +165,15 @@ static objective objectives(kiln_model *m, kiln_graph *g, const kiln_value *in, 
     kiln_value l = per_example(g, hd->custom.fn ? hd->custom.fn(g, yt, p, hd->custom.ud)
                                                 : kiln_loss_per_example(g, hd->loss, hd->from_logits, yt, p));
     kiln_value wl = kiln_mul(g, l, kiln_cast(g, w, t)), c = kiln_scalar(g, t, hd->weight);
+    rows[2 * h] = p.id, rows[2 * h + 1] = l.id;
     o.heads[h] = kiln_reduce_sum(g, wl, NULL, 0, false);
     kiln_value hs = kiln_mul(g, c, o.heads[h]), hm = kiln_mul(g, c, kiln_reduce_mean(g, wl, NULL, 0, false));
     o.sum = h ? kiln_add(g, o.sum, hs) : hs;
     o.mean = h ? kiln_add(g, o.mean, hm) : hm;
   }
+  /* Metrics are built-in sums over rows of predictions and targets; the head's
+   * prediction and per-example loss (a custom one too) decide. */
+  note_rows(training ? &m->rows_train : &m->rows_eval, g, rows, 2 * m->nheads);
   for (size_t i = 0; i < m->nmetrics; i++) {
     const model_metric *mt = &m->metrics[i];
     o.metrics[i] = kiln_metric_accumulate(g, mt, in[m->ninputs + mt->head], pred[m->heads[mt->head].output], w);
@@ -297,6 +311,9 @@ static void trace_predict(kiln_graph *g, const kiln_value *in, size_t nin, void 
     return;
   }
   if (kiln_model_call_multi(m, g, in, y, false) != KILN_OK) return;
+  uint32_t rows[64];
+  for (size_t i = 0; i < m->noutputs; i++) rows[i] = y[i].id;
+  note_rows(&m->rows_predict, g, rows, m->noutputs);
   for (size_t i = 0; i < m->noutputs; i++) {
     char name[32];
     snprintf(name, sizeof name, "out%zu", i);

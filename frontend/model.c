@@ -47,6 +47,7 @@ void kiln_model_drop_compiled(kiln_model *m) {
   kiln_function_free(m->grads_fn);
   kiln_function_free(m->apply_fn);
   m->train_fn = m->eval_fn = m->grads_fn = m->apply_fn = NULL;
+  m->rows_train = m->rows_eval = ROWS_UNKNOWN;
   kiln_optimizer_free(m->opt);
   m->opt = NULL;
   m->compiled = false;
@@ -310,6 +311,7 @@ kiln_status kiln_model_output(kiln_model *m, const char *name, kiln_ktensor t) {
   if (!m->sequential && m->compiled) kiln_model_drop_compiled(m); /* heads name outputs: compile again */
   kiln_function_free(m->predict_fn);
   m->predict_fn = NULL;
+  m->rows_predict = ROWS_UNKNOWN;
   return KILN_OK;
 }
 

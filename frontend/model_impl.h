@@ -69,6 +69,8 @@ typedef struct model_port {
   int32_t kt;
 } model_port;
 
+typedef enum { ROWS_UNKNOWN, ROWS_APART, ROWS_MIXED } rows_verdict;
+
 struct kiln_model {
   char *name;
   uint64_t seed;
@@ -97,6 +99,10 @@ struct kiln_model {
   size_t nresults;
   kiln_function *train_fn, *eval_fn, *predict_fn;
   kiln_function *grads_fn, *apply_fn; /* the train step split around an allreduce */
+  /* Whether the traced train / eval / predict functions keep rows apart (ir/rows.c),
+   * so fit pads a short last batch instead of compiling for its size: unknown before
+   * the first trace, then the verdict of every trace so far. */
+  rows_verdict rows_train, rows_eval, rows_predict;
   bool stop_training;
 };
 

@@ -213,6 +213,12 @@ KILN_INTERNAL kiln_status kiln_check_inputs(const kiln_graph *g, const kiln_tens
                                             int64_t *batch);
 KILN_INTERNAL uint32_t kiln_graph_num_params(const kiln_graph *g);
 
+/* ---- rows.c ---- */
+/* Whether row i of each of values (dim 0 the batch) depends only on row i of the batch
+ * inputs, and no assignment made so far depends on the batch data at all: then a short
+ * batch may run padded to a longer one. */
+KILN_INTERNAL bool kiln_graph_rows_independent(const kiln_graph *g, const uint32_t *values, size_t nvalues);
+
 /* ---- graph.c: variables in graphs ---- */
 /* A param with attribute variable=1 reads the variable of that name. */
 KILN_INTERNAL bool kiln_node_is_variable(const kiln_node *n);

@@ -142,10 +142,10 @@ size_t kiln_fit_acc_size(const kiln_model *m) {
   return n;
 }
 
-static void accumulate(double *acc, kiln_tensor **out, size_t nout) {
+static void accumulate(double *acc, kiln_tensor **out, size_t nout, double scale) {
   size_t k = 0;
   for (size_t j = 0; j < nout; j++)
-    for (int64_t i = 0; i < out[j]->numel; i++) acc[k++] += kiln_tensor_get_f64(out[j], i);
+    for (int64_t i = 0; i < out[j]->numel; i++) acc[k++] += scale * kiln_tensor_get_f64(out[j], i);
 }
 
 /* kiln_model_result_name's values from accumulators over `seen` examples. */
@@ -159,24 +159,48 @@ static void results_of(const kiln_model *m, const double *acc, int64_t seen, dou
   }
 }
 
+/* The batch a short one runs as: the full batch when the function keeps rows apart
+ * and has run (or will run) at that size, so one compile serves both. */
+static int64_t padded_rows(rows_verdict v, int64_t cnt, int64_t full, int64_t total) {
+  return v == ROWS_APART && cnt < full && total > full ? full : cnt;
+}
+
+/* Example weights of rows idx[0..cnt): the feed's or ones, times scale, then zeros up to rows. */
+static kiln_tensor *batch_weights(const feed *f, const int64_t *idx, int64_t cnt, int64_t rows, float scale) {
+  kiln_tensor *w = kiln_tensor_new(KILN_F32, 1, (int64_t[]){rows});
+  if (!w) return NULL;
+  float *d = w->data;
+  const float *src = f->w ? f->w->data : NULL;
+  for (int64_t j = 0; j < rows; j++) d[j] = j < cnt ? (src ? src[idx[j]] : 1.0f) * scale : 0.0f;
+  return w;
+}
+
 kiln_status kiln_fit_run_batch(kiln_model *m, kiln_function *fn, const feed *f, const int64_t *idx, int64_t cnt,
-                               double *acc, kiln_tensor *const *given, size_t ngiven) {
+                               int64_t rows, bool mean_step, double *acc, kiln_tensor *const *given, size_t ngiven) {
   const kiln_tensor *in[73];
   kiln_tensor *owned[73] = {0}, *out[330] = {0};
   kiln_status st = KILN_OK;
+  /* padding repeats the first row (finite wherever the data is), weighted zero */
+  int64_t *at = rows > cnt ? malloc(sizeof *at * (size_t)rows) : (int64_t *)idx;
+  if (!at) return kiln_set_error(KILN_ERR_NOMEM, "out of memory");
+  for (int64_t j = 0; at != idx && j < rows; j++) at[j] = idx[j < cnt ? j : 0];
+  /* a train step minimises the mean over its rows: the real ones count rows/cnt each */
+  double scale = mean_step ? (double)rows / (double)cnt : 1;
   for (size_t i = 0; i <= f->nt && st == KILN_OK; i++) {
-    if (i < f->nt) owned[i] = gather_rows(f->t[i], idx, cnt);
-    else if (f->w) owned[i] = gather_rows(f->w, idx, cnt);
+    if (i < f->nt) owned[i] = gather_rows(f->t[i], at, rows);
+    else if (f->w || rows > cnt) owned[i] = batch_weights(f, idx, cnt, rows, (float)scale);
     else if ((owned[i] = kiln_tensor_new(KILN_F32, 1, (int64_t[]){cnt})))
       for (int64_t j = 0; j < cnt; j++) ((float *)owned[i]->data)[j] = 1.0f;
     if (!(in[i] = owned[i])) st = kiln_set_error(KILN_ERR_NOMEM, "out of memory");
   }
+  if (at != idx) free(at);
   size_t nout = ngiven + m->nresults;
   kiln_tensor **all = nout <= 330 ? out : calloc(nout, sizeof *all);
   if (!all) st = kiln_set_error(KILN_ERR_NOMEM, "out of memory");
   for (size_t j = 0; all && j < ngiven; j++) all[j] = given[j];
   if (st == KILN_OK) st = kiln_function_call_given(fn, in, f->nt + 1, all, nout, ngiven);
-  if (st == KILN_OK) accumulate(acc, all + ngiven, m->nresults);
+  /* every result is a sum of weighted rows */
+  if (st == KILN_OK) accumulate(acc, all + ngiven, m->nresults, 1 / scale);
   for (size_t i = 0; i <= f->nt; i++) kiln_tensor_free(owned[i]);
   for (size_t j = ngiven; all && j < nout; j++) kiln_tensor_free(all[j]);
   if (all != out) free(all);
@@ -187,7 +211,9 @@ kiln_status kiln_fit_run_batch(kiln_model *m, kiln_function *fn, const feed *f, 
 kiln_status kiln_fit_eval_rows(kiln_model *m, const feed *f, const int64_t *idx, int64_t n, int64_t bs, double *acc) {
   memset(acc, 0, sizeof *acc * kiln_fit_acc_size(m));
   for (int64_t start = 0; start < n; start += bs) {
-    kiln_status st = kiln_fit_run_batch(m, m->eval_fn, f, idx + start, n - start < bs ? n - start : bs, acc, NULL, 0);
+    int64_t cnt = n - start < bs ? n - start : bs;
+    kiln_status st = kiln_fit_run_batch(m, m->eval_fn, f, idx + start, cnt, padded_rows(m->rows_eval, cnt, bs, n),
+                                        false, acc, NULL, 0);
     if (st != KILN_OK) return st;
   }
   return KILN_OK;
@@ -377,7 +403,9 @@ kiln_status kiln_model_fit_arrays(kiln_model *m, const kiln_arrays *data, const 
         kiln_fit_dist_shard(&df, cnt, &lo, &hi);
         seen += hi - lo;
       } else {
-        if ((st = kiln_fit_run_batch(m, m->train_fn, &s.train, s.perm + start, cnt, s.acc, NULL, 0)) != KILN_OK) break;
+        int64_t rows = padded_rows(m->rows_train, cnt, global_batch, s.ntrain);
+        if ((st = kiln_fit_run_batch(m, m->train_fn, &s.train, s.perm + start, cnt, rows, true, s.acc, NULL, 0)) != KILN_OK)
+          break;
         seen += cnt;
       }
       seen_all += cnt;
@@ -464,10 +492,11 @@ kiln_status kiln_model_predict_arrays(kiln_model *m, const kiln_tensor *const *x
   if (!idx) return kiln_set_error(KILN_ERR_NOMEM, "predict: out of memory");
   for (int64_t start = 0; st == KILN_OK && start < f.n; start += batch_size) {
     int64_t cnt = f.n - start < batch_size ? f.n - start : batch_size;
-    for (int64_t i = 0; i < cnt; i++) idx[i] = start + i;
+    int64_t rows = padded_rows(m->rows_predict, cnt, batch_size, f.n); /* padding repeats row `start` */
+    for (int64_t i = 0; i < rows; i++) idx[i] = start + (i < cnt ? i : 0);
     kiln_tensor *bx[72] = {0}, *y[64] = {0};
     for (size_t i = 0; i < f.nt && st == KILN_OK; i++)
-      if (!(bx[i] = gather_rows(f.t[i], idx, cnt))) st = KILN_ERR_NOMEM;
+      if (!(bx[i] = gather_rows(f.t[i], idx, rows))) st = KILN_ERR_NOMEM;
     if (st == KILN_OK) st = kiln_function_call(m->predict_fn, (const kiln_tensor *const *)bx, f.nt, y, nout);
     for (size_t j = 0; st == KILN_OK && j < nout; j++) {
       if (!out[j]) {
@@ -476,7 +505,8 @@ kiln_status kiln_model_predict_arrays(kiln_model *m, const kiln_tensor *const *x
         dims[0] = f.n;
         if (!(out[j] = kiln_tensor_new(y[j]->dtype, y[j]->rank, dims))) st = KILN_ERR_NOMEM;
       }
-      if (st == KILN_OK) memcpy((char *)out[j]->data + (size_t)start * row_bytes(out[j]), y[j]->data, y[j]->nbytes);
+      if (st == KILN_OK)
+        memcpy((char *)out[j]->data + (size_t)start * row_bytes(out[j]), y[j]->data, (size_t)cnt * row_bytes(y[j]));
     }
     for (size_t i = 0; i < f.nt; i++) kiln_tensor_free(bx[i]);
     for (size_t j = 0; j < nout; j++) kiln_tensor_free(y[j]);

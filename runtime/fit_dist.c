@@ -139,7 +139,7 @@ kiln_status kiln_fit_dist_step(dist_fit *df, kiln_model *m, const feed *f, const
   kiln_fit_dist_shard(df, n, &lo, &hi);
   kiln_status st = KILN_OK;
   kiln_tensor **views = df->view_ptrs;
-  if (hi > lo) st = kiln_fit_run_batch(m, m->grads_fn, f, idx + lo, hi - lo, acc, views, df->nweights);
+  if (hi > lo) st = kiln_fit_run_batch(m, m->grads_fn, f, idx + lo, hi - lo, hi - lo, false, acc, views, df->nweights);
   if (st == KILN_OK && !df->state_known) {
     if (hi == lo) /* the first step gives every rank a row, so it traces grads_fn everywhere */
       st = kiln_set_error(KILN_ERR_INVALID, "fit: distributed: a batch of %lld rows for %d ranks", (long long)n, df->size);

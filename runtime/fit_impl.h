@@ -16,10 +16,14 @@ typedef struct feed {
 
 /* Accumulators: the loss sum, head loss sums, then each metric's vector. */
 KILN_INTERNAL size_t kiln_fit_acc_size(const kiln_model *m);
-/* Runs fn on rows idx[0..cnt) of the feed: its first ngiven outputs are written into
- * the caller's tensors `given`, the m->nresults after them are added to acc. */
+/* Runs fn on rows idx[0..cnt) of the feed, as a batch of `rows` >= cnt: rows past cnt
+ * are padding of weight zero (only for functions that keep rows apart). mean_step: fn
+ * minimises the mean over its rows (the train step), so with padding the real rows'
+ * weights are scaled up to keep the mean over cnt. Its first ngiven outputs are written
+ * into the caller's tensors `given`, the m->nresults after them are added to acc. */
 KILN_INTERNAL kiln_status kiln_fit_run_batch(kiln_model *m, kiln_function *fn, const feed *f, const int64_t *idx,
-                                             int64_t cnt, double *acc, kiln_tensor *const *given, size_t ngiven);
+                                             int64_t cnt, int64_t rows, bool mean_step, double *acc,
+                                             kiln_tensor *const *given, size_t ngiven);
 /* Accumulators of the eval function over rows idx[0..n), in batches of bs. */
 KILN_INTERNAL kiln_status kiln_fit_eval_rows(kiln_model *m, const feed *f, const int64_t *idx, int64_t n, int64_t bs,
                                              double *acc);

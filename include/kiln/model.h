@@ -15,7 +15,10 @@
  * Layers create their weights lazily from the first input shape they see (Keras'
  * build), as variables of the model's store named "<layer>/<weight>". The model
  * owns its layers, variables and optimizer. Each of fit's train step, evaluate and
- * predict is one compiled function, traced once with a symbolic batch dim. */
+ * predict is one compiled function, traced once with a symbolic batch dim and
+ * compiled per batch size; a short last batch (of fit, its validation, evaluate or
+ * predict) runs through the full batch's code, padded with rows of weight zero, when
+ * no row depends on another (no batch statistics), and compiles its own size otherwise. */
 #ifndef KILN_MODEL_H
 #define KILN_MODEL_H
 
