@@ -175,30 +175,36 @@ static kiln_tensor *batch_weights(const feed *f, const int64_t *idx, int64_t cnt
   return w;
 }
 
-kiln_status kiln_fit_run_batch(kiln_model *m, kiln_function *fn, const feed *f, const int64_t *idx, int64_t cnt,
-                               int64_t rows, bool mean_step, double *acc, kiln_tensor *const *given, size_t ngiven) {
-  const kiln_tensor *in[73];
-  kiln_tensor *owned[73] = {0}, *out[330] = {0};
-  kiln_status st = KILN_OK;
+/* fn's inputs for rows idx[0..cnt) padded to `rows` (see kiln_fit_run_batch) into owned[0..nt]. */
+static kiln_status batch_inputs(const feed *f, const int64_t *idx, int64_t cnt, int64_t rows, double scale,
+                                kiln_tensor **owned) {
   /* padding repeats the first row (finite wherever the data is), weighted zero */
   int64_t *at = rows > cnt ? malloc(sizeof *at * (size_t)rows) : (int64_t *)idx;
   if (!at) return kiln_set_error(KILN_ERR_NOMEM, "out of memory");
   for (int64_t j = 0; at != idx && j < rows; j++) at[j] = idx[j < cnt ? j : 0];
-  /* a train step minimises the mean over its rows: the real ones count rows/cnt each */
-  double scale = mean_step ? (double)rows / (double)cnt : 1;
+  kiln_status st = KILN_OK;
   for (size_t i = 0; i <= f->nt && st == KILN_OK; i++) {
     if (i < f->nt) owned[i] = gather_rows(f->t[i], at, rows);
     else if (f->w || rows > cnt) owned[i] = batch_weights(f, idx, cnt, rows, (float)scale);
     else if ((owned[i] = kiln_tensor_new(KILN_F32, 1, (int64_t[]){cnt})))
       for (int64_t j = 0; j < cnt; j++) ((float *)owned[i]->data)[j] = 1.0f;
-    if (!(in[i] = owned[i])) st = kiln_set_error(KILN_ERR_NOMEM, "out of memory");
+    if (!owned[i]) st = kiln_set_error(KILN_ERR_NOMEM, "out of memory");
   }
   if (at != idx) free(at);
+  return st;
+}
+
+kiln_status kiln_fit_run_batch(kiln_model *m, kiln_function *fn, const feed *f, const int64_t *idx, int64_t cnt,
+                               int64_t rows, bool mean_step, double *acc, kiln_tensor *const *given, size_t ngiven) {
+  kiln_tensor *owned[73] = {0}, *out[330] = {0};
+  /* a train step minimises the mean over its rows: the real ones count rows/cnt each */
+  double scale = mean_step ? (double)rows / (double)cnt : 1;
+  kiln_status st = batch_inputs(f, idx, cnt, rows, scale, owned);
   size_t nout = ngiven + m->nresults;
   kiln_tensor **all = nout <= 330 ? out : calloc(nout, sizeof *all);
   if (!all) st = kiln_set_error(KILN_ERR_NOMEM, "out of memory");
   for (size_t j = 0; all && j < ngiven; j++) all[j] = given[j];
-  if (st == KILN_OK) st = kiln_function_call_given(fn, in, f->nt + 1, all, nout, ngiven);
+  if (st == KILN_OK) st = kiln_function_call_given(fn, (const kiln_tensor *const *)owned, f->nt + 1, all, nout, ngiven);
   /* every result is a sum of weighted rows */
   if (st == KILN_OK) accumulate(acc, all + ngiven, m->nresults, 1 / scale);
   for (size_t i = 0; i <= f->nt; i++) kiln_tensor_free(owned[i]);
@@ -227,10 +233,17 @@ static void progress(FILE *f, bool tty, int epoch, int epochs, int64_t step, int
   int w = steps ? (int)(30 * step / steps) : 30;
   for (int i = 0; i < 30; i++) bar[i] = i < w ? '=' : i == w && !done ? '>' : '.';
   bar[30] = 0;
+  /* like Keras: the time per step, in the unit that shows it */
+  double per = step ? secs / (double)step : 0;
+  char rate[32];
+  snprintf(rate, sizeof rate, per >= 1 ? " %.0fs/step" : per >= 1e-3 ? " %.0fms/step" : " %.0fus/step",
+           per >= 1 ? per : per >= 1e-3 ? per * 1e3 : per * 1e6);
   if (tty) {
-    fprintf(f, "\r%lld/%lld [%s] %.0fs%s%s", (long long)step, (long long)steps, bar, secs, figures, done ? "\n" : "");
+    fprintf(f, "\r%lld/%lld [%s] %.0fs%s%s%s", (long long)step, (long long)steps, bar, secs, done ? rate : "", figures,
+            done ? "\n" : "");
   } else {
-    fprintf(f, "Epoch %d/%d  %lld/%lld [%s] %.0fs%s\n", epoch, epochs, (long long)step, (long long)steps, bar, secs, figures);
+    fprintf(f, "Epoch %d/%d  %lld/%lld [%s] %.0fs%s%s\n", epoch, epochs, (long long)step, (long long)steps, bar, secs,
+            done ? rate : "", figures);
   }
   fflush(f);
 }
