@@ -33,4 +33,15 @@ one=$("$bin/hparam_search" --trials 6 --epochs 20 --jobs 1) || fail "hparam_sear
 two=$("$bin/hparam_search" --trials 6 --epochs 20 --jobs 2) || fail "hparam_search --jobs 2: $two"
 strip() { sed 's/ (compiled .*//; s/ in [0-9.]* s with .*//'; }
 [ "$(strip <<<"$one")" = "$(strip <<<"$two")" ] || fail "hparam_search: --jobs 2 differs from --jobs 1: $one / $two"
+# 20 trials from an empty compile cache (its counters count the compiles): each
+# architecture's train and evaluation functions compile once (its short last batches
+# reuse them), the other trials reuse them.
+cache=$(mktemp -d)
+out=$(KILN_CACHE=1 KILN_CACHE_DIR="$cache" "$bin/hparam_search" --trials 20 --epochs 3) || fail "hparam_search, 20 trials: $out"
+rm -rf "$cache"
+archs=$(grep -o '[0-9]* x [0-9]* units' <<<"$out" | sort -u | wc -l)
+compiled=$(sed -n 's/.*: \([0-9]*\) functions compiled in all$/\1/p' <<<"$out")
+[ -n "$compiled" ] && [ "$compiled" -le $((2 * archs)) ] ||
+  fail "hparam_search: $compiled functions compiled for $archs architectures: $out"
+echo "hparam_search: 20 trials, $archs architectures, $compiled functions compiled"
 echo "samples OK"
