@@ -220,7 +220,7 @@ KILN_INTERNAL kiln_status cg_finish_module(LLVMModuleRef mod, LLVMTargetMachineR
 /* cg_finish_module in two steps: verify and set the target, then optimise. */
 KILN_INTERNAL kiln_status cg_prepare_module(LLVMModuleRef mod, LLVMTargetMachineRef tm);
 KILN_INTERNAL kiln_status cg_optimize_module(LLVMModuleRef mod, LLVMTargetMachineRef tm);
-extern const char cg_pipeline[]; /* the LLVM pass pipeline every module gets */
+KILN_INTERNAL const char *cg_pipeline(void); /* the LLVM pass pipeline every module gets */
 /* Functions with a body and their instructions. */
 KILN_INTERNAL void cg_module_size(LLVMModuleRef mod, size_t *functions, size_t *instructions);
 KILN_INTERNAL size_t cg_fn_instructions(LLVMValueRef fn); /* 0 for a declaration */

@@ -205,7 +205,7 @@ static kiln_status build_spec(kiln_exec *e, int64_t batch, spec *s) {
   /* Host addresses in profiling code and the IR text asked for rule the cache out. */
   bool use_cache = st == KILN_OK && e->use_cache && !s->profile && !e->keep_ir;
   cg_cache_key key = {0, 0};
-  if (use_cache && cg_cache_key_of(c.mod, tm, cg_pipeline, &key) != KILN_OK) use_cache = false;
+  if (use_cache && cg_cache_key_of(c.mod, tm, cg_pipeline(), &key) != KILN_OK) use_cache = false;
   t->cache = use_cache ? KILN_CACHE_MISS : KILN_CACHE_OFF;
   LLVMMemoryBufferRef obj = NULL;
   void *cached = NULL;

@@ -91,7 +91,12 @@ LLVMTargetMachineRef cg_target_machine(const char *triple_in, const char *cpu_in
   return tm;
 }
 
-const char cg_pipeline[] = "default<O3>";
+/* KILN_LLVM_PIPELINE (a pass pipeline as `opt -passes=` takes it) is for comparing
+ * pipelines; the compile cache keys on the one used. */
+const char *cg_pipeline(void) {
+  const char *env = getenv("KILN_LLVM_PIPELINE");
+  return env && *env ? env : "default<O3>";
+}
 
 kiln_status cg_prepare_module(LLVMModuleRef mod, LLVMTargetMachineRef tm) {
   char *msg = NULL;
@@ -117,7 +122,7 @@ kiln_status cg_prepare_module(LLVMModuleRef mod, LLVMTargetMachineRef tm) {
 
 kiln_status cg_optimize_module(LLVMModuleRef mod, LLVMTargetMachineRef tm) {
   LLVMPassBuilderOptionsRef po = LLVMCreatePassBuilderOptions();
-  LLVMErrorRef err = LLVMRunPasses(mod, cg_pipeline, tm, po);
+  LLVMErrorRef err = LLVMRunPasses(mod, cg_pipeline(), tm, po);
   LLVMDisposePassBuilderOptions(po);
   return err ? cg_llvm_error(err, "LLVM optimisation") : KILN_OK;
 }
