@@ -19,7 +19,7 @@
 #include <stdio.h>
 #include "codegen/conv.h"
 
-enum { IM2COL_BYTES = 512 << 10, CHUNK_ALIGN = 12 };
+enum { IM2COL_BYTES = 512 << 10, WIDE_IM2COL_BYTES = 2 << 20, CHUNK_ALIGN = 12 };
 #define THREADED_FLOPS 2e6
 
 static LLVMValueRef add(cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildAdd(c->b, a, b, ""); }
@@ -54,6 +54,17 @@ conv_geom cg_conv_geometry(cg *c, const kiln_node *n) {
 static int64_t max_chunk_rows(const conv_geom *q) {
   int64_t rows = IM2COL_BYTES / (q->Kc * (int64_t)kiln_dtype_size(q->t));
   return rows < CHUNK_ALIGN ? CHUNK_ALIGN : rows;
+}
+
+/* A forward chunk's GEMM packs the whole filter again, so a chunk may grow past
+ * IM2COL_BYTES to as many rows as the filter has columns (its panel then no larger
+ * than the filter, up to WIDE_IM2COL_BYTES): ResNet's 7x7x512 layers packed their
+ * 9.4 MB filter twice per image for 49 pixels, in chunks of 36 and 13. */
+static int64_t max_fwd_chunk_rows(const conv_geom *q) {
+  int64_t row_bytes = q->Kc * (int64_t)kiln_dtype_size(q->t);
+  int64_t filter_rows = min64(min64(q->OC / q->groups, q->pixels), WIDE_IM2COL_BYTES / row_bytes);
+  int64_t rows = max_chunk_rows(q);
+  return rows < filter_rows ? filter_rows : rows;
 }
 
 bool cg_conv_worth_threads(cg *c, const conv_geom *q) {
@@ -183,7 +194,7 @@ typedef struct {
 /* As many chunks as fit IM2COL_BYTES, rounded up to a multiple of the threads. */
 static fwd_plan plan_fwd(cg *c, const conv_geom *q) {
   fwd_plan p = {.threaded = cg_conv_worth_threads(c, q)};
-  int64_t chunks = ceil_div(q->pixels, max_chunk_rows(q));
+  int64_t chunks = ceil_div(q->pixels, max_fwd_chunk_rows(q));
   if (p.threaded) chunks = ceil_div(chunks, c->threads) * c->threads;
   p.k = chunks_of(q, ceil_div(q->pixels, chunks));
   cg_gemm whole = fwd_gemm(q, p.k.rows), rest = fwd_gemm(q, p.k.rest);

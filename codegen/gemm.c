@@ -42,6 +42,10 @@ static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 static int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 static int64_t vec_w(cg *c, kiln_dtype t) { return c->vec_bytes / (int64_t)kiln_dtype_size(t); }
 static int64_t mr_of(cg *c) { return c->vec_bytes >= 64 ? 12 : 6; }
+/* A ragged last strip of at most MR - SR rows runs in SR-row sub-strips: a batch of
+ * 32 rows is 12 + 12 + 8, whose last strip would otherwise pay for 12. SR keeps 6 or
+ * more independent FMA chains with NV vectors per row. */
+static int64_t sr_of(cg *c) { return c->vec_bytes >= 64 ? 4 : 3; }
 static int64_t nr_of(cg *c, kiln_dtype t) { return NV * vec_w(c, t); }
 
 /* How many tasks and of what size: whole rows and columns per task unless the
@@ -155,8 +159,8 @@ static void if_end(cg *c, cg_if *f) {
  * the caller's loaders. Returns the sums in fin. */
 typedef LLVMValueRef (*tile_load_a)(cg *c, void *ctx, LLVMValueRef k, int r);
 typedef LLVMValueRef (*tile_load_b)(cg *c, void *ctx, LLVMValueRef k, int v);
-static void tile_sum(cg *c, kiln_dtype t, unsigned w, int rows, int nv, LLVMValueRef K, tile_load_a la, tile_load_b lb,
-                     void *ctx, LLVMValueRef fin[][TILE_NV]) {
+static void tile_sum(cg *c, kiln_dtype t, unsigned w, int rows, int nv, bool unroll, LLVMValueRef K, tile_load_a la,
+                     tile_load_b lb, void *ctx, LLVMValueRef fin[][TILE_NV]) {
   LLVMTypeRef vt = LLVMVectorType(cg_type(c, t), w);
   LLVMValueRef zerov = LLVMConstNull(vt), acc[16][TILE_NV], next[16][TILE_NV];
   cg_loop lk;
@@ -175,9 +179,8 @@ static void tile_sum(cg *c, kiln_dtype t, unsigned w, int rows, int nv, LLVMValu
   LLVMBasicBlockRef latch = LLVMGetInsertBlock(c->b);
   for (int r = 0; r < rows; r++)
     for (int v = 0; v < nv; v++) LLVMAddIncoming(acc[r][v], &next[r][v], &latch, 1);
-  /* 12 or more independent FMA chains hide the FMA latency; fewer gain from unrolling */
-  if (rows * nv >= 12) cg_loop_end_scalar(c, &lk);
-  else cg_loop_end_free(c, &lk);
+  if (unroll) cg_loop_end_free(c, &lk);
+  else cg_loop_end_scalar(c, &lk);
   for (int r = 0; r < rows; r++) /* exit phis must head the block */
     for (int v = 0; v < nv; v++) {
       fin[r][v] = LLVMBuildPhi(c->b, vt, "");
@@ -223,20 +226,23 @@ static LLVMTypeRef micro_type(cg *c) {
  * GEMM of a module with the same A orientation shares one function (LLVM optimises
  * and compiles each micro-kernel once; they are most of a module's code). C's row
  * stride is an argument for the same reason. */
-static LLVMValueRef micro_fn(cg *c, kiln_dtype t, int64_t a_rs, int64_t a_cs, int nv) {
+static LLVMValueRef micro_fn(cg *c, kiln_dtype t, int64_t MR, int64_t a_rs, int64_t a_cs, int nv) {
   char name[96];
-  snprintf(name, sizeof name, "kiln_micro_%s_%d%s%s", kiln_dtype_name(t), nv, a_rs == 1 ? "_r1" : "", a_cs == 1 ? "_c1" : "");
+  snprintf(name, sizeof name, "kiln_micro_%s_%lldx%d%s%s", kiln_dtype_name(t), (long long)MR, nv, a_rs == 1 ? "_r1" : "",
+           a_cs == 1 ? "_c1" : "");
   LLVMValueRef fn = cg_shared_fn(c, name);
   if (fn) return fn;
   cg_fn_pos sp;
   fn = cg_begin_shared_fn(c, name, micro_type(c), &sp);
-  int64_t MR = mr_of(c), NR = nr_of(c, t), w = vec_w(c, t);
+  int64_t NR = nr_of(c, t), w = vec_w(c, t);
   LLVMValueRef kc = LLVMGetParam(fn, 0), C = LLVMGetParam(fn, 3), ldc = LLVMGetParam(fn, 7), mr = LLVMGetParam(fn, 4),
                nr = LLVMGetParam(fn, 5), accum = LLVMGetParam(fn, 6);
   packed_ctx q = {t, LLVMVectorType(cg_type(c, t), (unsigned)w), LLVMGetParam(fn, 1), LLVMGetParam(fn, 2),
                   stride_arg(c, fn, 8, a_rs == 1), stride_arg(c, fn, 9, a_cs == 1), NR, w};
   LLVMValueRef fin[16][TILE_NV];
-  tile_sum(c, t, (unsigned)w, (int)MR, nv, kc, packed_a, packed_b, &q, fin);
+  /* Packed tiles are FMA-bound with 6 or more chains: unrolling their k loop buys
+   * nothing and multiplies the module's largest functions. */
+  tile_sum(c, t, (unsigned)w, (int)MR, nv, false, kc, packed_a, packed_b, &q, fin);
 
   LLVMBasicBlockRef full = LLVMAppendBasicBlockInContext(c->ctx, fn, "full"),
                     edge = LLVMAppendBasicBlockInContext(c->ctx, fn, "edge");
@@ -416,7 +422,8 @@ static void direct_tiles(cg *c, direct_ctx *q, int rows, int nv, LLVMValueRef K,
   q->i = cg_loop_begin(c, &li, ia, ib, imm(c, rows));
   q->j = cg_loop_begin(c, &lj, ja, jb, imm(c, nv * q->w));
   LLVMValueRef fin[DR][TILE_NV];
-  tile_sum(c, q->t, (unsigned)q->w, rows, nv, K, direct_a, direct_b, q, fin);
+  /* fewer than 12 independent FMA chains (one-row tiles: batch-1 GEMV) gain from unrolling */
+  tile_sum(c, q->t, (unsigned)q->w, rows, nv, rows * nv < 12, K, direct_a, direct_b, q, fin);
   for (int r = 0; r < rows; r++)
     for (int v = 0; v < nv; v++)
       vstore(c, q->t, fin[r][v], C, add(c, add(c, mul(c, add(c, q->i, imm(c, r)), ldc), q->j), imm(c, v * q->w)));
@@ -539,13 +546,17 @@ static LLVMValueRef driver_fn(cg *c, kiln_dtype t, unit_strides u) {
            u.rsb ? "_rb" : "", u.csb ? "_cb" : "");
   LLVMValueRef fn = cg_shared_fn(c, name);
   if (fn) return fn;
-  int64_t MR = mr_of(c), NR = nr_of(c, t), w = vec_w(c, t);
-  /* micro[packed][narrow]: A in place or packed; NV vectors wide or one (the last,
-   * narrow column panel, which would otherwise compute mostly padding) */
-  LLVMValueRef micro[2][2];
-  for (int packed = 0; packed < 2; packed++)
-    for (int narrow = 0; narrow < 2; narrow++)
-      micro[packed][narrow] = micro_fn(c, t, packed || u.rsa ? 1 : 0, !packed && u.csa ? 1 : 0, narrow ? 1 : NV);
+  int64_t MR = mr_of(c), SR = sr_of(c), NR = nr_of(c, t), w = vec_w(c, t);
+  /* micro[kind][narrow]: A in place, packed, or packed in SR-row sub-strips; NV
+   * vectors wide or one (the last, narrow column panel, which would otherwise
+   * compute mostly padding) */
+  enum { IN_PLACE, PACKED, SUB_STRIPS };
+  LLVMValueRef micro[3][2];
+  for (int narrow = 0; narrow < 2; narrow++) {
+    micro[IN_PLACE][narrow] = micro_fn(c, t, MR, u.rsa ? 1 : 0, u.csa ? 1 : 0, narrow ? 1 : NV);
+    micro[PACKED][narrow] = micro_fn(c, t, MR, 1, 0, narrow ? 1 : NV);
+    micro[SUB_STRIPS][narrow] = micro_fn(c, t, SR, 1, 0, narrow ? 1 : NV);
+  }
   cg_fn_pos sp;
   fn = cg_begin_shared_fn(c, name, driver_type(c), &sp);
   LLVMValueRef P[DRIVER_ARGS];
@@ -574,15 +585,28 @@ static LLVMValueRef driver_fn(cg *c, kiln_dtype t, unit_strides u) {
   LLVMValueRef nr = cg_smin(c, imm(c, NR), sub(c, j1, j));
   LLVMValueRef panel = mul(c, LLVMBuildSDiv(c->b, sub(c, j, j0), imm(c, NR), ""), mul(c, kc, imm(c, NR)));
   LLVMValueRef Cij = at(c, t, C, add(c, mul(c, i, ldc), j)), Bpj = at(c, t, Bp, panel);
-  LLVMValueRef margs[2][MICRO_ARGS] = {{kc, Ai, Bpj, Cij, mr, nr, accum, ldc, rsa, csa},
-                                       {kc, Ap, Bpj, Cij, mr, nr, accum, ldc, imm(c, 1), imm(c, MR)}};
   LLVMValueRef narrow = LLVMBuildICmp(c->b, LLVMIntSLE, nr, imm(c, w), "");
-  for (int packed = 0; packed < 2; packed++)
+  LLVMValueRef few = LLVMBuildICmp(c->b, LLVMIntSLE, mr, imm(c, MR - SR), "");
+  LLVMValueRef kind_is[3] = {full, LLVMBuildAnd(c->b, LLVMBuildNot(c->b, full, ""), LLVMBuildNot(c->b, few, ""), ""),
+                             LLVMBuildAnd(c->b, LLVMBuildNot(c->b, full, ""), few, "")};
+  for (int kind = 0; kind < 3; kind++)
     for (int nw = 0; nw < 2; nw++) {
       cg_if f2;
-      LLVMValueRef is_packed = packed ? LLVMBuildNot(c->b, full, "") : full;
-      if_begin(c, &f2, LLVMBuildAnd(c->b, is_packed, nw ? narrow : LLVMBuildNot(c->b, narrow, ""), ""));
-      LLVMBuildCall2(c->b, mty, micro[packed][nw], margs[packed], MICRO_ARGS, "");
+      if_begin(c, &f2, LLVMBuildAnd(c->b, kind_is[kind], nw ? narrow : LLVMBuildNot(c->b, narrow, ""), ""));
+      if (kind == IN_PLACE) {
+        LLVMValueRef margs[MICRO_ARGS] = {kc, Ai, Bpj, Cij, mr, nr, accum, ldc, rsa, csa};
+        LLVMBuildCall2(c->b, mty, micro[kind][nw], margs, MICRO_ARGS, "");
+      } else if (kind == PACKED) {
+        LLVMValueRef margs[MICRO_ARGS] = {kc, Ap, Bpj, Cij, mr, nr, accum, ldc, imm(c, 1), imm(c, MR)};
+        LLVMBuildCall2(c->b, mty, micro[kind][nw], margs, MICRO_ARGS, "");
+      } else { /* rows s .. s + SR of the packed panel (zeros past mr) */
+        cg_loop ls;
+        LLVMValueRef s0 = cg_loop_begin(c, &ls, imm(c, 0), mr, imm(c, SR));
+        LLVMValueRef margs[MICRO_ARGS] = {kc, at(c, t, Ap, s0), Bpj, at(c, t, Cij, mul(c, s0, ldc)),
+                                          cg_smin(c, imm(c, SR), sub(c, mr, s0)), nr, accum, ldc, imm(c, 1), imm(c, MR)};
+        LLVMBuildCall2(c->b, mty, micro[kind][nw], margs, MICRO_ARGS, "");
+        cg_loop_end_scalar(c, &ls);
+      }
       if_end(c, &f2);
     }
   cg_loop_end(c, &lj);
