@@ -7,6 +7,7 @@
 typedef struct {
   kiln_dtype t;
   int64_t N, H, W, C, icg, KH, KW, s[2], d[2], p[4], OH, OW, OC, groups, Kc;
+  int64_t col_ld; /* the im2col panel's row stride, Kc or a little more */
   int64_t pixels; /* output pixels of the batch: im2col rows */
   bool pointwise;
 } conv_geom;

@@ -575,8 +575,15 @@ static LLVMValueRef driver_fn(cg *c, kiln_dtype t, unit_strides u) {
   LLVMValueRef i = cg_loop_begin(c, &li, i0, i1, imm(c, MR));
   LLVMValueRef mr = cg_smin(c, imm(c, MR), sub(c, i1, i));
   LLVMValueRef Ai = at(c, t, A, add(c, mul(c, i, rsa), mul(c, pc, csa)));
-  /* Full strips read A in place; the ragged last one is packed with zero rows. */
+  /* Full strips read A in place; the ragged last one is packed with zero rows. So
+   * are strips whose rows lie a multiple of 2 KiB apart (K = 512, 1024 floats):
+   * their MR rows would share a few L1 sets and evict each other. */
   LLVMValueRef full = LLVMBuildICmp(c->b, LLVMIntEQ, mr, imm(c, MR), "");
+  if (!u.rsa) {
+    LLVMValueRef row_bytes = mul(c, rsa, imm(c, (int64_t)kiln_dtype_size(t)));
+    LLVMValueRef spread = LLVMBuildICmp(c->b, LLVMIntNE, LLVMBuildSRem(c->b, row_bytes, imm(c, 2048), ""), imm(c, 0), "");
+    full = LLVMBuildAnd(c->b, full, spread, "");
+  }
   cg_if f;
   if_begin(c, &f, LLVMBuildNot(c->b, full, ""));
   call_pack(c, "a", pack_a_body, t, MR, u.rsa, u.csa, rsa, csa, (LLVMValueRef[PACK_ARGS]){Ap, Ai, NULL, NULL, mr, kc, imm(c, 0)});
