@@ -14,6 +14,7 @@
  * tensors at most 1/16 of the result, anything whose permutation moves only size-1
  * dims (a reshape). So a move never adds a transpose of a full tensor, and a sunk
  * transpose inlines the ops it passed (fusion), never costing a kernel. */
+#include <stdlib.h>
 #include <string.h>
 #include "passes/passes.h"
 
@@ -215,6 +216,40 @@ static uint32_t sink_movement(lay *L, const kiln_node *n, const uint32_t *in) {
   return transposed(L, make_like(L, n, x, &a), p);
 }
 
+/* matmul(reshape(transpose(x, p) to [B, F]), w) with p keeping the batch first and
+ * w stored weights [F, N] = matmul(reshape(x to [B, F]), w'), w' being w's rows in x's
+ * order, permuted here once: an NCHW model's Flatten before its first Dense (every
+ * ONNX CNN) would otherwise transpose the activations back to NCHW at every run. */
+static uint32_t flatten_into_weights(lay *L, const kiln_node *n, const uint32_t *in) {
+  int64_t p[KILN_MAX_RANK];
+  const kiln_node *a = nd(L, in[0]), *w = nd(L, in[1]);
+  if (n->ninputs != 2 || kiln_attr_int(n, KILN_ATTR_TRANSPOSE_A, 0) || kiln_attr_int(n, KILN_ATTR_TRANSPOSE_B, 0) ||
+      a->op != KILN_OP_RESHAPE || a->rank != 2 || w->op != KILN_OP_CONST || !w->data || w->rank != 2 ||
+      !transpose_perm(L, a->inputs[0], p))
+    return KILN_NONE;
+  const kiln_node *t = nd(L, a->inputs[0]), *x = nd(L, t->inputs[0]);
+  int rank = t->rank;
+  if (p[0] != 0 || t->dims[0] != a->dims[0] || w->dims[0] != a->dims[1]) return KILN_NONE;
+  int64_t rows = w->dims[0], row_bytes = w->dims[1] * (int64_t)kiln_dtype_size((kiln_dtype)w->dtype);
+  unsigned char *data = malloc((size_t)(rows * row_bytes));
+  if (!data) return KILN_NONE;
+  const unsigned char *src = w->data;
+  /* row r of w' is x's index (i_1 .. i_{rank-1}); w's row for it is t's index i_{p[1]} .. */
+  int64_t idx[KILN_MAX_RANK] = {0};
+  for (int64_t r = 0; r < rows; r++) {
+    int64_t from = 0;
+    for (int k = 1; k < rank; k++) from = from * t->dims[k] + idx[p[k]];
+    memcpy(data + r * row_bytes, src + from * row_bytes, (size_t)row_bytes);
+    for (int d = rank - 1; d >= 1 && ++idx[d] == x->dims[d]; d--) idx[d] = 0;
+  }
+  uint32_t w2 = kiln_constant(L->g, (kiln_dtype)w->dtype, shape_of(w), data).id;
+  free(data);
+  uint32_t a2 = kiln_reshape(L->g, (kiln_value){t->inputs[0]}, shape_of(a)).id;
+  if (w2 == KILN_NONE || a2 == KILN_NONE) return KILN_NONE;
+  L->stats->moved++;
+  return kiln_copy_node(L->g, n, (uint32_t[]){a2, w2});
+}
+
 static uint32_t sink(lay *L, const kiln_node *n, const uint32_t *in) {
   kiln_op op = (kiln_op)n->op;
   int64_t p[KILN_MAX_RANK];
@@ -230,6 +265,7 @@ static uint32_t sink(lay *L, const kiln_node *n, const uint32_t *in) {
   if (kiln_ops[op].flags & EW) return sink_elementwise(L, n, in);
   if (kiln_ops[op].flags & RED) return sink_reduction(L, n, in[0]);
   if (op == KILN_OP_CONCAT || op == KILN_OP_SLICE || op == KILN_OP_PAD) return sink_movement(L, n, in);
+  if (op == KILN_OP_MATMUL) return flatten_into_weights(L, n, in);
   return KILN_NONE;
 }
 

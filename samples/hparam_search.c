@@ -101,6 +101,14 @@ static int run_workers(const housing *d, unsigned long long seed, int trials, in
       continue;
     }
     close(fds[j][0]);
+    /* J processes of a thread per CPU each would oversubscribe the CPUs, and kiln's
+     * pool spins on a descheduled worker at every parallel step (14x slower on 2 CPUs) */
+    if (!getenv("KILN_NUM_THREADS")) {
+      long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+      char threads[24];
+      snprintf(threads, sizeof threads, "%ld", cpus > jobs ? cpus / jobs : 1);
+      setenv("KILN_NUM_THREADS", threads, 1);
+    }
     for (int i = j; i < trials; i += jobs) {
       result r = {i, sample(seed, i)};
       if (run_trial(d, seed, i, &r.t, epochs, NULL) != KILN_OK) _exit(fail("trial"));

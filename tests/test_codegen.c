@@ -310,6 +310,37 @@ static void test_constant_weights_stored_untransposed(void **s) {
   kiln_tensor_free(w);
 }
 
+/* An NCHW convolution's Flatten before a Dense with constant weights (every ONNX CNN):
+ * the flatten's transpose back to NCHW moves into the weights' rows, once, so the
+ * schedule keeps only the input's transpose; weights that are a run-time input keep
+ * it. Against the evaluator at 1 and 3 images. */
+static void test_flatten_transpose_moves_into_weights(void **s) {
+  (void)s;
+  trng r = {8};
+  kiln_tensor *wc = random_tensor(&r, KILN_F32, 4, (int64_t[]){6, 2, 3, 3}, -1, 1);
+  kiln_tensor *wd = random_tensor(&r, KILN_F32, 2, (int64_t[]){6 * 4 * 5, 7}, -1, 1);
+  for (int constant = 0; constant < 2; constant++)
+    for (int64_t batch = 1; batch <= 3; batch += 2) {
+      kiln_graph *g = kiln_graph_new();
+      kiln_value x = kiln_placeholder(g, "x", KILN_F32, KILN_SHAPE(batch, 2, 8, 10));
+      kiln_conv2d_opts co = {.layout = KILN_NCHW, .padding = KILN_PAD_SAME};
+      kiln_pool2d_opts po = {.layout = KILN_NCHW, .window = {2, 2}};
+      kiln_value h = kiln_max_pool2d(g, kiln_relu(g, kiln_conv2d(g, x, kiln_constant(g, KILN_F32, KILN_SHAPE(6, 2, 3, 3), kiln_tensor_cdata(wc)), &co)), &po);
+      kiln_value w = constant ? kiln_constant(g, KILN_F32, KILN_SHAPE(120, 7), kiln_tensor_cdata(wd))
+                              : kiln_placeholder(g, "wd", KILN_F32, KILN_SHAPE(120, 7));
+      kiln_output(g, "y", kiln_matmul(g, kiln_reshape(g, h, KILN_SHAPE(batch, 120)), w, false, false));
+      assert_int_equal(kiln_graph_status(g), KILN_OK);
+      int transposes = transpose_kernels(g, NULL);
+      if (transposes != (constant ? 1 : 2))
+        fail_msg("%s weights, batch %lld: %d transpose kernels", constant ? "constant" : "input", (long long)batch, transposes);
+      kiln_tensor *in[2] = {random_tensor(&r, KILN_F32, 4, (int64_t[]){batch, 2, 8, 10}, -1, 1), wd};
+      assert_int_equal(check_graph("flatten into weights", g, in, constant ? 1 : 2, 1e-5, 1e-5), 0);
+      kiln_tensor_free(in[0]);
+      kiln_graph_free(g);
+    }
+  kiln_tensor_free(wc), kiln_tensor_free(wd);
+}
+
 /* A profiled exec counts every run of every kernel and names them (the dense layer,
  * an output, is one kernel after its matmul; its row sum another); without profile
  * it is an error. */
@@ -358,6 +389,7 @@ int main(void) {
       cmocka_unit_test(test_memory_plan_reuses_buffers),
       cmocka_unit_test(test_fusion_merges_kernels),
       cmocka_unit_test(test_layout_keeps_conv_chains_nhwc),
+      cmocka_unit_test(test_flatten_transpose_moves_into_weights),
       cmocka_unit_test(test_constant_filters_fold_to_hwio),
       cmocka_unit_test(test_constant_weights_stored_untransposed),
       cmocka_unit_test(test_profile_counts_kernels),
