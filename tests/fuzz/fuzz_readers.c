@@ -106,12 +106,48 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 }
 
 #ifdef FUZZ_REPLAY
+/* --mutations N: after the files themselves, N mutants of them in turn (bit flips,
+ * bytes set to edge values, truncations, a repeated span), from a fixed seed, so the
+ * suite fuzzes every reader for a moment in each build, without libFuzzer. */
+static uint64_t next_random(uint64_t *s) {
+  *s ^= *s << 13, *s ^= *s >> 7, *s ^= *s << 17;
+  return *s;
+}
+
+static size_t mutate(uint64_t *rng, uint8_t *dst, const uint8_t *src, size_t len, size_t cap) {
+  memcpy(dst, src, len);
+  static const uint8_t edges[] = {0, 1, 0x7f, 0x80, 0xff};
+  for (int edits = 1 + (int)(next_random(rng) % 4); edits > 0 && len > 0; edits--) {
+    size_t at = next_random(rng) % len;
+    switch (next_random(rng) % 4) {
+    case 0: dst[at] ^= (uint8_t)(1u << (next_random(rng) % 8)); break;
+    case 1: dst[at] = edges[next_random(rng) % sizeof edges]; break;
+    case 2: len = at; break;
+    default: { /* repeat dst[at, at + span) in place after itself, as room allows */
+      size_t span = 1 + next_random(rng) % 16;
+      if (at + span > len) span = len - at;
+      if (len + span > cap) break;
+      memmove(dst + at + 2 * span, dst + at + span, len - at - span);
+      memmove(dst + at + span, dst + at, span);
+      len += span;
+    }
+    }
+  }
+  return len;
+}
+
 int main(int argc, char **argv) {
-  int n = 0;
-  for (int i = 1; i < argc; i++) {
-    FILE *f = fopen(argv[i], "rb");
+  int n = 0, first = 1;
+  long mutations = 0;
+  if (argc > 2 && !strcmp(argv[1], "--mutations")) mutations = strtol(argv[2], NULL, 10), first = 3;
+  int files = argc - first;
+  uint8_t **bufs = calloc((size_t)(files > 0 ? files : 1), sizeof *bufs);
+  size_t *lens = calloc((size_t)(files > 0 ? files : 1), sizeof *lens), longest = 0;
+  if (!bufs || !lens) return 1;
+  for (int i = 0; i < files; i++) {
+    FILE *f = fopen(argv[first + i], "rb");
     if (!f) {
-      fprintf(stderr, "cannot read %s\n", argv[i]);
+      fprintf(stderr, "cannot read %s\n", argv[first + i]);
       return 1;
     }
     uint8_t *buf = NULL;
@@ -124,11 +160,21 @@ int main(int argc, char **argv) {
     }
     fclose(f);
     LLVMFuzzerTestOneInput(buf, len);
-    free(buf);
+    bufs[i] = buf, lens[i] = len, longest = len > longest ? len : longest;
     n++;
   }
+  uint64_t rng = 0x9e3779b97f4a7c15u;
+  size_t cap = longest + 64;
+  uint8_t *mutant = malloc(cap);
+  if (!mutant) return 1;
+  for (long m = 0; files > 0 && m < mutations; m++) {
+    int i = (int)(m % files);
+    LLVMFuzzerTestOneInput(mutant, mutate(&rng, mutant, bufs[i], lens[i], cap));
+  }
+  for (int i = 0; i < files; i++) free(bufs[i]);
+  free(bufs), free(lens), free(mutant);
   unlink(as_file(NULL, 0));
-  printf("replayed %d inputs\n", n);
+  printf("replayed %d inputs and %ld mutants of them\n", n, files > 0 ? mutations : 0L);
   return 0;
 }
 #endif

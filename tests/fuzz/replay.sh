@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # replay.sh BIN_DIR SOURCE_DIR TARGET...: runs every regression input the fuzzers
-# found (tests/fuzz/regressions/TARGET/) and the seed files through each reader, under
-# whatever sanitizers the build has. A crash, a leak or a failure without a message fails.
+# found (tests/fuzz/regressions/TARGET/) and the seed files through each reader, then
+# KILN_FUZZ_MUTATIONS (default 300) mutants of them, under whatever sanitizers the
+# build has. A crash, a leak or a failure without a message fails.
 set -euo pipefail
 shopt -s nullglob
 bin=$1 src=$2
@@ -13,6 +14,6 @@ for t in "$@"; do
   bash "$src/tests/fuzz/seeds.sh" "$src" "$t" "$tmp/$t"
   files=("$tmp/$t"/*)
   [ -d "$src/tests/fuzz/regressions/$t" ] && files+=("$src/tests/fuzz/regressions/$t"/*)
-  out=$("$bin/fuzz_replay_$t" "${files[@]}") || { echo "FAIL: fuzz target $t crashed on a replayed input" >&2; exit 1; }
+  out=$("$bin/fuzz_replay_$t" --mutations "${KILN_FUZZ_MUTATIONS:-300}" "${files[@]}") || { echo "FAIL: fuzz target $t crashed on a replayed input" >&2; exit 1; }
   echo "$t: $out"
 done
