@@ -155,6 +155,10 @@ KILN_INTERNAL LLVMValueRef cg_task_range(cg *c, LLVMValueRef task, int64_t per, 
 /* Runs task(ctx, i, worker) for i < ntasks: through the kernel's kiln_parallel when
  * threaded and there is one at run time, else in order on worker 0. */
 KILN_INTERNAL void cg_parallel_for(cg *c, LLVMValueRef task, LLVMValueRef ctx, int64_t ntasks, bool threaded);
+/* Below this much arithmetic a GEMM or convolution runs on the calling thread: waking
+ * the pool costs microseconds, far more when another process holds the other CPU (a
+ * spinning caller then waits for a descheduled worker). */
+#define CG_THREADED_FLOPS 2e6
 
 /* An epilogue: what a matmul or convolution kernel runs over each piece of its
  * output once the piece is final, while it is still in cache (lower.c builds it

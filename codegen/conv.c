@@ -20,7 +20,6 @@
 #include "codegen/conv.h"
 
 enum { IM2COL_BYTES = 512 << 10, WIDE_IM2COL_BYTES = 2 << 20, CHUNK_ALIGN = 12 };
-#define THREADED_FLOPS 2e6
 
 static LLVMValueRef add(cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildAdd(c->b, a, b, ""); }
 static LLVMValueRef mul(cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildMul(c->b, a, b, ""); }
@@ -73,7 +72,7 @@ static int64_t max_fwd_chunk_rows(const conv_geom *q) {
 }
 
 bool cg_conv_worth_threads(cg *c, const conv_geom *q) {
-  return c->threads > 1 && 2.0 * (double)q->pixels * (double)q->Kc * (double)q->OC >= THREADED_FLOPS;
+  return c->threads > 1 && 2.0 * (double)q->pixels * (double)q->Kc * (double)q->OC >= CG_THREADED_FLOPS;
 }
 
 /* Chunks of `rows` output pixels: nfull whole ones, then one of `rest` if nonzero. */

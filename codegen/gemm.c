@@ -48,19 +48,14 @@ static int64_t mr_of(cg *c) { return c->vec_bytes >= 64 ? 12 : 6; }
 static int64_t sr_of(cg *c) { return c->vec_bytes >= 64 ? 4 : 3; }
 static int64_t nr_of(cg *c, kiln_dtype t) { return NV * vec_w(c, t); }
 
-/* How many tasks and of what size: whole rows and columns per task unless the
- * threads need more tasks; then the cut (rows or columns) that leaves the busiest
- * thread the fewest register tiles. */
-/* A small GEMM stays on the calling thread: waking the pool costs microseconds, and
- * far more when another process holds the other CPU (a spinning caller then waits
- * for a descheduled worker at every step). Large weights are worth splitting even
- * for one row: batch-1 inference is memory-bound, and two cores stream faster. */
-#define THREADED_FLOPS 2e6
+/* A small GEMM stays on the calling thread (CG_THREADED_FLOPS). Large weights are
+ * worth splitting even for one row: batch-1 inference is memory-bound, and two cores
+ * stream faster. */
 #define THREADED_B_BYTES (256 << 10)
 static int threads_of(const cg *c, const cg_gemm *g) {
   if (c->threads < 2 || g->serial) return 1;
   double b_bytes = (double)g->batch * (double)g->K * (double)g->N * (double)kiln_dtype_size(g->t);
-  bool worth = 2.0 * (double)g->batch * (double)g->M * (double)g->N * (double)g->K >= THREADED_FLOPS || b_bytes >= THREADED_B_BYTES;
+  bool worth = 2.0 * (double)g->batch * (double)g->M * (double)g->N * (double)g->K >= CG_THREADED_FLOPS || b_bytes >= THREADED_B_BYTES;
   return worth ? c->threads : 1;
 }
 
@@ -77,6 +72,9 @@ static gemm_plan plan_dot(cg *c, const cg_gemm *g) {
   return p;
 }
 
+/* How many tasks and of what size: whole rows and columns per task unless the
+ * threads need more tasks; then the cut (rows or columns) that leaves the busiest
+ * thread the fewest register tiles. */
 static gemm_plan plan_gemm(cg *c, const cg_gemm *g) {
   if (g->N == 1 && g->csa == 1 && g->rsb == 1 && !g->accumulate) return plan_dot(c, g);
   gemm_plan p = {0};

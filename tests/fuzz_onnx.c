@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include "fuzz/mutate.h"
 #include "kiln/kiln.h"
 
 typedef struct blob {
@@ -19,14 +20,7 @@ typedef struct blob {
   bool tensor; /* a TensorProto file rather than a model */
 } blob;
 
-static uint64_t rng_state;
-static uint64_t next(void) { /* splitmix64 */
-  uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-static size_t below(size_t n) { return n ? (size_t)(next() % n) : 0; }
+static fuzz_rng rng;
 
 static bool read_all(const char *path, blob *b) {
   FILE *f = fopen(path, "rb");
@@ -40,44 +34,6 @@ static bool read_all(const char *path, blob *b) {
   size_t k = strlen(path);
   b->tensor = k > 3 && !strcmp(path + k - 3, ".pb");
   return b->data != NULL;
-}
-
-/* One to four mutations of src into out (capacity cap); returns the new length. */
-static size_t mutate(const blob *src, const blob *other, unsigned char *out, size_t cap) {
-  size_t n = src->len < cap ? src->len : cap;
-  memcpy(out, src->data, n);
-  static const unsigned char interesting[] = {0x00, 0x01, 0x7f, 0x80, 0xff, 0x08, 0x10, 0x12, 0x1a, 0x22, 0x3a, 0x42};
-  for (int m = 0, count = 1 + (int)below(4); m < count && n > 0; m++) {
-    size_t at = below(n);
-    switch (below(6)) {
-    case 0: out[at] ^= (unsigned char)(1u << below(8)); break;
-    case 1: out[at] = interesting[below(sizeof interesting)]; break;
-    case 2: n = at; break; /* truncate */
-    case 3: { /* delete a run */
-      size_t k = 1 + below(16);
-      if (at + k > n) k = n - at;
-      memmove(out + at, out + at + k, n - at - k);
-      n -= k;
-      break;
-    }
-    case 4: { /* duplicate a run */
-      size_t k = 1 + below(32);
-      if (at + k > n) k = n - at;
-      if (n + k > cap) break;
-      memmove(out + at + k, out + at, n - at);
-      n += k;
-      break;
-    }
-    default: { /* overwrite with a run of another file */
-      if (!other->len) break;
-      size_t from = below(other->len), k = 1 + below(64);
-      if (from + k > other->len) k = other->len - from;
-      if (at + k > n) k = n - at;
-      memcpy(out + at, other->data + from, k);
-    }
-    }
-  }
-  return n;
 }
 
 int main(int argc, char **argv) {
@@ -112,7 +68,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: fuzz_onnx [--iterations N] [--seed S] [FILE...]\n");
     return 2;
   }
-  rng_state = seed;
+  rng.state = seed;
   char dir[] = "/tmp/kiln_fuzz_XXXXXX";
   if (!mkdtemp(dir)) return perror("mkdtemp"), 2;
   char path[64];
@@ -122,8 +78,8 @@ int main(int argc, char **argv) {
   unsigned char *buf = malloc(cap);
   long loaded = 0, rejected = 0, findings = 0;
   for (long it = 0; it < iterations && buf; it++) {
-    const blob *src = &files[below((size_t)nfiles)], *other = &files[below((size_t)nfiles)];
-    size_t n = mutate(src, other, buf, cap);
+    const blob *src = &files[fuzz_below(&rng, (size_t)nfiles)], *other = &files[fuzz_below(&rng, (size_t)nfiles)];
+    size_t n = fuzz_mutate(&rng, src->data, src->len, other->data, other->len, buf, cap);
     FILE *f = fopen(path, "wb");
     if (!f || fwrite(buf, 1, n, f) != n || fclose(f)) return perror(path), 2;
     kiln_status st;

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include "mutate.h"
 #include "ir/ir.h" /* the graph's outputs, for the kir target */
 #ifdef FUZZ_WEIGHTS
 #include "fuzzw.h" /* generated: kiln compile tests/golden/small.kiln --weights external */
@@ -106,36 +107,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 }
 
 #ifdef FUZZ_REPLAY
-/* --mutations N: after the files themselves, N mutants of them in turn (bit flips,
- * bytes set to edge values, truncations, a repeated span), from a fixed seed, so the
- * suite fuzzes every reader for a moment in each build, without libFuzzer. */
-static uint64_t next_random(uint64_t *s) {
-  *s ^= *s << 13, *s ^= *s >> 7, *s ^= *s << 17;
-  return *s;
-}
-
-static size_t mutate(uint64_t *rng, uint8_t *dst, const uint8_t *src, size_t len, size_t cap) {
-  memcpy(dst, src, len);
-  static const uint8_t edges[] = {0, 1, 0x7f, 0x80, 0xff};
-  for (int edits = 1 + (int)(next_random(rng) % 4); edits > 0 && len > 0; edits--) {
-    size_t at = next_random(rng) % len;
-    switch (next_random(rng) % 4) {
-    case 0: dst[at] ^= (uint8_t)(1u << (next_random(rng) % 8)); break;
-    case 1: dst[at] = edges[next_random(rng) % sizeof edges]; break;
-    case 2: len = at; break;
-    default: { /* repeat dst[at, at + span) in place after itself, as room allows */
-      size_t span = 1 + next_random(rng) % 16;
-      if (at + span > len) span = len - at;
-      if (len + span > cap) break;
-      memmove(dst + at + 2 * span, dst + at + span, len - at - span);
-      memmove(dst + at + span, dst + at, span);
-      len += span;
-    }
-    }
-  }
-  return len;
-}
-
+/* --mutations N: after the files themselves, N mutants of them in turn (mutate.h),
+ * spliced with the next file, from a fixed seed, so the suite fuzzes every reader for
+ * a moment in each build, without libFuzzer. */
 int main(int argc, char **argv) {
   int n = 0, first = 1;
   long mutations = 0;
@@ -163,13 +137,13 @@ int main(int argc, char **argv) {
     bufs[i] = buf, lens[i] = len, longest = len > longest ? len : longest;
     n++;
   }
-  uint64_t rng = 0x9e3779b97f4a7c15u;
+  fuzz_rng rng = {1};
   size_t cap = longest + 64;
   uint8_t *mutant = malloc(cap);
   if (!mutant) return 1;
   for (long m = 0; files > 0 && m < mutations; m++) {
-    int i = (int)(m % files);
-    LLVMFuzzerTestOneInput(mutant, mutate(&rng, mutant, bufs[i], lens[i], cap));
+    int i = (int)(m % files), other = (i + 1) % files;
+    LLVMFuzzerTestOneInput(mutant, fuzz_mutate(&rng, bufs[i], lens[i], bufs[other], lens[other], mutant, cap));
   }
   for (int i = 0; i < files; i++) free(bufs[i]);
   free(bufs), free(lens), free(mutant);
