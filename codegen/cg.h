@@ -165,13 +165,22 @@ KILN_INTERNAL void cg_parallel_for(cg *c, LLVMValueRef task, LLVMValueRef ctx, i
  * from the element-wise nodes fused after the product): out[i] = f(out[i], the
  * buffers in ptrs at i) for flat indices i in [lo, hi). Kernels that run tasks
  * pass ptrs through the task context. */
-enum { CG_EPILOGUE_PTRS = 32 };
+enum { CG_EPILOGUE_PTRS = 33 }; /* a kernel's reads and a fused pool's output */
 typedef struct cg_epilogue cg_epilogue;
 struct cg_epilogue {
   void (*apply)(cg *c, const cg_epilogue *e, LLVMValueRef out, LLVMValueRef lo, LLVMValueRef hi);
   const void *ctx;
   unsigned nptrs;
   LLVMValueRef ptrs[CG_EPILOGUE_PTRS];
+  /* A pool fused after a convolution (lower.c) reads whole windows of rows: > 0, the
+   * convolution hands apply only runs of whole groups of this many output pixels,
+   * starting at multiples of it. */
+  int64_t align_pixels;
+  /* Only apply reads the host's output: the host has no output buffer of its own
+   * (its `out` is unused) and computes each piece into a per-worker buffer after its
+   * own scratch (cg_conv_pooled_scratch_bytes), which it passes to apply as `out`,
+   * offset so that flat indices stay those of the whole output. */
+  bool private_out;
 };
 /* Appends e's pointers (none when e is NULL) to the n context pointers in ptrs; returns the new count. */
 KILN_INTERNAL unsigned cg_epilogue_ctx(const cg_epilogue *e, LLVMValueRef *ptrs, unsigned n);
@@ -202,6 +211,10 @@ KILN_INTERNAL void cg_gemm_emit(cg *c, const cg_gemm *g, LLVMValueRef A, LLVMVal
 KILN_INTERNAL void cg_matmul(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch,
                              const cg_epilogue *ep);
 KILN_INTERNAL void cg_pool2d(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in);
+/* Pool n (window = strides, no padding) over the whole window rows of its input x
+ * held in flat elements [lo, hi) (multiples of window height x input width x
+ * channels), reading x, writing out: the pool fused after a convolution. */
+KILN_INTERNAL void cg_pool2d_rows(cg *c, const kiln_node *n, LLVMValueRef x, LLVMValueRef out, LLVMValueRef lo, LLVMValueRef hi);
 /* false (c->err set) for a window too large to unroll */
 KILN_INTERNAL bool cg_max_pool2d_grad(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in,
                                       const cg_epilogue *ep);
@@ -214,6 +227,10 @@ KILN_INTERNAL void cg_conv2d(cg *c, const kiln_node *n, LLVMValueRef out, const 
 KILN_INTERNAL void cg_conv2d_filter_grad(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in,
                                          LLVMValueRef scratch);
 KILN_INTERNAL uint64_t cg_conv_scratch_bytes(cg *c, const kiln_node *n);
+/* conv2d n computed for a fused pool (cg_epilogue.private_out) with runs of
+ * align_pixels: whether its kernel can, and the scratch it then needs. */
+KILN_INTERNAL bool cg_conv_can_pool(cg *c, const kiln_node *n);
+KILN_INTERNAL uint64_t cg_conv_pooled_scratch_bytes(cg *c, const kiln_node *n, int64_t align_pixels);
 
 /* ---- target.c ---- */
 /* triple NULL: the host; cpu "native" (host CPU and features, host only), "generic", or

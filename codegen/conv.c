@@ -81,8 +81,9 @@ typedef struct {
   uint64_t col_bytes;
 } chunking;
 
-static chunking chunks_of(const conv_geom *q, int64_t rows) {
-  chunking k = {.rows = ceil_div(rows, CHUNK_ALIGN) * CHUNK_ALIGN};
+static chunking chunks_of(const conv_geom *q, int64_t rows, int64_t align) {
+  int64_t step = align > 0 ? align : CHUNK_ALIGN;
+  chunking k = {.rows = ceil_div(rows, step) * step};
   k.nfull = q->pixels / k.rows;
   k.rest = q->pixels % k.rows;
   k.nchunks = k.nfull + (k.rest > 0);
@@ -193,19 +194,24 @@ typedef struct {
   chunking k;
   bool threaded;
   uint64_t worker_bytes;
+  uint64_t private_bytes; /* per worker, after every worker's scratch: a chunk's output for a fused pool */
 } fwd_plan;
 
-/* As many chunks as fit IM2COL_BYTES, rounded up to a multiple of the threads. */
-static fwd_plan plan_fwd(cg *c, const conv_geom *q) {
+/* As many chunks as fit IM2COL_BYTES, rounded up to a multiple of the threads;
+ * chunks of whole groups of `align` pixels for a fused pool (0: none). */
+static fwd_plan plan_fwd(cg *c, const conv_geom *q, int64_t align) {
   fwd_plan p = {.threaded = cg_conv_worth_threads(c, q)};
   int64_t chunks = ceil_div(q->pixels, max_fwd_chunk_rows(q));
   if (p.threaded) chunks = ceil_div(chunks, c->threads) * c->threads;
-  p.k = chunks_of(q, ceil_div(q->pixels, chunks));
+  p.k = chunks_of(q, ceil_div(q->pixels, chunks), align);
   cg_gemm whole = fwd_gemm(q, p.k.rows), rest = fwd_gemm(q, p.k.rest);
   uint64_t a = cg_gemm_scratch_bytes(c, &whole), b = cg_gemm_scratch_bytes(c, &rest);
   p.worker_bytes = p.k.col_bytes + align64(a > b ? a : b);
+  if (align > 0) p.private_bytes = align64((uint64_t)(p.k.rows * q->OC) * kiln_dtype_size(q->t));
   return p;
 }
+
+static int64_t fwd_workers(cg *c, const fwd_plan *p) { return p->threaded ? c->threads : 1; }
 
 /* Task i: chunk i, group by group its im2col rows, then their GEMM. */
 static LLVMValueRef fwd_task(cg *c, const conv_geom *q, const fwd_plan *p, const cg_epilogue *ep) {
@@ -218,19 +224,24 @@ static LLVMValueRef fwd_task(cg *c, const conv_geom *q, const fwd_plan *p, const
   LLVMValueRef col = worker_scratch(c, v[CTX_SCRATCH], worker, p->worker_bytes);
   LLVMValueRef ws = byte_offset(c, col, cg_i64(c, (int64_t)p->k.col_bytes));
   LLVMValueRef r0 = mul(c, chunk, cg_i64(c, p->k.rows)), count = chunk_rows(c, q, &p->k, r0);
+  LLVMValueRef lo = mul(c, r0, cg_i64(c, q->OC)), out = v[CTX_OUT];
+  if (ep && ep->private_out) { /* the chunk's rows in the worker's buffer, at their flat indices */
+    LLVMValueRef mine = worker_scratch(c, byte_offset(c, v[CTX_SCRATCH], cg_i64(c, (int64_t)p->worker_bytes * fwd_workers(c, p))),
+                                       worker, p->private_bytes);
+    out = offset(c, q->t, mine, LLVMBuildNeg(c->b, lo, ""));
+  }
   int64_t ocg = q->OC / q->groups;
   cg_gemm whole = fwd_gemm(q, p->k.rows), rest = fwd_gemm(q, p->k.rest);
   cg_loop lg;
   LLVMValueRef g = cg_loop_begin(c, &lg, cg_i64(c, 0), cg_i64(c, q->groups), cg_i64(c, 1));
   im2col_rows(c, q, v[CTX_X], col, g, r0, count);
   LLVMValueRef B = offset(c, q->t, v[CTX_Y], mul(c, g, cg_i64(c, ocg)));
-  LLVMValueRef C = offset(c, q->t, v[CTX_OUT], add(c, mul(c, r0, cg_i64(c, q->OC)), mul(c, g, cg_i64(c, ocg))));
+  LLVMValueRef C = offset(c, q->t, out, add(c, lo, mul(c, g, cg_i64(c, ocg))));
   chunk_gemm(c, &p->k, chunk, &whole, &rest, col, B, C, ws);
   cg_loop_end(c, &lg);
   if (ep) { /* the chunk's rows are final, and still cached */
     cg_epilogue in_task = cg_epilogue_in_task(ep, v + CTX_FIELDS);
-    LLVMValueRef lo = mul(c, r0, cg_i64(c, q->OC));
-    in_task.apply(c, &in_task, v[CTX_OUT], lo, add(c, lo, mul(c, count, cg_i64(c, q->OC))));
+    in_task.apply(c, &in_task, out, lo, add(c, lo, mul(c, count, cg_i64(c, q->OC))));
   }
   cg_task_end(c, &sp);
   return fn;
@@ -241,12 +252,14 @@ void cg_conv2d(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *
   conv_geom q = cg_conv_geometry(c, n);
   if (kiln_shape_numel(4, n->dims) == 0) return;
   if (q.pointwise) {
+    KILN_ASSERT(!(ep && ep->private_out) && "cg_conv_can_pool is false for pointwise convolutions");
     cg_gemm mm = fwd_gemm(&q, 0);
     mm.epilogue = ep;
     cg_gemm_emit(c, &mm, in[0], in[1], out, scratch);
     return;
   }
   if (cg_conv_depthwise_fits(c, &q)) {
+    KILN_ASSERT(!(ep && ep->private_out) && "cg_conv_can_pool is false for depthwise convolutions");
     cg_conv_depthwise(c, &q, out, in, scratch, ep);
     return;
   }
@@ -254,7 +267,8 @@ void cg_conv2d(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *
     cg_conv_direct(c, &q, out, in, scratch, ep);
     return;
   }
-  fwd_plan p = plan_fwd(c, &q);
+  fwd_plan p = plan_fwd(c, &q, ep ? ep->align_pixels : 0);
+  if (ep && ep->private_out) out = LLVMConstPointerNull(c->ptr); /* never written */
   LLVMValueRef vals[CG_TASK_CTX_MAX] = {in[0], in[1], out, scratch};
   unsigned nctx = cg_epilogue_ctx(ep, vals, CTX_FIELDS);
   cg_parallel_for(c, fwd_task(c, &q, &p, ep), cg_task_ctx(c, vals, nctx), p.k.nchunks, p.threaded);
@@ -279,7 +293,7 @@ typedef struct {
 /* Scratch: parts 1.. (part 0 is the output), then each worker's. */
 static fgrad_plan plan_fgrad(cg *c, const conv_geom *q) {
   fgrad_plan p = {.threaded = cg_conv_worth_threads(c, q)};
-  p.k = chunks_of(q, min64(max_chunk_rows(q), ceil_div(q->pixels, CONV_FGRAD_PARTS)));
+  p.k = chunks_of(q, min64(max_chunk_rows(q), ceil_div(q->pixels, CONV_FGRAD_PARTS)), 0);
   p.per_part = ceil_div(p.k.nchunks, CONV_FGRAD_PARTS);
   p.parts = cg_conv_parts(q, ceil_div(p.k.nchunks, p.per_part));
   cg_gemm whole = fgrad_gemm(q, p.k.rows), rest = fgrad_gemm(q, p.k.rest);
@@ -376,6 +390,19 @@ uint64_t cg_conv_scratch_bytes(cg *c, const kiln_node *n) {
     cg_gemm g = fwd_gemm(&q, 0);
     return cg_gemm_scratch_bytes(c, &g);
   }
-  fwd_plan p = plan_fwd(c, &q);
-  return p.worker_bytes * (uint64_t)(p.threaded ? c->threads : 1);
+  fwd_plan p = plan_fwd(c, &q, 0);
+  return p.worker_bytes * (uint64_t)fwd_workers(c, &p);
+}
+
+bool cg_conv_can_pool(cg *c, const kiln_node *n) {
+  conv_geom q = cg_conv_geometry(c, n);
+  return n->op == KILN_OP_CONV2D && !q.pointwise && !cg_conv_depthwise_fits(c, &q);
+}
+
+uint64_t cg_conv_pooled_scratch_bytes(cg *c, const kiln_node *n, int64_t align_pixels) {
+  conv_geom q = cg_conv_geometry(c, n);
+  if (kiln_shape_numel(4, n->dims) == 0) return 0;
+  if (cg_conv_direct_fits(c, &q)) return cg_conv_direct_pooled_scratch_bytes(c, &q, align_pixels);
+  fwd_plan p = plan_fwd(c, &q, align_pixels);
+  return (p.worker_bytes + p.private_bytes) * (uint64_t)fwd_workers(c, &p);
 }

@@ -37,6 +37,7 @@ KILN_INTERNAL void cg_conv_add_parts(cg *c, const conv_geom *q, const conv_parts
  * on grey or RGB images), for which im2col + GEMM is all copying. */
 KILN_INTERNAL bool cg_conv_direct_fits(cg *c, const conv_geom *q);
 KILN_INTERNAL uint64_t cg_conv_direct_scratch_bytes(cg *c, const conv_geom *q, bool filter_grad);
+KILN_INTERNAL uint64_t cg_conv_direct_pooled_scratch_bytes(cg *c, const conv_geom *q, int64_t align);
 KILN_INTERNAL void cg_conv_direct(cg *c, const conv_geom *q, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch,
                                   const cg_epilogue *ep);
 KILN_INTERNAL void cg_conv_direct_filter_grad(cg *c, const conv_geom *q, LLVMValueRef out, const LLVMValueRef *in,

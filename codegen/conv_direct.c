@@ -145,35 +145,67 @@ static void fwd_block(cg *c, void *vctx, LLVMValueRef first, int64_t nv) {
   cg_loop_end(c, &lp);
 }
 
+/* Pixels per chunk (a task) and per piece (what an epilogue finishes while it is
+ * cached), whole groups of `align` pixels each for a fused pool (0: none). */
+typedef struct {
+  int64_t chunks, rows, piece;
+  uint64_t private_bytes; /* per worker, after the padded copy: a piece's output for a fused pool */
+} direct_plan;
+
+static direct_plan plan_direct(cg *c, const conv_geom *q, bool threaded, bool epilogue, int64_t align) {
+  int64_t step = align > 0 ? align : 1;
+  /* a few chunks per thread so a slow one does not hold the rest up */
+  direct_plan p = {.chunks = threaded ? 4 * c->threads : 1};
+  p.rows = ceil_div(ceil_div(q->pixels, p.chunks), step) * step;
+  p.chunks = ceil_div(q->pixels, p.rows);
+  p.piece = epilogue ? ceil_div(EPILOGUE_PIXELS, step) * step : p.rows;
+  if (align > 0) p.private_bytes = align64((uint64_t)(p.piece * q->OC) * kiln_dtype_size(q->t));
+  return p;
+}
+
+uint64_t cg_conv_direct_pooled_scratch_bytes(cg *c, const conv_geom *q, int64_t align) {
+  bool threaded = cg_conv_worth_threads(c, q);
+  direct_plan p = plan_direct(c, q, threaded, true, align);
+  return xp_bytes(q) + p.private_bytes * (uint64_t)(threaded ? c->threads : 1);
+}
+
 void cg_conv_direct(cg *c, const conv_geom *q, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch,
                     const cg_epilogue *ep) {
-  bool threaded = cg_conv_worth_threads(c, q);
+  bool threaded = cg_conv_worth_threads(c, q), private_out = ep && ep->private_out;
   LLVMValueRef xp = in[0];
   if (padded(q)) cg_conv_pad_input(c, q, in[0], xp = scratch, threaded);
-  /* chunks of pixels: a few per thread so a slow one does not hold the rest up */
-  int64_t chunks = threaded ? 4 * c->threads : 1, rows = ceil_div(q->pixels, chunks);
-  chunks = ceil_div(q->pixels, rows);
+  direct_plan dp = plan_direct(c, q, threaded, ep != NULL, ep ? ep->align_pixels : 0);
   char name[48];
   snprintf(name, sizeof name, "kiln_conv%u_direct_task", c->ntask_fns++);
   cg_fn_pos sp;
-  LLVMValueRef v[CG_TASK_CTX_MAX] = {xp, in[1], out}, chunk, worker;
-  unsigned nctx = cg_epilogue_ctx(ep, v, 3);
+  /* the workers' private pieces follow the padded copy */
+  enum { V_XP, V_W, V_OUT, V_PRIVATE, V_FIELDS };
+  LLVMValueRef priv = private_out ? LLVMBuildGEP2(c->b, c->i8, scratch, (LLVMValueRef[]){imm(c, (int64_t)xp_bytes(q))}, 1, "")
+                                  : LLVMConstPointerNull(c->ptr);
+  LLVMValueRef v[CG_TASK_CTX_MAX] = {xp, in[1], private_out ? LLVMConstPointerNull(c->ptr) : out, priv}, chunk, worker;
+  unsigned nctx = cg_epilogue_ctx(ep, v, V_FIELDS);
   LLVMValueRef ctx = cg_task_ctx(c, v, nctx);
-  LLVMValueRef fn = cg_task_begin(c, name, nctx, 1 << 2, &sp, v, &chunk, &worker);
-  LLVMValueRef p0, p1 = cg_task_range(c, chunk, rows, q->pixels, &p0);
+  LLVMValueRef fn = cg_task_begin(c, name, nctx, 1 << V_OUT | 1 << V_PRIVATE, &sp, v, &chunk, &worker);
+  LLVMValueRef p0, p1 = cg_task_range(c, chunk, dp.rows, q->pixels, &p0);
+  LLVMValueRef mine = NULL;
+  if (private_out)
+    mine = LLVMBuildGEP2(c->b, c->i8, v[V_PRIVATE],
+                         (LLVMValueRef[]){mul(c, LLVMBuildSExt(c->b, worker, c->i64, ""), imm(c, (int64_t)dp.private_bytes))}, 1, "");
   /* with an epilogue, pieces of the chunk small enough to finish while cached */
   cg_loop lp;
-  LLVMValueRef s0 = cg_loop_begin(c, &lp, p0, p1, imm(c, ep ? EPILOGUE_PIXELS : rows));
-  LLVMValueRef s1 = cg_smin(c, add(c, s0, imm(c, ep ? EPILOGUE_PIXELS : rows)), p1);
-  fwd_ctx m = {.q = q, .xp = v[0], .w = v[1], .out = v[2], .p0 = s0, .p1 = s1, .w_lanes = vec_w(c, q)};
+  LLVMValueRef s0 = cg_loop_begin(c, &lp, p0, p1, imm(c, dp.piece));
+  LLVMValueRef s1 = cg_smin(c, add(c, s0, imm(c, dp.piece)), p1);
+  /* a private piece sits at the start of the worker's buffer, flat indices kept */
+  LLVMValueRef piece_out = private_out ? cg_gep(c, cg_type(c, q->t), mine, LLVMBuildNeg(c->b, mul(c, s0, imm(c, q->OC)), "")) : v[V_OUT];
+  fwd_ctx m = {.q = q, .xp = v[V_XP], .w = v[V_W], .out = piece_out, .p0 = s0, .p1 = s1, .w_lanes = vec_w(c, q)};
   for_blocks(c, q->OC / m.w_lanes, block_vectors(c, q), fwd_block, &m);
   if (ep) {
-    cg_epilogue in_task = cg_epilogue_in_task(ep, v + 3);
-    in_task.apply(c, &in_task, v[2], mul(c, s0, imm(c, q->OC)), mul(c, s1, imm(c, q->OC)));
+    cg_epilogue in_task = cg_epilogue_in_task(ep, v + V_FIELDS);
+    in_task.apply(c, &in_task, piece_out, mul(c, s0, imm(c, q->OC)), mul(c, s1, imm(c, q->OC)));
   }
   cg_loop_end(c, &lp);
   cg_task_end(c, &sp);
-  cg_parallel_for(c, fn, ctx, chunks, threaded);
+  cg_parallel_for(c, fn, ctx, dp.chunks, threaded);
 }
 
 /* ---- conv2d_filter_grad ---- */

@@ -102,6 +102,33 @@ void cg_pool2d(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *
   cg_parallel_for(c, fn, cg_task_ctx(c, (LLVMValueRef[]){in[0], out}, 2), n->dims[0], threaded);
 }
 
+/* The window's taps in registers, the channel loop vectorized: every output pixel
+ * reads its window once, row-major, in the order pool_body adds it (same bits). */
+void cg_pool2d_rows(cg *c, const kiln_node *n, LLVMValueRef x, LLVMValueRef out, LLVMValueRef lo, LLVMValueRef hi) {
+  kiln_dtype t = (kiln_dtype)n->dtype;
+  bool is_max = n->op == KILN_OP_MAX_POOL2D;
+  int64_t k[2], W = c->g->nodes[n->inputs[0]].dims[2], C = n->dims[3], OW = n->dims[2];
+  kiln_attr_ints(n, KILN_ATTR_WINDOW, k);
+  LLVMValueRef group = cg_i64(c, k[0] * W * C), one = cg_i64(c, 1);
+  cg_loop lg, lw, lc;
+  LLVMValueRef g = cg_loop_begin(c, &lg, LLVMBuildSDiv(c->b, lo, group, ""), LLVMBuildSDiv(c->b, hi, group, ""), one);
+  LLVMValueRef ow = cg_loop_begin(c, &lw, cg_i64(c, 0), cg_i64(c, OW), one);
+  LLVMValueRef corner = add(c, mul(c, g, group), mul(c, ow, cg_i64(c, k[1] * C)));
+  LLVMValueRef obase = mul(c, add(c, mul(c, g, cg_i64(c, OW)), ow), cg_i64(c, C));
+  LLVMValueRef ch = cg_loop_begin(c, &lc, cg_i64(c, 0), cg_i64(c, C), one);
+  LLVMValueRef acc = cg_const(c, t, is_max ? -__builtin_inf() : 0.0);
+  for (int64_t i = 0; i < k[0]; i++)
+    for (int64_t j = 0; j < k[1]; j++) {
+      LLVMValueRef v = cg_load(c, t, x, add(c, add(c, corner, cg_i64(c, (i * W + j) * C)), ch));
+      acc = cg_binary(c, is_max ? KILN_OP_MAX : KILN_OP_ADD, t, acc, v);
+    }
+  if (!is_max) acc = LLVMBuildFDiv(c->b, acc, cg_const(c, t, (double)(k[0] * k[1])), "");
+  cg_store(c, t, acc, out, add(c, obase, ch));
+  cg_loop_end_vector(c, &lc);
+  cg_loop_end(c, &lw);
+  cg_loop_end(c, &lg);
+}
+
 /* ---- max_pool2d_grad ---- */
 
 /* dx = 0, then per window in order (overlapping windows add up the same way every

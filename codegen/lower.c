@@ -681,11 +681,60 @@ static void epilogue_apply(cg *c, const cg_epilogue *e, LLVMValueRef out, LLVMVa
   flat_range(c, &t, lo, hi, ew_body);
 }
 
+/* A pool kernel hosting the convolution before it (passes/fuse.c): each piece of
+ * the convolution, in a per-worker buffer, is finished by the element-wise chain
+ * between them (when there is one) in place, then pooled into the kernel's output
+ * while it is still cached. e->ptrs: the kernel's reads, then its output. */
+typedef struct {
+  node_ctx chain; /* the pool's input computed on the host's result */
+  bool has_chain;
+  const kiln_node *pool;
+} pooled_ctx;
+
+static void pooled_apply(cg *c, const cg_epilogue *e, LLVMValueRef out, LLVMValueRef lo, LLVMValueRef hi) {
+  const pooled_ctx *pc = e->ctx;
+  node_ctx t = pc->chain;
+  t.out = out;
+  for (uint32_t l = 0; l < t.nleaves; l++) t.leaf_ptr[l] = e->ptrs[l];
+  if (pc->has_chain) flat_range(c, &t, lo, hi, ew_body);
+  cg_pool2d_rows(c, pc->pool, out, e->ptrs[t.nleaves], lo, hi);
+}
+
+static int64_t pool_align_pixels(cg *c, const kiln_node *pool) {
+  int64_t window[2];
+  kiln_attr_ints(pool, KILN_ATTR_WINDOW, window);
+  return window[0] * c->g->nodes[pool->inputs[0]].dims[2];
+}
+
+static bool lower_pooled(cg *c, node_ctx *k) {
+  const kiln_node *h = &c->g->nodes[k->host];
+  if (h->op != KILN_OP_CONV2D || !cg_conv_can_pool(c, h)) {
+    snprintf(c->err, sizeof c->err, "codegen: %%%u %s cannot run %%%u %s before it", k->id, kiln_ops[k->n->op].name, k->host,
+             kiln_ops[h->op].name);
+    return false;
+  }
+  uint32_t src = k->n->inputs[0];
+  pooled_ctx pc = {.chain = *k, .has_chain = src != k->host, .pool = k->n};
+  pc.chain.n = &c->g->nodes[src];
+  pc.chain.id = src;
+  pc.chain.inner = 0;
+  if (pc.has_chain) use_rows(c, &pc.chain);
+  cg_epilogue ep = {.apply = pooled_apply, .ctx = &pc, .nptrs = k->nleaves + 1, .align_pixels = pool_align_pixels(c, k->n),
+                    .private_out = true};
+  memcpy(ep.ptrs, k->leaf_ptr, sizeof(LLVMValueRef) * k->nleaves);
+  ep.ptrs[k->nleaves] = k->out;
+  LLVMValueRef in[2] = {leaf_ptr_of(k, h->inputs[0]), leaf_ptr_of(k, h->inputs[1])};
+  KILN_ASSERT(in[0] && in[1] && "a host's inputs are among its kernel's reads");
+  cg_conv2d(c, h, NULL, in, k->scratch, &ep);
+  return true;
+}
+
 /* Kernel k = its host (a matmul, convolution or max-pool gradient) into k->out,
  * finished by k's element-wise nodes piece by piece; false (c->err set) when the
  * host has no lowering. */
 static bool lower_hosted(cg *c, node_ctx *k) {
-  _Static_assert(KILN_MAX_EPILOGUE_READS <= CG_EPILOGUE_PTRS, "an epilogue carries every read of its kernel");
+  _Static_assert(KILN_MAX_EPILOGUE_READS < CG_EPILOGUE_PTRS, "an epilogue carries every read of its kernel and a pool's output");
+  if (k->n->op == KILN_OP_MAX_POOL2D || k->n->op == KILN_OP_AVG_POOL2D) return lower_pooled(c, k);
   const kiln_node *h = &c->g->nodes[k->host];
   cg_epilogue ep = {.apply = epilogue_apply, .ctx = k, .nptrs = k->nleaves};
   memcpy(ep.ptrs, k->leaf_ptr, sizeof(LLVMValueRef) * k->nleaves);
@@ -866,6 +915,9 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
   for (uint32_t i = 0; i < g->nnodes; i++)
     if (live[i] && (!inlined[i] || kiln_can_host((kiln_op)g->nodes[i].op))) {
       uint64_t s = scratch_bytes(c, &g->nodes[i]); /* hosts' scratch too */
+      bool pool = g->nodes[i].op == KILN_OP_MAX_POOL2D || g->nodes[i].op == KILN_OP_AVG_POOL2D;
+      if (pool && !inlined[i] && sched.host[i] != UINT32_MAX)
+        s = cg_conv_pooled_scratch_bytes(c, &g->nodes[sched.host[i]], pool_align_pixels(c, &g->nodes[i]));
       if (s > scratch) scratch = s;
     }
   uint64_t scratch_off = ws;

@@ -14,7 +14,15 @@
  *    is that kernel's host: the kernel runs it into its own output and finishes
  *    each piece in place while it is still in cache (bias, activation, residual
  *    add, scale, the ReLU mask of a backward pass: the epilogue), so the host's
- *    result is never stored. */
+ *    result is never stored;
+ *  - a max or average pool with windows that tile its input (window = strides, no
+ *    padding) whose input is a convolution, or such a chain after one, read by
+ *    nothing else (inference: training also keeps the input for the gradient) hosts
+ *    that convolution: the pool's kernel computes the convolution a few window rows
+ *    at a time into a small buffer, finishes them with the chain and pools them while
+ *    they are cached, so the convolution's output is never stored. Convolutions
+ *    computed as one GEMM over every pixel (1x1) or channel by channel (depthwise)
+ *    are not cut into window rows and stay kernels of their own. */
 #include "passes/passes.h"
 
 static bool reads_by_element(kiln_op op) {
@@ -48,6 +56,45 @@ static void choose_hosts(const kiln_graph *g, const bool *stored, const uint32_t
       continue;
     host[root] = i;
     inlined[i] = true;
+  }
+}
+
+static bool pool_tiles_input(const kiln_graph *g, const kiln_node *p) {
+  if ((p->op != KILN_OP_MAX_POOL2D && p->op != KILN_OP_AVG_POOL2D) || !kiln_dtype_is_float((kiln_dtype)p->dtype)) return false;
+  int64_t window[2], strides[2], pads[4];
+  if (kiln_attr_ints(p, KILN_ATTR_WINDOW, window) != 2 || kiln_attr_ints(p, KILN_ATTR_STRIDES, strides) != 2 ||
+      kiln_attr_ints(p, KILN_ATTR_PADS, pads) != 4)
+    return false;
+  const kiln_node *x = &g->nodes[p->inputs[0]];
+  return window[0] == strides[0] && window[1] == strides[1] && !pads[0] && !pads[1] && !pads[2] && !pads[3] &&
+         window[0] * window[1] <= 16 && x->rank == 4 && x->dims[1] % window[0] == 0 && x->dims[2] % window[1] == 0;
+}
+
+/* What codegen/conv.c runs in chunks of output pixels (cg_conv_can_pool). */
+static bool conv_in_pixel_chunks(const kiln_graph *g, const kiln_node *n) {
+  if (n->op != KILN_OP_CONV2D) return false;
+  const kiln_node *x = &g->nodes[n->inputs[0]], *w = &g->nodes[n->inputs[1]];
+  int64_t strides[2], pads[4], groups = kiln_attr_int(n, KILN_ATTR_GROUPS, 1);
+  kiln_attr_ints(n, KILN_ATTR_STRIDES, strides);
+  kiln_attr_ints(n, KILN_ATTR_PADS, pads);
+  bool pointwise = w->dims[0] == 1 && w->dims[1] == 1 && strides[0] == 1 && strides[1] == 1 && !pads[0] && !pads[1] &&
+                   !pads[2] && !pads[3] && groups == 1;
+  bool depthwise = groups > 1 && w->dims[2] == 1 && x->dims[3] == groups && n->dims[3] == groups;
+  return !pointwise && !depthwise;
+}
+
+static void choose_pooled_hosts(const kiln_graph *g, const bool *live, const bool *stored, const uint32_t *reader,
+                                bool *inlined, uint32_t *host) {
+  for (uint32_t i = 0; i < g->nnodes; i++) {
+    const kiln_node *p = &g->nodes[i];
+    if (!live[i] || inlined[i] || !pool_tiles_input(g, p)) continue;
+    uint32_t src = p->inputs[0];
+    if (stored[src] || inlined[src] || reader[src] != i) continue;
+    uint32_t conv = host[src] != UINT32_MAX ? host[src] : src;
+    if (!conv_in_pixel_chunks(g, &g->nodes[conv]) || g->nodes[conv].dtype != p->dtype) continue;
+    host[src] = UINT32_MAX;
+    host[i] = conv;
+    inlined[src] = inlined[conv] = true;
   }
 }
 
@@ -106,7 +153,10 @@ size_t kiln_fuse(const kiln_graph *g, const bool *live, const bool *stored, uint
       inlined[worst] = false;
     }
   }
-  if (host) choose_hosts(g, stored, uses, reader, inlined, host);
+  if (host) {
+    choose_hosts(g, stored, uses, reader, inlined, host);
+    choose_pooled_hosts(g, live, stored, reader, inlined, host);
+  }
   for (uint32_t i = 0; i < n; i++) count += inlined[i];
   free(uses), free(reader), free(all_by_element), free(once), free(index_only);
   return count;

@@ -346,6 +346,73 @@ static void test_epilogues(void **s) {
   check_epilogue(&r, 4, (int64_t[]){2, 9, 7, 16}, (int64_t[]){1, 1, 16, 24}, &same, false, false, "pointwise conv");
 }
 
+/* pool(relu(conv(x, w) + bias)) (chain) or pool(conv(x, w)): with windows that tile
+ * the output and nothing else reading it, the pool's kernel runs the convolution
+ * (passes/fuse.c); equal to the evaluator at 1, 2 and 3 threads and bit-equal to the
+ * unfused kernels. `fused`: whether the schedule must show it. */
+static void check_pooled_conv(trng *r, const int64_t xd[4], const int64_t wd[4], const kiln_conv2d_opts *conv,
+                              const kiln_pool2d_opts *pool, bool avg, bool chain, bool fused, const char *what) {
+  kiln_graph *g = kiln_graph_new();
+  kiln_value x = kiln_placeholder(g, "x", KILN_F32, shape4(xd)), w = kiln_placeholder(g, "w", KILN_F32, shape4(wd));
+  kiln_value y = kiln_conv2d(g, x, w, conv);
+  kiln_shape ys = kiln_value_shape(g, y);
+  kiln_value bias = kiln_placeholder(g, "bias", KILN_F32, KILN_SHAPE(wd[3]));
+  if (chain) y = kiln_relu(g, kiln_add(g, y, kiln_broadcast_to(g, bias, ys)));
+  kiln_value p = avg ? kiln_avg_pool2d(g, y, pool) : kiln_max_pool2d(g, y, pool);
+  kiln_output(g, "y", p);
+  if (!fused) kiln_output(g, "sum", kiln_reduce_sum(g, y, NULL, 0, false)); /* a second reader */
+  assert_int_equal(kiln_graph_status(g), KILN_OK);
+  char *text = NULL;
+  assert_int_equal(kiln_schedule_text(g, NULL, &text), KILN_OK);
+  char want[64];
+  snprintf(want, sizeof want, "%s after %%2 conv2d", avg ? "avg_pool2d" : "max_pool2d");
+  if ((strstr(text, want) != NULL) != fused) fail_msg("%s: the pool %s the convolution:\n%s", what, fused ? "does not host" : "hosts", text);
+  free(text);
+  kiln_tensor *in[3] = {random_tensor(r, KILN_F32, 4, xd, -1, 1), random_tensor(r, KILN_F32, 4, wd, -1, 1),
+                        random_tensor(r, KILN_F32, 1, &wd[3], -1, 1)};
+  kiln_tensor *ref[2] = {NULL}, *one[2] = {NULL}, *unfused[2] = {NULL}, *three[2] = {NULL};
+  size_t nout = fused ? 1 : 2;
+  assert_int_equal(kiln_evaluate(g, (const kiln_tensor *const *)in, 3, ref, nout), KILN_OK);
+  kiln_compile_options plain = {.threads = 1, .disable_passes = "epilogue"};
+  for (int t = 0; t < 3; t++) {
+    kiln_compile_options o = t == 2 ? plain : (kiln_compile_options){.threads = t == 0 ? 1 : 3};
+    kiln_exec *e = NULL;
+    if (kiln_compile(g, &o, &e) != KILN_OK) fail_msg("%s: compile: %s", what, kiln_errmsg());
+    kiln_tensor **out = t == 0 ? one : t == 1 ? three : unfused;
+    if (kiln_exec_run(e, (const kiln_tensor *const *)in, 3, out, nout) != KILN_OK) fail_msg("%s: run: %s", what, kiln_errmsg());
+    kiln_exec_free(e);
+  }
+  double atol = 1e-6 * (double)(wd[0] * wd[1] * wd[2] + 1);
+  assert_int_equal(compare_tensors(what, one[0], ref[0], 1e-5, atol), 0);
+  assert_memory_equal(kiln_tensor_cdata(one[0]), kiln_tensor_cdata(three[0]), kiln_tensor_nbytes(one[0]));
+  assert_memory_equal(kiln_tensor_cdata(one[0]), kiln_tensor_cdata(unfused[0]), kiln_tensor_nbytes(one[0]));
+  for (size_t i = 0; i < 3; i++) kiln_tensor_free(in[i]);
+  for (size_t i = 0; i < nout; i++) kiln_tensor_free(ref[i]), kiln_tensor_free(one[i]), kiln_tensor_free(three[i]), kiln_tensor_free(unfused[i]);
+  kiln_graph_free(g);
+}
+
+/* Pools fused after convolutions: im2col chunks of whole window rows (28x28 outputs
+ * of 16 channels: several chunks per image; a 13x11 grouped, strided one pooled 1x2),
+ * the small-filter direct kernel (a first layer; 12x18 outputs pooled 3x3), average
+ * pooling, no chain between them; and what must not fuse: a second reader of the
+ * pool's input, a pool whose windows overlap and pad (ResNet's stem), a 1x1 GEMM. */
+static void test_pooled_convs(void **s) {
+  (void)s;
+  trng r = {23};
+  kiln_conv2d_opts same = {.padding = KILN_PAD_SAME}, valid = {.padding = KILN_PAD_VALID};
+  kiln_conv2d_opts odd = {.strides = {2, 1}, .padding = KILN_PAD_EXPLICIT, .pads = {1, 1, 1, 0}, .groups = 2};
+  kiln_pool2d_opts two = {.window = {2, 2}}, three = {.window = {3, 3}}, wide = {.window = {1, 2}};
+  kiln_pool2d_opts stem = {.window = {3, 3}, .strides = {2, 2}, .padding = KILN_PAD_EXPLICIT, .pads = {1, 1, 1, 1}};
+  check_pooled_conv(&r, (int64_t[]){5, 28, 28, 16}, (int64_t[]){3, 3, 16, 24}, &same, &two, false, true, true, "im2col conv, max pool");
+  check_pooled_conv(&r, (int64_t[]){3, 13, 11, 6}, (int64_t[]){3, 3, 3, 10}, &odd, &wide, false, true, true, "grouped conv, 1x2 pool");
+  check_pooled_conv(&r, (int64_t[]){9, 28, 28, 1}, (int64_t[]){3, 3, 1, 32}, &same, &two, false, true, true, "direct conv, max pool");
+  check_pooled_conv(&r, (int64_t[]){5, 14, 20, 1}, (int64_t[]){3, 3, 1, 48}, &valid, &three, true, true, true, "direct conv, avg pool");
+  check_pooled_conv(&r, (int64_t[]){4, 16, 16, 8}, (int64_t[]){3, 3, 8, 16}, &same, &two, true, false, true, "conv alone, avg pool");
+  check_pooled_conv(&r, (int64_t[]){4, 16, 16, 8}, (int64_t[]){3, 3, 8, 16}, &same, &two, false, true, false, "two readers");
+  check_pooled_conv(&r, (int64_t[]){2, 16, 16, 8}, (int64_t[]){3, 3, 8, 16}, &same, &stem, false, true, false, "overlapping windows");
+  check_pooled_conv(&r, (int64_t[]){2, 8, 8, 8}, (int64_t[]){1, 1, 8, 16}, &same, &two, false, true, false, "pointwise conv");
+}
+
 static void count_task(void *ctx, int64_t i, int32_t worker) {
   int *counts = ctx;
   __atomic_fetch_add(&counts[i], 1 + 1000 * worker, __ATOMIC_RELAXED);
@@ -426,7 +493,7 @@ static void test_run_into(void **s) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_matmul_edges_and_transposes), cmocka_unit_test(test_conv_threads), cmocka_unit_test(test_conv_small_filters), cmocka_unit_test(test_conv_depthwise), cmocka_unit_test(test_max_pool_grad), cmocka_unit_test(test_elementwise_threads), cmocka_unit_test(test_reduce_threads),
-      cmocka_unit_test(test_epilogues),
+      cmocka_unit_test(test_epilogues),          cmocka_unit_test(test_pooled_convs),
       cmocka_unit_test(test_pool_runs_each_task_once),    cmocka_unit_test(test_thread_count_errors),
       cmocka_unit_test(test_run_into),
   };
