@@ -247,6 +247,49 @@ static LLVMValueRef fwd_task(cg *c, const conv_geom *q, const fwd_plan *p, const
   return fn;
 }
 
+/* ---- conv2d with few pixels ---- */
+
+/* A layer with fewer pixels than one chunk per thread (ResNet's last stages at batch
+ * 1: 49 or 196 pixels, 2.4-9.4 MB filters) would give each thread a few rows and the
+ * whole filter to stream and pack; instead the threads build the im2col panel of
+ * every pixel together, then run one GEMM over it, which splits the filter's columns
+ * between them. A packed GEMM sums K in the same slices whatever its split, so the
+ * bits equal the chunked path's on one thread. */
+static bool wide_fits(cg *c, const conv_geom *q, const cg_epilogue *ep) {
+  if (!cg_conv_worth_threads(c, q) || q->groups != 1 || (ep && ep->private_out)) return false;
+  uint64_t col = (uint64_t)(q->pixels * q->col_ld) * kiln_dtype_size(q->t);
+  return ceil_div(q->pixels, max_fwd_chunk_rows(q)) < c->threads && col <= WIDE_IM2COL_BYTES;
+}
+
+static cg_gemm wide_gemm(const conv_geom *q, const cg_epilogue *ep) {
+  return (cg_gemm){.t = q->t, .batch = 1, .M = q->pixels, .N = q->OC, .K = q->Kc, .rsa = q->col_ld, .csa = 1,
+                   .rsb = q->OC, .csb = 1, .ldc = q->OC, .packed = true, .epilogue = ep};
+}
+
+static uint64_t wide_col_bytes(const conv_geom *q) { return align64((uint64_t)(q->pixels * q->col_ld) * kiln_dtype_size(q->t)); }
+
+static uint64_t wide_scratch_bytes(cg *c, const conv_geom *q) {
+  cg_gemm g = wide_gemm(q, NULL);
+  return wide_col_bytes(q) + cg_gemm_scratch_bytes(c, &g);
+}
+
+static void conv_wide(cg *c, const conv_geom *q, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch,
+                      const cg_epilogue *ep) {
+  char name[48];
+  snprintf(name, sizeof name, "kiln_conv%u_im2col_task", c->ntask_fns++);
+  cg_fn_pos sp;
+  LLVMValueRef v[2], task, worker;
+  LLVMValueRef fn = cg_task_begin(c, name, 2, 1 << 1, &sp, v, &task, &worker);
+  int64_t per = ceil_div(q->pixels, c->threads);
+  LLVMValueRef r0, r1 = cg_task_range(c, task, per, q->pixels, &r0);
+  im2col_rows(c, q, v[0], offset(c, q->t, v[1], mul(c, r0, cg_i64(c, q->col_ld))), cg_i64(c, 0), r0,
+              LLVMBuildSub(c->b, r1, r0, ""));
+  cg_task_end(c, &sp);
+  cg_parallel_for(c, fn, cg_task_ctx(c, (LLVMValueRef[]){in[0], scratch}, 2), c->threads, true);
+  cg_gemm g = wide_gemm(q, ep);
+  cg_gemm_emit(c, &g, scratch, in[1], out, byte_offset(c, scratch, cg_i64(c, (int64_t)wide_col_bytes(q))));
+}
+
 void cg_conv2d(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch,
                const cg_epilogue *ep) {
   conv_geom q = cg_conv_geometry(c, n);
@@ -265,6 +308,10 @@ void cg_conv2d(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *
   }
   if (cg_conv_direct_fits(c, &q)) {
     cg_conv_direct(c, &q, out, in, scratch, ep);
+    return;
+  }
+  if (wide_fits(c, &q, ep)) {
+    conv_wide(c, &q, out, in, scratch, ep);
     return;
   }
   fwd_plan p = plan_fwd(c, &q, ep ? ep->align_pixels : 0);
@@ -390,6 +437,7 @@ uint64_t cg_conv_scratch_bytes(cg *c, const kiln_node *n) {
     cg_gemm g = fwd_gemm(&q, 0);
     return cg_gemm_scratch_bytes(c, &g);
   }
+  if (wide_fits(c, &q, NULL)) return wide_scratch_bytes(c, &q);
   fwd_plan p = plan_fwd(c, &q, 0);
   return p.worker_bytes * (uint64_t)fwd_workers(c, &p);
 }

@@ -114,7 +114,8 @@ static void check_conv(trng *r, const int64_t xd[4], const int64_t wd[4], const 
  * the threads need: odd sizes, strides, padding, groups; a 4x32x32 output with a
  * 3x3x16 filter (2.3 MiB of im2col: a whole chunk and a remainder); 74 pixels with
  * K = 576 > one K slice, which 3 threads cut into 36 + 36 + 2 rows (a 2-row GEMM
- * must sum like the 74-row one of 1 thread). Filter gradients sum chunks in parts:
+ * must sum like the 74-row one of 1 thread; 2 and 3 threads build its im2col panel
+ * together and split one GEMM by columns). Filter gradients sum chunks in parts:
  * every case has several, with a short last chunk; 64x64 pixels with a 3x3x128
  * filter have 9 chunks of at most 2 MiB, 2 per part. */
 static void test_conv_threads(void **s) {
@@ -324,7 +325,7 @@ static void check_epilogue(trng *r, int rank, const int64_t *ad, const int64_t *
  * slices (and column blocks: 2050 columns are 3 tasks' worth), the few-row direct
  * path split by columns, the one-column dot path, batches; convolutions by im2col
  * chunks (groups too), the small-filter direct kernel, the depthwise kernel and
- * the pointwise GEMM. */
+ * the pointwise GEMM; a convolution of too few pixels to chunk for the threads. */
 static void test_epilogues(void **s) {
   (void)s;
   trng r = {17};
@@ -341,6 +342,8 @@ static void test_epilogues(void **s) {
   check_epilogue(&r, 4, (int64_t[]){4, 34, 34, 16}, (int64_t[]){3, 3, 16, 8}, &same, false, false, "conv");
   check_epilogue(&r, 4, (int64_t[]){3, 13, 11, 6}, (int64_t[]){3, 3, 3, 10}, &odd, false, false, "grouped conv");
   check_epilogue(&r, 4, (int64_t[]){9, 28, 28, 1}, (int64_t[]){3, 3, 1, 32}, &same, false, false, "direct conv");
+  /* 49 pixels, fewer than a chunk per thread: one GEMM split by filter columns */
+  check_epilogue(&r, 4, (int64_t[]){1, 7, 7, 64}, (int64_t[]){3, 3, 64, 136}, &same, false, false, "few-pixel conv");
   kiln_conv2d_opts depthwise = {.padding = KILN_PAD_SAME, .groups = 48};
   check_epilogue(&r, 4, (int64_t[]){3, 15, 13, 48}, (int64_t[]){3, 3, 1, 48}, &depthwise, false, false, "depthwise conv");
   check_epilogue(&r, 4, (int64_t[]){2, 9, 7, 16}, (int64_t[]){1, 1, 16, 24}, &same, false, false, "pointwise conv");
