@@ -32,6 +32,9 @@ typedef struct cg {
    * a host function) and calls to profile[2k] and profile[2k + 1]. NULL: off. */
   uint64_t *profile;
   uint64_t (*profile_clock)(void);
+  /* Per node: a matmul or conv2d whose constant B (weights, filter) is stored packed
+   * in the GEMM's panel layout (cg_prepack), set by lower.c; NULL: none. */
+  const bool *b_prepacked;
   char err[512];
 } cg;
 
@@ -50,6 +53,10 @@ typedef struct cg_plan {
   uint32_t nin, nout;
   uint32_t nconst_args;    /* constants passed at run time (cg.const_args) */
   uint32_t *const_node;    /* per constant argument: its node */
+  /* per constant argument: what to pass, the node's data or, for weights a GEMM reads
+   * prepacked, a 64-byte aligned copy in its panel layout (owned: const_owned) */
+  const void **const_data;
+  bool *const_owned;
   uint64_t workspace;      /* bytes */
   uint64_t buffers_unplanned; /* intermediate bytes without memory planning (for stats) */
   size_t kernels;          /* node functions emitted */
@@ -200,11 +207,26 @@ typedef struct cg_gemm {
    * over a slice of rows whose size depends on the thread count. */
   bool packed;
   bool accumulate; /* C[b] += A[b] * B[b] (always packed) */
+  /* B is stored in the packed path's panel layout (cg_prepack): constant weights
+   * packed once at compile time instead of at every call (always packed). */
+  bool b_prepacked;
   /* Run over rows of C as they are finished; C is then the epilogue's out, whole
    * (ldc == N, bsc == M * N). NULL: none. */
   const cg_epilogue *epilogue;
 } cg_gemm;
 KILN_INTERNAL uint64_t cg_gemm_scratch_bytes(cg *c, const cg_gemm *g);
+/* A B operand in the packed path's layout: per K slice (kstep deep, the last shorter),
+ * panels of nr columns over the columns rounded up to nr, each k-major and zero
+ * padded; slice s starts at element s * kstep * round_up(N, nr). */
+typedef struct {
+  kiln_dtype t;
+  int64_t K, N, rsb, csb, kstep, nr;
+} cg_prepack;
+/* Whether g (batch 1) runs the packed path anyway, so that a constant B is worth
+ * prepacking; *p gets the layout. */
+KILN_INTERNAL bool cg_gemm_prepack_layout(cg *c, const cg_gemm *g, cg_prepack *p);
+KILN_INTERNAL uint64_t cg_prepack_bytes(const cg_prepack *p);
+KILN_INTERNAL void cg_prepack_run(const cg_prepack *p, const void *B, void *out); /* host code */
 KILN_INTERNAL void cg_gemm_emit(cg *c, const cg_gemm *g, LLVMValueRef A, LLVMValueRef B, LLVMValueRef C, LLVMValueRef scratch);
 
 /* ---- kernels.c: matmul, pooling and its gradient ---- */
@@ -220,6 +242,8 @@ KILN_INTERNAL bool cg_max_pool2d_grad(cg *c, const kiln_node *n, LLVMValueRef ou
                                       const cg_epilogue *ep);
 /* Scratch bytes a node needs beyond its output (packing, im2col). */
 KILN_INTERNAL uint64_t cg_scratch_bytes(cg *c, const kiln_node *n);
+/* A matmul or conv2d whose B (input 1) would be read prepacked if constant: its layout. */
+KILN_INTERNAL bool cg_prepack_layout_of(cg *c, const kiln_node *n, cg_prepack *p);
 
 /* ---- conv.c: conv2d and conv2d_filter_grad ---- */
 KILN_INTERNAL void cg_conv2d(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch,
@@ -227,6 +251,8 @@ KILN_INTERNAL void cg_conv2d(cg *c, const kiln_node *n, LLVMValueRef out, const 
 KILN_INTERNAL void cg_conv2d_filter_grad(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in,
                                          LLVMValueRef scratch);
 KILN_INTERNAL uint64_t cg_conv_scratch_bytes(cg *c, const kiln_node *n);
+/* conv2d n's filter as its GEMMs would read it prepacked (cg_prepack_layout_of). */
+KILN_INTERNAL bool cg_conv_prepack_layout(cg *c, const kiln_node *n, cg_prepack *p);
 /* conv2d n computed for a fused pool (cg_epilogue.private_out) with runs of
  * align_pixels: whether its kernel can, and the scratch it then needs. */
 KILN_INTERNAL bool cg_conv_can_pool(cg *c, const kiln_node *n);

@@ -52,6 +52,7 @@ conv_geom cg_conv_geometry(cg *c, const kiln_node *n) {
   q.pixels = x->dims[0] * q.OH * q.OW;
   q.pointwise = !fgrad && q.KH == 1 && q.KW == 1 && q.s[0] == 1 && q.s[1] == 1 && !q.p[0] && !q.p[1] && !q.p[2] &&
                 !q.p[3] && q.groups == 1;
+  q.b_prepacked = !fgrad && c->b_prepacked && c->b_prepacked[n - c->g->nodes];
   return q;
 }
 
@@ -185,9 +186,9 @@ enum { CTX_X, CTX_Y, CTX_OUT, CTX_SCRATCH, CTX_FIELDS, CTX_WRITTEN = 1 << CTX_OU
 static cg_gemm fwd_gemm(const conv_geom *q, int64_t rows) {
   if (q->pointwise)
     return (cg_gemm){.t = q->t, .batch = 1, .M = q->pixels, .N = q->OC, .K = q->C, .rsa = q->C, .csa = 1, .rsb = q->OC,
-                     .csb = 1, .ldc = q->OC};
+                     .csb = 1, .ldc = q->OC, .b_prepacked = q->b_prepacked};
   return (cg_gemm){.t = q->t, .batch = 1, .M = rows, .N = q->OC / q->groups, .K = q->Kc, .rsa = q->col_ld, .csa = 1,
-                   .rsb = q->OC, .csb = 1, .ldc = q->OC, .serial = true, .packed = true};
+                   .rsb = q->OC, .csb = 1, .ldc = q->OC, .serial = true, .packed = true, .b_prepacked = q->b_prepacked};
 }
 
 typedef struct {
@@ -263,7 +264,7 @@ static bool wide_fits(cg *c, const conv_geom *q, const cg_epilogue *ep) {
 
 static cg_gemm wide_gemm(const conv_geom *q, const cg_epilogue *ep) {
   return (cg_gemm){.t = q->t, .batch = 1, .M = q->pixels, .N = q->OC, .K = q->Kc, .rsa = q->col_ld, .csa = 1,
-                   .rsb = q->OC, .csb = 1, .ldc = q->OC, .packed = true, .epilogue = ep};
+                   .rsb = q->OC, .csb = 1, .ldc = q->OC, .packed = true, .epilogue = ep, .b_prepacked = q->b_prepacked};
 }
 
 static uint64_t wide_col_bytes(const conv_geom *q) { return align64((uint64_t)(q->pixels * q->col_ld) * kiln_dtype_size(q->t)); }
@@ -440,6 +441,16 @@ uint64_t cg_conv_scratch_bytes(cg *c, const kiln_node *n) {
   if (wide_fits(c, &q, NULL)) return wide_scratch_bytes(c, &q);
   fwd_plan p = plan_fwd(c, &q, 0);
   return p.worker_bytes * (uint64_t)fwd_workers(c, &p);
+}
+
+bool cg_conv_prepack_layout(cg *c, const kiln_node *n, cg_prepack *p) {
+  conv_geom q = cg_conv_geometry(c, n);
+  q.b_prepacked = false;
+  if (q.groups != 1 || kiln_shape_numel(4, n->dims) == 0 || cg_conv_depthwise_fits(c, &q) || cg_conv_direct_fits(c, &q))
+    return false;
+  /* every path's GEMMs read the filter with the same K, N and strides */
+  cg_gemm g = q.pointwise ? fwd_gemm(&q, 0) : fwd_gemm(&q, max_fwd_chunk_rows(&q));
+  return cg_gemm_prepack_layout(c, &g, p);
 }
 
 bool cg_conv_can_pool(cg *c, const kiln_node *n) {

@@ -10,6 +10,7 @@ typedef struct {
   int64_t col_ld; /* the im2col panel's row stride, Kc or a little more */
   int64_t pixels; /* output pixels of the batch: im2col rows */
   bool pointwise;
+  bool b_prepacked; /* the filter is stored in its GEMMs' panel layout (cg.b_prepacked) */
 } conv_geom;
 
 /* conv2d(x, w) -> y, or conv2d_filter_grad(x, dy) -> dw: the same convolution. */

@@ -22,6 +22,7 @@
  * Packing buffers are per worker, in the kernel's scratch: `threads` copies. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include "codegen/cg.h"
 
 enum { NV = 2, DR = 6, KC = 256, NC_BYTES = 1024 * 1024, CTX_FIELDS = 4, DOT_ROWS = 4 };
@@ -76,10 +77,10 @@ static gemm_plan plan_dot(cg *c, const cg_gemm *g) {
  * threads need more tasks; then the cut (rows or columns) that leaves the busiest
  * thread the fewest register tiles. */
 static gemm_plan plan_gemm(cg *c, const cg_gemm *g) {
-  if (g->N == 1 && g->csa == 1 && g->rsb == 1 && !g->accumulate) return plan_dot(c, g);
+  if (g->N == 1 && g->csa == 1 && g->rsb == 1 && !g->accumulate && !g->b_prepacked) return plan_dot(c, g);
   gemm_plan p = {0};
   int64_t es = (int64_t)kiln_dtype_size(g->t), MR = mr_of(c), NR = nr_of(c, g->t);
-  p.direct = g->M < 2 * DR && g->csb == 1 && !g->packed && !g->accumulate;
+  p.direct = g->M < 2 * DR && g->csb == 1 && !g->packed && !g->accumulate && !g->b_prepacked;
   int64_t mstep = p.direct ? g->M : MR;
   int64_t nc_max = p.direct ? round_up(g->N, NR) : (NC_BYTES / (KC * es)) / NR * NR;
   p.mc = p.direct ? g->M : round_up(g->M, MR);
@@ -110,6 +111,36 @@ static gemm_plan plan_gemm(cg *c, const cg_gemm *g) {
   p.ntasks = g->batch * p.mt * p.nt;
   p.worker_bytes = p.direct ? 0 : (uint64_t)((KC * MR + KC * round_up(p.nc, NR)) * es);
   return p;
+}
+
+/* K in equal slices of at most KC: no short last slice paying a full pass over C */
+static int64_t kstep_of(const cg_gemm *g) { return ceil_div(g->K, ceil_div(g->K, KC)); }
+
+bool cg_gemm_prepack_layout(cg *c, const cg_gemm *g, cg_prepack *p) {
+  if (g->batch != 1 || g->M == 0 || g->N == 0 || g->K == 0) return false;
+  gemm_plan plan = plan_gemm(c, g);
+  *p = (cg_prepack){.t = g->t, .K = g->K, .N = g->N, .rsb = g->rsb, .csb = g->csb, .kstep = kstep_of(g), .nr = nr_of(c, g->t)};
+  return !plan.direct && !plan.dot;
+}
+
+uint64_t cg_prepack_bytes(const cg_prepack *p) {
+  return (uint64_t)(p->K * round_up(p->N, p->nr)) * kiln_dtype_size(p->t);
+}
+
+void cg_prepack_run(const cg_prepack *p, const void *B, void *out) {
+  size_t es = kiln_dtype_size(p->t);
+  int64_t npad = round_up(p->N, p->nr);
+  const char *b = B;
+  char *o = out;
+  memset(out, 0, cg_prepack_bytes(p));
+  for (int64_t pc = 0; pc < p->K; pc += p->kstep) {
+    int64_t kc = p->K - pc < p->kstep ? p->K - pc : p->kstep;
+    for (int64_t k = 0; k < kc; k++)
+      for (int64_t j = 0; j < p->N; j++) {
+        int64_t dst = pc * npad + (j / p->nr) * kc * p->nr + k * p->nr + j % p->nr;
+        memcpy(o + (size_t)dst * es, b + (size_t)((pc + k) * p->rsb + j * p->csb) * es, es);
+      }
+  }
 }
 
 uint64_t cg_gemm_scratch_bytes(cg *c, const cg_gemm *g) {
@@ -549,10 +580,13 @@ static LLVMTypeRef epilogue_type(cg *c) {
   return LLVMFunctionType(c->void_t, ps, 6, 0);
 }
 
-static LLVMValueRef driver_fn(cg *c, kiln_dtype t, unit_strides u) {
+/* prepacked: B is in cg_prepack's layout, and rsb (the argument) is its row of
+ * panels, round_up(N, NR) elements; csb is unused. */
+static LLVMValueRef driver_fn(cg *c, kiln_dtype t, unit_strides u, bool prepacked) {
   char name[64];
-  snprintf(name, sizeof name, "kiln_gemm_%s%s%s%s%s", kiln_dtype_name(t), u.rsa ? "_ra" : "", u.csa ? "_ca" : "",
-           u.rsb ? "_rb" : "", u.csb ? "_cb" : "");
+  if (prepacked) u.rsb = u.csb = false;
+  snprintf(name, sizeof name, "kiln_gemm_%s%s%s%s%s%s", kiln_dtype_name(t), u.rsa ? "_ra" : "", u.csa ? "_ca" : "",
+           u.rsb ? "_rb" : "", u.csb ? "_cb" : "", prepacked ? "_pb" : "");
   LLVMValueRef fn = cg_shared_fn(c, name);
   if (fn) return fn;
   int64_t MR = mr_of(c), SR = sr_of(c), NR = nr_of(c, t), w = vec_w(c, t);
@@ -578,8 +612,11 @@ static LLVMValueRef driver_fn(cg *c, kiln_dtype t, unit_strides u) {
   cg_loop lp, li, lj;
   LLVMValueRef pc = cg_loop_begin(c, &lp, imm(c, 0), K, kstep);
   LLVMValueRef kc = cg_smin(c, kstep, sub(c, K, pc));
-  call_pack(c, "b", pack_b_body, t, NR, u.rsb, u.csb, rsb, csb,
-            (LLVMValueRef[PACK_ARGS]){Bp, at(c, t, B, mul(c, pc, rsb)), NULL, NULL, j0, j1, kc});
+  if (prepacked) /* the slice's panels from j0 on, packed at compile time */
+    Bp = at(c, t, B, add(c, mul(c, pc, rsb), mul(c, LLVMBuildSDiv(c->b, j0, imm(c, NR), ""), mul(c, kc, imm(c, NR)))));
+  else
+    call_pack(c, "b", pack_b_body, t, NR, u.rsb, u.csb, rsb, csb,
+              (LLVMValueRef[PACK_ARGS]){Bp, at(c, t, B, mul(c, pc, rsb)), NULL, NULL, j0, j1, kc});
   LLVMValueRef accum = LLVMBuildOr(c->b, P[15], LLVMBuildICmp(c->b, LLVMIntSGT, pc, imm(c, 0), ""), "");
   LLVMValueRef i = cg_loop_begin(c, &li, i0, i1, imm(c, MR));
   LLVMValueRef mr = cg_smin(c, imm(c, MR), sub(c, i1, i));
@@ -664,7 +701,7 @@ static LLVMValueRef task_fn(cg *c, const cg_gemm *g, const gemm_plan *p) {
   unsigned id = c->ngemm++;
   bool packed = !p->direct && !p->dot;
   unit_strides u = {g->rsa == 1, g->csa == 1, g->rsb == 1, g->csb == 1};
-  LLVMValueRef driver = packed ? driver_fn(c, t, u) : NULL;
+  LLVMValueRef driver = packed ? driver_fn(c, t, u, g->b_prepacked) : NULL;
   LLVMValueRef epilogue = packed && g->epilogue ? epilogue_fn(c, g, p, id) : NULL;
   snprintf(name, sizeof name, "kiln_gemm%u_task", id);
   cg_fn_pos sp;
@@ -704,8 +741,8 @@ static LLVMValueRef task_fn(cg *c, const cg_gemm *g, const gemm_plan *p) {
     LLVMBuildStore(c->b, v[F_C], epi_args);
     for (unsigned i = 1; i < n; i++) LLVMBuildStore(c->b, v[CTX_FIELDS + i - 1], cg_gep(c, c->ptr, epi_args, imm(c, i)));
   }
-  /* K in equal slices of at most KC: no short last slice paying a full pass over C */
-  int64_t kstep = ceil_div(g->K, ceil_div(g->K, KC));
+  int64_t kstep = kstep_of(g);
+  if (g->b_prepacked) rsb = imm(c, round_up(g->N, nr_of(c, t)));
   LLVMValueRef args[DRIVER_ARGS] = {A, B, C, ws, i0, i1, j0, j1, imm(c, g->K), imm(c, kstep), rsa, csa, rsb,
                                     imm(c, g->csb), ldc, LLVMConstInt(c->i1, g->accumulate, 0),
                                     epilogue ? epilogue : LLVMConstPointerNull(c->ptr), epi_args, bi};

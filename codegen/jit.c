@@ -434,7 +434,7 @@ static kiln_status run_bound(kiln_exec *e, const kiln_tensor *const *inputs, siz
   if (!ws) st = kiln_set_error(KILN_ERR_NOMEM, "run: cannot allocate a workspace of %llu bytes", (unsigned long long)s->plan.workspace);
   args[nin + nout] = ws;
   args[nin + nout + 1] = own_pool ? &e->par : NULL;
-  for (uint32_t k = 0; k < s->plan.nconst_args; k++) args[nin + nout + 2 + k] = (void *)g->nodes[s->plan.const_node[k]].data; /* read only */
+  for (uint32_t k = 0; k < s->plan.nconst_args; k++) args[nin + nout + 2 + k] = (void *)s->plan.const_data[k]; /* read only */
   if (st == KILN_OK) {
     int32_t rc = s->entry(args);
     if (rc) {

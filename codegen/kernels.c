@@ -31,10 +31,18 @@ uint64_t cg_scratch_bytes(cg *c, const kiln_node *n) {
   return 0;
 }
 
+bool cg_prepack_layout_of(cg *c, const kiln_node *n, cg_prepack *p) {
+  if (n->op == KILN_OP_CONV2D) return cg_conv_prepack_layout(c, n, p);
+  if (n->op != KILN_OP_MATMUL) return false;
+  cg_gemm g = matmul_gemm(c, n);
+  return cg_gemm_prepack_layout(c, &g, p);
+}
+
 void cg_matmul(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch,
                const cg_epilogue *ep) {
   cg_gemm g = matmul_gemm(c, n);
   g.epilogue = ep;
+  g.b_prepacked = c->b_prepacked && c->b_prepacked[n - c->g->nodes];
   cg_gemm_emit(c, &g, in[0], in[1], out, scratch);
 }
 

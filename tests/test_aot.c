@@ -460,6 +460,54 @@ static void test_multi_io_with_external_weights(void **state) {
   remove_dir();
 }
 
+/* Graph constants that a GEMM reads are embedded packed in its panel layout: a matmul
+ * and an im2col convolution with constant weights, against the evaluator. */
+static const char const_main[] =
+    "#include <stdio.h>\n#include \"cw.h\"\n"
+    "static int load(const char *file, void *p, size_t n) {\n"
+    "  FILE *f = fopen(file, \"rb\");\n  int ok = f && fread(p, 1, n, f) == n;\n  if (f) fclose(f);\n  return ok;\n}\n"
+    "int main(void) {\n"
+    "  static float x[CW_IN_X_SIZE], z[CW_IN_Z_SIZE], y[CW_OUT_Y_SIZE], v[CW_OUT_V_SIZE];\n"
+    "  if (!load(\"x.bin\", x, sizeof x) || !load(\"z.bin\", z, sizeof z)) return 2;\n"
+    "  cw_inputs in = {x, z};\n  cw_outputs out = {y, v};\n"
+    "  if (cw_run_with(&in, &out, NULL)) return 3;\n"
+    "  FILE *f = fopen(\"out.bin\", \"wb\");\n"
+    "  return !f || fwrite(y, sizeof y, 1, f) != 1 || fwrite(v, sizeof v, 1, f) != 1 || fclose(f);\n"
+    "}\n";
+
+static void test_constant_weights_object(void **state) {
+  (void)state;
+  make_dir();
+  trng r = {31};
+  kiln_tensor *w = random_tensor(&r, KILN_F32, 2, (int64_t[]){301, 70}, -1, 1);
+  kiln_tensor *f = random_tensor(&r, KILN_F32, 4, (int64_t[]){3, 3, 16, 40}, -1, 1);
+  kiln_graph *g = kiln_graph_new();
+  kiln_value x = kiln_placeholder(g, "x", KILN_F32, KILN_SHAPE(40, 301)), z = kiln_placeholder(g, "z", KILN_F32, KILN_SHAPE(2, 9, 9, 16));
+  kiln_value wc = kiln_constant(g, KILN_F32, KILN_SHAPE(301, 70), kiln_tensor_cdata(w));
+  kiln_value fc = kiln_constant(g, KILN_F32, KILN_SHAPE(3, 3, 16, 40), kiln_tensor_cdata(f));
+  kiln_output(g, "y", kiln_relu(g, kiln_matmul(g, x, wc, false, false)));
+  kiln_output(g, "v", kiln_conv2d(g, z, fc, &(kiln_conv2d_opts){.padding = KILN_PAD_SAME}));
+  kiln_tensor *in[2] = {random_tensor(&r, KILN_F32, 2, (int64_t[]){40, 301}, -1, 1),
+                        random_tensor(&r, KILN_F32, 4, (int64_t[]){2, 9, 9, 16}, -1, 1)};
+  write_file("x.bin", kiln_tensor_cdata(in[0]), kiln_tensor_nbytes(in[0]));
+  write_file("z.bin", kiln_tensor_cdata(in[1]), kiln_tensor_nbytes(in[1]));
+  kiln_aot_options o = {.name = "cw", .object_path = in_dir("cw.o"), .header_path = in_dir("cw.h")};
+  if (kiln_aot_compile(g, &o) != KILN_OK) fail_msg("%s", kiln_errmsg());
+  compile_main(const_main, "cw.o", "cw");
+  check_only_libc("cw.o");
+  assert_int_equal(sh("./cw"), 0);
+  kiln_tensor *want[2] = {NULL, NULL};
+  assert_int_equal(kiln_evaluate(g, (const kiln_tensor *const *)in, 2, want, 2), KILN_OK);
+  static float got[40 * 70 + 2 * 9 * 9 * 40];
+  read_exact("out.bin", got, sizeof got);
+  expect_close("matmul, constant w", got, kiln_tensor_cdata(want[0]), 40 * 70, 1e-4);
+  expect_close("conv, constant filter", got + 40 * 70, kiln_tensor_cdata(want[1]), 2 * 9 * 9 * 40, 1e-4);
+  for (int i = 0; i < 2; i++) kiln_tensor_free(in[i]), kiln_tensor_free(want[i]);
+  kiln_tensor_free(w), kiln_tensor_free(f);
+  kiln_graph_free(g);
+  remove_dir();
+}
+
 /* An ONNX model exported from PyTorch, compiled by the CLI, against ONNX's expected output. */
 static void test_onnx_model_to_object(void **state) {
   make_dir();
@@ -586,6 +634,7 @@ static void test_bad_options_are_named(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_constant_weights_object),
       cmocka_unit_test(test_inference_object_matches_jit),
       cmocka_unit_test(test_subclassed_model_object_matches_predict),
       cmocka_unit_test(test_train_step_object_matches_jit_fit),

@@ -416,6 +416,52 @@ static void test_pooled_convs(void **s) {
   check_pooled_conv(&r, (int64_t[]){2, 8, 8, 8}, (int64_t[]){1, 1, 8, 16}, &same, &two, false, true, false, "pointwise conv");
 }
 
+/* y = matmul(x, w) or conv2d(x, w) with w a graph constant, which the compiler stores
+ * packed in the GEMM's panel layout (codegen/lower.c): equal to the evaluator at 1,
+ * 2 and 3 threads and bit-equal to the same graph with w a placeholder (packed at
+ * run time). */
+static void check_constant_b(trng *r, int rank, const int64_t *xd, const int64_t *wd, const kiln_conv2d_opts *conv, bool tb,
+                             const char *what) {
+  kiln_shape xs = {.rank = rank}, ws = {.rank = rank};
+  memcpy(xs.dims, xd, sizeof(int64_t) * (size_t)rank);
+  memcpy(ws.dims, wd, sizeof(int64_t) * (size_t)rank);
+  kiln_tensor *x = random_tensor(r, KILN_F32, rank, xd, -1, 1), *w = random_tensor(r, KILN_F32, rank, wd, -1, 1);
+  kiln_tensor *got[2][3] = {{NULL}}, *ref = NULL;
+  for (int form = 0; form < 2; form++) { /* 0: w constant, 1: w a placeholder */
+    kiln_graph *g = kiln_graph_new();
+    kiln_value xv = kiln_placeholder(g, "x", KILN_F32, xs);
+    kiln_value wv = form ? kiln_placeholder(g, "w", KILN_F32, ws) : kiln_constant(g, KILN_F32, ws, kiln_tensor_cdata(w));
+    kiln_output(g, "y", kiln_relu(g, conv ? kiln_conv2d(g, xv, wv, conv) : kiln_matmul(g, xv, wv, false, tb)));
+    assert_int_equal(kiln_graph_status(g), KILN_OK);
+    kiln_tensor *in[2] = {x, w};
+    if (!form) assert_int_equal(kiln_evaluate(g, (const kiln_tensor *const *)in, 1, &ref, 1), KILN_OK);
+    for (int t = 0; t < 3; t++) run_threads(g, t + 1, in, form ? 2 : 1, &got[form][t]);
+    kiln_graph_free(g);
+  }
+  int64_t k = conv ? wd[0] * wd[1] * wd[2] : (tb ? wd[1] : wd[0]);
+  assert_int_equal(compare_tensors(what, got[0][0], ref, 1e-5, 1e-6 * (double)(k + 1)), 0);
+  for (int form = 0; form < 2; form++)
+    for (int t = 0; t < 3; t++) assert_memory_equal(kiln_tensor_cdata(got[0][0]), kiln_tensor_cdata(got[form][t]), kiln_tensor_nbytes(ref));
+  for (int form = 0; form < 2; form++)
+    for (int t = 0; t < 3; t++) kiln_tensor_free(got[form][t]);
+  kiln_tensor_free(ref), kiln_tensor_free(x), kiln_tensor_free(w);
+}
+
+/* Constant weights read prepacked: a matmul over K slices of 151 and 150 with ragged
+ * column panels, a transposed B, one row (the direct path: read in place, not prepacked);
+ * im2col convolutions in chunks, of few pixels (one GEMM split by columns) and 1x1. */
+static void test_constant_weights(void **s) {
+  (void)s;
+  trng r = {29};
+  kiln_conv2d_opts same = {.padding = KILN_PAD_SAME};
+  check_constant_b(&r, 2, (int64_t[]){40, 301}, (int64_t[]){301, 70}, NULL, false, "matmul, constant w");
+  check_constant_b(&r, 2, (int64_t[]){64, 513}, (int64_t[]){33, 513}, NULL, true, "matmul, constant w transposed");
+  check_constant_b(&r, 2, (int64_t[]){1, 300}, (int64_t[]){300, 100}, NULL, false, "one-row matmul, constant w");
+  check_constant_b(&r, 4, (int64_t[]){2, 20, 20, 16}, (int64_t[]){3, 3, 16, 40}, &same, false, "conv, constant filter");
+  check_constant_b(&r, 4, (int64_t[]){1, 7, 7, 64}, (int64_t[]){3, 3, 64, 136}, &same, false, "few-pixel conv, constant filter");
+  check_constant_b(&r, 4, (int64_t[]){2, 9, 7, 16}, (int64_t[]){1, 1, 16, 24}, &same, false, "pointwise conv, constant filter");
+}
+
 static void count_task(void *ctx, int64_t i, int32_t worker) {
   int *counts = ctx;
   __atomic_fetch_add(&counts[i], 1 + 1000 * worker, __ATOMIC_RELAXED);
@@ -496,7 +542,7 @@ static void test_run_into(void **s) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_matmul_edges_and_transposes), cmocka_unit_test(test_conv_threads), cmocka_unit_test(test_conv_small_filters), cmocka_unit_test(test_conv_depthwise), cmocka_unit_test(test_max_pool_grad), cmocka_unit_test(test_elementwise_threads), cmocka_unit_test(test_reduce_threads),
-      cmocka_unit_test(test_epilogues),          cmocka_unit_test(test_pooled_convs),
+      cmocka_unit_test(test_epilogues),          cmocka_unit_test(test_pooled_convs), cmocka_unit_test(test_constant_weights),
       cmocka_unit_test(test_pool_runs_each_task_once),    cmocka_unit_test(test_thread_count_errors),
       cmocka_unit_test(test_run_into),
   };
