@@ -132,13 +132,18 @@ void cg_prepack_run(const cg_prepack *p, const void *B, void *out) {
   int64_t npad = round_up(p->N, p->nr);
   const char *b = B;
   char *o = out;
-  memset(out, 0, cg_prepack_bytes(p));
+  if (npad != p->N) memset(out, 0, cg_prepack_bytes(p)); /* the last panel's padding columns */
   for (int64_t pc = 0; pc < p->K; pc += p->kstep) {
     int64_t kc = p->K - pc < p->kstep ? p->K - pc : p->kstep;
     for (int64_t k = 0; k < kc; k++)
-      for (int64_t j = 0; j < p->N; j++) {
-        int64_t dst = pc * npad + (j / p->nr) * kc * p->nr + k * p->nr + j % p->nr;
-        memcpy(o + (size_t)dst * es, b + (size_t)((pc + k) * p->rsb + j * p->csb) * es, es);
+      for (int64_t j0 = 0; j0 < p->N; j0 += p->nr) {
+        int64_t dst = pc * npad + j0 * kc + k * p->nr, cols = p->N - j0 < p->nr ? p->N - j0 : p->nr;
+        const char *src = b + (size_t)((pc + k) * p->rsb + j0 * p->csb) * es;
+        if (p->csb == 1) { /* a row of B: the panel's row in one copy */
+          memcpy(o + (size_t)dst * es, src, (size_t)cols * es);
+          continue;
+        }
+        for (int64_t j = 0; j < cols; j++) memcpy(o + (size_t)(dst + j) * es, src + (size_t)(j * p->csb) * es, es);
       }
   }
 }

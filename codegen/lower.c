@@ -911,7 +911,7 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
     buf_loc *l = &plan->locs[i];
     void *packed = NULL;
     uint64_t packed_bytes = n->op == KILN_OP_CONST && pre.packs[i] ? cg_prepack_bytes(&pre.layout[i]) : 0;
-    if (packed_bytes && posix_memalign(&packed, 64, packed_bytes)) {
+    if (packed_bytes && !(packed = kiln_alloc_large(packed_bytes))) {
       pre_st = kiln_set_error(KILN_ERR_NOMEM, "codegen: out of memory packing the weights of %%%u", i);
       break;
     }

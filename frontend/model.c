@@ -392,7 +392,7 @@ static kiln_status inline_loaded(kiln_model *m, kiln_graph *g, const kiln_value 
       for (uint32_t j = 0; j < n->ninputs && j < 64; j++) ins[j] = map[n->inputs[j]];
       kiln_attrs a = {.n = (int)n->nattrs};
       if (n->nattrs) memcpy(a.a, n->attrs, sizeof(kiln_attr) * n->nattrs);
-      map[i] = kiln_node_make(g, (kiln_op)n->op, ins, n->ninputs, &a, n->name, n->data, n->nbytes).id;
+      map[i] = kiln_node_make_like(g, n, ins, &a).id;
     }
   }
   for (size_t i = 0; kiln_graph_status(g) == KILN_OK && i < m->noutputs; i++) y[i] = (kiln_value){map[src->outputs[i].node]};

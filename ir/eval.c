@@ -447,15 +447,23 @@ static void eval_movement(ev *e) {
   case KILN_OP_RESHAPE:
     memcpy(o->data, x->data, o->nbytes);
     return;
-  case KILN_OP_TRANSPOSE:
+  case KILN_OP_TRANSPOSE: {
+    /* the source offset kept up to date like an odometer: constant folding moves every
+     * weight of an OIHW model through here */
     kiln_attr_ints(n, KILN_ATTR_PERM, a);
+    int64_t step[KILN_MAX_RANK], xi = 0;
+    for (int d = 0; d < o->rank; d++) step[d] = xst[a[d]], idx[d] = 0;
     for (int64_t i = 0; i < o->numel; i++) {
-      unravel(i, o->rank, o->dims, idx);
-      int64_t xi = 0;
-      for (int d = 0; d < o->rank; d++) xi += idx[d] * xst[a[d]];
       copy_elem(o, i, x, xi);
+      for (int d = o->rank - 1; d >= 0; d--) {
+        xi += step[d];
+        if (++idx[d] < o->dims[d]) break;
+        xi -= step[d] * o->dims[d];
+        idx[d] = 0;
+      }
     }
     return;
+  }
   case KILN_OP_BROADCAST_TO:
     for (int64_t i = 0; i < o->numel; i++) {
       unravel(i, o->rank, o->dims, idx);
@@ -624,7 +632,12 @@ kiln_status kiln_eval_graph(const kiln_graph *g, const kiln_tensor *const *input
   (void)nin;
   for (uint32_t i = 0; i < g->nnodes && st == KILN_OK; i++) {
     const kiln_node *n = &g->nodes[i];
-    vals[i] = kiln_tensor_new((kiln_dtype)n->dtype, n->rank, n->dims);
+    /* constant data and inputs fill their values whole: no zeros first */
+    bool filled = (n->op == KILN_OP_CONST && n->data) || n->op == KILN_OP_PARAM;
+    const void *fill = !filled ? NULL : n->op == KILN_OP_PARAM ? inputs[k]->data : n->data;
+    size_t fill_bytes = !filled ? 0 : n->op == KILN_OP_PARAM ? inputs[k]->nbytes : n->nbytes;
+    vals[i] = filled ? kiln_tensor_from_data((kiln_dtype)n->dtype, n->rank, n->dims, fill, fill_bytes)
+                     : kiln_tensor_new((kiln_dtype)n->dtype, n->rank, n->dims);
     kiln_tensor *ins[KILN_MAX_RANK * 4];
     kiln_tensor **inp = n->ninputs <= sizeof ins / sizeof ins[0] ? ins : malloc(sizeof(kiln_tensor *) * n->ninputs);
     if (!vals[i] || !inp) {
@@ -635,7 +648,7 @@ kiln_status kiln_eval_graph(const kiln_graph *g, const kiln_tensor *const *input
     for (uint32_t j = 0; j < n->ninputs; j++) inp[j] = vals[n->inputs[j]];
     ev e = {g, n, vals[i], inp};
     unsigned f = kiln_ops[n->op].flags;
-    if (n->op == KILN_OP_PARAM) memcpy(vals[i]->data, inputs[k++]->data, vals[i]->nbytes);
+    if (filled) k += n->op == KILN_OP_PARAM; /* already its value */
     else if (f & SRC) eval_source(&e);
     else if (f & EW) eval_elementwise(&e);
     else if (f & RED) st = eval_reduce(&e);
@@ -653,9 +666,14 @@ kiln_status kiln_eval_graph(const kiln_graph *g, const kiln_tensor *const *input
   }
   for (size_t j = 0; j < nout; j++) outputs[j] = NULL;
   if (st == KILN_OK) {
-    for (size_t j = 0; j < nout && j < g->noutputs; j++) {
-      kiln_tensor *v = vals[g->outputs[j].node];
-      outputs[j] = kiln_tensor_from_data(v->dtype, v->rank, v->dims, v->data, v->nbytes);
+    /* each value goes to its first output as it is; a repeated output is a copy */
+    for (size_t j = 0; j < nout && j < g->noutputs && st == KILN_OK; j++) {
+      uint32_t node = g->outputs[j].node;
+      kiln_tensor *v = vals[node];
+      for (size_t q = 0; !v && q < j; q++)
+        if (g->outputs[q].node == node) v = outputs[q];
+      outputs[j] = vals[node] ? vals[node] : kiln_tensor_from_data(v->dtype, v->rank, v->dims, v->data, v->nbytes);
+      vals[node] = NULL;
       if (!outputs[j]) st = KILN_ERR_NOMEM;
     }
   }

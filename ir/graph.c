@@ -1,5 +1,6 @@
 /* Graph construction. kiln_node_make is the only way a node comes to exist: it
- * checks arity, copies inputs/attributes/data into the arena, runs shape inference,
+ * checks arity, copies inputs and attributes into the arena and data into a shared
+ * blob, runs shape inference,
  * and looks the node up in the dedup table first, so building the same expression
  * twice yields the same index (CSE for free). Sources with names (params) are keyed
  * by name, so a second placeholder with the same name is an error, not a merge. */
@@ -19,6 +20,33 @@ const kiln_attr_info kiln_attrs_info[KILN_ATTR_COUNT] = {
 #undef KILN_ATTR
 };
 
+/* Constant data lives in reference-counted blobs that every graph made from another
+ * (specialisation, each pass's rebuild) shares instead of copying: ResNet-18's 45 MB
+ * of weights were copied and hashed through six rebuilds per compile, most of a
+ * compile's own time and all of a warm one's. The blob is immutable; its header
+ * keeps the data's hash. */
+typedef struct {
+  uint64_t refs, hash;
+  size_t nbytes;
+  char pad[64 - 24];
+} blob;
+_Static_assert(sizeof(blob) == 64, "data after the header stays 64-byte aligned (vector loads of weights)");
+
+static blob *blob_of(const void *data) { return (blob *)((char *)(uintptr_t)data - sizeof(blob)); }
+
+static void *blob_new(const void *data, size_t nbytes, uint64_t hash) {
+  blob *b = kiln_alloc_large(sizeof *b + nbytes);
+  if (!b) return NULL;
+  b->refs = 1, b->hash = hash, b->nbytes = nbytes;
+  if (nbytes) memcpy(b + 1, data, nbytes);
+  return b + 1;
+}
+
+static void blob_unref(const void *data) {
+  blob *b = blob_of(data);
+  if (__atomic_sub_fetch(&b->refs, 1, __ATOMIC_ACQ_REL) == 0) free(b);
+}
+
 kiln_graph *kiln_graph_new(void) {
   kiln_graph *g = calloc(1, sizeof *g);
   if (!g) {
@@ -31,6 +59,8 @@ kiln_graph *kiln_graph_new(void) {
 
 void kiln_graph_free(kiln_graph *g) {
   if (!g) return;
+  for (uint32_t i = 0; i < g->nnodes; i++)
+    if (g->nodes[i].data) blob_unref(g->nodes[i].data);
   kiln_arena_free(&g->arena);
   free(g->nodes);
   free(g->table);
@@ -118,14 +148,17 @@ void kiln_attrs_ints(kiln_attrs *a, kiln_attr_key k, const int64_t *v, int n) {
 
 /* ---- node creation and dedup ---- */
 
-static uint32_t node_hash(const kiln_node *n) {
+static uint64_t data_hash(const void *data, size_t nbytes) { return kiln_hash_words(0x9e3779b97f4a7c15ull, data, nbytes); }
+
+/* data_h: the data's hash (data_hash), when there is data */
+static uint32_t node_hash(const kiln_node *n, uint64_t data_h) {
   uint64_t h = 0xcbf29ce484222325ull;
   h = kiln_hash_bytes(h, &n->op, sizeof n->op);
   /* A param is identified by its name alone, so a second one with that name is found (and refused). */
   if (n->op == KILN_OP_PARAM) return (uint32_t)kiln_hash_bytes(h, n->name, strlen(n->name));
   h = kiln_hash_bytes(h, n->inputs, sizeof(uint32_t) * n->ninputs);
   h = kiln_hash_bytes(h, n->attrs, sizeof(kiln_attr) * n->nattrs);
-  if (n->data) h = kiln_hash_words(h, n->data, n->nbytes);
+  if (n->data) h = kiln_hash_bytes(h, &data_h, sizeof data_h);
   return (uint32_t)(h ^ (h >> 32));
 }
 
@@ -137,7 +170,7 @@ static bool node_equal(const kiln_node *a, const kiln_node *b) {
   if (a->ninputs && memcmp(a->inputs, b->inputs, sizeof(uint32_t) * a->ninputs)) return false;
   if (a->nattrs && memcmp(a->attrs, b->attrs, sizeof(kiln_attr) * a->nattrs)) return false;
   if ((a->data == NULL) != (b->data == NULL)) return false;
-  return !a->data || !memcmp(a->data, b->data, a->nbytes);
+  return !a->data || a->data == b->data || !memcmp(a->data, b->data, a->nbytes);
 }
 
 static bool table_grow(kiln_graph *g) {
@@ -159,8 +192,9 @@ static int attr_cmp(const void *a, const void *b) {
   return ((const kiln_attr *)a)->key - ((const kiln_attr *)b)->key;
 }
 
-kiln_value kiln_node_make(kiln_graph *g, kiln_op op, const uint32_t *inputs, uint32_t nin,
-                          const kiln_attrs *attrs, const char *name, const void *data, size_t nbytes) {
+/* shared: data is another node's (a blob), referenced rather than copied */
+static kiln_value node_make(kiln_graph *g, kiln_op op, const uint32_t *inputs, uint32_t nin, const kiln_attrs *attrs,
+                            const char *name, const void *data, size_t nbytes, bool shared) {
   if (!g) return (kiln_value){KILN_NONE};
   if (g->status != KILN_OK) return (kiln_value){KILN_NONE};
   const kiln_op_info *info = &kiln_ops[op];
@@ -184,7 +218,8 @@ kiln_value kiln_node_make(kiln_graph *g, kiln_op op, const uint32_t *inputs, uin
   n.attrs = sorted.a;
   n.name = name;
   n.data = data;
-  n.hash = node_hash(&n);
+  uint64_t data_h = !data ? 0 : shared ? blob_of(data)->hash : data_hash(data, nbytes);
+  n.hash = node_hash(&n, data_h);
 
   if (g->nnodes + 1 > g->table_cap / 2 && !table_grow(g))
     return kiln_graph_fail(g, KILN_ERR_NOMEM, "%s: out of memory", info->name);
@@ -204,18 +239,8 @@ kiln_value kiln_node_make(kiln_graph *g, kiln_op op, const uint32_t *inputs, uin
   uint32_t *in = nin ? kiln_arena_alloc(&g->arena, sizeof(uint32_t) * nin) : NULL;
   kiln_attr *at = sorted.n ? kiln_arena_alloc(&g->arena, sizeof(kiln_attr) * (size_t)sorted.n) : NULL;
   char *nm = name ? kiln_arena_strdup(&g->arena, name) : NULL;
-  /* 64-aligned like tensors: generated code reads constants (weights) with full-width vector loads */
-  void *dt = data ? kiln_arena_alloc_aligned(&g->arena, nbytes ? nbytes : 1, 64) : NULL;
-  if ((nin && !in) || (sorted.n && !at) || (name && !nm) || (data && !dt))
+  if ((nin && !in) || (sorted.n && !at) || (name && !nm))
     return kiln_graph_fail(g, KILN_ERR_NOMEM, "%s: out of memory", info->name);
-  if (nin) memcpy(in, inputs, sizeof(uint32_t) * nin);
-  if (sorted.n) memcpy(at, sorted.a, sizeof(kiln_attr) * (size_t)sorted.n);
-  if (data && nbytes) memcpy(dt, data, nbytes);
-  n.inputs = in;
-  n.attrs = at;
-  n.name = nm;
-  n.data = dt;
-
   if (g->nnodes == g->cap) {
     uint32_t cap = g->cap ? g->cap * 2 : 64;
     kiln_node *nodes = realloc(g->nodes, sizeof *nodes * cap);
@@ -223,9 +248,33 @@ kiln_value kiln_node_make(kiln_graph *g, kiln_op op, const uint32_t *inputs, uin
     g->nodes = nodes;
     g->cap = cap;
   }
+  /* 64-aligned like tensors: generated code reads constants (weights) with full-width vector loads */
+  const void *dt = NULL;
+  if (data && shared) {
+    __atomic_add_fetch(&blob_of(data)->refs, 1, __ATOMIC_RELAXED);
+    dt = data;
+  } else if (data && !(dt = blob_new(data, nbytes, data_h))) {
+    return kiln_graph_fail(g, KILN_ERR_NOMEM, "%s: out of memory", info->name);
+  }
+  if (nin) memcpy(in, inputs, sizeof(uint32_t) * nin);
+  if (sorted.n) memcpy(at, sorted.a, sizeof(kiln_attr) * (size_t)sorted.n);
+  n.inputs = in;
+  n.attrs = at;
+  n.name = nm;
+  n.data = dt;
+
   g->nodes[g->nnodes] = n;
   g->table[h] = g->nnodes + 1;
   return (kiln_value){g->nnodes++};
+}
+
+kiln_value kiln_node_make(kiln_graph *g, kiln_op op, const uint32_t *inputs, uint32_t nin, const kiln_attrs *attrs,
+                          const char *name, const void *data, size_t nbytes) {
+  return node_make(g, op, inputs, nin, attrs, name, data, nbytes, false);
+}
+
+kiln_value kiln_node_make_like(kiln_graph *g, const kiln_node *n, const uint32_t *inputs, const kiln_attrs *attrs) {
+  return node_make(g, (kiln_op)n->op, inputs, n->ninputs, attrs, n->name, n->data, n->nbytes, n->data != NULL);
 }
 
 /* Internal outputs (variable updates) are named "=var", which users cannot choose. */
@@ -331,7 +380,7 @@ kiln_graph *kiln_graph_specialize(const kiln_graph *src, int64_t batch) {
     const kiln_node *n = &src->nodes[i];
     kiln_attrs a = {.n = (int)n->nattrs};
     if (n->nattrs) memcpy(a.a, n->attrs, sizeof(kiln_attr) * n->nattrs);
-    kiln_value v = kiln_node_make(g, (kiln_op)n->op, n->inputs, n->ninputs, &a, n->name, n->data, n->nbytes);
+    kiln_value v = kiln_node_make_like(g, n, n->inputs, &a);
     if (v.id != i) {
       if (g->status == KILN_OK) kiln_graph_fail(g, KILN_ERR_INVALID, "specialize: node %u changed index", i);
       kiln_set_error(g->status, "%s", g->errmsg);

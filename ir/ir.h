@@ -131,6 +131,8 @@ KILN_INTERNAL void *kiln_arena_alloc(kiln_arena *a, size_t n); /* zeroed, 16-ali
 KILN_INTERNAL void *kiln_arena_alloc_aligned(kiln_arena *a, size_t n, size_t align);
 KILN_INTERNAL char *kiln_arena_strdup(kiln_arena *a, const char *s);
 KILN_INTERNAL void kiln_arena_free(kiln_arena *a);
+/* n bytes, 64-byte aligned, on huge pages when large (freed with free); NULL on OOM. */
+KILN_INTERNAL void *kiln_alloc_large(size_t n);
 /* -1 if any dim is symbolic; INT64_MAX if the count overflows (inference rejects
  * such shapes, see KILN_MAX_NUMEL) */
 KILN_INTERNAL int64_t kiln_shape_numel(int rank, const int64_t *dims);
@@ -164,6 +166,10 @@ KILN_INTERNAL kiln_value kiln_graph_fail(kiln_graph *g, kiln_status s, const cha
 KILN_INTERNAL kiln_value kiln_node_make(kiln_graph *g, kiln_op op, const uint32_t *inputs, uint32_t nin,
                                         const kiln_attrs *attrs, const char *name, const void *data,
                                         size_t nbytes);
+/* A node like n (op, name, data: shared with n's graph, not copied) on other inputs
+ * and attributes: for rebuilding one graph from another. */
+KILN_INTERNAL kiln_value kiln_node_make_like(kiln_graph *g, const kiln_node *n, const uint32_t *inputs,
+                                             const kiln_attrs *attrs);
 KILN_INTERNAL const kiln_node *kiln_node_get(const kiln_graph *g, kiln_value v); /* NULL if invalid */
 KILN_INTERNAL const kiln_attr *kiln_attr_find(const kiln_node *n, kiln_attr_key k);
 KILN_INTERNAL int64_t kiln_attr_int(const kiln_node *n, kiln_attr_key k, int64_t dflt);

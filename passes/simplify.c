@@ -51,7 +51,7 @@ void kiln_attrs_of(const kiln_node *n, kiln_attrs *a) {
 uint32_t kiln_copy_node(kiln_graph *dst, const kiln_node *n, const uint32_t *in) {
   kiln_attrs a;
   kiln_attrs_of(n, &a);
-  return kiln_node_make(dst, (kiln_op)n->op, in, n->ninputs, &a, n->name, n->data, n->nbytes).id;
+  return kiln_node_make_like(dst, n, in, &a).id;
 }
 
 kiln_status kiln_copy_ports(kiln_graph *dst, const kiln_graph *src, const uint32_t *map) {
@@ -202,7 +202,7 @@ static uint32_t fold(rw *r, const kiln_node *n, const uint32_t *in) {
     const kiln_node *c = nd(r, in[j]);
     kiln_attrs at;
     concrete_attrs(c, &at);
-    sin[j] = kiln_node_make(s, KILN_OP_CONST, NULL, 0, &at, NULL, c->data, c->nbytes).id;
+    sin[j] = (c->data ? kiln_node_make_like(s, c, NULL, &at) : kiln_node_make(s, KILN_OP_CONST, NULL, 0, &at, NULL, NULL, 0)).id;
     ok = sin[j] != KILN_NONE;
   }
   if (ok) {

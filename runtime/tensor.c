@@ -4,7 +4,8 @@
 #include "ir/ir.h"
 #include "runtime/tensor_impl.h"
 
-kiln_tensor *kiln_tensor_new(kiln_dtype dtype, int rank, const int64_t *dims) {
+/* zero: the whole buffer; else only the alignment tail past the data (the caller fills the rest) */
+static kiln_tensor *tensor_alloc(kiln_dtype dtype, int rank, const int64_t *dims, bool zero) {
   if ((unsigned)dtype >= KILN_DTYPE_COUNT) {
     kiln_set_error(KILN_ERR_INVALID, "kiln_tensor_new: invalid dtype %d", (int)dtype);
     return NULL;
@@ -28,14 +29,15 @@ kiln_tensor *kiln_tensor_new(kiln_dtype dtype, int rank, const int64_t *dims) {
   kiln_tensor *t = calloc(1, sizeof *t);
   size_t bytes = (size_t)n * kiln_dtype_size(dtype);
   size_t alloc = (bytes + 63) & ~(size_t)63;
-  void *data = aligned_alloc(64, alloc ? alloc : 64);
+  void *data = kiln_alloc_large(alloc ? alloc : 64);
   if (!t || !data) {
     free(t);
     free(data);
     kiln_set_error(KILN_ERR_NOMEM, "kiln_tensor_new: out of memory for %zu bytes", bytes);
     return NULL;
   }
-  memset(data, 0, alloc ? alloc : 64);
+  size_t keep = zero ? 0 : bytes;
+  memset((char *)data + keep, 0, (alloc ? alloc : 64) - keep);
   t->dtype = dtype;
   t->rank = rank;
   if (rank) memcpy(t->dims, dims, sizeof(int64_t) * (size_t)rank);
@@ -45,8 +47,11 @@ kiln_tensor *kiln_tensor_new(kiln_dtype dtype, int rank, const int64_t *dims) {
   return t;
 }
 
+kiln_tensor *kiln_tensor_new(kiln_dtype dtype, int rank, const int64_t *dims) { return tensor_alloc(dtype, rank, dims, true); }
+
+/* not zeroed first: large weights were written twice */
 kiln_tensor *kiln_tensor_from_data(kiln_dtype dtype, int rank, const int64_t *dims, const void *data, size_t nbytes) {
-  kiln_tensor *t = kiln_tensor_new(dtype, rank, dims);
+  kiln_tensor *t = tensor_alloc(dtype, rank, dims, false);
   if (!t) return NULL;
   if (nbytes != t->nbytes) {
     kiln_set_error(KILN_ERR_INVALID, "kiln_tensor_from_data: %zu bytes given, the shape needs %zu", nbytes, t->nbytes);
