@@ -52,7 +52,6 @@ typedef struct {
 typedef struct cg_plan {
   uint32_t nin, nout;
   uint32_t nconst_args;    /* constants passed at run time (cg.const_args) */
-  uint32_t *const_node;    /* per constant argument: its node */
   /* per constant argument: what to pass, the node's data or, for weights a GEMM reads
    * prepacked, a 64-byte aligned copy in its panel layout (owned: const_owned) */
   const void **const_data;

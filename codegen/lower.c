@@ -700,6 +700,11 @@ static void pooled_apply(cg *c, const cg_epilogue *e, LLVMValueRef out, LLVMValu
   cg_pool2d_rows(c, pc->pool, out, e->ptrs[t.nleaves], lo, hi);
 }
 
+/* A pool kernel with a host: the convolution it runs before pooling (passes/fuse.c). */
+static bool hosts_pooled(const kiln_node *n, uint32_t host) {
+  return (n->op == KILN_OP_MAX_POOL2D || n->op == KILN_OP_AVG_POOL2D) && host != UINT32_MAX;
+}
+
 static int64_t pool_align_pixels(cg *c, const kiln_node *pool) {
   int64_t window[2];
   kiln_attr_ints(pool, KILN_ATTR_WINDOW, window);
@@ -734,7 +739,7 @@ static bool lower_pooled(cg *c, node_ctx *k) {
  * host has no lowering. */
 static bool lower_hosted(cg *c, node_ctx *k) {
   _Static_assert(KILN_MAX_EPILOGUE_READS < CG_EPILOGUE_PTRS, "an epilogue carries every read of its kernel and a pool's output");
-  if (k->n->op == KILN_OP_MAX_POOL2D || k->n->op == KILN_OP_AVG_POOL2D) return lower_pooled(c, k);
+  if (hosts_pooled(k->n, k->host)) return lower_pooled(c, k);
   const kiln_node *h = &c->g->nodes[k->host];
   cg_epilogue ep = {.apply = epilogue_apply, .ctx = k, .nptrs = k->nleaves};
   memcpy(ep.ptrs, k->leaf_ptr, sizeof(LLVMValueRef) * k->nleaves);
@@ -822,18 +827,25 @@ static uint64_t node_bytes(const kiln_node *n) {
  * of ResNet-18's 7x7x512 layers at batch 1. Not for weights that something else
  * reads too or that are outputs: those need the plain layout. */
 typedef struct {
-  bool *prepacked; /* per node: a matmul/conv2d reading its B prepacked (cg.b_prepacked) */
-  bool *packs;     /* per node: a constant stored packed */
-  cg_prepack *layout; /* per packed constant */
+  bool *prepacked;    /* per node: a matmul/conv2d reading its B prepacked (cg.b_prepacked) */
+  cg_prepack *layout; /* per node: a constant stored packed has its layout (nr > 0) */
 } prepack_choice;
 
-static void prepack_choice_free(prepack_choice *p) { free(p->prepacked), free(p->packs), free(p->layout); }
+static void prepack_choice_free(prepack_choice *p) { free(p->prepacked), free(p->layout); }
+
+/* cg_lower's exit: what it held while emitting released, st passed on. */
+static kiln_status lower_done(cg *c, prepack_choice *pre, kiln_schedule *sched, kiln_status st) {
+  c->b_prepacked = NULL;
+  prepack_choice_free(pre);
+  kiln_schedule_free(sched);
+  return st;
+}
 
 static kiln_status choose_prepacked(cg *c, const bool *live, prepack_choice *p) {
   const kiln_graph *g = c->g;
   uint32_t *readers = calloc(g->nnodes + 1, sizeof *readers);
-  *p = (prepack_choice){calloc(g->nnodes + 1, 1), calloc(g->nnodes + 1, 1), calloc(g->nnodes + 1, sizeof *p->layout)};
-  if (!readers || !p->prepacked || !p->packs || !p->layout) {
+  *p = (prepack_choice){calloc(g->nnodes + 1, 1), calloc(g->nnodes + 1, sizeof *p->layout)};
+  if (!readers || !p->prepacked || !p->layout) {
     free(readers), prepack_choice_free(p);
     return kiln_set_error(KILN_ERR_NOMEM, "codegen: out of memory");
   }
@@ -848,7 +860,7 @@ static kiln_status choose_prepacked(cg *c, const bool *live, prepack_choice *p) 
     cg_prepack layout;
     if (w->op != KILN_OP_CONST || !w->data || readers[b] != 1 || n->inputs[0] == b || !cg_prepack_layout_of(c, n, &layout))
       continue;
-    p->prepacked[i] = p->packs[b] = true;
+    p->prepacked[i] = true;
     p->layout[b] = layout;
   }
   free(readers);
@@ -863,7 +875,6 @@ void cg_plan_free(cg_plan *p) {
   free(p->kernel_host);
   for (uint32_t k = 0; p->const_owned && k < p->nconst_args; k++)
     if (p->const_owned[k]) free((void *)p->const_data[k]);
-  free(p->const_node);
   free((void *)p->const_data);
   free(p->const_owned);
   memset(p, 0, sizeof *p);
@@ -879,12 +890,11 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
   plan->out_direct = calloc(g->noutputs + 1, sizeof *plan->out_direct);
   plan->kernel_node = calloc(g->nnodes + 1, sizeof *plan->kernel_node);
   plan->kernel_host = calloc(g->nnodes + 1, sizeof *plan->kernel_host);
-  plan->const_node = calloc(g->nnodes + 1, sizeof *plan->const_node);
   plan->const_data = calloc(g->nnodes + 1, sizeof *plan->const_data);
   plan->const_owned = calloc(g->nnodes + 1, sizeof *plan->const_owned);
   kiln_schedule sched;
-  if (!plan->locs || !plan->out_node || !plan->out_direct || !plan->kernel_node || !plan->kernel_host || !plan->const_node ||
-      !plan->const_data || !plan->const_owned)
+  if (!plan->locs || !plan->out_node || !plan->out_direct || !plan->kernel_node || !plan->kernel_host || !plan->const_data ||
+      !plan->const_owned)
     return kiln_set_error(KILN_ERR_NOMEM, "codegen: out of memory");
   double t0 = kiln_pass_clock_ms();
   kiln_status sst = kiln_schedule_build(g, !c->no_fusion, !c->no_epilogue, &sched);
@@ -910,7 +920,7 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
     const kiln_node *n = &g->nodes[i];
     buf_loc *l = &plan->locs[i];
     void *packed = NULL;
-    uint64_t packed_bytes = n->op == KILN_OP_CONST && pre.packs[i] ? cg_prepack_bytes(&pre.layout[i]) : 0;
+    uint64_t packed_bytes = n->op == KILN_OP_CONST && pre.layout[i].nr ? cg_prepack_bytes(&pre.layout[i]) : 0;
     if (packed_bytes && !(packed = kiln_alloc_large(packed_bytes))) {
       pre_st = kiln_set_error(KILN_ERR_NOMEM, "codegen: out of memory packing the weights of %%%u", i);
       break;
@@ -923,8 +933,7 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
       l->kind = BUF_CONST;
       l->index = plan->nconst_args;
       plan->const_data[plan->nconst_args] = packed ? packed : n->data;
-      plan->const_owned[plan->nconst_args] = packed != NULL;
-      plan->const_node[plan->nconst_args++] = i;
+      plan->const_owned[plan->nconst_args++] = packed != NULL;
     } else if (n->op == KILN_OP_CONST && n->data) {
       const void *bytes = packed ? packed : n->data;
       unsigned nbytes = (unsigned)(packed ? packed_bytes : n->nbytes);
@@ -940,12 +949,7 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
       l->kind = BUF_WORK;
     }
   }
-  if (pre_st != KILN_OK) {
-    c->b_prepacked = NULL;
-    prepack_choice_free(&pre);
-    kiln_schedule_free(&sched);
-    return pre_st;
-  }
+  if (pre_st != KILN_OK) return lower_done(c, &pre, &sched, pre_st);
   for (uint32_t j = 0; j < g->noutputs; j++) {
     uint32_t node = g->outputs[j].node;
     plan->out_node[j] = (int32_t)node;
@@ -978,18 +982,14 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
     if (bytes[i]) plan->locs[i].offset = offsets[i];
   free(bytes), free(offsets);
   if (pst != KILN_OK) {
-    c->b_prepacked = NULL;
-    prepack_choice_free(&pre);
-    kiln_schedule_free(&sched);
-    return pst;
+    return lower_done(c, &pre, &sched, pst);
   }
   ws = mem.peak;
   plan->buffers_unplanned = mem.unplanned;
   for (uint32_t i = 0; i < g->nnodes; i++)
     if (live[i] && (!inlined[i] || kiln_can_host((kiln_op)g->nodes[i].op))) {
       uint64_t s = scratch_bytes(c, &g->nodes[i]); /* hosts' scratch too */
-      bool pool = g->nodes[i].op == KILN_OP_MAX_POOL2D || g->nodes[i].op == KILN_OP_AVG_POOL2D;
-      if (pool && !inlined[i] && sched.host[i] != UINT32_MAX)
+      if (!inlined[i] && hosts_pooled(&g->nodes[i], sched.host[i]))
         s = cg_conv_pooled_scratch_bytes(c, &g->nodes[sched.host[i]], pool_align_pixels(c, &g->nodes[i]));
       if (s > scratch) scratch = s;
     }
@@ -1002,10 +1002,7 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
   LLVMBasicBlockRef entry_bb = LLVMAppendBasicBlockInContext(c->ctx, entry, "entry");
   LLVMValueRef *ptrs = calloc(g->nnodes + 1, sizeof *ptrs);
   if (!ptrs) {
-    c->b_prepacked = NULL;
-    prepack_choice_free(&pre);
-    kiln_schedule_free(&sched);
-    return kiln_set_error(KILN_ERR_NOMEM, "codegen: out of memory");
+    return lower_done(c, &pre, &sched, kiln_set_error(KILN_ERR_NOMEM, "codegen: out of memory"));
   }
   LLVMBuilderRef eb = LLVMCreateBuilderInContext(c->ctx);
   LLVMPositionBuilderAtEnd(eb, entry_bb);
@@ -1081,8 +1078,5 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
   LLVMBuildRet(eb, LLVMConstInt(c->i32, 0, 0));
   LLVMDisposeBuilder(eb);
   free(ptrs);
-  c->b_prepacked = NULL;
-  prepack_choice_free(&pre);
-  kiln_schedule_free(&sched);
-  return st;
+  return lower_done(c, &pre, &sched, st);
 }

@@ -27,8 +27,7 @@ const kiln_attr_info kiln_attrs_info[KILN_ATTR_COUNT] = {
  * keeps the data's hash. */
 typedef struct {
   uint64_t refs, hash;
-  size_t nbytes;
-  char pad[64 - 24];
+  char pad[64 - 16];
 } blob;
 _Static_assert(sizeof(blob) == 64, "data after the header stays 64-byte aligned (vector loads of weights)");
 
@@ -37,7 +36,7 @@ static blob *blob_of(const void *data) { return (blob *)((char *)(uintptr_t)data
 static void *blob_new(const void *data, size_t nbytes, uint64_t hash) {
   blob *b = kiln_alloc_large(sizeof *b + nbytes);
   if (!b) return NULL;
-  b->refs = 1, b->hash = hash, b->nbytes = nbytes;
+  b->refs = 1, b->hash = hash;
   if (nbytes) memcpy(b + 1, data, nbytes);
   return b + 1;
 }
