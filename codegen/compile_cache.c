@@ -106,6 +106,7 @@ kiln_status cg_cache_key_of(LLVMModuleRef mod, LLVMTargetMachineRef tm, const ch
   LLVMDisposeMessage(cpu);
   LLVMDisposeMessage(feat);
   hash_str(key, pipeline);
+  hash_str(key, getenv("KILN_LLVM_ARGS") ? getenv("KILN_LLVM_ARGS") : ""); /* LLVM's own options may change the code */
   LLVMMemoryBufferRef bc = LLVMWriteBitcodeToMemoryBuffer(mod);
   if (!bc) return kiln_set_error(KILN_ERR_NOMEM, "compile cache: cannot serialise the module");
   hash_into(key, LLVMGetBufferStart(bc), LLVMGetBufferSize(bc));

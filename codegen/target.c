@@ -1,6 +1,7 @@
 /* Target machines and the module pipeline shared by the JIT and AOT: every
  * module is verified, given its target's triple and data layout, and optimised
  * with the new pass manager's default<O3>. */
+#include <llvm-c/Support.h>
 #include <llvm-c/Analysis.h>
 #include <llvm-c/Error.h>
 #include <llvm-c/Target.h>
@@ -11,8 +12,22 @@
 #include "codegen/cg.h"
 
 static pthread_once_t native_once = PTHREAD_ONCE_INIT, all_once = PTHREAD_ONCE_INIT;
+/* KILN_LLVM_ARGS: options for LLVM itself, as `llc` spells them (-time-passes shows
+ * where a compile's time goes), read once per process: LLVM keeps them globally. */
+static void llvm_args(void) {
+  const char *env = getenv("KILN_LLVM_ARGS");
+  static char buf[1024];
+  const char *argv[17] = {"kiln"};
+  int argc = 1;
+  if (!env || !*env || strlen(env) >= sizeof buf) return;
+  strcpy(buf, env);
+  for (char *save = NULL, *a = strtok_r(buf, " ", &save); a && argc < 17; a = strtok_r(NULL, " ", &save)) argv[argc++] = a;
+  LLVMParseCommandLineOptions(argc, argv, "kiln");
+}
+
 static void init_native(void) {
   LLVMInitializeNativeTarget();
+  llvm_args();
   LLVMInitializeNativeAsmPrinter();
 }
 static void init_all(void) {

@@ -448,33 +448,22 @@ static void eval_movement(ev *e) {
     memcpy(o->data, x->data, o->nbytes);
     return;
   case KILN_OP_TRANSPOSE: {
-    /* the source offset kept up to date like an odometer: constant folding moves every
-     * weight of an OIHW model through here */
+    /* constant folding moves every weight of an OIHW model through here */
     kiln_attr_ints(n, KILN_ATTR_PERM, a);
-    int64_t step[KILN_MAX_RANK], xi = 0;
-    for (int d = 0; d < o->rank; d++) step[d] = xst[a[d]], idx[d] = 0;
-    for (int64_t i = 0; i < o->numel; i++) {
-      copy_elem(o, i, x, xi);
-      for (int d = o->rank - 1; d >= 0; d--) {
-        xi += step[d];
-        if (++idx[d] < o->dims[d]) break;
-        xi -= step[d] * o->dims[d];
-        idx[d] = 0;
-      }
-    }
+    int64_t step[KILN_MAX_RANK];
+    for (int d = 0; d < o->rank; d++) step[d] = xst[a[d]];
+    kiln_permute_copy(o->data, x->data, kiln_dtype_size(o->dtype), o->rank, o->dims, step);
     return;
   }
-  case KILN_OP_BROADCAST_TO:
-    for (int64_t i = 0; i < o->numel; i++) {
-      unravel(i, o->rank, o->dims, idx);
-      int64_t xi = 0;
-      for (int d = 0; d < x->rank; d++) {
-        int od = o->rank - x->rank + d;
-        xi += (x->dims[d] == 1 ? 0 : idx[od]) * xst[d];
-      }
-      copy_elem(o, i, x, xi);
+  case KILN_OP_BROADCAST_TO: {
+    int64_t step[KILN_MAX_RANK];
+    for (int od = 0; od < o->rank; od++) {
+      int d = od - (o->rank - x->rank);
+      step[od] = d < 0 || x->dims[d] == 1 ? 0 : xst[d];
     }
+    kiln_permute_copy(o->data, x->data, kiln_dtype_size(o->dtype), o->rank, o->dims, step);
     return;
+  }
   case KILN_OP_CONCAT: {
     int64_t axis = kiln_attr_int(n, KILN_ATTR_AXIS, 0), off = 0;
     for (uint32_t k = 0; k < n->ninputs; k++) {

@@ -46,6 +46,17 @@ static void blob_unref(const void *data) {
   if (__atomic_sub_fetch(&b->refs, 1, __ATOMIC_ACQ_REL) == 0) free(b);
 }
 
+void *kiln_blob_new(size_t nbytes) {
+  blob *b = kiln_alloc_large(sizeof *b + nbytes);
+  if (!b) return NULL;
+  b->refs = 1, b->hash = 0;
+  return b + 1;
+}
+
+void kiln_blob_release(void *data) {
+  if (data) blob_unref(data);
+}
+
 kiln_graph *kiln_graph_new(void) {
   kiln_graph *g = calloc(1, sizeof *g);
   if (!g) {
@@ -148,6 +159,13 @@ void kiln_attrs_ints(kiln_attrs *a, kiln_attr_key k, const int64_t *v, int n) {
 /* ---- node creation and dedup ---- */
 
 static uint64_t data_hash(const void *data, size_t nbytes) { return kiln_hash_words(0x9e3779b97f4a7c15ull, data, nbytes); }
+
+void kiln_blob_seal(void *data, size_t nbytes, const void *from, const void *how, size_t how_bytes) {
+  /* data made from another blob by a known recipe hashes as the pair: equal data so
+   * made hash equal, and nodes compare data before they merge, so a collision with
+   * data made otherwise costs at most a missed merge, never a wrong one */
+  blob_of(data)->hash = from ? kiln_hash_words(blob_of(from)->hash, how, how_bytes) : data_hash(data, nbytes);
+}
 
 /* data_h: the data's hash (data_hash), when there is data */
 static uint32_t node_hash(const kiln_node *n, uint64_t data_h) {
@@ -274,6 +292,15 @@ kiln_value kiln_node_make(kiln_graph *g, kiln_op op, const uint32_t *inputs, uin
 
 kiln_value kiln_node_make_like(kiln_graph *g, const kiln_node *n, const uint32_t *inputs, const kiln_attrs *attrs) {
   return node_make(g, (kiln_op)n->op, inputs, n->ninputs, attrs, n->name, n->data, n->nbytes, n->data != NULL);
+}
+
+kiln_value kiln_constant_blob(kiln_graph *g, kiln_dtype t, int rank, const int64_t *dims, const void *data) {
+  if (!g || g->status != KILN_OK) return (kiln_value){KILN_NONE};
+  kiln_attrs a = {0};
+  kiln_attrs_int(&a, KILN_ATTR_DTYPE, t);
+  kiln_attrs_ints(&a, KILN_ATTR_SHAPE, dims, rank);
+  size_t nbytes = (size_t)kiln_shape_numel(rank, dims) * kiln_dtype_size(t);
+  return node_make(g, KILN_OP_CONST, NULL, 0, &a, NULL, data, nbytes, true);
 }
 
 /* Internal outputs (variable updates) are named "=var", which users cannot choose. */

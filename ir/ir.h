@@ -153,6 +153,10 @@ KILN_INTERNAL uint64_t kiln_hash_bytes(uint64_t h, const void *p, size_t n);
  * nothing stores: kiln_hash_bytes, byte by byte, also seeds variables, so its
  * values must not change. */
 KILN_INTERNAL uint64_t kiln_hash_words(uint64_t h, const void *p, size_t n);
+/* dst (row-major over dims) from src read at the given element strides: transposes,
+ * broadcasts (stride 0) and strided slices of any element size up to 8. */
+KILN_INTERNAL void kiln_permute_copy(void *dst, const void *src, size_t es, int rank, const int64_t *dims,
+                                     const int64_t *src_strides);
 /* Row-major strides (in elements) of a shape. */
 KILN_INTERNAL void kiln_strides(int rank, const int64_t *dims, int64_t *strides);
 /* Float to integer dtype t: truncate toward zero, saturate, NaN -> 0 (as llvm.fptosi.sat). */
@@ -170,6 +174,17 @@ KILN_INTERNAL kiln_value kiln_node_make(kiln_graph *g, kiln_op op, const uint32_
  * and attributes: for rebuilding one graph from another. */
 KILN_INTERNAL kiln_value kiln_node_make_like(kiln_graph *g, const kiln_node *n, const uint32_t *inputs,
                                              const kiln_attrs *attrs);
+/* Constant data written in place instead of copied in (folded weights): kiln_blob_new
+ * gives nbytes to fill, kiln_blob_seal hashes them once filled (from the blob `from`
+ * they were made of and the recipe `how`, when given: no pass over the data),
+ * kiln_blob_release drops the caller's reference. kiln_constant_blob makes a constant
+ * of a sealed blob (also another node's data, under another shape), holding a
+ * reference of its own. */
+KILN_INTERNAL void *kiln_blob_new(size_t nbytes);
+KILN_INTERNAL void kiln_blob_seal(void *data, size_t nbytes, const void *from, const void *how, size_t how_bytes);
+KILN_INTERNAL void kiln_blob_release(void *data);
+KILN_INTERNAL kiln_value kiln_constant_blob(kiln_graph *g, kiln_dtype t, int rank, const int64_t *dims,
+                                            const void *data);
 KILN_INTERNAL const kiln_node *kiln_node_get(const kiln_graph *g, kiln_value v); /* NULL if invalid */
 KILN_INTERNAL const kiln_attr *kiln_attr_find(const kiln_node *n, kiln_attr_key k);
 KILN_INTERNAL int64_t kiln_attr_int(const kiln_node *n, kiln_attr_key k, int64_t dflt);

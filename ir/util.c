@@ -139,8 +139,19 @@ uint64_t kiln_hash_bytes(uint64_t h, const void *p, size_t n) {
 }
 
 uint64_t kiln_hash_words(uint64_t h, const void *p, size_t n) {
+  /* four independent lanes: one chain waited on its multiply every 8 bytes (about
+   * 5 GB/s, 9 ms of a warm ResNet-18 compile) */
   const unsigned char *b = p;
+  uint64_t lane[4] = {h, h ^ 0x243F6A8885A308D3ull, h ^ 0x13198A2E03707344ull, h ^ 0xA4093822299F31D0ull};
   size_t i = 0;
+  for (; i + 32 <= n; i += 32)
+    for (int k = 0; k < 4; k++) {
+      uint64_t w;
+      memcpy(&w, b + i + 8 * k, 8);
+      lane[k] = (lane[k] ^ w) * 0x9E3779B97F4A7C15ull;
+      lane[k] ^= lane[k] >> 29;
+    }
+  for (int k = 0; k < 4; k++) h = (h ^ lane[k]) * 0x9E3779B97F4A7C15ull, h ^= h >> 29;
   for (; i + 8 <= n; i += 8) {
     uint64_t w;
     memcpy(&w, b + i, 8);
@@ -149,6 +160,45 @@ uint64_t kiln_hash_words(uint64_t h, const void *p, size_t n) {
   }
   return kiln_hash_bytes(h, b + i, n - i);
 }
+
+/* Tiles of the destination's last dimension, one cache line wide, with the other
+ * dimensions outside: each tile reads a line-sized run from as many source rows as
+ * it has lanes, so the rows stay in cache while the tile walks them (OIHW -> HWIO
+ * filters read their source once instead of once per filter tap). */
+#define PERMUTE_TILE(T)                                                                                      \
+  for (int64_t j0 = 0; j0 < last; j0 += tile)                                                               \
+    for (int64_t r = 0, off = 0; r < rows; r++) {                                                            \
+      T *o = (T *)dst + r * last;                                                                            \
+      const T *x = (const T *)src + off;                                                                     \
+      int64_t j1 = j0 + tile < last ? j0 + tile : last;                                                      \
+      for (int64_t j = j0; j < j1; j++) o[j] = x[j * step];                                                  \
+      for (int d = rank - 2; d >= 0; d--) {                                                                  \
+        off += src_strides[d];                                                                               \
+        if (++idx[d] < dims[d]) break;                                                                       \
+        off -= src_strides[d] * dims[d];                                                                     \
+        idx[d] = 0;                                                                                          \
+      }                                                                                                      \
+    }
+
+void kiln_permute_copy(void *dst, const void *src, size_t es, int rank, const int64_t *dims, const int64_t *src_strides) {
+  int64_t numel = kiln_shape_numel(rank, dims);
+  if (numel <= 0) return;
+  if (rank == 0) {
+    memcpy(dst, src, es);
+    return;
+  }
+  int64_t last = dims[rank - 1], step = src_strides[rank - 1], rows = numel / last;
+  int64_t tile = step == 1 ? last : 64 / (int64_t)es;
+  int64_t idx[KILN_MAX_RANK] = {0};
+  switch (es) {
+  case 1: PERMUTE_TILE(uint8_t) break;
+  case 2: PERMUTE_TILE(uint16_t) break;
+  case 4: PERMUTE_TILE(uint32_t) break;
+  case 8: PERMUTE_TILE(uint64_t) break;
+  default: KILN_ASSERT(!"kiln_permute_copy: element size");
+  }
+}
+#undef PERMUTE_TILE
 
 void kiln_strides(int rank, const int64_t *dims, int64_t *strides) {
   int64_t s = 1;
@@ -205,7 +255,7 @@ kiln_status kiln_read_file(const char *path, unsigned char **out, size_t *len) {
 enum { HUGE_PAGE = 2 << 20 };
 void *kiln_alloc_large(size_t n) {
   void *p = NULL;
-  size_t align = n >= 2 * (size_t)HUGE_PAGE ? HUGE_PAGE : 64;
+  size_t align = n >= (size_t)HUGE_PAGE ? HUGE_PAGE : 64;
   if (posix_memalign(&p, align, n ? n : 1)) return NULL;
 #ifdef MADV_HUGEPAGE
   if (align == HUGE_PAGE) madvise(p, n / HUGE_PAGE * HUGE_PAGE, MADV_HUGEPAGE); /* advice: failure is harmless */

@@ -1,6 +1,7 @@
 /* The reference evaluator against hand-computed values: it is the oracle for every
  * other test, so it is itself checked against arithmetic done by hand. */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #include "harness.h"
 
@@ -133,6 +134,49 @@ static void test_movement(void **s) {
   kiln_graph_free(g);
 }
 
+/* Transposes of every element size, wider than a cache-line tile (the copy works in
+ * tiles of 64 bytes of the output's last dim) and of rank 4, against index arithmetic:
+ * evaluated, and compiled from a constant (folded into the weights' new layout). */
+static void test_transpose_every_size(void **s) {
+  (void)s;
+  const int64_t dims[4] = {3, 5, 2, 37}, perm[4] = {3, 1, 0, 2}, out[4] = {37, 5, 3, 2};
+  const kiln_dtype types[4] = {KILN_BOOL, KILN_I32, KILN_F32, KILN_F64};
+  for (int t = 0; t < 4; t++) {
+    size_t es = kiln_dtype_size(types[t]), n = 3 * 5 * 2 * 37;
+    unsigned char *x = malloc(n * es);
+    for (size_t i = 0; i < n * es; i++) x[i] = (unsigned char)(types[t] == KILN_BOOL ? (i * 7 / 3) & 1 : i * 13 + 1);
+    for (int compiled = 0; compiled < 2; compiled++) {
+      kiln_graph *g = kiln_graph_new();
+      kiln_value c = kiln_constant(g, types[t], (kiln_shape){4, {3, 5, 2, 37}}, x);
+      kiln_output(g, "y", kiln_transpose(g, c, perm, 4));
+      kiln_tensor *y = NULL;
+      if (!compiled) assert_int_equal(kiln_evaluate(g, NULL, 0, &y, 1), KILN_OK);
+      else {
+        kiln_exec *e;
+        assert_int_equal(kiln_compile(g, NULL, &e), KILN_OK);
+        assert_int_equal(kiln_exec_run(e, NULL, 0, &y, 1), KILN_OK);
+        kiln_exec_free(e);
+      }
+      const unsigned char *d = kiln_tensor_cdata(y);
+      int64_t i = 0, idx[4];
+      for (idx[0] = 0; idx[0] < out[0]; idx[0]++)
+        for (idx[1] = 0; idx[1] < out[1]; idx[1]++)
+          for (idx[2] = 0; idx[2] < out[2]; idx[2]++)
+            for (idx[3] = 0; idx[3] < out[3]; idx[3]++, i++) {
+              int64_t src[4];
+              for (int k = 0; k < 4; k++) src[perm[k]] = idx[k];
+              int64_t xi = ((src[0] * dims[1] + src[1]) * dims[2] + src[2]) * dims[3] + src[3];
+              if (memcmp(d + i * (int64_t)es, x + xi * (int64_t)es, es))
+                fail_msg("%s transpose (%s), element %lld: wrong value", kiln_dtype_name(types[t]),
+                         compiled ? "compiled" : "evaluated", (long long)i);
+            }
+      kiln_tensor_free(y);
+      kiln_graph_free(g);
+    }
+    free(x);
+  }
+}
+
 static void test_softmax(void **s) {
   kiln_graph *g = kiln_graph_new();
   kiln_value x = kiln_constant(g, KILN_F32, KILN_SHAPE(1, 3), (float[]){1, 2, 3});
@@ -171,6 +215,7 @@ int main(void) {
       cmocka_unit_test(test_conv_and_pools),  cmocka_unit_test(test_reductions_and_argmax),
       cmocka_unit_test(test_integer_semantics), cmocka_unit_test(test_movement),
       cmocka_unit_test(test_softmax),         cmocka_unit_test(test_random_is_reproducible),
+      cmocka_unit_test(test_transpose_every_size),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
