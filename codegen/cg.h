@@ -276,10 +276,17 @@ KILN_INTERNAL kiln_status cg_llvm_error(LLVMErrorRef e, const char *what);
 /* Threads a compile may use: KILN_COMPILE_THREADS, else the CPUs online (at most 8). */
 KILN_INTERNAL int cg_compile_threads(void);
 /* Optimises mod (prepared for tm) and emits its machine code into *obj (the caller's),
- * split over up to `threads` threads when it is large enough; *obj is then several
- * objects in one buffer (cg_objects_*). t gets the LLVM steps' wall times. */
+ * split over up to `threads` threads when it is large enough, its shared functions
+ * from (and into) the compile cache as `functions` says; *obj is then several
+ * objects in one buffer (cg_objects_*). t gets the LLVM steps' wall times and how
+ * many shared functions came from the cache. */
+typedef enum {
+  CG_FUNCTIONS_INLINE,  /* shared functions compiled with the rest, no cache */
+  CG_FUNCTIONS_REUSE,   /* taken from the cache when there, else compiled and stored */
+  CG_FUNCTIONS_REFRESH, /* compiled and stored over what the cache has (which did not load) */
+} cg_function_cache;
 KILN_INTERNAL kiln_status cg_compile_parts(LLVMModuleRef mod, LLVMTargetMachineRef tm, bool generic_cpu, int threads,
-                                           kiln_exec_stats *t, LLVMMemoryBufferRef *obj);
+                                           cg_function_cache functions, kiln_exec_stats *t, LLVMMemoryBufferRef *obj);
 /* How many objects a compile result holds (1 for a plain object), -1 if malformed. */
 KILN_INTERNAL int cg_objects_count(const void *data, size_t size);
 /* Object q of a well-formed compile result. */
@@ -296,12 +303,19 @@ KILN_INTERNAL bool cg_cache_enabled(void); /* KILN_CACHE is not 0 */
 /* The key of mod (not yet optimised) compiled by tm through `pipeline`. */
 KILN_INTERNAL kiln_status cg_cache_key_of(LLVMModuleRef mod, LLVMTargetMachineRef tm, const char *pipeline,
                                           cg_cache_key *key);
+/* The same from the module's bitcode. */
+KILN_INTERNAL void cg_cache_key_of_bitcode(const void *bitcode, size_t size, LLVMTargetMachineRef tm,
+                                           const char *pipeline, cg_cache_key *key);
+/* What an entry holds: a whole module's objects (NAME.kjit, counted as hits, misses
+ * and stores) or one shared function's (NAME.kfn, counted as functions reused and
+ * stored). */
+typedef enum { CG_ENTRY_MODULE, CG_ENTRY_FUNCTION } cg_entry_kind;
 /* true: *data (the caller's, free) holds the object stored under key. A corrupt entry
  * is removed with one line on stderr and counted as rejected. */
-KILN_INTERNAL bool cg_cache_load(cg_cache_key key, void **data, size_t *size);
-KILN_INTERNAL void cg_cache_store(cg_cache_key key, const void *data, size_t size);
+KILN_INTERNAL bool cg_cache_load(cg_entry_kind kind, cg_cache_key key, void **data, size_t *size);
+KILN_INTERNAL void cg_cache_store(cg_entry_kind kind, cg_cache_key key, const void *data, size_t size);
 /* An entry that loaded but that the JIT could not link: removed like a corrupt one. */
-KILN_INTERNAL void cg_cache_reject(cg_cache_key key, const char *why);
+KILN_INTERNAL void cg_cache_reject(cg_entry_kind kind, cg_cache_key key, const char *why);
 KILN_INTERNAL void cg_cache_count_miss(void);
 
 /* ---- lower.c ---- */

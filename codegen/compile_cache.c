@@ -35,7 +35,7 @@ typedef struct {
   uint64_t key_lo, key_hi, size, sum_lo, sum_hi;
 } entry_header;
 
-static uint64_t stat_hits, stat_misses, stat_stores, stat_rejected;
+static uint64_t stat_hits, stat_misses, stat_stores, stat_rejected, stat_functions_reused, stat_functions_stored;
 
 void kiln_cache_get_stats(kiln_cache_stats *out) {
   if (!out) return;
@@ -43,6 +43,8 @@ void kiln_cache_get_stats(kiln_cache_stats *out) {
   out->misses = __atomic_load_n(&stat_misses, __ATOMIC_RELAXED);
   out->stores = __atomic_load_n(&stat_stores, __ATOMIC_RELAXED);
   out->rejected = __atomic_load_n(&stat_rejected, __ATOMIC_RELAXED);
+  out->functions_reused = __atomic_load_n(&stat_functions_reused, __ATOMIC_RELAXED);
+  out->functions_stored = __atomic_load_n(&stat_functions_stored, __ATOMIC_RELAXED);
 }
 
 static void count(uint64_t *c) { __atomic_fetch_add(c, 1, __ATOMIC_RELAXED); }
@@ -90,7 +92,8 @@ static void hash_into(cg_cache_key *k, const void *data, size_t n) {
 }
 static void hash_str(cg_cache_key *k, const char *s) { hash_into(k, s, strlen(s) + 1); }
 
-kiln_status cg_cache_key_of(LLVMModuleRef mod, LLVMTargetMachineRef tm, const char *pipeline, cg_cache_key *key) {
+void cg_cache_key_of_bitcode(const void *bitcode, size_t size, LLVMTargetMachineRef tm, const char *pipeline,
+                             cg_cache_key *key) {
   *key = (cg_cache_key){ENTRY_FORMAT, ENTRY_FORMAT};
   unsigned major, minor, patch;
   LLVMGetVersion(&major, &minor, &patch);
@@ -107,9 +110,13 @@ kiln_status cg_cache_key_of(LLVMModuleRef mod, LLVMTargetMachineRef tm, const ch
   LLVMDisposeMessage(feat);
   hash_str(key, pipeline);
   hash_str(key, getenv("KILN_LLVM_ARGS") ? getenv("KILN_LLVM_ARGS") : ""); /* LLVM's own options may change the code */
+  hash_into(key, bitcode, size);
+}
+
+kiln_status cg_cache_key_of(LLVMModuleRef mod, LLVMTargetMachineRef tm, const char *pipeline, cg_cache_key *key) {
   LLVMMemoryBufferRef bc = LLVMWriteBitcodeToMemoryBuffer(mod);
   if (!bc) return kiln_set_error(KILN_ERR_NOMEM, "compile cache: cannot serialise the module");
-  hash_into(key, LLVMGetBufferStart(bc), LLVMGetBufferSize(bc));
+  cg_cache_key_of_bitcode(LLVMGetBufferStart(bc), LLVMGetBufferSize(bc), tm, pipeline, key);
   LLVMDisposeMemoryBuffer(bc);
   return KILN_OK;
 }
@@ -143,10 +150,13 @@ static bool cache_dir(char *dir, size_t cap) {
   return true;
 }
 
-static bool entry_path(cg_cache_key key, char *path, size_t cap) {
+static const char *const extension[] = {[CG_ENTRY_MODULE] = ".kjit", [CG_ENTRY_FUNCTION] = ".kfn"};
+
+static bool entry_path(cg_entry_kind kind, cg_cache_key key, char *path, size_t cap) {
   char dir[4096];
   if (!cache_dir(dir, sizeof dir)) return false;
-  int n = snprintf(path, cap, "%s/%016llx%016llx.kjit", dir, (unsigned long long)key.hi, (unsigned long long)key.lo);
+  int n = snprintf(path, cap, "%s/%016llx%016llx%s", dir, (unsigned long long)key.hi, (unsigned long long)key.lo,
+                   extension[kind]);
   return n > 0 && (size_t)n < cap;
 }
 
@@ -167,11 +177,11 @@ static void reject(const char *path, const char *why) {
   unlink(path);
 }
 
-bool cg_cache_load(cg_cache_key key, void **data, size_t *size) {
+bool cg_cache_load(cg_entry_kind kind, cg_cache_key key, void **data, size_t *size) {
   *data = NULL;
   *size = 0;
   char path[4200];
-  if (!entry_path(key, path, sizeof path)) return false;
+  if (!entry_path(kind, key, path, sizeof path)) return false;
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return false;
   struct stat st;
@@ -197,15 +207,15 @@ bool cg_cache_load(cg_cache_key key, void **data, size_t *size) {
     return false;
   }
   utimensat(AT_FDCWD, path, NULL, 0); /* recently used */
-  count(&stat_hits);
+  count(kind == CG_ENTRY_MODULE ? &stat_hits : &stat_functions_reused);
   *data = buf;
   *size = h.size;
   return true;
 }
 
-void cg_cache_reject(cg_cache_key key, const char *why) {
+void cg_cache_reject(cg_entry_kind kind, cg_cache_key key, const char *why) {
   char path[4200];
-  if (entry_path(key, path, sizeof path)) reject(path, why);
+  if (entry_path(kind, key, path, sizeof path)) reject(path, why);
 }
 
 static uint64_t max_bytes(void) {
@@ -240,9 +250,11 @@ static void evict(const char *dir, uint64_t limit) {
     struct stat tst;
     /* a temporary file (kiln_write_atomic's NAME.tmp-XXXXXX) an hour old belongs to a
      * process that died writing it */
-    if (strstr(de->d_name, ".kjit.tmp-") && !fstatat(dirfd(d), de->d_name, &tst, 0) && now - tst.st_mtime > 3600)
+    if ((strstr(de->d_name, ".kjit.tmp-") || strstr(de->d_name, ".kfn.tmp-")) && !fstatat(dirfd(d), de->d_name, &tst, 0) &&
+        now - tst.st_mtime > 3600)
       unlinkat(dirfd(d), de->d_name, 0);
-    if (len < 6 || len >= sizeof e->name || strcmp(de->d_name + len - 5, ".kjit")) continue;
+    bool entry = (len > 5 && !strcmp(de->d_name + len - 5, ".kjit")) || (len > 4 && !strcmp(de->d_name + len - 4, ".kfn"));
+    if (!entry || len >= sizeof e->name) continue;
     struct stat st;
     if (fstatat(dirfd(d), de->d_name, &st, 0)) continue;
     if (n == cap) {
@@ -264,9 +276,9 @@ static void evict(const char *dir, uint64_t limit) {
   free(e);
 }
 
-void cg_cache_store(cg_cache_key key, const void *data, size_t size) {
+void cg_cache_store(cg_entry_kind kind, cg_cache_key key, const void *data, size_t size) {
   char path[4200], dir[4096];
-  if (!cache_dir(dir, sizeof dir) || !entry_path(key, path, sizeof path)) return;
+  if (!cache_dir(dir, sizeof dir) || !entry_path(kind, key, path, sizeof path)) return;
   entry_header h = {.key_lo = key.lo, .key_hi = key.hi, .size = size};
   memcpy(h.magic, MAGIC, sizeof MAGIC);
   cg_cache_key sum = {0, 0};
@@ -279,7 +291,7 @@ void cg_cache_store(cg_cache_key key, const void *data, size_t size) {
   char saved[1024]; /* kiln_errmsg's size (ir/util.c) */
   snprintf(saved, sizeof saved, "%s", kiln_errmsg());
   if (kiln_write_atomic(path, parts, sizes, 2) == KILN_OK) {
-    count(&stat_stores);
+    count(kind == CG_ENTRY_MODULE ? &stat_stores : &stat_functions_stored);
     evict(dir, max_bytes());
   }
   kiln_set_error(KILN_OK, "%s", saved);

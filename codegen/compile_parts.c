@@ -12,6 +12,15 @@
  * linkage (hidden visibility keeps the call direct) and with it being inlined: a
  * call per kernel per run, and nothing the kernels' loops depend on.
  *
+ * Shared functions come from the compile cache when an earlier compile, of any
+ * graph, made them (cg_function_cache): each is cut out into a module of its own
+ * (strip_to_unit: its body, declarations of what it calls in name order, nothing
+ * else), keyed by that module's bitcode, so the same micro-kernel or GEMM driver
+ * lowered for another graph finds the same entry; the rest of the module declares
+ * it. Evaluation after a train step, another variant of a model, a layer resized:
+ * only their own kernels reach LLVM. Missing ones compile as jobs beside the parts
+ * and are stored.
+ *
  * The objects travel as one buffer (cg_objects_*) so that the compile cache and the
  * JIT see one result whatever the number of parts. */
 #include <llvm-c/BitReader.h>
@@ -25,7 +34,9 @@
 
 /* Below this many instructions a module compiles in a few tens of milliseconds and
  * the bitcode round trip and thread start would eat the gain. */
-enum { PARTS_MIN_INSTRUCTIONS = 1500, PARTS_MAX = 8 };
+enum { PARTS_MIN_INSTRUCTIONS = 1500, PARTS_MAX = 8, OBJECTS_MAX = 256 };
+/* owner[] of a function compiled in a shared function's own object */
+enum { OWNED_BY_SHARED = -2 };
 
 static const char objects_magic[8] = {'K', 'I', 'L', 'N', 'O', 'B', 'J', 'S'};
 
@@ -39,15 +50,20 @@ static bool is_noinline(LLVMValueRef fn) {
   return LLVMGetEnumAttributeAtIndex(fn, LLVMAttributeFunctionIndex, LLVMGetEnumAttributeKindForName("noinline", 8)) != NULL;
 }
 
+/* One compile job: a part of the module (owner: the functions it compiles), or one
+ * shared function (unit >= 0: the root of its unit), looked up in the cache first. */
 typedef struct {
   int index;
-  const int *owner;     /* per function in module order: its part, -1 for declarations */
-  const bool *exported; /* per function: called from another part */
+  const int *owner;     /* per function in module order: its part, -1 for declarations, OWNED_BY_SHARED */
+  const bool *exported; /* per function: called from outside its part or unit */
+  const long *root;     /* per function: its unit's root */
+  long unit;
+  bool reuse; /* a shared function: take it from the cache when there */
   size_t nfns;
-  LLVMMemoryBufferRef bitcode; /* shared, read only */
-  bool generic_cpu;
-  LLVMTargetMachineRef tm; /* the caller's for part 0; the others make their own */
+  LLVMMemoryBufferRef bitcode; /* the module's, read only */
+  size_t instructions;         /* for ordering the jobs, largest first */
   LLVMMemoryBufferRef obj;
+  bool from_cache;
   kiln_status st;
   char err[512];
   double opt_ms, codegen_ms;
@@ -72,52 +88,6 @@ static kiln_status fail_part(part *p, kiln_status st) {
   return p->st = st;
 }
 
-static void *compile_part(void *arg) {
-  part *p = arg;
-  LLVMContextRef ctx = LLVMContextCreate();
-  LLVMModuleRef m = NULL;
-  if (LLVMParseBitcodeInContext2(ctx, p->bitcode, &m)) {
-    fail_part(p, kiln_set_error(KILN_ERR_BACKEND, "compile part %d: cannot read the module's bitcode", p->index));
-    LLVMContextDispose(ctx);
-    return NULL;
-  }
-  /* Collect first: make_declaration changes the function list. */
-  LLVMValueRef *fns = malloc(p->nfns * sizeof *fns);
-  size_t n = 0;
-  for (LLVMValueRef f = LLVMGetFirstFunction(m); f && fns; f = LLVMGetNextFunction(f))
-    if (n++ < p->nfns) fns[n - 1] = f;
-  if (!fns || n != p->nfns) {
-    fail_part(p, kiln_set_error(fns ? KILN_ERR_BACKEND : KILN_ERR_NOMEM, "compile part %d: %s", p->index,
-                                fns ? "the bitcode's functions differ from the module's" : "out of memory"));
-  } else {
-    bool ok = true;
-    for (size_t i = 0; i < n && ok; i++) {
-      if (p->owner[i] < 0) continue;
-      if (p->owner[i] != p->index) {
-        ok = make_declaration(m, fns[i]);
-      } else if (p->exported[i]) {
-        LLVMSetLinkage(fns[i], LLVMExternalLinkage);
-        LLVMSetVisibility(fns[i], LLVMHiddenVisibility);
-      }
-    }
-    LLVMTargetMachineRef tm = !ok ? NULL : p->tm ? p->tm : cg_target_machine(NULL, p->generic_cpu ? "generic" : "native", NULL);
-    if (!ok) {
-      fail_part(p, kiln_set_error(KILN_ERR_NOMEM, "compile part %d: out of memory", p->index));
-    } else if (!tm) {
-      fail_part(p, KILN_ERR_BACKEND);
-    } else {
-      kiln_exec_stats t = {0};
-      if (cg_emit_object(m, tm, &t, &p->obj) != KILN_OK) fail_part(p, KILN_ERR_BACKEND);
-      p->opt_ms = t.llvm_opt_ms, p->codegen_ms = t.llvm_codegen_ms;
-      if (!p->tm) LLVMDisposeTargetMachine(tm);
-    }
-  }
-  free(fns);
-  LLVMDisposeModule(m);
-  LLVMContextDispose(ctx);
-  return NULL;
-}
-
 /* The function containing instruction-user `user`, as an index into fns; -1 if none. */
 static long user_fn(LLVMValueRef user, LLVMValueRef *fns, size_t nfns) {
   if (!LLVMIsAInstruction(user)) return -1;
@@ -127,42 +97,46 @@ static long user_fn(LLVMValueRef user, LLVMValueRef *fns, size_t nfns) {
   return -1;
 }
 
-/* owner[i] for mod's functions into nparts parts, and which of them other parts
- * call (exported[i]); returns how many parts got work.
- *
+/* root[i]: the unit function i belongs to (index into fns), -1 for declarations.
  * Units: kiln_entry, each kernel it calls and each shared noinline function, with
- * the helpers (task bodies, epilogues) only their unit uses. Kernels are called
- * once, so leaving them out of line in another part costs a call per run. */
-static int assign_parts(LLVMModuleRef mod, int nparts, int *owner, bool *exported, size_t nfns) {
-  LLVMValueRef *fns = malloc(nfns * sizeof *fns);
-  long *root = malloc(nfns * sizeof *root);
-  size_t *weight = calloc(nfns, sizeof *weight), load[PARTS_MAX] = {0};
-  int used = 0;
-  if (!fns || !root || !weight) goto done;
-  size_t i = 0, entry = SIZE_MAX;
-  for (LLVMValueRef f = LLVMGetFirstFunction(mod); f; f = LLVMGetNextFunction(f)) {
+ * the helpers (task bodies, epilogues) only their unit uses. */
+static void unit_roots(LLVMValueRef *fns, size_t nfns, long *root) {
+  size_t entry = SIZE_MAX;
+  for (size_t i = 0; i < nfns; i++) {
     size_t len;
-    if (!strcmp(LLVMGetValueName2(f, &len), "kiln_entry")) entry = i;
-    fns[i++] = f;
+    if (!strcmp(LLVMGetValueName2(fns[i], &len), "kiln_entry")) entry = i;
   }
-  for (i = 0; i < nfns; i++) {
+  for (size_t i = 0; i < nfns; i++) {
     root[i] = LLVMIsDeclaration(fns[i]) ? -1 : (long)i;
     if (root[i] < 0 || is_noinline(fns[i]) || i == entry) continue;
     LLVMUseRef u = LLVMGetFirstUse(fns[i]);
     long by = u ? user_fn(LLVMGetUser(u), fns, nfns) : -1;
     if (by >= 0 && (size_t)by != entry) root[i] = by; /* a helper: resolved to its unit below */
   }
-  for (i = 0; i < nfns; i++) {
+  for (size_t i = 0; i < nfns; i++) {
     long r = root[i];
     for (int hops = 0; r >= 0 && root[r] != r && hops < 64; hops++) r = root[r];
-    if (root[i] >= 0) weight[r] += cg_fn_instructions(fns[i]);
-    owner[i] = -1;
     root[i] = root[i] >= 0 ? r : -1;
+  }
+}
+
+/* owner[i] for the functions into nparts parts, and which of them other parts call
+ * (exported[i]); returns how many parts got work. Units whose root is marked in
+ * `apart` are compiled on their own: OWNED_BY_SHARED. Kernels are called once, so
+ * leaving them out of line in another part costs a call per run. */
+static int assign_parts(LLVMValueRef *fns, const long *root, const bool *apart, int nparts, int *owner, bool *exported,
+                        size_t nfns) {
+  size_t *weight = calloc(nfns, sizeof *weight), load[PARTS_MAX] = {0};
+  int used = 0;
+  if (!weight) return 0;
+  for (size_t i = 0; i < nfns; i++) {
+    owner[i] = -1;
+    if (root[i] >= 0 && !apart[root[i]]) weight[root[i]] += cg_fn_instructions(fns[i]);
   }
   /* largest unit first, each to the least loaded part */
   for (;;) {
     size_t best = SIZE_MAX, wmax = 0;
-    for (i = 0; i < nfns; i++)
+    for (size_t i = 0; i < nfns; i++)
       if (weight[i] > wmax) wmax = weight[i], best = i;
     if (best == SIZE_MAX) break;
     int lightest = 0;
@@ -172,27 +146,181 @@ static int assign_parts(LLVMModuleRef mod, int nparts, int *owner, bool *exporte
     load[lightest] += weight[best];
     weight[best] = 0;
   }
-  for (i = 0; i < nfns; i++)
-    if (root[i] >= 0) owner[i] = owner[root[i]] < 0 ? 0 : owner[root[i]];
-  /* which definitions another part refers to: those lose internal linkage */
-  for (i = 0; i < nfns; i++) {
+  for (size_t i = 0; i < nfns; i++)
+    if (root[i] >= 0) owner[i] = apart[root[i]] ? OWNED_BY_SHARED : owner[root[i]] < 0 ? 0 : owner[root[i]];
+  /* which definitions another part or shared function refers to: those lose internal linkage */
+  for (size_t i = 0; i < nfns; i++) {
     exported[i] = false;
-    if (owner[i] < 0) continue;
+    if (root[i] < 0) continue;
     for (LLVMUseRef u = LLVMGetFirstUse(fns[i]); u && !exported[i]; u = LLVMGetNextUse(u)) {
       long by = user_fn(LLVMGetUser(u), fns, nfns);
-      exported[i] = by < 0 || owner[by] != owner[i];
+      exported[i] = by < 0 || (apart[root[i]] || apart[root[by]] ? root[by] != root[i] : owner[by] != owner[i]);
     }
   }
   for (int q = 0; q < nparts; q++) used += load[q] > 0;
-done:
-  free(fns), free(root), free(weight);
+  free(weight);
   return used;
 }
 
-/* All parts' objects as one buffer: magic, count, sizes, then the objects. */
-static LLVMMemoryBufferRef pack_objects(part *parts, int n) {
+/* Declarations in name order, after the definitions: a shared function's module then
+ * does not depend on the order in which the graph's lowering first used them. */
+static bool sort_declarations(LLVMModuleRef m) {
+  size_t n = 0, cap = 16;
+  LLVMValueRef *decl = malloc(cap * sizeof *decl);
+  for (LLVMValueRef f = LLVMGetFirstFunction(m); f && decl; f = LLVMGetNextFunction(f)) {
+    if (!LLVMIsDeclaration(f)) continue;
+    if (n == cap) {
+      LLVMValueRef *nd = realloc(decl, (cap *= 2) * sizeof *decl);
+      if (!nd) free(decl);
+      decl = nd;
+      if (!decl) break;
+    }
+    decl[n++] = f;
+  }
+  if (!decl) return false;
+  for (size_t i = 1; i < n; i++) /* insertion sort by name: a handful */
+    for (size_t j = i; j > 0; j--) {
+      size_t la, lb;
+      const char *a = LLVMGetValueName2(decl[j - 1], &la), *b = LLVMGetValueName2(decl[j], &lb);
+      if (strcmp(a, b) <= 0) break;
+      LLVMValueRef t = decl[j - 1];
+      decl[j - 1] = decl[j], decl[j] = t;
+    }
+  bool ok = true;
+  for (size_t i = 0; i < n && ok; i++) {
+    size_t len;
+    char *name = strdup(LLVMGetValueName2(decl[i], &len));
+    ok = name != NULL;
+    if (!ok) break;
+    LLVMSetValueName2(decl[i], "", 0);
+    /* made under its name: an intrinsic gets its attributes from it */
+    LLVMValueRef nf = LLVMAddFunction(m, name, LLVMGlobalGetValueType(decl[i]));
+    free(name);
+    LLVMSetVisibility(nf, LLVMGetVisibility(decl[i]));
+    unsigned nparams = LLVMCountParams(decl[i]);
+    for (long idx = -1; idx <= (long)nparams; idx++) {
+      LLVMAttributeIndex ai = idx < 0 ? (LLVMAttributeIndex)LLVMAttributeFunctionIndex : (LLVMAttributeIndex)idx;
+      unsigned na = LLVMGetAttributeCountAtIndex(decl[i], ai);
+      LLVMAttributeRef attrs[64];
+      if (na > 64) na = 0; /* never seen: keep LLVM's defaults */
+      if (na) LLVMGetAttributesAtIndex(decl[i], ai, attrs);
+      for (unsigned k = 0; k < na; k++) LLVMAddAttributeAtIndex(nf, ai, attrs[k]);
+    }
+    LLVMReplaceAllUsesWith(decl[i], nf);
+    LLVMDeleteFunction(decl[i]);
+  }
+  free(decl);
+  return ok;
+}
+
+/* m (a shared function's unit, the rest declared) without what only the rest used,
+ * its declarations in name order: the same function lowered for another graph gives
+ * the same bitcode, hence the same cache key. */
+static void strip_to_unit(LLVMModuleRef m) {
+  for (LLVMValueRef f = LLVMGetFirstFunction(m), next; f; f = next) {
+    next = LLVMGetNextFunction(f);
+    if (LLVMIsDeclaration(f) && !LLVMGetFirstUse(f)) LLVMDeleteFunction(f);
+  }
+  for (LLVMValueRef gl = LLVMGetFirstGlobal(m), next; gl; gl = next) {
+    next = LLVMGetNextGlobal(gl);
+    if (!LLVMGetFirstUse(gl)) LLVMDeleteGlobal(gl);
+  }
+  sort_declarations(m); /* on failure only the key differs: a miss */
+}
+
+/* The shared function's key; its object from the cache into p->obj when there (and
+ * p->reuse); else true: compile and store it under *key. */
+static bool from_cache_or_store(part *p, LLVMModuleRef m, LLVMTargetMachineRef tm, cg_cache_key *key) {
+  LLVMMemoryBufferRef bc = LLVMWriteBitcodeToMemoryBuffer(m);
+  if (!bc) return false;
+  cg_cache_key_of_bitcode(LLVMGetBufferStart(bc), LLVMGetBufferSize(bc), tm, cg_pipeline(), key);
+  LLVMDisposeMemoryBuffer(bc);
+  void *data;
+  size_t size;
+  if (p->reuse && cg_cache_load(CG_ENTRY_FUNCTION, *key, &data, &size)) {
+    p->obj = LLVMCreateMemoryBufferWithMemoryRangeCopy(data, size, "kiln shared function");
+    free(data);
+    p->from_cache = p->obj != NULL;
+    return false;
+  }
+  return true;
+}
+
+static void compile_part(part *p, LLVMTargetMachineRef tm) {
+  LLVMContextRef ctx = LLVMContextCreate();
+  LLVMModuleRef m = NULL;
+  if (LLVMParseBitcodeInContext2(ctx, p->bitcode, &m)) {
+    fail_part(p, kiln_set_error(KILN_ERR_BACKEND, "compile part %d: cannot read the module's bitcode", p->index));
+    LLVMContextDispose(ctx);
+    return;
+  }
+  /* Collect first: make_declaration changes the function list. */
+  LLVMValueRef *fns = malloc((p->nfns + 1) * sizeof *fns);
+  size_t n = 0;
+  for (LLVMValueRef f = LLVMGetFirstFunction(m); f && fns; f = LLVMGetNextFunction(f))
+    if (n++ < p->nfns) fns[n - 1] = f;
+  bool ok = fns && n == p->nfns;
+  if (!ok)
+    fail_part(p, kiln_set_error(fns ? KILN_ERR_BACKEND : KILN_ERR_NOMEM, "compile part %d: %s", p->index,
+                                fns ? "the bitcode's functions differ from the module's" : "out of memory"));
+  for (size_t i = 0; i < n && ok; i++) {
+    bool mine = p->unit >= 0 ? p->root[i] == p->unit : p->owner[i] == p->index;
+    if (LLVMIsDeclaration(fns[i])) continue;
+    if (!mine) {
+      ok = make_declaration(m, fns[i]);
+      if (!ok) fail_part(p, kiln_set_error(KILN_ERR_NOMEM, "compile part %d: out of memory", p->index));
+    } else if (p->exported[i]) {
+      LLVMSetLinkage(fns[i], LLVMExternalLinkage);
+      LLVMSetVisibility(fns[i], LLVMHiddenVisibility);
+    }
+  }
+  cg_cache_key key;
+  bool store = false;
+  if (ok && p->unit >= 0) {
+    strip_to_unit(m);
+    store = from_cache_or_store(p, m, tm, &key);
+  }
+  if (ok && !p->obj) {
+    kiln_exec_stats t = {0};
+    if (cg_emit_object(m, tm, &t, &p->obj) != KILN_OK) fail_part(p, KILN_ERR_BACKEND);
+    p->opt_ms = t.llvm_opt_ms, p->codegen_ms = t.llvm_codegen_ms;
+    if (p->obj && store) cg_cache_store(CG_ENTRY_FUNCTION, key, LLVMGetBufferStart(p->obj), LLVMGetBufferSize(p->obj));
+  }
+  free(fns);
+  LLVMDisposeModule(m);
+  LLVMContextDispose(ctx);
+}
+
+/* Threads take jobs in order until none is left; each has its own target machine
+ * (the caller's is the calling thread's). */
+typedef struct {
+  part *jobs;
+  int njobs, *next;
+  bool generic_cpu;
+  LLVMTargetMachineRef tm;   /* NULL: the worker makes its own */
+  double opt_ms, codegen_ms; /* this worker's sums */
+} crew;
+
+static void *worker(void *arg) {
+  crew *w = arg;
+  LLVMTargetMachineRef tm = w->tm ? w->tm : cg_target_machine(NULL, w->generic_cpu ? "generic" : "native", NULL);
+  for (int j; (j = __atomic_fetch_add(w->next, 1, __ATOMIC_RELAXED)) < w->njobs;) {
+    part *p = &w->jobs[j];
+    if (!tm) {
+      fail_part(p, KILN_ERR_BACKEND);
+      continue;
+    }
+    compile_part(p, tm);
+    w->opt_ms += p->opt_ms, w->codegen_ms += p->codegen_ms;
+  }
+  if (tm && !w->tm) LLVMDisposeTargetMachine(tm);
+  return NULL;
+}
+
+/* All jobs' objects as one buffer: magic, count, sizes, then the objects. */
+static LLVMMemoryBufferRef pack_objects(part *jobs, int n) {
   size_t total = sizeof objects_magic + 8 + 8 * (size_t)n;
-  for (int q = 0; q < n; q++) total += LLVMGetBufferSize(parts[q].obj);
+  for (int q = 0; q < n; q++) total += LLVMGetBufferSize(jobs[q].obj);
   char *buf = malloc(total);
   if (!buf) return NULL;
   memcpy(buf, objects_magic, sizeof objects_magic);
@@ -200,9 +328,9 @@ static LLVMMemoryBufferRef pack_objects(part *parts, int n) {
   memcpy(buf + 8, &count, 8);
   size_t at = 16 + 8 * (size_t)n;
   for (int q = 0; q < n; q++) {
-    uint64_t size = LLVMGetBufferSize(parts[q].obj);
+    uint64_t size = LLVMGetBufferSize(jobs[q].obj);
     memcpy(buf + 16 + 8 * q, &size, 8);
-    memcpy(buf + at, LLVMGetBufferStart(parts[q].obj), size);
+    memcpy(buf + at, LLVMGetBufferStart(jobs[q].obj), size);
     at += size;
   }
   LLVMMemoryBufferRef out = LLVMCreateMemoryBufferWithMemoryRangeCopy(buf, total, "kiln objects");
@@ -210,45 +338,79 @@ static LLVMMemoryBufferRef pack_objects(part *parts, int n) {
   return out;
 }
 
-kiln_status cg_compile_parts(LLVMModuleRef mod, LLVMTargetMachineRef tm, bool generic_cpu, int threads, kiln_exec_stats *t, LLVMMemoryBufferRef *obj) {
+static int larger_first(const void *a, const void *b) {
+  size_t x = ((const part *)a)->instructions, y = ((const part *)b)->instructions;
+  return x < y ? 1 : x > y ? -1 : 0;
+}
+
+kiln_status cg_compile_parts(LLVMModuleRef mod, LLVMTargetMachineRef tm, bool generic_cpu, int threads,
+                             cg_function_cache functions, kiln_exec_stats *t, LLVMMemoryBufferRef *obj) {
   *obj = NULL;
   size_t nfns = 0, ninstr = 0;
   for (LLVMValueRef f = LLVMGetFirstFunction(mod); f; f = LLVMGetNextFunction(f)) nfns++, ninstr += cg_fn_instructions(f);
   if (threads > PARTS_MAX) threads = PARTS_MAX;
-  int *owner = threads > 1 && ninstr >= PARTS_MIN_INSTRUCTIONS ? malloc(nfns * sizeof *owner) : NULL;
-  bool *exported = owner ? malloc(nfns * sizeof *exported) : NULL;
-  int nparts = exported ? assign_parts(mod, threads, owner, exported, nfns) : 0;
-  if (nparts < 2) { /* one part: the module as it is */
-    free(owner), free(exported);
-    return cg_emit_object(mod, tm, t, obj);
+  bool split = threads > 1 && ninstr >= PARTS_MIN_INSTRUCTIONS;
+  if (!split && functions == CG_FUNCTIONS_INLINE) return cg_emit_object(mod, tm, t, obj); /* the module as it is */
+
+  kiln_status st = KILN_OK;
+  LLVMValueRef *fns = malloc((nfns + 1) * sizeof *fns);
+  long *root = malloc((nfns + 1) * sizeof *root);
+  int *owner = malloc((nfns + 1) * sizeof *owner);
+  bool *exported = malloc(nfns + 1), *apart = calloc(nfns + 1, 1);
+  part *jobs = calloc(OBJECTS_MAX, sizeof *jobs);
+  LLVMMemoryBufferRef bitcode = LLVMWriteBitcodeToMemoryBuffer(mod);
+  int njobs = 0, next = 0;
+  if (!fns || !root || !owner || !exported || !apart || !jobs || !bitcode) {
+    st = kiln_set_error(KILN_ERR_NOMEM, "compile: out of memory");
+    goto done;
   }
-  part parts[PARTS_MAX];
+  size_t i = 0;
+  for (LLVMValueRef f = LLVMGetFirstFunction(mod); f; f = LLVMGetNextFunction(f)) fns[i++] = f;
+  unit_roots(fns, nfns, root);
+  for (size_t r = 0; functions != CG_FUNCTIONS_INLINE && r < nfns && njobs < OBJECTS_MAX - PARTS_MAX; r++) {
+    if (root[r] != (long)r || !is_noinline(fns[r])) continue;
+    apart[r] = true;
+    size_t instructions = 0;
+    for (i = 0; i < nfns; i++) instructions += root[i] == (long)r ? cg_fn_instructions(fns[i]) : 0;
+    jobs[njobs++] = (part){.index = njobs, .owner = owner, .exported = exported, .root = root, .unit = (long)r,
+                           .reuse = functions == CG_FUNCTIONS_REUSE, .nfns = nfns, .bitcode = bitcode,
+                           .instructions = instructions};
+  }
+  int nparts = assign_parts(fns, root, apart, split ? threads : 1, owner, exported, nfns);
+  for (int q = 0; q < nparts; q++) {
+    size_t instructions = 0;
+    for (i = 0; i < nfns; i++) instructions += owner[i] == q ? cg_fn_instructions(fns[i]) : 0;
+    jobs[njobs++] = (part){.index = q, .owner = owner, .exported = exported, .root = root, .unit = -1, .nfns = nfns,
+                           .bitcode = bitcode, .instructions = instructions};
+  }
+  qsort(jobs, (size_t)njobs, sizeof *jobs, larger_first);
+  int nworkers = threads < njobs ? threads : njobs;
+  crew crews[PARTS_MAX];
   pthread_t tid[PARTS_MAX];
   bool started[PARTS_MAX] = {false};
-  LLVMMemoryBufferRef bitcode = LLVMWriteBitcodeToMemoryBuffer(mod);
-  for (int q = 0; q < nparts; q++)
-    parts[q] = (part){.index = q, .owner = owner, .exported = exported, .nfns = nfns, .bitcode = bitcode,
-                      .generic_cpu = generic_cpu, .tm = q ? NULL : tm, .st = KILN_OK};
-  /* part 0 on this thread; a thread that cannot start runs its part here too */
-  for (int q = 1; q < nparts; q++) started[q] = !pthread_create(&tid[q], NULL, compile_part, &parts[q]);
-  compile_part(&parts[0]);
-  kiln_status st = KILN_OK;
+  for (int w = 0; w < nworkers; w++)
+    crews[w] = (crew){.jobs = jobs, .njobs = njobs, .next = &next, .generic_cpu = generic_cpu, .tm = w ? NULL : tm};
+  /* worker 0 on this thread; one that cannot start leaves its jobs to the others */
+  for (int w = 1; w < nworkers; w++) started[w] = !pthread_create(&tid[w], NULL, worker, &crews[w]);
+  if (nworkers) worker(&crews[0]);
   t->llvm_opt_ms = t->llvm_codegen_ms = 0;
-  for (int q = 1; q < nparts; q++) {
-    if (started[q]) pthread_join(tid[q], NULL);
-    else compile_part(&parts[q]);
+  for (int w = 0; w < nworkers; w++) {
+    if (w && started[w]) pthread_join(tid[w], NULL);
+    /* wall time: the workers run side by side, the slowest decides */
+    if (crews[w].opt_ms > t->llvm_opt_ms) t->llvm_opt_ms = crews[w].opt_ms;
+    if (crews[w].codegen_ms > t->llvm_codegen_ms) t->llvm_codegen_ms = crews[w].codegen_ms;
   }
-  for (int q = 0; q < nparts; q++) {
-    /* wall time: the parts run side by side, the slowest decides */
-    if (parts[q].opt_ms > t->llvm_opt_ms) t->llvm_opt_ms = parts[q].opt_ms;
-    if (parts[q].codegen_ms > t->llvm_codegen_ms) t->llvm_codegen_ms = parts[q].codegen_ms;
-    if (parts[q].st != KILN_OK && st == KILN_OK) st = kiln_set_error(parts[q].st, "%s", parts[q].err);
+  t->functions_from_cache = 0;
+  for (int j = 0; j < njobs; j++) {
+    t->functions_from_cache += jobs[j].from_cache;
+    if (jobs[j].st != KILN_OK && st == KILN_OK) st = kiln_set_error(jobs[j].st, "%s", jobs[j].err);
   }
-  if (st == KILN_OK && !(*obj = pack_objects(parts, nparts))) st = kiln_set_error(KILN_ERR_NOMEM, "compile: out of memory");
-  for (int q = 0; q < nparts; q++)
-    if (parts[q].obj) LLVMDisposeMemoryBuffer(parts[q].obj);
-  LLVMDisposeMemoryBuffer(bitcode);
-  free(owner), free(exported);
+  if (st == KILN_OK && !(*obj = pack_objects(jobs, njobs))) st = kiln_set_error(KILN_ERR_NOMEM, "compile: out of memory");
+done:
+  for (int j = 0; jobs && j < njobs; j++)
+    if (jobs[j].obj) LLVMDisposeMemoryBuffer(jobs[j].obj);
+  if (bitcode) LLVMDisposeMemoryBuffer(bitcode);
+  free(fns), free(root), free(owner), free(exported), free(apart), free(jobs);
   return st;
 }
 
@@ -261,7 +423,7 @@ int cg_objects_count(const void *data, size_t size) {
   if (!is_object_set(data, size)) return 1;
   uint64_t n;
   memcpy(&n, (const char *)data + 8, 8);
-  if (n < 1 || n > PARTS_MAX || size < 16 + 8 * n) return -1;
+  if (n < 1 || n > OBJECTS_MAX || size < 16 + 8 * n) return -1;
   uint64_t total = 16 + 8 * n;
   for (uint64_t q = 0; q < n; q++) {
     uint64_t s;

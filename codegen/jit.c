@@ -130,23 +130,23 @@ kiln_status cg_emit_object(LLVMModuleRef mod, LLVMTargetMachineRef tm, kiln_exec
 
 /* Optimises mod and emits its machine code (*obj, the caller's): on the compile
  * threads, except when the optimised IR is wanted as text (one module to print). */
-static kiln_status compile_object(const kiln_exec *e, LLVMModuleRef mod, LLVMTargetMachineRef tm, kiln_exec_stats *t,
-                                  LLVMMemoryBufferRef *obj) {
+static kiln_status compile_object(const kiln_exec *e, LLVMModuleRef mod, LLVMTargetMachineRef tm, cg_function_cache functions,
+                                  kiln_exec_stats *t, LLVMMemoryBufferRef *obj) {
   if (e->keep_ir) return cg_emit_object(mod, tm, t, obj);
-  return cg_compile_parts(mod, tm, e->generic_cpu, cg_compile_threads(), t, obj);
+  return cg_compile_parts(mod, tm, e->generic_cpu, cg_compile_threads(), functions, t, obj);
 }
 
 /* compile_object, the IR text when asked for, and the object stored under *key (NULL: no cache). */
 static kiln_status compile_and_store(kiln_exec *e, LLVMModuleRef mod, LLVMTargetMachineRef tm, const cg_cache_key *key,
-                                     kiln_exec_stats *t, LLVMMemoryBufferRef *obj) {
-  kiln_status st = compile_object(e, mod, tm, t, obj);
+                                     cg_function_cache functions, kiln_exec_stats *t, LLVMMemoryBufferRef *obj) {
+  kiln_status st = compile_object(e, mod, tm, key ? functions : CG_FUNCTIONS_INLINE, t, obj);
   if (st == KILN_OK && e->keep_ir) {
     char *ir = LLVMPrintModuleToString(mod);
     free(e->ir);
     e->ir = strdup(ir);
     LLVMDisposeMessage(ir);
   }
-  if (st == KILN_OK && key) cg_cache_store(*key, LLVMGetBufferStart(*obj), LLVMGetBufferSize(*obj));
+  if (st == KILN_OK && key) cg_cache_store(CG_ENTRY_MODULE, *key, LLVMGetBufferStart(*obj), LLVMGetBufferSize(*obj));
   return st;
 }
 
@@ -164,10 +164,12 @@ static kiln_status jit_load(const kiln_exec *e, LLVMMemoryBufferRef obj, spec *s
 static void print_compile_stats(const spec *s) {
   const kiln_exec_stats *t = &s->times;
   static const char *const outcome[] = {"off", "miss", "hit"};
+  char shared[64] = "";
+  if (t->functions_from_cache) snprintf(shared, sizeof shared, " (%zu shared functions from it)", t->functions_from_cache);
   fprintf(stderr, "kiln: compile: %.1f ms (passes %.1f, lower %.1f, llvm opt %.1f, codegen %.1f, jit load %.1f); "
-                  "%zu functions, %zu instructions, %llu bytes of code; cache %s\n",
+                  "%zu functions, %zu instructions, %llu bytes of code; cache %s%s\n",
           t->compile_ms, t->passes_ms, t->lower_ms, t->llvm_opt_ms, t->llvm_codegen_ms, t->jit_load_ms,
-          t->llvm_functions, t->llvm_instructions, (unsigned long long)t->object_bytes, outcome[t->cache]);
+          t->llvm_functions, t->llvm_instructions, (unsigned long long)t->object_bytes, outcome[t->cache], shared);
 }
 
 static kiln_status build_spec(kiln_exec *e, int64_t batch, spec *s) {
@@ -210,25 +212,28 @@ static kiln_status build_spec(kiln_exec *e, int64_t batch, spec *s) {
   LLVMMemoryBufferRef obj = NULL;
   void *cached = NULL;
   size_t cached_size = 0;
-  if (use_cache && cg_cache_load(key, &cached, &cached_size)) {
+  if (use_cache && cg_cache_load(CG_ENTRY_MODULE, key, &cached, &cached_size)) {
     obj = LLVMCreateMemoryBufferWithMemoryRangeCopy(cached, cached_size, "kiln_entry");
     free(cached);
     t->cache = KILN_CACHE_HIT;
   } else if (st == KILN_OK) {
     if (use_cache) cg_cache_count_miss();
-    st = compile_and_store(e, c.mod, tm, use_cache ? &key : NULL, t, &obj);
+    st = compile_and_store(e, c.mod, tm, use_cache ? &key : NULL, CG_FUNCTIONS_REUSE, t, &obj);
   }
   double t3 = kiln_pass_clock_ms();
   if (st == KILN_OK) {
     t->object_bytes = LLVMGetBufferSize(obj);
     st = jit_load(e, obj, s);
   }
-  if (st != KILN_OK && t->cache == KILN_CACHE_HIT) {
-    /* an entry that passed its checksum but does not link: compile it afresh */
-    cg_cache_reject(key, "does not load");
+  if (st != KILN_OK && (t->cache == KILN_CACHE_HIT || t->functions_from_cache)) {
+    /* an entry that passed its checksum but does not link: compile it afresh, and
+     * the shared functions too, over what the cache has */
+    if (t->cache == KILN_CACHE_HIT) cg_cache_reject(CG_ENTRY_MODULE, key, "does not load");
+    else fprintf(stderr, "kiln: shared functions from the compile cache do not load; recompiling them\n");
     if (s->jit) LLVMOrcDisposeLLJIT(s->jit), s->jit = NULL;
     t->cache = KILN_CACHE_MISS;
-    st = compile_and_store(e, c.mod, tm, &key, t, &obj);
+    t->functions_from_cache = 0;
+    st = compile_and_store(e, c.mod, tm, &key, CG_FUNCTIONS_REFRESH, t, &obj);
     if (st == KILN_OK) t->object_bytes = LLVMGetBufferSize(obj), st = jit_load(e, obj, s);
   }
   LLVMDisposeModule(c.mod);

@@ -81,8 +81,9 @@ static kiln_graph *dense_graph(int64_t rows, int64_t cols, int64_t units, uint64
 }
 
 /* Compiles g with opts, runs it on a random input, compares with the evaluator and
- * returns the compile's cache outcome. */
-static kiln_cache_outcome compile_check(const kiln_graph *g, const kiln_compile_options *opts) {
+ * returns the compile's cache outcome; *from_cache (if given): shared functions the
+ * compile took from the cache. */
+static kiln_cache_outcome compile_check_shared(const kiln_graph *g, const kiln_compile_options *opts, size_t *from_cache) {
   const kiln_node *x = &g->nodes[0];
   trng r = {7};
   kiln_tensor *in = random_tensor(&r, KILN_F32, x->rank, x->dims, -1, 1), *got = NULL, *want = NULL;
@@ -97,11 +98,16 @@ static kiln_cache_outcome compile_check(const kiln_graph *g, const kiln_compile_
     assert_true(st.llvm_opt_ms == 0 && st.llvm_codegen_ms == 0);
   }
   assert_true(st.compile_ms > 0 && st.llvm_instructions > 0 && st.object_bytes > 0);
+  if (from_cache) *from_cache = st.functions_from_cache;
   kiln_tensor_free(in);
   kiln_tensor_free(got);
   kiln_tensor_free(want);
   kiln_exec_free(e);
   return st.cache;
+}
+
+static kiln_cache_outcome compile_check(const kiln_graph *g, const kiln_compile_options *opts) {
+  return compile_check_shared(g, opts, NULL);
 }
 
 static void test_second_compile_hits(void **state) {
@@ -294,6 +300,84 @@ static void test_concurrent_processes(void **state) {
   kiln_graph_free(g);
 }
 
+/* Entries of shared functions (*.kfn), each passed to `damage` when given. */
+static int shared_entries(void (*damage)(const char *path, long size)) {
+  DIR *d = opendir(dir);
+  assert_non_null(d);
+  int n = 0;
+  struct dirent *de;
+  while ((de = readdir(d))) {
+    size_t len = strlen(de->d_name);
+    if (len < 4 || strcmp(de->d_name + len - 4, ".kfn")) continue;
+    char path[600];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+    assert_int_equal(stat(path, &st), 0);
+    if (damage) damage(path, (long)st.st_size);
+    n++;
+  }
+  closedir(d);
+  return n;
+}
+
+/* tanh(x @ w + b) or relu(...): another module with the same GEMM. */
+static kiln_graph *dense_tanh_graph(int64_t rows, int64_t cols, int64_t units) {
+  kiln_graph *g = kiln_graph_new();
+  trng r = {9};
+  kiln_tensor *w = random_tensor(&r, KILN_F32, 2, (int64_t[]){cols, units}, -1, 1);
+  kiln_value x = kiln_placeholder(g, "x", KILN_F32, KILN_SHAPE(rows, cols));
+  kiln_value y = kiln_matmul(g, x, kiln_constant(g, KILN_F32, KILN_SHAPE(cols, units), kiln_tensor_cdata(w)), false, false);
+  kiln_output(g, "y", kiln_tanh(g, y));
+  kiln_tensor_free(w);
+  return g;
+}
+
+/* A compile that misses still takes the shared functions (GEMM micro-kernels,
+ * driver, packing) an earlier compile of another graph stored, and computes what the
+ * evaluator does; without the cache they are compiled with the rest. */
+static void test_shared_functions_reused(void **state) {
+  (void)state;
+  kiln_graph *a = dense_graph(40, 64, 48, 1), *b = dense_tanh_graph(40, 64, 48), *c = dense_tanh_graph(33, 64, 20);
+  kiln_cache_stats s0, s1, s2;
+  size_t from_cache = 99;
+  kiln_cache_get_stats(&s0);
+  assert_int_equal(compile_check_shared(a, NULL, &from_cache), KILN_CACHE_MISS);
+  assert_int_equal(from_cache, 0);
+  int stored = shared_entries(NULL);
+  kiln_cache_get_stats(&s1);
+  if (stored < 2 || s1.functions_stored != s0.functions_stored + (uint64_t)stored)
+    fail_msg("%d shared functions stored, %llu counted", stored, (unsigned long long)(s1.functions_stored - s0.functions_stored));
+  assert_int_equal(compile_check_shared(b, NULL, &from_cache), KILN_CACHE_MISS);
+  kiln_cache_get_stats(&s2);
+  if (from_cache < 2 || s2.functions_reused != s1.functions_reused + from_cache)
+    fail_msg("%zu shared functions from the cache, %llu counted", from_cache, (unsigned long long)(s2.functions_reused - s1.functions_reused));
+  assert_int_equal(compile_check_shared(c, NULL, &from_cache), KILN_CACHE_MISS);
+  assert_true(from_cache >= 2);
+  assert_int_equal(compile_check_shared(c, &(kiln_compile_options){.no_cache = true}, &from_cache), KILN_CACHE_OFF);
+  assert_int_equal(from_cache, 0);
+  kiln_graph_free(a), kiln_graph_free(b), kiln_graph_free(c);
+}
+
+/* Damaged shared-function entries are rejected one by one, compiled afresh and
+ * stored again; the results stay the evaluator's. */
+static void test_damaged_shared_functions(void **state) {
+  (void)state;
+  kiln_graph *a = dense_graph(40, 64, 48, 1), *b = dense_tanh_graph(40, 64, 48), *c = dense_tanh_graph(35, 64, 48);
+  assert_int_equal(compile_check(a, NULL), KILN_CACHE_MISS);
+  int n = shared_entries(flip_a_bit);
+  assert_true(n >= 2);
+  kiln_cache_stats s0, s1;
+  size_t from_cache = 99;
+  kiln_cache_get_stats(&s0);
+  assert_int_equal(compile_check_shared(b, NULL, &from_cache), KILN_CACHE_MISS);
+  kiln_cache_get_stats(&s1);
+  assert_int_equal(from_cache, 0);
+  assert_true(s1.rejected >= s0.rejected + 2 && s1.functions_stored >= s0.functions_stored + 2);
+  assert_int_equal(compile_check_shared(c, NULL, &from_cache), KILN_CACHE_MISS);
+  assert_true(from_cache >= 2);
+  kiln_graph_free(a), kiln_graph_free(b), kiln_graph_free(c);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_second_compile_hits, fresh_dir, remove_dir),
@@ -304,6 +388,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_empty_entry, fresh_dir, remove_dir),
       cmocka_unit_test_setup_teardown(test_eviction, fresh_dir, remove_dir),
       cmocka_unit_test_setup_teardown(test_concurrent_processes, fresh_dir, remove_dir),
+      cmocka_unit_test_setup_teardown(test_shared_functions_reused, fresh_dir, remove_dir),
+      cmocka_unit_test_setup_teardown(test_damaged_shared_functions, fresh_dir, remove_dir),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -58,6 +58,11 @@ typedef struct kiln_cache_stats {
   uint64_t misses;   /* compiles that looked and compiled */
   uint64_t stores;   /* entries written */
   uint64_t rejected; /* entries that failed their checks or did not load */
+  /* Shared functions (GEMM micro-kernels and drivers, packing, depthwise blocks) are
+   * also kept one by one, so that a compile that misses still takes those an earlier
+   * compile of any graph made: */
+  uint64_t functions_reused; /* shared functions taken from the cache by compiles that missed */
+  uint64_t functions_stored; /* shared functions written */
 } kiln_cache_stats;
 /* Counters of this process since it started (global, updated atomically). */
 KILN_API void kiln_cache_get_stats(kiln_cache_stats *out);
@@ -77,6 +82,7 @@ typedef struct kiln_exec_stats {
   size_t llvm_functions, llvm_instructions; /* the module as lowered, before optimisation */
   uint64_t object_bytes;                    /* machine code and its data */
   kiln_cache_outcome cache;
+  size_t functions_from_cache; /* on a miss: shared functions whose code the cache had */
 } kiln_exec_stats;
 /* KILN_ERR_INVALID while nothing is compiled yet (a symbolic batch before its first run). */
 KILN_API kiln_status kiln_exec_get_stats(const kiln_exec *e, kiln_exec_stats *out);
