@@ -10,8 +10,11 @@
  * see half of one, and
  * an entry that fails its check (or that the JIT cannot load) is replaced.
  *
+ * Entries are of two kinds: a whole module's objects (NAME.kjit) and one shared
+ * function's (NAME.kfn, compile_parts.c), which compiles that miss take one by one.
+ *
  * Where: $KILN_CACHE_DIR, else $XDG_CACHE_HOME/kiln, else ~/.cache/kiln. KILN_CACHE=0
- * turns it off. KILN_CACHE_MAX_MB bounds its size (default 1024): after each store
+ * turns it off. KILN_CACHE_MAX_MB bounds its size (default 1024): after each module's store
  * the least recently used entries (by modification time, refreshed on every hit)
  * are removed until it fits. The hit/miss counters are process-wide. */
 #include <dirent.h>
@@ -292,7 +295,9 @@ void cg_cache_store(cg_entry_kind kind, cg_cache_key key, const void *data, size
   snprintf(saved, sizeof saved, "%s", kiln_errmsg());
   if (kiln_write_atomic(path, parts, sizes, 2) == KILN_OK) {
     count(kind == CG_ENTRY_MODULE ? &stat_stores : &stat_functions_stored);
-    evict(dir, max_bytes());
+    /* once per compile, not per shared function: a scan of the directory each; the
+     * module's store comes last and its scan counts the functions' entries too */
+    if (kind == CG_ENTRY_MODULE) evict(dir, max_bytes());
   }
   kiln_set_error(KILN_OK, "%s", saved);
 }
