@@ -49,6 +49,8 @@ static kiln_tensor *tensor_alloc(kiln_dtype dtype, int rank, const int64_t *dims
 
 kiln_tensor *kiln_tensor_new(kiln_dtype dtype, int rank, const int64_t *dims) { return tensor_alloc(dtype, rank, dims, true); }
 
+kiln_tensor *kiln_tensor_uninit(kiln_dtype dtype, int rank, const int64_t *dims) { return tensor_alloc(dtype, rank, dims, false); }
+
 /* not zeroed first: large weights were written twice */
 kiln_tensor *kiln_tensor_from_data(kiln_dtype dtype, int rank, const int64_t *dims, const void *data, size_t nbytes) {
   kiln_tensor *t = tensor_alloc(dtype, rank, dims, false);

@@ -11,6 +11,8 @@ struct kiln_tensor {
   size_t nbytes;
   void *data;
 };
+/* A tensor whose data the caller fills whole (not zeroed first). */
+__attribute__((visibility("hidden"))) kiln_tensor *kiln_tensor_uninit(kiln_dtype dtype, int rank, const int64_t *dims);
 /* Element i of any dtype as a double (exact for all but i64 beyond 2^53). */
 __attribute__((visibility("hidden"))) double kiln_tensor_get_f64(const kiln_tensor *t, int64_t i);
 /* Stores v into element i, converted to t's dtype (integers saturate). */
