@@ -226,6 +226,14 @@ typedef struct {
 KILN_INTERNAL bool cg_gemm_prepack_layout(cg *c, const cg_gemm *g, cg_prepack *p);
 KILN_INTERNAL uint64_t cg_prepack_bytes(const cg_prepack *p);
 KILN_INTERNAL void cg_prepack_run(const cg_prepack *p, const void *B, void *out); /* host code */
+typedef struct {
+  const cg_prepack *layout;
+  const void *B;
+  void *out;
+} cg_prepack_job;
+/* The jobs on up to `threads` threads: every compile packs its constant weights, a
+ * warm one too, and their first writes to fresh pages are most of that time. */
+KILN_INTERNAL void cg_prepack_run_all(const cg_prepack_job *jobs, size_t n, int threads);
 KILN_INTERNAL void cg_gemm_emit(cg *c, const cg_gemm *g, LLVMValueRef A, LLVMValueRef B, LLVMValueRef C, LLVMValueRef scratch);
 
 /* ---- kernels.c: matmul, pooling and its gradient ---- */

@@ -20,6 +20,7 @@
  *   register tile would compute 15 columns of padding.
  *
  * Packing buffers are per worker, in the kernel's scratch: `threads` copies. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -146,6 +147,33 @@ void cg_prepack_run(const cg_prepack *p, const void *B, void *out) {
         for (int64_t j = 0; j < cols; j++) memcpy(o + (size_t)(dst + j) * es, src + (size_t)(j * p->csb) * es, es);
       }
   }
+}
+
+typedef struct {
+  const cg_prepack_job *jobs;
+  size_t n, *next;
+} prepack_crew;
+
+static void *prepack_worker(void *arg) {
+  prepack_crew *w = arg;
+  for (size_t j; (j = __atomic_fetch_add(w->next, 1, __ATOMIC_RELAXED)) < w->n;)
+    cg_prepack_run(w->jobs[j].layout, w->jobs[j].B, w->jobs[j].out);
+  return NULL;
+}
+
+void cg_prepack_run_all(const cg_prepack_job *jobs, size_t n, int threads) {
+  enum { MAX_THREADS = 8 };
+  size_t next = 0;
+  prepack_crew w = {jobs, n, &next};
+  pthread_t tid[MAX_THREADS];
+  bool started[MAX_THREADS] = {false};
+  int nt = threads < MAX_THREADS ? threads : MAX_THREADS;
+  if ((size_t)nt > n) nt = (int)n;
+  /* this thread works too; a thread that cannot start leaves its share to the others */
+  for (int t = 1; t < nt; t++) started[t] = !pthread_create(&tid[t], NULL, prepack_worker, &w);
+  prepack_worker(&w);
+  for (int t = 1; t < nt; t++)
+    if (started[t]) pthread_join(tid[t], NULL);
 }
 
 uint64_t cg_gemm_scratch_bytes(cg *c, const cg_gemm *g) {

@@ -916,6 +916,10 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
   c->b_prepacked = pre.prepacked;
   uint32_t pi = 0;
   uint64_t ws = 0, scratch = 0;
+  /* weights passed as arguments are packed after this loop, on the compile threads */
+  cg_prepack_job *jobs = malloc(sizeof *jobs * (g->nnodes + 1));
+  size_t njobs = 0;
+  if (!jobs) pre_st = kiln_set_error(KILN_ERR_NOMEM, "codegen: out of memory");
   for (uint32_t i = 0; i < g->nnodes && pre_st == KILN_OK; i++) {
     const kiln_node *n = &g->nodes[i];
     buf_loc *l = &plan->locs[i];
@@ -925,11 +929,13 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
       pre_st = kiln_set_error(KILN_ERR_NOMEM, "codegen: out of memory packing the weights of %%%u", i);
       break;
     }
-    if (packed) cg_prepack_run(&pre.layout[i], n->data, packed);
+    bool argument = n->op == KILN_OP_CONST && n->data && c->const_args && (n->nbytes > CG_CONST_EMBED_MAX || packed);
+    if (packed && argument) jobs[njobs++] = (cg_prepack_job){&pre.layout[i], n->data, packed};
+    else if (packed) cg_prepack_run(&pre.layout[i], n->data, packed);
     if (n->op == KILN_OP_PARAM) {
       l->kind = BUF_INPUT;
       l->index = pi++;
-    } else if (n->op == KILN_OP_CONST && n->data && c->const_args && (n->nbytes > CG_CONST_EMBED_MAX || packed)) {
+    } else if (argument) {
       l->kind = BUF_CONST;
       l->index = plan->nconst_args;
       plan->const_data[plan->nconst_args] = packed ? packed : n->data;
@@ -949,6 +955,8 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
       l->kind = BUF_WORK;
     }
   }
+  if (pre_st == KILN_OK) cg_prepack_run_all(jobs, njobs, cg_compile_threads());
+  free(jobs);
   if (pre_st != KILN_OK) return lower_done(c, &pre, &sched, pre_st);
   for (uint32_t j = 0; j < g->noutputs; j++) {
     uint32_t node = g->outputs[j].node;
