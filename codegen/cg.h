@@ -283,6 +283,10 @@ KILN_INTERNAL kiln_status cg_llvm_error(LLVMErrorRef e, const char *what);
 /* ---- compile_parts.c ---- */
 /* Threads a compile may use: KILN_COMPILE_THREADS, else the CPUs online (at most 8). */
 KILN_INTERNAL int cg_compile_threads(void);
+/* fn(args + w * stride) for each worker w < n (at most 8): worker 0 on this thread,
+ * the others on threads of their own (one that cannot start runs here afterwards).
+ * Workers that pull jobs from a shared counter thus share the jobs whatever starts. */
+KILN_INTERNAL void cg_run_workers(int n, void *(*fn)(void *), void *args, size_t stride);
 /* Optimises mod (prepared for tm) and emits its machine code into *obj (the caller's),
  * split over up to `threads` threads when it is large enough, its shared functions
  * from (and into) the compile cache as `functions` says; *obj is then several

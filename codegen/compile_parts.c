@@ -264,9 +264,8 @@ static void compile_part(part *p, LLVMTargetMachineRef tm) {
     fail_part(p, kiln_set_error(fns ? KILN_ERR_BACKEND : KILN_ERR_NOMEM, "compile part %d: %s", p->index,
                                 fns ? "the bitcode's functions differ from the module's" : "out of memory"));
   for (size_t i = 0; i < n && ok; i++) {
-    bool mine = p->unit >= 0 ? p->root[i] == p->unit : p->owner[i] == p->index;
     if (LLVMIsDeclaration(fns[i])) continue;
-    if (!mine) {
+    if (p->unit >= 0 ? p->root[i] != p->unit : p->owner[i] != p->index) {
       ok = make_declaration(m, fns[i]);
       if (!ok) fail_part(p, kiln_set_error(KILN_ERR_NOMEM, "compile part %d: out of memory", p->index));
     } else if (p->exported[i]) {
@@ -289,6 +288,18 @@ static void compile_part(part *p, LLVMTargetMachineRef tm) {
   free(fns);
   LLVMDisposeModule(m);
   LLVMContextDispose(ctx);
+}
+
+void cg_run_workers(int n, void *(*fn)(void *), void *args, size_t stride) {
+  pthread_t tid[PARTS_MAX];
+  bool started[PARTS_MAX] = {false};
+  if (n > PARTS_MAX) n = PARTS_MAX;
+  for (int w = 1; w < n; w++) started[w] = !pthread_create(&tid[w], NULL, fn, (char *)args + (size_t)w * stride);
+  if (n > 0) fn(args);
+  for (int w = 1; w < n; w++) {
+    if (started[w]) pthread_join(tid[w], NULL);
+    else fn((char *)args + (size_t)w * stride);
+  }
 }
 
 /* Threads take jobs in order until none is left; each has its own target machine
@@ -386,16 +397,11 @@ kiln_status cg_compile_parts(LLVMModuleRef mod, LLVMTargetMachineRef tm, bool ge
   qsort(jobs, (size_t)njobs, sizeof *jobs, larger_first);
   int nworkers = threads < njobs ? threads : njobs;
   crew crews[PARTS_MAX];
-  pthread_t tid[PARTS_MAX];
-  bool started[PARTS_MAX] = {false};
   for (int w = 0; w < nworkers; w++)
     crews[w] = (crew){.jobs = jobs, .njobs = njobs, .next = &next, .generic_cpu = generic_cpu, .tm = w ? NULL : tm};
-  /* worker 0 on this thread; one that cannot start leaves its jobs to the others */
-  for (int w = 1; w < nworkers; w++) started[w] = !pthread_create(&tid[w], NULL, worker, &crews[w]);
-  if (nworkers) worker(&crews[0]);
+  cg_run_workers(nworkers, worker, crews, sizeof *crews);
   t->llvm_opt_ms = t->llvm_codegen_ms = 0;
   for (int w = 0; w < nworkers; w++) {
-    if (w && started[w]) pthread_join(tid[w], NULL);
     /* wall time: the workers run side by side, the slowest decides */
     if (crews[w].opt_ms > t->llvm_opt_ms) t->llvm_opt_ms = crews[w].opt_ms;
     if (crews[w].codegen_ms > t->llvm_codegen_ms) t->llvm_codegen_ms = crews[w].codegen_ms;

@@ -20,7 +20,6 @@
  *   register tile would compute 15 columns of padding.
  *
  * Packing buffers are per worker, in the kernel's scratch: `threads` copies. */
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -162,18 +161,9 @@ static void *prepack_worker(void *arg) {
 }
 
 void cg_prepack_run_all(const cg_prepack_job *jobs, size_t n, int threads) {
-  enum { MAX_THREADS = 8 };
   size_t next = 0;
   prepack_crew w = {jobs, n, &next};
-  pthread_t tid[MAX_THREADS];
-  bool started[MAX_THREADS] = {false};
-  int nt = threads < MAX_THREADS ? threads : MAX_THREADS;
-  if ((size_t)nt > n) nt = (int)n;
-  /* this thread works too; a thread that cannot start leaves its share to the others */
-  for (int t = 1; t < nt; t++) started[t] = !pthread_create(&tid[t], NULL, prepack_worker, &w);
-  prepack_worker(&w);
-  for (int t = 1; t < nt; t++)
-    if (started[t]) pthread_join(tid[t], NULL);
+  cg_run_workers((size_t)threads < n ? threads : (int)n, prepack_worker, &w, 0); /* all share one crew */
 }
 
 uint64_t cg_gemm_scratch_bytes(cg *c, const cg_gemm *g) {

@@ -33,24 +33,24 @@ _Static_assert(sizeof(blob) == 64, "data after the header stays 64-byte aligned 
 
 static blob *blob_of(const void *data) { return (blob *)((char *)(uintptr_t)data - sizeof(blob)); }
 
-static void *blob_new(const void *data, size_t nbytes, uint64_t hash) {
-  blob *b = kiln_alloc_large(sizeof *b + nbytes);
-  if (!b) return NULL;
-  b->refs = 1, b->hash = hash;
-  if (nbytes) memcpy(b + 1, data, nbytes);
-  return b + 1;
-}
-
-static void blob_unref(const void *data) {
-  blob *b = blob_of(data);
-  if (__atomic_sub_fetch(&b->refs, 1, __ATOMIC_ACQ_REL) == 0) free(b);
-}
-
 void *kiln_blob_new(size_t nbytes) {
   blob *b = kiln_alloc_large(sizeof *b + nbytes);
   if (!b) return NULL;
   b->refs = 1, b->hash = 0;
   return b + 1;
+}
+
+static void *blob_new(const void *data, size_t nbytes, uint64_t hash) {
+  void *d = kiln_blob_new(nbytes);
+  if (!d) return NULL;
+  blob_of(d)->hash = hash;
+  if (nbytes) memcpy(d, data, nbytes);
+  return d;
+}
+
+static void blob_unref(const void *data) {
+  blob *b = blob_of(data);
+  if (__atomic_sub_fetch(&b->refs, 1, __ATOMIC_ACQ_REL) == 0) free(b);
 }
 
 void kiln_blob_release(void *data) {
