@@ -6,9 +6,10 @@
  * arguments, so weights never change the code) and of what LLVM makes of it (LLVM's
  * version, the target triple, CPU, features and pipeline). An entry is the object
  * file behind a header with the key, its size and a hash of its bytes; it is
- * written with kiln_write_atomic (temporary file, fsync, rename), so readers never
- * see half of one, and
- * an entry that fails its check (or that the JIT cannot load) is replaced.
+ * written with kiln_write_replace (temporary file, rename), so readers never see
+ * half of one; it is not fsynced (a compile waits on each store, and on this kind of
+ * VM a store's two fsyncs cost milliseconds): an entry a crash damaged fails its
+ * check, and an entry that fails its check (or that the JIT cannot load) is replaced.
  *
  * Entries are of two kinds: a whole module's objects (NAME.kjit) and one shared
  * function's (NAME.kfn, compile_parts.c), which compiles that miss take one by one.
@@ -251,7 +252,7 @@ static void evict(const char *dir, uint64_t limit) {
   while ((de = readdir(d))) {
     size_t len = strlen(de->d_name);
     struct stat tst;
-    /* a temporary file (kiln_write_atomic's NAME.tmp-XXXXXX) an hour old belongs to a
+    /* a temporary file (kiln_write_replace's NAME.tmp-XXXXXX) an hour old belongs to a
      * process that died writing it */
     if ((strstr(de->d_name, ".kjit.tmp-") || strstr(de->d_name, ".kfn.tmp-")) && !fstatat(dirfd(d), de->d_name, &tst, 0) &&
         now - tst.st_mtime > 3600)
@@ -293,7 +294,7 @@ void cg_cache_store(cg_entry_kind kind, cg_cache_key key, const void *data, size
    * produced this object still succeeds, so its message is not kept either. */
   char saved[1024]; /* kiln_errmsg's size (ir/util.c) */
   snprintf(saved, sizeof saved, "%s", kiln_errmsg());
-  if (kiln_write_atomic(path, parts, sizes, 2) == KILN_OK) {
+  if (kiln_write_replace(path, parts, sizes, 2) == KILN_OK) {
     count(kind == CG_ENTRY_MODULE ? &stat_stores : &stat_functions_stored);
     /* once per compile, not per shared function: a scan of the directory each; the
      * module's store comes last and its scan counts the functions' entries too */

@@ -130,16 +130,17 @@ kiln_status cg_emit_object(LLVMModuleRef mod, LLVMTargetMachineRef tm, kiln_exec
 
 /* Optimises mod and emits its machine code (*obj, the caller's): on the compile
  * threads, except when the optimised IR is wanted as text (one module to print). */
-static kiln_status compile_object(const kiln_exec *e, LLVMModuleRef mod, LLVMTargetMachineRef tm, cg_function_cache functions,
-                                  kiln_exec_stats *t, LLVMMemoryBufferRef *obj) {
+static kiln_status compile_object(const kiln_exec *e, LLVMModuleRef mod, LLVMTargetMachineRef tm, int threads,
+                                  cg_function_cache functions, kiln_exec_stats *t, LLVMMemoryBufferRef *obj) {
   if (e->keep_ir) return cg_emit_object(mod, tm, t, obj);
-  return cg_compile_parts(mod, tm, e->generic_cpu, cg_compile_threads(), functions, t, obj);
+  return cg_compile_parts(mod, tm, e->generic_cpu, threads, functions, t, obj);
 }
 
 /* compile_object, the IR text when asked for, and the object stored under *key (NULL: no cache). */
-static kiln_status compile_and_store(kiln_exec *e, LLVMModuleRef mod, LLVMTargetMachineRef tm, const cg_cache_key *key,
-                                     cg_function_cache functions, kiln_exec_stats *t, LLVMMemoryBufferRef *obj) {
-  kiln_status st = compile_object(e, mod, tm, key ? functions : CG_FUNCTIONS_INLINE, t, obj);
+static kiln_status compile_and_store(kiln_exec *e, LLVMModuleRef mod, LLVMTargetMachineRef tm, int threads,
+                                     const cg_cache_key *key, cg_function_cache functions, kiln_exec_stats *t,
+                                     LLVMMemoryBufferRef *obj) {
+  kiln_status st = compile_object(e, mod, tm, threads, key ? functions : CG_FUNCTIONS_INLINE, t, obj);
   if (st == KILN_OK && e->keep_ir) {
     char *ir = LLVMPrintModuleToString(mod);
     free(e->ir);
@@ -172,7 +173,8 @@ static void print_compile_stats(const spec *s) {
           t->llvm_functions, t->llvm_instructions, (unsigned long long)t->object_bytes, outcome[t->cache], shared);
 }
 
-static kiln_status build_spec(kiln_exec *e, int64_t batch, spec *s) {
+/* threads: how many the compile may use (cg_compile_threads, or fewer ahead of use). */
+static kiln_status build_spec(kiln_exec *e, int64_t batch, int threads, spec *s) {
   memset(s, 0, sizeof *s);
   s->batch = batch;
   kiln_exec_stats *t = &s->times;
@@ -218,7 +220,7 @@ static kiln_status build_spec(kiln_exec *e, int64_t batch, spec *s) {
     t->cache = KILN_CACHE_HIT;
   } else if (st == KILN_OK) {
     if (use_cache) cg_cache_count_miss();
-    st = compile_and_store(e, c.mod, tm, use_cache ? &key : NULL, CG_FUNCTIONS_REUSE, t, &obj);
+    st = compile_and_store(e, c.mod, tm, threads, use_cache ? &key : NULL, CG_FUNCTIONS_REUSE, t, &obj);
   }
   double t3 = kiln_pass_clock_ms();
   if (st == KILN_OK) {
@@ -233,7 +235,7 @@ static kiln_status build_spec(kiln_exec *e, int64_t batch, spec *s) {
     if (s->jit) LLVMOrcDisposeLLJIT(s->jit), s->jit = NULL;
     t->cache = KILN_CACHE_MISS;
     t->functions_from_cache = 0;
-    st = compile_and_store(e, c.mod, tm, &key, CG_FUNCTIONS_REFRESH, t, &obj);
+    st = compile_and_store(e, c.mod, tm, threads, &key, CG_FUNCTIONS_REFRESH, t, &obj);
     if (st == KILN_OK) t->object_bytes = LLVMGetBufferSize(obj), st = jit_load(e, obj, s);
   }
   LLVMDisposeModule(c.mod);
@@ -250,7 +252,7 @@ static kiln_status build_spec(kiln_exec *e, int64_t batch, spec *s) {
   return KILN_OK;
 }
 
-static kiln_status add_spec(kiln_exec *e, int64_t batch, spec **out);
+static kiln_status add_spec(kiln_exec *e, int64_t batch, int threads, spec **out);
 
 kiln_status kiln_compile(const kiln_graph *g, const kiln_compile_options *opts, kiln_exec **out) {
   if (!out) return kiln_set_error(KILN_ERR_INVALID, "compile: out is NULL");
@@ -315,7 +317,7 @@ kiln_status kiln_compile(const kiln_graph *g, const kiln_compile_options *opts, 
   /* A static graph is compiled now, so compile errors surface from kiln_compile. */
   if (!symbolic) {
     spec *s;
-    if ((st = add_spec(e, -1, &s)) != KILN_OK) {
+    if ((st = add_spec(e, -1, cg_compile_threads(), &s)) != KILN_OK) {
       kiln_exec_free(e);
       return st;
     }
@@ -374,14 +376,14 @@ kiln_status kiln_exec_profile(const kiln_exec *e, char **text) {
 }
 
 /* Compiles the specialisation for batch and appends it (specs_lock held or no other thread). */
-static kiln_status add_spec(kiln_exec *e, int64_t batch, spec **out) {
+static kiln_status add_spec(kiln_exec *e, int64_t batch, int threads, spec **out) {
   spec *s = calloc(1, sizeof *s), **ns = s ? realloc(e->specs, sizeof *ns * (e->nspecs + 1)) : NULL;
   if (ns) e->specs = ns;
   if (!ns) {
     free(s);
     return kiln_set_error(KILN_ERR_NOMEM, "run: out of memory");
   }
-  kiln_status st = build_spec(e, batch, s);
+  kiln_status st = build_spec(e, batch, threads, s);
   if (st != KILN_OK) {
     spec_free(s);
     free(s);
@@ -393,15 +395,33 @@ static kiln_status add_spec(kiln_exec *e, int64_t batch, spec **out) {
   return KILN_OK;
 }
 
-static kiln_status find_spec(kiln_exec *e, int64_t batch, spec **out) {
+static kiln_status find_spec(kiln_exec *e, int64_t batch, int threads, spec **out) {
   pthread_mutex_lock(&e->specs_lock);
   kiln_status st = KILN_OK;
   *out = NULL;
   for (size_t i = 0; i < e->nspecs && !*out; i++)
     if (e->specs[i]->batch == batch) *out = e->specs[i];
-  if (!*out) st = add_spec(e, batch, out);
+  if (!*out) st = add_spec(e, batch, threads, out);
   pthread_mutex_unlock(&e->specs_lock);
   return st;
+}
+
+kiln_status kiln_exec_batch_of(kiln_exec *e, const kiln_tensor *const *inputs, size_t nin, int64_t *batch) {
+  uint32_t np = kiln_graph_num_params(e->g);
+  const kiln_tensor **full = calloc(np + 1, sizeof *full);
+  if (!full) return kiln_set_error(KILN_ERR_NOMEM, "compile: out of memory");
+  kiln_status st = kiln_bind_inputs(e->g, inputs, nin, full);
+  if (st == KILN_OK) st = kiln_check_inputs(e->g, full, np, batch);
+  free(full);
+  return st;
+}
+
+int kiln_exec_spare_threads(const kiln_exec *e) { return cg_compile_threads() - e->threads; }
+
+kiln_status kiln_exec_compile_ahead(kiln_exec *e, int64_t batch) {
+  int threads = kiln_exec_spare_threads(e);
+  spec *s;
+  return find_spec(e, batch, threads < 1 ? 1 : threads, &s);
 }
 
 /* Runs with every param bound (inputs) and every output, assignments included, requested. */
@@ -412,7 +432,7 @@ static kiln_status run_bound(kiln_exec *e, const kiln_tensor *const *inputs, siz
   kiln_status st = kiln_check_inputs(e->g, inputs, nin, &batch);
   if (st != KILN_OK) return st;
   spec *s = NULL;
-  st = find_spec(e, batch, &s);
+  st = find_spec(e, batch, cg_compile_threads(), &s);
   if (st != KILN_OK) return st;
   const kiln_graph *g = s->g;
   void **args = calloc(nin + nout + 2 + s->plan.nconst_args, sizeof *args);

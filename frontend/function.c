@@ -113,17 +113,30 @@ kiln_status kiln_function_call(kiln_function *f, const kiln_tensor *const *input
   return kiln_function_call_given(f, inputs, nin, outputs, nout, 0);
 }
 
-kiln_status kiln_function_call_given(kiln_function *f, const kiln_tensor *const *inputs, size_t nin, kiln_tensor **outputs,
-                                     size_t nout, size_t given) {
+/* The trace for the inputs' signature, made now if it is new. */
+static kiln_status trace_for(kiln_function *f, const kiln_tensor *const *inputs, size_t nin, trace **t) {
   if (!f) return kiln_set_error(KILN_ERR_INVALID, "function_call: null function");
   if (nin && !inputs) return kiln_set_error(KILN_ERR_INVALID, "function_call: the inputs array is NULL");
   for (size_t k = 0; k < nin; k++)
     if (!inputs[k]) return kiln_set_error(KILN_ERR_INVALID, "function_call: input %zu is NULL", k);
-  trace *t = find_trace(f, inputs, nin);
-  if (!t) {
-    kiln_status st = new_trace(f, inputs, nin, &t);
-    if (st != KILN_OK) return st;
-  }
+  *t = find_trace(f, inputs, nin);
+  return *t ? KILN_OK : new_trace(f, inputs, nin, t);
+}
+
+kiln_status kiln_function_call_given(kiln_function *f, const kiln_tensor *const *inputs, size_t nin, kiln_tensor **outputs,
+                                     size_t nout, size_t given) {
+  trace *t;
+  kiln_status st = trace_for(f, inputs, nin, &t);
+  if (st != KILN_OK) return st;
   f->last = t;
   return kiln_exec_run_given(t->e, inputs, nin, outputs, nout, given);
+}
+
+kiln_status kiln_function_exec_for(kiln_function *f, const kiln_tensor *const *inputs, size_t nin, kiln_exec **e,
+                                   int64_t *batch) {
+  trace *t;
+  kiln_status st = trace_for(f, inputs, nin, &t);
+  if (st != KILN_OK) return st;
+  *e = t->e;
+  return kiln_exec_batch_of(t->e, inputs, nin, batch);
 }

@@ -271,5 +271,16 @@ KILN_INTERNAL kiln_status kiln_exec_run_given(kiln_exec *e, const kiln_tensor *c
                                               kiln_tensor **outputs, size_t nout, size_t given);
 KILN_INTERNAL kiln_status kiln_function_call_given(kiln_function *f, const kiln_tensor *const *inputs, size_t nin,
                                                    kiln_tensor **outputs, size_t nout, size_t given);
+/* The exec that a call with these inputs runs (traced now when the signature is new)
+ * and the batch size it would specialise for; nothing compiles or runs. */
+KILN_INTERNAL kiln_status kiln_function_exec_for(kiln_function *f, const kiln_tensor *const *inputs, size_t nin,
+                                                 kiln_exec **e, int64_t *batch);
+KILN_INTERNAL kiln_status kiln_exec_batch_of(kiln_exec *e, const kiln_tensor *const *inputs, size_t nin, int64_t *batch);
+/* Compiles e's specialisation for batch now, if missing, as a run would, but with the
+ * compile threads that e's own runs leave free: for a thread that prepares a function
+ * while another exec runs. Runs of e that need it meanwhile wait for it. */
+KILN_INTERNAL kiln_status kiln_exec_compile_ahead(kiln_exec *e, int64_t batch);
+/* Cores (compile threads) that e's runs leave idle: 0 or less when they take all. */
+KILN_INTERNAL int kiln_exec_spare_threads(const kiln_exec *e);
 
 #endif

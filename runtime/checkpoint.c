@@ -38,8 +38,9 @@ static bool write_all(int fd, const void *buf, size_t n) {
   return true;
 }
 
-/* Writes bytes to path atomically: temp file, fsync, rename, fsync of the directory. */
-kiln_status kiln_write_atomic(const char *path, const unsigned char *const *parts, const size_t *sizes, int nparts) {
+/* Writes bytes to path atomically: temp file, fsync (when durable), rename, fsync of the directory. */
+static kiln_status write_through_temp(const char *path, const unsigned char *const *parts, const size_t *sizes,
+                                      int nparts, bool durable) {
   size_t len = strlen(path);
   char *tmp = malloc(len + 16), *dir = strdup(path);
   if (!tmp || !dir) {
@@ -58,11 +59,11 @@ kiln_status kiln_write_atomic(const char *path, const unsigned char *const *part
     if (fchmod(fd, 0666 & ~mask)) st = kiln_set_error(KILN_ERR_IO, "%s: chmod failed: %s", tmp, strerror(errno));
     for (int i = 0; i < nparts && st == KILN_OK; i++)
       if (!write_all(fd, parts[i], sizes[i])) st = kiln_set_error(KILN_ERR_IO, "%s: write failed: %s", tmp, strerror(errno));
-    if (st == KILN_OK && fsync(fd)) st = kiln_set_error(KILN_ERR_IO, "%s: fsync failed: %s", tmp, strerror(errno));
+    if (st == KILN_OK && durable && fsync(fd)) st = kiln_set_error(KILN_ERR_IO, "%s: fsync failed: %s", tmp, strerror(errno));
     if (close(fd) && st == KILN_OK) st = kiln_set_error(KILN_ERR_IO, "%s: close failed: %s", tmp, strerror(errno));
     if (st == KILN_OK && rename(tmp, path)) st = kiln_set_error(KILN_ERR_IO, "%s: rename failed: %s", path, strerror(errno));
     if (st != KILN_OK) unlink(tmp);
-    else {
+    else if (durable) {
       int dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY);
       if (dfd >= 0) fsync(dfd), close(dfd);
     }
@@ -70,6 +71,14 @@ kiln_status kiln_write_atomic(const char *path, const unsigned char *const *part
   free(tmp);
   free(dir);
   return st;
+}
+
+kiln_status kiln_write_atomic(const char *path, const unsigned char *const *parts, const size_t *sizes, int nparts) {
+  return write_through_temp(path, parts, sizes, nparts, true);
+}
+
+kiln_status kiln_write_replace(const char *path, const unsigned char *const *parts, const size_t *sizes, int nparts) {
+  return write_through_temp(path, parts, sizes, nparts, false);
 }
 
 /* "magic" | u32 version | u64 payload length | payload | u32 masked CRC32C, atomically. */

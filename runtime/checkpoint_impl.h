@@ -9,6 +9,11 @@
  * a crash leaves the old file or the new one. */
 KILN_INTERNAL kiln_status kiln_write_atomic(const char *path, const unsigned char *const *parts, const size_t *sizes,
                                             int nparts);
+/* The same without the fsyncs, for files that can be made again and carry their own
+ * checksum (compile cache entries): readers still never see half a file, but after a
+ * crash an entry may be damaged, and its reader then rejects it. */
+KILN_INTERNAL kiln_status kiln_write_replace(const char *path, const unsigned char *const *parts, const size_t *sizes,
+                                             int nparts);
 KILN_INTERNAL kiln_status kiln_framed_write(const char *path, const char *magic, const unsigned char *payload, size_t plen);
 KILN_INTERNAL kiln_status kiln_framed_read(const char *path, const char *magic, const char *what, unsigned char **buf,
                                            const unsigned char **payload, size_t *plen);

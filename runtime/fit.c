@@ -3,6 +3,8 @@
  * permutation, so shuffling never copies the dataset; only one batch is copied
  * per step. Epoch figures are exact sample-weighted means, like Keras' trackers. */
 #include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -225,6 +227,46 @@ kiln_status kiln_fit_eval_rows(kiln_model *m, const feed *f, const int64_t *idx,
   return KILN_OK;
 }
 
+/* ---- validation compiled ahead ---- */
+
+/* The first epoch's validation function compiles on another thread while the epoch
+ * trains, on the cores the train step leaves free, so that the end of the epoch finds
+ * it ready instead of waiting for LLVM. It starts after the first step, whose own
+ * compile it would otherwise slow down, and only when the model's threads leave a
+ * core idle: on a core they use, it would slow the epoch down as much. The batch is validation's first, whose
+ * padded size is known before the function is traced (a full batch, or all of
+ * validation). KILN_COMPILE_AHEAD=0 turns it off. */
+typedef struct compile_ahead {
+  pthread_t tid;
+  bool started;
+  kiln_exec *e;
+  int64_t batch;
+} compile_ahead;
+
+static void *compile_ahead_main(void *arg) {
+  compile_ahead *a = arg;
+  kiln_exec_compile_ahead(a->e, a->batch); /* a failure is met again, and reported, when validation compiles */
+  return NULL;
+}
+
+static void compile_ahead_start(kiln_model *m, const feed *val, const int64_t *vidx, int64_t nval, int64_t bs,
+                                compile_ahead *a) {
+  const char *env = getenv("KILN_COMPILE_AHEAD");
+  if (!nval || (env && !strcmp(env, "0"))) return;
+  kiln_tensor *in[73] = {0};
+  int64_t rows = nval < bs ? nval : bs;
+  kiln_status st = batch_inputs(val, vidx, rows, rows, 1, in);
+  if (st == KILN_OK) st = kiln_function_exec_for(m->eval_fn, (const kiln_tensor *const *)in, val->nt + 1, &a->e, &a->batch);
+  for (size_t i = 0; i <= val->nt; i++) kiln_tensor_free(in[i]);
+  /* a trace that fails now fails again, with its message, when validation runs */
+  if (st == KILN_OK && kiln_exec_spare_threads(a->e) > 0) a->started = !pthread_create(&a->tid, NULL, compile_ahead_main, a);
+}
+
+static void compile_ahead_join(compile_ahead *a) {
+  if (a->started) pthread_join(a->tid, NULL);
+  a->started = false;
+}
+
 /* ---- progress ---- */
 
 static void progress(FILE *f, bool tty, int epoch, int epochs, int64_t step, int64_t steps, double secs,
@@ -399,6 +441,7 @@ kiln_status kiln_model_fit_arrays(kiln_model *m, const kiln_arrays *data, const 
   int64_t global_batch = o.batch_size * (dist ? kiln_dist_size(dist) : 1);
   int64_t steps = (s.ntrain + global_batch - 1) / global_batch;
   char fig[1024];
+  compile_ahead ahead = {0};
   for (int epoch = o.initial_epoch; st == KILN_OK && epoch < o.epochs; epoch++) {
     shuffle(m, s.perm, s.ntrain, epoch, o.shuffle);
     if (tty) fprintf(stderr, "Epoch %d/%d\n", epoch + 1, o.epochs);
@@ -420,6 +463,7 @@ kiln_status kiln_model_fit_arrays(kiln_model *m, const kiln_arrays *data, const 
         if ((st = kiln_fit_run_batch(m, m->train_fn, &s.train, s.perm + start, cnt, rows, true, s.acc, NULL, 0)) != KILN_OK)
           break;
         seen += cnt;
+        if (b == 0 && epoch == o.initial_epoch) compile_ahead_start(m, &s.val, s.vidx, s.nval, o.batch_size, &ahead);
       }
       seen_all += cnt;
       if (o.ncallbacks || (tty && (b % 20 == 0 || b + 1 == steps))) results_of(m, s.acc, seen, s.logs);
@@ -444,6 +488,7 @@ kiln_status kiln_model_fit_arrays(kiln_model *m, const kiln_arrays *data, const 
     if (dist && (st = kiln_fit_dist_agree_stop(&df, m)) != KILN_OK) break;
     if (m->stop_training) break;
   }
+  compile_ahead_join(&ahead);
   if (st == KILN_OK) st = notify(&o, m, KILN_ON_TRAIN_END, o.epochs, 0, keys, NULL, 0);
   if (st == KILN_OK && history) *history = s.h;
   else kiln_history_free(s.h);
