@@ -35,6 +35,9 @@ typedef struct cg {
   /* Per node: a matmul or conv2d whose constant B (weights, filter) is stored packed
    * in the GEMM's panel layout (cg_prepack), set by lower.c; NULL: none. */
   const bool *b_prepacked;
+  /* Per node: computed inside the kernels that read it (the schedule's), while
+   * lowering; NULL otherwise. */
+  const bool *inlined;
   char err[512];
 } cg;
 

@@ -53,6 +53,13 @@ conv_geom cg_conv_geometry(cg *c, const kiln_node *n) {
   q.pointwise = !fgrad && q.KH == 1 && q.KW == 1 && q.s[0] == 1 && q.s[1] == 1 && !q.p[0] && !q.p[1] && !q.p[2] &&
                 !q.p[3] && q.groups == 1;
   q.b_prepacked = !fgrad && c->b_prepacked && c->b_prepacked[n - c->g->nodes];
+  if (!fgrad && x->op == KILN_OP_UNSLICE && c->inlined && c->inlined[n->inputs[0]]) {
+    int64_t first[4], step[KILN_MAX_RANK];
+    kiln_slice_map(x, 4, x->dims, first, step);
+    const kiln_node *src = &c->g->nodes[x->inputs[0]];
+    q.up[0] = step[1], q.up[1] = step[2], q.up_lo[0] = first[1], q.up_lo[1] = first[2];
+    q.HD = src->dims[1], q.WD = src->dims[2];
+  }
   return q;
 }
 
@@ -302,6 +309,7 @@ void cg_conv2d(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *
     cg_gemm_emit(c, &mm, in[0], in[1], out, scratch);
     return;
   }
+  KILN_ASSERT((!q.up[0] || cg_conv_depthwise_fits(c, &q)) && "fuse.c fuses an unslice only into a depthwise convolution");
   if (cg_conv_depthwise_fits(c, &q)) {
     KILN_ASSERT(!(ep && ep->private_out) && "cg_conv_can_pool is false for depthwise convolutions");
     cg_conv_depthwise(c, &q, out, in, scratch, ep);

@@ -11,6 +11,10 @@ typedef struct {
   int64_t pixels; /* output pixels of the batch: im2col rows */
   bool pointwise;
   bool b_prepacked; /* the filter is stored in its GEMMs' panel layout (cg.b_prepacked) */
+  /* up[0] > 0: the input is an unslice fused into this (depthwise) convolution: x is
+   * its source, HD x WD pixels, whose pixel (r, s) is the input's (up_lo[0] + up[0]*r,
+   * up_lo[1] + up[1]*s); every other input pixel is zero. */
+  int64_t up[2], up_lo[2], HD, WD;
 } conv_geom;
 
 /* conv2d(x, w) -> y, or conv2d_filter_grad(x, dy) -> dw: the same convolution. */

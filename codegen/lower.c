@@ -222,6 +222,14 @@ static LLVMValueRef leaf_ptr_of(const node_ctx *k, uint32_t id) {
   return NULL;
 }
 
+/* A matmul/conv/pool kernel's pointer to its input id: the buffer, or for an unslice
+ * fused into a depthwise convolution (conv_geom.up) the unslice's source. */
+static LLVMValueRef operand_ptr(cg *c, const node_ctx *k, uint32_t id) {
+  const kiln_node *n = &c->g->nodes[id];
+  if (n->op == KILN_OP_UNSLICE && k->inlined && k->inlined[id]) return leaf_ptr_of(k, n->inputs[0]);
+  return leaf_ptr_of(k, id);
+}
+
 /* The value of node id at flat index i inside kernel k: loaded from a leaf buffer,
  * or computed when the node is fused into the kernel. */
 static LLVMValueRef value_of(cg *c, node_ctx *k, uint32_t id, LLVMValueRef i) {
@@ -728,7 +736,7 @@ static bool lower_pooled(cg *c, node_ctx *k) {
                     .private_out = true};
   memcpy(ep.ptrs, k->leaf_ptr, sizeof(LLVMValueRef) * k->nleaves);
   ep.ptrs[k->nleaves] = k->out;
-  LLVMValueRef in[2] = {leaf_ptr_of(k, h->inputs[0]), leaf_ptr_of(k, h->inputs[1])};
+  LLVMValueRef in[2] = {operand_ptr(c, k, h->inputs[0]), operand_ptr(c, k, h->inputs[1])};
   KILN_ASSERT(in[0] && in[1] && "a host's inputs are among its kernel's reads");
   cg_conv2d(c, h, NULL, in, k->scratch, &ep);
   return true;
@@ -743,7 +751,7 @@ static bool lower_hosted(cg *c, node_ctx *k) {
   const kiln_node *h = &c->g->nodes[k->host];
   cg_epilogue ep = {.apply = epilogue_apply, .ctx = k, .nptrs = k->nleaves};
   memcpy(ep.ptrs, k->leaf_ptr, sizeof(LLVMValueRef) * k->nleaves);
-  LLVMValueRef in[2] = {leaf_ptr_of(k, h->inputs[0]), leaf_ptr_of(k, h->inputs[1])};
+  LLVMValueRef in[2] = {operand_ptr(c, k, h->inputs[0]), operand_ptr(c, k, h->inputs[1])};
   KILN_ASSERT(in[0] && in[1] && "a host's inputs are among its kernel's reads");
   switch ((kiln_op)h->op) {
   case KILN_OP_MATMUL: cg_matmul(c, h, k->out, in, k->scratch, &ep); return true;
@@ -836,6 +844,7 @@ static void prepack_choice_free(prepack_choice *p) { free(p->prepacked), free(p-
 /* cg_lower's exit: what it held while emitting released, st passed on. */
 static kiln_status lower_done(cg *c, prepack_choice *pre, kiln_schedule *sched, kiln_status st) {
   c->b_prepacked = NULL;
+  c->inlined = NULL;
   prepack_choice_free(pre);
   kiln_schedule_free(sched);
   return st;
@@ -906,6 +915,7 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
   }
   const bool *live = sched.live, *inlined = sched.inlined;
   plan->fused = sched.fused;
+  c->inlined = inlined;
 
   prepack_choice pre;
   kiln_status pre_st = choose_prepacked(c, live, &pre);
@@ -1053,7 +1063,7 @@ kiln_status cg_lower(cg *c, const char *entry_name, cg_plan *plan) {
                   .host = sched.host[i], .nleaves = kern->nreads};
     memcpy(k.leaf, kern->reads, sizeof(uint32_t) * kern->nreads);
     for (uint32_t q = 0; q < k.nleaves; q++) k.leaf_ptr[q] = LLVMGetParam(fn, q + 1);
-    for (uint32_t j = 0; j < n->ninputs; j++) k.in[j] = leaf_ptr_of(&k, n->inputs[j]); /* NULL when fused */
+    for (uint32_t j = 0; j < n->ninputs; j++) k.in[j] = operand_ptr(c, &k, n->inputs[j]); /* NULL when fused */
     if (!lower_node(c, &k)) {
       st = kiln_set_error(KILN_ERR_UNSUPPORTED, "%s", c->err);
       break;

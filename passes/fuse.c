@@ -22,7 +22,11 @@
  *    at a time into a small buffer, finishes them with the chain and pools them while
  *    they are cached, so the convolution's output is never stored. Convolutions
  *    computed as one GEMM over every pixel (1x1) or channel by channel (depthwise)
- *    are not cut into window rows and stay kernels of their own. */
+ *    are not cut into window rows and stay kernels of their own;
+ *  - the zeros that autodiff spreads between the pixels of a strided depthwise
+ *    layer's dy (an unslice, for the input gradient's stride-1 convolution) are not
+ *    stored: the depthwise kernel reads dy itself and runs, per output phase, only
+ *    the taps that meet a pixel of dy (codegen/conv_depthwise.c). */
 #include "passes/passes.h"
 
 static bool reads_by_element(kiln_op op) {
@@ -36,6 +40,23 @@ static bool visits_once(kiln_op op) {
 }
 
 static bool keeps_index(kiln_op op) { return (kiln_ops[op].flags & EW) || op == KILN_OP_RESHAPE; }
+
+bool kiln_depthwise_reads_unslice(const kiln_graph *g, const kiln_node *conv, const kiln_node *u) {
+  if (conv->op != KILN_OP_CONV2D || u->op != KILN_OP_UNSLICE || &g->nodes[conv->inputs[0]] != u || u->rank != 4 ||
+      !kiln_dtype_is_float((kiln_dtype)conv->dtype))
+    return false;
+  const kiln_node *w = &g->nodes[conv->inputs[1]], *src = &g->nodes[u->inputs[0]];
+  int64_t strides[2], dil[2], groups = kiln_attr_int(conv, KILN_ATTR_GROUPS, 1), first[4], step[KILN_MAX_RANK];
+  kiln_attr_ints(conv, KILN_ATTR_STRIDES, strides);
+  kiln_attr_ints(conv, KILN_ATTR_DILATIONS, dil);
+  kiln_slice_map(u, 4, u->dims, first, step);
+  /* codegen/conv_depthwise.c's cg_conv_depthwise_fits, on the graph */
+  bool depthwise = groups > 1 && w->dims[2] == 1 && u->dims[3] == groups && conv->dims[3] == groups &&
+                   w->dims[0] * w->dims[1] <= 49;
+  return depthwise && strides[0] == 1 && strides[1] == 1 && dil[0] == 1 && dil[1] == 1 && first[0] == 0 &&
+         first[3] == 0 && step[0] == 1 && step[3] == 1 && src->dims[0] == u->dims[0] && src->dims[3] == u->dims[3] &&
+         step[1] >= 1 && step[2] >= 1 && (step[1] > 1 || step[2] > 1);
+}
 
 /* Makes matmuls, convolutions and max-pool gradients the hosts of the element-wise kernels that are
  * their only readers (see the top), within the epilogue's bound on reads. */
@@ -152,6 +173,12 @@ size_t kiln_fuse(const kiln_graph *g, const bool *live, const bool *stored, uint
       if (bound <= max_reads || worst == UINT32_MAX) break;
       inlined[worst] = false;
     }
+  }
+  for (uint32_t i = 0; i < n; i++) {
+    const kiln_node *u = &g->nodes[i];
+    if (live[i] && !stored[i] && u->op == KILN_OP_UNSLICE && reader[i] != UINT32_MAX && !inlined[u->inputs[0]] &&
+        kiln_depthwise_reads_unslice(g, &g->nodes[reader[i]], u))
+      inlined[i] = true;
   }
   if (host) {
     choose_hosts(g, stored, uses, reader, inlined, host);

@@ -142,6 +142,17 @@ static void test_conv_small_filters(void **s) {
   check_conv(&r, (int64_t[]){2, 9, 10, 6}, (int64_t[]){2, 2, 6, 32}, &(kiln_conv2d_opts){.padding = KILN_PAD_SAME});
 }
 
+/* Whether g's schedule has a convolution reading an unslice without storing it. */
+static bool conv_reads_unslice(const kiln_graph *g) {
+  char *text = NULL;
+  assert_int_equal(kiln_schedule_text(g, NULL, &text), KILN_OK);
+  bool found = false;
+  for (char *line = strtok(text, "\n"); line && !found; line = strtok(NULL, "\n"))
+    found = strstr(line, "conv2d fuses") && strstr(line, "unslice");
+  free(text);
+  return found;
+}
+
 /* The input gradient of conv2d(x, w) for a dy of the output's shape, as autodiff builds it. */
 static void check_conv_input_grad(trng *r, const int64_t xd[4], const int64_t wd[4], const kiln_conv2d_opts *o) {
   kiln_graph *g = kiln_graph_new();
@@ -152,6 +163,11 @@ static void check_conv_input_grad(trng *r, const int64_t xd[4], const int64_t wd
   assert_int_equal(kiln_gradients(g, kiln_reduce_sum(g, kiln_mul(g, y, dy), NULL, 0, false), &x, 1, &dx), KILN_OK);
   kiln_output(g, "dx", dx);
   assert_int_equal(kiln_graph_status(g), KILN_OK);
+  /* a strided depthwise layer's dy is read in place, phase by phase (conv_depthwise.c) */
+  bool depthwise = o->groups > 1 && o->groups == xd[3] && wd[2] == 1, strided = o->strides[0] > 1 || o->strides[1] > 1;
+  bool dilated = o->dilations[0] > 1 || o->dilations[1] > 1;
+  if (conv_reads_unslice(g) != (depthwise && strided && !dilated))
+    fail_msg("the depthwise input gradient %s dy's spread copy", depthwise && strided && !dilated ? "stores" : "skips");
   kiln_tensor *in[3] = {random_tensor(r, KILN_F32, 4, xd, -1, 1), random_tensor(r, KILN_F32, 4, wd, -1, 1),
                         random_tensor(r, KILN_F32, 4, ys.dims, -1, 1)};
   check_inputs_threads(g, in, 3, "conv input gradient", 1e-5);
@@ -178,6 +194,22 @@ static void test_conv_depthwise(void **s) {
   check_conv(&r, (int64_t[]){4, 28, 28, 96}, (int64_t[]){3, 3, 1, 96}, &stride2);
   check_conv_input_grad(&r, (int64_t[]){4, 28, 28, 96}, (int64_t[]){3, 3, 1, 96}, &stride2);
   check_conv(&r, (int64_t[]){1, 4, 5, 8}, (int64_t[]){1, 1, 1, 8}, &(kiln_conv2d_opts){.padding = KILN_PAD_VALID, .groups = 8});
+  /* strided input gradients, read from dy phase by phase: stride 3 with a 5x5 filter
+   * (phases of 2 and 1 taps), strides (1, 2) and (2, 3) with uneven padding, no
+   * padding, a 1x1 filter at stride 2 (phases that meet no pixel of dy: zeros), a
+   * 2x2 filter, and odd sizes whose last output phases are short */
+  kiln_conv2d_opts s3 = {.strides = {3, 3}, .padding = KILN_PAD_SAME, .groups = 24};
+  check_conv_input_grad(&r, (int64_t[]){2, 16, 17, 24}, (int64_t[]){5, 5, 1, 24}, &s3);
+  kiln_conv2d_opts s12 = {.strides = {1, 2}, .padding = KILN_PAD_EXPLICIT, .pads = {0, 2, 1, 0}, .groups = 19};
+  check_conv_input_grad(&r, (int64_t[]){3, 9, 14, 19}, (int64_t[]){3, 3, 1, 19}, &s12);
+  kiln_conv2d_opts s23 = {.strides = {2, 3}, .padding = KILN_PAD_EXPLICIT, .pads = {1, 0, 2, 2}, .groups = 40};
+  check_conv_input_grad(&r, (int64_t[]){2, 11, 13, 40}, (int64_t[]){3, 3, 1, 40}, &s23);
+  kiln_conv2d_opts valid2 = {.strides = {2, 2}, .padding = KILN_PAD_VALID, .groups = 144};
+  check_conv_input_grad(&r, (int64_t[]){2, 15, 15, 144}, (int64_t[]){3, 3, 1, 144}, &valid2);
+  kiln_conv2d_opts one2 = {.strides = {2, 2}, .padding = KILN_PAD_VALID, .groups = 32};
+  check_conv_input_grad(&r, (int64_t[]){1, 7, 8, 32}, (int64_t[]){1, 1, 1, 32}, &one2);
+  kiln_conv2d_opts two2 = {.strides = {2, 2}, .padding = KILN_PAD_SAME, .groups = 48};
+  check_conv_input_grad(&r, (int64_t[]){2, 10, 9, 48}, (int64_t[]){2, 2, 1, 48}, &two2);
 }
 
 /* Max-pool gradients with ties (x in {0, 1}: the first maximum, row-major, takes the
