@@ -1,6 +1,7 @@
 /* Convolutions: kiln against oneDNN, forward and both backward passes (input
  * gradient, filter gradient), on the Fashion-MNIST CNN's two layers (batch 128),
- * a ResNet-style 3x3 layer (56x56x64 -> 64, batch 8) and MobileNetV2-style
+ * ResNet-style layers (56x56x64 -> 64 3x3, and -> 128 at stride 2: 3x3 and the
+ * 1x1 shortcut; batch 8) and MobileNetV2-style
  * depthwise 3x3 layers (groups = channels, stride 1 and 2, batch 8); padding
  * K/2 on every side.
  *
@@ -29,6 +30,8 @@ static const conv_layer layers[] = {
     {"CNN conv1 128x28x28x1 -> 32", 128, 28, 28, 1, 32, 3, 1, 1},
     {"CNN conv2 128x14x14x32 -> 64", 128, 14, 14, 32, 64, 3, 1, 1},
     {"ResNet 8x56x56x64 -> 64", 8, 56, 56, 64, 64, 3, 1, 1},
+    {"ResNet 8x56x56x64 -> 128 /2", 8, 56, 56, 64, 128, 3, 1, 2},
+    {"ResNet shortcut 1x1 -> 128 /2", 8, 56, 56, 64, 128, 1, 1, 2},
     {"depthwise 8x56x56x144", 8, 56, 56, 144, 144, 3, 144, 1},
     {"depthwise 8x56x56x144 /2", 8, 56, 56, 144, 144, 3, 144, 2},
     {"depthwise 8x14x14x576", 8, 14, 14, 576, 576, 3, 576, 1},

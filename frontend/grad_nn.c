@@ -74,10 +74,35 @@ static kiln_shape padded_shape(const kiln_node *x, const window *w) {
 
 /* ---- conv2d ---- */
 
+/* The filter of conv2d's input gradient: spatially flipped, each group's in and out
+ * channels swapped (HWIO with cout_g inputs per group). */
+static kiln_value flipped_filter(kiln_graph *g, const window *w, kiln_value filter, int64_t cin_g, int64_t cout_g,
+                                 int64_t groups) {
+  int64_t fst[4] = {-1, -1, 0, 0}, fen[4] = {INT64_MIN, INT64_MIN, END, END}, fsp[4] = {-1, -1, 1, 1};
+  kiln_value wf = kiln_slice(g, filter, fst, fen, fsp, 4);
+  int64_t kh = w->k[0], kw = w->k[1];
+  wf = kiln_reshape(g, wf, (kiln_shape){5, {kh, kw, cin_g, groups, cout_g}});
+  wf = kiln_transpose(g, wf, (int64_t[]){0, 1, 4, 3, 2}, 5);
+  return kiln_reshape(g, wf, (kiln_shape){4, {kh, kw, cout_g, cin_g * groups}});
+}
+
 /* dL/dx of y = conv2d(x, filter) given dy = dL/dy; filter is HWIO with cin_g inputs per group. */
 static kiln_value conv_input_grad(kiln_graph *g, const window *w, kiln_value dy, kiln_value filter, int64_t cin_g,
                                   int64_t cout, int64_t groups) {
   int64_t cout_g = cout / groups, batch = g->nodes[dy.id].dims[0];
+  kiln_value wf = flipped_filter(g, w, filter, cin_g, cout_g, groups);
+  kiln_conv2d_opts o = {.layout = KILN_NHWC, .padding = KILN_PAD_EXPLICIT, .groups = groups};
+  o.strides[0] = o.strides[1] = 1;
+  /* A strided 1x1 convolution (a ResNet shortcut): each dy pixel goes back to one
+   * input pixel, so the channel mix runs on dy's pixels and only its result is
+   * spread out, instead of mixing a stride^2 times larger map of mostly zeros. */
+  bool strided = w->s[0] > 1 || w->s[1] > 1;
+  if (strided && w->k[0] == 1 && w->k[1] == 1 && !w->pads[0] && !w->pads[1] && (w->out[0] - 1) * w->s[0] < w->in[0] &&
+      (w->out[1] - 1) * w->s[1] < w->in[1]) {
+    int64_t st[4] = {0}, en[4] = {END, END, END, END}, sp[4] = {1, w->s[0], w->s[1], 1};
+    return kiln_unslice(g, kiln_conv2d(g, dy, wf, &o), (kiln_shape){4, {batch, w->in[0], w->in[1], cin_g * groups}}, st,
+                        en, sp, 4);
+  }
   /* z: dy with (stride - 1) zeros between rows and columns. */
   int64_t len[2], plo[2], phi[2];
   kiln_value z = dy;
@@ -86,7 +111,7 @@ static kiln_value conv_input_grad(kiln_graph *g, const window *w, kiln_value dy,
     plo[i] = (w->k[i] - 1) * w->d[i] - w->pads[i];
     phi[i] = w->in[i] + w->pads[i] - len[i];
   }
-  if (w->s[0] > 1 || w->s[1] > 1) {
+  if (strided) {
     int64_t st[4] = {0}, en[4] = {END, END, END, END}, sp[4] = {1, w->s[0], w->s[1], 1};
     z = kiln_unslice(g, z, (kiln_shape){4, {batch, len[0], len[1], cout}}, st, en, sp, 4);
   }
@@ -101,14 +126,6 @@ static kiln_value conv_input_grad(kiln_graph *g, const window *w, kiln_value dy,
     }
     z = kiln_slice(g, z, st, en, NULL, 4);
   }
-  int64_t fst[4] = {-1, -1, 0, 0}, fen[4] = {INT64_MIN, INT64_MIN, END, END}, fsp[4] = {-1, -1, 1, 1};
-  kiln_value wf = kiln_slice(g, filter, fst, fen, fsp, 4);
-  int64_t kh = w->k[0], kw = w->k[1];
-  wf = kiln_reshape(g, wf, (kiln_shape){5, {kh, kw, cin_g, groups, cout_g}});
-  wf = kiln_transpose(g, wf, (int64_t[]){0, 1, 4, 3, 2}, 5);
-  wf = kiln_reshape(g, wf, (kiln_shape){4, {kh, kw, cout_g, cin_g * groups}});
-  kiln_conv2d_opts o = {.layout = KILN_NHWC, .padding = KILN_PAD_EXPLICIT, .groups = groups};
-  o.strides[0] = o.strides[1] = 1;
   o.dilations[0] = w->d[0], o.dilations[1] = w->d[1];
   o.pads[0] = plo[0], o.pads[1] = plo[1], o.pads[2] = phi[0], o.pads[3] = phi[1];
   return kiln_conv2d(g, z, wf, &o);

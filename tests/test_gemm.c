@@ -153,6 +153,20 @@ static bool conv_reads_unslice(const kiln_graph *g) {
   return found;
 }
 
+/* Whether g's schedule spreads a convolution's result out (an unslice kernel reading a
+ * conv2d kernel): a strided 1x1 convolution's input gradient mixes dy's channels first. */
+static bool unslice_after_conv(const kiln_graph *g) {
+  char *text = NULL, conv[32] = "", want[48];
+  assert_int_equal(kiln_schedule_text(g, NULL, &text), KILN_OK);
+  unsigned id;
+  for (const char *at = strstr(text, "kernel %"); at && !*conv; at = strstr(at + 1, "kernel %"))
+    if (sscanf(at, "kernel %%%u conv2d", &id) == 1 && !strncmp(strchr(at + 8, ' '), " conv2d", 7)) snprintf(conv, sizeof conv, "%%%u", id);
+  snprintf(want, sizeof want, "unslice; reads %s\n", conv);
+  bool found = *conv && strstr(text, want);
+  free(text);
+  return found;
+}
+
 /* The input gradient of conv2d(x, w) for a dy of the output's shape, as autodiff builds it. */
 static void check_conv_input_grad(trng *r, const int64_t xd[4], const int64_t wd[4], const kiln_conv2d_opts *o) {
   kiln_graph *g = kiln_graph_new();
@@ -165,9 +179,13 @@ static void check_conv_input_grad(trng *r, const int64_t xd[4], const int64_t wd
   assert_int_equal(kiln_graph_status(g), KILN_OK);
   /* a strided depthwise layer's dy is read in place, phase by phase (conv_depthwise.c) */
   bool depthwise = o->groups > 1 && o->groups == xd[3] && wd[2] == 1, strided = o->strides[0] > 1 || o->strides[1] > 1;
-  bool dilated = o->dilations[0] > 1 || o->dilations[1] > 1;
-  if (conv_reads_unslice(g) != (depthwise && strided && !dilated))
-    fail_msg("the depthwise input gradient %s dy's spread copy", depthwise && strided && !dilated ? "stores" : "skips");
+  bool dilated = o->dilations[0] > 1 || o->dilations[1] > 1, pointwise = wd[0] == 1 && wd[1] == 1;
+  bool in_place = depthwise && strided && !dilated && !pointwise;
+  if (conv_reads_unslice(g) != in_place)
+    fail_msg("the depthwise input gradient %s dy's spread copy", in_place ? "stores" : "skips");
+  /* (the cases here have no top or left padding at 1x1) */
+  if (unslice_after_conv(g) != (strided && pointwise))
+    fail_msg("a strided 1x1 input gradient %s", strided && pointwise ? "mixes the spread dy" : "spreads its result");
   kiln_tensor *in[3] = {random_tensor(r, KILN_F32, 4, xd, -1, 1), random_tensor(r, KILN_F32, 4, wd, -1, 1),
                         random_tensor(r, KILN_F32, 4, ys.dims, -1, 1)};
   check_inputs_threads(g, in, 3, "conv input gradient", 1e-5);
@@ -210,6 +228,18 @@ static void test_conv_depthwise(void **s) {
   check_conv_input_grad(&r, (int64_t[]){1, 7, 8, 32}, (int64_t[]){1, 1, 1, 32}, &one2);
   kiln_conv2d_opts two2 = {.strides = {2, 2}, .padding = KILN_PAD_SAME, .groups = 48};
   check_conv_input_grad(&r, (int64_t[]){2, 10, 9, 48}, (int64_t[]){2, 2, 1, 48}, &two2);
+}
+
+/* A strided 1x1 convolution's input gradient (ResNet's shortcuts) mixes dy's channels,
+ * then spreads the result out: odd and even sizes, strides (2, 2) and (3, 2), groups. */
+static void test_conv_strided_pointwise_input_grad(void **s) {
+  (void)s;
+  trng r = {31};
+  kiln_conv2d_opts s2 = {.strides = {2, 2}, .padding = KILN_PAD_VALID};
+  check_conv_input_grad(&r, (int64_t[]){2, 14, 14, 64}, (int64_t[]){1, 1, 64, 128}, &s2);
+  check_conv_input_grad(&r, (int64_t[]){3, 9, 11, 20}, (int64_t[]){1, 1, 20, 36}, &s2);
+  kiln_conv2d_opts s32 = {.strides = {3, 2}, .padding = KILN_PAD_SAME, .groups = 4};
+  check_conv_input_grad(&r, (int64_t[]){2, 10, 7, 16}, (int64_t[]){1, 1, 4, 24}, &s32);
 }
 
 /* Max-pool gradients with ties (x in {0, 1}: the first maximum, row-major, takes the
@@ -573,7 +603,7 @@ static void test_run_into(void **s) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_matmul_edges_and_transposes), cmocka_unit_test(test_conv_threads), cmocka_unit_test(test_conv_small_filters), cmocka_unit_test(test_conv_depthwise), cmocka_unit_test(test_max_pool_grad), cmocka_unit_test(test_elementwise_threads), cmocka_unit_test(test_reduce_threads),
+      cmocka_unit_test(test_matmul_edges_and_transposes), cmocka_unit_test(test_conv_threads), cmocka_unit_test(test_conv_small_filters), cmocka_unit_test(test_conv_depthwise), cmocka_unit_test(test_conv_strided_pointwise_input_grad), cmocka_unit_test(test_max_pool_grad), cmocka_unit_test(test_elementwise_threads), cmocka_unit_test(test_reduce_threads),
       cmocka_unit_test(test_epilogues),          cmocka_unit_test(test_pooled_convs), cmocka_unit_test(test_constant_weights),
       cmocka_unit_test(test_pool_runs_each_task_once),    cmocka_unit_test(test_thread_count_errors),
       cmocka_unit_test(test_run_into),
