@@ -86,6 +86,60 @@ static kiln_value flipped_filter(kiln_graph *g, const window *w, kiln_value filt
   return kiln_reshape(g, wf, (kiln_shape){4, {kh, kw, cout_g, cin_g * groups}});
 }
 
+/* The input gradient of a strided, undilated convolution, phase by phase. Input
+ * pixel i = s*u + r (per axis) meets dy only through the filter taps k = k0 + s*t
+ * (k0 = (r + pad) mod s), at dy pixels u + c - t: for each phase (r_h, r_w) a
+ * stride-1 convolution of dy with that strided subset of the flipped filter gives
+ * the phase's pixels, and the phases interleave into dx. The arithmetic is the
+ * forward pass's, where the convolution of dy spread out with zeros (the general
+ * path below) multiplies stride^2 times as many taps, most of them zeros.
+ * wf: the flipped filter (flipped_filter); NONE when the strides are too many. */
+enum { MAX_PHASES = 16 };
+static kiln_value phase_input_grad(kiln_graph *g, const window *w, kiln_value dy, kiln_value wf, int64_t cin,
+                                   int64_t groups) {
+  const kiln_node *d = &g->nodes[dy.id];
+  int64_t batch = d->dims[0], sh = w->s[0], sw = w->s[1], U[2], ho[2] = {d->dims[1], d->dims[2]};
+  if (sh * sw > MAX_PHASES) return (kiln_value){KILN_NONE};
+  for (int i = 0; i < 2; i++) U[i] = (w->in[i] + w->s[i] - 1) / w->s[i];
+  kiln_value phases[MAX_PHASES];
+  for (int64_t rh = 0; rh < sh; rh++)
+    for (int64_t rw = 0; rw < sw; rw++) {
+      int64_t r[2] = {rh, rw}, taps[2], fst[4] = {0, 0, 0, 0}, fen[4] = {0, 0, END, END}, fsp[4] = {sh, sw, 1, 1};
+      int64_t st[4] = {0, 0, 0, 0}, en[4] = {END, END, END, END}, plo[2], phi[2];
+      bool empty = false;
+      for (int i = 0; i < 2; i++) {
+        int64_t s = w->s[i], k0 = (r[i] + w->pads[i]) % s, c = (r[i] + w->pads[i] - k0) / s;
+        taps[i] = k0 < w->k[i] ? (w->k[i] - k0 + s - 1) / s : 0;
+        fst[i] = w->k[i] - 1 - k0 - s * (taps[i] - 1);
+        fen[i] = fst[i] + s * (taps[i] - 1) + 1;
+        plo[i] = taps[i] - 1 - c;
+        phi[i] = U[i] - ho[i] - plo[i] + taps[i] - 1;
+        /* dy rows no output of the phase reaches are cropped */
+        st[i + 1] = plo[i] < 0 ? -plo[i] : 0;
+        en[i + 1] = phi[i] < 0 ? ho[i] + phi[i] : END;
+        empty |= !taps[i] || (phi[i] < 0 ? ho[i] + phi[i] : ho[i]) <= st[i + 1];
+        plo[i] = plo[i] < 0 ? 0 : plo[i], phi[i] = phi[i] < 0 ? 0 : phi[i];
+      }
+      kiln_value p;
+      if (empty) { /* no tap of the filter meets dy */
+        p = kiln_fill(g, (kiln_dtype)d->dtype, (kiln_shape){4, {batch, U[0], U[1], cin}}, 0);
+      } else {
+        kiln_value z = st[1] || st[2] || en[1] != END || en[2] != END ? kiln_slice(g, dy, st, en, NULL, 4) : dy;
+        kiln_conv2d_opts o = {.layout = KILN_NHWC, .padding = KILN_PAD_EXPLICIT, .groups = groups,
+                              .strides = {1, 1}, .dilations = {1, 1}, .pads = {plo[0], plo[1], phi[0], phi[1]}};
+        p = kiln_conv2d(g, z, kiln_slice(g, wf, fst, fen, fsp, 4), &o);
+      }
+      phases[rh * sw + rw] = kiln_reshape(g, p, (kiln_shape){5, {batch, U[0], U[1], 1, cin}});
+    }
+  /* [batch, U_h, U_w, s_h * s_w, cin] -> [batch, U_h, s_h, U_w, s_w, cin]: dx, then its first in_h x in_w */
+  kiln_value all = kiln_concat(g, phases, (int)(sh * sw), 3);
+  all = kiln_reshape(g, all, (kiln_shape){6, {batch, U[0], U[1], sh, sw, cin}});
+  all = kiln_transpose(g, all, (int64_t[]){0, 1, 3, 2, 4, 5}, 6);
+  all = kiln_reshape(g, all, (kiln_shape){4, {batch, U[0] * sh, U[1] * sw, cin}});
+  if (U[0] * sh == w->in[0] && U[1] * sw == w->in[1]) return all;
+  return kiln_slice(g, all, (int64_t[]){0, 0, 0, 0}, (int64_t[]){END, w->in[0], w->in[1], END}, NULL, 4);
+}
+
 /* dL/dx of y = conv2d(x, filter) given dy = dL/dy; filter is HWIO with cin_g inputs per group. */
 static kiln_value conv_input_grad(kiln_graph *g, const window *w, kiln_value dy, kiln_value filter, int64_t cin_g,
                                   int64_t cout, int64_t groups) {
@@ -102,6 +156,12 @@ static kiln_value conv_input_grad(kiln_graph *g, const window *w, kiln_value dy,
     int64_t st[4] = {0}, en[4] = {END, END, END, END}, sp[4] = {1, w->s[0], w->s[1], 1};
     return kiln_unslice(g, kiln_conv2d(g, dy, wf, &o), (kiln_shape){4, {batch, w->in[0], w->in[1], cin_g * groups}}, st,
                         en, sp, 4);
+  }
+  /* a depthwise layer's kernel reads the spread dy in place (passes/fuse.c) */
+  bool depthwise = cin_g == 1 && cout_g == 1 && groups > 1, dilated = w->d[0] > 1 || w->d[1] > 1;
+  if (strided && !depthwise && !dilated) {
+    kiln_value dx = phase_input_grad(g, w, dy, wf, cin_g * groups, groups);
+    if (dx.id != KILN_NONE) return dx;
   }
   /* z: dy with (stride - 1) zeros between rows and columns. */
   int64_t len[2], plo[2], phi[2];

@@ -186,6 +186,12 @@ static void check_conv_input_grad(trng *r, const int64_t xd[4], const int64_t wd
   /* (the cases here have no top or left padding at 1x1) */
   if (unslice_after_conv(g) != (strided && pointwise))
     fail_msg("a strided 1x1 input gradient %s", strided && pointwise ? "mixes the spread dy" : "spreads its result");
+  /* other strided, undilated ones convolve dy phase by phase: no spread copy at all */
+  char *text = NULL;
+  assert_int_equal(kiln_schedule_text(g, NULL, &text), KILN_OK);
+  bool phases = strided && !dilated && !pointwise && !depthwise;
+  if (phases && strstr(text, "unslice")) fail_msg("a strided input gradient spreads dy out:\n%s", text);
+  free(text);
   kiln_tensor *in[3] = {random_tensor(r, KILN_F32, 4, xd, -1, 1), random_tensor(r, KILN_F32, 4, wd, -1, 1),
                         random_tensor(r, KILN_F32, 4, ys.dims, -1, 1)};
   check_inputs_threads(g, in, 3, "conv input gradient", 1e-5);
@@ -228,6 +234,24 @@ static void test_conv_depthwise(void **s) {
   check_conv_input_grad(&r, (int64_t[]){1, 7, 8, 32}, (int64_t[]){1, 1, 1, 32}, &one2);
   kiln_conv2d_opts two2 = {.strides = {2, 2}, .padding = KILN_PAD_SAME, .groups = 48};
   check_conv_input_grad(&r, (int64_t[]){2, 10, 9, 48}, (int64_t[]){2, 2, 1, 48}, &two2);
+}
+
+/* Strided convolutions' input gradients, phase by phase: ResNet's 3x3 stride 2, a
+ * 5x5 at stride 3 (phases of 2 and 1 taps), strides (2, 1) with uneven padding,
+ * groups, a 2x2 filter at stride 3 (phases no tap meets: zeros), and sizes that are
+ * not multiples of the stride (the last phase rows cropped). */
+static void test_conv_strided_input_grad(void **s) {
+  (void)s;
+  trng r = {37};
+  kiln_conv2d_opts s2 = {.strides = {2, 2}, .padding = KILN_PAD_SAME};
+  check_conv_input_grad(&r, (int64_t[]){2, 14, 14, 32}, (int64_t[]){3, 3, 32, 64}, &s2);
+  check_conv_input_grad(&r, (int64_t[]){1, 15, 13, 8}, (int64_t[]){3, 3, 8, 16}, &s2);
+  kiln_conv2d_opts s3 = {.strides = {3, 3}, .padding = KILN_PAD_EXPLICIT, .pads = {2, 1, 0, 2}};
+  check_conv_input_grad(&r, (int64_t[]){2, 17, 16, 6}, (int64_t[]){5, 5, 6, 10}, &s3);
+  kiln_conv2d_opts s21 = {.strides = {2, 1}, .padding = KILN_PAD_EXPLICIT, .pads = {1, 2, 2, 0}, .groups = 2};
+  check_conv_input_grad(&r, (int64_t[]){3, 12, 9, 8}, (int64_t[]){3, 3, 4, 12}, &s21);
+  kiln_conv2d_opts k2s3 = {.strides = {3, 3}, .padding = KILN_PAD_VALID};
+  check_conv_input_grad(&r, (int64_t[]){2, 11, 10, 5}, (int64_t[]){2, 2, 5, 7}, &k2s3);
 }
 
 /* A strided 1x1 convolution's input gradient (ResNet's shortcuts) mixes dy's channels,
@@ -603,7 +627,7 @@ static void test_run_into(void **s) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_matmul_edges_and_transposes), cmocka_unit_test(test_conv_threads), cmocka_unit_test(test_conv_small_filters), cmocka_unit_test(test_conv_depthwise), cmocka_unit_test(test_conv_strided_pointwise_input_grad), cmocka_unit_test(test_max_pool_grad), cmocka_unit_test(test_elementwise_threads), cmocka_unit_test(test_reduce_threads),
+      cmocka_unit_test(test_matmul_edges_and_transposes), cmocka_unit_test(test_conv_threads), cmocka_unit_test(test_conv_small_filters), cmocka_unit_test(test_conv_depthwise), cmocka_unit_test(test_conv_strided_pointwise_input_grad), cmocka_unit_test(test_conv_strided_input_grad), cmocka_unit_test(test_max_pool_grad), cmocka_unit_test(test_elementwise_threads), cmocka_unit_test(test_reduce_threads),
       cmocka_unit_test(test_epilogues),          cmocka_unit_test(test_pooled_convs), cmocka_unit_test(test_constant_weights),
       cmocka_unit_test(test_pool_runs_each_task_once),    cmocka_unit_test(test_thread_count_errors),
       cmocka_unit_test(test_run_into),
