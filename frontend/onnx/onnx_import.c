@@ -110,12 +110,11 @@ static kiln_status open_external(const Onnx__TensorProto *t, const char *dir, ui
   return KILN_OK;
 }
 
-kiln_status onnx_tensor_from_proto(const Onnx__TensorProto *t, const char *dir, kiln_tensor **out) {
-  *out = NULL;
-  int dt = onnx_kiln_dtype(t->data_type);
-  if (dt < 0) return kiln_set_error(KILN_ERR_UNSUPPORTED, "tensor '%s': ONNX data type %d is not supported", tensor_name(t), t->data_type);
+/* t's dtype (*dt) and dims, checked, and its size in bytes. */
+static kiln_status proto_layout(const Onnx__TensorProto *t, int *dt, int64_t *dims, uint64_t *nbytes) {
+  *dt = onnx_kiln_dtype(t->data_type);
+  if (*dt < 0) return kiln_set_error(KILN_ERR_UNSUPPORTED, "tensor '%s': ONNX data type %d is not supported", tensor_name(t), t->data_type);
   if (t->n_dims > KILN_MAX_RANK) return kiln_set_error(KILN_ERR_UNSUPPORTED, "tensor '%s': rank %zu", tensor_name(t), t->n_dims);
-  int64_t dims[KILN_MAX_RANK];
   uint64_t numel = 1;
   for (size_t i = 0; i < t->n_dims; i++) {
     dims[i] = t->dims[i];
@@ -123,8 +122,18 @@ kiln_status onnx_tensor_from_proto(const Onnx__TensorProto *t, const char *dir, 
       return kiln_set_error(KILN_ERR_PARSE, "tensor '%s': bad dimension %lld", tensor_name(t), (long long)dims[i]);
     numel *= (uint64_t)dims[i];
   }
+  *nbytes = numel * kiln_dtype_size((kiln_dtype)*dt);
+  return KILN_OK;
+}
+
+kiln_status onnx_tensor_from_proto(const Onnx__TensorProto *t, const char *dir, kiln_tensor **out) {
+  *out = NULL;
+  int dt;
+  int64_t dims[KILN_MAX_RANK];
+  uint64_t want, avail;
+  kiln_status lst = proto_layout(t, &dt, dims, &want);
+  if (lst != KILN_OK) return lst;
   /* the values must be in the file (or the external file) before anything is allocated */
-  uint64_t want = numel * kiln_dtype_size((kiln_dtype)dt), avail;
   bool external = t->has_data_location && t->data_location == ONNX__TENSOR_PROTO__DATA_LOCATION__EXTERNAL;
   FILE *ext = NULL;
   if (external) {
@@ -176,14 +185,46 @@ kiln_status onnx_tensor_from_proto(const Onnx__TensorProto *t, const char *dir, 
   return KILN_OK;
 }
 
-/* *out = the message of type d in file path (free with protobuf_c_message_free_unpacked). */
+/* protobuf-c's allocations while reading a model: large ones (an initializer's raw
+ * bytes) are kiln blobs, which import_initializer hands to the graph as they are
+ * instead of copying; the rest are malloc'd. A tag just before the data says which. */
+enum { DIRECT_INITIALIZER_BYTES = 64 << 10 };
+static const uint64_t pb_small_tag = 0x6b696c6e2d706273ull, pb_blob_tag = 0x6b696c6e2d70626bull;
+
+static void *pb_alloc(void *ud, size_t size) {
+  (void)ud;
+  if (size >= DIRECT_INITIALIZER_BYTES) {
+    uint64_t *d = kiln_blob_new(size); /* its header's last word is padding */
+    if (d) d[-1] = pb_blob_tag;
+    return d;
+  }
+  uint64_t *p = size <= SIZE_MAX - 16 ? malloc(size + 16) : NULL;
+  if (!p) return NULL;
+  p[1] = pb_small_tag;
+  return p + 2;
+}
+
+static void pb_free(void *ud, void *data) {
+  (void)ud;
+  if (!data) return;
+  uint64_t *d = data;
+  if (d[-1] == pb_blob_tag) kiln_blob_release(data);
+  else free(d - 2);
+}
+
+static ProtobufCAllocator pb_allocator = {pb_alloc, pb_free, NULL};
+
+/* Whether data came from pb_alloc as a blob, so that the graph may keep it. */
+static bool pb_is_blob(const void *data) { return data && ((const uint64_t *)data)[-1] == pb_blob_tag; }
+
+/* *out = the message of type d in file path (free with protobuf_c_message_free_unpacked(.., &pb_allocator)). */
 static kiln_status read_message(const char *path, const ProtobufCMessageDescriptor *d, const char *what,
                                 ProtobufCMessage **out) {
   unsigned char *buf;
   size_t len;
   kiln_status st = kiln_read_file(path, &buf, &len);
   if (st != KILN_OK) return st;
-  *out = protobuf_c_message_unpack(d, NULL, len, buf);
+  *out = protobuf_c_message_unpack(d, &pb_allocator, len, buf);
   free(buf);
   return *out ? KILN_OK : kiln_set_error(KILN_ERR_PARSE, "%s: not %s (the protobuf does not parse)", path, what);
 }
@@ -201,7 +242,7 @@ kiln_status kiln_onnx_load_tensor(const char *path, kiln_tensor **out, char **na
   if (st != KILN_OK && st != KILN_ERR_NOMEM) st = kiln_set_error(st, "%s: %s", path, kiln_errmsg());
   if (st == KILN_OK && name) *name = strdup(t->name ? t->name : "");
   free(copy);
-  onnx__tensor_proto__free_unpacked(t, NULL);
+  onnx__tensor_proto__free_unpacked(t, &pb_allocator);
   return st;
 }
 
@@ -245,8 +286,19 @@ static kiln_status add_value(onnx_ctx *c, const char *name, kiln_value v, kiln_t
     }
     c->vals = nv, c->cap = cap;
   }
-  c->vals[c->nvals++] = (onnx_value){name, v, host, deps};
+  c->vals[c->nvals++] = (onnx_value){.name = name, .v = v, .host = host, .deps = deps};
   return KILN_OK;
+}
+
+/* The host value of a constant node of g, or NULL. */
+static kiln_tensor *const_value(const kiln_graph *g, kiln_value v);
+
+/* v's value on the host, made from its constant node the first time it is asked for
+ * when v is a directly imported initializer (c->g is then the values' graph: fold
+ * asks for every input before it swaps graphs). */
+static kiln_tensor *host_of(onnx_ctx *c, onnx_value *v) {
+  if (!v->host && v->lazy) v->host = const_value(c->g, v->v);
+  return v->host;
 }
 
 static long offered_index(const onnx_ctx *c, const char *name) {
@@ -261,10 +313,9 @@ const kiln_tensor *onnx_const_input(onnx_ctx *c, const Onnx__NodeProto *n, size_
   /* computed from offered graph inputs: the next import freezes them */
   for (size_t k = 0; v && !v->host && k < 64 && c->offered && k < c->offered->ninputs; k++)
     if (v->deps >> k & 1) c->wanted[k] = true;
-  return v ? v->host : NULL;
+  return v ? host_of(c, v) : NULL;
 }
 
-/* The host value of a constant node of g, or NULL. */
 static kiln_tensor *const_value(const kiln_graph *g, kiln_value v) {
   const kiln_node *n = kiln_node_get(g, v);
   if (!n || n->op != KILN_OP_CONST) return NULL;
@@ -320,7 +371,7 @@ static kiln_status import_node(onnx_ctx *c, const Onnx__NodeProto *n) {
     onnx_value *v = find_value(c, n->input[i]);
     if (!v) return onnx_fail(c, n, KILN_ERR_PARSE, "input '%s' is not produced by any earlier node, input or initializer", n->input[i]);
     in[i] = v->v;
-    known &= v->host != NULL;
+    known &= v->host || v->lazy;
     deps |= v->deps;
   }
   kiln_tensor *hosts[16] = {0};
@@ -382,13 +433,36 @@ static kiln_status import_input(onnx_ctx *c, const Onnx__ValueInfoProto *vi) {
   return add_value(c, vi->name, kiln_placeholder(c->g, vi->name, (kiln_dtype)dt, s), NULL, deps);
 }
 
+/* An initializer of many raw bytes (a layer's weights) becomes the graph's constant
+ * data as protobuf-c read it (pb_alloc made it a blob), its host value made only if a
+ * node folds it or reads it as a constant (host_of): two copies of the weights fewer
+ * on import. */
+static kiln_status import_initializer(onnx_ctx *c, const Onnx__TensorProto *t, const char *dir) {
+  int dt;
+  int64_t dims[KILN_MAX_RANK];
+  uint64_t nbytes;
+  bool external = t->has_data_location && t->data_location == ONNX__TENSOR_PROTO__DATA_LOCATION__EXTERNAL;
+  kiln_status st = proto_layout(t, &dt, dims, &nbytes);
+  if (st == KILN_OK && !external && t->has_raw_data && t->raw_data.len == nbytes && nbytes >= DIRECT_INITIALIZER_BYTES) {
+    void *d = pb_is_blob(t->raw_data.data) ? t->raw_data.data : kiln_blob_new(nbytes);
+    if (!d) return kiln_set_error(KILN_ERR_NOMEM, "tensor '%s': out of memory", tensor_name(t));
+    if (d != t->raw_data.data) memcpy(d, t->raw_data.data, nbytes);
+    kiln_blob_seal(d, nbytes, NULL, NULL, 0);
+    kiln_value v = kiln_constant_blob(c->g, (kiln_dtype)dt, (int)t->n_dims, dims, d);
+    if (d != t->raw_data.data) kiln_blob_release(d); /* else the message's release, when it is freed */
+    if ((st = add_value(c, t->name, v, NULL, 0)) == KILN_OK) c->vals[c->nvals - 1].lazy = true;
+    return st;
+  }
+  kiln_tensor *h;
+  if ((st = onnx_tensor_from_proto(t, dir, &h)) != KILN_OK) return st;
+  return add_value(c, t->name, constant_of(c->g, h), h, 0);
+}
+
 static kiln_status import_graph(onnx_ctx *c, const Onnx__GraphProto *gp, const char *dir) {
   kiln_status st = KILN_OK;
   for (size_t i = 0; i < gp->n_initializer && st == KILN_OK; i++) {
-    kiln_tensor *t;
-    st = onnx_tensor_from_proto(gp->initializer[i], dir, &t);
+    st = import_initializer(c, gp->initializer[i], dir);
     if (st != KILN_OK) st = kiln_set_error(st, "%s: initializer: %s", c->path, kiln_errmsg());
-    else st = add_value(c, gp->initializer[i]->name, constant_of(c->g, t), t, 0);
   }
   for (size_t i = 0; i < gp->n_input && st == KILN_OK; i++)
     if (!find_value(c, gp->input[i]->name)) st = import_input(c, gp->input[i]);
@@ -473,7 +547,7 @@ kiln_status kiln_onnx_load_with(const char *path, const kiln_onnx_options *opts,
   free(c.frozen);
   free(c.wanted);
   free(dir);
-  onnx__model_proto__free_unpacked(m, NULL);
+  onnx__model_proto__free_unpacked(m, &pb_allocator);
   if (st != KILN_OK) return st;
   *out = c.g;
   return KILN_OK;
