@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include "ir/ir.h"
 
 static _Thread_local char last_error[1024];
@@ -222,6 +223,17 @@ kiln_status kiln_read_file(const char *path, unsigned char **out, size_t *len) {
   if (!f) return kiln_set_error(KILN_ERR_IO, "%s: %s", path, strerror(errno));
   unsigned char *buf = NULL;
   size_t n = 0, cap = 0;
+  /* A regular file is read into one buffer of its size (+2, and more only if it
+   * grows meanwhile): a model's tens of megabytes on huge pages (kiln_alloc_large)
+   * instead of a doubling buffer of 4 KiB pages. */
+  struct stat sb;
+  if (!fstat(fileno(f), &sb) && S_ISREG(sb.st_mode) && sb.st_size > 0 && (uint64_t)sb.st_size < SIZE_MAX / 2) {
+    cap = (size_t)sb.st_size + 2; /* a byte more than the file, to meet its end, and the NUL */
+    if (!(buf = kiln_alloc_large(cap))) {
+      fclose(f);
+      return kiln_set_error(KILN_ERR_NOMEM, "%s: out of memory", path);
+    }
+  }
   for (;;) {
     if (n + 1 >= cap) { /* room for the terminating NUL */
       cap = cap ? cap * 2 : 1 << 16;
@@ -233,9 +245,9 @@ kiln_status kiln_read_file(const char *path, unsigned char **out, size_t *len) {
       }
       buf = b;
     }
-    size_t r = fread(buf + n, 1, cap - n, f);
+    size_t r = fread(buf + n, 1, cap - n - 1, f);
     n += r;
-    if (r == 0) break;
+    if (r == 0 || feof(f) || ferror(f)) break;
   }
   bool err = ferror(f);
   fclose(f);
