@@ -233,9 +233,9 @@ kiln_status kiln_fit_eval_rows(kiln_model *m, const feed *f, const int64_t *idx,
  * trains, on the cores the train step leaves free, so that the end of the epoch finds
  * it ready instead of waiting for LLVM. It starts after the first step, whose own
  * compile it would otherwise slow down, and only when the model's threads leave a
- * core idle: on a core they use, it would slow the epoch down as much. The batch is validation's first, whose
- * padded size is known before the function is traced (a full batch, or all of
- * validation). KILN_COMPILE_AHEAD=0 turns it off. */
+ * core idle: on a core they use, it would slow the epoch down as much. The batch is
+ * validation's first, whose padded size is known before the function is traced (a
+ * full batch, or all of validation). KILN_COMPILE_AHEAD=0 turns it off. */
 typedef struct compile_ahead {
   pthread_t tid;
   bool started;
