@@ -149,9 +149,10 @@ typedef struct {
   int64_t th, tw;
 } tap_grid;
 
-static LLVMValueRef block_fn(cg *c, kiln_dtype dt, tap_grid grid, int64_t pixels, channels ch, bool border) {
+/* q: for its dtype only; the grid and strides are what differ between callers */
+static LLVMValueRef block_fn(cg *c, const conv_geom *q, tap_grid grid, int64_t pixels, channels ch, bool border) {
   char name[80];
-  snprintf(name, sizeof name, "kiln_depthwise_%s_%lldx%lld_%lldx%lldx%lld%s", kiln_dtype_name(dt), (long long)grid.th,
+  snprintf(name, sizeof name, "kiln_depthwise_%s_%lldx%lld_%lldx%lldx%lld%s", kiln_dtype_name(q->t), (long long)grid.th,
            (long long)grid.tw, (long long)pixels, (long long)ch.nv, (long long)ch.lanes, border ? "_border" : "");
   LLVMValueRef fn = cg_shared_fn(c, name);
   if (fn) return fn;
@@ -159,7 +160,7 @@ static LLVMValueRef block_fn(cg *c, kiln_dtype dt, tap_grid grid, int64_t pixels
   fn = cg_begin_shared_fn(c, name, block_fn_type(c), &sp);
   LLVMValueRef a[FA_COUNT];
   for (unsigned i = 0; i < FA_COUNT; i++) a[i] = LLVMGetParam(fn, i);
-  LLVMTypeRef et = cg_type(c, dt), vt = LLVMVectorType(et, (unsigned)ch.lanes);
+  LLVMTypeRef et = cg_type(c, q->t), vt = LLVMVectorType(et, (unsigned)ch.lanes);
   cg_loop lb;
   LLVMValueRef b = cg_loop_begin(c, &lb, imm(c, 0), a[FA_BLOCKS], imm(c, 1));
   LLVMValueRef first = mul(c, b, imm(c, ch.nv * ch.lanes)), acc[PIXELS][MAX_VECTORS];
@@ -169,11 +170,7 @@ static LLVMValueRef block_fn(cg *c, kiln_dtype dt, tap_grid grid, int64_t pixels
     LLVMValueRef i = imm(c, t / grid.tw), j = imm(c, t % grid.tw);
     LLVMValueRef tap = add(c, mul(c, i, a[FA_TAP_ROW]), mul(c, j, a[FA_TAP_COL]));
     LLVMValueRef wrow = add(c, first, add(c, mul(c, i, a[FA_W_ROW]), mul(c, j, a[FA_W_COL]))), wv[MAX_VECTORS], ok = NULL;
-    for (int64_t v = 0; v < ch.nv; v++) {
-      LLVMValueRef l = LLVMBuildLoad2(c->b, vt, cg_gep(c, et, a[FA_W], add(c, wrow, imm(c, v * ch.lanes))), "");
-      LLVMSetAlignment(l, (unsigned)kiln_dtype_size(dt));
-      wv[v] = l;
-    }
+    for (int64_t v = 0; v < ch.nv; v++) wv[v] = cg_conv_vload(c, q, vt, a[FA_W], add(c, wrow, imm(c, v * ch.lanes)));
     if (border)
       ok = LLVMBuildTrunc(c->b, LLVMBuildLShr(c->b, a[FA_MASK], imm(c, t), ""), c->i1, "");
     for (int64_t p = 0; p < pixels; p++)
@@ -182,16 +179,14 @@ static LLVMValueRef block_fn(cg *c, kiln_dtype dt, tap_grid grid, int64_t pixels
         LLVMValueRef src = cg_gep(c, et, a[FA_X], idx);
         if (border) src = LLVMBuildSelect(c->b, ok, src, cg_gep(c, et, a[FA_SAFE], add(c, first, imm(c, v * ch.lanes))), "");
         LLVMValueRef xv = LLVMBuildLoad2(c->b, vt, src, "");
-        LLVMSetAlignment(xv, (unsigned)kiln_dtype_size(dt));
+        LLVMSetAlignment(xv, (unsigned)kiln_dtype_size(q->t));
         if (border) xv = LLVMBuildSelect(c->b, ok, xv, LLVMConstNull(vt), "");
         acc[p][v] = cg_conv_vfma(c, xv, wv[v], acc[p][v]);
       }
   }
   for (int64_t p = 0; p < pixels; p++)
-    for (int64_t v = 0; v < ch.nv; v++) {
-      LLVMValueRef idx = add(c, first, add(c, mul(c, imm(c, p), a[FA_OUT_STEP]), imm(c, v * ch.lanes)));
-      LLVMSetAlignment(LLVMBuildStore(c->b, acc[p][v], cg_gep(c, et, a[FA_OUT], idx)), (unsigned)kiln_dtype_size(dt));
-    }
+    for (int64_t v = 0; v < ch.nv; v++)
+      cg_conv_vstore(c, q, acc[p][v], a[FA_OUT], add(c, first, add(c, mul(c, imm(c, p), a[FA_OUT_STEP]), imm(c, v * ch.lanes))));
   cg_loop_end_scalar(c, &lb);
   LLVMBuildRetVoid(c->b);
   cg_end_fn(c, &sp);
@@ -227,7 +222,7 @@ static void fwd_call(cg *c, fwd_ctx *m, channels ch, int64_t blocks) {
                                  imm(c, m->w_col),
                                  imm(c, m->out_step),
                                  m->mask ? m->mask : imm(c, -1)};
-  LLVMBuildCall2(c->b, block_fn_type(c), block_fn(c, m->q->t, m->grid, m->pixels, ch, m->checked), args, FA_COUNT, "");
+  LLVMBuildCall2(c->b, block_fn_type(c), block_fn(c, m->q, m->grid, m->pixels, ch, m->checked), args, FA_COUNT, "");
 }
 
 /* The whole blocks of `per` vectors (one call for them all), the rest in blocks
@@ -315,19 +310,19 @@ static void fwd_rows(cg *c, const conv_geom *q, LLVMValueRef out, const LLVMValu
 
 typedef struct {
   LLVMValueRef n, oh;
+  window win; /* the current pixel's, set by place_conv for inside_conv */
 } conv_row;
 
 static void place_conv(cg *c, fwd_ctx *m, void *ctx, LLVMValueRef ow) {
-  const conv_row *r = ctx;
-  window win = window_at(c, m->q, m->x, r->n, r->oh, ow, false);
-  m->corner = win.corner;
+  conv_row *r = ctx;
+  r->win = window_at(c, m->q, m->x, r->n, r->oh, ow, false);
+  m->corner = r->win.corner;
   m->out_at = mul(c, add(c, mul(c, add(c, mul(c, r->n, imm(c, m->q->OH)), r->oh), imm(c, m->q->OW)), ow), imm(c, m->q->C));
 }
 
 static LLVMValueRef inside_conv(cg *c, fwd_ctx *m, void *ctx, LLVMValueRef ow, int64_t t) {
-  const conv_row *r = ctx;
-  window win = window_at(c, m->q, m->x, r->n, r->oh, ow, true);
-  return tap_inside(c, &win, t);
+  (void)m, (void)ow; /* place_conv saw the same pixel */
+  return tap_inside(c, &((const conv_row *)ctx)->win, t);
 }
 
 static void conv_row_body(cg *c, const conv_geom *q, fwd_ctx *m, LLVMValueRef n, LLVMValueRef oh) {
@@ -339,7 +334,7 @@ static void conv_row_body(cg *c, const conv_geom *q, fwd_ctx *m, LLVMValueRef n,
   LLVMValueRef inside = LLVMBuildICmp(c->b, LLVMIntULT, LLVMBuildSub(c->b, oh, imm(c, ri.lo), ""), imm(c, ri.hi - ri.lo), "");
   LLVMValueRef lo = LLVMBuildSelect(c->b, inside, imm(c, ci.lo), imm(c, q->OW), "");
   LLVMValueRef hi = LLVMBuildSelect(c->b, inside, imm(c, ci.hi), imm(c, q->OW), "");
-  conv_row r = {n, oh};
+  conv_row r = {.n = n, .oh = oh};
   fwd_run(c, m, lo, hi, imm(c, q->OW), place_conv, inside_conv, &r);
 }
 

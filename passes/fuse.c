@@ -41,18 +41,26 @@ static bool visits_once(kiln_op op) {
 
 static bool keeps_index(kiln_op op) { return (kiln_ops[op].flags & EW) || op == KILN_OP_RESHAPE; }
 
-bool kiln_depthwise_reads_unslice(const kiln_graph *g, const kiln_node *conv, const kiln_node *u) {
+/* A conv2d with one input and one output channel per group. */
+static bool is_depthwise(const kiln_graph *g, const kiln_node *conv) {
+  const kiln_node *x = &g->nodes[conv->inputs[0]], *w = &g->nodes[conv->inputs[1]];
+  int64_t groups = kiln_attr_int(conv, KILN_ATTR_GROUPS, 1);
+  return groups > 1 && w->dims[2] == 1 && x->dims[3] == groups && conv->dims[3] == groups;
+}
+
+/* Whether conv reads unslice u (its input) as conv_depthwise.c can without storing
+ * it: a depthwise stride-1 convolution of zeros spread between dy's pixels. */
+static bool depthwise_reads_unslice(const kiln_graph *g, const kiln_node *conv, const kiln_node *u) {
   if (conv->op != KILN_OP_CONV2D || u->op != KILN_OP_UNSLICE || &g->nodes[conv->inputs[0]] != u || u->rank != 4 ||
       !kiln_dtype_is_float((kiln_dtype)conv->dtype))
     return false;
   const kiln_node *w = &g->nodes[conv->inputs[1]], *src = &g->nodes[u->inputs[0]];
-  int64_t strides[2], dil[2], groups = kiln_attr_int(conv, KILN_ATTR_GROUPS, 1), first[4], step[KILN_MAX_RANK];
+  int64_t strides[2], dil[2], first[4], step[KILN_MAX_RANK];
   kiln_attr_ints(conv, KILN_ATTR_STRIDES, strides);
   kiln_attr_ints(conv, KILN_ATTR_DILATIONS, dil);
   kiln_slice_map(u, 4, u->dims, first, step);
   /* codegen/conv_depthwise.c's cg_conv_depthwise_fits, on the graph */
-  bool depthwise = groups > 1 && w->dims[2] == 1 && u->dims[3] == groups && conv->dims[3] == groups &&
-                   w->dims[0] * w->dims[1] <= 49;
+  bool depthwise = is_depthwise(g, conv) && w->dims[0] * w->dims[1] <= 49;
   return depthwise && strides[0] == 1 && strides[1] == 1 && dil[0] == 1 && dil[1] == 1 && first[0] == 0 &&
          first[3] == 0 && step[0] == 1 && step[3] == 1 && src->dims[0] == u->dims[0] && src->dims[3] == u->dims[3] &&
          step[1] >= 1 && step[2] >= 1 && (step[1] > 1 || step[2] > 1);
@@ -94,14 +102,13 @@ static bool pool_tiles_input(const kiln_graph *g, const kiln_node *p) {
 /* What codegen/conv.c runs in chunks of output pixels (cg_conv_can_pool). */
 static bool conv_in_pixel_chunks(const kiln_graph *g, const kiln_node *n) {
   if (n->op != KILN_OP_CONV2D) return false;
-  const kiln_node *x = &g->nodes[n->inputs[0]], *w = &g->nodes[n->inputs[1]];
+  const kiln_node *w = &g->nodes[n->inputs[1]];
   int64_t strides[2], pads[4], groups = kiln_attr_int(n, KILN_ATTR_GROUPS, 1);
   kiln_attr_ints(n, KILN_ATTR_STRIDES, strides);
   kiln_attr_ints(n, KILN_ATTR_PADS, pads);
   bool pointwise = w->dims[0] == 1 && w->dims[1] == 1 && strides[0] == 1 && strides[1] == 1 && !pads[0] && !pads[1] &&
                    !pads[2] && !pads[3] && groups == 1;
-  bool depthwise = groups > 1 && w->dims[2] == 1 && x->dims[3] == groups && n->dims[3] == groups;
-  return !pointwise && !depthwise;
+  return !pointwise && !is_depthwise(g, n);
 }
 
 static void choose_pooled_hosts(const kiln_graph *g, const bool *live, const bool *stored, const uint32_t *reader,
@@ -177,7 +184,7 @@ size_t kiln_fuse(const kiln_graph *g, const bool *live, const bool *stored, uint
   for (uint32_t i = 0; i < n; i++) {
     const kiln_node *u = &g->nodes[i];
     if (live[i] && !stored[i] && u->op == KILN_OP_UNSLICE && reader[i] != UINT32_MAX && !inlined[u->inputs[0]] &&
-        kiln_depthwise_reads_unslice(g, &g->nodes[reader[i]], u))
+        depthwise_reads_unslice(g, &g->nodes[reader[i]], u))
       inlined[i] = true;
   }
   if (host) {

@@ -25,9 +25,6 @@ KILN_INTERNAL kiln_status kiln_plan_memory(const kiln_graph *g, const uint64_t *
  * SIZE_MAX when out of memory. */
 KILN_INTERNAL size_t kiln_fuse(const kiln_graph *g, const bool *live, const bool *stored, uint32_t max_reads,
                                bool *inlined, uint32_t *host);
-/* Whether conv reads unslice u (its input) as conv_depthwise.c can without storing
- * it: a depthwise stride-1 convolution of zeros spread between dy's pixels. */
-KILN_INTERNAL bool kiln_depthwise_reads_unslice(const kiln_graph *g, const kiln_node *conv, const kiln_node *u);
 #define KILN_MAX_EPILOGUE_READS 32 /* buffers a kernel with a host may read (they ride in its task contexts) */
 /* Ops whose kernels finish pieces of their output in order and can run an epilogue. */
 static inline bool kiln_can_host(kiln_op op) {

@@ -12,7 +12,6 @@ typedef struct onnx_value {
   kiln_value v;
   kiln_tensor *host; /* its value when known while importing (constants, folded shapes) */
   uint64_t deps;     /* the offered graph inputs (bit k: the k-th, k < 64) it is computed from */
-  bool lazy;         /* a constant node whose host value is made when first asked for (host NULL till then) */
 } onnx_value;
 
 typedef struct onnx_ctx {

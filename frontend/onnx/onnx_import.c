@@ -290,14 +290,19 @@ static kiln_status add_value(onnx_ctx *c, const char *name, kiln_value v, kiln_t
   return KILN_OK;
 }
 
+static bool constant_node(const kiln_graph *g, kiln_value v) {
+  const kiln_node *n = kiln_node_get(g, v);
+  return n && n->op == KILN_OP_CONST;
+}
+
 /* The host value of a constant node of g, or NULL. */
 static kiln_tensor *const_value(const kiln_graph *g, kiln_value v);
 
-/* v's value on the host, made from its constant node the first time it is asked for
- * when v is a directly imported initializer (c->g is then the values' graph: fold
- * asks for every input before it swaps graphs). */
+/* v's value on the host. A constant without one (a directly imported initializer)
+ * gets it the first time it is asked for; c->g is then the values' graph: fold asks
+ * for every input before it swaps graphs. */
 static kiln_tensor *host_of(onnx_ctx *c, onnx_value *v) {
-  if (!v->host && v->lazy) v->host = const_value(c->g, v->v);
+  if (!v->host && constant_node(c->g, v->v)) v->host = const_value(c->g, v->v);
   return v->host;
 }
 
@@ -317,8 +322,8 @@ const kiln_tensor *onnx_const_input(onnx_ctx *c, const Onnx__NodeProto *n, size_
 }
 
 static kiln_tensor *const_value(const kiln_graph *g, kiln_value v) {
+  if (!constant_node(g, v)) return NULL;
   const kiln_node *n = kiln_node_get(g, v);
-  if (!n || n->op != KILN_OP_CONST) return NULL;
   kiln_tensor *t = kiln_tensor_new((kiln_dtype)n->dtype, n->rank, n->dims);
   if (!t) return NULL;
   if (n->data) memcpy(kiln_tensor_data(t), n->data, kiln_tensor_nbytes(t));
@@ -371,7 +376,7 @@ static kiln_status import_node(onnx_ctx *c, const Onnx__NodeProto *n) {
     onnx_value *v = find_value(c, n->input[i]);
     if (!v) return onnx_fail(c, n, KILN_ERR_PARSE, "input '%s' is not produced by any earlier node, input or initializer", n->input[i]);
     in[i] = v->v;
-    known &= v->host || v->lazy;
+    known &= v->host || constant_node(c->g, v->v);
     deps |= v->deps;
   }
   kiln_tensor *hosts[16] = {0};
@@ -450,8 +455,7 @@ static kiln_status import_initializer(onnx_ctx *c, const Onnx__TensorProto *t, c
     kiln_blob_seal(d, nbytes, NULL, NULL, 0);
     kiln_value v = kiln_constant_blob(c->g, (kiln_dtype)dt, (int)t->n_dims, dims, d);
     if (d != t->raw_data.data) kiln_blob_release(d); /* else the message's release, when it is freed */
-    if ((st = add_value(c, t->name, v, NULL, 0)) == KILN_OK) c->vals[c->nvals - 1].lazy = true;
-    return st;
+    return add_value(c, t->name, v, NULL, 0); /* host_of makes its host value when needed */
   }
   kiln_tensor *h;
   if ((st = onnx_tensor_from_proto(t, dir, &h)) != KILN_OK) return st;
