@@ -212,11 +212,18 @@ typedef struct cg_gemm {
   /* B is stored in the packed path's panel layout (cg_prepack): constant weights
    * packed once at compile time instead of at every call (always packed). */
   bool b_prepacked;
+  /* A's rows were just written by the threads in the ranges cg_gemm_thread_rows
+   * gives, each range in its writer's cache: a cut of C by rows reads them there,
+   * one by columns reads the other threads' rows from their caches (plan_gemm). */
+  bool a_rows_by_thread;
   /* Run over rows of C as they are finished; C is then the epilogue's out, whole
    * (ldc == N, bsc == M * N). NULL: none. */
   const cg_epilogue *epilogue;
 } cg_gemm;
 KILN_INTERNAL uint64_t cg_gemm_scratch_bytes(cg *c, const cg_gemm *g);
+/* The rows of A (and C) each thread's task covers when g cuts C by rows; else
+ * M split evenly. */
+KILN_INTERNAL int64_t cg_gemm_thread_rows(cg *c, const cg_gemm *g);
 /* A B operand in the packed path's layout: per K slice (kstep deep, the last shorter),
  * panels of nr columns over the columns rounded up to nr, each k-major and zero
  * padded; slice s starts at element s * kstep * round_up(N, nr). */

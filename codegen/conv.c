@@ -271,7 +271,8 @@ static bool wide_fits(cg *c, const conv_geom *q, const cg_epilogue *ep) {
 
 static cg_gemm wide_gemm(const conv_geom *q, const cg_epilogue *ep) {
   return (cg_gemm){.t = q->t, .batch = 1, .M = q->pixels, .N = q->OC, .K = q->Kc, .rsa = q->col_ld, .csa = 1,
-                   .rsb = q->OC, .csb = 1, .ldc = q->OC, .packed = true, .epilogue = ep, .b_prepacked = q->b_prepacked};
+                   .rsb = q->OC, .csb = 1, .ldc = q->OC, .packed = true, .b_prepacked = q->b_prepacked,
+                   .a_rows_by_thread = true, .epilogue = ep};
 }
 
 static uint64_t wide_col_bytes(const conv_geom *q) { return align64((uint64_t)(q->pixels * q->col_ld) * kiln_dtype_size(q->t)); }
@@ -288,13 +289,14 @@ static void conv_wide(cg *c, const conv_geom *q, LLVMValueRef out, const LLVMVal
   cg_fn_pos sp;
   LLVMValueRef v[2], task, worker;
   LLVMValueRef fn = cg_task_begin(c, name, 2, 1 << 1, &sp, v, &task, &worker);
-  int64_t per = ceil_div(q->pixels, c->threads);
+  cg_gemm g = wide_gemm(q, ep);
+  int64_t per = cg_gemm_thread_rows(c, &g); /* each thread's rows of the panel are the ones its GEMM task reads */
   LLVMValueRef r0, r1 = cg_task_range(c, task, per, q->pixels, &r0);
+  r0 = cg_smin(c, r0, r1); /* rounded up to whole register tiles, the last threads may have none */
   im2col_rows(c, q, v[0], offset(c, q->t, v[1], mul(c, r0, cg_i64(c, q->col_ld))), cg_i64(c, 0), r0,
               LLVMBuildSub(c->b, r1, r0, ""));
   cg_task_end(c, &sp);
   cg_parallel_for(c, fn, cg_task_ctx(c, (LLVMValueRef[]){in[0], scratch}, 2), c->threads, true);
-  cg_gemm g = wide_gemm(q, ep);
   cg_gemm_emit(c, &g, scratch, in[1], out, byte_offset(c, scratch, cg_i64(c, (int64_t)wide_col_bytes(q))));
 }
 

@@ -411,7 +411,7 @@ static void check_epilogue(trng *r, int rank, const int64_t *ad, const int64_t *
  * slices (and column blocks: 2050 columns are 3 tasks' worth), the few-row direct
  * path split by columns, the one-column dot path, batches; convolutions by im2col
  * chunks (groups too), the small-filter direct kernel, the depthwise kernel and
- * the pointwise GEMM; a convolution of too few pixels to chunk for the threads. */
+ * the pointwise GEMM; convolutions of too few pixels to chunk for the threads. */
 static void test_epilogues(void **s) {
   (void)s;
   trng r = {17};
@@ -430,6 +430,9 @@ static void test_epilogues(void **s) {
   check_epilogue(&r, 4, (int64_t[]){9, 28, 28, 1}, (int64_t[]){3, 3, 1, 32}, &same, false, false, "direct conv");
   /* 49 pixels, fewer than a chunk per thread: one GEMM split by filter columns */
   check_epilogue(&r, 4, (int64_t[]){1, 7, 7, 64}, (int64_t[]){3, 3, 64, 136}, &same, false, false, "few-pixel conv");
+  /* 15 pixels and a filter no wider than 5 x that: cut by rows of 12, so at 3 threads
+   * the last has none */
+  check_epilogue(&r, 4, (int64_t[]){1, 3, 5, 128}, (int64_t[]){3, 3, 128, 64}, &same, false, false, "few-pixel conv by rows");
   kiln_conv2d_opts depthwise = {.padding = KILN_PAD_SAME, .groups = 48};
   check_epilogue(&r, 4, (int64_t[]){3, 15, 13, 48}, (int64_t[]){3, 3, 1, 48}, &depthwise, false, false, "depthwise conv");
   check_epilogue(&r, 4, (int64_t[]){2, 9, 7, 16}, (int64_t[]){1, 1, 16, 24}, &same, false, false, "pointwise conv");
@@ -535,7 +538,8 @@ static void check_constant_b(trng *r, int rank, const int64_t *xd, const int64_t
 
 /* Constant weights read prepacked: a matmul over K slices of 151 and 150 with ragged
  * column panels, a transposed B, one row (the direct path: read in place, not prepacked);
- * im2col convolutions in chunks, of few pixels (one GEMM split by columns) and 1x1. */
+ * im2col convolutions in chunks, of few pixels (one GEMM split by columns, or by rows
+ * when the filter is small beside the panel) and 1x1. */
 static void test_constant_weights(void **s) {
   (void)s;
   trng r = {29};
@@ -545,6 +549,7 @@ static void test_constant_weights(void **s) {
   check_constant_b(&r, 2, (int64_t[]){1, 300}, (int64_t[]){300, 100}, NULL, false, "one-row matmul, constant w");
   check_constant_b(&r, 4, (int64_t[]){2, 20, 20, 16}, (int64_t[]){3, 3, 16, 40}, &same, false, "conv, constant filter");
   check_constant_b(&r, 4, (int64_t[]){1, 7, 7, 64}, (int64_t[]){3, 3, 64, 136}, &same, false, "few-pixel conv, constant filter");
+  check_constant_b(&r, 4, (int64_t[]){1, 3, 5, 128}, (int64_t[]){3, 3, 128, 64}, &same, false, "few-pixel conv by rows, constant filter");
   check_constant_b(&r, 4, (int64_t[]){2, 9, 7, 16}, (int64_t[]){1, 1, 16, 24}, &same, false, "pointwise conv, constant filter");
 }
 
