@@ -377,34 +377,51 @@ static LLVMValueRef micro_fn(cg *c, kiln_dtype t, int64_t MR, int64_t a_rs, int6
 
 /* ---- packing ---- */
 
+/* Packing is memory-bound and its loops are written as they should run: rows of B
+ * with contiguous columns copy as NV vectors per k; any other stride copies element
+ * by element in the order that reads memory contiguously. Every loop is closed with
+ * cg_loop_end_scalar: LLVM's vectorizer would otherwise turn the strided copies into
+ * gathers, and the pack functions cost a quarter of a small model's compile time. */
+static bool is_one(LLVMValueRef v) { return LLVMIsAConstantInt(v) && LLVMConstIntGetSExtValue(v) == 1; }
+
 /* Bp[q][k][cc] = B[k*rsb + (j0 + q*NR + cc)*csb] for columns in [j0, j1), 0 past j1. */
 static void pack_b(cg *c, kiln_dtype t, int64_t NR, LLVMValueRef Bp, LLVMValueRef B, LLVMValueRef rsb, LLVMValueRef csb,
                    LLVMValueRef j0, LLVMValueRef j1, LLVMValueRef kc) {
+  int64_t w = vec_w(c, t), es = (int64_t)kiln_dtype_size(t);
+  LLVMTypeRef vt = LLVMVectorType(cg_type(c, t), (unsigned)w);
   LLVMValueRef cols = sub(c, j1, j0), nfull = LLVMBuildSDiv(c->b, cols, imm(c, NR), "");
   LLVMValueRef pstride = mul(c, kc, imm(c, NR));
   cg_loop lq, lk, lc;
   LLVMValueRef qi = cg_loop_begin(c, &lq, imm(c, 0), nfull, imm(c, 1));
-  LLVMValueRef k = cg_loop_begin(c, &lk, imm(c, 0), kc, imm(c, 1));
-  LLVMValueRef src = add(c, mul(c, k, rsb), mul(c, add(c, j0, mul(c, qi, imm(c, NR))), csb));
-  LLVMValueRef dst = add(c, mul(c, qi, pstride), mul(c, k, imm(c, NR)));
-  LLVMValueRef cc = cg_loop_begin(c, &lc, imm(c, 0), imm(c, NR), imm(c, 1));
-  cg_store(c, t, cg_load(c, t, B, add(c, src, mul(c, cc, csb))), Bp, add(c, dst, cc));
-  cg_loop_end(c, &lc);
-  cg_loop_end(c, &lk);
-  cg_loop_end(c, &lq);
+  LLVMValueRef col0 = add(c, j0, mul(c, qi, imm(c, NR))), panel = mul(c, qi, pstride);
+  if (is_one(csb)) { /* k by k, the panel's row as NV vectors */
+    LLVMValueRef k = cg_loop_begin(c, &lk, imm(c, 0), kc, imm(c, 1));
+    LLVMValueRef src = add(c, mul(c, k, rsb), col0), dst = add(c, panel, mul(c, k, imm(c, NR)));
+    for (int64_t v = 0; v < NR / w; v++)
+      vstore(c, t, vload(c, vt, t, B, add(c, src, imm(c, v * w)), (unsigned)es), Bp, add(c, dst, imm(c, v * w)));
+    cg_loop_end_scalar(c, &lk);
+  } else { /* column by column, down k: B's columns are where it is contiguous, if anywhere */
+    LLVMValueRef cc = cg_loop_begin(c, &lc, imm(c, 0), imm(c, NR), imm(c, 1));
+    LLVMValueRef src = mul(c, add(c, col0, cc), csb), dst = add(c, panel, cc);
+    LLVMValueRef k = cg_loop_begin(c, &lk, imm(c, 0), kc, imm(c, 1));
+    cg_store(c, t, cg_load(c, t, B, add(c, src, mul(c, k, rsb))), Bp, add(c, dst, mul(c, k, imm(c, NR))));
+    cg_loop_end_scalar(c, &lk);
+    cg_loop_end_scalar(c, &lc);
+  }
+  cg_loop_end_scalar(c, &lq);
   LLVMValueRef rem = sub(c, cols, mul(c, nfull, imm(c, NR)));
   cg_if f;
   if_begin(c, &f, LLVMBuildICmp(c->b, LLVMIntSGT, rem, imm(c, 0), ""));
-  k = cg_loop_begin(c, &lk, imm(c, 0), kc, imm(c, 1));
-  src = add(c, mul(c, k, rsb), mul(c, add(c, j0, mul(c, nfull, imm(c, NR))), csb));
-  dst = add(c, mul(c, nfull, pstride), mul(c, k, imm(c, NR)));
-  cc = cg_loop_begin(c, &lc, imm(c, 0), rem, imm(c, 1));
+  LLVMValueRef k = cg_loop_begin(c, &lk, imm(c, 0), kc, imm(c, 1));
+  LLVMValueRef src = add(c, mul(c, k, rsb), mul(c, add(c, j0, mul(c, nfull, imm(c, NR))), csb));
+  LLVMValueRef dst = add(c, mul(c, nfull, pstride), mul(c, k, imm(c, NR)));
+  LLVMValueRef cc = cg_loop_begin(c, &lc, imm(c, 0), rem, imm(c, 1));
   cg_store(c, t, cg_load(c, t, B, add(c, src, mul(c, cc, csb))), Bp, add(c, dst, cc));
-  cg_loop_end(c, &lc);
+  cg_loop_end_scalar(c, &lc);
   cc = cg_loop_begin(c, &lc, rem, imm(c, NR), imm(c, 1));
   cg_store(c, t, cg_const(c, t, 0), Bp, add(c, dst, cc));
-  cg_loop_end(c, &lc);
-  cg_loop_end(c, &lk);
+  cg_loop_end_scalar(c, &lc);
+  cg_loop_end_scalar(c, &lk);
   if_end(c, &f);
 }
 
@@ -412,16 +429,24 @@ static void pack_b(cg *c, kiln_dtype t, int64_t NR, LLVMValueRef Bp, LLVMValueRe
 static void pack_a(cg *c, kiln_dtype t, int64_t MR, LLVMValueRef Ap, LLVMValueRef A, LLVMValueRef rsa, LLVMValueRef csa,
                    LLVMValueRef mr, LLVMValueRef kc) {
   cg_loop lr, lk;
-  LLVMValueRef r = cg_loop_begin(c, &lr, imm(c, 0), mr, imm(c, 1));
+  if (is_one(rsa)) { /* A's columns are contiguous: k by k, down the strip's rows */
+    LLVMValueRef k = cg_loop_begin(c, &lk, imm(c, 0), kc, imm(c, 1));
+    LLVMValueRef r = cg_loop_begin(c, &lr, imm(c, 0), mr, imm(c, 1));
+    cg_store(c, t, cg_load(c, t, A, add(c, r, mul(c, k, csa))), Ap, add(c, mul(c, k, imm(c, MR)), r));
+    cg_loop_end_scalar(c, &lr);
+    cg_loop_end_scalar(c, &lk);
+  } else {
+    LLVMValueRef r = cg_loop_begin(c, &lr, imm(c, 0), mr, imm(c, 1));
+    LLVMValueRef k = cg_loop_begin(c, &lk, imm(c, 0), kc, imm(c, 1));
+    cg_store(c, t, cg_load(c, t, A, add(c, mul(c, r, rsa), mul(c, k, csa))), Ap, add(c, mul(c, k, imm(c, MR)), r));
+    cg_loop_end_scalar(c, &lk);
+    cg_loop_end_scalar(c, &lr);
+  }
+  LLVMValueRef r = cg_loop_begin(c, &lr, mr, imm(c, MR), imm(c, 1));
   LLVMValueRef k = cg_loop_begin(c, &lk, imm(c, 0), kc, imm(c, 1));
-  cg_store(c, t, cg_load(c, t, A, add(c, mul(c, r, rsa), mul(c, k, csa))), Ap, add(c, mul(c, k, imm(c, MR)), r));
-  cg_loop_end(c, &lk);
-  cg_loop_end(c, &lr);
-  r = cg_loop_begin(c, &lr, mr, imm(c, MR), imm(c, 1));
-  k = cg_loop_begin(c, &lk, imm(c, 0), kc, imm(c, 1));
   cg_store(c, t, cg_const(c, t, 0), Ap, add(c, mul(c, k, imm(c, MR)), r));
-  cg_loop_end(c, &lk);
-  cg_loop_end(c, &lr);
+  cg_loop_end_scalar(c, &lk);
+  cg_loop_end_scalar(c, &lr);
 }
 
 /* The packing loops as functions shared by the module's call sites: packing is
