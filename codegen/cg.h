@@ -146,6 +146,10 @@ KILN_INTERNAL void cg_end_fn(cg *c, const cg_fn_pos *saved);
  * once per module instead of once per call site. */
 KILN_INTERNAL LLVMValueRef cg_shared_fn(cg *c, const char *name);
 KILN_INTERNAL LLVMValueRef cg_begin_shared_fn(cg *c, const char *name, LLVMTypeRef fty, cg_fn_pos *saved);
+/* A shared function whose code is calls and copies (GEMM drivers, packing): compiled
+ * on its own (compile_parts.c), it gets cg_light_pipeline instead of default<O3>. */
+KILN_INTERNAL void cg_mark_light(cg *c, LLVMValueRef fn);
+KILN_INTERNAL bool cg_is_light(LLVMValueRef fn);
 /* void task(ptr ctx, i64 task, i32 worker) */
 KILN_INTERNAL LLVMTypeRef cg_task_type(cg *c);
 /* A task context: n pointers in a struct on the kernel's stack. */
@@ -283,8 +287,10 @@ KILN_INTERNAL LLVMTargetMachineRef cg_target_machine(const char *triple, const c
 KILN_INTERNAL kiln_status cg_finish_module(LLVMModuleRef mod, LLVMTargetMachineRef tm);
 /* cg_finish_module in two steps: verify and set the target, then optimise. */
 KILN_INTERNAL kiln_status cg_prepare_module(LLVMModuleRef mod, LLVMTargetMachineRef tm);
-KILN_INTERNAL kiln_status cg_optimize_module(LLVMModuleRef mod, LLVMTargetMachineRef tm);
+KILN_INTERNAL kiln_status cg_optimize_module(LLVMModuleRef mod, LLVMTargetMachineRef tm, const char *pipeline);
 KILN_INTERNAL const char *cg_pipeline(void); /* the LLVM pass pipeline every module gets */
+/* The pipeline of a light shared function compiled on its own (cg_mark_light). */
+KILN_INTERNAL const char *cg_light_pipeline(void);
 /* Functions with a body and their instructions. */
 KILN_INTERNAL void cg_module_size(LLVMModuleRef mod, size_t *functions, size_t *instructions);
 KILN_INTERNAL size_t cg_fn_instructions(LLVMValueRef fn); /* 0 for a declaration */
@@ -313,9 +319,10 @@ KILN_INTERNAL kiln_status cg_compile_parts(LLVMModuleRef mod, LLVMTargetMachineR
 KILN_INTERNAL int cg_objects_count(const void *data, size_t size);
 /* Object q of a well-formed compile result. */
 KILN_INTERNAL void cg_objects_get(const void *data, size_t size, int q, const void **obj, size_t *obj_size);
-/* Optimises mod and emits one object (*obj, the caller's) with tm; times into t. */
-KILN_INTERNAL kiln_status cg_emit_object(LLVMModuleRef mod, LLVMTargetMachineRef tm, kiln_exec_stats *t,
-                                         LLVMMemoryBufferRef *obj);
+/* Optimises mod with `pipeline` and emits one object (*obj, the caller's) with tm;
+ * times into t. */
+KILN_INTERNAL kiln_status cg_emit_object(LLVMModuleRef mod, LLVMTargetMachineRef tm, const char *pipeline,
+                                         kiln_exec_stats *t, LLVMMemoryBufferRef *obj);
 
 /* ---- compile_cache.c: machine code on disk, keyed by the module (see the file) ---- */
 typedef struct {

@@ -230,10 +230,11 @@ static void strip_to_unit(LLVMModuleRef m) {
 
 /* The shared function's key; its object from the cache into p->obj when there (and
  * p->reuse); else true: compile and store it under *key. */
-static bool from_cache_or_store(part *p, LLVMModuleRef m, LLVMTargetMachineRef tm, cg_cache_key *key) {
+static bool from_cache_or_store(part *p, LLVMModuleRef m, LLVMTargetMachineRef tm, const char *pipeline,
+                                cg_cache_key *key) {
   LLVMMemoryBufferRef bc = LLVMWriteBitcodeToMemoryBuffer(m);
   if (!bc) return false;
-  cg_cache_key_of_bitcode(LLVMGetBufferStart(bc), LLVMGetBufferSize(bc), tm, cg_pipeline(), key);
+  cg_cache_key_of_bitcode(LLVMGetBufferStart(bc), LLVMGetBufferSize(bc), tm, pipeline, key);
   LLVMDisposeMemoryBuffer(bc);
   void *data;
   size_t size;
@@ -275,13 +276,14 @@ static void compile_part(part *p, LLVMTargetMachineRef tm) {
   }
   cg_cache_key key;
   bool store = false;
+  const char *pipeline = ok && p->unit >= 0 && cg_is_light(fns[p->unit]) ? cg_light_pipeline() : cg_pipeline();
   if (ok && p->unit >= 0) {
     strip_to_unit(m);
-    store = from_cache_or_store(p, m, tm, &key);
+    store = from_cache_or_store(p, m, tm, pipeline, &key);
   }
   if (ok && !p->obj) {
     kiln_exec_stats t = {0};
-    if (cg_emit_object(m, tm, &t, &p->obj) != KILN_OK) fail_part(p, KILN_ERR_BACKEND);
+    if (cg_emit_object(m, tm, pipeline, &t, &p->obj) != KILN_OK) fail_part(p, KILN_ERR_BACKEND);
     p->opt_ms = t.llvm_opt_ms, p->codegen_ms = t.llvm_codegen_ms;
     if (p->obj && store) cg_cache_store(CG_ENTRY_FUNCTION, key, LLVMGetBufferStart(p->obj), LLVMGetBufferSize(p->obj));
   }
@@ -361,7 +363,8 @@ kiln_status cg_compile_parts(LLVMModuleRef mod, LLVMTargetMachineRef tm, bool ge
   for (LLVMValueRef f = LLVMGetFirstFunction(mod); f; f = LLVMGetNextFunction(f)) nfns++, ninstr += cg_fn_instructions(f);
   if (threads > PARTS_MAX) threads = PARTS_MAX;
   bool split = threads > 1 && ninstr >= PARTS_MIN_INSTRUCTIONS;
-  if (!split && functions == CG_FUNCTIONS_INLINE) return cg_emit_object(mod, tm, t, obj); /* the module as it is */
+  if (!split && functions == CG_FUNCTIONS_INLINE) /* the module as it is */
+    return cg_emit_object(mod, tm, cg_pipeline(), t, obj);
 
   kiln_status st = KILN_OK;
   LLVMValueRef *fns = malloc((nfns + 1) * sizeof *fns);

@@ -483,6 +483,7 @@ static void call_pack(cg *c, const char *what, pack_body body, kiln_dtype t, int
   if (!fn) {
     cg_fn_pos sp;
     fn = cg_begin_shared_fn(c, name, pack_type(c), &sp);
+    cg_mark_light(c, fn);
     body(c, t, R, fn, stride_arg(c, fn, 2, rs_unit), stride_arg(c, fn, 3, cs_unit));
     LLVMBuildRetVoid(c->b);
     cg_end_fn(c, &sp);
@@ -677,6 +678,7 @@ static LLVMValueRef driver_fn(cg *c, kiln_dtype t, unit_strides u, bool prepacke
   }
   cg_fn_pos sp;
   fn = cg_begin_shared_fn(c, name, driver_type(c), &sp);
+  cg_mark_light(c, fn);
   LLVMValueRef P[DRIVER_ARGS];
   for (unsigned i = 0; i < DRIVER_ARGS; i++) P[i] = LLVMGetParam(fn, i);
   LLVMValueRef A = P[0], B = P[1], C = P[2], ws = P[3], i0 = P[4], i1 = P[5], j0 = P[6], j1 = P[7], K = P[8], kstep = P[9];

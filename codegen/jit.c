@@ -112,9 +112,10 @@ static kiln_status load_object(LLVMTargetMachineRef tm, LLVMMemoryBufferRef obj,
   return KILN_OK;
 }
 
-kiln_status cg_emit_object(LLVMModuleRef mod, LLVMTargetMachineRef tm, kiln_exec_stats *t, LLVMMemoryBufferRef *obj) {
+kiln_status cg_emit_object(LLVMModuleRef mod, LLVMTargetMachineRef tm, const char *pipeline, kiln_exec_stats *t,
+                           LLVMMemoryBufferRef *obj) {
   double t0 = kiln_pass_clock_ms();
-  kiln_status st = cg_optimize_module(mod, tm);
+  kiln_status st = cg_optimize_module(mod, tm, pipeline);
   double t1 = kiln_pass_clock_ms();
   t->llvm_opt_ms = t1 - t0;
   if (st != KILN_OK) return st;
@@ -132,7 +133,7 @@ kiln_status cg_emit_object(LLVMModuleRef mod, LLVMTargetMachineRef tm, kiln_exec
  * threads, except when the optimised IR is wanted as text (one module to print). */
 static kiln_status compile_object(const kiln_exec *e, LLVMModuleRef mod, LLVMTargetMachineRef tm, int threads,
                                   cg_function_cache functions, kiln_exec_stats *t, LLVMMemoryBufferRef *obj) {
-  if (e->keep_ir) return cg_emit_object(mod, tm, t, obj);
+  if (e->keep_ir) return cg_emit_object(mod, tm, cg_pipeline(), t, obj);
   return cg_compile_parts(mod, tm, e->generic_cpu, threads, functions, t, obj);
 }
 

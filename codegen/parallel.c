@@ -40,6 +40,15 @@ LLVMValueRef cg_begin_shared_fn(cg *c, const char *name, LLVMTypeRef fty, cg_fn_
   return fn;
 }
 
+static const char light_attr[] = "kiln-light";
+void cg_mark_light(cg *c, LLVMValueRef fn) {
+  LLVMAddAttributeAtIndex(fn, LLVMAttributeFunctionIndex,
+                          LLVMCreateStringAttribute(c->ctx, light_attr, sizeof light_attr - 1, "", 0));
+}
+bool cg_is_light(LLVMValueRef fn) {
+  return LLVMGetStringAttributeAtIndex(fn, LLVMAttributeFunctionIndex, light_attr, sizeof light_attr - 1) != NULL;
+}
+
 void cg_end_fn(cg *c, const cg_fn_pos *saved) {
   c->fn = saved->fn;
   c->par = saved->par;
