@@ -396,13 +396,16 @@ static kiln_status add_spec(kiln_exec *e, int64_t batch, int threads, spec **out
   return KILN_OK;
 }
 
+/* threads: for a compile, if one is needed; 0 for cg_compile_threads, which reads
+ * /sys (5-7 us on our VMs: as much as a small model's whole run) and so is asked
+ * only then. */
 static kiln_status find_spec(kiln_exec *e, int64_t batch, int threads, spec **out) {
   pthread_mutex_lock(&e->specs_lock);
   kiln_status st = KILN_OK;
   *out = NULL;
   for (size_t i = 0; i < e->nspecs && !*out; i++)
     if (e->specs[i]->batch == batch) *out = e->specs[i];
-  if (!*out) st = add_spec(e, batch, threads, out);
+  if (!*out) st = add_spec(e, batch, threads > 0 ? threads : cg_compile_threads(), out);
   pthread_mutex_unlock(&e->specs_lock);
   return st;
 }
@@ -433,7 +436,7 @@ static kiln_status run_bound(kiln_exec *e, const kiln_tensor *const *inputs, siz
   kiln_status st = kiln_check_inputs(e->g, inputs, nin, &batch);
   if (st != KILN_OK) return st;
   spec *s = NULL;
-  st = find_spec(e, batch, cg_compile_threads(), &s);
+  st = find_spec(e, batch, 0, &s);
   if (st != KILN_OK) return st;
   const kiln_graph *g = s->g;
   void **args = calloc(nin + nout + 2 + s->plan.nconst_args, sizeof *args);
