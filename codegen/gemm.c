@@ -91,8 +91,13 @@ static gemm_plan plan_gemm(cg *c, const cg_gemm *g) {
   int64_t mstep = p.direct ? g->M : MR;
   int64_t nc_max = p.direct ? round_up(g->N, NR) : (NC_BYTES / (KC * es)) / NR * NR;
   p.mc = p.direct ? g->M : round_up(g->M, MR);
-  p.nc = round_up(g->N, NR) < nc_max ? round_up(g->N, NR) : nc_max;
   int threads = threads_of(c, g);
+  /* Column blocks of equal width, as many as the threads share evenly: 1280 columns
+   * (MobileNetV2's last 1x1 conv) were a 1024- and a 256-column task, and one of two
+   * threads did four fifths of the work. */
+  int64_t ncols = round_up(g->N, NR), nblocks = ceil_div(ncols, nc_max);
+  if (nblocks > 1 && g->batch == 1) nblocks = round_up(nblocks, threads);
+  p.nc = round_up(ceil_div(ncols, nblocks), NR);
   int64_t base = g->batch * ceil_div(g->N, p.nc);
   if (base < threads) {
     /* cost = register tiles in the busiest thread; rows win ties (each A strip
