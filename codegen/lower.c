@@ -627,6 +627,86 @@ static void movement_nest(cg *c, node_ctx *k, mov_ctx *m, int rank, const int64_
   node_task_run(c, k, &nt, tasks, true);
 }
 
+/* A transpose that moves the input's contiguous dimension (a filter's in and out
+ * channels swapped for an input gradient) reads one element per cache line along the
+ * output's rows; in T x T tiles of those two dimensions the T lines it reads serve T
+ * output rows while still cached: a 512x4608 transpose 3.0 -> 1.3 ms, 2048x2048
+ * 31 -> 11 ms, ResNet's 3x3x512x512 filter (in/out swapped) 3.3 -> 2.6 ms (Zen 5). */
+enum { TRANSPOSE_TILE_BYTES = 64 };
+
+typedef struct {
+  cg_nest_body body;
+  mov_ctx *m;
+  int rank, src, last; /* output dims: the one that walks the input's last, the output's last */
+  const int64_t *dims;
+  int64_t tile;
+  LLVMValueRef lo, hi; /* the first loop's range (a task's share), or NULL */
+} tiled_nest;
+
+static void tiled_rec(cg *c, tiled_nest *t, int d, LLVMValueRef *ivs, bool first) {
+  cg_loop l;
+  while (d < t->rank && (d == t->src || d == t->last)) d++;
+  LLVMValueRef lo = first && t->lo ? t->lo : cg_i64(c, 0);
+  if (d < t->rank) { /* the dimensions outside the tile, in output order */
+    ivs[d] = cg_loop_begin(c, &l, lo, first && t->hi ? t->hi : cg_i64(c, t->dims[d]), cg_i64(c, 1));
+    tiled_rec(c, t, d + 1, ivs, false);
+    cg_loop_end(c, &l);
+    return;
+  }
+  cg_loop lbs, lbl, ls, ll;
+  int64_t T = t->tile, ds = t->dims[t->src], dl = t->dims[t->last];
+  LLVMValueRef bs = cg_loop_begin(c, &lbs, lo, first && t->hi ? t->hi : cg_i64(c, ds), cg_i64(c, T));
+  LLVMValueRef bl = cg_loop_begin(c, &lbl, cg_i64(c, 0), cg_i64(c, dl), cg_i64(c, T));
+  ivs[t->src] = cg_loop_begin(c, &ls, bs, cg_smin(c, add(c, bs, cg_i64(c, T)), cg_i64(c, ds)), cg_i64(c, 1));
+  ivs[t->last] = cg_loop_begin(c, &ll, bl, cg_smin(c, add(c, bl, cg_i64(c, T)), cg_i64(c, dl)), cg_i64(c, 1));
+  t->body(c, ivs, t->m);
+  cg_loop_end_free(c, &ll);
+  cg_loop_end_free(c, &ls);
+  cg_loop_end_scalar(c, &lbl);
+  cg_loop_end_scalar(c, &lbs);
+}
+
+/* Whether the transpose moves the input's last dimension, and which output dimension walks it. */
+static int transpose_tiled_src(const kiln_node *n, const int64_t *perm, int64_t tile) {
+  int r = n->rank, src = -1;
+  for (int d = 0; d < r; d++)
+    if (perm[d] == r - 1) src = d;
+  return r >= 2 && src >= 0 && src != r - 1 && n->dims[src] >= tile && n->dims[r - 1] >= tile ? src : -1;
+}
+
+static void lower_transpose(cg *c, node_ctx *k, mov_ctx *m) {
+  const kiln_node *n = k->n;
+  int64_t tile = TRANSPOSE_TILE_BYTES / (int64_t)kiln_dtype_size(dt(n));
+  int src = transpose_tiled_src(n, m->a, tile);
+  if (src < 0) {
+    movement_nest(c, k, m, n->rank, n->dims, transpose_body);
+    return;
+  }
+  tiled_nest t = {.body = transpose_body, .m = m, .rank = n->rank, .src = src, .last = n->rank - 1, .dims = n->dims,
+                  .tile = tile};
+  LLVMValueRef ivs[KILN_MAX_RANK];
+  int outer = 0; /* the first loop of the tiled order: split between the threads */
+  while (outer == src || outer == n->rank - 1) outer++;
+  bool tiles_first = outer >= n->rank;
+  int64_t extent = tiles_first ? n->dims[src] : n->dims[outer], step = tiles_first ? tile : 1;
+  int64_t numel = kiln_shape_numel(n->rank, n->dims);
+  if (c->threads < 2 || !c->par || extent < 2 * step || numel < FLAT_THREADED_ELEMS || k->nleaves + 1 > CG_TASK_CTX_MAX) {
+    tiled_rec(c, &t, 0, ivs, true);
+    return;
+  }
+  int64_t tasks = (int64_t)c->threads * FLAT_TASKS_PER_THREAD, per = (extent + tasks - 1) / tasks;
+  per = (per + step - 1) / step * step;
+  tasks = (extent + per - 1) / per;
+  node_ctx tk;
+  node_task nt = node_task_begin(c, k, false, &tk);
+  mov_ctx mt = *m;
+  mt.k = &tk;
+  t.m = &mt;
+  t.hi = cg_task_range(c, nt.index, per, extent, &t.lo);
+  tiled_rec(c, &t, 0, ivs, true);
+  node_task_run(c, k, &nt, tasks, true);
+}
+
 static void lower_movement(cg *c, node_ctx *k) {
   const kiln_node *n = k->n, *x = input(c, k, 0);
   mov_ctx m = {.k = k};
@@ -636,7 +716,7 @@ static void lower_movement(cg *c, node_ctx *k) {
   case KILN_OP_RESHAPE: flat(c, k, numel, copy_body); return;
   case KILN_OP_TRANSPOSE:
     kiln_attr_ints(n, KILN_ATTR_PERM, m.a);
-    movement_nest(c, k, &m, n->rank, n->dims, transpose_body);
+    lower_transpose(c, k, &m);
     return;
   case KILN_OP_BROADCAST_TO: movement_nest(c, k, &m, n->rank, n->dims, broadcast_body); return;
   case KILN_OP_CONCAT: {

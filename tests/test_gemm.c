@@ -376,6 +376,32 @@ static void test_reduce_threads(void **s) {
   check_reduce(&r, (int64_t[]){9, 40, 20, 16}, KILN_OP_REDUCE_MEAN, (int64_t[]){0, 3}, 2);
 }
 
+/* Transposes that move the input's last dimension run in tiles of those two
+ * dimensions (lower.c): ragged tiles at both edges, dimensions outside the tile, a
+ * 2-D transpose split by tiles between threads, one split by its first dimension,
+ * 8-byte elements (tiles of 8); equal to the evaluator at 1, 2 and 3 threads. */
+static void check_transpose(trng *r, kiln_dtype t, int rank, const int64_t *dims, const int64_t *perm) {
+  kiln_graph *g = kiln_graph_new();
+  kiln_value x = kiln_placeholder(g, "x", t, (kiln_shape){.rank = rank, .dims = {dims[0], dims[1], rank > 2 ? dims[2] : 0, rank > 3 ? dims[3] : 0}});
+  kiln_output(g, "y", kiln_transpose(g, x, perm, rank));
+  assert_int_equal(kiln_graph_status(g), KILN_OK);
+  kiln_tensor *in[1] = {random_tensor(r, t, rank, dims, -1, 1)};
+  check_inputs_threads(g, in, 1, "transpose", 0);
+  kiln_graph_free(g);
+}
+
+static void test_tiled_transposes(void **s) {
+  (void)s;
+  trng r = {31};
+  check_transpose(&r, KILN_F32, 2, (int64_t[]){37, 53}, (int64_t[]){1, 0});
+  check_transpose(&r, KILN_F32, 4, (int64_t[]){3, 3, 40, 33}, (int64_t[]){0, 1, 3, 2});
+  check_transpose(&r, KILN_F32, 4, (int64_t[]){5, 19, 17, 21}, (int64_t[]){0, 3, 1, 2});
+  check_transpose(&r, KILN_F32, 3, (int64_t[]){20, 6, 18}, (int64_t[]){2, 1, 0});
+  check_transpose(&r, KILN_F32, 2, (int64_t[]){300, 257}, (int64_t[]){1, 0});
+  check_transpose(&r, KILN_F32, 3, (int64_t[]){4, 130, 141}, (int64_t[]){0, 2, 1});
+  check_transpose(&r, KILN_F64, 2, (int64_t[]){11, 29}, (int64_t[]){1, 0});
+}
+
 /* ---- epilogues ---- */
 
 /* y = relu(p + bias) + 0.5 * res for the product p = matmul(a, b) or conv2d(a, b)
@@ -632,7 +658,7 @@ static void test_run_into(void **s) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_matmul_edges_and_transposes), cmocka_unit_test(test_conv_threads), cmocka_unit_test(test_conv_small_filters), cmocka_unit_test(test_conv_depthwise), cmocka_unit_test(test_conv_strided_pointwise_input_grad), cmocka_unit_test(test_conv_strided_input_grad), cmocka_unit_test(test_max_pool_grad), cmocka_unit_test(test_elementwise_threads), cmocka_unit_test(test_reduce_threads),
+      cmocka_unit_test(test_matmul_edges_and_transposes), cmocka_unit_test(test_conv_threads), cmocka_unit_test(test_conv_small_filters), cmocka_unit_test(test_conv_depthwise), cmocka_unit_test(test_conv_strided_pointwise_input_grad), cmocka_unit_test(test_conv_strided_input_grad), cmocka_unit_test(test_max_pool_grad), cmocka_unit_test(test_elementwise_threads), cmocka_unit_test(test_reduce_threads), cmocka_unit_test(test_tiled_transposes),
       cmocka_unit_test(test_epilogues),          cmocka_unit_test(test_pooled_convs), cmocka_unit_test(test_constant_weights),
       cmocka_unit_test(test_pool_runs_each_task_once),    cmocka_unit_test(test_thread_count_errors),
       cmocka_unit_test(test_run_into),
