@@ -222,11 +222,13 @@ static LLVMValueRef leaf_ptr_of(const node_ctx *k, uint32_t id) {
   return NULL;
 }
 
-/* A matmul/conv/pool kernel's pointer to its input id: the buffer, or for an unslice
- * fused into a depthwise convolution (conv_geom.up) the unslice's source. */
+/* A matmul/conv/pool kernel's pointer to its input id: the buffer; for a fused
+ * reshape (a view, passes/fuse.c) its source's; for an unslice fused into a depthwise
+ * convolution (conv_geom.up) the unslice's source. */
 static LLVMValueRef operand_ptr(cg *c, const node_ctx *k, uint32_t id) {
   const kiln_node *n = &c->g->nodes[id];
-  if (n->op == KILN_OP_UNSLICE && k->inlined && k->inlined[id]) return leaf_ptr_of(k, n->inputs[0]);
+  if ((n->op == KILN_OP_UNSLICE || n->op == KILN_OP_RESHAPE) && k->inlined && k->inlined[id])
+    return leaf_ptr_of(k, n->inputs[0]);
   return leaf_ptr_of(k, id);
 }
 

@@ -3,7 +3,8 @@
  * matmul / convolution / pooling kernels) reads its inputs element by element, so a
  * producer it reads can be evaluated at that element on the fly:
  *  - constant fills, iotas, broadcasts and reshapes (of what is not itself fused)
- *    cost an index computation and are inlined into every such reader;
+ *    cost an index computation and are inlined into every such reader; a reshape of
+ *    a stored buffer is a view of it for every reader, by pointer too;
  *  - element-wise ops and reshapes with a single reader node that visits each
  *    element once (element-wise, reshape, reductions, transpose, slice, concat; x * x
  *    counts as one reader: LLVM computes the repeated value once) are inlined,
@@ -190,6 +191,14 @@ size_t kiln_fuse(const kiln_graph *g, const bool *live, const bool *stored, uint
   if (host) {
     choose_hosts(g, stored, uses, reader, inlined, host);
     choose_pooled_hosts(g, live, stored, reader, inlined, host);
+  }
+  /* A reshape of a stored buffer is a view of it: every kernel reads it through its
+   * source (codegen/lower.c's value_of and operand_ptr), so it is never copied, not
+   * even for a matmul, convolution or pool reading it by pointer (a Flatten before a
+   * Dense layer; the flipped filter of a convolution's input gradient). */
+  for (uint32_t i = 0; i < n; i++) {
+    const kiln_node *r = &g->nodes[i];
+    if (r->op == KILN_OP_RESHAPE && live[i] && !stored[i] && !inlined[i] && !inlined[r->inputs[0]]) inlined[i] = true;
   }
   for (uint32_t i = 0; i < n; i++) count += inlined[i];
   free(uses), free(reader), free(all_by_element), free(once), free(index_only);
