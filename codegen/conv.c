@@ -108,18 +108,29 @@ typedef struct {
 
 /* col[(kh*KW + kw)*icg + ic] = x[n, ih, iw, g*icg + ic], or 0 in the padding: one
  * output pixel's row. */
+/* The input row that the pixel's filter row kh reads. */
+static LLVMValueRef im2col_ih(cg *c, const im2col_ctx *m, LLVMValueRef kh) {
+  const conv_geom *q = m->q;
+  return LLVMBuildSub(c->b, add(c, mul(c, m->oh, cg_i64(c, q->s[0])), mul(c, kh, cg_i64(c, q->d[0]))), cg_i64(c, q->p[0]), "");
+}
+
+/* Where input pixel (ih, iw) of the pixel's image starts in x. */
+static LLVMValueRef im2col_x_at(cg *c, const im2col_ctx *m, LLVMValueRef ih, LLVMValueRef iw) {
+  const conv_geom *q = m->q;
+  return mul(c, add(c, mul(c, add(c, mul(c, m->n, cg_i64(c, q->H)), ih), cg_i64(c, q->W)), iw), cg_i64(c, q->C));
+}
+
 static void im2col_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
   im2col_ctx *m = vctx;
   const conv_geom *q = m->q;
   LLVMValueRef kh = ivs[0], kw = ivs[1];
-  LLVMValueRef ih = LLVMBuildSub(c->b, add(c, mul(c, m->oh, cg_i64(c, q->s[0])), mul(c, kh, cg_i64(c, q->d[0]))), cg_i64(c, q->p[0]), "");
+  LLVMValueRef ih = im2col_ih(c, m, kh);
   LLVMValueRef iw = LLVMBuildSub(c->b, add(c, mul(c, m->ow, cg_i64(c, q->s[1])), mul(c, kw, cg_i64(c, q->d[1]))), cg_i64(c, q->p[1]), "");
   /* Unsigned compare folds the < 0 and >= size checks into one. */
   LLVMValueRef ok = LLVMBuildAnd(c->b, LLVMBuildICmp(c->b, LLVMIntULT, ih, cg_i64(c, q->H), ""),
                                  LLVMBuildICmp(c->b, LLVMIntULT, iw, cg_i64(c, q->W), ""), "");
   LLVMValueRef cbase = mul(c, add(c, mul(c, kh, cg_i64(c, q->KW)), kw), cg_i64(c, q->icg));
-  LLVMValueRef xbase = add(c, mul(c, add(c, mul(c, add(c, mul(c, m->n, cg_i64(c, q->H)), ih), cg_i64(c, q->W)), iw), cg_i64(c, q->C)),
-                           mul(c, m->g, cg_i64(c, q->icg)));
+  LLVMValueRef xbase = add(c, im2col_x_at(c, m, ih, iw), mul(c, m->g, cg_i64(c, q->icg)));
   LLVMBasicBlockRef then = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "in"),
                     els = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "pad"),
                     join = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "join");
@@ -145,8 +156,7 @@ static void im2col_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
 static void im2col_kh_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
   im2col_ctx *m = vctx;
   const conv_geom *q = m->q;
-  LLVMValueRef kh = ivs[0];
-  LLVMValueRef ih = LLVMBuildSub(c->b, add(c, mul(c, m->oh, cg_i64(c, q->s[0])), mul(c, kh, cg_i64(c, q->d[0]))), cg_i64(c, q->p[0]), "");
+  LLVMValueRef kh = ivs[0], ih = im2col_ih(c, m, kh);
   LLVMValueRef iw0 = LLVMBuildSub(c->b, mul(c, m->ow, cg_i64(c, q->s[1])), cg_i64(c, q->p[1]), "");
   LLVMValueRef inside = LLVMBuildAnd(c->b, LLVMBuildICmp(c->b, LLVMIntULT, ih, cg_i64(c, q->H), ""),
                                      LLVMBuildICmp(c->b, LLVMIntULE, iw0, cg_i64(c, q->W - q->KW), ""), "");
@@ -156,8 +166,7 @@ static void im2col_kh_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
   LLVMBuildCondBr(c->b, inside, whole, taps);
   LLVMPositionBuilderAtEnd(c->b, whole);
   int64_t span = q->KW * q->C;
-  LLVMValueRef xbase = mul(c, add(c, mul(c, add(c, mul(c, m->n, cg_i64(c, q->H)), ih), cg_i64(c, q->W)), iw0), cg_i64(c, q->C));
-  LLVMValueRef cbase = mul(c, kh, cg_i64(c, span));
+  LLVMValueRef xbase = im2col_x_at(c, m, ih, iw0), cbase = mul(c, kh, cg_i64(c, span));
   cg_loop l;
   LLVMValueRef e = cg_loop_begin(c, &l, cg_i64(c, 0), cg_i64(c, span), cg_i64(c, 1));
   cg_store(c, q->t, cg_load(c, q->t, m->x, add(c, xbase, e)), m->col, add(c, cbase, e));

@@ -611,22 +611,44 @@ static void one_hot_body(cg *c, node_ctx *k, LLVMValueRef i) {
 /* A gather-style movement (each output element read from one place) over dims:
  * large ones run ranges of the first dim on the threads; m->k is rebound to the
  * task's arguments inside. */
-static void movement_nest(cg *c, node_ctx *k, mov_ctx *m, int rank, const int64_t *dims, cg_nest_body body) {
-  int64_t numel = kiln_shape_numel(rank, dims);
-  if (c->threads < 2 || !c->par || rank == 0 || dims[0] < 2 || numel < FLAT_THREADED_ELEMS ||
-      k->nleaves + 1 > CG_TASK_CTX_MAX) {
-    cg_nest(c, rank, dims, body, m);
+/* A movement kernel's loops, the first over [lo, hi) (NULL: its whole extent), with m. */
+typedef void (*mov_loops)(cg *c, mov_ctx *m, LLVMValueRef lo, LLVMValueRef hi, void *ctx);
+
+/* loops on the thread pool, their first loop (extent iterations, cut at multiples of
+ * step) split into tasks, when the kernel is large enough to be worth it. */
+static void movement_tasks(cg *c, node_ctx *k, mov_ctx *m, int64_t numel, int64_t extent, int64_t step, mov_loops loops,
+                           void *ctx) {
+  if (c->threads < 2 || !c->par || extent < 2 * step || numel < FLAT_THREADED_ELEMS || k->nleaves + 1 > CG_TASK_CTX_MAX) {
+    loops(c, m, NULL, NULL, ctx);
     return;
   }
-  int64_t tasks = (int64_t)c->threads * FLAT_TASKS_PER_THREAD, per = (dims[0] + tasks - 1) / tasks;
-  tasks = (dims[0] + per - 1) / per;
+  int64_t tasks = (int64_t)c->threads * FLAT_TASKS_PER_THREAD, per = (extent + tasks - 1) / tasks;
+  per = (per + step - 1) / step * step;
+  tasks = (extent + per - 1) / per;
   node_ctx t;
   node_task nt = node_task_begin(c, k, false, &t);
   mov_ctx mt = *m;
   mt.k = &t;
-  LLVMValueRef lo, hi = cg_task_range(c, nt.index, per, dims[0], &lo);
-  nest_from(c, rank, dims, lo, hi, body, &mt);
+  LLVMValueRef lo, hi = cg_task_range(c, nt.index, per, extent, &lo);
+  loops(c, &mt, lo, hi, ctx);
   node_task_run(c, k, &nt, tasks, true);
+}
+
+typedef struct {
+  int rank;
+  const int64_t *dims;
+  cg_nest_body body;
+} plain_nest;
+
+static void plain_loops(cg *c, mov_ctx *m, LLVMValueRef lo, LLVMValueRef hi, void *ctx) {
+  const plain_nest *p = ctx;
+  if (lo) nest_from(c, p->rank, p->dims, lo, hi, p->body, m);
+  else cg_nest(c, p->rank, p->dims, p->body, m);
+}
+
+static void movement_nest(cg *c, node_ctx *k, mov_ctx *m, int rank, const int64_t *dims, cg_nest_body body) {
+  plain_nest p = {rank, dims, body};
+  movement_tasks(c, k, m, kiln_shape_numel(rank, dims), rank ? dims[0] : 0, 1, plain_loops, &p);
 }
 
 /* A transpose that moves the input's contiguous dimension (a filter's in and out
@@ -676,6 +698,13 @@ static int transpose_tiled_src(const kiln_node *n, const int64_t *perm, int64_t 
   return r >= 2 && src >= 0 && src != r - 1 && n->dims[src] >= tile && n->dims[r - 1] >= tile ? src : -1;
 }
 
+static void tiled_loops(cg *c, mov_ctx *m, LLVMValueRef lo, LLVMValueRef hi, void *ctx) {
+  tiled_nest *t = ctx;
+  LLVMValueRef ivs[KILN_MAX_RANK];
+  t->m = m, t->lo = lo, t->hi = hi;
+  tiled_rec(c, t, 0, ivs, true);
+}
+
 static void lower_transpose(cg *c, node_ctx *k, mov_ctx *m) {
   const kiln_node *n = k->n;
   int64_t tile = TRANSPOSE_TILE_BYTES / (int64_t)kiln_dtype_size(dt(n));
@@ -684,29 +713,12 @@ static void lower_transpose(cg *c, node_ctx *k, mov_ctx *m) {
     movement_nest(c, k, m, n->rank, n->dims, transpose_body);
     return;
   }
-  tiled_nest t = {.body = transpose_body, .m = m, .rank = n->rank, .src = src, .last = n->rank - 1, .dims = n->dims,
-                  .tile = tile};
-  LLVMValueRef ivs[KILN_MAX_RANK];
+  tiled_nest t = {.body = transpose_body, .rank = n->rank, .src = src, .last = n->rank - 1, .dims = n->dims, .tile = tile};
   int outer = 0; /* the first loop of the tiled order: split between the threads */
   while (outer == src || outer == n->rank - 1) outer++;
   bool tiles_first = outer >= n->rank;
-  int64_t extent = tiles_first ? n->dims[src] : n->dims[outer], step = tiles_first ? tile : 1;
-  int64_t numel = kiln_shape_numel(n->rank, n->dims);
-  if (c->threads < 2 || !c->par || extent < 2 * step || numel < FLAT_THREADED_ELEMS || k->nleaves + 1 > CG_TASK_CTX_MAX) {
-    tiled_rec(c, &t, 0, ivs, true);
-    return;
-  }
-  int64_t tasks = (int64_t)c->threads * FLAT_TASKS_PER_THREAD, per = (extent + tasks - 1) / tasks;
-  per = (per + step - 1) / step * step;
-  tasks = (extent + per - 1) / per;
-  node_ctx tk;
-  node_task nt = node_task_begin(c, k, false, &tk);
-  mov_ctx mt = *m;
-  mt.k = &tk;
-  t.m = &mt;
-  t.hi = cg_task_range(c, nt.index, per, extent, &t.lo);
-  tiled_rec(c, &t, 0, ivs, true);
-  node_task_run(c, k, &nt, tasks, true);
+  movement_tasks(c, k, m, kiln_shape_numel(n->rank, n->dims), tiles_first ? n->dims[src] : n->dims[outer],
+                 tiles_first ? tile : 1, tiled_loops, &t);
 }
 
 static void lower_movement(cg *c, node_ctx *k) {

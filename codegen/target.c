@@ -108,19 +108,17 @@ LLVMTargetMachineRef cg_target_machine(const char *triple_in, const char *cpu_in
 
 /* KILN_LLVM_PIPELINE (a pass pipeline as `opt -passes=` takes it) is for comparing
  * pipelines; the compile cache keys on the one used. */
-const char *cg_pipeline(void) {
+static const char *pipeline_or(const char *dflt) {
   const char *env = getenv("KILN_LLVM_PIPELINE");
-  return env && *env ? env : "default<O3>";
+  return env && *env ? env : dflt;
 }
+const char *cg_pipeline(void) { return pipeline_or("default<O3>"); }
 
 /* GEMM drivers and packing loops are calls and explicit copies: default<O1> compiles
  * them in half the time of default<O3> (MLP train step: 26 -> 16 ms per driver, on
  * Zen 5), and the train steps of kiln bench mlp-train and cnn-train ran as fast. The
  * micro-kernels keep O3: at O1 the MLP's train step ran 15 % slower. */
-const char *cg_light_pipeline(void) {
-  const char *env = getenv("KILN_LLVM_PIPELINE");
-  return env && *env ? env : "default<O1>";
-}
+const char *cg_light_pipeline(void) { return pipeline_or("default<O1>"); }
 
 kiln_status cg_prepare_module(LLVMModuleRef mod, LLVMTargetMachineRef tm) {
   char *msg = NULL;
