@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include "codegen/cg.h"
 
@@ -66,7 +67,8 @@ typedef struct {
   bool from_cache;
   kiln_status st;
   char err[512];
-  double opt_ms, codegen_ms;
+  char name[64]; /* the shared function's, for KILN_PASS_STATS=jobs */
+  double read_ms, opt_ms, codegen_ms;
 } part;
 
 /* fn's calls go to a declaration of the same name from now on; fn is gone. */
@@ -247,7 +249,14 @@ static bool from_cache_or_store(part *p, LLVMModuleRef m, LLVMTargetMachineRef t
   return true;
 }
 
+static double now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+}
+
 static void compile_part(part *p, LLVMTargetMachineRef tm) {
+  double t0 = now_ms();
   LLVMContextRef ctx = LLVMContextCreate();
   LLVMModuleRef m = NULL;
   if (LLVMParseBitcodeInContext2(ctx, p->bitcode, &m)) {
@@ -274,6 +283,10 @@ static void compile_part(part *p, LLVMTargetMachineRef tm) {
       LLVMSetVisibility(fns[i], LLVMHiddenVisibility);
     }
   }
+  if (ok && p->unit >= 0) {
+    size_t len;
+    snprintf(p->name, sizeof p->name, "%s", LLVMGetValueName2(fns[p->unit], &len));
+  }
   cg_cache_key key;
   bool store = false;
   const char *pipeline = ok && p->unit >= 0 && cg_is_light(fns[p->unit]) ? cg_light_pipeline() : cg_pipeline();
@@ -281,6 +294,7 @@ static void compile_part(part *p, LLVMTargetMachineRef tm) {
     strip_to_unit(m);
     store = from_cache_or_store(p, m, tm, pipeline, &key);
   }
+  p->read_ms = now_ms() - t0; /* the bitcode read, cut to this job and, for a shared function, looked up */
   if (ok && !p->obj) {
     kiln_exec_stats t = {0};
     if (cg_emit_object(m, tm, pipeline, &t, &p->obj) != KILN_OK) fail_part(p, KILN_ERR_BACKEND);
@@ -351,6 +365,23 @@ static LLVMMemoryBufferRef pack_objects(part *jobs, int n) {
   return out;
 }
 
+/* KILN_PASS_STATS=jobs: a line per compile job, to see where LLVM's time goes. */
+static bool jobs_stats_on(void) {
+  const char *v = getenv("KILN_PASS_STATS");
+  return v && !strcmp(v, "jobs");
+}
+
+static void print_jobs(const part *jobs, int njobs) {
+  for (int j = 0; j < njobs; j++) {
+    const part *p = &jobs[j];
+    char what[80];
+    if (p->unit >= 0) snprintf(what, sizeof what, "%s", p->name);
+    else snprintf(what, sizeof what, "part %d (kernels)", p->index);
+    fprintf(stderr, "kiln: compile job %-32s %6zu instructions, read %.1f ms, llvm opt %.1f, codegen %.1f%s\n", what,
+            p->instructions, p->read_ms, p->opt_ms, p->codegen_ms, p->from_cache ? " (from the cache)" : "");
+  }
+}
+
 static int larger_first(const void *a, const void *b) {
   size_t x = ((const part *)a)->instructions, y = ((const part *)b)->instructions;
   return x < y ? 1 : x > y ? -1 : 0;
@@ -409,6 +440,7 @@ kiln_status cg_compile_parts(LLVMModuleRef mod, LLVMTargetMachineRef tm, bool ge
     if (crews[w].opt_ms > t->llvm_opt_ms) t->llvm_opt_ms = crews[w].opt_ms;
     if (crews[w].codegen_ms > t->llvm_codegen_ms) t->llvm_codegen_ms = crews[w].codegen_ms;
   }
+  if (jobs_stats_on()) print_jobs(jobs, njobs);
   t->functions_from_cache = 0;
   for (int j = 0; j < njobs; j++) {
     t->functions_from_cache += jobs[j].from_cache;
