@@ -220,18 +220,11 @@ typedef struct cg_gemm {
    * gives, each range in its writer's cache: a cut of C by rows reads them there,
    * one by columns reads the other threads' rows from their caches (plan_gemm). */
   bool a_rows_by_thread;
-  /* K's slices (at most the packing's, 256): 0 for cg_gemm_default_kstep(K). A
-   * convolution whose filter rows are GEMMs of their own (conv_rows.c) slices
-   * every GEMM of its filter at those rows' boundaries, so that one prepacked
-   * layout serves them all. */
-  int64_t kstep;
   /* Run over rows of C as they are finished; C is then the epilogue's out, whole
    * (ldc == N, bsc == M * N). NULL: none. */
   const cg_epilogue *epilogue;
 } cg_gemm;
 KILN_INTERNAL uint64_t cg_gemm_scratch_bytes(cg *c, const cg_gemm *g);
-/* The slices of K a GEMM takes by default (cg_gemm.kstep 0). */
-KILN_INTERNAL int64_t cg_gemm_default_kstep(int64_t K);
 /* The rows of A (and C) each thread's task covers when g cuts C by rows; else
  * M split evenly. */
 KILN_INTERNAL int64_t cg_gemm_thread_rows(cg *c, const cg_gemm *g);

@@ -238,8 +238,7 @@ static cg_gemm fwd_gemm(const conv_geom *q, int64_t rows) {
     return (cg_gemm){.t = q->t, .batch = 1, .M = q->pixels, .N = q->OC, .K = q->C, .rsa = q->C, .csa = 1, .rsb = q->OC,
                      .csb = 1, .ldc = q->OC, .b_prepacked = q->b_prepacked};
   return (cg_gemm){.t = q->t, .batch = 1, .M = rows, .N = q->OC / q->groups, .K = q->Kc, .rsa = q->col_ld, .csa = 1,
-                   .rsb = q->OC, .csb = 1, .ldc = q->OC, .serial = true, .packed = true, .b_prepacked = q->b_prepacked,
-                   .kstep = cg_conv_kstep(q)};
+                   .rsb = q->OC, .csb = 1, .ldc = q->OC, .serial = true, .packed = true, .b_prepacked = q->b_prepacked};
 }
 
 typedef struct {
@@ -316,7 +315,7 @@ static bool wide_fits(cg *c, const conv_geom *q, const cg_epilogue *ep) {
 static cg_gemm wide_gemm(const conv_geom *q, const cg_epilogue *ep) {
   return (cg_gemm){.t = q->t, .batch = 1, .M = q->pixels, .N = q->OC, .K = q->Kc, .rsa = q->col_ld, .csa = 1,
                    .rsb = q->OC, .csb = 1, .ldc = q->OC, .packed = true, .b_prepacked = q->b_prepacked,
-                   .a_rows_by_thread = true, .kstep = cg_conv_kstep(q), .epilogue = ep};
+                   .a_rows_by_thread = true, .epilogue = ep};
 }
 
 static uint64_t wide_col_bytes(const conv_geom *q) { return align64((uint64_t)(q->pixels * q->col_ld) * kiln_dtype_size(q->t)); }
@@ -344,12 +343,6 @@ static void conv_wide(cg *c, const conv_geom *q, LLVMValueRef out, const LLVMVal
   cg_gemm_emit(c, &g, scratch, in[1], out, byte_offset(c, scratch, cg_i64(c, (int64_t)wide_col_bytes(q))));
 }
 
-/* Whether the forward pass reads its input in place (conv_rows.c): a prepacked filter,
- * and no fused pool (whose pieces are groups of window rows, or a per-worker output). */
-static bool rows_take(const conv_geom *q, const cg_epilogue *ep) {
-  return q->b_prepacked && cg_conv_rows_fits(q) && !(ep && (ep->private_out || ep->align_pixels > 0));
-}
-
 void cg_conv2d(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch,
                const cg_epilogue *ep) {
   conv_geom q = cg_conv_geometry(c, n);
@@ -369,10 +362,6 @@ void cg_conv2d(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *
   }
   if (cg_conv_direct_fits(c, &q)) {
     cg_conv_direct(c, &q, out, in, scratch, ep);
-    return;
-  }
-  if (rows_take(&q, ep)) {
-    cg_conv_rows(c, &q, out, in, scratch, ep);
     return;
   }
   if (wide_fits(c, &q, ep)) {
@@ -502,12 +491,9 @@ uint64_t cg_conv_scratch_bytes(cg *c, const kiln_node *n) {
     cg_gemm g = fwd_gemm(&q, 0);
     return cg_gemm_scratch_bytes(c, &g);
   }
-  /* the epilogue, unknown here, may rule the rows path out */
-  uint64_t rows = rows_take(&q, NULL) ? cg_conv_rows_scratch_bytes(c, &q) : 0;
-  if (wide_fits(c, &q, NULL)) return wide_scratch_bytes(c, &q) > rows ? wide_scratch_bytes(c, &q) : rows;
+  if (wide_fits(c, &q, NULL)) return wide_scratch_bytes(c, &q);
   fwd_plan p = plan_fwd(c, &q, 0);
-  uint64_t chunks = p.worker_bytes * (uint64_t)fwd_workers(c, &p);
-  return chunks > rows ? chunks : rows;
+  return p.worker_bytes * (uint64_t)fwd_workers(c, &p);
 }
 
 bool cg_conv_prepack_layout(cg *c, const kiln_node *n, cg_prepack *p) {

@@ -59,17 +59,6 @@ KILN_INTERNAL void cg_conv_pad_input(cg *c, const conv_geom *q, LLVMValueRef x, 
 /* Parts of a direct filter gradient's pixel sum: one per 256 pixels, at most CONV_FGRAD_PARTS. */
 KILN_INTERNAL int64_t cg_conv_fgrad_parts(const conv_geom *q);
 
-/* conv_rows.c: no im2col. With the input padded, output row (n, oh)'s im2col rows
- * for filter row kh are the padded input itself, s*C elements apart and KW*C long:
- * the row's output is a sum of KH GEMMs that read the input in place. For layers
- * wide enough (OW) to fill register tiles, with a prepacked filter. */
-KILN_INTERNAL bool cg_conv_rows_fits(const conv_geom *q);
-/* The K slices every GEMM of q's filter takes (cg_gemm.kstep): filter rows' boundaries when rows fit, else 0. */
-KILN_INTERNAL int64_t cg_conv_kstep(const conv_geom *q);
-KILN_INTERNAL uint64_t cg_conv_rows_scratch_bytes(cg *c, const conv_geom *q);
-KILN_INTERNAL void cg_conv_rows(cg *c, const conv_geom *q, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch,
-                                const cg_epilogue *ep);
-
 /* conv_depthwise.c: one input channel per group and one output channel per group
  * (MobileNet's depthwise layers), channels in vector lanes instead of one
  * one-column GEMM per channel. */

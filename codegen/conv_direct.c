@@ -56,48 +56,33 @@ uint64_t cg_conv_direct_scratch_bytes(cg *c, const conv_geom *q, bool filter_gra
 
 /* ---- the padded copy ---- */
 
-/* Padded rows are the tasks: zeros for the top and bottom padding and at both ends
- * of the others, the input's row between, as memset/memcpy (a select per element
- * cost conv_rows.c a tenth of a 56x56x64 layer, and one task per image left the
- * other threads waiting at batch 1). */
-enum { PAD_TASKS_PER_THREAD = 4 };
+typedef struct {
+  const conv_geom *q;
+  LLVMValueRef x, xp, n;
+} pad_ctx;
 
-static void zero_bytes(cg *c, LLVMValueRef p, int64_t bytes) {
-  if (bytes > 0) LLVMBuildMemSet(c->b, p, LLVMConstInt(c->i8, 0, 0), imm(c, bytes), 1);
+static void pad_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
+  pad_ctx *m = vctx;
+  const conv_geom *q = m->q;
+  LLVMValueRef ih = LLVMBuildSub(c->b, ivs[0], imm(c, q->p[0]), ""), iw = LLVMBuildSub(c->b, ivs[1], imm(c, q->p[1]), "");
+  LLVMValueRef ok = LLVMBuildAnd(c->b, LLVMBuildICmp(c->b, LLVMIntULT, ih, imm(c, q->H), ""),
+                                 LLVMBuildICmp(c->b, LLVMIntULT, iw, imm(c, q->W), ""), "");
+  LLVMValueRef src = add(c, mul(c, add(c, mul(c, add(c, mul(c, m->n, imm(c, q->H)), ih), imm(c, q->W)), iw), imm(c, q->C)), ivs[2]);
+  LLVMValueRef v = cg_load(c, q->t, m->x, LLVMBuildSelect(c->b, ok, src, imm(c, 0), ""));
+  LLVMValueRef dst = add(c, mul(c, add(c, mul(c, add(c, mul(c, m->n, imm(c, hp_of(q))), ivs[0]), imm(c, wp_of(q))), ivs[1]), imm(c, q->C)), ivs[2]);
+  cg_store(c, q->t, LLVMBuildSelect(c->b, ok, v, cg_const(c, q->t, 0), ""), m->xp, dst);
 }
 
 void cg_conv_pad_input(cg *c, const conv_geom *q, LLVMValueRef x, LLVMValueRef xp, bool threaded) {
   char name[48];
   snprintf(name, sizeof name, "kiln_conv%u_pad_task", c->ntask_fns++);
-  int64_t hp = hp_of(q), es = (int64_t)kiln_dtype_size(q->t), pixel = q->C * es, rows = q->N * hp;
-  int64_t tasks = threaded ? (int64_t)c->threads * PAD_TASKS_PER_THREAD : 1;
-  int64_t per = ceil_div(rows, tasks < rows ? tasks : rows);
   cg_fn_pos sp;
-  LLVMValueRef v[2], task, worker;
-  LLVMValueRef fn = cg_task_begin(c, name, 2, 1 << 1, &sp, v, &task, &worker);
-  cg_loop lr;
-  LLVMValueRef lo, hi = cg_task_range(c, task, per, rows, &lo);
-  LLVMValueRef r = cg_loop_begin(c, &lr, lo, hi, imm(c, 1));
-  LLVMValueRef n = LLVMBuildSDiv(c->b, r, imm(c, hp), ""), ih = LLVMBuildSub(c->b, LLVMBuildSRem(c->b, r, imm(c, hp), ""), imm(c, q->p[0]), "");
-  LLVMValueRef dst = LLVMBuildGEP2(c->b, c->i8, v[1], (LLVMValueRef[]){mul(c, r, imm(c, wp_of(q) * pixel))}, 1, "");
-  LLVMBasicBlockRef inside = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "pad.row"),
-                    outside = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "pad.zeros"),
-                    done = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "pad.done");
-  LLVMBuildCondBr(c->b, LLVMBuildICmp(c->b, LLVMIntULT, ih, imm(c, q->H), ""), inside, outside);
-  LLVMPositionBuilderAtEnd(c->b, inside);
-  zero_bytes(c, dst, q->p[1] * pixel);
-  LLVMValueRef src = LLVMBuildGEP2(c->b, c->i8, v[0], (LLVMValueRef[]){mul(c, add(c, mul(c, n, imm(c, q->H)), ih), imm(c, q->W * pixel))}, 1, "");
-  LLVMBuildMemCpy(c->b, LLVMBuildGEP2(c->b, c->i8, dst, (LLVMValueRef[]){imm(c, q->p[1] * pixel)}, 1, ""), 1, src, 1,
-                  imm(c, q->W * pixel));
-  zero_bytes(c, LLVMBuildGEP2(c->b, c->i8, dst, (LLVMValueRef[]){imm(c, (q->p[1] + q->W) * pixel)}, 1, ""), q->p[3] * pixel);
-  LLVMBuildBr(c->b, done);
-  LLVMPositionBuilderAtEnd(c->b, outside);
-  zero_bytes(c, dst, wp_of(q) * pixel);
-  LLVMBuildBr(c->b, done);
-  LLVMPositionBuilderAtEnd(c->b, done);
-  cg_loop_end_scalar(c, &lr);
+  LLVMValueRef v[2], image, worker;
+  LLVMValueRef fn = cg_task_begin(c, name, 2, 1 << 1, &sp, v, &image, &worker);
+  pad_ctx m = {.q = q, .x = v[0], .xp = v[1], .n = image};
+  cg_nest(c, 3, (int64_t[]){hp_of(q), wp_of(q), q->C}, pad_body, &m);
   cg_task_end(c, &sp);
-  cg_parallel_for(c, fn, cg_task_ctx(c, (LLVMValueRef[]){x, xp}, 2), ceil_div(rows, per), threaded);
+  cg_parallel_for(c, fn, cg_task_ctx(c, (LLVMValueRef[]){x, xp}, 2), q->N, threaded);
 }
 
 /* ---- per pixel ---- */

@@ -132,8 +132,7 @@ int64_t cg_gemm_thread_rows(cg *c, const cg_gemm *g) {
 }
 
 /* K in equal slices of at most KC: no short last slice paying a full pass over C */
-int64_t cg_gemm_default_kstep(int64_t K) { return K > 0 ? ceil_div(K, ceil_div(K, KC)) : 1; }
-static int64_t kstep_of(const cg_gemm *g) { return g->kstep > 0 ? g->kstep : cg_gemm_default_kstep(g->K); }
+static int64_t kstep_of(const cg_gemm *g) { return ceil_div(g->K, ceil_div(g->K, KC)); }
 
 bool cg_gemm_prepack_layout(cg *c, const cg_gemm *g, cg_prepack *p) {
   if (g->batch != 1 || g->M == 0 || g->N == 0 || g->K == 0) return false;

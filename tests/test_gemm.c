@@ -565,9 +565,7 @@ static void check_constant_b(trng *r, int rank, const int64_t *xd, const int64_t
 /* Constant weights read prepacked: a matmul over K slices of 151 and 150 with ragged
  * column panels, a transposed B, one row (the direct path: read in place, not prepacked);
  * im2col convolutions in chunks, of few pixels (one GEMM split by columns, or by rows
- * when the filter is small beside the panel) and 1x1; convolutions that read their
- * input in place, a GEMM per filter row (strided and padded unevenly, dilated in
- * height, unpadded). */
+ * when the filter is small beside the panel) and 1x1. */
 static void test_constant_weights(void **s) {
   (void)s;
   trng r = {29};
@@ -579,14 +577,6 @@ static void test_constant_weights(void **s) {
   check_constant_b(&r, 4, (int64_t[]){1, 7, 7, 64}, (int64_t[]){3, 3, 64, 136}, &same, false, "few-pixel conv, constant filter");
   check_constant_b(&r, 4, (int64_t[]){1, 3, 5, 128}, (int64_t[]){3, 3, 128, 64}, &same, false, "few-pixel conv by rows, constant filter");
   check_constant_b(&r, 4, (int64_t[]){2, 9, 7, 16}, (int64_t[]){1, 1, 16, 24}, &same, false, "pointwise conv, constant filter");
-  /* few channels, rows of 24 pixels or more: a GEMM per output row and filter row
-   * reading the padded input in place (conv_rows.c), bit for bit the im2col path's */
-  kiln_conv2d_opts stem = {.strides = {2, 2}, .padding = KILN_PAD_EXPLICIT, .pads = {3, 3, 2, 3}};
-  check_constant_b(&r, 4, (int64_t[]){1, 21, 50, 3}, (int64_t[]){7, 7, 3, 20}, &stem, false, "first-layer conv by filter rows");
-  kiln_conv2d_opts dilated = {.dilations = {2, 1}, .padding = KILN_PAD_SAME};
-  check_constant_b(&r, 4, (int64_t[]){3, 5, 26, 3}, (int64_t[]){3, 3, 3, 40}, &dilated, false, "dilated conv by filter rows");
-  kiln_conv2d_opts valid = {0};
-  check_constant_b(&r, 4, (int64_t[]){2, 4, 31, 2}, (int64_t[]){2, 5, 2, 33}, &valid, false, "unpadded conv by filter rows");
 }
 
 static void count_task(void *ctx, int64_t i, int32_t worker) {
