@@ -391,11 +391,15 @@ typedef struct {
   uint64_t worker_bytes;
 } fgrad_plan;
 
-/* Scratch: parts 1.. (part 0 is the output), then each worker's. */
+/* Scratch: parts 1.. (part 0 is the output), then each worker's. A part sums at
+ * least 256 pixels (cg_conv_fgrad_parts): its buffer is as large as the filter, and
+ * ResNet's batch-1 7x7x512 layer, in five parts of 12 pixels, spent nearly all of
+ * its 8.8 ms zeroing and adding 9.4 MB buffers. */
 static fgrad_plan plan_fgrad(cg *c, const conv_geom *q) {
   fgrad_plan p = {.threaded = cg_conv_worth_threads(c, q)};
-  p.k = chunks_of(q, min64(max_chunk_rows(q), ceil_div(q->pixels, CONV_FGRAD_PARTS)), 0);
-  p.per_part = ceil_div(p.k.nchunks, CONV_FGRAD_PARTS);
+  int64_t parts = cg_conv_fgrad_parts(q);
+  p.k = chunks_of(q, min64(max_chunk_rows(q), ceil_div(q->pixels, parts)), 0);
+  p.per_part = ceil_div(p.k.nchunks, parts);
   p.parts = cg_conv_parts(q, ceil_div(p.k.nchunks, p.per_part));
   cg_gemm whole = fgrad_gemm(q, p.k.rows), rest = fgrad_gemm(q, p.k.rest);
   uint64_t a = cg_gemm_scratch_bytes(c, &whole), b = cg_gemm_scratch_bytes(c, &rest);
@@ -455,6 +459,46 @@ static LLVMValueRef fgrad_task(cg *c, const conv_geom *q, const fgrad_plan *p) {
   return fn;
 }
 
+/* ---- conv2d_filter_grad of few pixels ---- */
+
+/* Fewer pixels than two parts' worth (batch 1 past the first stages: 49 or 196) sum
+ * in one GEMM over the whole im2col panel, which the threads build together and
+ * whose filter rows the GEMM splits between them: one part would leave the other
+ * threads idle. The GEMM sums its K (the pixels) in slices fixed by the shapes, so
+ * any thread count gives the same bits. */
+static bool fgrad_wide_fits(const conv_geom *q) {
+  return q->groups == 1 && cg_conv_fgrad_parts(q) == 1 &&
+         (uint64_t)(q->pixels * q->col_ld) * kiln_dtype_size(q->t) <= WIDE_IM2COL_BYTES;
+}
+
+/* dw = col^T * dy */
+static cg_gemm fgrad_wide_gemm(const conv_geom *q) {
+  return (cg_gemm){.t = q->t, .batch = 1, .M = q->Kc, .N = q->OC, .K = q->pixels, .rsa = 1, .csa = q->col_ld,
+                   .rsb = q->OC, .csb = 1, .ldc = q->OC, .packed = true};
+}
+
+static uint64_t fgrad_wide_scratch_bytes(cg *c, const conv_geom *q) {
+  cg_gemm g = fgrad_wide_gemm(q);
+  return wide_col_bytes(q) + cg_gemm_scratch_bytes(c, &g);
+}
+
+static void fgrad_wide(cg *c, const conv_geom *q, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch) {
+  char name[48];
+  snprintf(name, sizeof name, "kiln_conv%u_im2col_task", c->ntask_fns++);
+  cg_fn_pos sp;
+  LLVMValueRef v[2], task, worker;
+  LLVMValueRef fn = cg_task_begin(c, name, 2, 1 << 1, &sp, v, &task, &worker);
+  int64_t tasks = cg_conv_worth_threads(c, q) ? c->threads : 1, per = ceil_div(q->pixels, tasks);
+  LLVMValueRef r0, r1 = cg_task_range(c, task, per, q->pixels, &r0);
+  r0 = cg_smin(c, r0, r1);
+  im2col_rows(c, q, v[0], offset(c, q->t, v[1], mul(c, r0, cg_i64(c, q->col_ld))), cg_i64(c, 0), r0,
+              LLVMBuildSub(c->b, r1, r0, ""));
+  cg_task_end(c, &sp);
+  cg_parallel_for(c, fn, cg_task_ctx(c, (LLVMValueRef[]){in[0], scratch}, 2), ceil_div(q->pixels, per), tasks > 1);
+  cg_gemm g = fgrad_wide_gemm(q);
+  cg_gemm_emit(c, &g, scratch, in[1], out, byte_offset(c, scratch, cg_i64(c, (int64_t)wide_col_bytes(q))));
+}
+
 void cg_conv2d_filter_grad(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch) {
   conv_geom q = cg_conv_geometry(c, n);
   int64_t elems = kiln_shape_numel(4, n->dims);
@@ -471,6 +515,10 @@ void cg_conv2d_filter_grad(cg *c, const kiln_node *n, LLVMValueRef out, const LL
     cg_conv_direct_filter_grad(c, &q, out, in, scratch);
     return;
   }
+  if (fgrad_wide_fits(&q)) {
+    fgrad_wide(c, &q, out, in, scratch);
+    return;
+  }
   fgrad_plan p = plan_fgrad(c, &q);
   LLVMValueRef vals[CTX_FIELDS] = {in[0], in[1], out, scratch};
   cg_parallel_for(c, fgrad_task(c, &q, &p), cg_task_ctx(c, vals, CTX_FIELDS), p.parts.n, p.threaded);
@@ -483,6 +531,7 @@ uint64_t cg_conv_scratch_bytes(cg *c, const kiln_node *n) {
   bool fgrad = n->op == KILN_OP_CONV2D_FILTER_GRAD;
   if (cg_conv_depthwise_fits(c, &q)) return cg_conv_depthwise_scratch_bytes(c, &q, fgrad);
   if (cg_conv_direct_fits(c, &q)) return cg_conv_direct_scratch_bytes(c, &q, fgrad);
+  if (fgrad && fgrad_wide_fits(&q)) return fgrad_wide_scratch_bytes(c, &q);
   if (fgrad) {
     fgrad_plan p = plan_fgrad(c, &q);
     return cg_conv_parts_bytes(&p.parts) + p.worker_bytes * (uint64_t)(p.threaded ? c->threads : 1);

@@ -56,7 +56,7 @@ static inline int64_t cg_conv_padded_h(const conv_geom *q) { return q->H + q->p[
 static inline int64_t cg_conv_padded_w(const conv_geom *q) { return q->W + q->p[1] + q->p[3]; }
 KILN_INTERNAL uint64_t cg_conv_padded_bytes(const conv_geom *q);
 KILN_INTERNAL void cg_conv_pad_input(cg *c, const conv_geom *q, LLVMValueRef x, LLVMValueRef xp, bool threaded);
-/* Parts of a direct filter gradient's pixel sum: one per 256 pixels, at most CONV_FGRAD_PARTS. */
+/* Parts of a filter gradient's pixel sum: one per 256 pixels, at most CONV_FGRAD_PARTS. */
 KILN_INTERNAL int64_t cg_conv_fgrad_parts(const conv_geom *q);
 
 /* conv_depthwise.c: one input channel per group and one output channel per group
