@@ -10,8 +10,9 @@
  *    tasks. 1x1/stride-1/unpadded convolutions skip im2col: one GEMM over every
  *    pixel.
  *  - conv2d_filter_grad: dw = sum over chunks of col^T * dy[chunk rows]. The
- *    chunks are grouped into parts (conv.h); a task accumulates its part's
- *    chunks in order into the part's buffer.
+ *    chunks are grouped into parts of at least 256 pixels (conv.h); a task
+ *    accumulates its part's chunks in order into the part's buffer. Fewer pixels
+ *    are one GEMM over the whole panel (fgrad_wide).
  * Small filters (a first layer's) take the direct kernels of conv_direct.c,
  * depthwise convolutions those of conv_depthwise.c.
  * Chunk GEMMs are always packed: the direct path groups K differently, and a
