@@ -285,8 +285,9 @@ KILN_INTERNAL uint64_t cg_conv_pooled_scratch_bytes(cg *c, const kiln_node *n, i
 KILN_INTERNAL LLVMTargetMachineRef cg_target_machine(const char *triple, const char *cpu, int *vec_bytes);
 /* Verifies mod, sets its target and data layout from tm, optimises it (default<O3>). */
 KILN_INTERNAL kiln_status cg_finish_module(LLVMModuleRef mod, LLVMTargetMachineRef tm);
-/* cg_finish_module in two steps: verify and set the target, then optimise. */
-KILN_INTERNAL kiln_status cg_prepare_module(LLVMModuleRef mod, LLVMTargetMachineRef tm);
+/* cg_finish_module in three steps: verify, set the target, optimise. */
+KILN_INTERNAL kiln_status cg_verify_module(LLVMModuleRef mod);
+KILN_INTERNAL kiln_status cg_target_module(LLVMModuleRef mod, LLVMTargetMachineRef tm);
 KILN_INTERNAL kiln_status cg_optimize_module(LLVMModuleRef mod, LLVMTargetMachineRef tm, const char *pipeline);
 KILN_INTERNAL const char *cg_pipeline(void); /* the LLVM pass pipeline every module gets */
 /* The pipeline of a light shared function compiled on its own (cg_mark_light). */

@@ -120,13 +120,16 @@ const char *cg_pipeline(void) { return pipeline_or("default<O3>"); }
  * micro-kernels keep O3: at O1 the MLP's train step ran 15 % slower. */
 const char *cg_light_pipeline(void) { return pipeline_or("default<O1>"); }
 
-kiln_status cg_prepare_module(LLVMModuleRef mod, LLVMTargetMachineRef tm) {
+kiln_status cg_verify_module(LLVMModuleRef mod) {
   char *msg = NULL;
   kiln_status st = KILN_OK;
   if (LLVMVerifyModule(mod, LLVMReturnStatusAction, &msg))
     st = kiln_set_error(KILN_ERR_BACKEND, "codegen produced invalid LLVM IR: %.400s", msg);
   if (msg) LLVMDisposeMessage(msg);
-  if (st != KILN_OK) return st;
+  return st;
+}
+
+kiln_status cg_target_module(LLVMModuleRef mod, LLVMTargetMachineRef tm) {
   char *triple = LLVMGetTargetMachineTriple(tm);
   LLVMSetTarget(mod, triple);
   LLVMDisposeMessage(triple);
@@ -150,7 +153,8 @@ kiln_status cg_optimize_module(LLVMModuleRef mod, LLVMTargetMachineRef tm, const
 }
 
 kiln_status cg_finish_module(LLVMModuleRef mod, LLVMTargetMachineRef tm) {
-  kiln_status st = cg_prepare_module(mod, tm);
+  kiln_status st = cg_verify_module(mod);
+  if (st == KILN_OK) st = cg_target_module(mod, tm);
   return st == KILN_OK ? cg_optimize_module(mod, tm, cg_pipeline()) : st;
 }
 
