@@ -665,7 +665,56 @@ typedef struct {
   const int64_t *dims;
   int64_t tile;
   LLVMValueRef lo, hi; /* the first loop's range (a task's share), or NULL */
+  bool x;              /* whole tiles as vectors (vector_tile): the input is a stored buffer */
 } tiled_nest;
+
+/* A whole tile: W x W blocks (W the vector's elements) loaded as W vectors along the
+ * input's contiguous dimension, transposed in registers and stored as W vectors along
+ * the output's: level by level, each pair of rows b apart swaps its off-diagonal
+ * blocks of b elements (b = W/2, ..., 1), W log2 W two-source shuffles in all. An
+ * element at a time, a 3x3x512x512 filter's channel swap ran at 10 GB/s (1.9 ms on
+ * Zen 5) beside 40 GB/s for a copy of the same size. */
+static void vector_tile(cg *c, tiled_nest *t, const LLVMValueRef *ivs, LLVMValueRef bs, LLVMValueRef bl) {
+  mov_ctx *m = t->m;
+  const kiln_node *n = m->k->n;
+  kiln_dtype ty = dt(n);
+  int64_t es = (int64_t)kiln_dtype_size(ty), W = c->vec_bytes / es, ost[KILN_MAX_RANK];
+  LLVMTypeRef vt = LLVMVectorType(cg_type(c, ty), (unsigned)W);
+  kiln_strides(n->rank, n->dims, ost);
+  LLVMValueRef in_base = cg_i64(c, 0), out_base = cg_i64(c, 0);
+  for (int d = 0; d < n->rank; d++)
+    if (d != t->src && d != t->last) {
+      in_base = add(c, in_base, mul(c, ivs[d], cg_i64(c, m->st[m->a[d]])));
+      out_base = add(c, out_base, mul(c, ivs[d], cg_i64(c, ost[d])));
+    }
+  int64_t in_l = m->st[m->a[t->last]], out_s = ost[t->src];
+  LLVMValueRef x = operand_ptr(c, m->k, n->inputs[0]), rows[64], mask[64];
+  for (int64_t sb = 0; sb < t->tile; sb += W)
+    for (int64_t lb = 0; lb < t->tile; lb += W) {
+      LLVMValueRef s0 = add(c, bs, cg_i64(c, sb)), l0 = add(c, bl, cg_i64(c, lb));
+      for (int64_t j = 0; j < W; j++) {
+        LLVMValueRef at = add(c, add(c, in_base, mul(c, add(c, l0, cg_i64(c, j)), cg_i64(c, in_l))), s0);
+        rows[j] = LLVMBuildLoad2(c->b, vt, cg_gep(c, cg_type(c, ty), x, at), "");
+        LLVMSetAlignment(rows[j], (unsigned)es);
+      }
+      for (int64_t b = W / 2; b >= 1; b /= 2)
+        for (int64_t i = 0; i < W; i++) {
+          if (i / b % 2) continue;
+          LLVMValueRef lo_m, hi_m;
+          for (int64_t j = 0; j < W; j++) mask[j] = LLVMConstInt(c->i32, (unsigned long long)(j / b % 2 ? W + j - b : j), 0);
+          lo_m = LLVMConstVector(mask, (unsigned)W);
+          for (int64_t j = 0; j < W; j++) mask[j] = LLVMConstInt(c->i32, (unsigned long long)(j / b % 2 ? W + j : j + b), 0);
+          hi_m = LLVMConstVector(mask, (unsigned)W);
+          LLVMValueRef lo_v = LLVMBuildShuffleVector(c->b, rows[i], rows[i + b], lo_m, "");
+          rows[i + b] = LLVMBuildShuffleVector(c->b, rows[i], rows[i + b], hi_m, "");
+          rows[i] = lo_v;
+        }
+      for (int64_t i = 0; i < W; i++) {
+        LLVMValueRef at = add(c, add(c, out_base, mul(c, add(c, s0, cg_i64(c, i)), cg_i64(c, out_s))), l0);
+        LLVMSetAlignment(LLVMBuildStore(c->b, rows[i], cg_gep(c, cg_type(c, ty), m->k->out, at)), (unsigned)es);
+      }
+    }
+}
 
 static void tiled_rec(cg *c, tiled_nest *t, int d, LLVMValueRef *ivs, bool first) {
   cg_loop l;
@@ -681,11 +730,31 @@ static void tiled_rec(cg *c, tiled_nest *t, int d, LLVMValueRef *ivs, bool first
   int64_t T = t->tile, ds = t->dims[t->src], dl = t->dims[t->last];
   LLVMValueRef bs = cg_loop_begin(c, &lbs, lo, first && t->hi ? t->hi : cg_i64(c, ds), cg_i64(c, T));
   LLVMValueRef bl = cg_loop_begin(c, &lbl, cg_i64(c, 0), cg_i64(c, dl), cg_i64(c, T));
+  LLVMBasicBlockRef join = NULL;
+  if (t->x) { /* whole tiles in registers, the ragged ones element by element */
+    LLVMValueRef whole = LLVMBuildAnd(c->b, LLVMBuildICmp(c->b, LLVMIntSLE, add(c, bs, cg_i64(c, T)), cg_i64(c, ds), ""),
+                                      LLVMBuildICmp(c->b, LLVMIntSLE, add(c, bl, cg_i64(c, T)), cg_i64(c, dl), ""), "");
+    LLVMBasicBlockRef vec = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "tile.vec"),
+                      ragged = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "tile.ragged");
+    join = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "tile.done");
+    LLVMBuildCondBr(c->b, whole, vec, ragged);
+    LLVMPositionBuilderAtEnd(c->b, vec);
+    vector_tile(c, t, ivs, bs, bl);
+    LLVMBuildBr(c->b, join);
+    LLVMPositionBuilderAtEnd(c->b, ragged);
+  }
   ivs[t->src] = cg_loop_begin(c, &ls, bs, cg_smin(c, add(c, bs, cg_i64(c, T)), cg_i64(c, ds)), cg_i64(c, 1));
   ivs[t->last] = cg_loop_begin(c, &ll, bl, cg_smin(c, add(c, bl, cg_i64(c, T)), cg_i64(c, dl)), cg_i64(c, 1));
   t->body(c, ivs, t->m);
-  cg_loop_end_free(c, &ll);
-  cg_loop_end_free(c, &ls);
+  if (join) {
+    cg_loop_end_scalar(c, &ll);
+    cg_loop_end_scalar(c, &ls);
+    LLVMBuildBr(c->b, join);
+    LLVMPositionBuilderAtEnd(c->b, join);
+  } else {
+    cg_loop_end_free(c, &ll);
+    cg_loop_end_free(c, &ls);
+  }
   cg_loop_end_scalar(c, &lbl);
   cg_loop_end_scalar(c, &lbs);
 }
@@ -713,7 +782,10 @@ static void lower_transpose(cg *c, node_ctx *k, mov_ctx *m) {
     movement_nest(c, k, m, n->rank, n->dims, transpose_body);
     return;
   }
-  tiled_nest t = {.body = transpose_body, .rank = n->rank, .src = src, .last = n->rank - 1, .dims = n->dims, .tile = tile};
+  int64_t es = (int64_t)kiln_dtype_size(dt(n)), w = c->vec_bytes / es;
+  bool vec = (es == 4 || es == 8) && w >= 2 && w <= 64 && tile % w == 0 && operand_ptr(c, k, n->inputs[0]);
+  tiled_nest t = {.body = transpose_body, .rank = n->rank, .src = src, .last = n->rank - 1, .dims = n->dims, .tile = tile,
+                  .x = vec};
   int outer = 0; /* the first loop of the tiled order: split between the threads */
   while (outer == src || outer == n->rank - 1) outer++;
   bool tiles_first = outer >= n->rank;

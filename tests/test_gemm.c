@@ -381,7 +381,8 @@ static void test_reduce_threads(void **s) {
 /* Transposes that move the input's last dimension run in tiles of those two
  * dimensions (lower.c): ragged tiles at both edges, dimensions outside the tile, a
  * 2-D transpose split by tiles between threads, one split by its first dimension,
- * 8-byte elements (tiles of 8); equal to the evaluator at 1, 2 and 3 threads. */
+ * 8-byte elements (tiles of 8), 4-byte integers; whole tiles are transposed in
+ * registers, vector by vector. Equal to the evaluator at 1, 2 and 3 threads. */
 static void check_transpose(trng *r, kiln_dtype t, int rank, const int64_t *dims, const int64_t *perm) {
   kiln_graph *g = kiln_graph_new();
   kiln_value x = kiln_placeholder(g, "x", t, (kiln_shape){.rank = rank, .dims = {dims[0], dims[1], rank > 2 ? dims[2] : 0, rank > 3 ? dims[3] : 0}});
@@ -402,6 +403,8 @@ static void test_tiled_transposes(void **s) {
   check_transpose(&r, KILN_F32, 2, (int64_t[]){300, 257}, (int64_t[]){1, 0});
   check_transpose(&r, KILN_F32, 3, (int64_t[]){4, 130, 141}, (int64_t[]){0, 2, 1});
   check_transpose(&r, KILN_F64, 2, (int64_t[]){11, 29}, (int64_t[]){1, 0});
+  check_transpose(&r, KILN_I32, 3, (int64_t[]){2, 48, 40}, (int64_t[]){0, 2, 1});
+  check_transpose(&r, KILN_F64, 4, (int64_t[]){3, 3, 24, 17}, (int64_t[]){0, 1, 3, 2});
 }
 
 /* ---- epilogues ---- */
