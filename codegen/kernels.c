@@ -2,12 +2,13 @@
  *
  * Matmul maps onto gemm.c with strides for the transposes and the batch.
  * Pooling loops over output pixels with the channel loop innermost, so it
- * vectorizes over channels. */
+ * vectorizes over channels; a window inside the input keeps its taps in registers,
+ * and runs of output rows are the tasks. */
 #include <stdio.h>
 #include "codegen/cg.h"
 
 /* Pooling kernels smaller than this are not worth waking the other threads for. */
-enum { POOL_THREADED_ELEMS = 1 << 16 };
+enum { POOL_THREADED_ELEMS = 1 << 16, POOL_TASKS_PER_THREAD = 4, POOL_REGISTER_TAPS = 64 };
 
 static LLVMValueRef add(cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildAdd(c->b, a, b, ""); }
 static LLVMValueRef mul(cg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildMul(c->b, a, b, ""); }
@@ -68,6 +69,33 @@ static void pool_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
   LLVMValueRef h0 = cg_smax(c, hs, zero), h1 = cg_smin(c, add(c, hs, cg_i64(c, q->k[0])), cg_i64(c, q->H));
   LLVMValueRef w0 = cg_smax(c, ws, zero), w1 = cg_smin(c, add(c, ws, cg_i64(c, q->k[1])), cg_i64(c, q->W));
   cg_loop l, lh, lw;
+  LLVMBasicBlockRef join = NULL;
+  if (q->k[0] * q->k[1] <= POOL_REGISTER_TAPS) {
+    /* A window inside the input: its taps in registers, the channels as vectors, one
+     * store; the same order of max/add as below, so the same bits. */
+    LLVMValueRef inside = LLVMBuildAnd(c->b, LLVMBuildAnd(c->b, LLVMBuildICmp(c->b, LLVMIntEQ, h0, hs, ""),
+                                                          LLVMBuildICmp(c->b, LLVMIntEQ, w0, ws, ""), ""),
+                                       LLVMBuildAnd(c->b, LLVMBuildICmp(c->b, LLVMIntEQ, h1, add(c, hs, cg_i64(c, q->k[0])), ""),
+                                                    LLVMBuildICmp(c->b, LLVMIntEQ, w1, add(c, ws, cg_i64(c, q->k[1])), ""), ""), "");
+    LLVMBasicBlockRef fast = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "pool.inside"),
+                      edge = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "pool.edge");
+    join = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "pool.done");
+    LLVMBuildCondBr(c->b, inside, fast, edge);
+    LLVMPositionBuilderAtEnd(c->b, fast);
+    LLVMValueRef corner = mul(c, add(c, mul(c, add(c, mul(c, nb, cg_i64(c, q->H)), hs), cg_i64(c, q->W)), ws), cg_i64(c, q->C));
+    LLVMValueRef ch = cg_loop_begin(c, &l, zero, cg_i64(c, q->C), one);
+    LLVMValueRef acc = cg_const(c, q->t, is_max ? -__builtin_inf() : 0.0);
+    for (int64_t i = 0; i < q->k[0]; i++)
+      for (int64_t j = 0; j < q->k[1]; j++) {
+        LLVMValueRef v = cg_load(c, q->t, q->x, add(c, add(c, corner, cg_i64(c, (i * q->W + j) * q->C)), ch));
+        acc = cg_binary(c, is_max ? KILN_OP_MAX : KILN_OP_ADD, q->t, acc, v);
+      }
+    if (!is_max) acc = LLVMBuildFDiv(c->b, acc, cg_const(c, q->t, (double)(q->k[0] * q->k[1])), "");
+    cg_store(c, q->t, acc, q->out, add(c, obase, ch));
+    cg_loop_end_vector(c, &l);
+    LLVMBuildBr(c->b, join);
+    LLVMPositionBuilderAtEnd(c->b, edge);
+  }
   LLVMValueRef ch = cg_loop_begin(c, &l, zero, cg_i64(c, q->C), one);
   cg_store(c, q->t, cg_const(c, q->t, is_max ? -__builtin_inf() : 0.0), q->out, add(c, obase, ch));
   cg_loop_end(c, &l);
@@ -88,6 +116,10 @@ static void pool_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
     cg_store(c, q->t, LLVMBuildFDiv(c->b, cg_load(c, q->t, q->out, oi), cf, ""), q->out, oi);
     cg_loop_end(c, &l);
   }
+  if (join) {
+    LLVMBuildBr(c->b, join);
+    LLVMPositionBuilderAtEnd(c->b, join);
+  }
 }
 
 void cg_pool2d(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *in) {
@@ -97,17 +129,27 @@ void cg_pool2d(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *
   kiln_attr_ints(n, KILN_ATTR_STRIDES, q.s);
   kiln_attr_ints(n, KILN_ATTR_PADS, q.p);
   if (kiln_shape_numel(4, n->dims) == 0) return;
-  /* a task per image */
+  /* runs of output rows are the tasks: one image (batch-1 inference) keeps every thread busy */
+  bool threaded = c->threads > 1 && kiln_shape_numel(4, x->dims) >= POOL_THREADED_ELEMS;
+  int64_t rows = n->dims[0] * n->dims[1], tasks = threaded ? (int64_t)c->threads * POOL_TASKS_PER_THREAD : 1;
+  int64_t per = (rows + (tasks < rows ? tasks : rows) - 1) / (tasks < rows ? tasks : rows);
   cg_fn_pos sp;
   char name[48];
   snprintf(name, sizeof name, "kiln_pool%u_task", c->ntask_fns++);
-  LLVMValueRef v[2], worker;
-  LLVMValueRef fn = cg_task_begin(c, name, 2, 1 << 1, &sp, v, &q.image, &worker);
+  LLVMValueRef v[2], task, worker;
+  LLVMValueRef fn = cg_task_begin(c, name, 2, 1 << 1, &sp, v, &task, &worker);
   q.x = v[0], q.out = v[1];
-  cg_nest(c, 2, n->dims + 1, pool_body, &q);
+  cg_loop lr, lw;
+  LLVMValueRef lo, hi = cg_task_range(c, task, per, rows, &lo);
+  LLVMValueRef r = cg_loop_begin(c, &lr, lo, hi, cg_i64(c, 1));
+  q.image = LLVMBuildSDiv(c->b, r, cg_i64(c, n->dims[1]), "");
+  LLVMValueRef oh = LLVMBuildSRem(c->b, r, cg_i64(c, n->dims[1]), "");
+  LLVMValueRef ow = cg_loop_begin(c, &lw, cg_i64(c, 0), cg_i64(c, n->dims[2]), cg_i64(c, 1));
+  pool_body(c, (LLVMValueRef[]){oh, ow}, &q);
+  cg_loop_end_scalar(c, &lw);
+  cg_loop_end_scalar(c, &lr);
   cg_task_end(c, &sp);
-  bool threaded = c->threads > 1 && kiln_shape_numel(4, x->dims) >= POOL_THREADED_ELEMS;
-  cg_parallel_for(c, fn, cg_task_ctx(c, (LLVMValueRef[]){in[0], out}, 2), n->dims[0], threaded);
+  cg_parallel_for(c, fn, cg_task_ctx(c, (LLVMValueRef[]){in[0], out}, 2), (rows + per - 1) / per, threaded);
 }
 
 /* The window's taps in registers, the channel loop vectorized: every output pixel

@@ -303,7 +303,7 @@ static void check_pool_grad(trng *r, const int64_t xd[4], const kiln_pool2d_opts
     kiln_tensor_free(ref), kiln_tensor_free(one), kiln_tensor_free(two);
     kiln_graph_free(g);
   }
-  /* the forward poolings, a task per image */
+  /* the forward poolings: windows inside the input in registers, the others clipped */
   kiln_graph *g = kiln_graph_new();
   kiln_value a = kiln_placeholder(g, "a", KILN_F32, shape4(xd)), b = kiln_placeholder(g, "b", KILN_F32, shape4(xd));
   kiln_output(g, "y", kiln_add(g, kiln_max_pool2d(g, a, o), kiln_avg_pool2d(g, b, o)));
@@ -319,6 +319,9 @@ static void test_max_pool_grad(void **s) {
   check_pool_grad(&r, (int64_t[]){2, 7, 9, 3},
                   &(kiln_pool2d_opts){.window = {2, 3}, .strides = {2, 2}, .padding = KILN_PAD_EXPLICIT, .pads = {1, 0, 0, 1}});
   check_pool_grad(&r, (int64_t[]){4, 28, 28, 32}, &(kiln_pool2d_opts){.window = {2, 2}, .strides = {2, 2}});
+  /* one image, split by output rows between the threads (ResNet's first pool) */
+  check_pool_grad(&r, (int64_t[]){1, 64, 62, 32},
+                  &(kiln_pool2d_opts){.window = {3, 3}, .strides = {2, 2}, .padding = KILN_PAD_EXPLICIT, .pads = {1, 1, 1, 1}});
 }
 
 /* Large element-wise kernels (a fused chain with a broadcast operand) run as ranges
