@@ -10,9 +10,9 @@
  *    tasks. 1x1/stride-1/unpadded convolutions skip im2col: one GEMM over every
  *    pixel.
  *  - conv2d_filter_grad: dw = sum over chunks of col^T * dy[chunk rows]. The
- *    chunks are grouped into parts of at least 256 pixels (conv.h); a task
- *    accumulates its part's chunks in order into the part's buffer. Fewer pixels
- *    are one GEMM over the whole panel (fgrad_wide).
+ *    chunks are grouped into parts, one per 256 pixels (conv.h); a task
+ *    accumulates its part's chunks in order into the part's buffer. 256 pixels
+ *    or fewer are one GEMM over the whole panel (fgrad_wide).
  * Small filters (a first layer's) take the direct kernels of conv_direct.c,
  * depthwise convolutions those of conv_depthwise.c.
  * Chunk GEMMs are always packed: the direct path groups K differently, and a
@@ -392,8 +392,8 @@ typedef struct {
   uint64_t worker_bytes;
 } fgrad_plan;
 
-/* Scratch: parts 1.. (part 0 is the output), then each worker's. A part sums at
- * least 256 pixels (cg_conv_fgrad_parts): its buffer is as large as the filter, and
+/* Scratch: parts 1.. (part 0 is the output), then each worker's. A part per 256
+ * pixels, rounded up (cg_conv_fgrad_parts): its buffer is as large as the filter, and
  * ResNet's batch-1 7x7x512 layer, in five parts of 12 pixels, spent nearly all of
  * its 8.8 ms zeroing and adding 9.4 MB buffers. */
 static fgrad_plan plan_fgrad(cg *c, const conv_geom *q) {
@@ -462,8 +462,8 @@ static LLVMValueRef fgrad_task(cg *c, const conv_geom *q, const fgrad_plan *p) {
 
 /* ---- conv2d_filter_grad of few pixels ---- */
 
-/* Fewer pixels than two parts' worth (batch 1 past the first stages: 49 or 196) sum
- * in one GEMM over the whole im2col panel, which the threads build together and
+/* One part's worth of pixels (batch 1 past the first stages: 49 or 196) sums in
+ * one GEMM over the whole im2col panel, which the threads build together and
  * whose filter rows the GEMM splits between them: one part would leave the other
  * threads idle. The GEMM sums its K (the pixels) in slices fixed by the shapes, so
  * any thread count gives the same bits. */
