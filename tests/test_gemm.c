@@ -115,9 +115,9 @@ static void check_conv(trng *r, const int64_t xd[4], const int64_t wd[4], const 
  * 3x3x16 filter (2.3 MiB of im2col: a whole chunk and a remainder); 74 pixels with
  * K = 576 > one K slice, which 3 threads cut into 36 + 36 + 2 rows (a 2-row GEMM
  * must sum like the 74-row one of 1 thread; 2 and 3 threads build its im2col panel
- * together and split one GEMM by columns). Filter gradients sum chunks in parts of
- * at least 256 pixels, with a short last chunk: 4x32x32 and 64x64 pixels have 8 and
- * 7 parts; 231 pixels in 2 groups one; 74 and 49 pixels (one group) are one GEMM over
+ * together and split one GEMM by columns). Filter gradients sum chunks in parts, one
+ * per 256 pixels, with a short last chunk: 4x32x32 and 64x64 pixels have 8 and 7
+ * parts; 231 pixels in 2 groups one; 74 and 49 pixels (one group) are one GEMM over
  * the whole im2col panel, its filter rows split between the threads. */
 static void test_conv_threads(void **s) {
   (void)s;
