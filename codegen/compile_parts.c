@@ -29,9 +29,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 #include "codegen/cg.h"
+#include "passes/passes.h"
 
 /* Below this many instructions a module compiles in a few tens of milliseconds and
  * the bitcode round trip and thread start would eat the gain. */
@@ -249,14 +249,8 @@ static bool from_cache_or_store(part *p, LLVMModuleRef m, LLVMTargetMachineRef t
   return true;
 }
 
-static double now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
-}
-
 static void compile_part(part *p, LLVMTargetMachineRef tm) {
-  double t0 = now_ms();
+  double t0 = kiln_pass_clock_ms();
   LLVMContextRef ctx = LLVMContextCreate();
   LLVMModuleRef m = NULL;
   if (LLVMParseBitcodeInContext2(ctx, p->bitcode, &m)) {
@@ -294,7 +288,7 @@ static void compile_part(part *p, LLVMTargetMachineRef tm) {
     strip_to_unit(m);
     store = from_cache_or_store(p, m, tm, pipeline, &key);
   }
-  p->read_ms = now_ms() - t0; /* the bitcode read, cut to this job and, for a shared function, looked up */
+  p->read_ms = kiln_pass_clock_ms() - t0; /* the bitcode read, cut to this job and, for a shared function, looked up */
   if (ok && !p->obj) {
     kiln_exec_stats t = {0};
     if (cg_emit_object(m, tm, pipeline, &t, &p->obj) != KILN_OK) fail_part(p, KILN_ERR_BACKEND);

@@ -326,21 +326,28 @@ static uint64_t wide_scratch_bytes(cg *c, const conv_geom *q) {
   return wide_col_bytes(q) + cg_gemm_scratch_bytes(c, &g);
 }
 
-static void conv_wide(cg *c, const conv_geom *q, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch,
-                      const cg_epilogue *ep) {
+/* The whole im2col panel of x at col, `per` pixels a task, ntasks tasks (rounded up
+ * ranges: the last ones may have none). */
+static void im2col_panel(cg *c, const conv_geom *q, LLVMValueRef x, LLVMValueRef col, int64_t per, int64_t ntasks,
+                         bool threaded) {
   char name[48];
   snprintf(name, sizeof name, "kiln_conv%u_im2col_task", c->ntask_fns++);
   cg_fn_pos sp;
   LLVMValueRef v[2], task, worker;
   LLVMValueRef fn = cg_task_begin(c, name, 2, 1 << 1, &sp, v, &task, &worker);
-  cg_gemm g = wide_gemm(q, ep);
-  int64_t per = cg_gemm_thread_rows(c, &g); /* each thread's rows of the panel are the ones its GEMM task reads */
   LLVMValueRef r0, r1 = cg_task_range(c, task, per, q->pixels, &r0);
-  r0 = cg_smin(c, r0, r1); /* rounded up to whole register tiles, the last threads may have none */
+  r0 = cg_smin(c, r0, r1);
   im2col_rows(c, q, v[0], offset(c, q->t, v[1], mul(c, r0, cg_i64(c, q->col_ld))), cg_i64(c, 0), r0,
               LLVMBuildSub(c->b, r1, r0, ""));
   cg_task_end(c, &sp);
-  cg_parallel_for(c, fn, cg_task_ctx(c, (LLVMValueRef[]){in[0], scratch}, 2), c->threads, true);
+  cg_parallel_for(c, fn, cg_task_ctx(c, (LLVMValueRef[]){x, col}, 2), ntasks, threaded);
+}
+
+static void conv_wide(cg *c, const conv_geom *q, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch,
+                      const cg_epilogue *ep) {
+  cg_gemm g = wide_gemm(q, ep);
+  /* each thread's rows of the panel are the ones its GEMM task reads */
+  im2col_panel(c, q, in[0], scratch, cg_gemm_thread_rows(c, &g), c->threads, true);
   cg_gemm_emit(c, &g, scratch, in[1], out, byte_offset(c, scratch, cg_i64(c, (int64_t)wide_col_bytes(q))));
 }
 
@@ -484,18 +491,8 @@ static uint64_t fgrad_wide_scratch_bytes(cg *c, const conv_geom *q) {
 }
 
 static void fgrad_wide(cg *c, const conv_geom *q, LLVMValueRef out, const LLVMValueRef *in, LLVMValueRef scratch) {
-  char name[48];
-  snprintf(name, sizeof name, "kiln_conv%u_im2col_task", c->ntask_fns++);
-  cg_fn_pos sp;
-  LLVMValueRef v[2], task, worker;
-  LLVMValueRef fn = cg_task_begin(c, name, 2, 1 << 1, &sp, v, &task, &worker);
   int64_t tasks = cg_conv_worth_threads(c, q) ? c->threads : 1, per = ceil_div(q->pixels, tasks);
-  LLVMValueRef r0, r1 = cg_task_range(c, task, per, q->pixels, &r0);
-  r0 = cg_smin(c, r0, r1);
-  im2col_rows(c, q, v[0], offset(c, q->t, v[1], mul(c, r0, cg_i64(c, q->col_ld))), cg_i64(c, 0), r0,
-              LLVMBuildSub(c->b, r1, r0, ""));
-  cg_task_end(c, &sp);
-  cg_parallel_for(c, fn, cg_task_ctx(c, (LLVMValueRef[]){in[0], scratch}, 2), ceil_div(q->pixels, per), tasks > 1);
+  im2col_panel(c, q, in[0], scratch, per, ceil_div(q->pixels, per), tasks > 1);
   cg_gemm g = fgrad_wide_gemm(q);
   cg_gemm_emit(c, &g, scratch, in[1], out, byte_offset(c, scratch, cg_i64(c, (int64_t)wide_col_bytes(q))));
 }

@@ -57,6 +57,27 @@ typedef struct {
 } pool_ctx;
 
 
+/* out[obase + ch] for every channel ch: pool n's window whose first tap is at corner
+ * in x (W pixels a row), its taps in registers and the channels as vectors. */
+static void pool_window(cg *c, const kiln_node *n, int64_t W, LLVMValueRef x, LLVMValueRef corner, LLVMValueRef out,
+                        LLVMValueRef obase) {
+  kiln_dtype t = (kiln_dtype)n->dtype;
+  bool is_max = n->op == KILN_OP_MAX_POOL2D;
+  int64_t k[2], C = n->dims[3];
+  kiln_attr_ints(n, KILN_ATTR_WINDOW, k);
+  cg_loop lc;
+  LLVMValueRef ch = cg_loop_begin(c, &lc, cg_i64(c, 0), cg_i64(c, C), cg_i64(c, 1));
+  LLVMValueRef acc = cg_const(c, t, is_max ? -__builtin_inf() : 0.0);
+  for (int64_t i = 0; i < k[0]; i++)
+    for (int64_t j = 0; j < k[1]; j++) {
+      LLVMValueRef v = cg_load(c, t, x, add(c, add(c, corner, cg_i64(c, (i * W + j) * C)), ch));
+      acc = cg_binary(c, is_max ? KILN_OP_MAX : KILN_OP_ADD, t, acc, v);
+    }
+  if (!is_max) acc = LLVMBuildFDiv(c->b, acc, cg_const(c, t, (double)(k[0] * k[1])), "");
+  cg_store(c, t, acc, out, add(c, obase, ch));
+  cg_loop_end_vector(c, &lc);
+}
+
 static void pool_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
   pool_ctx *q = vctx;
   bool is_max = q->n->op == KILN_OP_MAX_POOL2D;
@@ -82,17 +103,8 @@ static void pool_body(cg *c, const LLVMValueRef *ivs, void *vctx) {
     join = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "pool.done");
     LLVMBuildCondBr(c->b, inside, fast, edge);
     LLVMPositionBuilderAtEnd(c->b, fast);
-    LLVMValueRef corner = mul(c, add(c, mul(c, add(c, mul(c, nb, cg_i64(c, q->H)), hs), cg_i64(c, q->W)), ws), cg_i64(c, q->C));
-    LLVMValueRef ch = cg_loop_begin(c, &l, zero, cg_i64(c, q->C), one);
-    LLVMValueRef acc = cg_const(c, q->t, is_max ? -__builtin_inf() : 0.0);
-    for (int64_t i = 0; i < q->k[0]; i++)
-      for (int64_t j = 0; j < q->k[1]; j++) {
-        LLVMValueRef v = cg_load(c, q->t, q->x, add(c, add(c, corner, cg_i64(c, (i * q->W + j) * q->C)), ch));
-        acc = cg_binary(c, is_max ? KILN_OP_MAX : KILN_OP_ADD, q->t, acc, v);
-      }
-    if (!is_max) acc = LLVMBuildFDiv(c->b, acc, cg_const(c, q->t, (double)(q->k[0] * q->k[1])), "");
-    cg_store(c, q->t, acc, q->out, add(c, obase, ch));
-    cg_loop_end_vector(c, &l);
+    pool_window(c, q->n, q->W, q->x, mul(c, add(c, mul(c, add(c, mul(c, nb, cg_i64(c, q->H)), hs), cg_i64(c, q->W)), ws), cg_i64(c, q->C)),
+                q->out, obase);
     LLVMBuildBr(c->b, join);
     LLVMPositionBuilderAtEnd(c->b, edge);
   }
@@ -132,7 +144,8 @@ void cg_pool2d(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *
   /* runs of output rows are the tasks: one image (batch-1 inference) keeps every thread busy */
   bool threaded = c->threads > 1 && kiln_shape_numel(4, x->dims) >= POOL_THREADED_ELEMS;
   int64_t rows = n->dims[0] * n->dims[1], tasks = threaded ? (int64_t)c->threads * POOL_TASKS_PER_THREAD : 1;
-  int64_t per = (rows + (tasks < rows ? tasks : rows) - 1) / (tasks < rows ? tasks : rows);
+  if (tasks > rows) tasks = rows;
+  int64_t per = (rows + tasks - 1) / tasks;
   cg_fn_pos sp;
   char name[48];
   snprintf(name, sizeof name, "kiln_pool%u_task", c->ntask_fns++);
@@ -155,26 +168,14 @@ void cg_pool2d(cg *c, const kiln_node *n, LLVMValueRef out, const LLVMValueRef *
 /* The window's taps in registers, the channel loop vectorized: every output pixel
  * reads its window once, row-major, in the order pool_body adds it (same bits). */
 void cg_pool2d_rows(cg *c, const kiln_node *n, LLVMValueRef x, LLVMValueRef out, LLVMValueRef lo, LLVMValueRef hi) {
-  kiln_dtype t = (kiln_dtype)n->dtype;
-  bool is_max = n->op == KILN_OP_MAX_POOL2D;
   int64_t k[2], W = c->g->nodes[n->inputs[0]].dims[2], C = n->dims[3], OW = n->dims[2];
   kiln_attr_ints(n, KILN_ATTR_WINDOW, k);
   LLVMValueRef group = cg_i64(c, k[0] * W * C), one = cg_i64(c, 1);
-  cg_loop lg, lw, lc;
+  cg_loop lg, lw;
   LLVMValueRef g = cg_loop_begin(c, &lg, LLVMBuildSDiv(c->b, lo, group, ""), LLVMBuildSDiv(c->b, hi, group, ""), one);
   LLVMValueRef ow = cg_loop_begin(c, &lw, cg_i64(c, 0), cg_i64(c, OW), one);
   LLVMValueRef corner = add(c, mul(c, g, group), mul(c, ow, cg_i64(c, k[1] * C)));
-  LLVMValueRef obase = mul(c, add(c, mul(c, g, cg_i64(c, OW)), ow), cg_i64(c, C));
-  LLVMValueRef ch = cg_loop_begin(c, &lc, cg_i64(c, 0), cg_i64(c, C), one);
-  LLVMValueRef acc = cg_const(c, t, is_max ? -__builtin_inf() : 0.0);
-  for (int64_t i = 0; i < k[0]; i++)
-    for (int64_t j = 0; j < k[1]; j++) {
-      LLVMValueRef v = cg_load(c, t, x, add(c, add(c, corner, cg_i64(c, (i * W + j) * C)), ch));
-      acc = cg_binary(c, is_max ? KILN_OP_MAX : KILN_OP_ADD, t, acc, v);
-    }
-  if (!is_max) acc = LLVMBuildFDiv(c->b, acc, cg_const(c, t, (double)(k[0] * k[1])), "");
-  cg_store(c, t, acc, out, add(c, obase, ch));
-  cg_loop_end_vector(c, &lc);
+  pool_window(c, n, W, x, corner, out, mul(c, add(c, mul(c, g, cg_i64(c, OW)), ow), cg_i64(c, C)));
   cg_loop_end(c, &lw);
   cg_loop_end(c, &lg);
 }
